@@ -1,0 +1,140 @@
+// kvferry's command line: `kvferry <command> [flags]`.
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { ConfigError } from "../errors.js";
+import type { ConfigInputs } from "../config/config.js";
+import { runDaemon } from "./daemon.js";
+import { runDemo } from "./demo.js";
+
+/** Exit codes: 0 fine, 1 failure at run time, 2 bad usage or bad configuration. */
+export const EXIT_USAGE = 2;
+
+const USAGE = `kvferry — KV-cache transfer service for disaggregated LLM serving
+
+Usage: kvferry <command> [flags]
+
+Commands:
+  daemon    run the node daemon (client API on 127.0.0.1 by default)
+  demo      start a daemon and drive put / get / eviction through the client
+  help      show this help, or \`kvferry help <command>\`
+
+Run \`kvferry <command> --help\` for a command's flags.
+`;
+
+const DAEMON_FLAGS = {
+  config: { type: "string", help: "FILE", doc: "mooncake.json-style config (else $KVFERRY_CONFIG, else $MOONCAKE_CONFIG_PATH)" },
+  listen: { type: "string", help: "HOST:PORT", doc: "client API address (default 127.0.0.1:50051; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
+  "kv-buffer-size": { type: "string", help: "BYTES", doc: "lookup buffer capacity: 2e9, 2000000000, 512MiB, 4GB (default 1GiB)" },
+  "kv-transfer-config": { type: "string", help: "JSON", doc: "vLLM's --kv-transfer-config (kv_connector, kv_role, kv_rank, kv_parallel_size, kv_buffer_size)" },
+  "kv-role": { type: "string", help: "ROLE", doc: "kv_producer | kv_consumer | kv_both (default kv_both)" },
+  "kv-rank": { type: "string", help: "N", doc: "rank of this instance (default 0)" },
+  "kv-parallel-size": { type: "string", help: "N", doc: "number of instances (default 1)" },
+  "node-id": { type: "string", help: "ID", doc: "this node's identity (default HOSTNAME:PORT)" },
+  "lease-ttl-ms": { type: "string", help: "MS", doc: "lease of an entry whose put names none (default 120000)" },
+  "put-deadline-ms": { type: "string", help: "MS", doc: "how long a put waits for room (default 10000)" },
+  "get-wait-ms": { type: "string", help: "MS", doc: "how long a get waits when it names no wait (default 30000)" },
+  "log-level": { type: "string", help: "LEVEL", doc: "trace | debug | info | warn | error | fatal | silent (default info)" },
+  help: { type: "boolean", short: "h", help: "", doc: "show this help" },
+} as const;
+
+function flagHelp(flags: Record<string, { help: string; doc: string }>): string {
+  return Object.entries(flags)
+    .map(([name, f]) => `  --${`${name} ${f.help}`.padEnd(26)} ${f.doc}`)
+    .join("\n");
+}
+
+const DAEMON_USAGE = `Usage: kvferry daemon [flags]
+
+Runs the kvferry daemon of this node. Flags override \$KVFERRY_* variables, which
+override the config file, which overrides the defaults.
+
+Flags:
+${flagHelp(DAEMON_FLAGS)}
+
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when it cannot start,
+2 on a bad flag or configuration (the message names the source, key, value and
+what was expected).
+`;
+
+export const DEMO_FLAGS = {
+  "kv-buffer-size": { type: "string", help: "BYTES", doc: "buffer of the demo daemon (default 64MiB)" },
+  help: { type: "boolean", short: "h", help: "", doc: "show this help" },
+} as const;
+
+const DEMO_USAGE = `Usage: kvferry demo [flags]
+
+Starts a daemon on a free loopback port, writes KV entries through the TypeScript
+client, reads them back (one consumed), fills the buffer past its capacity to show
+LRU eviction, prints a summary and stops the daemon.
+
+Flags:
+${flagHelp(DEMO_FLAGS)}
+`;
+
+function parse(args: string[], flags: Record<string, { type: "string" | "boolean"; short?: string }>) {
+  const options: ParseArgsConfig["options"] = {};
+  for (const [name, f] of Object.entries(flags)) options[name] = { type: f.type, ...(f.short ? { short: f.short } : {}) };
+  return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
+}
+
+function daemonInputs(v: Record<string, string | boolean | undefined>): ConfigInputs {
+  const s = (k: string) => (typeof v[k] === "string" ? (v[k] as string) : undefined);
+  return {
+    config: s("config"),
+    listen: s("listen"),
+    kvBufferSize: s("kv-buffer-size"),
+    kvTransferConfig: s("kv-transfer-config"),
+    kvRole: s("kv-role"),
+    kvRank: s("kv-rank"),
+    kvParallelSize: s("kv-parallel-size"),
+    nodeId: s("node-id"),
+    leaseTtlMs: s("lease-ttl-ms"),
+    putDeadlineMs: s("put-deadline-ms"),
+    getWaitMs: s("get-wait-ms"),
+    logLevel: s("log-level"),
+  };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case undefined:
+      case "help":
+      case "--help":
+      case "-h": {
+        const topic = rest[0];
+        process.stdout.write(topic === "daemon" ? DAEMON_USAGE : topic === "demo" ? DEMO_USAGE : USAGE);
+        return 0;
+      }
+      case "daemon": {
+        const values = parse(rest, DAEMON_FLAGS);
+        if (values.help) {
+          process.stdout.write(DAEMON_USAGE);
+          return 0;
+        }
+        return await runDaemon(daemonInputs(values));
+      }
+      case "demo": {
+        const values = parse(rest, DEMO_FLAGS);
+        if (values.help) {
+          process.stdout.write(DEMO_USAGE);
+          return 0;
+        }
+        return await runDemo({ kvBufferSize: values["kv-buffer-size"] as string | undefined });
+      }
+      default:
+        process.stderr.write(`kvferry: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+        return EXIT_USAGE;
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`kvferry: invalid configuration: ${err.message}\n`);
+      return EXIT_USAGE;
+    }
+    if (err instanceof TypeError && "code" in err && String(err.code).startsWith("ERR_PARSE_ARGS")) {
+      process.stderr.write(`kvferry ${command}: ${err.message}\nRun \`kvferry ${command} --help\` for the flags.\n`);
+      return EXIT_USAGE;
+    }
+    throw err;
+  }
+}

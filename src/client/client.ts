@@ -1,0 +1,176 @@
+// A typed, promise-based client of one daemon's client API, used by the demo, the
+// proxy and the tests. Errors come back as the classes of src/errors.ts.
+import { credentials, Metadata, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
+import { errorFromStatus, type KvferryError, NotFoundError, type RemovalReason } from "../errors.js";
+import {
+  KvFerryClient,
+  type EntryInfo,
+  type GetServerInfoResponse,
+  type ListRequest,
+  type ListResponse,
+} from "../gen/kvferry/v1/kvferry.js";
+
+/** Parts at or below this size go in one unary Put; larger ones are streamed. */
+export const STREAM_THRESHOLD = 4 << 20;
+export const PUT_CHUNK = 1 << 20;
+
+export interface CallOptions {
+  /** Deadline of the call, ms from now. */
+  timeoutMs?: number;
+}
+
+export interface PutOptions extends CallOptions {
+  seal?: boolean;
+  leaseTtlMs?: number;
+}
+
+export interface GetOptions extends CallOptions {
+  parts?: string[];
+  consume?: boolean;
+  waitMs?: number;
+}
+
+export interface GotEntry {
+  entry: EntryInfo;
+  parts: Map<string, Buffer>;
+}
+
+function typed(err: ServiceError): KvferryError {
+  const e = errorFromStatus(err.code, err.details);
+  const reason = err.metadata?.get("kvferry-reason")[0];
+  if (e instanceof NotFoundError && typeof reason === "string") {
+    return new NotFoundError(err.details, reason as RemovalReason);
+  }
+  return e;
+}
+
+/** Converts a grpc-js callback call into a promise with a typed error. */
+function call<T>(start: (cb: (err: ServiceError | null, res?: T) => void) => unknown): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    start((err, res) => (err ? reject(typed(err)) : resolve(res as T)));
+  });
+}
+
+export class KvferryClient {
+  readonly raw: KvFerryClient;
+
+  constructor(readonly address: string, options: Partial<ClientOptions> = {}) {
+    this.raw = new KvFerryClient(address, credentials.createInsecure(), {
+      "grpc.max_receive_message_length": 80 << 20,
+      "grpc.max_send_message_length": 80 << 20,
+      ...options,
+    });
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+
+  #opts(o: CallOptions = {}) {
+    return o.timeoutMs === undefined ? {} : { deadline: Date.now() + o.timeoutMs };
+  }
+
+  /** Stores one part: unary up to STREAM_THRESHOLD bytes, streamed above. */
+  put(transferId: string, part: string, data: Uint8Array, o: PutOptions = {}): Promise<EntryInfo> {
+    if (data.length > STREAM_THRESHOLD) return this.putStream(transferId, part, data, o);
+    return call<{ entry?: EntryInfo }>((cb) =>
+      this.raw.put(
+        { transferId, part, data: Buffer.from(data.buffer, data.byteOffset, data.byteLength), seal: o.seal ?? false, leaseTtlMs: o.leaseTtlMs },
+        new Metadata(),
+        this.#opts(o),
+        cb,
+      ),
+    ).then((r) => r.entry!);
+  }
+
+  /** Streams one part in chunks, waiting for HTTP/2 flow control between them. */
+  async putStream(transferId: string, part: string, data: Uint8Array, o: PutOptions = {}): Promise<EntryInfo> {
+    let stream!: ReturnType<KvFerryClient["putStream"]>;
+    const done = call<{ entry?: EntryInfo }>((cb) => {
+      stream = this.raw.putStream(new Metadata(), this.#opts(o), cb);
+    });
+    stream.write({ header: { transferId, part, size: data.length, seal: o.seal ?? false, leaseTtlMs: o.leaseTtlMs } });
+    for (let offset = 0; offset < data.length; offset += PUT_CHUNK) {
+      const end = Math.min(offset + PUT_CHUNK, data.length);
+      const chunk = Buffer.from(data.buffer, data.byteOffset + offset, end - offset);
+      if (!stream.write({ chunk })) {
+        const failed = await Promise.race([
+          new Promise<boolean>((r) => stream.once("drain", () => r(false))),
+          done.then(() => true, () => true),
+        ]);
+        if (failed) break;
+      }
+    }
+    stream.end();
+    return (await done).entry!;
+  }
+
+  seal(transferId: string, o: CallOptions = {}): Promise<EntryInfo> {
+    return call<{ entry?: EntryInfo }>((cb) => this.raw.seal({ transferId }, new Metadata(), this.#opts(o), cb)).then(
+      (r) => r.entry!,
+    );
+  }
+
+  release(transferId: string, o: CallOptions = {}): Promise<number> {
+    return call<{ bytesFreed: number }>((cb) => this.raw.release({ transferId }, new Metadata(), this.#opts(o), cb)).then(
+      (r) => r.bytesFreed,
+    );
+  }
+
+  stat(transferId: string, o: CallOptions = {}): Promise<EntryInfo> {
+    return call<{ entry?: EntryInfo }>((cb) => this.raw.stat({ transferId }, new Metadata(), this.#opts(o), cb)).then(
+      (r) => r.entry!,
+    );
+  }
+
+  list(req: Partial<ListRequest> = {}, o: CallOptions = {}): Promise<ListResponse> {
+    return call<ListResponse>((cb) =>
+      this.raw.list({ pageSize: 0, pageToken: "", state: 0, ...req }, new Metadata(), this.#opts(o), cb),
+    );
+  }
+
+  /** One unary Get: everything in one message (at most the daemon's max message size). */
+  get(transferId: string, o: GetOptions = {}): Promise<GotEntry> {
+    return call<{ entry?: EntryInfo; parts: { name: string; data: Buffer }[] }>((cb) =>
+      this.raw.get(
+        { transferId, parts: o.parts ?? [], consume: o.consume ?? false, waitMs: o.waitMs },
+        new Metadata(),
+        this.#opts(o),
+        cb,
+      ),
+    ).then((r) => ({ entry: r.entry!, parts: new Map(r.parts.map((p) => [p.name, p.data])) }));
+  }
+
+  /** A streamed Get, reassembling each part into one Buffer. */
+  getStream(transferId: string, o: GetOptions & { chunkSize?: number } = {}): Promise<GotEntry> {
+    return new Promise<GotEntry>((resolve, reject) => {
+      const stream = this.raw.getStream(
+        { transferId, parts: o.parts ?? [], consume: o.consume ?? false, waitMs: o.waitMs, chunkSize: o.chunkSize ?? 0 },
+        new Metadata(),
+        this.#opts(o),
+      );
+      let entry: EntryInfo | undefined;
+      const parts = new Map<string, Buffer>();
+      stream.on("data", (msg) => {
+        if (msg.entry) entry = msg.entry;
+        if (msg.part === "") return;
+        let buf = parts.get(msg.part);
+        if (buf === undefined) parts.set(msg.part, (buf = Buffer.allocUnsafe(msg.partSize)));
+        msg.chunk.copy(buf, msg.offset);
+      });
+      stream.on("error", (err: ServiceError) => reject(typed(err)));
+      stream.on("end", () => (entry ? resolve({ entry, parts }) : reject(new Error("GetStream ended without an entry"))));
+    });
+  }
+
+  serverInfo(o: CallOptions = {}): Promise<GetServerInfoResponse> {
+    return call<GetServerInfoResponse>((cb) => this.raw.getServerInfo({}, new Metadata(), this.#opts(o), cb));
+  }
+
+  /** Resolves when the channel is connected, or rejects after timeoutMs. */
+  waitForReady(timeoutMs = 5000): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.raw.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(err) : resolve())),
+    );
+  }
+}

@@ -1,0 +1,250 @@
+// The client API: grpc-js handlers of kvferry.v1.KvFerry mapped onto the lookup buffer.
+import type {
+  sendUnaryData,
+  ServerReadableStream,
+  ServerUnaryCall,
+  ServerWritableStream,
+} from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { DeadlineExceededError, InvalidArgumentError, OutOfRangeError } from "../errors.js";
+import type {
+  GetRequest,
+  GetResponse,
+  GetServerInfoResponse,
+  GetStreamRequest,
+  GetStreamResponse,
+  KvFerryServer,
+  PutStreamRequest,
+} from "../gen/kvferry/v1/kvferry.js";
+import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
+import { fromWireState, toWireEntry } from "./convert.js";
+import { toGrpcError } from "./status.js";
+
+export const DEFAULT_CHUNK_SIZE = 1 << 20;
+export const MAX_CHUNK_SIZE = 4 << 20;
+
+export interface ServiceContext {
+  store: LookupBuffer;
+  log: Logger;
+  nodeId: string;
+  version: string;
+  startedAt: number;
+  /** Largest unary message; bigger reads must use GetStream. */
+  maxMessageBytes: number;
+  /** A PutStream that sends nothing for this long is aborted. */
+  streamIdleMs: number;
+}
+
+/** An AbortSignal that fires when the client cancels the call or its deadline passes. */
+function cancelSignal(call: { on(event: "cancelled", fn: () => void): unknown }): AbortSignal {
+  const controller = new AbortController();
+  call.on("cancelled", () => controller.abort());
+  return controller.signal;
+}
+
+/** Runs a unary handler and maps whatever it throws onto a status. */
+function unary<Req, Res>(
+  log: Logger,
+  handler: (call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res,
+): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
+  return (call, callback) => {
+    Promise.resolve()
+      .then(() => handler(call))
+      .then(
+        (res) => callback(null, res),
+        (err) => callback(reportError(log, call.getPath(), err)),
+      );
+  };
+}
+
+function reportError(log: Logger, path: string, err: unknown) {
+  const grpcErr = toGrpcError(err);
+  if (grpcErr.code === 13 /* INTERNAL */) log.error({ err, path }, "internal error");
+  else log.debug({ path, code: grpcErr.code, details: grpcErr.details }, "call failed");
+  return grpcErr;
+}
+
+export function kvferryService(ctx: ServiceContext): KvFerryServer {
+  const { store, log } = ctx;
+
+  return {
+    put: unary(log, async (call) => {
+      const r = call.request;
+      const info = await store.put(
+        { transferId: r.transferId, part: r.part, seal: r.seal, leaseTtlMs: r.leaseTtlMs, signal: cancelSignal(call) },
+        r.data,
+      );
+      return { entry: toWireEntry(info) };
+    }),
+
+    putStream: (call, callback) => {
+      putStream(ctx, call).then(
+        (info) => callback(null, { entry: toWireEntry(info) }),
+        (err) => callback(reportError(log, call.getPath(), err)),
+      );
+    },
+
+    seal: unary(log, (call) => ({ entry: toWireEntry(store.seal(call.request.transferId)) })),
+
+    release: unary(log, (call) => {
+      const bytesFreed = store.release(call.request.transferId);
+      log.info({ transferId: call.request.transferId, bytes: bytesFreed }, "released by client");
+      return { bytesFreed };
+    }),
+
+    stat: unary(log, (call) => ({ entry: toWireEntry(store.stat(call.request.transferId)) })),
+
+    list: unary(log, (call) => {
+      const r = call.request;
+      const page = store.list({ pageSize: r.pageSize, pageToken: r.pageToken, state: fromWireState(r.state) });
+      return { entries: page.entries.map(toWireEntry), nextPageToken: page.nextPageToken };
+    }),
+
+    get: unary(log, async (call: ServerUnaryCall<GetRequest, GetResponse>) => {
+      const r = call.request;
+      const lease = await store.get({
+        transferId: r.transferId, parts: r.parts, consume: r.consume, waitMs: r.waitMs, signal: cancelSignal(call),
+      });
+      let completed = false;
+      try {
+        const total = lease.parts.reduce((sum, p) => sum + p.size, 0);
+        if (total > ctx.maxMessageBytes) {
+          throw new OutOfRangeError(
+            `entry ${r.transferId}: ${total} bytes do not fit in one message of at most ${ctx.maxMessageBytes}; use GetStream`,
+          );
+        }
+        // Copies: the bytes are serialized after this handler returns, when the lease is gone.
+        const parts = lease.parts.map((p) => ({ name: p.name, data: Buffer.from(p.view()) }));
+        completed = true;
+        return { entry: toWireEntry(lease.entry), parts };
+      } finally {
+        lease.release(completed);
+      }
+    }),
+
+    getStream: (call) => {
+      // grpc-js turns an 'error' event on a server stream into the call's status.
+      getStream(ctx, call).catch((err) => call.emit("error", reportError(log, call.getPath(), err)));
+    },
+
+    getServerInfo: unary(log, (): GetServerInfoResponse => ({
+      version: ctx.version,
+      uptimeMs: Date.now() - ctx.startedAt,
+      poolCapacity: store.capacity,
+      bytesUsed: store.bytesUsed,
+      entries: store.entryCount,
+      counters: { ...store.counters },
+      nodeId: ctx.nodeId,
+    })),
+  };
+}
+
+/** Header first, then chunks into the reserved part; the stream's end commits it. */
+async function putStream(ctx: ServiceContext, call: ServerReadableStream<PutStreamRequest, unknown>) {
+  const signal = cancelSignal(call);
+  let writer: PartWriter | undefined;
+  let idle: NodeJS.Timeout | undefined;
+  const armIdle = () => {
+    clearTimeout(idle);
+    idle = setTimeout(() => {
+      call.destroy(new DeadlineExceededError(`PutStream sent nothing for ${ctx.streamIdleMs} ms`));
+    }, ctx.streamIdleMs);
+  };
+  try {
+    armIdle();
+    for await (const msg of call as AsyncIterable<PutStreamRequest>) {
+      armIdle();
+      if (writer === undefined) {
+        const h = msg.header;
+        if (h === undefined) throw new InvalidArgumentError("header", "the first message of a PutStream must be a header");
+        clearTimeout(idle); // waiting for room is bounded by the put deadline, not the idle timer
+        writer = await ctx.store.openPart(
+          { transferId: h.transferId, part: h.part, seal: h.seal, leaseTtlMs: h.leaseTtlMs, signal },
+          h.size,
+        );
+        armIdle();
+      } else {
+        if (msg.header !== undefined) throw new InvalidArgumentError("header", "only the first message may be a header");
+        writer.write(msg.chunk ?? Buffer.alloc(0));
+      }
+    }
+    if (signal.aborted) throw new DeadlineExceededError("PutStream cancelled by the client");
+    if (writer === undefined) throw new InvalidArgumentError("header", "the stream ended before its header");
+    return writer.commit();
+  } catch (err) {
+    writer?.abort();
+    throw err;
+  } finally {
+    clearTimeout(idle);
+  }
+}
+
+/** Streams the parts in chunks, honouring the HTTP/2 flow control through 'drain'. */
+async function getStream(ctx: ServiceContext, call: ServerWritableStream<GetStreamRequest, GetStreamResponse>) {
+  const r = call.request;
+  const chunkSize = r.chunkSize === 0 ? DEFAULT_CHUNK_SIZE : r.chunkSize;
+  if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > MAX_CHUNK_SIZE) {
+    throw new InvalidArgumentError("chunk_size", `${r.chunkSize} must be from 1 to ${MAX_CHUNK_SIZE}`);
+  }
+  const signal = cancelSignal(call);
+  const lease: ReadLease = await ctx.store.get({
+    transferId: r.transferId, parts: r.parts, consume: r.consume, waitMs: r.waitMs, signal,
+  });
+  let completed = false;
+  try {
+    let first = true;
+    for (const part of lease.parts) {
+      let offset = 0;
+      do {
+        const length = Math.min(chunkSize, part.size - offset);
+        const msg: GetStreamResponse = {
+          entry: first ? toWireEntry(lease.entry) : undefined,
+          part: part.name,
+          partSize: part.size,
+          offset,
+          // A view, not a copy: the lease is held until every message is serialized ('finish').
+          chunk: asBuffer(part.view(offset, length)),
+        };
+        first = false;
+        offset += length;
+        if (signal.aborted) return;
+        if (!call.write(msg)) await drained(call, signal);
+      } while (offset < part.size);
+    }
+    if (first) call.write({ entry: toWireEntry(lease.entry), part: "", partSize: 0, offset: 0, chunk: Buffer.alloc(0) });
+    call.end();
+    await flushed(call, signal);
+    completed = !signal.aborted;
+  } finally {
+    lease.release(completed);
+  }
+}
+
+function asBuffer(view: Uint8Array): Buffer {
+  return Buffer.from(view.buffer, view.byteOffset, view.byteLength);
+}
+
+/** Resolves once every written message went through grpc-js's serializer, or the call is gone. */
+function flushed(stream: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off("finish", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    stream.once("finish", done);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+function drained(stream: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    stream.once("drain", done);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}

@@ -1,0 +1,87 @@
+// One entry of the lookup buffer: the named parts of one transfer id.
+//
+// Lifecycle (one way only):
+//   open ──seal (when no part is still arriving)──▶ sealed
+//   open | sealed ──release | consume | evict | expire──▶ removed
+// A removed entry leaves the index at once; its memory is returned when the last
+// reader or writer that holds it lets go (`holds` reaches 0).
+import type { RemovalReason } from "../errors.js";
+import type { Block } from "./memory.js";
+
+export type EntryState = "open" | "sealed";
+
+export interface Part {
+  readonly name: string;
+  readonly size: number;
+  readonly block: Block;
+  /** Bytes written so far; the part is complete when it equals size. */
+  written: number;
+}
+
+export function isComplete(part: Part): boolean {
+  return part.written === part.size;
+}
+
+/** What Stat, List and every successful call report about an entry. */
+export interface EntryInfo {
+  transferId: string;
+  state: EntryState;
+  parts: { name: string; size: number; complete: boolean }[];
+  bytes: number;
+  leaseRemainingMs: number;
+  createdAtMs: number;
+  lastAccessMs: number;
+  readers: number;
+  writers: number;
+}
+
+export class Entry {
+  state: EntryState = "open";
+  /** Seal was asked for while parts were still arriving; it happens when the last one lands. */
+  sealRequested = false;
+  readonly parts = new Map<string, Part>();
+  /** Part names reserved by puts that are still waiting for room. */
+  readonly pending = new Set<string>();
+  readers = 0;
+  writers = 0;
+  /** A consuming Get is reading the entry; nobody else may. */
+  consuming = false;
+  removed: RemovalReason | undefined;
+  bytes = 0;
+  readonly createdAtMs: number;
+  lastAccessMs: number;
+  leaseEndsAtMs = 0;
+  leaseTimer: NodeJS.Timeout | undefined;
+
+  constructor(readonly transferId: string, now: number) {
+    this.createdAtMs = now;
+    this.lastAccessMs = now;
+  }
+
+  get holds(): number {
+    return this.readers + this.writers;
+  }
+
+  /** Sealed, nobody reading, writing or consuming it, still indexed. */
+  get evictable(): boolean {
+    return this.state === "sealed" && this.holds === 0 && this.removed === undefined;
+  }
+
+  hasPart(name: string): boolean {
+    return this.parts.has(name) || this.pending.has(name);
+  }
+
+  info(now: number): EntryInfo {
+    return {
+      transferId: this.transferId,
+      state: this.state,
+      parts: [...this.parts.values()].map((p) => ({ name: p.name, size: p.size, complete: isComplete(p) })),
+      bytes: this.bytes,
+      leaseRemainingMs: Math.max(0, this.leaseEndsAtMs - now),
+      createdAtMs: this.createdAtMs,
+      lastAccessMs: this.lastAccessMs,
+      readers: this.readers,
+      writers: this.writers,
+    };
+  }
+}

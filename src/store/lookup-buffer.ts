@@ -1,0 +1,617 @@
+// The lookup buffer: entries by transfer id, bounded by the memory's capacity.
+//
+// Invariants (checked by the property test):
+// - memory.used equals the sum of the sizes of every part of every entry that is
+//   indexed or retired (removed but still held by a reader or writer);
+// - an entry is evicted only when sealed and held by nobody;
+// - every wait (for room, for parts, for the seal) has a deadline;
+// - every removal is counted, remembered for a while, and reported through onRemoved.
+import {
+  CancelledError,
+  DeadlineExceededError,
+  FailedPreconditionError,
+  AlreadyExistsError,
+  NotFoundError,
+  OutOfRangeError,
+  ResourceExhaustedError,
+  type RemovalReason,
+  InvalidArgumentError,
+} from "../errors.js";
+import { Entry, isComplete, type EntryInfo, type EntryState, type Part } from "./entry.js";
+import type { Block, Memory } from "./memory.js";
+import { RecentlyRemoved } from "./recently-removed.js";
+import { RoomQueue } from "./room-queue.js";
+import { checkLeaseTtl, checkPartList, checkPartName, checkTransferId, checkWait } from "./validate.js";
+
+export interface LookupBufferOptions {
+  memory: Memory;
+  /** Lease of a new entry when the put names none. */
+  leaseTtlMs: number;
+  /** How long a put waits for room before RESOURCE_EXHAUSTED. */
+  putDeadlineMs: number;
+  /** How long a Get waits when the call names no wait. */
+  getWaitMs: number;
+  /** How many removed transfer ids (and why) are remembered. */
+  recentlyRemoved: number;
+  /** Bound on calls parked at once (puts waiting for room plus gets waiting for parts). */
+  maxWaiters: number;
+  onRemoved?: (event: RemovalEvent) => void;
+}
+
+export interface RemovalEvent {
+  transferId: string;
+  reason: RemovalReason;
+  bytes: number;
+}
+
+export interface Counters {
+  puts: number;
+  gets: number;
+  evictions: number;
+  bytesEvicted: number;
+  expiries: number;
+  releases: number;
+  consumed: number;
+  putTimeouts: number;
+}
+
+export interface PartTarget {
+  transferId: string;
+  part: string;
+  seal?: boolean;
+  leaseTtlMs?: number;
+  /** Aborts a wait for room (the caller went away). */
+  signal?: AbortSignal;
+}
+
+export interface GetOptions {
+  transferId: string;
+  /** Parts to read; empty or absent for all, which waits for the seal. */
+  parts?: readonly string[];
+  consume?: boolean;
+  waitMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface ReadPart {
+  readonly name: string;
+  readonly size: number;
+  /** A view of the part's bytes, valid until the lease is released. */
+  view(offset?: number, length?: number): Uint8Array;
+}
+
+/**
+ * What a successful Get holds: the entry cannot be evicted or freed until `release`.
+ * `release(true)` after a consuming read removes the entry; `release(false)` (the read
+ * failed, e.g. the client went away) leaves it in place for another reader.
+ */
+export interface ReadLease {
+  readonly entry: EntryInfo;
+  readonly parts: readonly ReadPart[];
+  release(completed?: boolean): void;
+}
+
+export interface ListOptions {
+  pageSize?: number;
+  pageToken?: string;
+  state?: EntryState;
+}
+
+export const DEFAULT_PAGE_SIZE = 100;
+export const MAX_PAGE_SIZE = 1000;
+
+interface GetWaiter {
+  /** Re-checks the entry; settles the waiter when it is readable or never will be. */
+  attempt(): void;
+  cancel(err: Error): void;
+}
+
+export class LookupBuffer {
+  readonly #memory: Memory;
+  readonly #options: LookupBufferOptions;
+  /** Indexed entries in least-recently-used order: first is the eviction candidate. */
+  readonly #entries = new Map<string, Entry>();
+  /** Removed entries whose memory a reader or writer still holds. */
+  readonly #retired = new Set<Entry>();
+  readonly #recent: RecentlyRemoved;
+  readonly #room: RoomQueue;
+  readonly #getWaiters = new Map<string, Set<GetWaiter>>();
+  #getWaiterCount = 0;
+  #closed = false;
+  readonly counters: Counters = {
+    puts: 0, gets: 0, evictions: 0, bytesEvicted: 0, expiries: 0, releases: 0, consumed: 0, putTimeouts: 0,
+  };
+
+  constructor(options: LookupBufferOptions) {
+    this.#options = options;
+    this.#memory = options.memory;
+    this.#recent = new RecentlyRemoved(options.recentlyRemoved);
+    this.#room = new RoomQueue((size) => this.#tryAllocate(size));
+  }
+
+  get capacity(): number {
+    return this.#memory.capacity;
+  }
+
+  get bytesUsed(): number {
+    return this.#memory.used;
+  }
+
+  get entryCount(): number {
+    return this.#entries.size;
+  }
+
+  /** Sum of the parts of indexed and retired entries; equals bytesUsed at every moment. */
+  accountedBytes(): number {
+    let sum = 0;
+    for (const e of this.#entries.values()) sum += e.bytes;
+    for (const e of this.#retired) sum += e.bytes;
+    return sum;
+  }
+
+  /** Stores one whole part. */
+  async put(target: PartTarget, data: Uint8Array): Promise<EntryInfo> {
+    const writer = await this.openPart(target, data.length);
+    writer.write(data);
+    return writer.commit();
+  }
+
+  /**
+   * Reserves room for a part of `size` bytes and returns its writer. Waits up to the
+   * put deadline for room, evicting least-recently-used sealed entries first.
+   */
+  async openPart(target: PartTarget, size: number): Promise<PartWriter> {
+    this.#checkOpen();
+    const transferId = checkTransferId(target.transferId);
+    const name = checkPartName(target.part);
+    const leaseTtlMs = checkLeaseTtl(target.leaseTtlMs);
+    if (!Number.isSafeInteger(size) || size < 0) throw new InvalidArgumentError("size", `${size} is not a byte count`);
+    if (size > this.#memory.capacity) {
+      throw new OutOfRangeError(
+        `part ${name} of ${transferId} is ${size} bytes; it can never fit in a buffer of ${this.#memory.capacity} bytes`,
+      );
+    }
+    let entry = this.#entries.get(transferId);
+    if (entry === undefined) {
+      entry = new Entry(transferId, Date.now());
+      this.#entries.set(transferId, entry);
+      this.#recent.forget(transferId);
+      this.#renewLease(entry, leaseTtlMs ?? this.#options.leaseTtlMs);
+    } else {
+      this.#checkWritable(entry, name);
+      if (leaseTtlMs !== undefined) this.#renewLease(entry, leaseTtlMs);
+    }
+    entry.pending.add(name);
+    entry.writers++;
+    let block: Block;
+    try {
+      block = await this.#reserve(size, `part ${name} of ${transferId}`, target.signal);
+    } catch (err) {
+      entry.pending.delete(name);
+      this.#writerLeft(entry);
+      throw err;
+    }
+    entry.pending.delete(name);
+    if (entry.removed !== undefined) {
+      this.#memory.free(block);
+      this.#writerLeft(entry);
+      throw this.#goneError(transferId, entry.removed);
+    }
+    const part: Part = { name, size, block, written: 0 };
+    entry.parts.set(name, part);
+    entry.bytes += size;
+    this.#touch(entry);
+    return new PartWriter(this, entry, part, target.seal === true);
+  }
+
+  /** Seals the entry, or, while parts are still arriving, seals it when the last one lands. */
+  seal(transferId: string): EntryInfo {
+    const entry = this.#indexed(checkTransferId(transferId));
+    if (entry.state === "open") {
+      entry.sealRequested = true;
+      this.#sealIfSettled(entry);
+    }
+    return entry.info(Date.now());
+  }
+
+  /** Drops the entry now. Returns its bytes (freed at once, or when its last reader is done). */
+  release(transferId: string): number {
+    const entry = this.#indexed(checkTransferId(transferId));
+    const bytes = entry.bytes;
+    this.#remove(entry, "released");
+    return bytes;
+  }
+
+  stat(transferId: string): EntryInfo {
+    return this.#indexed(checkTransferId(transferId)).info(Date.now());
+  }
+
+  list(options: ListOptions = {}): { entries: EntryInfo[]; nextPageToken: string } {
+    const pageSize = options.pageSize || DEFAULT_PAGE_SIZE;
+    if (!Number.isInteger(pageSize) || pageSize < 0 || pageSize > MAX_PAGE_SIZE) {
+      throw new InvalidArgumentError("page_size", `${options.pageSize} must be from 0 to ${MAX_PAGE_SIZE}`);
+    }
+    let after = "";
+    if (options.pageToken) {
+      after = Buffer.from(options.pageToken, "base64url").toString("utf8");
+      if (after.length === 0) throw new InvalidArgumentError("page_token", "is not a token this daemon issued");
+    }
+    const ids = [...this.#entries.keys()].filter((id) => id > after).sort();
+    const now = Date.now();
+    const entries: EntryInfo[] = [];
+    let last = "";
+    for (const id of ids) {
+      const entry = this.#entries.get(id)!;
+      if (options.state !== undefined && entry.state !== options.state) continue;
+      if (entries.length === pageSize) {
+        return { entries, nextPageToken: Buffer.from(last, "utf8").toString("base64url") };
+      }
+      entries.push(entry.info(now));
+      last = id;
+    }
+    return { entries, nextPageToken: "" };
+  }
+
+  /** Waits (bounded) until the named parts, or the seal, are there, then holds the entry for reading. */
+  get(options: GetOptions): Promise<ReadLease> {
+    this.#checkOpen();
+    const transferId = checkTransferId(options.transferId);
+    const names = checkPartList(options.parts ?? []);
+    const waitMs = checkWait(options.waitMs) ?? this.#options.getWaitMs;
+    const consume = options.consume === true;
+    const ready = this.#readable(transferId, names);
+    if (ready !== undefined) return Promise.resolve(this.#lease(ready, names, consume));
+    if (waitMs === 0) return Promise.reject(this.#notReadyError(transferId, names));
+    if (options.signal?.aborted) return Promise.reject(new CancelledError(`get of ${transferId} cancelled`));
+    this.#checkWaiterRoom();
+
+    return new Promise<ReadLease>((resolve, reject) => {
+      let set = this.#getWaiters.get(transferId);
+      if (set === undefined) this.#getWaiters.set(transferId, (set = new Set()));
+      const waiters = set;
+      const settle = () => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener("abort", onAbort);
+        waiters.delete(waiter);
+        this.#getWaiterCount--;
+        if (waiters.size === 0 && this.#getWaiters.get(transferId) === waiters) this.#getWaiters.delete(transferId);
+      };
+      const waiter: GetWaiter = {
+        attempt: () => {
+          try {
+            const entry = this.#readable(transferId, names);
+            if (entry === undefined) return;
+            settle();
+            resolve(this.#lease(entry, names, consume));
+          } catch (err) {
+            settle();
+            reject(err);
+          }
+        },
+        cancel: (err) => {
+          settle();
+          reject(err);
+        },
+      };
+      const timer = setTimeout(() => {
+        settle();
+        const missing = this.#notReadyError(transferId, names).message;
+        reject(new DeadlineExceededError(`waited ${waitMs} ms for ${transferId}: ${missing}`));
+      }, waitMs);
+      timer.unref();
+      const onAbort = () => {
+        settle();
+        reject(new CancelledError(`get of ${transferId} cancelled`));
+      };
+      options.signal?.addEventListener("abort", onAbort, { once: true });
+      waiters.add(waiter);
+      this.#getWaiterCount++;
+    });
+  }
+
+  /** Rejects every parked call and stops every lease timer. Entries stay readable to holders. */
+  close(): void {
+    this.#closed = true;
+    const err = new CancelledError("the daemon is shutting down");
+    this.#room.rejectAll(err);
+    for (const waiters of [...this.#getWaiters.values()]) {
+      for (const w of [...waiters]) w.cancel(err);
+    }
+    for (const entry of this.#entries.values()) clearTimeout(entry.leaseTimer);
+  }
+
+  // ---- used by PartWriter ----------------------------------------------------------
+
+  /** @internal A part is fully written: wakes readers, applies a seal asked for with it. */
+  partLanded(entry: Entry, seal: boolean): EntryInfo {
+    this.counters.puts++;
+    if (seal) entry.sealRequested = true;
+    this.#writerLeft(entry);
+    if (entry.removed !== undefined) throw this.#goneError(entry.transferId, entry.removed);
+    this.#notify(entry.transferId);
+    return entry.info(Date.now());
+  }
+
+  /** @internal A part will never be complete: its bytes go back, readers never see it. */
+  partAbandoned(entry: Entry, part: Part): void {
+    if (entry.removed === undefined && entry.parts.get(part.name) === part) {
+      entry.parts.delete(part.name);
+      entry.bytes -= part.size;
+      this.#memory.free(part.block);
+    }
+    this.#writerLeft(entry);
+  }
+
+  // ---- internals ---------------------------------------------------------------------
+
+  #checkOpen(): void {
+    if (this.#closed) throw new CancelledError("the daemon is shutting down");
+  }
+
+  #checkWaiterRoom(): void {
+    if (this.#room.length + this.#getWaiterCount >= this.#options.maxWaiters) {
+      throw new ResourceExhaustedError(`${this.#options.maxWaiters} calls are already waiting; try again later`);
+    }
+  }
+
+  #indexed(transferId: string): Entry {
+    const entry = this.#entries.get(transferId);
+    if (entry === undefined) throw this.#absentError(transferId);
+    return entry;
+  }
+
+  #absentError(transferId: string): NotFoundError {
+    const reason = this.#recent.get(transferId);
+    return reason === undefined ? new NotFoundError(`no entry ${transferId}`) : this.#goneError(transferId, reason);
+  }
+
+  #goneError(transferId: string, reason: RemovalReason): NotFoundError {
+    return new NotFoundError(`entry ${transferId} was ${reason}`, reason);
+  }
+
+  #checkWritable(entry: Entry, name: string): void {
+    if (entry.state === "sealed" || entry.sealRequested) {
+      throw new FailedPreconditionError(`entry ${entry.transferId} is sealed; no more parts may be added`);
+    }
+    if (entry.consuming) {
+      throw new FailedPreconditionError(`entry ${entry.transferId} is being consumed; no more parts may be added`);
+    }
+    if (entry.hasPart(name)) throw new AlreadyExistsError(`entry ${entry.transferId} already has part ${name}`);
+  }
+
+  #touch(entry: Entry): void {
+    entry.lastAccessMs = Date.now();
+    this.#entries.delete(entry.transferId);
+    this.#entries.set(entry.transferId, entry);
+  }
+
+  #renewLease(entry: Entry, ttlMs: number): void {
+    clearTimeout(entry.leaseTimer);
+    entry.leaseEndsAtMs = Date.now() + ttlMs;
+    entry.leaseTimer = setTimeout(() => this.#remove(entry, "expired"), ttlMs);
+    entry.leaseTimer.unref();
+  }
+
+  async #reserve(size: number, what: string, signal?: AbortSignal): Promise<Block> {
+    if (this.#room.length === 0) {
+      const block = this.#tryAllocate(size);
+      if (block !== undefined) return block;
+    }
+    this.#checkWaiterRoom();
+    const deadlineMs = this.#options.putDeadlineMs;
+    try {
+      return await this.#room.wait(size, deadlineMs, signal);
+    } catch (err) {
+      if (err instanceof DeadlineExceededError) {
+        this.counters.putTimeouts++;
+        const free = this.#memory.capacity - this.#memory.used;
+        throw new ResourceExhaustedError(
+          `no room for ${what}: needs ${size} bytes, ${free} free of ${this.#memory.capacity} ` +
+            `and nothing more can be evicted (waited ${deadlineMs} ms)`,
+        );
+      }
+      throw err;
+    }
+  }
+
+  /** Allocates, evicting least-recently-used evictable entries while that can make room. */
+  #tryAllocate(size: number): Block | undefined {
+    const block = this.#memory.allocate(size);
+    if (block !== undefined) return block;
+    if (this.#memory.capacity - this.#memory.used + this.#evictableBytes() < size) return undefined;
+    for (const entry of this.#entries.values()) {
+      if (!entry.evictable) continue;
+      this.#remove(entry, "evicted");
+      const block = this.#memory.allocate(size);
+      if (block !== undefined) return block;
+    }
+    return undefined;
+  }
+
+  #evictableBytes(): number {
+    let sum = 0;
+    for (const entry of this.#entries.values()) if (entry.evictable) sum += entry.bytes;
+    return sum;
+  }
+
+  #remove(entry: Entry, reason: RemovalReason): void {
+    if (entry.removed !== undefined) return;
+    entry.removed = reason;
+    clearTimeout(entry.leaseTimer);
+    this.#entries.delete(entry.transferId);
+    this.#recent.add(entry.transferId, reason);
+    switch (reason) {
+      case "evicted":
+        this.counters.evictions++;
+        this.counters.bytesEvicted += entry.bytes;
+        break;
+      case "expired": this.counters.expiries++; break;
+      case "released": this.counters.releases++; break;
+      case "consumed": this.counters.consumed++; break;
+      case "aborted": break;
+    }
+    if (entry.holds === 0) this.#free(entry);
+    else this.#retired.add(entry);
+    this.#notify(entry.transferId);
+    this.#options.onRemoved?.({ transferId: entry.transferId, reason, bytes: entry.bytes });
+  }
+
+  #free(entry: Entry): void {
+    for (const part of entry.parts.values()) this.#memory.free(part.block);
+    entry.parts.clear();
+    entry.bytes = 0;
+    this.#retired.delete(entry);
+    this.#room.wake();
+  }
+
+  /** A reader or writer let go: free a removed entry, drop an empty one, seal a settled one. */
+  #released(entry: Entry): void {
+    if (entry.removed !== undefined) {
+      if (entry.holds === 0 && this.#retired.has(entry)) this.#free(entry);
+      return;
+    }
+    if (entry.parts.size === 0 && entry.holds === 0 && entry.pending.size === 0 && !entry.sealRequested) {
+      // Created by a put that never stored anything: it never existed for anyone else.
+      clearTimeout(entry.leaseTimer);
+      this.#entries.delete(entry.transferId);
+      return;
+    }
+    this.#sealIfSettled(entry);
+    if (entry.evictable) this.#room.wake();
+  }
+
+  #writerLeft(entry: Entry): void {
+    entry.writers--;
+    this.#released(entry);
+  }
+
+  #sealIfSettled(entry: Entry): void {
+    if (entry.state !== "open" || !entry.sealRequested || entry.writers > 0 || entry.removed !== undefined) return;
+    entry.state = "sealed";
+    this.#notify(entry.transferId);
+    if (entry.evictable) this.#room.wake();
+  }
+
+  #notify(transferId: string): void {
+    const waiters = this.#getWaiters.get(transferId);
+    if (waiters === undefined) return;
+    for (const w of [...waiters]) w.attempt();
+  }
+
+  /** The entry if it can be read now, undefined to keep waiting; throws when it never will be. */
+  #readable(transferId: string, names: readonly string[]): Entry | undefined {
+    const entry = this.#entries.get(transferId);
+    if (entry === undefined) {
+      const reason = this.#recent.get(transferId);
+      if (reason !== undefined) throw this.#goneError(transferId, reason);
+      return undefined;
+    }
+    if (entry.consuming) {
+      throw new NotFoundError(`entry ${transferId} is being consumed by another Get`, "consumed");
+    }
+    if (names.length === 0) return entry.state === "sealed" ? entry : undefined;
+    for (const name of names) {
+      const part = entry.parts.get(name);
+      if (part !== undefined && isComplete(part)) continue;
+      if (entry.state === "sealed") throw new NotFoundError(`entry ${transferId} is sealed and has no part ${name}`);
+      return undefined;
+    }
+    return entry;
+  }
+
+  #notReadyError(transferId: string, names: readonly string[]): NotFoundError | FailedPreconditionError {
+    const entry = this.#entries.get(transferId);
+    if (entry === undefined) return this.#absentError(transferId);
+    if (names.length === 0) return new FailedPreconditionError(`entry ${transferId} is not sealed yet`);
+    const missing = names.filter((n) => {
+      const part = entry.parts.get(n);
+      return part === undefined || !isComplete(part);
+    });
+    return new NotFoundError(`entry ${transferId} has no complete part ${missing.join(", ")} yet`);
+  }
+
+  #lease(entry: Entry, names: readonly string[], consume: boolean): ReadLease {
+    const parts = (names.length === 0 ? [...entry.parts.values()] : names.map((n) => entry.parts.get(n)!)).map(
+      (p): ReadPart => ({
+        name: p.name,
+        size: p.size,
+        view: (offset = 0, length = p.size - offset) => p.block.view(offset, length),
+      }),
+    );
+    entry.readers++;
+    if (consume) entry.consuming = true;
+    this.counters.gets++;
+    this.#touch(entry);
+    const info = entry.info(Date.now());
+    let released = false;
+    return {
+      entry: info,
+      parts,
+      release: (completed = true) => {
+        if (released) return;
+        released = true;
+        entry.readers--;
+        if (consume) {
+          entry.consuming = false;
+          if (completed) this.#remove(entry, "consumed");
+          else this.#notify(entry.transferId);
+        }
+        this.#released(entry);
+      },
+    };
+  }
+}
+
+/** Writes one reserved part. Exactly one of commit or abort must end it. */
+export class PartWriter {
+  #done = false;
+
+  constructor(
+    private readonly buffer: LookupBuffer,
+    private readonly entry: Entry,
+    private readonly part: Part,
+    private readonly seal: boolean,
+  ) {}
+
+  get size(): number {
+    return this.part.size;
+  }
+
+  get written(): number {
+    return this.part.written;
+  }
+
+  write(chunk: Uint8Array): void {
+    if (this.#done) throw new FailedPreconditionError(`part ${this.part.name} is already finished`);
+    if (this.entry.removed !== undefined) {
+      throw new NotFoundError(`entry ${this.entry.transferId} was ${this.entry.removed}`, this.entry.removed);
+    }
+    if (this.part.written + chunk.length > this.part.size) {
+      throw new InvalidArgumentError(
+        "chunk",
+        `${this.part.written + chunk.length} bytes is more than the declared size of ${this.part.size}`,
+      );
+    }
+    this.part.block.write(this.part.written, chunk);
+    this.part.written += chunk.length;
+  }
+
+  /** The part is complete: it becomes readable. Throws (and aborts) if bytes are missing. */
+  commit(): EntryInfo {
+    if (this.#done) throw new FailedPreconditionError(`part ${this.part.name} is already finished`);
+    if (this.part.written !== this.part.size) {
+      const written = this.part.written;
+      this.abort();
+      throw new InvalidArgumentError("size", `declared ${this.part.size} bytes but ${written} arrived`);
+    }
+    this.#done = true;
+    return this.buffer.partLanded(this.entry, this.seal);
+  }
+
+  /** Gives the part's bytes back. Safe to call more than once, and after commit (no-op). */
+  abort(): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.buffer.partAbandoned(this.entry, this.part);
+  }
+}
