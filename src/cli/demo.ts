@@ -17,8 +17,8 @@ function fmtBytes(n: number): string {
 export async function runDemo(options: { kvBufferSize?: string }): Promise<number> {
   const bufferSize = options.kvBufferSize ?? "64MiB";
   const out = (s: string) => process.stdout.write(`${s}\n`);
-  out(`kvferry demo: starting a daemon with a ${bufferSize} lookup buffer on 127.0.0.1 ...`);
-  const daemon = await spawnDaemon(["--listen", "127.0.0.1:0", "--kv-buffer-size", bufferSize, "--log-level", "warn"]);
+  out(`kvferry demo: starting a daemon with a ${bufferSize} lookup buffer on 127.0.0.1`);
+  const daemon = await spawnDaemon(["--listen", "127.0.0.1:0", "--kv-buffer-size", bufferSize]);
   const client = new KvferryClient(daemon.address);
   const rows: [string, string][] = [];
   let ok = true;

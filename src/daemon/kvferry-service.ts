@@ -26,7 +26,7 @@ export const MAX_CHUNK_SIZE = 4 << 20;
 export interface ServiceContext {
   store: LookupBuffer;
   log: Logger;
-  nodeId: string;
+  nodeId(): string;
   version: string;
   startedAt: number;
   /** Largest unary message; bigger reads must use GetStream. */
@@ -134,7 +134,7 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
       bytesUsed: store.bytesUsed,
       entries: store.entryCount,
       counters: { ...store.counters },
-      nodeId: ctx.nodeId,
+      nodeId: ctx.nodeId(),
     })),
   };
 }

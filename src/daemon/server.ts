@@ -31,8 +31,11 @@ export class Daemon {
   readonly #server: Server;
   readonly #health: HealthImplementation;
   #port = 0;
+  /** The configured node id; a default made from port 0 gets the bound port. */
+  nodeId: string;
 
   constructor(readonly config: Config, private readonly log: Logger) {
+    this.nodeId = config.nodeId;
     this.store = new LookupBuffer({
       memory: new HeapMemory(config.kvBufferSize),
       leaseTtlMs: config.leaseTtlMs,
@@ -52,7 +55,7 @@ export class Daemon {
       kvferryService({
         store: this.store,
         log,
-        nodeId: config.nodeId,
+        nodeId: () => this.nodeId,
         version: VERSION,
         startedAt: Date.now(),
         maxMessageBytes: config.maxMessageBytes,
@@ -78,10 +81,13 @@ export class Daemon {
         else resolve(bound);
       });
     });
+    if (this.config.listen.port === 0 && this.nodeId.endsWith(":0")) {
+      this.nodeId = `${this.nodeId.slice(0, -2)}:${this.#port}`;
+    }
     this.#setHealth("SERVING");
     this.state = "serving";
     this.log.info(
-      { listen: `${host}:${this.#port}`, nodeId: this.config.nodeId, kvBufferSize: this.config.kvBufferSize, version: VERSION },
+      { listen: `${host}:${this.#port}`, nodeId: this.nodeId, kvBufferSize: this.config.kvBufferSize, version: VERSION },
       "kvferry daemon serving",
     );
   }

@@ -1,0 +1,137 @@
+// Every setting kvferry reads: its key (as spelled in mooncake.json), its parser, its default,
+// and which other sources may set it — a flag, an environment variable, vLLM's
+// --kv-transfer-config. A key not in this table is unknown (a warning, never an error).
+import { metadataBackend, metadataServer, type MetadataBackend, type MetadataConfig } from "./metadata.js";
+import {
+  durationMs,
+  hostPort,
+  listenAddress,
+  integer,
+  INT32_MAX,
+  MiB,
+  oneOf,
+  size,
+  stringMatching,
+  type HostPort,
+  type Parser,
+} from "./parse.js";
+
+export type Role = "prefill" | "decode" | "both";
+export type Protocol = "tcp" | "rdma";
+export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | "silent";
+
+/** What the CLI parsed from flags; every field is the flag's text as given. */
+export interface ConfigInputs {
+  config?: string;            // --config FILE
+  listen?: string;            // --listen HOST:PORT (client API)
+  kvBufferSize?: string;      // --kv-buffer-size BYTES
+  kvTransferConfig?: string;  // --kv-transfer-config JSON (vLLM's)
+  kvRole?: string;            // --kv-role
+  kvRank?: string;            // --kv-rank
+  kvParallelSize?: string;    // --kv-parallel-size
+  logLevel?: string;          // --log-level
+  nodeId?: string;            // --node-id
+  leaseTtlMs?: string;        // --lease-ttl-ms
+  putDeadlineMs?: string;     // --put-deadline-ms
+  getWaitMs?: string;         // --get-wait-ms
+}
+
+/** The flags that set a key: every ConfigInputs field but the two that name whole sources. */
+export type SettingFlag = Exclude<keyof ConfigInputs, "config" | "kvTransferConfig">;
+
+export interface KeySpec<T> {
+  readonly parse: Parser<T>;
+  readonly default?: T;
+  readonly flag?: SettingFlag;
+  readonly env?: string;
+  /** vLLM's --kv-transfer-config may set it. */
+  readonly kvTransfer?: true;
+}
+
+function spec<T>(s: KeySpec<T>): KeySpec<T> {
+  return s;
+}
+
+export const DEFAULT_LISTEN_HOST = "127.0.0.1";
+
+const role = oneOf<Role>(
+  {
+    kv_producer: "prefill",
+    kv_consumer: "decode",
+    kv_both: "both",
+    prefill: "prefill",
+    decode: "decode",
+    both: "both",
+  },
+  `one of "kv_producer", "kv_consumer", "kv_both" (or "prefill", "decode", "both")`,
+);
+
+const protocol = oneOf<Protocol>({ tcp: "tcp", rdma: "rdma" }, `one of "tcp", "rdma"`);
+
+const LOG_LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
+const logLevel = oneOf<LogLevel>(
+  Object.fromEntries(LOG_LEVELS.map((level) => [level, level])),
+  `one of ${LOG_LEVELS.map((level) => `"${level}"`).join(", ")}`,
+);
+
+const name = stringMatching(
+  /^[\x21-\x7e]{1,256}$/,
+  "a non-empty string of at most 256 printable characters without spaces",
+);
+const text = stringMatching(/^[^\x00-\x1f]{1,1024}$/, "a non-empty string of at most 1024 characters");
+// Mooncake's TCP examples carry `"device_name": ""`: empty means none.
+const deviceNames = stringMatching(
+  /^[^\x00-\x1f]{0,1024}$/,
+  "a string of at most 1024 characters (device names, comma-separated)",
+);
+
+export const KEYS = {
+  // mooncake.json
+  prefill_url: spec<HostPort>({ parse: hostPort }),
+  decode_url: spec<HostPort>({ parse: hostPort }),
+  metadata_server: spec<MetadataConfig>({ parse: metadataServer }),
+  metadata_backend: spec<MetadataBackend>({ parse: metadataBackend }),
+  protocol: spec<Protocol>({ parse: protocol, default: "tcp" }),
+  device_name: spec<string>({ parse: deviceNames }),
+
+  // vLLM's KV-transfer fields
+  kv_connector: spec<string>({ parse: text, kvTransfer: true }),
+  kv_role: spec<Role>({ parse: role, default: "both", flag: "kvRole", kvTransfer: true }),
+  kv_rank: spec<number>({ parse: integer(0, INT32_MAX - 1), default: 0, flag: "kvRank", kvTransfer: true }),
+  kv_parallel_size: spec<number>({
+    parse: integer(1, INT32_MAX), default: 1, flag: "kvParallelSize", kvTransfer: true,
+  }),
+  kv_buffer_size: spec<number>({
+    parse: size(MiB), default: 2 ** 30, flag: "kvBufferSize", env: "KVFERRY_KV_BUFFER_SIZE", kvTransfer: true,
+  }),
+
+  // kvferry
+  listen: spec<HostPort>({
+    parse: listenAddress(DEFAULT_LISTEN_HOST),
+    default: { host: DEFAULT_LISTEN_HOST, port: 50051 },
+    flag: "listen",
+    env: "KVFERRY_LISTEN",
+  }),
+  node_id: spec<string>({ parse: name, flag: "nodeId", env: "KVFERRY_NODE_ID" }),
+  log_level: spec<LogLevel>({ parse: logLevel, default: "info", flag: "logLevel", env: "KVFERRY_LOG_LEVEL" }),
+  lease_ttl_ms: spec<number>({ parse: durationMs, default: 120_000, flag: "leaseTtlMs" }),
+  put_deadline_ms: spec<number>({ parse: durationMs, default: 10_000, flag: "putDeadlineMs" }),
+  get_wait_ms: spec<number>({ parse: durationMs, default: 30_000, flag: "getWaitMs" }),
+  shutdown_grace_ms: spec<number>({ parse: durationMs, default: 10_000 }),
+  // grpc-js takes message limits as int32.
+  max_message_bytes: spec<number>({ parse: size(1024, INT32_MAX), default: 64 * MiB }),
+  recently_removed: spec<number>({ parse: integer(0, INT32_MAX), default: 10_000 }),
+  max_waiters: spec<number>({ parse: integer(1, INT32_MAX), default: 10_000 }),
+} as const;
+
+export type Key = keyof typeof KEYS;
+export type ValueOf<K extends Key> = (typeof KEYS)[K] extends KeySpec<infer T> ? T : never;
+
+export function isKey(key: string): key is Key {
+  return Object.hasOwn(KEYS, key);
+}
+
+/** `--kv-buffer-size` for `kvBufferSize`. */
+export function flagName(field: keyof ConfigInputs): string {
+  return `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
