@@ -58,6 +58,8 @@ export class KvferryClient {
     this.raw = new KvFerryClient(address, credentials.createInsecure(), {
       "grpc.max_receive_message_length": 80 << 20,
       "grpc.max_send_message_length": 80 << 20,
+      // Streamed gets arrive in MiB-sized messages: do not stall every 64 KiB.
+      "grpc-node.flow_control_window": 16 << 20,
       ...options,
     });
   }

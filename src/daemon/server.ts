@@ -13,11 +13,15 @@ import { KvFerryService } from "../gen/kvferry/v1/kvferry.js";
 import { HeapMemory } from "../store/memory.js";
 import { LookupBuffer } from "../store/lookup-buffer.js";
 import { kvferryService } from "./kvferry-service.js";
+import { widenSessionWindows, widenStreamWindows } from "./http2-windows.js";
 import { addReflection } from "./reflection.js";
 
 export const SERVICE_NAME = "kvferry.v1.KvFerry";
 /** Room for a message's framing beyond its payload. */
 const MESSAGE_OVERHEAD = 64 * 1024;
+/** HTTP/2 windows: a streamed part moves in MiB-sized messages, not 64 KiB steps. */
+const STREAM_WINDOW = 16 << 20;
+const SESSION_WINDOW = 64 << 20;
 
 export const VERSION: string = JSON.parse(
   readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
@@ -62,6 +66,7 @@ export class Daemon {
         streamIdleMs: config.putDeadlineMs,
       }),
     );
+    widenStreamWindows(this.#server, STREAM_WINDOW, log);
     this.#health = new HealthImplementation({ "": "NOT_SERVING", [SERVICE_NAME]: "NOT_SERVING" });
     this.#health.addToServer(this.#server);
     addReflection(this.#server);
@@ -81,6 +86,7 @@ export class Daemon {
         else resolve(bound);
       });
     });
+    widenSessionWindows(this.#server, SESSION_WINDOW, this.log);
     if (this.config.listen.port === 0 && this.nodeId.endsWith(":0")) {
       this.nodeId = `${this.nodeId.slice(0, -2)}:${this.#port}`;
     }
