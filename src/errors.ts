@@ -21,7 +21,7 @@ export class InvalidArgumentError extends KvferryError {
 }
 
 /** Why an entry is gone; remembered for a while so callers learn what happened. */
-export type RemovalReason = "consumed" | "released" | "evicted" | "expired" | "aborted";
+export type RemovalReason = "consumed" | "released" | "evicted" | "expired" | "transferred";
 
 /** No such entry or part. `reason` says why, when the entry existed recently. */
 export class NotFoundError extends KvferryError {
@@ -53,8 +53,14 @@ export class UnavailableError extends KvferryError {
   override readonly retryable = true;
 }
 
+/** A peer presented no token or the wrong one. */
+export class PermissionDeniedError extends KvferryError {}
+
 /** The caller went away or the daemon is shutting down. */
 export class CancelledError extends KvferryError {}
+
+/** A daemon-side failure that is not the caller's fault. */
+export class InternalError extends KvferryError {}
 
 /** A configuration value is wrong. Raised at start-up; the CLI exits with code 2. */
 export class ConfigError extends KvferryError {
@@ -87,7 +93,9 @@ const STATUS_OF = new Map<Function, GrpcStatus>([
   [DeadlineExceededError, GrpcStatus.DEADLINE_EXCEEDED],
   [UnavailableError, GrpcStatus.UNAVAILABLE],
   [CancelledError, GrpcStatus.CANCELLED],
+  [PermissionDeniedError, GrpcStatus.PERMISSION_DENIED],
   [ConfigError, GrpcStatus.INVALID_ARGUMENT],
+  [InternalError, GrpcStatus.INTERNAL],
 ]);
 
 /** The gRPC status for an error; anything that is not a KvferryError is INTERNAL. */
@@ -115,9 +123,7 @@ export function errorFromStatus(code: GrpcStatus, message: string): KvferryError
     case GrpcStatus.DEADLINE_EXCEEDED: return new DeadlineExceededError(message);
     case GrpcStatus.UNAVAILABLE: return new UnavailableError(message);
     case GrpcStatus.CANCELLED: return new CancelledError(message);
+    case GrpcStatus.PERMISSION_DENIED: return new PermissionDeniedError(message);
     default: return new InternalError(message);
   }
 }
-
-/** A daemon-side failure that is not the caller's fault. */
-export class InternalError extends KvferryError {}

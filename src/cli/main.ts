@@ -70,6 +70,11 @@ Flags:
 ${flagHelp(DEMO_FLAGS)}
 `;
 
+const FULL_USAGE = `${USAGE}
+Flags of \`kvferry daemon\`:
+${flagHelp(DAEMON_FLAGS)}
+`;
+
 function parse(args: string[], flags: Record<string, { type: "string" | "boolean"; short?: string }>) {
   const options: ParseArgsConfig["options"] = {};
   for (const [name, f] of Object.entries(flags)) options[name] = { type: f.type, ...(f.short ? { short: f.short } : {}) };
@@ -103,7 +108,7 @@ export async function run(argv: string[]): Promise<number> {
       case "--help":
       case "-h": {
         const topic = rest[0];
-        process.stdout.write(topic === "daemon" ? DAEMON_USAGE : topic === "demo" ? DEMO_USAGE : USAGE);
+        process.stdout.write(topic === "daemon" ? DAEMON_USAGE : topic === "demo" ? DEMO_USAGE : FULL_USAGE);
         return 0;
       }
       case "daemon": {

@@ -28,6 +28,8 @@ export interface GetOptions extends CallOptions {
   parts?: string[];
   consume?: boolean;
   waitMs?: number;
+  /** A peer's address to pull the entry from when it is not here. */
+  source?: string;
 }
 
 export interface GotEntry {
@@ -135,7 +137,7 @@ export class KvferryClient {
   get(transferId: string, o: GetOptions = {}): Promise<GotEntry> {
     return call<{ entry?: EntryInfo; parts: { name: string; data: Buffer }[] }>((cb) =>
       this.raw.get(
-        { transferId, parts: o.parts ?? [], consume: o.consume ?? false, waitMs: o.waitMs },
+        { transferId, parts: o.parts ?? [], consume: o.consume ?? false, waitMs: o.waitMs, source: o.source ?? "" },
         new Metadata(),
         this.#opts(o),
         cb,
@@ -147,7 +149,10 @@ export class KvferryClient {
   getStream(transferId: string, o: GetOptions & { chunkSize?: number } = {}): Promise<GotEntry> {
     return new Promise<GotEntry>((resolve, reject) => {
       const stream = this.raw.getStream(
-        { transferId, parts: o.parts ?? [], consume: o.consume ?? false, waitMs: o.waitMs, chunkSize: o.chunkSize ?? 0 },
+        {
+          transferId, parts: o.parts ?? [], consume: o.consume ?? false, waitMs: o.waitMs,
+          chunkSize: o.chunkSize ?? 0, source: o.source ?? "",
+        },
         new Metadata(),
         this.#opts(o),
       );

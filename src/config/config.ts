@@ -68,6 +68,15 @@ export interface Config {
   /** This daemon's data address: prefillUrl for prefill and both, decodeUrl for decode. */
   dataAddress?: HostPort;
   metadata: MetadataConfig;
+  /** The native data plane's listener: data_listen, else dataAddress, else 127.0.0.1:0. */
+  dataListen: HostPort;
+  /** The peer API (token-authenticated gRPC): peer_listen, else the data host at data port + 1. */
+  peerListen: HostPort;
+  /** Shared secret every daemon of the cluster presents to its peers; "" when none is set. */
+  clusterToken: string;
+  connectionsPerPeer: number;
+  /** Default deadline of a BatchTransfer, and of a Get that pulls from a peer. */
+  transferDeadlineMs: number;
   /** Things worth telling the operator that are not errors, e.g. unknown keys in the file. */
   warnings: string[];
 }
@@ -100,6 +109,14 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
   const listen = settings.value("listen");
   const kvConnector = settings.get("kv_connector")?.value;
   const deviceName = settings.get("device_name")?.value || undefined;
+  const dataListen = settings.get("data_listen")?.value ?? (dataAddress ? { ...dataAddress } : { host: "127.0.0.1", port: 0 });
+  const peerListen = settings.get("peer_listen")?.value ?? {
+    host: dataListen.host,
+    port: dataListen.port === 0 ? 0 : dataListen.port + 1,
+  };
+  if (peerListen.port > 65535) {
+    throw new ConfigError(settings.get("data_listen")?.source ?? "data address", "peer_listen", peerListen, "a data port below 65535, or peer_listen set explicitly");
+  }
 
   return {
     source: path ?? "defaults",
@@ -124,6 +141,11 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
     ...(decodeUrl && { decodeUrl }),
     ...(dataAddress && { dataAddress: { ...dataAddress } }),
     metadata,
+    dataListen,
+    peerListen,
+    clusterToken: settings.get("cluster_token")?.value ?? "",
+    connectionsPerPeer: settings.value("connections_per_peer"),
+    transferDeadlineMs: settings.value("transfer_deadline_ms"),
     warnings,
   };
 }

@@ -34,6 +34,11 @@ export interface ConfigInputs {
   leaseTtlMs?: string;        // --lease-ttl-ms
   putDeadlineMs?: string;     // --put-deadline-ms
   getWaitMs?: string;         // --get-wait-ms
+  dataListen?: string;        // --data-listen HOST:PORT (native data plane)
+  peerListen?: string;        // --peer-listen HOST:PORT (peer API)
+  clusterToken?: string;      // --cluster-token
+  connectionsPerPeer?: string; // --connections-per-peer
+  transferDeadlineMs?: string; // --transfer-deadline-ms
 }
 
 /** The flags that set a key: every ConfigInputs field but the two that name whole sources. */
@@ -122,6 +127,13 @@ export const KEYS = {
   max_message_bytes: spec<number>({ parse: size(1024, INT32_MAX), default: 64 * MiB }),
   recently_removed: spec<number>({ parse: integer(0, INT32_MAX), default: 10_000 }),
   max_waiters: spec<number>({ parse: integer(1, INT32_MAX), default: 10_000 }),
+
+  // the data plane and the peer API
+  data_listen: spec<HostPort>({ parse: listenAddress(DEFAULT_LISTEN_HOST), flag: "dataListen", env: "KVFERRY_DATA_LISTEN" }),
+  peer_listen: spec<HostPort>({ parse: listenAddress(DEFAULT_LISTEN_HOST), flag: "peerListen", env: "KVFERRY_PEER_LISTEN" }),
+  cluster_token: spec<string>({ parse: text, flag: "clusterToken", env: "KVFERRY_CLUSTER_TOKEN" }),
+  connections_per_peer: spec<number>({ parse: integer(1, 64), default: 4, flag: "connectionsPerPeer" }),
+  transfer_deadline_ms: spec<number>({ parse: durationMs, default: 30_000, flag: "transferDeadlineMs" }),
 } as const;
 
 export type Key = keyof typeof KEYS;

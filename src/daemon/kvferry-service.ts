@@ -6,7 +6,7 @@ import type {
   ServerWritableStream,
 } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { DeadlineExceededError, InvalidArgumentError, OutOfRangeError } from "../errors.js";
+import { DeadlineExceededError, InvalidArgumentError, OutOfRangeError, UnavailableError } from "../errors.js";
 import type {
   GetRequest,
   GetResponse,
@@ -16,9 +16,12 @@ import type {
   KvFerryServer,
   PutStreamRequest,
 } from "../gen/kvferry/v1/kvferry.js";
+import { TransferMode } from "../gen/kvferry/v1/kvferry.js";
+import { grpcStatusOf } from "../errors.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
 import { fromWireState, toWireEntry } from "./convert.js";
 import { toGrpcError } from "./status.js";
+import type { Transfers } from "./transfers.js";
 
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
 export const MAX_CHUNK_SIZE = 4 << 20;
@@ -33,6 +36,21 @@ export interface ServiceContext {
   maxMessageBytes: number;
   /** A PutStream that sends nothing for this long is aborted. */
   streamIdleMs: number;
+  /** Absent while the daemon runs without a data plane. */
+  transfers?: Transfers;
+  /** Bytes the data plane moved. */
+  dataPlane(): { bytesSent: number; bytesReceived: number };
+}
+
+/** For a Get that names a source: pulls the entry here first unless it already is. */
+async function pullIfAbsent(ctx: ServiceContext, transferId: string, source: string): Promise<void> {
+  if (source === "" || ctx.store.has(transferId)) return;
+  await dataPlane(ctx).pullOne(transferId, source);
+}
+
+function dataPlane(ctx: ServiceContext): Transfers {
+  if (ctx.transfers === undefined) throw new UnavailableError("this daemon runs without a data plane");
+  return ctx.transfers;
 }
 
 /** An AbortSignal that fires when the client cancels the call or its deadline passes. */
@@ -102,6 +120,7 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
 
     get: unary(log, async (call: ServerUnaryCall<GetRequest, GetResponse>) => {
       const r = call.request;
+      await pullIfAbsent(ctx, r.transferId, r.source);
       const lease = await store.get({
         transferId: r.transferId, parts: r.parts, consume: r.consume, waitMs: r.waitMs, signal: cancelSignal(call),
       });
@@ -127,13 +146,33 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
       getStream(ctx, call).catch((err) => call.emit("error", reportError(log, call.getPath(), err)));
     },
 
+    batchTransfer: unary(log, async (call) => {
+      const r = call.request;
+      const mode = r.mode === TransferMode.TRANSFER_MODE_PUSH ? "push" : r.mode === TransferMode.TRANSFER_MODE_PULL ? "pull" : undefined;
+      if (mode === undefined) throw new InvalidArgumentError("mode", "must be TRANSFER_MODE_PUSH or TRANSFER_MODE_PULL");
+      const outcomes = await dataPlane(ctx).batch(r.transferIds, r.target, mode, {
+        deadlineMs: r.deadlineMs,
+        keepSource: r.keepSource,
+        leaseTtlMs: r.leaseTtlMs,
+      });
+      return {
+        results: outcomes.map((o) => ({
+          transferId: o.transferId,
+          code: o.error ? grpcStatusOf(o.error) : 0,
+          message: o.error?.message ?? "",
+          bytes: o.bytes,
+          micros: o.micros,
+        })),
+      };
+    }),
+
     getServerInfo: unary(log, (): GetServerInfoResponse => ({
       version: ctx.version,
       uptimeMs: Date.now() - ctx.startedAt,
       poolCapacity: store.capacity,
       bytesUsed: store.bytesUsed,
       entries: store.entryCount,
-      counters: { ...store.counters },
+      counters: { ...store.counters, ...ctx.dataPlane() },
       nodeId: ctx.nodeId(),
     })),
   };
@@ -182,11 +221,14 @@ async function putStream(ctx: ServiceContext, call: ServerReadableStream<PutStre
 /** Streams the parts in chunks, honouring the HTTP/2 flow control through 'drain'. */
 async function getStream(ctx: ServiceContext, call: ServerWritableStream<GetStreamRequest, GetStreamResponse>) {
   const r = call.request;
-  const chunkSize = r.chunkSize === 0 ? DEFAULT_CHUNK_SIZE : r.chunkSize;
-  if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > MAX_CHUNK_SIZE) {
+  const asked = r.chunkSize === 0 ? DEFAULT_CHUNK_SIZE : r.chunkSize;
+  if (!Number.isInteger(asked) || asked < 1 || asked > MAX_CHUNK_SIZE) {
     throw new InvalidArgumentError("chunk_size", `${r.chunkSize} must be from 1 to ${MAX_CHUNK_SIZE}`);
   }
+  // The largest chunk to send: never more than one message may carry.
+  const chunkSize = Math.min(asked, ctx.maxMessageBytes);
   const signal = cancelSignal(call);
+  await pullIfAbsent(ctx, r.transferId, r.source);
   const lease: ReadLease = await ctx.store.get({
     transferId: r.transferId, parts: r.parts, consume: r.consume, waitMs: r.waitMs, signal,
   });

@@ -9,12 +9,12 @@ import { HealthImplementation } from "grpc-health-check";
 import type { Logger } from "pino";
 import type { Config } from "../config/config.js";
 import { UnavailableError } from "../errors.js";
-import { KvFerryService } from "../gen/kvferry/v1/kvferry.js";
 import { HeapMemory } from "../store/memory.js";
 import { LookupBuffer } from "../store/lookup-buffer.js";
 import { kvferryService } from "./kvferry-service.js";
 import { widenSessionWindows, widenStreamWindows } from "./http2-windows.js";
 import { addReflection } from "./reflection.js";
+import { KvFerryServiceDefinition } from "./wire-limits.js";
 
 export const SERVICE_NAME = "kvferry.v1.KvFerry";
 /** Room for a message's framing beyond its payload. */
@@ -55,7 +55,7 @@ export class Daemon {
       "grpc.max_send_message_length": maxMessage,
     });
     this.#server.addService(
-      KvFerryService,
+      KvFerryServiceDefinition,
       kvferryService({
         store: this.store,
         log,
@@ -64,6 +64,7 @@ export class Daemon {
         startedAt: Date.now(),
         maxMessageBytes: config.maxMessageBytes,
         streamIdleMs: config.putDeadlineMs,
+        dataPlane: () => ({ bytesSent: 0, bytesReceived: 0 }),
       }),
     );
     widenStreamWindows(this.#server, STREAM_WINDOW, log);

@@ -14,12 +14,14 @@ export interface Part {
   readonly name: string;
   readonly size: number;
   readonly block: Block;
-  /** Bytes written so far; the part is complete when it equals size. */
+  /** Bytes written so far. */
   written: number;
+  /** Committed by its writer: readable, and no writer can free it any more. */
+  committed: boolean;
 }
 
 export function isComplete(part: Part): boolean {
-  return part.written === part.size;
+  return part.committed;
 }
 
 /** What Stat, List and every successful call report about an entry. */

@@ -52,6 +52,7 @@ export interface Counters {
   expiries: number;
   releases: number;
   consumed: number;
+  transferred: number;
   putTimeouts: number;
 }
 
@@ -76,6 +77,8 @@ export interface GetOptions {
 export interface ReadPart {
   readonly name: string;
   readonly size: number;
+  /** The part's memory, for the engine to send from. Valid until the lease is released. */
+  readonly block: Block;
   /** A view of the part's bytes, valid until the lease is released. */
   view(offset?: number, length?: number): Uint8Array;
 }
@@ -117,9 +120,12 @@ export class LookupBuffer {
   readonly #room: RoomQueue;
   readonly #getWaiters = new Map<string, Set<GetWaiter>>();
   #getWaiterCount = 0;
+  /** Bytes of blocks allocated for puts that have not attached them to their entry yet. */
+  #unattached = 0;
   #closed = false;
   readonly counters: Counters = {
-    puts: 0, gets: 0, evictions: 0, bytesEvicted: 0, expiries: 0, releases: 0, consumed: 0, putTimeouts: 0,
+    puts: 0, gets: 0, evictions: 0, bytesEvicted: 0, expiries: 0, releases: 0, consumed: 0, transferred: 0,
+    putTimeouts: 0,
   };
 
   constructor(options: LookupBufferOptions) {
@@ -141,9 +147,12 @@ export class LookupBuffer {
     return this.#entries.size;
   }
 
-  /** Sum of the parts of indexed and retired entries; equals bytesUsed at every moment. */
+  /**
+   * Sum of the parts of indexed and retired entries, plus room granted to puts that are
+   * about to attach it; equals bytesUsed at every moment.
+   */
   accountedBytes(): number {
-    let sum = 0;
+    let sum = this.#unattached;
     for (const e of this.#entries.values()) sum += e.bytes;
     for (const e of this.#retired) sum += e.bytes;
     return sum;
@@ -152,7 +161,12 @@ export class LookupBuffer {
   /** Stores one whole part. */
   async put(target: PartTarget, data: Uint8Array): Promise<EntryInfo> {
     const writer = await this.openPart(target, data.length);
-    writer.write(data);
+    try {
+      writer.write(data);
+    } catch (err) {
+      writer.abort();
+      throw err;
+    }
     return writer.commit();
   }
 
@@ -187,17 +201,20 @@ export class LookupBuffer {
     try {
       block = await this.#reserve(size, `part ${name} of ${transferId}`, target.signal);
     } catch (err) {
+      // (a failed reservation holds no block)
       entry.pending.delete(name);
       this.#writerLeft(entry);
       throw err;
     }
     entry.pending.delete(name);
+    this.#unattached -= block.size;
     if (entry.removed !== undefined) {
       this.#memory.free(block);
+      this.#room.wake();
       this.#writerLeft(entry);
       throw this.#goneError(transferId, entry.removed);
     }
-    const part: Part = { name, size, block, written: 0 };
+    const part: Part = { name, size, block, written: 0, committed: false };
     entry.parts.set(name, part);
     entry.bytes += size;
     this.#touch(entry);
@@ -215,11 +232,16 @@ export class LookupBuffer {
   }
 
   /** Drops the entry now. Returns its bytes (freed at once, or when its last reader is done). */
-  release(transferId: string): number {
+  release(transferId: string, reason: "released" | "transferred" = "released"): number {
     const entry = this.#indexed(checkTransferId(transferId));
     const bytes = entry.bytes;
-    this.#remove(entry, "released");
+    this.#remove(entry, reason);
     return bytes;
+  }
+
+  /** Whether an entry of this id is indexed now. */
+  has(transferId: string): boolean {
+    return this.#entries.has(transferId);
   }
 
   stat(transferId: string): EntryInfo {
@@ -233,8 +255,12 @@ export class LookupBuffer {
     }
     let after = "";
     if (options.pageToken) {
+      // A token is the base64url of the last id of the previous page; anything else is refused.
       after = Buffer.from(options.pageToken, "base64url").toString("utf8");
-      if (after.length === 0) throw new InvalidArgumentError("page_token", "is not a token this daemon issued");
+      const reissued = Buffer.from(after, "utf8").toString("base64url");
+      if (after.length === 0 || reissued !== options.pageToken || !/^[\x21-\x7e]+$/.test(after)) {
+        throw new InvalidArgumentError("page_token", `${JSON.stringify(options.pageToken)} is not a token this daemon issued`);
+      }
     }
     const ids = [...this.#entries.keys()].filter((id) => id > after).sort();
     const now = Date.now();
@@ -254,6 +280,14 @@ export class LookupBuffer {
 
   /** Waits (bounded) until the named parts, or the seal, are there, then holds the entry for reading. */
   get(options: GetOptions): Promise<ReadLease> {
+    try {
+      return this.#get(options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  #get(options: GetOptions): Promise<ReadLease> {
     this.#checkOpen();
     const transferId = checkTransferId(options.transferId);
     const names = checkPartList(options.parts ?? []);
@@ -323,11 +357,17 @@ export class LookupBuffer {
   // ---- used by PartWriter ----------------------------------------------------------
 
   /** @internal A part is fully written: wakes readers, applies a seal asked for with it. */
-  partLanded(entry: Entry, seal: boolean): EntryInfo {
+  partLanded(entry: Entry, part: Part, seal: boolean): EntryInfo {
+    if (entry.removed !== undefined) {
+      // Removed while the part was being written: its bytes go with the entry.
+      this.#writerLeft(entry);
+      throw this.#goneError(entry.transferId, entry.removed);
+    }
     this.counters.puts++;
+    part.committed = true;
     if (seal) entry.sealRequested = true;
+    // Wakes readers and parked puts; the entry may even be evicted at once once sealed.
     this.#writerLeft(entry);
-    if (entry.removed !== undefined) throw this.#goneError(entry.transferId, entry.removed);
     this.#notify(entry.transferId);
     return entry.info(Date.now());
   }
@@ -338,6 +378,7 @@ export class LookupBuffer {
       entry.parts.delete(part.name);
       entry.bytes -= part.size;
       this.#memory.free(part.block);
+      this.#room.wake();
     }
     this.#writerLeft(entry);
   }
@@ -414,8 +455,14 @@ export class LookupBuffer {
     }
   }
 
-  /** Allocates, evicting least-recently-used evictable entries while that can make room. */
+  /** Allocates (counted as unattached until the put attaches it), evicting if that can make room. */
   #tryAllocate(size: number): Block | undefined {
+    const block = this.#allocateEvicting(size);
+    if (block !== undefined) this.#unattached += block.size;
+    return block;
+  }
+
+  #allocateEvicting(size: number): Block | undefined {
     const block = this.#memory.allocate(size);
     if (block !== undefined) return block;
     if (this.#memory.capacity - this.#memory.used + this.#evictableBytes() < size) return undefined;
@@ -436,6 +483,7 @@ export class LookupBuffer {
 
   #remove(entry: Entry, reason: RemovalReason): void {
     if (entry.removed !== undefined) return;
+    const bytes = entry.bytes;
     entry.removed = reason;
     clearTimeout(entry.leaseTimer);
     this.#entries.delete(entry.transferId);
@@ -443,17 +491,17 @@ export class LookupBuffer {
     switch (reason) {
       case "evicted":
         this.counters.evictions++;
-        this.counters.bytesEvicted += entry.bytes;
+        this.counters.bytesEvicted += bytes;
         break;
       case "expired": this.counters.expiries++; break;
       case "released": this.counters.releases++; break;
       case "consumed": this.counters.consumed++; break;
-      case "aborted": break;
+      case "transferred": this.counters.transferred++; break;
     }
     if (entry.holds === 0) this.#free(entry);
     else this.#retired.add(entry);
     this.#notify(entry.transferId);
-    this.#options.onRemoved?.({ transferId: entry.transferId, reason, bytes: entry.bytes });
+    this.#options.onRemoved?.({ transferId: entry.transferId, reason, bytes });
   }
 
   #free(entry: Entry): void {
@@ -535,6 +583,7 @@ export class LookupBuffer {
       (p): ReadPart => ({
         name: p.name,
         size: p.size,
+        block: p.block,
         view: (offset = 0, length = p.size - offset) => p.block.view(offset, length),
       }),
     );
@@ -596,6 +645,17 @@ export class PartWriter {
     this.part.written += chunk.length;
   }
 
+  /** Every byte was written into the block by someone else (the engine, from a peer). */
+  landed(): void {
+    if (this.#done) throw new FailedPreconditionError(`part ${this.part.name} is already finished`);
+    this.part.written = this.part.size;
+  }
+
+  /** The block the part's bytes go to. */
+  get block(): Block {
+    return this.part.block;
+  }
+
   /** The part is complete: it becomes readable. Throws (and aborts) if bytes are missing. */
   commit(): EntryInfo {
     if (this.#done) throw new FailedPreconditionError(`part ${this.part.name} is already finished`);
@@ -605,7 +665,7 @@ export class PartWriter {
       throw new InvalidArgumentError("size", `declared ${this.part.size} bytes but ${written} arrived`);
     }
     this.#done = true;
-    return this.buffer.partLanded(this.entry, this.seal);
+    return this.buffer.partLanded(this.entry, this.part, this.seal);
   }
 
   /** Gives the part's bytes back. Safe to call more than once, and after commit (no-op). */

@@ -92,8 +92,24 @@ describe("defaults", () => {
       logLevel: "info",
       protocol: "tcp",
       metadata: { backend: "embedded" },
+      dataListen: { host: "127.0.0.1", port: 0 },
+      peerListen: { host: "127.0.0.1", port: 0 },
+      clusterToken: "",
+      connectionsPerPeer: 4,
+      transferDeadlineMs: 30000,
       warnings: [],
     });
+  });
+
+  it("listens for data on the role's URL and for peers one port above it", () => {
+    const file = configFile({ prefill_url: "127.0.0.1:13003", decode_url: "127.0.0.1:13003" });
+    const prefill = load({ config: file, kvRole: "kv_producer" });
+    expect(prefill.dataListen).toEqual({ host: "127.0.0.1", port: 13003 });
+    expect(prefill.peerListen).toEqual({ host: "127.0.0.1", port: 13004 });
+    const decode = load({ config: file, kvRole: "kv_consumer" });
+    expect(decode.dataListen).toEqual({ host: "127.0.0.1", port: 13103 });
+    expect(decode.peerListen).toEqual({ host: "127.0.0.1", port: 13104 });
+    expect(load({ config: file, dataListen: "127.0.0.1:0", peerListen: "127.0.0.1:7001" }).peerListen.port).toBe(7001);
   });
 
   it("derives the default node id from the host name and the listen port", () => {

@@ -69,6 +69,48 @@ export function entryStateToJSON(object: EntryState): string {
   }
 }
 
+/** Which way a BatchTransfer moves the bytes. */
+export enum TransferMode {
+  TRANSFER_MODE_UNSPECIFIED = 0,
+  /** TRANSFER_MODE_PUSH - From this daemon to the target. */
+  TRANSFER_MODE_PUSH = 1,
+  /** TRANSFER_MODE_PULL - From the target to this daemon. */
+  TRANSFER_MODE_PULL = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function transferModeFromJSON(object: any): TransferMode {
+  switch (object) {
+    case 0:
+    case "TRANSFER_MODE_UNSPECIFIED":
+      return TransferMode.TRANSFER_MODE_UNSPECIFIED;
+    case 1:
+    case "TRANSFER_MODE_PUSH":
+      return TransferMode.TRANSFER_MODE_PUSH;
+    case 2:
+    case "TRANSFER_MODE_PULL":
+      return TransferMode.TRANSFER_MODE_PULL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return TransferMode.UNRECOGNIZED;
+  }
+}
+
+export function transferModeToJSON(object: TransferMode): string {
+  switch (object) {
+    case TransferMode.TRANSFER_MODE_UNSPECIFIED:
+      return "TRANSFER_MODE_UNSPECIFIED";
+    case TransferMode.TRANSFER_MODE_PUSH:
+      return "TRANSFER_MODE_PUSH";
+    case TransferMode.TRANSFER_MODE_PULL:
+      return "TRANSFER_MODE_PULL";
+    case TransferMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export interface PutRequest {
   transferId: string;
   /** Name of the part, unique within the entry. */
@@ -156,7 +198,14 @@ export interface GetRequest {
    * How long to wait for the entry, the parts or the seal. Absent: the daemon's
    * default; 0: do not wait. Never longer than the call's own deadline.
    */
-  waitMs?: number | undefined;
+  waitMs?:
+    | number
+    | undefined;
+  /**
+   * Where the entry lives when it is not here: a peer's address ("host:port" of its
+   * peer API). The entry is pulled from there first (the source keeps no copy), then served.
+   */
+  source: string;
 }
 
 export interface GetResponse {
@@ -178,6 +227,8 @@ export interface GetStreamRequest {
     | undefined;
   /** Largest chunk to send, in bytes (default 1 MiB, at most 4 MiB). */
   chunkSize: number;
+  /** As GetRequest.source. */
+  source: string;
 }
 
 export interface GetStreamResponse {
@@ -243,6 +294,40 @@ export interface Counters {
   releases: number;
   consumed: number;
   putTimeouts: number;
+  /** Entries dropped here after a transfer to another daemon. */
+  transferred: number;
+  /** Bytes the data plane sent to and received from peers. */
+  bytesSent: number;
+  bytesReceived: number;
+}
+
+export interface BatchTransferRequest {
+  /** 1 to 4096 distinct ids of sealed entries (on this daemon for PUSH, on the target for PULL). */
+  transferIds: string[];
+  /** The other daemon: its peer API address, "host:port". */
+  target: string;
+  mode: TransferMode;
+  /** For the whole batch, in ms. Absent or 0: the daemon's transfer_deadline_ms. */
+  deadlineMs: number;
+  /** Keep the source's copy after a successful transfer. */
+  keepSource: boolean;
+  /** Lease of the entries on the receiving side, in ms. Absent: the receiver's default. */
+  leaseTtlMs?: number | undefined;
+}
+
+export interface BatchTransferResponse {
+  /** One per requested id, in the request's order. */
+  results: TransferResult[];
+}
+
+export interface TransferResult {
+  transferId: string;
+  /** A google.rpc.Code: 0 (OK), 14 (UNAVAILABLE: the peer went away), 4 (DEADLINE_EXCEEDED), ... */
+  code: number;
+  message: string;
+  bytes: number;
+  /** Wall time of this entry's transfer, from the first byte asked to the seal. */
+  micros: number;
 }
 
 function createBasePutRequest(): PutRequest {
@@ -1381,7 +1466,7 @@ export const ListResponse: MessageFns<ListResponse> = {
 };
 
 function createBaseGetRequest(): GetRequest {
-  return { transferId: "", parts: [], consume: false, waitMs: undefined };
+  return { transferId: "", parts: [], consume: false, waitMs: undefined, source: "" };
 }
 
 export const GetRequest: MessageFns<GetRequest> = {
@@ -1397,6 +1482,9 @@ export const GetRequest: MessageFns<GetRequest> = {
     }
     if (message.waitMs !== undefined) {
       writer.uint32(32).int32(message.waitMs);
+    }
+    if (message.source !== "") {
+      writer.uint32(42).string(message.source);
     }
     return writer;
   },
@@ -1446,6 +1534,14 @@ export const GetRequest: MessageFns<GetRequest> = {
             message.waitMs = reader.int32();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1472,6 +1568,7 @@ export const GetRequest: MessageFns<GetRequest> = {
         : isSet(object.wait_ms)
         ? globalThis.Number(object.wait_ms)
         : undefined,
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
     };
   },
 
@@ -1489,6 +1586,9 @@ export const GetRequest: MessageFns<GetRequest> = {
     if (message.waitMs !== undefined) {
       obj.waitMs = Math.round(message.waitMs);
     }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
     return obj;
   },
 
@@ -1501,6 +1601,7 @@ export const GetRequest: MessageFns<GetRequest> = {
     message.parts = object.parts?.map((e) => e) || [];
     message.consume = object.consume ?? false;
     message.waitMs = object.waitMs ?? undefined;
+    message.source = object.source ?? "";
     return message;
   },
 };
@@ -1678,7 +1779,7 @@ export const Part: MessageFns<Part> = {
 };
 
 function createBaseGetStreamRequest(): GetStreamRequest {
-  return { transferId: "", parts: [], consume: false, waitMs: undefined, chunkSize: 0 };
+  return { transferId: "", parts: [], consume: false, waitMs: undefined, chunkSize: 0, source: "" };
 }
 
 export const GetStreamRequest: MessageFns<GetStreamRequest> = {
@@ -1697,6 +1798,9 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
     }
     if (message.chunkSize !== 0) {
       writer.uint32(40).int32(message.chunkSize);
+    }
+    if (message.source !== "") {
+      writer.uint32(50).string(message.source);
     }
     return writer;
   },
@@ -1754,6 +1858,14 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
             message.chunkSize = reader.int32();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1785,6 +1897,7 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
         : isSet(object.chunk_size)
         ? globalThis.Number(object.chunk_size)
         : 0,
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
     };
   },
 
@@ -1805,6 +1918,9 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
     if (message.chunkSize !== 0) {
       obj.chunkSize = Math.round(message.chunkSize);
     }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
     return obj;
   },
 
@@ -1818,6 +1934,7 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
     message.consume = object.consume ?? false;
     message.waitMs = object.waitMs ?? undefined;
     message.chunkSize = object.chunkSize ?? 0;
+    message.source = object.source ?? "";
     return message;
   },
 };
@@ -2521,7 +2638,19 @@ export const GetServerInfoResponse: MessageFns<GetServerInfoResponse> = {
 };
 
 function createBaseCounters(): Counters {
-  return { puts: 0, gets: 0, evictions: 0, bytesEvicted: 0, expiries: 0, releases: 0, consumed: 0, putTimeouts: 0 };
+  return {
+    puts: 0,
+    gets: 0,
+    evictions: 0,
+    bytesEvicted: 0,
+    expiries: 0,
+    releases: 0,
+    consumed: 0,
+    putTimeouts: 0,
+    transferred: 0,
+    bytesSent: 0,
+    bytesReceived: 0,
+  };
 }
 
 export const Counters: MessageFns<Counters> = {
@@ -2549,6 +2678,15 @@ export const Counters: MessageFns<Counters> = {
     }
     if (message.putTimeouts !== 0) {
       writer.uint32(64).uint64(message.putTimeouts);
+    }
+    if (message.transferred !== 0) {
+      writer.uint32(72).uint64(message.transferred);
+    }
+    if (message.bytesSent !== 0) {
+      writer.uint32(80).uint64(message.bytesSent);
+    }
+    if (message.bytesReceived !== 0) {
+      writer.uint32(88).uint64(message.bytesReceived);
     }
     return writer;
   },
@@ -2630,6 +2768,30 @@ export const Counters: MessageFns<Counters> = {
             message.putTimeouts = longToNumber(reader.uint64());
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.transferred = longToNumber(reader.uint64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.bytesSent = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.bytesReceived = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2660,6 +2822,17 @@ export const Counters: MessageFns<Counters> = {
         : isSet(object.put_timeouts)
         ? globalThis.Number(object.put_timeouts)
         : 0,
+      transferred: isSet(object.transferred) ? globalThis.Number(object.transferred) : 0,
+      bytesSent: isSet(object.bytesSent)
+        ? globalThis.Number(object.bytesSent)
+        : isSet(object.bytes_sent)
+        ? globalThis.Number(object.bytes_sent)
+        : 0,
+      bytesReceived: isSet(object.bytesReceived)
+        ? globalThis.Number(object.bytesReceived)
+        : isSet(object.bytes_received)
+        ? globalThis.Number(object.bytes_received)
+        : 0,
     };
   },
 
@@ -2689,6 +2862,15 @@ export const Counters: MessageFns<Counters> = {
     if (message.putTimeouts !== 0) {
       obj.putTimeouts = Math.round(message.putTimeouts);
     }
+    if (message.transferred !== 0) {
+      obj.transferred = Math.round(message.transferred);
+    }
+    if (message.bytesSent !== 0) {
+      obj.bytesSent = Math.round(message.bytesSent);
+    }
+    if (message.bytesReceived !== 0) {
+      obj.bytesReceived = Math.round(message.bytesReceived);
+    }
     return obj;
   },
 
@@ -2705,6 +2887,382 @@ export const Counters: MessageFns<Counters> = {
     message.releases = object.releases ?? 0;
     message.consumed = object.consumed ?? 0;
     message.putTimeouts = object.putTimeouts ?? 0;
+    message.transferred = object.transferred ?? 0;
+    message.bytesSent = object.bytesSent ?? 0;
+    message.bytesReceived = object.bytesReceived ?? 0;
+    return message;
+  },
+};
+
+function createBaseBatchTransferRequest(): BatchTransferRequest {
+  return { transferIds: [], target: "", mode: 0, deadlineMs: 0, keepSource: false, leaseTtlMs: undefined };
+}
+
+export const BatchTransferRequest: MessageFns<BatchTransferRequest> = {
+  encode(message: BatchTransferRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.transferIds) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.target !== "") {
+      writer.uint32(18).string(message.target);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(24).int32(message.mode);
+    }
+    if (message.deadlineMs !== 0) {
+      writer.uint32(32).int32(message.deadlineMs);
+    }
+    if (message.keepSource !== false) {
+      writer.uint32(40).bool(message.keepSource);
+    }
+    if (message.leaseTtlMs !== undefined) {
+      writer.uint32(48).int32(message.leaseTtlMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchTransferRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchTransferRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.transferIds.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.deadlineMs = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.keepSource = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.leaseTtlMs = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchTransferRequest {
+    return {
+      transferIds: globalThis.Array.isArray(object?.transferIds)
+        ? object.transferIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.transfer_ids)
+        ? object.transfer_ids.map((e: any) => globalThis.String(e))
+        : [],
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      mode: isSet(object.mode) ? transferModeFromJSON(object.mode) : 0,
+      deadlineMs: isSet(object.deadlineMs)
+        ? globalThis.Number(object.deadlineMs)
+        : isSet(object.deadline_ms)
+        ? globalThis.Number(object.deadline_ms)
+        : 0,
+      keepSource: isSet(object.keepSource)
+        ? globalThis.Boolean(object.keepSource)
+        : isSet(object.keep_source)
+        ? globalThis.Boolean(object.keep_source)
+        : false,
+      leaseTtlMs: isSet(object.leaseTtlMs)
+        ? globalThis.Number(object.leaseTtlMs)
+        : isSet(object.lease_ttl_ms)
+        ? globalThis.Number(object.lease_ttl_ms)
+        : undefined,
+    };
+  },
+
+  toJSON(message: BatchTransferRequest): unknown {
+    const obj: any = {};
+    if (message.transferIds?.length) {
+      obj.transferIds = message.transferIds;
+    }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    if (message.mode !== 0) {
+      obj.mode = transferModeToJSON(message.mode);
+    }
+    if (message.deadlineMs !== 0) {
+      obj.deadlineMs = Math.round(message.deadlineMs);
+    }
+    if (message.keepSource !== false) {
+      obj.keepSource = message.keepSource;
+    }
+    if (message.leaseTtlMs !== undefined) {
+      obj.leaseTtlMs = Math.round(message.leaseTtlMs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BatchTransferRequest>): BatchTransferRequest {
+    return BatchTransferRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BatchTransferRequest>): BatchTransferRequest {
+    const message = createBaseBatchTransferRequest();
+    message.transferIds = object.transferIds?.map((e) => e) || [];
+    message.target = object.target ?? "";
+    message.mode = object.mode ?? 0;
+    message.deadlineMs = object.deadlineMs ?? 0;
+    message.keepSource = object.keepSource ?? false;
+    message.leaseTtlMs = object.leaseTtlMs ?? undefined;
+    return message;
+  },
+};
+
+function createBaseBatchTransferResponse(): BatchTransferResponse {
+  return { results: [] };
+}
+
+export const BatchTransferResponse: MessageFns<BatchTransferResponse> = {
+  encode(message: BatchTransferResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      TransferResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchTransferResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchTransferResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(TransferResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchTransferResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results)
+        ? object.results.map((e: any) => TransferResult.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: BatchTransferResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => TransferResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BatchTransferResponse>): BatchTransferResponse {
+    return BatchTransferResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BatchTransferResponse>): BatchTransferResponse {
+    const message = createBaseBatchTransferResponse();
+    message.results = object.results?.map((e) => TransferResult.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTransferResult(): TransferResult {
+  return { transferId: "", code: 0, message: "", bytes: 0, micros: 0 };
+}
+
+export const TransferResult: MessageFns<TransferResult> = {
+  encode(message: TransferResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.transferId !== "") {
+      writer.uint32(10).string(message.transferId);
+    }
+    if (message.code !== 0) {
+      writer.uint32(16).int32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
+    }
+    if (message.bytes !== 0) {
+      writer.uint32(32).uint64(message.bytes);
+    }
+    if (message.micros !== 0) {
+      writer.uint32(40).uint64(message.micros);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TransferResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTransferResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.transferId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.micros = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TransferResult {
+    return {
+      transferId: isSet(object.transferId)
+        ? globalThis.String(object.transferId)
+        : isSet(object.transfer_id)
+        ? globalThis.String(object.transfer_id)
+        : "",
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+      micros: isSet(object.micros) ? globalThis.Number(object.micros) : 0,
+    };
+  },
+
+  toJSON(message: TransferResult): unknown {
+    const obj: any = {};
+    if (message.transferId !== "") {
+      obj.transferId = message.transferId;
+    }
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.bytes !== 0) {
+      obj.bytes = Math.round(message.bytes);
+    }
+    if (message.micros !== 0) {
+      obj.micros = Math.round(message.micros);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TransferResult>): TransferResult {
+    return TransferResult.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TransferResult>): TransferResult {
+    const message = createBaseTransferResult();
+    message.transferId = object.transferId ?? "";
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    message.bytes = object.bytes ?? 0;
+    message.micros = object.micros ?? 0;
     return message;
   },
 };
@@ -2821,6 +3379,23 @@ export const KvFerryService = {
       Buffer.from(GetServerInfoResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetServerInfoResponse => GetServerInfoResponse.decode(value),
   },
+  /**
+   * BatchTransfer moves sealed entries between this daemon and another one through
+   * the native engine. PUSH: the target reserves room, this daemon writes, the target
+   * seals each entry once every byte has landed, then this daemon drops its copy
+   * (unless keep_source). PULL: this daemon reserves room and reads from the target.
+   * Each id gets its own result; the call itself fails only on a bad request.
+   */
+  batchTransfer: {
+    path: "/kvferry.v1.KvFerry/BatchTransfer" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: BatchTransferRequest): Buffer => Buffer.from(BatchTransferRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): BatchTransferRequest => BatchTransferRequest.decode(value),
+    responseSerialize: (value: BatchTransferResponse): Buffer =>
+      Buffer.from(BatchTransferResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): BatchTransferResponse => BatchTransferResponse.decode(value),
+  },
 } as const;
 
 export interface KvFerryServer extends UntypedServiceImplementation {
@@ -2857,6 +3432,14 @@ export interface KvFerryServer extends UntypedServiceImplementation {
   getStream: handleServerStreamingCall<GetStreamRequest, GetStreamResponse>;
   /** GetServerInfo reports version, uptime, pool use and lifetime counters. */
   getServerInfo: handleUnaryCall<GetServerInfoRequest, GetServerInfoResponse>;
+  /**
+   * BatchTransfer moves sealed entries between this daemon and another one through
+   * the native engine. PUSH: the target reserves room, this daemon writes, the target
+   * seals each entry once every byte has landed, then this daemon drops its copy
+   * (unless keep_source). PULL: this daemon reserves room and reads from the target.
+   * Each id gets its own result; the call itself fails only on a bad request.
+   */
+  batchTransfer: handleUnaryCall<BatchTransferRequest, BatchTransferResponse>;
 }
 
 export interface KvFerryClient extends Client {
@@ -2995,6 +3578,28 @@ export interface KvFerryClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetServerInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * BatchTransfer moves sealed entries between this daemon and another one through
+   * the native engine. PUSH: the target reserves room, this daemon writes, the target
+   * seals each entry once every byte has landed, then this daemon drops its copy
+   * (unless keep_source). PULL: this daemon reserves room and reads from the target.
+   * Each id gets its own result; the call itself fails only on a bad request.
+   */
+  batchTransfer(
+    request: BatchTransferRequest,
+    callback: (error: ServiceError | null, response: BatchTransferResponse) => void,
+  ): ClientUnaryCall;
+  batchTransfer(
+    request: BatchTransferRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: BatchTransferResponse) => void,
+  ): ClientUnaryCall;
+  batchTransfer(
+    request: BatchTransferRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: BatchTransferResponse) => void,
   ): ClientUnaryCall;
 }
 

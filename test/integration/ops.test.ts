@@ -1,0 +1,323 @@
+// What an operator sees: health, reflection for grpcurl-style tools, signals, exit codes,
+// help text and the seed's mooncake.json.
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import {
+  credentials,
+  makeGenericClientConstructor,
+  Metadata,
+  status,
+  type ClientReadableStream,
+  type ServiceError,
+} from "@grpc/grpc-js";
+import { service as healthService } from "grpc-health-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { KvferryClient } from "../../src/client/client.js";
+import { GetStreamRequest, PutStreamRequest, type GetStreamResponse } from "../../src/gen/kvferry/v1/kvferry.js";
+import {
+  MiB,
+  REPO,
+  expectSameBytes,
+  pattern,
+  rawPutStream,
+  runCli,
+  sha256,
+  sleep,
+  startDaemon,
+  type TestDaemon,
+} from "../helpers/daemon.js";
+
+const BUF = join(REPO, "node_modules/.bin/buf");
+const SEED = join(REPO, "test/fixtures/config/mooncake.json");
+const DAEMON_FLAGS = ["--config", "--listen", "--kv-buffer-size", "--kv-transfer-config", "--log-level"];
+
+let d: TestDaemon;
+let dir: string;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "kvferry-ops-"));
+  d = await startDaemon(["--kv-buffer-size", "8MiB"]);
+});
+
+afterAll(async () => {
+  expect(await d?.stop()).toBe(0);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Whether a fresh TCP connection to the port is accepted. */
+function tcpConnect(port: number): Promise<"connected" | string> {
+  return new Promise((resolve) => {
+    const socket = connect(port, "127.0.0.1");
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve("connected");
+    });
+    socket.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}
+
+/** Polls until fresh connections to the port are refused (the listener closed), up to timeoutMs. */
+async function refusedWithin(port: number, timeoutMs: number): Promise<string> {
+  const until = Date.now() + timeoutMs;
+  let last = await tcpConnect(port);
+  while (last === "connected" && Date.now() < until) {
+    await sleep(20);
+    last = await tcpConnect(port);
+  }
+  return last;
+}
+
+describe("health", () => {
+  const Health = makeGenericClientConstructor(healthService, "Health");
+  type CheckFn = (req: { service: string }, md: Metadata, opts: object, cb: (e: ServiceError | null, r: { status: string }) => void) => void;
+
+  async function check(service: string): Promise<{ status?: string; code?: string }> {
+    const client = new Health(d.address, credentials.createInsecure());
+    try {
+      return await new Promise((resolve) =>
+        (client as unknown as { check: CheckFn }).check({ service }, new Metadata(), { deadline: Date.now() + 5000 }, (err, res) =>
+          resolve(err ? { code: status[err.code] } : { status: res.status }),
+        ),
+      );
+    } finally {
+      client.close();
+    }
+  }
+
+  it('reports SERVING for the server as a whole ("")', async () => {
+    expect(await check("")).toEqual({ status: "SERVING" });
+  });
+
+  it("reports SERVING for kvferry.v1.KvFerry", async () => {
+    expect(await check("kvferry.v1.KvFerry")).toEqual({ status: "SERVING" });
+  });
+
+  it("answers NOT_FOUND for a service it does not have", async () => {
+    expect(await check("no.such.Service")).toEqual({ code: "NOT_FOUND" });
+  });
+});
+
+describe("reflection through buf curl", () => {
+  const run = promisify(execFile);
+  async function bufCurl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    try {
+      const { stdout, stderr } = await run(BUF, ["curl", "--protocol", "grpc", "--http2-prior-knowledge", ...args], {
+        timeout: 15_000,
+      });
+      return { code: 0, stdout, stderr };
+    } catch (err) {
+      const e = err as { code?: number; stdout?: string; stderr?: string };
+      return { code: typeof e.code === "number" ? e.code : -1, stdout: e.stdout ?? "", stderr: e.stderr ?? String(err) };
+    }
+  }
+  const url = (method = "") => `http://${d.address}${method}`;
+
+  it("lists kvferry.v1.KvFerry and grpc.health.v1.Health", async () => {
+    const r = await bufCurl(["--list-services", url()]);
+    expect(r.code, r.stderr).toBe(0);
+    const services = r.stdout.trim().split("\n");
+    expect(services).toContain("kvferry.v1.KvFerry");
+    expect(services).toContain("grpc.health.v1.Health");
+  });
+
+  it("lists every method of kvferry.v1.KvFerry", async () => {
+    const r = await bufCurl(["--list-methods", url()]);
+    expect(r.code, r.stderr).toBe(0);
+    for (const m of ["Put", "PutStream", "Seal", "Release", "Stat", "List", "Get", "GetStream", "GetServerInfo"]) {
+      expect(r.stdout).toContain(`kvferry.v1.KvFerry/${m}\n`);
+    }
+  });
+
+  it("calls GetServerInfo with a schema resolved over reflection", async () => {
+    const r = await bufCurl(["-d", "{}", url("/kvferry.v1.KvFerry/GetServerInfo")]);
+    expect(r.code, r.stderr).toBe(0);
+    const info = JSON.parse(r.stdout);
+    expect(Number(info.poolCapacity)).toBe(8 * MiB);
+    expect(info.version).toMatch(/^\d+\.\d+\.\d+/);
+    expect(info.nodeId).toMatch(new RegExp(`:${d.port}$`));
+  });
+
+  it("calls grpc.health.v1.Health/Check", async () => {
+    for (const body of ["{}", '{"service":"kvferry.v1.KvFerry"}']) {
+      const r = await bufCurl(["-d", body, url("/grpc.health.v1.Health/Check")]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toEqual({ status: "SERVING" });
+    }
+  });
+
+  it("puts through buf curl what the TypeScript client reads back, and reports NOT_FOUND", async () => {
+    const put = await bufCurl([
+      "-d",
+      JSON.stringify({ transfer_id: "from-buf-curl", part: "layer.0", data: Buffer.from("hello").toString("base64"), seal: true }),
+      url("/kvferry.v1.KvFerry/Put"),
+    ]);
+    expect(put.code, put.stderr).toBe(0);
+    expect(JSON.parse(put.stdout).entry).toMatchObject({ transferId: "from-buf-curl", state: "ENTRY_STATE_SEALED" });
+    const got = await d.client.get("from-buf-curl", { waitMs: 0 });
+    expect(got.parts.get("layer.0")?.toString()).toBe("hello");
+
+    const missing = await bufCurl(["-d", '{"transferId":"no-such-entry"}', url("/kvferry.v1.KvFerry/Stat")]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stdout + missing.stderr).toMatch(/not_found/);
+  });
+});
+
+describe("SIGTERM", () => {
+  let waiting: TestDaemon;
+  let streaming: TestDaemon;
+
+  beforeAll(async () => {
+    [waiting, streaming] = await Promise.all([
+      startDaemon(["--kv-buffer-size", "16MiB"]),
+      startDaemon(["--kv-buffer-size", "32MiB"]),
+    ]);
+  });
+
+  afterAll(async () => {
+    await Promise.all([waiting?.stop(), streaming?.stop()]);
+  });
+
+  it("finishes a Get waiting on a part that arrives 300 ms after SIGTERM, refuses new connections meanwhile, and exits 0", async () => {
+    const reader = waiting.newClient();
+    const writer = waiting.newClient();
+    await Promise.all([reader.waitForReady(), writer.waitForReady()]);
+    await writer.put("drain", "layer.0", pattern(1000, 1));
+    // The writer's PutStream is in flight (header sent) before the signal; its bytes come later.
+    let finishPut!: () => void;
+    const putDone = new Promise<Awaited<ReturnType<typeof rawPutStream>>>((resolve) => {
+      const stream = writer.raw.putStream(new Metadata(), { deadline: Date.now() + 10_000 }, (err, res) =>
+        resolve(err ? { ok: false, error: err } : { ok: true, value: res }),
+      );
+      stream.write(PutStreamRequest.create({ header: { transferId: "drain", part: "layer.1", size: 4096, seal: true } }));
+      finishPut = () => {
+        stream.write({ chunk: pattern(4096, 2) });
+        stream.end();
+      };
+    });
+    const named = reader.get("drain", { parts: ["layer.1"], waitMs: 8000 });
+    const all = reader.get("drain", { waitMs: 8000 });
+    await sleep(100);
+
+    waiting.proc.child.kill("SIGTERM");
+    const signalled = Date.now();
+    expect(await refusedWithin(waiting.port, 3000)).toBe("ECONNREFUSED");
+    await sleep(300 - (Date.now() - signalled));
+    expect(waiting.proc.child.exitCode, "the daemon waits for the calls in flight").toBe(null);
+    finishPut();
+
+    expect((await putDone).ok).toBe(true);
+    expectSameBytes((await named).parts.get("layer.1"), pattern(4096, 2));
+    expect([...(await all).parts.keys()].sort()).toEqual(["layer.0", "layer.1"]);
+    expect(await waiting.proc.exited).toBe(0);
+    expect(waiting.proc.logs.map((l) => l.msg)).toEqual(expect.arrayContaining(["draining", "stopped"]));
+  });
+
+  it("finishes a slowly read GetStream in flight at SIGTERM with every byte, then exits 0", async () => {
+    const c: KvferryClient = streaming.client;
+    const data = pattern(16 * MiB, 5);
+    await c.put("slow", "kv", data, { seal: true });
+    const stream: ClientReadableStream<GetStreamResponse> = c.raw.getStream(
+      GetStreamRequest.create({ transferId: "slow", waitMs: 0, chunkSize: 256 * 1024 }),
+      new Metadata(),
+      { deadline: Date.now() + 20_000 },
+    );
+    const chunks: Buffer[] = [];
+    let paused!: () => void;
+    const firstChunk = new Promise<void>((resolve) => (paused = resolve));
+    const ended = new Promise<void>((resolve, reject) => {
+      stream.on("data", (m: GetStreamResponse) => {
+        chunks.push(m.chunk);
+        if (chunks.length === 1) {
+          stream.pause();
+          paused();
+        }
+      });
+      stream.on("error", reject);
+      stream.on("end", resolve);
+    });
+    await firstChunk;
+
+    streaming.proc.child.kill("SIGTERM");
+    const signalled = Date.now();
+    expect(await refusedWithin(streaming.port, 3000)).toBe("ECONNREFUSED");
+    await sleep(300 - (Date.now() - signalled));
+    expect(streaming.proc.child.exitCode, "the daemon waits for the stream").toBe(null);
+    stream.resume();
+    await ended;
+    expect(sha256(Buffer.concat(chunks))).toBe(sha256(data));
+    expect(await streaming.proc.exited).toBe(0);
+  });
+});
+
+describe("configuration errors", () => {
+  it("exits 2 naming kv_buffer_size and the flag for --kv-buffer-size abc", async () => {
+    const r = await runCli(["daemon", "--listen", "127.0.0.1:0", "--kv-buffer-size", "abc"], {}, 5000);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/kv_buffer_size/);
+    expect(r.stderr).toMatch(/--kv-buffer-size/);
+    expect(r.stderr).toMatch(/abc/);
+  });
+
+  it('exits 2 naming protocol and the file for a config file with "protocol": 5', async () => {
+    const file = join(dir, "bad-protocol.json");
+    writeFileSync(file, JSON.stringify({ protocol: 5 }));
+    const r = await runCli(["daemon", "--listen", "127.0.0.1:0", "--config", file], {}, 5000);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/protocol/);
+    expect(r.stderr).toContain(file);
+  });
+
+  it("exits 2 for a file that is not JSON, a bad --listen and an unknown flag", async () => {
+    const file = join(dir, "not-json.json");
+    writeFileSync(file, "{ protocol: tcp");
+    for (const args of [
+      ["--config", file],
+      ["--listen", "127.0.0.1:99999"],
+      ["--listen", "127.0.0.1:0", "--no-such-flag"],
+    ]) {
+      const r = await runCli(["daemon", ...args], {}, 5000);
+      expect(r.code, args.join(" ")).toBe(2);
+      expect(r.stderr.length, args.join(" ")).toBeGreaterThan(0);
+    }
+  });
+});
+
+describe("help", () => {
+  it("kvferry daemon --help exits 0 and documents every flag", async () => {
+    const r = await runCli(["daemon", "--help"]);
+    expect(r.code).toBe(0);
+    for (const flag of DAEMON_FLAGS) expect(r.stdout, flag).toContain(flag);
+  });
+
+  it("kvferry --help exits 0 and documents every flag", async () => {
+    const r = await runCli(["--help"]);
+    expect(r.code).toBe(0);
+    const missing = DAEMON_FLAGS.filter((flag) => !r.stdout.includes(flag));
+    expect(missing, "flags missing from `kvferry --help`").toEqual([]);
+  });
+});
+
+describe("the seed's mooncake.json through MOONCAKE_CONFIG_PATH", () => {
+  let seeded: TestDaemon;
+
+  beforeAll(async () => {
+    seeded = await startDaemon([], { env: { MOONCAKE_CONFIG_PATH: SEED, KVFERRY_CONFIG: "" } });
+  });
+
+  afterAll(async () => {
+    expect(await seeded?.stop()).toBe(0);
+  });
+
+  it("starts a daemon that loaded the file and serves", async () => {
+    const loaded = seeded.proc.logs.find((l) => l.msg === "configuration loaded");
+    expect(loaded).toMatchObject({ source: SEED, protocol: "rdma", metadata: "etcd" });
+    const info = await seeded.client.serverInfo();
+    expect(info.poolCapacity).toBe(2 ** 30); // the file sets no buffer size: the default
+    await seeded.client.put("seeded", "p", Buffer.from("ok"), { seal: true });
+    expect((await seeded.client.get("seeded", { waitMs: 0 })).parts.get("p")?.toString()).toBe("ok");
+  });
+});
