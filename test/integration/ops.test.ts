@@ -64,7 +64,8 @@ function tcpConnect(port: number): Promise<"connected" | string> {
 async function refusedWithin(port: number, timeoutMs: number): Promise<string> {
   const until = Date.now() + timeoutMs;
   let last = await tcpConnect(port);
-  while (last === "connected" && Date.now() < until) {
+  // ECONNRESET: the kernel queued the connection just before the listener closed.
+  while ((last === "connected" || last === "ECONNRESET") && Date.now() < until) {
     await sleep(20);
     last = await tcpConnect(port);
   }

@@ -47,7 +47,7 @@ type Command =
   | { kind: "list"; pageSize: number; state: "open" | "sealed" | undefined }
   | { kind: "advance"; ms: number };
 
-// Half the ids are hot, so that entries are written, read and removed again and again.
+// A few hot ids and parts, so that entries are written, read and removed again and again.
 const id = fc.oneof({ arbitrary: fc.constantFrom(...IDS.slice(0, 3)), weight: 4 }, { arbitrary: fc.constantFrom(...IDS.slice(3)), weight: 1 });
 const part = fc.oneof({ arbitrary: fc.constantFrom(...PARTS.slice(0, 2)), weight: 3 }, { arbitrary: fc.constantFrom(...PARTS.slice(2)), weight: 1 });
 const partsToGet = fc.oneof(
