@@ -1,17 +1,34 @@
 #!/usr/bin/env node
-// The build: TypeScript → dist/, and the descriptor sets that reflection serves.
+// The build: the native engine (node-gyp → build/Release/), TypeScript → dist/, and
+// the descriptor sets that reflection serves. `--native` / `--ts` build one half.
 import { execFileSync } from "node:child_process";
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const bin = (name) => join(root, "node_modules/.bin", name);
 const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: ["ignore", "inherit", "inherit"] });
+const only = process.argv.find((a) => a === "--native" || a === "--ts");
 
-rmSync(join(root, "dist"), { recursive: true, force: true });
-run(bin("tsc"), ["-p", "tsconfig.json"]);
-mkdirSync(join(root, "dist/descriptors"), { recursive: true });
-run(bin("buf"), ["build", "-o", "dist/descriptors/kvferry.binpb"]);
-run(bin("buf"), ["build", "node_modules/grpc-health-check/proto", "-o", "dist/descriptors/health.binpb"]);
-writeFileSync(join(root, "dist/.built"), `${new Date().toISOString()}\n`);
+if (only !== "--ts") {
+  // Offline: the local Node headers, never a download (TOOLCHAIN.md).
+  const gyp = [bin("node-gyp"), "--nodedir=/usr", "--loglevel=warn"];
+  // binding.gyp lists native/engine's sources when configured: reconfigure when they change.
+  const sources = readdirSync(join(root, "native/engine"), { recursive: true }).filter((f) => f.endsWith(".cc")).sort().join("\n");
+  const listed = join(root, "build/kvferry-sources.txt");
+  if (!existsSync(join(root, "build/Makefile")) || !existsSync(listed) || readFileSync(listed, "utf8") !== sources) {
+    run(process.execPath, [...gyp, "configure"]);
+    writeFileSync(listed, sources);
+  }
+  run(process.execPath, [...gyp, "build", "--jobs=2"]);
+}
+
+if (only !== "--native") {
+  rmSync(join(root, "dist"), { recursive: true, force: true });
+  run(bin("tsc"), ["-p", "tsconfig.json"]);
+  mkdirSync(join(root, "dist/descriptors"), { recursive: true });
+  run(bin("buf"), ["build", "-o", "dist/descriptors/kvferry.binpb"]);
+  run(bin("buf"), ["build", "node_modules/grpc-health-check/proto", "-o", "dist/descriptors/health.binpb"]);
+  writeFileSync(join(root, "dist/.built"), `${new Date().toISOString()}\n`);
+}

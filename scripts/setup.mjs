@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // Brings a checkout to a runnable state, doing only what is missing or stale:
 //   1. npm packages (npm ci when node_modules is missing or older than the lockfile);
-//   2. the build: TypeScript → dist/, descriptor sets for reflection → dist/descriptors/.
+//   2. a C++ toolchain for the native engine (apt, when run as root and it is missing);
+//   3. the build: the native engine → build/Release/, TypeScript → dist/, descriptor sets.
 // `npm test` and `npm run demo` run it first, so a fresh clone needs nothing else.
 // Uses only Node's built-ins: it runs before any package is installed.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -32,10 +33,28 @@ if (!existsSync(installed) || statSync(installed).mtimeMs < statSync(at("package
   run("npm", ["ci", "--no-audit", "--no-fund", "--ignore-scripts"]);
 }
 
-// 2. Build.
+// 2. Toolchain.
+const missing = ["g++", "make", "python3"].filter((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0);
+if (missing.length > 0) {
+  if (process.getuid?.() !== 0) {
+    console.error(`setup: the native engine needs ${missing.join(", ")}: install them (apt-get install g++ make python3) and run again`);
+    process.exit(1);
+  }
+  say(`installing ${missing.join(", ")} (apt)`);
+  run("apt-get", ["update", "-qq"]);
+  run("apt-get", ["install", "-y", "-qq", "g++", "make", "python3"]);
+}
+
+// 3. Build what is stale.
+const addon = at("build/Release/kvferry_native.node");
+const nativeInputs = Math.max(newest(at("native/engine")), newest(at("native/binding")), statSync(at("binding.gyp")).mtimeMs);
+if (!existsSync(addon) || statSync(addon).mtimeMs < nativeInputs) {
+  say("building the native engine");
+  run(process.execPath, [at("scripts/build.mjs"), "--native"]);
+}
 const stamp = at("dist/.built");
 const inputs = Math.max(newest(at("src")), newest(at("proto")), statSync(at("tsconfig.json")).mtimeMs, statSync(at("package-lock.json")).mtimeMs);
 if (!existsSync(stamp) || statSync(stamp).mtimeMs < inputs) {
   say("building");
-  run(process.execPath, [at("scripts/build.mjs")]);
+  run(process.execPath, [at("scripts/build.mjs"), "--ts"]);
 }

@@ -32,6 +32,11 @@ const DAEMON_FLAGS = {
   "lease-ttl-ms": { type: "string", help: "MS", doc: "lease of an entry whose put names none (default 120000)" },
   "put-deadline-ms": { type: "string", help: "MS", doc: "how long a put waits for room (default 10000)" },
   "get-wait-ms": { type: "string", help: "MS", doc: "how long a get waits when it names no wait (default 30000)" },
+  "data-listen": { type: "string", help: "HOST:PORT", doc: "native data plane (default: prefill_url/decode_url by role, else 127.0.0.1:0)" },
+  "peer-listen": { type: "string", help: "HOST:PORT", doc: "peer API (default: the data host, data port + 1)" },
+  "cluster-token": { type: "string", help: "TOKEN", doc: "secret shared by the cluster's daemons (prefer $KVFERRY_CLUSTER_TOKEN: flags show in ps)" },
+  "connections-per-peer": { type: "string", help: "N", doc: "TCP connections to each peer's data plane (default 4)" },
+  "transfer-deadline-ms": { type: "string", help: "MS", doc: "default deadline of a BatchTransfer or pulling Get (default 30000)" },
   "log-level": { type: "string", help: "LEVEL", doc: "trace | debug | info | warn | error | fatal | silent (default info)" },
   help: { type: "boolean", short: "h", help: "", doc: "show this help" },
 } as const;
@@ -96,6 +101,11 @@ function daemonInputs(v: Record<string, string | boolean | undefined>): ConfigIn
     putDeadlineMs: s("put-deadline-ms"),
     getWaitMs: s("get-wait-ms"),
     logLevel: s("log-level"),
+    dataListen: s("data-listen"),
+    peerListen: s("peer-listen"),
+    clusterToken: s("cluster-token"),
+    connectionsPerPeer: s("connections-per-peer"),
+    transferDeadlineMs: s("transfer-deadline-ms"),
   };
 }
 

@@ -10,6 +10,10 @@ export interface SpawnedDaemon {
   readonly child: ChildProcess;
   readonly port: number;
   readonly address: string;
+  /** The peer API's address (what another daemon's BatchTransfer names as target). */
+  readonly peerAddress: string;
+  /** The native data plane's address. */
+  readonly dataAddress: string;
   /** Every log line so far (JSON objects). */
   readonly logs: Record<string, unknown>[];
   /** SIGTERM, then waits for the exit code (SIGKILL after killAfterMs). */
@@ -62,7 +66,10 @@ export function spawnDaemon(args: string[], options: SpawnOptions = {}): Promise
           clearTimeout(kill);
           return code;
         };
-        resolve({ child, port, address: `127.0.0.1:${port}`, logs, stop, exited });
+        resolve({
+          child, port, address: `127.0.0.1:${port}`, peerAddress: String(rec.peer), dataAddress: String(rec.data),
+          logs, stop, exited,
+        });
       }
     });
   });

@@ -4,6 +4,8 @@ import { credentials, Metadata, type ClientOptions, type ServiceError } from "@g
 import { errorFromStatus, type KvferryError, NotFoundError, type RemovalReason } from "../errors.js";
 import {
   KvFerryClient,
+  TransferMode,
+  type BatchTransferResponse,
   type EntryInfo,
   type GetServerInfoResponse,
   type ListRequest,
@@ -168,6 +170,30 @@ export class KvferryClient {
       stream.on("error", (err: ServiceError) => reject(typed(err)));
       stream.on("end", () => (entry ? resolve({ entry, parts }) : reject(new Error("GetStream ended without an entry"))));
     });
+  }
+
+  /** Moves sealed entries to (push) or from (pull) the daemon whose peer API is at `target`. */
+  batchTransfer(
+    transferIds: string[],
+    target: string,
+    mode: "push" | "pull",
+    o: CallOptions & { deadlineMs?: number; keepSource?: boolean; leaseTtlMs?: number } = {},
+  ): Promise<BatchTransferResponse> {
+    return call<BatchTransferResponse>((cb) =>
+      this.raw.batchTransfer(
+        {
+          transferIds,
+          target,
+          mode: mode === "push" ? TransferMode.TRANSFER_MODE_PUSH : TransferMode.TRANSFER_MODE_PULL,
+          deadlineMs: o.deadlineMs ?? 0,
+          keepSource: o.keepSource ?? false,
+          leaseTtlMs: o.leaseTtlMs,
+        },
+        new Metadata(),
+        this.#opts(o),
+        cb,
+      ),
+    );
   }
 
   serverInfo(o: CallOptions = {}): Promise<GetServerInfoResponse> {

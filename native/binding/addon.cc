@@ -1,0 +1,276 @@
+// N-API face of the native engine: the only file that includes napi.h.
+//
+// JavaScript gets: the pool as one external ArrayBuffer (zero-copy views), extent
+// allocation, handles, op submission, and completions delivered in batches through one
+// thread-safe function per engine (one JS call per drained batch, never per op).
+//
+// Lifetime: the Engine lives in a shared_ptr held by the JS object and by the pool's
+// ArrayBuffer, so the pool stays mapped while any JS view of it can still be reached.
+#include <napi.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace {
+
+using kvferry::Code;
+using kvferry::Completion;
+using kvferry::CompletionKind;
+using kvferry::Engine;
+using kvferry::EngineOptions;
+using kvferry::OpKind;
+using kvferry::Status;
+using kvferry::TransferOp;
+
+/** Throws a JS Error carrying the engine's code name in `.code`. */
+void ThrowStatus(Napi::Env env, const Status& status) {
+  Napi::Error err = Napi::Error::New(env, status.message());
+  err.Set("code", Napi::String::New(env, kvferry::CodeName(status.code())));
+  throw err;
+}
+
+uint64_t ToU64(const Napi::Value& v, const char* field) {
+  if (v.IsBigInt()) {
+    bool lossless = false;
+    uint64_t out = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw Napi::RangeError::New(v.Env(), std::string(field) + " does not fit in 64 bits");
+    return out;
+  }
+  if (v.IsNumber()) {
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= 0) || d > 9007199254740991.0 || d != static_cast<double>(static_cast<uint64_t>(d))) {
+      throw Napi::RangeError::New(v.Env(), std::string(field) + " must be a non-negative safe integer");
+    }
+    return static_cast<uint64_t>(d);
+  }
+  throw Napi::TypeError::New(v.Env(), std::string(field) + " must be a number or a bigint");
+}
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Engine",
+                       {
+                           InstanceMethod<&EngineWrap::PoolBuffer>("poolBuffer"),
+                           InstanceMethod<&EngineWrap::Allocate>("allocate"),
+                           InstanceMethod<&EngineWrap::Free>("free"),
+                           InstanceMethod<&EngineWrap::PoolStats>("poolStats"),
+                           InstanceMethod<&EngineWrap::Expose>("expose"),
+                           InstanceMethod<&EngineWrap::Revoke>("revoke"),
+                           InstanceMethod<&EngineWrap::DataPort>("dataPort"),
+                           InstanceMethod<&EngineWrap::Submit>("submit"),
+                           InstanceMethod<&EngineWrap::Cancel>("cancel"),
+                           InstanceMethod<&EngineWrap::Disconnect>("disconnect"),
+                           InstanceMethod<&EngineWrap::Stats>("stats"),
+                           InstanceMethod<&EngineWrap::Shutdown>("shutdown"),
+                       });
+  }
+
+  // new Engine({ poolSize, token, listenHost, listenPort, connectionsPerPeer, sliceBytes, ioTimeoutMs }, onCompletions)
+  explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsObject() || !info[1].IsFunction()) {
+      throw Napi::TypeError::New(env, "new Engine(options, onCompletions)");
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    EngineOptions options;
+    options.pool_size = ToU64(o.Get("poolSize"), "poolSize");
+    if (o.Has("token")) options.token = o.Get("token").ToString().Utf8Value();
+    if (o.Has("listenHost")) options.listen_host = o.Get("listenHost").ToString().Utf8Value();
+    if (o.Has("listenPort")) options.listen_port = static_cast<uint16_t>(ToU64(o.Get("listenPort"), "listenPort"));
+    if (o.Has("connectionsPerPeer")) {
+      options.connections_per_peer = static_cast<int>(ToU64(o.Get("connectionsPerPeer"), "connectionsPerPeer"));
+    }
+    if (o.Has("sliceBytes")) options.slice_bytes = ToU64(o.Get("sliceBytes"), "sliceBytes");
+    if (o.Has("ioTimeoutMs")) options.io_timeout_ms = static_cast<int>(ToU64(o.Get("ioTimeoutMs"), "ioTimeoutMs"));
+
+    std::unique_ptr<Engine> engine;
+    Status status = Engine::Create(options, &engine);
+    if (!status.ok()) ThrowStatus(env, status);
+    engine_ = std::shared_ptr<Engine>(std::move(engine));
+
+    // One thread-safe function per engine; engine threads only poke it when the
+    // completion queue goes from empty to non-empty.
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "kvferry-completions", 0, 1);
+    tsfn_.Unref(env);
+    // The environment may end (worker exit, process teardown) before the GC finalizes us.
+    cleanup_ = env.AddCleanupHook(std::function<void()>([this]() { Close(); }));
+    std::weak_ptr<Engine> weak = engine_;
+    Napi::ThreadSafeFunction tsfn = tsfn_;
+    engine_->SetNotifier([tsfn, weak]() mutable {
+      tsfn.NonBlockingCall([weak](Napi::Env env, Napi::Function callback) {
+        std::shared_ptr<Engine> engine = weak.lock();
+        if (!engine) return;
+        std::vector<Completion> batch;
+        engine->DrainCompletions(&batch);
+        if (batch.empty()) return;
+        Napi::Array out = Napi::Array::New(env, batch.size());
+        for (size_t i = 0; i < batch.size(); i++) {
+          const Completion& c = batch[i];
+          Napi::Object item = Napi::Object::New(env);
+          item.Set("kind", c.kind == CompletionKind::kOp ? "op" : "handle-released");
+          if (c.kind == CompletionKind::kOp) {
+            item.Set("id", Napi::Number::New(env, static_cast<double>(c.id)));
+          } else {
+            item.Set("id", Napi::BigInt::New(env, c.id));
+          }
+          item.Set("code", kvferry::CodeName(c.code));
+          item.Set("message", c.message);
+          item.Set("bytes", Napi::Number::New(env, static_cast<double>(c.bytes)));
+          item.Set("micros", Napi::Number::New(env, static_cast<double>(c.micros)));
+          out[i] = item;
+        }
+        callback.Call({out});
+      });
+    });
+  }
+
+  ~EngineWrap() override {
+    cleanup_.Remove(Env());
+    Close();
+  }
+
+ private:
+  void Close() {
+    if (closed_.exchange(true)) return;
+    if (engine_) {
+      engine_->SetNotifier(nullptr);
+      engine_->Shutdown();
+    }
+    tsfn_.Release();
+  }
+
+  Engine& engine(Napi::Env env) {
+    if (closed_ || !engine_) throw Napi::Error::New(env, "the engine is shut down");
+    return *engine_;
+  }
+
+  Napi::Value PoolBuffer(const Napi::CallbackInfo& info) {
+    Engine& e = engine(info.Env());
+    // The finalizer's hint keeps the engine (and so the mapping) alive with the buffer.
+    auto* keep = new std::shared_ptr<Engine>(engine_);
+    return Napi::ArrayBuffer::New(
+        info.Env(), e.pool_base(), e.pool_size(),
+        [](Napi::Env, void*, std::shared_ptr<Engine>* hint) { delete hint; }, keep);
+  }
+
+  // allocate(size) → offset, or -1 when no extent fits now.
+  Napi::Value Allocate(const Napi::CallbackInfo& info) {
+    uint64_t offset = 0;
+    Status s = engine(info.Env()).Allocate(ToU64(info[0], "size"), &offset);
+    if (s.code() == Code::kResourceExhausted) return Napi::Number::New(info.Env(), -1);
+    if (!s.ok()) ThrowStatus(info.Env(), s);
+    return Napi::Number::New(info.Env(), static_cast<double>(offset));
+  }
+
+  Napi::Value Free(const Napi::CallbackInfo& info) {
+    Status s = engine(info.Env()).Free(ToU64(info[0], "offset"));
+    if (!s.ok()) ThrowStatus(info.Env(), s);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value PoolStats(const Napi::CallbackInfo& info) {
+    kvferry::PoolStats p = engine(info.Env()).pool_stats();
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("capacity", static_cast<double>(p.capacity));
+    o.Set("used", static_cast<double>(p.used));
+    o.Set("freeExtents", static_cast<double>(p.free_extents));
+    o.Set("largestFree", static_cast<double>(p.largest_free));
+    o.Set("allocations", static_cast<double>(p.allocations));
+    return o;
+  }
+
+  Napi::Value Expose(const Napi::CallbackInfo& info) {
+    uint64_t handle = 0;
+    Status s = engine(info.Env()).Expose(ToU64(info[0], "offset"), ToU64(info[1], "length"), &handle);
+    if (!s.ok()) ThrowStatus(info.Env(), s);
+    return Napi::BigInt::New(info.Env(), handle);
+  }
+
+  Napi::Value Revoke(const Napi::CallbackInfo& info) {
+    Status s = engine(info.Env()).Revoke(ToU64(info[0], "handle"));
+    if (!s.ok()) ThrowStatus(info.Env(), s);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value DataPort(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), engine(info.Env()).data_port());
+  }
+
+  // submit([{ id, kind: "write"|"read", peer, localOffset, remoteHandle, remoteOffset, length }])
+  Napi::Value Submit(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsArray()) throw Napi::TypeError::New(env, "submit(ops[])");
+    Napi::Array arr = info[0].As<Napi::Array>();
+    std::vector<TransferOp> ops;
+    ops.reserve(arr.Length());
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Napi::Object o = arr.Get(i).As<Napi::Object>();
+      TransferOp op;
+      op.id = ToU64(o.Get("id"), "id");
+      std::string kind = o.Get("kind").ToString().Utf8Value();
+      if (kind == "write") op.kind = OpKind::kWrite;
+      else if (kind == "read") op.kind = OpKind::kRead;
+      else throw Napi::TypeError::New(env, "kind must be \"write\" or \"read\"");
+      op.peer = o.Get("peer").ToString().Utf8Value();
+      op.local_offset = ToU64(o.Get("localOffset"), "localOffset");
+      op.remote_handle = ToU64(o.Get("remoteHandle"), "remoteHandle");
+      op.remote_offset = ToU64(o.Get("remoteOffset"), "remoteOffset");
+      op.length = ToU64(o.Get("length"), "length");
+      ops.push_back(std::move(op));
+    }
+    Status s = engine(env).Submit(std::move(ops));
+    if (!s.ok()) ThrowStatus(env, s);
+    return env.Undefined();
+  }
+
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    engine(info.Env()).Cancel(ToU64(info[0], "id"));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Disconnect(const Napi::CallbackInfo& info) {
+    engine(info.Env()).Disconnect(info[0].ToString().Utf8Value());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    kvferry::EngineStats s = engine(info.Env()).stats();
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("poolUsed", static_cast<double>(s.pool.used));
+    o.Set("poolCapacity", static_cast<double>(s.pool.capacity));
+    o.Set("bytesSent", static_cast<double>(s.bytes_sent));
+    o.Set("bytesReceived", static_cast<double>(s.bytes_received));
+    o.Set("opsCompleted", static_cast<double>(s.ops_completed));
+    o.Set("opsFailed", static_cast<double>(s.ops_failed));
+    o.Set("handshakesRefused", static_cast<double>(s.handshakes_refused));
+    o.Set("framesRefused", static_cast<double>(s.frames_refused));
+    o.Set("peersConnected", static_cast<double>(s.peers_connected));
+    return o;
+  }
+
+  Napi::Value Shutdown(const Napi::CallbackInfo& info) {
+    Close();
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<Engine> engine_;
+  Napi::ThreadSafeFunction tsfn_;
+  std::atomic<bool> closed_{false};
+  Napi::Env::CleanupHook<std::function<void()>> cleanup_;
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("Engine", EngineWrap::Init(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(kvferry_native, Init)

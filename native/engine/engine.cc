@@ -1,0 +1,220 @@
+// EngineImpl: wires the pool, the handle table, the completion queue and the transports
+// together, and validates everything that comes in through the public API before a
+// transport sees it.
+#include "engine/engine.h"
+
+#include <atomic>
+#include <mutex>
+#include <utility>
+
+#include "engine/completion_queue.h"
+#include "engine/handle_table.h"
+#include "engine/memory_pool.h"
+#include "engine/tcp/socket_io.h"
+#include "engine/tcp/tcp_transport.h"
+#include "engine/tcp/wire.h"
+#include "engine/transport.h"
+
+namespace kvferry {
+
+namespace {
+
+constexpr int kMaxConnectionsPerPeer = 64;
+constexpr uint64_t kMinSliceBytes = 1024;
+constexpr uint64_t kMaxSliceBytes = 1ull << 30;
+
+Status ValidateOptions(const EngineOptions& o) {
+  auto invalid = [](const std::string& what) { return Status(Code::kInvalidArgument, what); };
+  if (o.pool_size == 0) return invalid("pool_size must be positive");
+  if (o.token.size() > tcp::kMaxTokenBytes) {
+    return invalid("token is longer than " + std::to_string(tcp::kMaxTokenBytes) + " bytes");
+  }
+  if (o.connections_per_peer < 1 || o.connections_per_peer > kMaxConnectionsPerPeer) {
+    return invalid("connections_per_peer must be in [1, " + std::to_string(kMaxConnectionsPerPeer) + "], got " +
+                   std::to_string(o.connections_per_peer));
+  }
+  if (o.slice_bytes < kMinSliceBytes || o.slice_bytes > kMaxSliceBytes) {
+    return invalid("slice_bytes must be in [" + std::to_string(kMinSliceBytes) + ", " +
+                   std::to_string(kMaxSliceBytes) + "], got " + std::to_string(o.slice_bytes));
+  }
+  if (o.max_queued_ops == 0) return invalid("max_queued_ops must be positive");
+  if (o.io_timeout_ms <= 0) return invalid("io_timeout_ms must be positive, got " + std::to_string(o.io_timeout_ms));
+  return Status::Ok();
+}
+
+class EngineImpl final : public Engine {
+ public:
+  explicit EngineImpl(const EngineOptions& options, std::unique_ptr<MemoryPool> pool)
+      : options_(options),
+        pool_(std::move(pool)),
+        handles_([this](uint64_t handle) { OnHandleReleased(handle); }) {}
+
+  ~EngineImpl() override {
+    Shutdown();
+    transport_.reset();  // joins its threads before the queue and the pool go
+  }
+
+  Status Init() {
+    TransportContext context;
+    context.pool_base = pool_->base();
+    context.pool_size = pool_->size();
+    context.handles = &handles_;
+    context.counters = &counters_;
+    context.complete_op = [this](Completion c) { OnOpCompleted(std::move(c)); };
+    tcp::TcpTransportOptions t;
+    t.token = options_.token;
+    t.listen_host = options_.listen_host;
+    t.listen_port = options_.listen_port;
+    t.connections_per_peer = options_.connections_per_peer;
+    t.slice_bytes = options_.slice_bytes;
+    t.io_timeout_ms = options_.io_timeout_ms;
+    transport_ = std::make_unique<tcp::TcpTransport>(context, t);
+    return transport_->Start();
+  }
+
+  // ---- memory pool ------------------------------------------------------------------
+  uint8_t* pool_base() override { return pool_->base(); }
+  uint64_t pool_size() const override { return pool_->size(); }
+  int pool_fd() const override { return pool_->fd(); }
+  Status Allocate(uint64_t size, uint64_t* offset) override { return pool_->Allocate(size, offset); }
+  Status Free(uint64_t offset) override { return pool_->Free(offset); }
+  PoolStats pool_stats() const override {
+    ExtentAllocator::Stats s = pool_->stats();
+    PoolStats p;
+    p.capacity = s.capacity;
+    p.used = s.used;
+    p.free_extents = s.free_extents;
+    p.largest_free = s.largest_free;
+    p.allocations = s.allocations;
+    return p;
+  }
+
+  // ---- handles ----------------------------------------------------------------------
+  Status Expose(uint64_t offset, uint64_t length, uint64_t* handle) override {
+    if (!pool_->Contains(offset, length)) {
+      return Status(Code::kOutOfRange, "[" + std::to_string(offset) + ", +" + std::to_string(length) +
+                                           ") is outside the " + std::to_string(pool_->size()) + "-byte pool");
+    }
+    return handles_.Expose(offset, length, handle);
+  }
+  Status Revoke(uint64_t handle) override { return handles_.Revoke(handle); }
+
+  // ---- transfers --------------------------------------------------------------------
+  uint16_t data_port() const override { return transport_->port(); }
+
+  Status Submit(std::vector<TransferOp> ops) override {
+    if (shut_down_.load()) return Status(Code::kUnavailable, "the engine is shut down");
+    if (ops.empty()) return Status::Ok();
+    for (const TransferOp& op : ops) {
+      Status s = ValidateOp(op);
+      if (!s.ok()) return s;
+    }
+    // Reserve room for the whole batch or refuse it whole.
+    const uint64_t n = ops.size();
+    uint64_t current = outstanding_.load();
+    do {
+      if (n > options_.max_queued_ops || current > options_.max_queued_ops - n) {
+        return Status(Code::kResourceExhausted, std::to_string(current) + " ops are outstanding; " +
+                                                    std::to_string(n) + " more would pass max_queued_ops (" +
+                                                    std::to_string(options_.max_queued_ops) + ")");
+      }
+    } while (!outstanding_.compare_exchange_weak(current, current + n));
+    Status s = transport_->Submit(std::move(ops));
+    if (!s.ok()) outstanding_.fetch_sub(n);
+    return s;
+  }
+
+  void Cancel(uint64_t op_id) override { transport_->Cancel(op_id); }
+  void Disconnect(const std::string& peer) override { transport_->Disconnect(peer); }
+
+  // ---- completions ------------------------------------------------------------------
+  void SetNotifier(std::function<void()> notify) override { completions_.SetNotifier(std::move(notify)); }
+  size_t DrainCompletions(std::vector<Completion>* out) override { return completions_.Drain(out); }
+
+  EngineStats stats() const override {
+    EngineStats s;
+    s.pool = pool_stats();
+    s.bytes_sent = counters_.bytes_sent.load(std::memory_order_relaxed);
+    s.bytes_received = counters_.bytes_received.load(std::memory_order_relaxed);
+    s.ops_completed = ops_completed_.load(std::memory_order_relaxed);
+    s.ops_failed = ops_failed_.load(std::memory_order_relaxed);
+    s.handshakes_refused = counters_.handshakes_refused.load(std::memory_order_relaxed);
+    s.frames_refused = counters_.frames_refused.load(std::memory_order_relaxed);
+    s.peers_connected = transport_->connected_peers();
+    return s;
+  }
+
+  void Shutdown() override {
+    std::lock_guard<std::mutex> lock(shutdown_mu_);
+    shut_down_.store(true);
+    if (transport_) transport_->Shutdown();
+  }
+
+ private:
+  Status ValidateOp(const TransferOp& op) const {
+    const std::string which = "op " + std::to_string(op.id) + ": ";
+    if (op.kind != OpKind::kWrite && op.kind != OpKind::kRead) {
+      return Status(Code::kInvalidArgument, which + "unknown kind " + std::to_string(static_cast<int>(op.kind)));
+    }
+    if (!pool_->Contains(op.local_offset, op.length)) {
+      return Status(Code::kOutOfRange, which + "local range [" + std::to_string(op.local_offset) + ", +" +
+                                           std::to_string(op.length) + ") is outside the " +
+                                           std::to_string(pool_->size()) + "-byte pool");
+    }
+    if (op.remote_offset > UINT64_MAX - op.length) {
+      return Status(Code::kOutOfRange, which + "remote_offset + length overflows");
+    }
+    std::string host;
+    uint16_t port = 0;
+    if (!tcp::ParseHostPort(op.peer, &host, &port)) {
+      return Status(Code::kInvalidArgument, which + "peer '" + op.peer + "' is not host:port");
+    }
+    return Status::Ok();
+  }
+
+  // Called by transport threads (or Cancel/Disconnect/Shutdown callers) exactly once per
+  // accepted op. The slot is returned before the completion becomes visible, so an owner
+  // reacting to it can submit again at once.
+  void OnOpCompleted(Completion c) {
+    outstanding_.fetch_sub(1);
+    (c.code == Code::kOk ? ops_completed_ : ops_failed_).fetch_add(1, std::memory_order_relaxed);
+    completions_.Push(std::move(c));
+  }
+
+  void OnHandleReleased(uint64_t handle) {
+    Completion c;
+    c.kind = CompletionKind::kHandleReleased;
+    c.id = handle;
+    completions_.Push(std::move(c));
+  }
+
+  const EngineOptions options_;
+  const std::unique_ptr<MemoryPool> pool_;
+  CompletionQueue completions_;
+  TransportCounters counters_;
+  std::atomic<uint64_t> ops_completed_{0};
+  std::atomic<uint64_t> ops_failed_{0};
+  std::atomic<uint64_t> outstanding_{0};
+  HandleTable handles_;
+  std::mutex shutdown_mu_;
+  std::atomic<bool> shut_down_{false};
+  // Declared last so that it is destroyed first; the destructor also resets it explicitly.
+  std::unique_ptr<tcp::TcpTransport> transport_;
+};
+
+}  // namespace
+
+Status Engine::Create(const EngineOptions& options, std::unique_ptr<Engine>* out) {
+  Status s = ValidateOptions(options);
+  if (!s.ok()) return s;
+  std::unique_ptr<MemoryPool> pool;
+  s = MemoryPool::Create(options.pool_size, &pool);
+  if (!s.ok()) return s;
+  auto engine = std::make_unique<EngineImpl>(options, std::move(pool));
+  s = engine->Init();
+  if (!s.ok()) return s;
+  *out = std::move(engine);
+  return Status::Ok();
+}
+
+}  // namespace kvferry

@@ -1,0 +1,67 @@
+// HandleTable: the capabilities a peer needs to touch this engine's pool.
+//
+// A handle is an unguessable, non-zero 64-bit id naming [offset, offset+length) of the
+// pool. Incoming requests bracket every access with Acquire/ReleaseAccess; Revoke
+// refuses new accesses at once and reports the handle released (through the callback
+// given at construction) exactly once, as soon as no access is in flight: immediately if
+// none is, else when the last ReleaseAccess returns. After that the id is forgotten.
+//
+// Thread-safe. The release callback runs on the thread that made the handle idle
+// (Revoke's caller or the server thread ending the last access), outside the table's
+// lock, so it may call back into the table.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <unordered_map>
+
+#include "engine/status.h"
+
+namespace kvferry {
+
+class HandleTable {
+ public:
+  using ReleasedFn = std::function<void(uint64_t handle)>;
+
+  explicit HandleTable(ReleasedFn on_released);
+
+  HandleTable(const HandleTable&) = delete;
+  HandleTable& operator=(const HandleTable&) = delete;
+
+  /** Registers a range under a fresh id. The caller has checked it against the pool. */
+  [[nodiscard]] Status Expose(uint64_t offset, uint64_t length, uint64_t* handle);
+
+  /**
+   * Starts an access to [offset, offset+length) of the handle's range; on success
+   * `*pool_offset` is where that starts in the pool and the caller must call
+   * ReleaseAccess(handle) when done. kNotFound for an unknown or revoked handle,
+   * kOutOfRange when the range does not fit the handle (overflow-safe).
+   */
+  [[nodiscard]] Status Acquire(uint64_t handle, uint64_t offset, uint64_t length, uint64_t* pool_offset);
+  void ReleaseAccess(uint64_t handle);
+
+  /** kNotFound for an unknown or already revoked handle. */
+  [[nodiscard]] Status Revoke(uint64_t handle);
+
+  /** Handles not yet released (live or revoked with accesses in flight). */
+  size_t size() const;
+
+ private:
+  struct Entry {
+    uint64_t offset = 0;
+    uint64_t length = 0;
+    uint64_t in_flight = 0;
+    bool revoked = false;
+  };
+
+  uint64_t NextIdLocked();
+
+  const ReleasedFn on_released_;
+  mutable std::mutex mu_;
+  std::random_device random_;  // guarded by mu_
+  std::unordered_map<uint64_t, Entry> entries_;
+};
+
+}  // namespace kvferry

@@ -1,0 +1,59 @@
+// Blocking socket helpers shared by the TCP server and client.
+//
+// Every call here works on a blocking fd whose SO_RCVTIMEO/SO_SNDTIMEO bound how long one
+// system call may wait, so a stalled peer shows up as IoResult::kTimeout. Nothing here
+// closes an fd: the connection objects own their fds (see tcp_server.h, tcp_client.h).
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "engine/status.h"
+
+namespace kvferry {
+namespace tcp {
+
+enum class IoResult {
+  kOk,
+  /** The peer closed the connection (EOF) before the bytes were complete. */
+  kClosed,
+  /** SO_RCVTIMEO/SO_SNDTIMEO expired with no progress. */
+  kTimeout,
+  /** Reset, shut down locally, or another socket error. */
+  kError,
+};
+
+const char* IoResultText(IoResult r);
+
+/** Receives exactly `n` bytes; `*got` says how many arrived even on failure. */
+IoResult RecvFull(int fd, void* buf, size_t n, size_t* got);
+
+/**
+ * Sends every byte described by `iov` (advancing it in place) with MSG_NOSIGNAL, as few
+ * sendmsg calls as the kernel allows.
+ */
+IoResult SendFull(int fd, struct iovec* iov, int iovcnt);
+
+/** "host:port" or "[v6addr]:port" → parts; false when malformed or port is 0. */
+bool ParseHostPort(const std::string& address, std::string* host, uint16_t* port);
+
+/** Applies SO_RCVTIMEO and SO_SNDTIMEO. */
+void SetIoTimeouts(int fd, int timeout_ms);
+/** TCP_NODELAY plus the given SO_SNDBUF/SO_RCVBUF (0 leaves kernel autotuning alone). */
+void SetStreamOptions(int fd, int buffer_bytes);
+
+/**
+ * Binds and listens (SO_REUSEADDR). An empty host means every address.
+ * On success `*fd` is the listening socket and `*bound_port` its port.
+ */
+[[nodiscard]] Status ListenTcp(const std::string& host, uint16_t port, int* fd, uint16_t* bound_port);
+
+/** Compares in time that depends only on `expected`'s length. */
+bool ConstantTimeEquals(const std::string& expected, const std::string& actual);
+
+}  // namespace tcp
+}  // namespace kvferry

@@ -1,0 +1,167 @@
+// TcpClient: the submitting half of the TCP transport — moves ops' bytes between this
+// engine's pool and peers' handles.
+//
+// Shape
+// - Per peer ("host:port"): up to connections_per_peer connections, opened lazily when
+//   ops arrive (and again after they drop), each with a sender and a receiver thread.
+// - An op is cut into slices of at most min(slice_bytes, the server's limit). Slices
+//   wait in the peer's FIFO of pending ops; a sender with window room takes the next
+//   ones, so consecutive slices fan out over the peer's connections (round-robin by
+//   availability) and small ops batch into one sendmsg.
+// - Per connection at most kWindow slices are in flight (requests sent, reply not yet
+//   read), so a connection pins a bounded number of slices. The server answers in
+//   request order, so the receiver matches replies to the front of the window.
+// - Payloads move between the pool and the socket directly (sendmsg from the local
+//   extent for WRITE; recv into it for READ_DATA).
+//
+// Memory-safety invariant (what makes complete_op a promise)
+// - An op completes only when none of its slices is in any window. A slice leaves a
+//   window when its reply has been fully received, or when its connection is torn down,
+//   which happens only after both of that connection's threads have left their I/O loops
+//   (the last thread out cleans up). So once complete_op runs, nothing reads or writes
+//   the op's local extent.
+//
+// Failure
+// - A slice error reported by the peer (unknown handle, out of range) fails its op;
+//   the connection stays. A connection error fails every op with a slice in its window
+//   (kUnavailable; kPermissionDenied for a refused handshake; kCancelled at Shutdown).
+//   If every connection of a peer fails before delivering anything, the peer's pending
+//   ops fail with that error; otherwise pending ops wait for (re)connected carriers.
+// - Cancel(op): the op stops being sliced; if slices are in flight, the connections
+//   carrying them are shut down (their other ops end kUnavailable).
+#pragma once
+
+#include <condition_variable>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/status.h"
+#include "engine/transport.h"
+
+namespace kvferry {
+namespace tcp {
+
+struct TcpClientOptions {
+  std::string token;
+  uint64_t slice_bytes = 0;
+  int connections_per_peer = 4;
+  int io_timeout_ms = 10000;
+};
+
+class TcpClient {
+ public:
+  /** Slices in flight per connection. */
+  static constexpr size_t kWindow = 16;
+
+  TcpClient(const TransportContext& context, TcpClientOptions options);
+  ~TcpClient();
+
+  TcpClient(const TcpClient&) = delete;
+  TcpClient& operator=(const TcpClient&) = delete;
+
+  [[nodiscard]] Status Submit(std::vector<TransferOp> ops);
+  void Cancel(uint64_t op_id);
+  void Disconnect(const std::string& peer);
+  void Shutdown();
+  uint64_t connected_peers() const;
+
+ private:
+  struct Op;
+  struct Peer;
+  struct Conn;
+
+  struct Slice {
+    Op* op = nullptr;
+    uint64_t request_id = 0;
+    uint64_t op_offset = 0;
+    uint64_t length = 0;
+  };
+
+  struct Op {
+    TransferOp spec;
+    uint8_t* local = nullptr;
+    std::shared_ptr<Peer> peer;
+    std::chrono::steady_clock::time_point start;
+    uint64_t dispatched = 0;  // bytes cut into slices so far
+    uint64_t acked = 0;       // bytes whose slice succeeded
+    uint32_t in_flight = 0;   // slices in some window
+    bool fully_dispatched = false;
+    bool pending = false;     // in peer->pending
+    std::list<Op*>::iterator pending_it;
+    Status error;             // first failure; the op's outcome once set
+  };
+
+  struct Peer {
+    std::string key;
+    std::string host;
+    uint16_t port = 0;
+    std::list<Op*> pending;   // ops with bytes not yet cut into slices, FIFO
+    std::vector<Conn*> conns; // not yet torn down (some may be dying)
+    bool forgotten = false;   // Disconnect()ed: no new connections
+  };
+
+  enum class ConnState { kConnecting, kEstablished };
+
+  struct Conn {
+    std::shared_ptr<Peer> peer;
+    int fd = -1;                    // shut down by others, closed only by teardown
+    ConnState state = ConnState::kConnecting;
+    bool dying = false;
+    bool killed_by_cancel = false;
+    bool delivered = false;         // at least one reply was received
+    Status death;
+    uint64_t max_payload = 0;
+    uint64_t next_request_id = 1;
+    std::deque<Slice> window;       // in flight, in request order
+    int live_threads = 2;
+    bool finished = false;          // torn down; threads are exiting
+    std::condition_variable send_cv;
+    std::condition_variable recv_cv;
+    std::thread sender;
+    std::thread receiver;
+  };
+
+  // Thread bodies.
+  void SenderMain(Conn* c);
+  void ReceiverMain(Conn* c);
+  Status Establish(Conn* c);
+  Status ConnectSocket(Conn* c);
+  void SendLoop(Conn* c);
+  void ReceiveLoop(Conn* c, int fd);
+  void ThreadExit(Conn* c);
+
+  // Everything below runs with mu_ held.
+  std::shared_ptr<Peer> PeerLocked(const std::string& key);
+  void EnsureConnectionsLocked(const std::shared_ptr<Peer>& peer);
+  size_t LiveConnsLocked(const Peer& peer) const;
+  void TakeSlicesLocked(Conn* c, std::vector<Slice>* batch);
+  void KillLocked(Conn* c, Status why);
+  void TeardownLocked(Conn* c);
+  void FinishSliceLocked(const Slice& s, const Status& status);
+  void FailOpLocked(Op* op, const Status& why);
+  void FailPendingLocked(Peer* peer, const Status& why);
+  void MaybeCompleteLocked(Op* op);
+  void ReapLocked(std::vector<std::shared_ptr<Conn>>* finished);
+
+  const TransportContext context_;
+  const TcpClientOptions options_;
+
+  std::mutex shutdown_mu_;  // serialises Shutdown()
+  mutable std::mutex mu_;
+  bool stopping_ = false;
+  std::unordered_map<std::string, std::shared_ptr<Peer>> peers_;
+  std::unordered_map<uint64_t, std::unique_ptr<Op>> ops_;
+  std::list<std::shared_ptr<Conn>> conns_;  // every connection whose threads are not joined
+};
+
+}  // namespace tcp
+}  // namespace kvferry

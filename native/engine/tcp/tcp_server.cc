@@ -1,0 +1,271 @@
+#include "engine/tcp/tcp_server.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <utility>
+
+#include "engine/tcp/socket_io.h"
+
+namespace kvferry {
+namespace tcp {
+
+namespace {
+
+// Incoming WRITE payloads land in the pool; the socket buffers stay at kernel autotuning,
+// which on loopback outperforms a fixed size.
+constexpr int kServerSocketBuffer = 0;
+// Refused WRITE payloads are drained through a buffer of at most this size.
+constexpr size_t kScratchBytes = 64 * 1024;
+
+}  // namespace
+
+TcpServer::TcpServer(const TransportContext& context, TcpServerOptions options)
+    : context_(context), options_(std::move(options)) {}
+
+TcpServer::~TcpServer() { Stop(); }
+
+Status TcpServer::Start() {
+  Status s = ListenTcp(options_.host, options_.port, &listen_fd_, &port_);
+  if (!s.ok()) return s;
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) {
+    close(listen_fd_);
+    listen_fd_ = -1;
+    return Status(Code::kInternal, std::string("eventfd: ") + std::strerror(errno));
+  }
+  listener_ = std::thread([this] { AcceptLoop(); });
+  return Status::Ok();
+}
+
+void TcpServer::Stop() {
+  std::lock_guard<std::mutex> stop_lock(stop_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  if (wake_fd_ >= 0) {
+    uint64_t one = 1;
+    ssize_t ignored = write(wake_fd_, &one, sizeof(one));
+    (void)ignored;
+  }
+  if (listener_.joinable()) listener_.join();
+  // The listener is gone, so the list only shrinks now. Shut every connection down: a
+  // thread blocked in recv/send returns at once and releases its handle access.
+  std::list<std::unique_ptr<Connection>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& c : connections_) {
+      if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+    }
+    all.swap(connections_);
+  }
+  for (auto& c : all) c->thread.join();
+  if (listen_fd_ >= 0) close(listen_fd_);
+  if (wake_fd_ >= 0) close(wake_fd_);
+  listen_fd_ = -1;
+  wake_fd_ = -1;
+}
+
+void TcpServer::ReapLocked(std::vector<std::unique_ptr<Connection>>* finished) {
+  for (auto it = connections_.begin(); it != connections_.end();) {
+    if ((*it)->done) {
+      finished->push_back(std::move(*it));
+      it = connections_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void TcpServer::AcceptLoop() {
+  for (;;) {
+    struct pollfd fds[2];
+    fds[0] = {listen_fd_, POLLIN, 0};
+    fds[1] = {wake_fd_, POLLIN, 0};
+    int rc = poll(fds, 2, -1);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[1].revents != 0) return;  // Stop()
+    if ((fds[0].revents & POLLIN) == 0) continue;
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      // EMFILE and friends: back off briefly instead of spinning.
+      if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      continue;
+    }
+    std::vector<std::unique_ptr<Connection>> finished;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ReapLocked(&finished);
+      if (stopping_ || connections_.size() >= kMaxConnections) {
+        close(fd);
+      } else {
+        SetIoTimeouts(fd, options_.io_timeout_ms);
+        SetStreamOptions(fd, kServerSocketBuffer);
+        auto conn = std::make_unique<Connection>();
+        Connection* raw = conn.get();
+        raw->fd = fd;
+        raw->thread = std::thread([this, raw, fd] { Serve(raw, fd); });
+        connections_.push_back(std::move(conn));
+      }
+    }
+    for (auto& c : finished) c->thread.join();
+  }
+}
+
+TcpServer::HandshakeResult TcpServer::Handshake(int fd) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.io_timeout_ms);
+  size_t total = 0;
+  // The HELLO must be complete by the deadline, however slowly its bytes trickle in.
+  auto recv_by_deadline = [&](uint8_t* dst, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+      if (Clock::now() >= deadline) return false;
+      size_t got = 0;
+      IoResult r = RecvFull(fd, dst + done, n - done, &got);
+      done += got;
+      total += got;
+      if (r == IoResult::kOk) return true;
+      if (r != IoResult::kTimeout) return false;
+    }
+    return true;
+  };
+  uint8_t buf[kHeaderSize];
+  if (!recv_by_deadline(buf, kHeaderSize)) {
+    // A peer that connects and leaves without a byte (a port probe, a client shutting
+    // down mid-connect) was not refused anything.
+    return total == 0 ? HandshakeResult::kGone : HandshakeResult::kRefused;
+  }
+  FrameHeader h = DecodeHeader(buf);
+  if (!IsWellFormed(h) || h.type != FrameType::kHello || h.length > kMaxTokenBytes) {
+    return HandshakeResult::kRefused;
+  }
+  std::string token(h.length, '\0');
+  if (h.length > 0 && !recv_by_deadline(reinterpret_cast<uint8_t*>(&token[0]), h.length)) {
+    return HandshakeResult::kRefused;
+  }
+
+  FrameHeader reply;
+  const bool accepted = ConstantTimeEquals(options_.token, token);
+  if (accepted) {
+    reply.type = FrameType::kHelloOk;
+    reply.offset = options_.slice_bytes;
+  } else {
+    reply.type = FrameType::kHelloRefused;
+    reply.status = static_cast<uint32_t>(Code::kPermissionDenied);
+  }
+  uint8_t out[kHeaderSize];
+  EncodeHeader(reply, out);
+  struct iovec iov = {out, kHeaderSize};
+  IoResult sent = SendFull(fd, &iov, 1);
+  if (!accepted) return HandshakeResult::kRefused;
+  return sent == IoResult::kOk ? HandshakeResult::kAccepted : HandshakeResult::kGone;
+}
+
+void TcpServer::Serve(Connection* conn, int fd) {
+  HandshakeResult hello = Handshake(fd);
+  if (hello == HandshakeResult::kRefused) {
+    context_.counters->handshakes_refused.fetch_add(1, std::memory_order_relaxed);
+  } else if (hello == HandshakeResult::kAccepted) {
+    std::vector<uint8_t> scratch;
+    for (;;) {
+      // Wait for the next header. A timeout before its first byte is an idle peer, which
+      // may stay; a timeout after it is a stall mid-frame, which may not.
+      uint8_t buf[kHeaderSize];
+      size_t have = 0;
+      IoResult r = IoResult::kOk;
+      while (have < kHeaderSize) {
+        size_t got = 0;
+        r = RecvFull(fd, buf + have, kHeaderSize - have, &got);
+        have += got;
+        if (r == IoResult::kTimeout && have == 0) {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (stopping_) break;
+          continue;
+        }
+        if (r != IoResult::kOk) break;
+      }
+      if (r != IoResult::kOk) break;
+      FrameHeader h = DecodeHeader(buf);
+      const bool request = h.type == FrameType::kWrite || h.type == FrameType::kRead;
+      if (!IsWellFormed(h) || !request || h.status != 0 || h.length > options_.slice_bytes) {
+        context_.counters->frames_refused.fetch_add(1, std::memory_order_relaxed);
+        break;
+      }
+      const bool keep = h.type == FrameType::kWrite ? ServeWrite(fd, h, &scratch) : ServeRead(fd, h);
+      if (!keep) break;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  close(fd);
+  conn->fd = -1;
+  conn->done = true;
+}
+
+bool TcpServer::ServeWrite(int fd, const FrameHeader& h, std::vector<uint8_t>* scratch) {
+  uint64_t pool_offset = 0;
+  Status access = context_.handles->Acquire(h.handle, h.offset, h.length, &pool_offset);
+  size_t got = 0;
+  if (access.ok()) {
+    // The payload goes straight into the pool; the access pins the handle meanwhile.
+    IoResult r = RecvFull(fd, context_.pool_base + pool_offset, h.length, &got);
+    context_.handles->ReleaseAccess(h.handle);
+    if (r != IoResult::kOk) return false;
+    context_.counters->bytes_received.fetch_add(h.length, std::memory_order_relaxed);
+  } else {
+    // Refused: swallow the payload so the stream stays in step, then say why.
+    if (scratch->empty()) scratch->resize(kScratchBytes);
+    uint64_t left = h.length;
+    while (left > 0) {
+      const size_t chunk = static_cast<size_t>(std::min<uint64_t>(left, scratch->size()));
+      if (RecvFull(fd, scratch->data(), chunk, &got) != IoResult::kOk) return false;
+      left -= chunk;
+    }
+  }
+  FrameHeader ack;
+  ack.type = FrameType::kWriteAck;
+  ack.status = static_cast<uint32_t>(access.code());
+  ack.request_id = h.request_id;
+  uint8_t out[kHeaderSize];
+  EncodeHeader(ack, out);
+  struct iovec iov = {out, kHeaderSize};
+  return SendFull(fd, &iov, 1) == IoResult::kOk;
+}
+
+bool TcpServer::ServeRead(int fd, const FrameHeader& h) {
+  uint64_t pool_offset = 0;
+  Status access = context_.handles->Acquire(h.handle, h.offset, h.length, &pool_offset);
+  FrameHeader reply;
+  reply.type = FrameType::kReadData;
+  reply.status = static_cast<uint32_t>(access.code());
+  reply.request_id = h.request_id;
+  reply.length = access.ok() ? h.length : 0;
+  uint8_t out[kHeaderSize];
+  EncodeHeader(reply, out);
+  struct iovec iov[2];
+  iov[0] = {out, kHeaderSize};
+  iov[1] = {access.ok() ? context_.pool_base + pool_offset : nullptr, static_cast<size_t>(reply.length)};
+  // Header and payload leave in one sendmsg, the payload straight from the pool.
+  IoResult r = SendFull(fd, iov, 2);
+  if (access.ok()) {
+    context_.handles->ReleaseAccess(h.handle);
+    if (r == IoResult::kOk) context_.counters->bytes_sent.fetch_add(h.length, std::memory_order_relaxed);
+  }
+  return r == IoResult::kOk;
+}
+
+}  // namespace tcp
+}  // namespace kvferry

@@ -1,0 +1,90 @@
+// TcpServer: the serving half of the TCP transport — peers write into and read from
+// this engine's pool through handles.
+//
+// Threads: one listener thread (poll on the listening socket and a wake-up eventfd) and
+// one thread per accepted connection, at most kMaxConnections at a time (more are
+// closed at once).
+//
+// Per connection: the first frame must be a HELLO carrying the cluster token, within
+// io_timeout_ms of the accept; a wrong token gets HELLO_REFUSED and the connection is
+// closed (handshakes_refused). Then requests are served in order. Each access holds the
+// handle (HandleTable::Acquire) only while its payload moves, and payloads move between
+// the socket and the pool directly. SO_RCVTIMEO/SO_SNDTIMEO = io_timeout_ms: a peer
+// idle between frames is kept, one that stalls mid-frame is dropped, so no peer can pin
+// a thread or a handle forever. Malformed frames drop the connection (frames_refused).
+//
+// Stop() (idempotent; also the destructor) closes the listener, shuts every connection
+// down and joins every thread; when it returns no access is in flight.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/status.h"
+#include "engine/tcp/wire.h"
+#include "engine/transport.h"
+
+namespace kvferry {
+namespace tcp {
+
+struct TcpServerOptions {
+  std::string token;
+  std::string host;
+  uint16_t port = 0;
+  uint64_t slice_bytes = 0;
+  int io_timeout_ms = 10000;
+};
+
+class TcpServer {
+ public:
+  static constexpr size_t kMaxConnections = 512;
+
+  TcpServer(const TransportContext& context, TcpServerOptions options);
+  ~TcpServer();
+
+  TcpServer(const TcpServer&) = delete;
+  TcpServer& operator=(const TcpServer&) = delete;
+
+  [[nodiscard]] Status Start();
+  uint16_t port() const { return port_; }
+  void Stop();
+
+ private:
+  struct Connection {
+    int fd = -1;  // guarded by mu_; closed by its own thread on exit
+    bool done = false;
+    std::thread thread;
+  };
+
+  enum class HandshakeResult { kAccepted, kRefused, kGone };
+
+  void AcceptLoop();
+  void Serve(Connection* conn, int fd);
+  HandshakeResult Handshake(int fd);
+  /** Serves one request whose header is `h`; false when the connection must close. */
+  bool ServeWrite(int fd, const FrameHeader& h, std::vector<uint8_t>* scratch);
+  bool ServeRead(int fd, const FrameHeader& h);
+  void ReapLocked(std::vector<std::unique_ptr<Connection>>* finished);
+
+  const TransportContext context_;
+  const TcpServerOptions options_;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;
+  uint16_t port_ = 0;
+  std::thread listener_;
+
+  std::mutex stop_mu_;  // serialises Stop()
+  std::mutex mu_;
+  bool stopping_ = false;
+  std::list<std::unique_ptr<Connection>> connections_;
+};
+
+}  // namespace tcp
+}  // namespace kvferry

@@ -1,0 +1,52 @@
+// TcpTransport: the engine's own socket path (see wire.h for the frame format).
+//
+// The serving half (TcpServer) lets peers write into and read from this engine's pool
+// through handles; the submitting half (TcpClient) carries this engine's ops to peers.
+// Both follow the Transport contract in engine/transport.h.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/tcp/tcp_client.h"
+#include "engine/tcp/tcp_server.h"
+#include "engine/transport.h"
+
+namespace kvferry {
+namespace tcp {
+
+struct TcpTransportOptions {
+  std::string token;
+  std::string listen_host;
+  uint16_t listen_port = 0;
+  int connections_per_peer = 4;
+  uint64_t slice_bytes = 4 << 20;
+  int io_timeout_ms = 10000;
+};
+
+class TcpTransport final : public Transport {
+ public:
+  TcpTransport(const TransportContext& context, const TcpTransportOptions& options);
+  ~TcpTransport() override;
+
+  TransportCapabilities capabilities() const override;
+  [[nodiscard]] Status Start() override;
+  [[nodiscard]] Status Submit(std::vector<TransferOp> ops) override;
+  void Cancel(uint64_t op_id) override;
+  void Disconnect(const std::string& peer) override;
+  void Shutdown() override;
+  uint64_t connected_peers() const override;
+
+  /** The data port actually bound (valid after Start). */
+  uint16_t port() const { return server_.port(); }
+
+ private:
+  const uint64_t slice_bytes_;
+  TcpServer server_;
+  TcpClient client_;
+};
+
+}  // namespace tcp
+}  // namespace kvferry

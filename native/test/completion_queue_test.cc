@@ -1,0 +1,84 @@
+#include "engine/completion_queue.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+namespace kvferry {
+namespace {
+
+Completion Op(uint64_t id) {
+  Completion c;
+  c.id = id;
+  return c;
+}
+
+TEST(CompletionQueue, NotifiesOncePerEmptyToNonEmptyTransitionFromItsOwnThread) {
+  CompletionQueue q;
+  std::mutex mu;
+  std::condition_variable cv;
+  int calls = 0;
+  std::thread::id caller;
+  q.SetNotifier([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    ++calls;
+    caller = std::this_thread::get_id();
+    cv.notify_all();
+  });
+  q.Push(Op(1));
+  q.Push(Op(2));
+  q.Push(Op(3));
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(5), [&] { return calls >= 1; }));
+  }
+  std::vector<Completion> out;
+  EXPECT_EQ(q.Drain(&out), 3u);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].id, 1u);
+  EXPECT_EQ(out[2].id, 3u);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(calls, 1);
+    EXPECT_NE(caller, std::this_thread::get_id());
+  }
+  q.Push(Op(4));
+  std::unique_lock<std::mutex> lock(mu);
+  ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(5), [&] { return calls == 2; }));
+}
+
+TEST(CompletionQueue, AfterSetNotifierReturnsTheOldNotifierIsNeverCalled) {
+  CompletionQueue q;
+  std::atomic<bool> retired{false};
+  std::atomic<int> late_calls{0};
+  q.SetNotifier([&] {
+    if (retired.load()) late_calls.fetch_add(1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  });
+  q.Push(Op(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // likely inside the notifier
+  q.SetNotifier(nullptr);
+  retired.store(true);
+  std::vector<Completion> out;
+  q.Drain(&out);
+  q.Push(Op(2));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(late_calls.load(), 0);
+  EXPECT_EQ(q.size(), 1u);
+}
+
+TEST(CompletionQueue, ANotifierSetLaterHearsAboutCompletionsAlreadyQueued) {
+  CompletionQueue q;
+  q.Push(Op(1));
+  std::atomic<int> calls{0};
+  q.SetNotifier([&] { calls.fetch_add(1); });
+  for (int i = 0; i < 500 && calls.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(calls.load(), 1);
+}
+
+}  // namespace
+}  // namespace kvferry

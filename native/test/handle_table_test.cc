@@ -1,0 +1,101 @@
+#include "engine/handle_table.h"
+
+#include <gtest/gtest.h>
+
+#include <mutex>
+#include <set>
+#include <vector>
+
+namespace kvferry {
+namespace {
+
+class HandleTableTest : public ::testing::Test {
+ protected:
+  HandleTableTest()
+      : table_([this](uint64_t h) {
+          std::lock_guard<std::mutex> lock(mu_);
+          released_.push_back(h);
+        }) {}
+
+  std::vector<uint64_t> released() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return released_;
+  }
+
+  std::mutex mu_;
+  std::vector<uint64_t> released_;
+  HandleTable table_;
+};
+
+TEST_F(HandleTableTest, IssuesDistinctNonZeroIds) {
+  std::set<uint64_t> seen;
+  for (int i = 0; i < 10000; ++i) {
+    uint64_t h = 0;
+    ASSERT_TRUE(table_.Expose(0, 64, &h).ok());
+    ASSERT_NE(h, 0u);
+    ASSERT_TRUE(seen.insert(h).second) << "handle reused";
+  }
+  // Ids are spread over the whole 64-bit space, not a counter.
+  EXPECT_GT(*seen.rbegin(), 1ull << 60);
+}
+
+TEST_F(HandleTableTest, AcquireMapsIntoTheExposedRangeAndChecksBounds) {
+  uint64_t h = 0;
+  ASSERT_TRUE(table_.Expose(4096, 1000, &h).ok());
+  uint64_t at = 0;
+  ASSERT_TRUE(table_.Acquire(h, 10, 990, &at).ok());
+  EXPECT_EQ(at, 4106u);
+  table_.ReleaseAccess(h);
+  ASSERT_TRUE(table_.Acquire(h, 1000, 0, &at).ok());  // empty range at the end
+  table_.ReleaseAccess(h);
+
+  EXPECT_EQ(table_.Acquire(h, 10, 991, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, 1001, 0, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, UINT64_MAX, 1, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, UINT64_MAX, 0, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, 1, UINT64_MAX, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, 8, UINT64_MAX - 7, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h ^ 1, 0, 1, &at).code(), Code::kNotFound);
+  EXPECT_EQ(table_.Acquire(0, 0, 1, &at).code(), Code::kNotFound);
+}
+
+TEST_F(HandleTableTest, RevokeWithoutAccessReleasesAtOnceExactlyOnce) {
+  uint64_t h = 0;
+  ASSERT_TRUE(table_.Expose(0, 64, &h).ok());
+  ASSERT_TRUE(table_.Revoke(h).ok());
+  EXPECT_EQ(released(), std::vector<uint64_t>{h});
+  EXPECT_EQ(table_.Revoke(h).code(), Code::kNotFound);
+  uint64_t at = 0;
+  EXPECT_EQ(table_.Acquire(h, 0, 1, &at).code(), Code::kNotFound);
+  EXPECT_EQ(released().size(), 1u);
+  EXPECT_EQ(table_.size(), 0u);
+}
+
+TEST_F(HandleTableTest, RevokeWithAccessInFlightReleasesWhenTheLastAccessEnds) {
+  uint64_t h = 0, other = 0;
+  ASSERT_TRUE(table_.Expose(0, 64, &h).ok());
+  ASSERT_TRUE(table_.Expose(64, 64, &other).ok());
+  uint64_t at = 0;
+  ASSERT_TRUE(table_.Acquire(h, 0, 8, &at).ok());
+  ASSERT_TRUE(table_.Acquire(h, 8, 8, &at).ok());
+
+  ASSERT_TRUE(table_.Revoke(h).ok());
+  EXPECT_TRUE(released().empty());
+  // New accesses are refused at once, even though old ones are still running.
+  EXPECT_EQ(table_.Acquire(h, 0, 8, &at).code(), Code::kNotFound);
+  EXPECT_EQ(table_.Revoke(h).code(), Code::kNotFound);
+
+  table_.ReleaseAccess(h);
+  EXPECT_TRUE(released().empty());
+  table_.ReleaseAccess(h);
+  EXPECT_EQ(released(), std::vector<uint64_t>{h});
+  table_.ReleaseAccess(h);  // a stray release changes nothing
+  EXPECT_EQ(released().size(), 1u);
+  // The other handle is untouched.
+  EXPECT_TRUE(table_.Acquire(other, 0, 64, &at).ok());
+  table_.ReleaseAccess(other);
+  EXPECT_EQ(table_.size(), 1u);
+}
+
+}  // namespace
+}  // namespace kvferry

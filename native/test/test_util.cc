@@ -1,0 +1,253 @@
+#include "test_util.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace kvferry {
+namespace test {
+
+std::unique_ptr<Engine> MakeEngine(uint64_t pool_size, const std::function<void(EngineOptions&)>& tweak) {
+  EngineOptions o;
+  o.pool_size = pool_size;
+  o.token = kToken;
+  o.listen_host = "127.0.0.1";
+  o.listen_port = 0;
+  if (tweak) tweak(o);
+  std::unique_ptr<Engine> e;
+  Status s = Engine::Create(o, &e);
+  if (!s.ok()) {
+    ADD_FAILURE() << "Engine::Create: " << s.ToString();
+    return nullptr;
+  }
+  return e;
+}
+
+std::string PeerOf(const Engine& engine) { return "127.0.0.1:" + std::to_string(engine.data_port()); }
+
+Collector::Collector(Engine* engine) : engine_(engine) {
+  engine_->SetNotifier([this] { Pull(); });
+}
+
+Collector::~Collector() { engine_->SetNotifier(nullptr); }
+
+void Collector::Pull() {
+  std::vector<Completion> batch;
+  engine_->DrainCompletions(&batch);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Completion& c : batch) {
+    if (c.kind == CompletionKind::kHandleReleased) {
+      ++released_[c.id];
+      continue;
+    }
+    ++op_total_;
+    if (on_op_) on_op_(c);
+    if (!ops_.emplace(c.id, c).second) ++duplicates_;
+  }
+  cv_.notify_all();
+}
+
+bool Collector::WaitOps(size_t n, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, timeout, [&] { return op_total_ >= n; });
+}
+
+bool Collector::WaitReleased(uint64_t handle, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, timeout, [&] { return released_.count(handle) != 0; });
+}
+
+std::map<uint64_t, Completion> Collector::ops() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ops_;
+}
+
+size_t Collector::op_count() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return op_total_;
+}
+
+size_t Collector::duplicates() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return duplicates_;
+}
+
+size_t Collector::released_count(uint64_t handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = released_.find(handle);
+  return it == released_.end() ? 0 : it->second;
+}
+
+void Collector::OnOp(std::function<void(const Completion&)> fn) {
+  std::lock_guard<std::mutex> lock(mu_);
+  on_op_ = std::move(fn);
+}
+
+void FillPattern(uint8_t* p, uint64_t n, uint64_t seed) {
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (uint64_t i = 0; i < n; ++i) {
+    if ((i & 7) == 0) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+    }
+    p[i] = static_cast<uint8_t>(x >> (8 * (i & 7)));
+  }
+}
+
+TransferOp MakeOp(uint64_t id, OpKind kind, const std::string& peer, uint64_t local, uint64_t handle,
+                  uint64_t remote_offset, uint64_t length) {
+  TransferOp op;
+  op.id = id;
+  op.kind = kind;
+  op.peer = peer;
+  op.local_offset = local;
+  op.remote_handle = handle;
+  op.remote_offset = remote_offset;
+  op.length = length;
+  return op;
+}
+
+int RawConnect(uint16_t port, int recv_timeout_ms) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in addr;
+  std::memset(&addr, 0, sizeof(addr));
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  struct timeval tv;
+  tv.tv_sec = recv_timeout_ms / 1000;
+  tv.tv_usec = (recv_timeout_ms % 1000) * 1000;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+bool RawSend(int fd, const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    ssize_t r = send(fd, p, n, MSG_NOSIGNAL);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool RawSendHeader(int fd, const tcp::FrameHeader& h) {
+  uint8_t buf[tcp::kHeaderSize];
+  tcp::EncodeHeader(h, buf);
+  return RawSend(fd, buf, sizeof(buf));
+}
+
+bool RawRecv(int fd, void* data, size_t n) {
+  auto* p = static_cast<uint8_t*>(data);
+  while (n > 0) {
+    ssize_t r = recv(fd, p, n, 0);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool RawRecvHeader(int fd, tcp::FrameHeader* h) {
+  uint8_t buf[tcp::kHeaderSize];
+  if (!RawRecv(fd, buf, sizeof(buf))) return false;
+  *h = tcp::DecodeHeader(buf);
+  return true;
+}
+
+int RawHello(int fd, const std::string& token) {
+  tcp::FrameHeader h;
+  h.type = tcp::FrameType::kHello;
+  h.length = token.size();
+  if (!RawSendHeader(fd, h) || !RawSend(fd, token.data(), token.size())) return 0;
+  tcp::FrameHeader reply;
+  if (!RawRecvHeader(fd, &reply)) return 0;
+  return static_cast<int>(reply.type);
+}
+
+bool WaitClosed(int fd, int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  uint8_t buf[4096];
+  while (std::chrono::steady_clock::now() < deadline) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    int left = static_cast<int>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+    if (poll(&pfd, 1, left > 0 ? left : 0) <= 0) continue;
+    ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (r == 0) return true;
+    if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return true;  // reset
+  }
+  return false;
+}
+
+SilentPeer::SilentPeer() {
+  listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in addr;
+  std::memset(&addr, 0, sizeof(addr));
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(listen_fd_, reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr));
+  listen(listen_fd_, 64);
+  socklen_t len = sizeof(addr);
+  getsockname(listen_fd_, reinterpret_cast<struct sockaddr*>(&addr), &len);
+  port_ = ntohs(addr.sin_port);
+  acceptor_ = std::thread([this] {
+    for (;;) {
+      int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return;  // listen socket shut down
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_) {
+        close(fd);
+        return;
+      }
+      accepted_.fetch_add(1);
+      fds_.push_back(fd);
+      threads_.emplace_back([this, fd] { Serve(fd); });
+    }
+  });
+}
+
+void SilentPeer::Serve(int fd) {
+  tcp::FrameHeader hello;
+  if (!RawRecvHeader(fd, &hello)) return;
+  std::string token(hello.length, '\0');
+  if (!RawRecv(fd, &token[0], token.size())) return;
+  tcp::FrameHeader ok;
+  ok.type = tcp::FrameType::kHelloOk;
+  ok.offset = 1 << 20;
+  if (!RawSendHeader(fd, ok)) return;
+  std::vector<uint8_t> sink(1 << 16);
+  while (recv(fd, sink.data(), sink.size(), 0) > 0) {
+  }
+}
+
+SilentPeer::~SilentPeer() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+    shutdown(listen_fd_, SHUT_RDWR);
+    for (int fd : fds_) shutdown(fd, SHUT_RDWR);
+  }
+  acceptor_.join();
+  for (auto& t : threads_) t.join();
+  for (int fd : fds_) close(fd);
+  close(listen_fd_);
+}
+
+}  // namespace test
+}  // namespace kvferry
