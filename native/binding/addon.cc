@@ -100,7 +100,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "kvferry-completions", 0, 1);
     tsfn_.Unref(env);
     // The environment may end (worker exit, process teardown) before the GC finalizes us.
-    cleanup_ = env.AddCleanupHook(std::function<void()>([this]() { Close(); }));
+    // Raw N-API on purpose: Napi::Env::CleanupHook frees its data both when the hook
+    // runs and on Remove, so removing a hook that already ran is a double free.
+    env_ = env;
+    napi_add_env_cleanup_hook(env, &EngineWrap::OnEnvCleanup, this);
     std::weak_ptr<Engine> weak = engine_;
     Napi::ThreadSafeFunction tsfn = tsfn_;
     engine_->SetNotifier([tsfn, weak]() mutable {
@@ -132,11 +135,17 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   ~EngineWrap() override {
-    cleanup_.Remove(Env());
+    if (!env_cleaned_) napi_remove_env_cleanup_hook(env_, &EngineWrap::OnEnvCleanup, this);
     Close();
   }
 
  private:
+  static void OnEnvCleanup(void* self) {
+    auto* wrap = static_cast<EngineWrap*>(self);
+    wrap->env_cleaned_ = true;
+    wrap->Close();
+  }
+
   void Close() {
     if (closed_.exchange(true)) return;
     if (engine_) {
@@ -263,7 +272,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   std::shared_ptr<Engine> engine_;
   Napi::ThreadSafeFunction tsfn_;
   std::atomic<bool> closed_{false};
-  Napi::Env::CleanupHook<std::function<void()>> cleanup_;
+  napi_env env_ = nullptr;
+  bool env_cleaned_ = false;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

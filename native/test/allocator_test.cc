@@ -131,7 +131,9 @@ TEST(ExtentAllocator, KeepsEveryInvariantThroughOneHundredThousandRandomOps) {
         ASSERT_LE(off + r, a.capacity());
         // No overlap with any live allocation of the model.
         auto next = live.lower_bound(off);
-        if (next != live.end()) ASSERT_LE(off + r, next->first) << "overlaps the next allocation";
+        if (next != live.end()) {
+          ASSERT_LE(off + r, next->first) << "overlaps the next allocation";
+        }
         if (next != live.begin()) {
           auto prev = std::prev(next);
           ASSERT_LE(prev->first + prev->second, off) << "overlaps the previous allocation";

@@ -274,7 +274,9 @@ TEST_F(HostilePeer, ALegitimateTransferCompletesIntactWhileHostilePeersHammerThe
           RawSendHeader(fd, w);
           RawSend(fd, junk.data(), 4096);
           FrameHeader reply;
-          if (RawRecvHeader(fd, &reply)) EXPECT_EQ(reply.status, static_cast<uint32_t>(Code::kOutOfRange));
+          if (RawRecvHeader(fd, &reply)) {
+            EXPECT_EQ(reply.status, static_cast<uint32_t>(Code::kOutOfRange));
+          }
           break;
         }
       }

@@ -1,7 +1,7 @@
 // What an operator sees: health, reflection for grpcurl-style tools, signals, exit codes,
 // help text and the seed's mooncake.json.
 import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -303,22 +303,28 @@ describe("help", () => {
 });
 
 describe("the seed's mooncake.json through MOONCAKE_CONFIG_PATH", () => {
-  let seeded: TestDaemon;
-
-  beforeAll(async () => {
-    seeded = await startDaemon([], { env: { MOONCAKE_CONFIG_PATH: SEED, KVFERRY_CONFIG: "" } });
+  it("refuses protocol rdma at start-up with exit code 2, naming the file and the key, until the UCX transport exists", async () => {
+    const r = await runCli(["daemon", "--listen", "127.0.0.1:0"], { MOONCAKE_CONFIG_PATH: SEED, KVFERRY_CONFIG: "" }, 5000);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(SEED);
+    expect(r.stderr).toMatch(/protocol: got "rdma"/);
   });
 
-  afterAll(async () => {
-    expect(await seeded?.stop()).toBe(0);
-  });
-
-  it("starts a daemon that loaded the file and serves", async () => {
-    const loaded = seeded.proc.logs.find((l) => l.msg === "configuration loaded");
-    expect(loaded).toMatchObject({ source: SEED, protocol: "rdma", metadata: "etcd" });
-    const info = await seeded.client.serverInfo();
-    expect(info.poolCapacity).toBe(2 ** 30); // the file sets no buffer size: the default
-    await seeded.client.put("seeded", "p", Buffer.from("ok"), { seal: true });
-    expect((await seeded.client.get("seeded", { waitMs: 0 })).parts.get("p")?.toString()).toBe("ok");
+  it("starts with the same file switched to tcp and serves (data and peer ports kept on loopback)", async () => {
+    const file = join(dir, "seed-tcp.json");
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(SEED, "utf8")), protocol: "tcp" }));
+    const seeded = await startDaemon(["--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"], {
+      env: { MOONCAKE_CONFIG_PATH: file, KVFERRY_CONFIG: "" },
+    });
+    try {
+      const loaded = seeded.proc.logs.find((l) => l.msg === "configuration loaded");
+      expect(loaded).toMatchObject({ source: file, protocol: "tcp", metadata: "etcd" });
+      const info = await seeded.client.serverInfo();
+      expect(info.poolCapacity).toBe(2 ** 30); // the file sets no buffer size: the default
+      await seeded.client.put("seeded", "p", Buffer.from("ok"), { seal: true });
+      expect((await seeded.client.get("seeded", { waitMs: 0 })).parts.get("p")?.toString()).toBe("ok");
+    } finally {
+      expect(await seeded.stop()).toBe(0);
+    }
   });
 });

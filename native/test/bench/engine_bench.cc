@@ -1,0 +1,205 @@
+// engine_bench: throughput of the TCP transport between two engines in one process,
+// printed next to a raw-socket reference (one stream, 1 MiB send/recv calls — what
+// iperf3 does) measured in the same run. Not a test: it asserts nothing.
+//
+//   engine_bench [--connections N] [--rounds R]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using kvferry::Completion;
+using kvferry::Engine;
+using kvferry::EngineOptions;
+using kvferry::OpKind;
+using kvferry::TransferOp;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// One TCP stream over loopback, 1 MiB calls on both sides.
+double RawStreamGBps(uint64_t total) {
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in addr;
+  std::memset(&addr, 0, sizeof(addr));
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(lfd, reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr));
+  listen(lfd, 1);
+  socklen_t len = sizeof(addr);
+  getsockname(lfd, reinterpret_cast<struct sockaddr*>(&addr), &len);
+  std::thread receiver([lfd, total] {
+    int fd = accept(lfd, nullptr, nullptr);
+    std::vector<uint8_t> buf(1 << 20);
+    uint64_t got = 0;
+    while (got < total) {
+      ssize_t r = recv(fd, buf.data(), buf.size(), 0);
+      if (r <= 0) break;
+      got += static_cast<uint64_t>(r);
+    }
+    close(fd);
+  });
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  connect(fd, reinterpret_cast<struct sockaddr*>(&addr), sizeof(addr));
+  std::vector<uint8_t> buf(1 << 20, 0x42);
+  const auto start = Clock::now();
+  uint64_t sent = 0;
+  while (sent < total) {
+    ssize_t r = send(fd, buf.data(), std::min<uint64_t>(buf.size(), total - sent), 0);
+    if (r <= 0) break;
+    sent += static_cast<uint64_t>(r);
+  }
+  close(fd);
+  receiver.join();
+  const double s = Seconds(Clock::now() - start);
+  close(lfd);
+  return static_cast<double>(total) / s / 1e9;
+}
+
+class Waiter {
+ public:
+  explicit Waiter(Engine* e) : e_(e) {
+    e_->SetNotifier([this] {
+      std::vector<Completion> batch;
+      e_->DrainCompletions(&batch);
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& c : batch) {
+        ++done_;
+        if (c.code != kvferry::Code::kOk) {
+          ++failed_;
+          if (first_error_.empty()) first_error_ = c.message;
+        }
+      }
+      cv_.notify_all();
+    });
+  }
+  ~Waiter() { e_->SetNotifier(nullptr); }
+  bool Wait(uint64_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    bool ok = cv_.wait_for(lock, std::chrono::seconds(120), [&] { return done_ >= n; });
+    if (failed_ > 0) std::fprintf(stderr, "%llu ops failed: %s\n", (unsigned long long)failed_, first_error_.c_str());
+    return ok && failed_ == 0;
+  }
+  void Reset() {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = 0;
+  }
+
+ private:
+  Engine* e_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t done_ = 0;
+  uint64_t failed_ = 0;
+  std::string first_error_;
+};
+
+struct Result {
+  double gbps = 0;
+};
+
+// Submits `count` ops of `size` bytes as one batch and waits for all of them.
+double RunOnce(Engine* a, Engine* b, Waiter* w, OpKind kind, uint64_t count, uint64_t size, uint64_t handle,
+               uint64_t remote_span, uint64_t local_span, uint64_t* next_id) {
+  std::vector<TransferOp> ops;
+  ops.reserve(count);
+  const std::string peer = "127.0.0.1:" + std::to_string(b->data_port());
+  for (uint64_t i = 0; i < count; ++i) {
+    TransferOp op;
+    op.id = (*next_id)++;
+    op.kind = kind;
+    op.peer = peer;
+    op.local_offset = (i * size) % local_span;
+    op.remote_handle = handle;
+    op.remote_offset = (i * size) % remote_span;
+    op.length = size;
+    ops.push_back(std::move(op));
+  }
+  w->Reset();
+  const auto start = Clock::now();
+  kvferry::Status s = a->Submit(std::move(ops));
+  if (!s.ok()) {
+    std::fprintf(stderr, "submit: %s\n", s.ToString().c_str());
+    std::exit(1);
+  }
+  if (!w->Wait(count)) std::exit(1);
+  return static_cast<double>(count * size) / Seconds(Clock::now() - start) / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int connections = 4;
+  int rounds = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--connections") == 0) connections = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--rounds") == 0) rounds = std::atoi(argv[i + 1]);
+  }
+
+  double reference = 0;
+  for (int r = 0; r < rounds; ++r) reference = std::max(reference, RawStreamGBps(4ull << 30));
+  std::printf("reference: raw loopback TCP, one stream, 1 MiB calls: %.2f GB/s (best of %d)\n", reference, rounds);
+
+  EngineOptions o;
+  o.token = "bench";
+  o.connections_per_peer = connections;
+  o.pool_size = 512ull << 20;
+  std::unique_ptr<Engine> a, b;
+  if (!Engine::Create(o, &a).ok() || !Engine::Create(o, &b).ok()) {
+    std::fprintf(stderr, "cannot create engines\n");
+    return 1;
+  }
+  const uint64_t span = 256ull << 20;
+  uint64_t handle = 0;
+  if (!b->Expose(0, span, &handle).ok()) return 1;
+  std::memset(a->pool_base(), 0x5c, span);
+  std::memset(b->pool_base(), 0xc5, span);
+  Waiter w(a.get());
+  uint64_t next_id = 1;
+
+  struct Case {
+    const char* name;
+    OpKind kind;
+    uint64_t count;
+    uint64_t size;
+  };
+  const Case cases[] = {
+      {"write 64 x 16 MiB", OpKind::kWrite, 64, 16ull << 20},
+      {"write 4096 x 64 KiB", OpKind::kWrite, 4096, 64ull << 10},
+      {"read  64 x 16 MiB", OpKind::kRead, 64, 16ull << 20},
+      {"read  4096 x 64 KiB", OpKind::kRead, 4096, 64ull << 10},
+  };
+  std::printf("engine: %d connection(s) per peer, slice %llu KiB\n", connections,
+              (unsigned long long)(o.slice_bytes >> 10));
+  // Warm up connections.
+  RunOnce(a.get(), b.get(), &w, OpKind::kWrite, 16, 1 << 20, handle, span, span, &next_id);
+  for (const Case& c : cases) {
+    double best = 0;
+    double sum = 0;
+    for (int r = 0; r < rounds; ++r) {
+      double g = RunOnce(a.get(), b.get(), &w, c.kind, c.count, c.size, handle, span, span, &next_id);
+      best = std::max(best, g);
+      sum += g;
+    }
+    std::printf("  %-22s best %5.2f GB/s  mean %5.2f GB/s  = %.2fx reference\n", c.name, best, sum / rounds,
+                best / reference);
+  }
+  return 0;
+}
