@@ -2,7 +2,7 @@
 // The build: the native engine (node-gyp → build/Release/), TypeScript → dist/, and
 // the descriptor sets that reflection serves. `--native` / `--ts` build one half.
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -25,10 +25,16 @@ if (only !== "--ts") {
 }
 
 if (only !== "--native") {
-  rmSync(join(root, "dist"), { recursive: true, force: true });
-  run(bin("tsc"), ["-p", "tsconfig.json"]);
-  mkdirSync(join(root, "dist/descriptors"), { recursive: true });
-  run(bin("buf"), ["build", "-o", "dist/descriptors/kvferry.binpb"]);
-  run(bin("buf"), ["build", "node_modules/grpc-health-check/proto", "-o", "dist/descriptors/health.binpb"]);
-  writeFileSync(join(root, "dist/.built"), `${new Date().toISOString()}\n`);
+  // Built aside and swapped in, so a daemon starting meanwhile never sees half a dist/.
+  const next = `dist.next-${process.pid}`;
+  rmSync(join(root, next), { recursive: true, force: true });
+  run(bin("tsc"), ["-p", "tsconfig.json", "--outDir", next]);
+  mkdirSync(join(root, next, "descriptors"), { recursive: true });
+  run(bin("buf"), ["build", "-o", `${next}/descriptors/kvferry.binpb`]);
+  run(bin("buf"), ["build", "node_modules/grpc-health-check/proto", "-o", `${next}/descriptors/health.binpb`]);
+  writeFileSync(join(root, next, ".built"), `${new Date().toISOString()}\n`);
+  const old = `dist.old-${process.pid}`;
+  if (existsSync(join(root, "dist"))) renameSync(join(root, "dist"), join(root, old));
+  renameSync(join(root, next), join(root, "dist"));
+  rmSync(join(root, old), { recursive: true, force: true });
 }

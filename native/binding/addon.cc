@@ -52,6 +52,44 @@ uint64_t ToU64(const Napi::Value& v, const char* field) {
   throw Napi::TypeError::New(v.Env(), std::string(field) + " must be a number or a bigint");
 }
 
+/**
+ * One drained batch as columns: { ids, codes, bytes, micros } typed arrays for the ops,
+ * `messages` ({ index: text }) for the failed ones only, and `released` (BigUint64Array)
+ * for the handles whose last access ended. Thousands of completions cost a handful of
+ * JS allocations, not one object each.
+ */
+Napi::Object CompletionBatch(Napi::Env env, const std::vector<Completion>& batch) {
+  size_t ops = 0;
+  for (const Completion& c : batch) ops += c.kind == CompletionKind::kOp ? 1 : 0;
+  Napi::Float64Array ids = Napi::Float64Array::New(env, ops);
+  Napi::Int32Array codes = Napi::Int32Array::New(env, ops);
+  Napi::Float64Array bytes = Napi::Float64Array::New(env, ops);
+  Napi::Float64Array micros = Napi::Float64Array::New(env, ops);
+  Napi::Object messages = Napi::Object::New(env);
+  Napi::BigUint64Array released = Napi::BigUint64Array::New(env, batch.size() - ops);
+  size_t i = 0, r = 0;
+  for (const Completion& c : batch) {
+    if (c.kind != CompletionKind::kOp) {
+      released[r++] = c.id;
+      continue;
+    }
+    ids[i] = static_cast<double>(c.id);
+    codes[i] = static_cast<int32_t>(c.code);
+    bytes[i] = static_cast<double>(c.bytes);
+    micros[i] = static_cast<double>(c.micros);
+    if (c.code != Code::kOk) messages.Set(static_cast<uint32_t>(i), c.message);
+    i++;
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("ids", ids);
+  out.Set("codes", codes);
+  out.Set("bytes", bytes);
+  out.Set("micros", micros);
+  out.Set("messages", messages);
+  out.Set("released", released);
+  return out;
+}
+
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  public:
   static Napi::Function Init(Napi::Env env) {
@@ -63,6 +101,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod<&EngineWrap::PoolStats>("poolStats"),
                            InstanceMethod<&EngineWrap::Expose>("expose"),
                            InstanceMethod<&EngineWrap::Revoke>("revoke"),
+                           InstanceMethod<&EngineWrap::RevokeAll>("revokeAll"),
                            InstanceMethod<&EngineWrap::DataPort>("dataPort"),
                            InstanceMethod<&EngineWrap::Submit>("submit"),
                            InstanceMethod<&EngineWrap::Cancel>("cancel"),
@@ -113,23 +152,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         std::vector<Completion> batch;
         engine->DrainCompletions(&batch);
         if (batch.empty()) return;
-        Napi::Array out = Napi::Array::New(env, batch.size());
-        for (size_t i = 0; i < batch.size(); i++) {
-          const Completion& c = batch[i];
-          Napi::Object item = Napi::Object::New(env);
-          item.Set("kind", c.kind == CompletionKind::kOp ? "op" : "handle-released");
-          if (c.kind == CompletionKind::kOp) {
-            item.Set("id", Napi::Number::New(env, static_cast<double>(c.id)));
-          } else {
-            item.Set("id", Napi::BigInt::New(env, c.id));
-          }
-          item.Set("code", kvferry::CodeName(c.code));
-          item.Set("message", c.message);
-          item.Set("bytes", Napi::Number::New(env, static_cast<double>(c.bytes)));
-          item.Set("micros", Napi::Number::New(env, static_cast<double>(c.micros)));
-          out[i] = item;
-        }
-        callback.Call({out});
+        callback.Call({CompletionBatch(env, batch)});
       });
     });
   }
@@ -212,31 +235,63 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return Napi::Number::New(info.Env(), engine(info.Env()).data_port());
   }
 
-  // submit([{ id, kind: "write"|"read", peer, localOffset, remoteHandle, remoteOffset, length }])
+  // submit(peer, { ids: Float64Array, kinds: Uint8Array (1 write, 2 read), localOffsets,
+  //   remoteHandles: BigUint64Array, remoteOffsets, lengths: Float64Array }): one peer per call.
   Napi::Value Submit(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!info[0].IsArray()) throw Napi::TypeError::New(env, "submit(ops[])");
-    Napi::Array arr = info[0].As<Napi::Array>();
-    std::vector<TransferOp> ops;
-    ops.reserve(arr.Length());
-    for (uint32_t i = 0; i < arr.Length(); i++) {
-      Napi::Object o = arr.Get(i).As<Napi::Object>();
-      TransferOp op;
-      op.id = ToU64(o.Get("id"), "id");
-      std::string kind = o.Get("kind").ToString().Utf8Value();
-      if (kind == "write") op.kind = OpKind::kWrite;
-      else if (kind == "read") op.kind = OpKind::kRead;
-      else throw Napi::TypeError::New(env, "kind must be \"write\" or \"read\"");
-      op.peer = o.Get("peer").ToString().Utf8Value();
-      op.local_offset = ToU64(o.Get("localOffset"), "localOffset");
-      op.remote_handle = ToU64(o.Get("remoteHandle"), "remoteHandle");
-      op.remote_offset = ToU64(o.Get("remoteOffset"), "remoteOffset");
-      op.length = ToU64(o.Get("length"), "length");
-      ops.push_back(std::move(op));
+    if (!info[0].IsString() || !info[1].IsObject()) throw Napi::TypeError::New(env, "submit(peer, columns)");
+    std::string peer = info[0].As<Napi::String>().Utf8Value();
+    Napi::Object cols = info[1].As<Napi::Object>();
+    auto f64 = [&](const char* name) {
+      Napi::Value v = cols.Get(name);
+      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+        throw Napi::TypeError::New(env, std::string(name) + " must be a Float64Array");
+      }
+      return v.As<Napi::Float64Array>();
+    };
+    Napi::Float64Array ids = f64("ids"), local = f64("localOffsets"), remote = f64("remoteOffsets"), lengths = f64("lengths");
+    Napi::Value kindsValue = cols.Get("kinds"), handlesValue = cols.Get("remoteHandles");
+    if (!kindsValue.IsTypedArray() || kindsValue.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+        !handlesValue.IsTypedArray() || handlesValue.As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
+      throw Napi::TypeError::New(env, "kinds must be a Uint8Array and remoteHandles a BigUint64Array");
+    }
+    Napi::Uint8Array kinds = kindsValue.As<Napi::Uint8Array>();
+    Napi::BigUint64Array handles = handlesValue.As<Napi::BigUint64Array>();
+    const size_t n = ids.ElementLength();
+    if (kinds.ElementLength() != n || local.ElementLength() != n || remote.ElementLength() != n ||
+        lengths.ElementLength() != n || handles.ElementLength() != n) {
+      throw Napi::RangeError::New(env, "submit: every column must have the same length");
+    }
+    std::vector<TransferOp> ops(n);
+    for (size_t i = 0; i < n; i++) {
+      TransferOp& op = ops[i];
+      op.id = static_cast<uint64_t>(ids[i]);
+      if (kinds[i] == 1) op.kind = OpKind::kWrite;
+      else if (kinds[i] == 2) op.kind = OpKind::kRead;
+      else throw Napi::TypeError::New(env, "kinds: 1 (write) or 2 (read)");
+      op.peer = peer;
+      op.local_offset = static_cast<uint64_t>(local[i]);
+      op.remote_handle = handles[i];
+      op.remote_offset = static_cast<uint64_t>(remote[i]);
+      op.length = static_cast<uint64_t>(lengths[i]);
     }
     Status s = engine(env).Submit(std::move(ops));
     if (!s.ok()) ThrowStatus(env, s);
     return env.Undefined();
+  }
+
+  // revokeAll(BigUint64Array) → Uint8Array: 1 where the handle was revoked (its release
+  // is reported later), 0 where the engine did not know it (nothing can be in flight).
+  Napi::Value RevokeAll(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) {
+      throw Napi::TypeError::New(env, "revokeAll(BigUint64Array)");
+    }
+    Napi::BigUint64Array handles = info[0].As<Napi::BigUint64Array>();
+    Engine& e = engine(env);
+    Napi::Uint8Array revoked = Napi::Uint8Array::New(env, handles.ElementLength());
+    for (size_t i = 0; i < handles.ElementLength(); i++) revoked[i] = e.Revoke(handles[i]).ok() ? 1 : 0;
+    return revoked;
   }
 
   Napi::Value Cancel(const Napi::CallbackInfo& info) {

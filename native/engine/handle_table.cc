@@ -1,5 +1,9 @@
 #include "engine/handle_table.h"
 
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstdlib>
 #include <string>
 #include <utility>
 
@@ -8,11 +12,22 @@ namespace kvferry {
 HandleTable::HandleTable(ReleasedFn on_released) : on_released_(std::move(on_released)) {}
 
 uint64_t HandleTable::NextIdLocked() {
-  // Handles are capabilities handed to peers, so they come straight from the OS
-  // entropy source behind std::random_device (getrandom on Linux) rather than from a
-  // seeded PRNG, whose later outputs a peer could predict from the handles it has seen.
+  // Handles are capabilities handed to peers, so they come straight from the kernel's
+  // CSPRNG (getrandom) rather than from a seeded PRNG, whose later outputs a peer could
+  // predict from the handles it has seen. Fetched in pages: one syscall per 512 ids.
   for (;;) {
-    uint64_t id = (static_cast<uint64_t>(random_()) << 32) | static_cast<uint64_t>(random_());
+    if (entropy_left_ == 0) {
+      uint8_t* out = reinterpret_cast<uint8_t*>(entropy_.data());
+      size_t want = sizeof(entropy_), got = 0;
+      while (got < want) {
+        ssize_t n = getrandom(out + got, want - got, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) std::abort();  // no entropy source: handing out guessable handles is worse
+        got += static_cast<size_t>(n);
+      }
+      entropy_left_ = entropy_.size();
+    }
+    uint64_t id = entropy_[--entropy_left_];
     if (id != 0 && entries_.count(id) == 0) return id;
   }
 }

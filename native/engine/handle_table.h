@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
-#include <random>
+#include <array>
 #include <unordered_map>
 
 #include "engine/status.h"
@@ -60,7 +60,10 @@ class HandleTable {
 
   const ReleasedFn on_released_;
   mutable std::mutex mu_;
-  std::random_device random_;  // guarded by mu_
+  // Entropy from getrandom(2), fetched a page at a time (one syscall per 512 handles);
+  // guarded by mu_.
+  std::array<uint64_t, 512> entropy_{};
+  size_t entropy_left_ = 0;
   std::unordered_map<uint64_t, Entry> entries_;
 };
 

@@ -161,7 +161,7 @@ TEST(Cancel, CancellingALiveTransferYieldsOneTerminalCompletionAndThePeerStaysUs
   ASSERT_TRUE(a && b);
   Collector ca(a.get());
   uint64_t h = 0;
-  ASSERT_TRUE(b->Expose(0, 32 << 20, &h).ok());
+  ASSERT_TRUE(b->Expose(0, 40 << 20, &h).ok());
   FillPattern(a->pool_base(), 32 << 20, 8);
   for (uint64_t round = 0; round < 5; ++round) {
     const uint64_t id = round * 2 + 1;
@@ -171,8 +171,9 @@ TEST(Cancel, CancellingALiveTransferYieldsOneTerminalCompletionAndThePeerStaysUs
     ASSERT_TRUE(ca.WaitOps(round * 2 + 1, seconds(10)));
     const Completion c = ca.ops().at(id);
     EXPECT_TRUE(c.code == Code::kCancelled || c.code == Code::kOk) << c.message;
-    // A follow-up op to the same peer reconnects and succeeds.
-    ASSERT_TRUE(a->Submit({MakeOp(id + 1, OpKind::kWrite, PeerOf(*b), 0, h, 0, 1 << 20)}).ok());
+    // A follow-up op to the same peer reconnects and succeeds. (It targets other remote
+    // bytes: the peer may still be finishing the cancelled op's last slice.)
+    ASSERT_TRUE(a->Submit({MakeOp(id + 1, OpKind::kWrite, PeerOf(*b), 0, h, 36 << 20, 1 << 20)}).ok());
     ASSERT_TRUE(ca.WaitOps(round * 2 + 2, seconds(10)));
     EXPECT_EQ(ca.ops().at(id + 1).code, Code::kOk) << ca.ops().at(id + 1).message;
   }

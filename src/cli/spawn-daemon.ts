@@ -25,11 +25,13 @@ export interface SpawnOptions {
   env?: NodeJS.ProcessEnv;
   /** How long to wait for "serving". */
   startTimeoutMs?: number;
+  /** Extra node flags, e.g. ["--cpu-prof"] for profiling. */
+  nodeArgs?: string[];
 }
 
 /** Runs `kvferry daemon ...args` (add `--listen 127.0.0.1:0` for a free port). */
 export function spawnDaemon(args: string[], options: SpawnOptions = {}): Promise<SpawnedDaemon> {
-  const child = spawn(process.execPath, [BIN, "daemon", ...args], {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), BIN, "daemon", ...args], {
     env: { ...process.env, NO_PRETTY: "1", ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });

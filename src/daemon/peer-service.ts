@@ -55,14 +55,14 @@ export function peerService(ctx: PeerContext): KvFerryPeerServer {
       protocol: "tcp",
     })),
     prepareReceive: authed((req) => ctx.transfers.prepareReceive(req)),
-    commitReceive: authed(async (req) => ({ bytes: await ctx.transfers.commitReceive(req.receiveId) })),
+    commitReceive: authed((req) => ctx.transfers.commitReceive(req.ids)),
     abortReceive: authed(async (req) => {
-      await ctx.transfers.abortReceive(req.receiveId);
+      await ctx.transfers.abortReceive(req.ids);
       return {};
     }),
     prepareSend: authed((req) => ctx.transfers.prepareSend(req)),
     finishSend: authed(async (req) => {
-      await ctx.transfers.finishSend(req.sendId, req.completed, req.releaseSource);
+      await ctx.transfers.finishSend(req.completed, req.failed, req.releaseSource);
       return {};
     }),
   };

@@ -76,7 +76,12 @@ export class Daemon {
       getWaitMs: config.getWaitMs,
       recentlyRemoved: config.recentlyRemoved,
       maxWaiters: config.maxWaiters,
-      onRemoved: (e) => log.info({ transferId: e.transferId, reason: e.reason, bytes: e.bytes }, `entry ${e.reason}`),
+      // Consumed and transferred entries are the normal flow (thousands a second): debug.
+      // Evictions, expiries and releases are what an operator looks for: info.
+      onRemoved: (e) => {
+        const level = e.reason === "consumed" || e.reason === "transferred" ? "debug" : "info";
+        log[level]({ transferId: e.transferId, reason: e.reason, bytes: e.bytes }, `entry ${e.reason}`);
+      },
     });
     this.#peers = new PeerDirectory(config.clusterToken, () => this.nodeId);
     this.transfers = new Transfers({

@@ -1,27 +1,35 @@
 // Moving entries between daemons: the initiator's side (push, pull) and the other
-// side's bookkeeping (receives and sends in progress), over the native engine.
+// side's bookkeeping (reservations), over the native engine. The control plane is
+// batched: one round trip per step for a whole BatchTransfer, so thousands of small
+// entries cost a few RPCs, not thousands.
 //
-// PUSH  initiator: lease the sealed entry → peer PrepareReceive (room + handles) →
-//       engine writes → peer CommitReceive (the peer seals) → drop the local copy.
-// PULL  initiator: peer PrepareSend (lease + handles) → reserve room here → engine
-//       reads → commit + seal here → peer FinishSend (the peer drops its copy).
-// Every reservation on either side carries a timer: if the other daemon dies, its
-// half of the work is undone at the deadline and no pool byte leaks.
+// PUSH  initiator: lease the sealed entries → peer PrepareReceive (room + handles) →
+//       engine writes → peer CommitReceive (the peer seals) → drop the local copies.
+// PULL  initiator: peer PrepareSend (leases + handles) → reserve room here → engine
+//       reads → commit + seal here → peer FinishSend (the peer drops its copies).
+// Every batch of reservations carries a timer: if the other daemon dies, its half of the work
+// is undone at the deadline (plus a grace period) and no pool byte leaks.
+// Each entry succeeds or fails on its own; one failure never fails the batch.
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import {
+  DeadlineExceededError,
+  errorFromStatus,
+  grpcStatusOf,
   InvalidArgumentError,
   type KvferryError,
   NotFoundError,
   UnavailableError,
-  DeadlineExceededError,
 } from "../errors.js";
 import type {
+  CommitReceiveResponse,
+  EntryError,
+  ExposedPart,
   PrepareReceiveRequest,
   PrepareReceiveResponse,
   PrepareSendRequest,
   PrepareSendResponse,
-  ExposedPart,
+  Reservation,
 } from "../gen/kvferry/v1/peer.js";
 import type { PoolBlock } from "../engine/pool-memory.js";
 import type { OpSpec, TransferEngine } from "../engine/transfer-engine.js";
@@ -33,6 +41,8 @@ export const MAX_BATCH = 4096;
 /** How long a reservation outlives the deadline its initiator announced. */
 const RESERVATION_GRACE_MS = 5_000;
 const MAX_RESERVATION_MS = 10 * 60_000;
+/** Cleanup calls to a peer that may be gone. */
+const CLEANUP_TIMEOUT_MS = 5_000;
 
 export type Mode = "push" | "pull";
 
@@ -43,18 +53,16 @@ export interface TransferOutcome {
   micros: number;
 }
 
-interface Receive {
+interface Incoming {
   transferId: string;
   writers: PartWriter[];
   handles: bigint[];
-  timer: NodeJS.Timeout;
 }
 
-interface Send {
+interface Outgoing {
   transferId: string;
   lease: ReadLease;
   handles: bigint[];
-  timer: NodeJS.Timeout;
 }
 
 export interface TransfersOptions {
@@ -66,15 +74,49 @@ export interface TransfersOptions {
   transferDeadlineMs: number;
 }
 
+/** Per-entry outcomes of one batch, filled in as the steps go. */
+class Outcomes {
+  readonly #t0 = performance.now();
+  readonly #done = new Map<string, TransferOutcome>();
+
+  constructor(private readonly ids: readonly string[]) {}
+
+  has(id: string): boolean {
+    return this.#done.has(id);
+  }
+
+  fail(transferId: string, error: unknown): void {
+    if (this.#done.has(transferId)) return;
+    this.#done.set(transferId, { transferId, error: error as KvferryError, bytes: 0, micros: this.#micros() });
+  }
+
+  succeed(transferId: string, bytes: number): void {
+    this.#done.set(transferId, { transferId, bytes, micros: this.#micros() });
+  }
+
+  /** Every id not settled yet fails with `error`. */
+  failRest(error: unknown): void {
+    for (const id of this.ids) this.fail(id, error);
+  }
+
+  list(): TransferOutcome[] {
+    return this.ids.map((id) => this.#done.get(id)!);
+  }
+
+  #micros(): number {
+    return Math.round((performance.now() - this.#t0) * 1000);
+  }
+}
+
 export class Transfers {
-  readonly #receives = new Map<string, Receive>();
-  readonly #sends = new Map<string, Send>();
+  readonly #incoming = new Map<string, Incoming>();
+  readonly #outgoing = new Map<string, Outgoing>();
 
   constructor(private readonly o: TransfersOptions) {}
 
-  /** In flight now, for GetServerInfo and tests. */
+  /** Reservations held for peers now, for tests and status. */
   get reservations(): { receives: number; sends: number } {
-    return { receives: this.#receives.size, sends: this.#sends.size };
+    return { receives: this.#incoming.size, sends: this.#outgoing.size };
   }
 
   // ---- the initiator ---------------------------------------------------------------
@@ -102,29 +144,23 @@ export class Transfers {
       throw new InvalidArgumentError("deadline_ms", `${options.deadlineMs} must be a positive number of milliseconds`);
     }
     const deadlineAt = Date.now() + deadlineMs;
-
-    let peer: Peer;
+    const outcomes = new Outcomes(ids);
     try {
-      peer = await this.o.peers.get(target, deadlineMs);
+      const peer = await this.o.peers.get(target, deadlineMs);
+      const keep = options.keepSource === true;
+      if (mode === "push") await this.#push(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes);
+      else await this.#pull(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes);
     } catch (err) {
-      const error = err as KvferryError;
-      return ids.map((transferId) => ({ transferId, error, bytes: 0, micros: 0 }));
+      outcomes.failRest(err);
     }
-    return Promise.all(
-      ids.map(async (transferId): Promise<TransferOutcome> => {
-        const t0 = performance.now();
-        try {
-          const bytes =
-            mode === "push"
-              ? await this.#push(transferId, peer, deadlineAt, options.keepSource === true, leaseTtlMs)
-              : await this.#pull(transferId, peer, deadlineAt, options.keepSource === true, leaseTtlMs);
-          return { transferId, bytes, micros: Math.round((performance.now() - t0) * 1000) };
-        } catch (err) {
-          this.o.log.warn({ transferId, target, mode, err: (err as Error).message }, "transfer failed");
-          return { transferId, error: err as KvferryError, bytes: 0, micros: Math.round((performance.now() - t0) * 1000) };
-        }
-      }),
+    const results = outcomes.list();
+    const failed = results.filter((r) => r.error);
+    const moved = results.reduce((sum, r) => sum + r.bytes, 0);
+    (failed.length ? this.o.log.warn.bind(this.o.log) : this.o.log.info.bind(this.o.log))(
+      { target, mode, entries: ids.length, failed: failed.length, bytes: moved, firstError: failed[0]?.error?.message },
+      "batch transfer",
     );
+    return results;
   }
 
   /** Pulls one entry (for a Get that names a source). Throws on failure. */
@@ -133,94 +169,169 @@ export class Transfers {
     if (outcome!.error) throw outcome!.error;
   }
 
-  async #push(transferId: string, peer: Peer, deadlineAt: number, keep: boolean, leaseTtlMs?: number): Promise<number> {
-    const lease = await this.o.store.get({ transferId, waitMs: remaining(deadlineAt) });
-    let receiveId: string | undefined;
+  async #push(
+    ids: readonly string[], peer: Peer, deadlineAt: number, keep: boolean, leaseTtlMs: number | undefined, out: Outcomes,
+  ): Promise<void> {
+    const leases = new Map<string, ReadLease>();
     try {
+      await Promise.all(
+        ids.map(async (id) => {
+          try {
+            leases.set(id, await this.o.store.get({ transferId: id, waitMs: remaining(deadlineAt) }));
+          } catch (err) {
+            out.fail(id, err);
+          }
+        }),
+      );
+      const live = ids.filter((id) => leases.has(id));
+      if (live.length === 0) return;
+
       const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
         "prepareReceive",
         {
-          transferId,
-          parts: lease.parts.map((p) => ({ name: p.name, size: p.size })),
+          entries: live.map((id) => ({ transferId: id, parts: leases.get(id)!.parts.map((p) => ({ name: p.name, size: p.size })) })),
           deadlineMs: remaining(deadlineAt),
           leaseTtlMs,
           sourceNode: this.o.nodeId(),
         },
         remaining(deadlineAt),
       );
-      receiveId = prep.receiveId;
-      const byName = exposedByName(prep.parts, lease.parts.length);
-      const ops: OpSpec[] = lease.parts
-        .filter((p) => p.size > 0)
-        .map((p) => ({
-          kind: "write",
-          peer: peer.hello!.dataAddress,
-          localOffset: (p.block as PoolBlock).offset,
-          remoteHandle: handleOf(byName, p.name, p.size),
-          remoteOffset: 0,
-          length: p.size,
-        }));
-      await this.#runAll(ops, deadlineAt);
-      await peer.call("commitReceive", { receiveId }, remaining(deadlineAt));
-      receiveId = undefined;
-      const bytes = lease.parts.reduce((sum, p) => sum + p.size, 0);
-      lease.release(false);
-      if (!keep) this.#dropSource(transferId);
-      return bytes;
-    } catch (err) {
-      if (receiveId !== undefined) {
-        peer.call("abortReceive", { receiveId, reason: (err as Error).message }, 5_000).catch(() => {});
+      const reserved = new Map<string, string>(); // transfer id → reservation id
+      const plan = new OpPlan();
+      live.forEach((id, i) => {
+        const r = prep.entries[i];
+        try {
+          const reservation = checkReservation(r, id);
+          reserved.set(id, reservation.id);
+          const exposed = exposedByName(reservation.parts);
+          for (const part of leases.get(id)!.parts) {
+            if (part.size === 0) continue;
+            plan.add(id, {
+              kind: "write",
+              localOffset: (part.block as PoolBlock).offset,
+              remoteHandle: handleOf(exposed, part.name, part.size),
+              remoteOffset: 0,
+              length: part.size,
+            });
+          }
+        } catch (err) {
+          out.fail(id, err);
+        }
+      });
+      const failedOps = await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt);
+      const abandoned: string[] = [];
+      for (const [id, err] of failedOps) {
+        out.fail(id, err);
+        abandoned.push(reserved.get(id)!);
+        reserved.delete(id);
       }
-      throw err;
+      for (const id of [...reserved.keys()]) if (out.has(id)) reserved.delete(id);
+      if (abandoned.length > 0) {
+        peer.call("abortReceive", { ids: abandoned, reason: "data plane failure" }, CLEANUP_TIMEOUT_MS).catch(() => {});
+      }
+      if (reserved.size === 0) return;
+
+      const committing = [...reserved];
+      const commit = await peer.call<{ ids: string[] }, CommitReceiveResponse>(
+        "commitReceive",
+        { ids: committing.map(([, rid]) => rid) },
+        remaining(deadlineAt),
+      );
+      committing.forEach(([id], i) => {
+        const result = commit.results[i];
+        if (result === undefined) return out.fail(id, new UnavailableError(`peer ${peer.address} did not answer for ${id}`));
+        if (result.error) return out.fail(id, fromEntryError(result.error, peer.address));
+        leases.get(id)!.release(false);
+        if (!keep) this.#dropSource(id);
+        out.succeed(id, result.bytes);
+      });
     } finally {
-      lease.release(false); // a no-op after the first release
+      for (const lease of leases.values()) lease.release(false); // no-op for the released
     }
   }
 
-  async #pull(transferId: string, peer: Peer, deadlineAt: number, keep: boolean, leaseTtlMs?: number): Promise<number> {
+  async #pull(
+    ids: readonly string[], peer: Peer, deadlineAt: number, keep: boolean, leaseTtlMs: number | undefined, out: Outcomes,
+  ): Promise<void> {
     const prep = await peer.call<PrepareSendRequest, PrepareSendResponse>(
       "prepareSend",
-      { transferId, deadlineMs: remaining(deadlineAt), destinationNode: this.o.nodeId() },
+      { transferIds: [...ids], deadlineMs: remaining(deadlineAt), destinationNode: this.o.nodeId() },
       remaining(deadlineAt),
     );
-    const writers: PartWriter[] = [];
-    let completed = false;
+    const held = new Map<string, string>(); // transfer id → the peer's reservation id
+    const writers = new Map<string, PartWriter[]>();
+    const completed: string[] = [];
     try {
-      for (const part of prep.parts) {
-        writers.push(await this.o.store.openPart({ transferId, part: part.name, leaseTtlMs }, part.size));
+      const exposedParts = new Map<string, ExposedPart[]>();
+      ids.forEach((id, i) => {
+        try {
+          const reservation = checkReservation(prep.entries[i], id);
+          held.set(id, reservation.id);
+          exposedParts.set(id, reservation.parts);
+        } catch (err) {
+          out.fail(id, err);
+        }
+      });
+      // Room here, entry by entry (each may wait for eviction or room).
+      await Promise.all(
+        [...exposedParts].map(async ([id, parts]) => {
+          const opened: PartWriter[] = [];
+          writers.set(id, opened);
+          try {
+            for (const part of parts) {
+              opened.push(await this.o.store.openPart({ transferId: id, part: part.name, leaseTtlMs }, part.size));
+            }
+          } catch (err) {
+            out.fail(id, err);
+          }
+        }),
+      );
+      const plan = new OpPlan();
+      for (const [id, parts] of exposedParts) {
+        if (out.has(id)) continue;
+        parts.forEach((part, i) => {
+          if (part.size === 0) return;
+          plan.add(id, {
+            kind: "read",
+            localOffset: (writers.get(id)![i]!.block as PoolBlock).offset,
+            remoteHandle: parseHandle(part.handle),
+            remoteOffset: 0,
+            length: part.size,
+          });
+        });
       }
-      const ops: OpSpec[] = prep.parts
-        .map((part, i) => ({ part, writer: writers[i]! }))
-        .filter(({ part }) => part.size > 0)
-        .map(({ part, writer }) => ({
-          kind: "read",
-          peer: peer.hello!.dataAddress,
-          localOffset: (writer.block as PoolBlock).offset,
-          remoteHandle: parseHandle(part.handle),
-          remoteOffset: 0,
-          length: part.size,
-        }));
-      await this.#runAll(ops, deadlineAt);
-      for (const w of writers) {
-        w.landed();
-        w.commit();
+      const failedOps = await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt);
+      for (const [id, err] of failedOps) out.fail(id, err);
+      for (const [id, opened] of writers) {
+        if (out.has(id)) continue;
+        try {
+          for (const w of opened) {
+            w.landed();
+            w.commit();
+          }
+          this.o.store.seal(id);
+          completed.push(id);
+          out.succeed(id, opened.reduce((sum, w) => sum + w.size, 0));
+        } catch (err) {
+          out.fail(id, err);
+        }
       }
-      this.o.store.seal(transferId);
-      completed = true;
-      return prep.parts.reduce((sum, p) => sum + p.size, 0);
     } finally {
-      if (!completed) for (const w of writers) w.abort();
+      // Whatever did not complete gives its room back (after the engine let go of it).
+      for (const [id, opened] of writers) if (!completed.includes(id)) for (const w of opened) w.abort();
+      const done = new Set(completed);
       peer
-        .call("finishSend", { sendId: prep.sendId, completed, releaseSource: completed && !keep }, 5_000)
-        .catch((err) => this.o.log.warn({ transferId, err: (err as Error).message }, "finishSend failed"));
+        .call(
+          "finishSend",
+          {
+            completed: completed.map((id) => held.get(id)!),
+            failed: [...held].filter(([id]) => !done.has(id)).map(([, rid]) => rid),
+            releaseSource: !keep,
+          },
+          CLEANUP_TIMEOUT_MS,
+        )
+        .catch((err) => this.o.log.warn({ peer: peer.address, err: (err as Error).message }, "finishSend failed"));
     }
-  }
-
-  /** Runs the ops to their terminal completions; throws the first failure. */
-  async #runAll(ops: OpSpec[], deadlineAt: number): Promise<void> {
-    const results = await this.o.engine.run(ops, remaining(deadlineAt));
-    const failed = results.find((r) => r.error !== undefined);
-    if (failed) throw failed.error;
   }
 
   #dropSource(transferId: string): void {
@@ -234,109 +345,162 @@ export class Transfers {
   // ---- the other side --------------------------------------------------------------
 
   async prepareReceive(req: PrepareReceiveRequest): Promise<PrepareReceiveResponse> {
-    const transferId = checkTransferId(req.transferId);
-    if (req.parts.length === 0) throw new InvalidArgumentError("parts", "an entry has at least one part");
-    const names = new Set<string>();
-    req.parts.forEach((p, i) => {
-      checkPartName(p.name, `parts[${i}].name`);
-      if (names.has(p.name)) throw new InvalidArgumentError(`parts[${i}].name`, `${p.name} is named twice`);
-      names.add(p.name);
-    });
-    const leaseTtlMs = checkLeaseTtl(req.leaseTtlMs);
     const holdMs = reservationMs(req.deadlineMs);
-    const writers: PartWriter[] = [];
-    try {
-      for (const p of req.parts) {
-        writers.push(await this.o.store.openPart({ transferId, part: p.name, leaseTtlMs }, p.size));
-      }
-    } catch (err) {
-      for (const w of writers) w.abort();
-      throw err;
-    }
-    const handles = writers.map((w) => (w.size > 0 ? this.o.engine.expose(w.block as PoolBlock) : 0n));
-    const receiveId = randomUUID();
-    const timer = setTimeout(() => {
-      this.o.log.warn({ transferId, receiveId, source: req.sourceNode }, "receive not committed in time: undone");
-      void this.abortReceive(receiveId).catch(() => {});
-    }, holdMs);
-    timer.unref();
-    this.#receives.set(receiveId, { transferId, writers, handles, timer });
-    return {
-      receiveId,
-      parts: writers.map((w, i) => ({ name: req.parts[i]!.name, size: w.size, handle: handles[i]!.toString() })),
-    };
+    const leaseTtlMs = checkLeaseTtl(req.leaseTtlMs);
+    checkBatchSize(req.entries.length, "entries");
+    const batchId = randomUUID();
+    const ids: string[] = [];
+    const entries = await Promise.all(
+      req.entries.map(async (entry, index): Promise<Reservation> => {
+        const writers: PartWriter[] = [];
+        try {
+          const transferId = checkTransferId(entry.transferId);
+          checkPartSizes(entry.parts, transferId);
+          for (const p of entry.parts) {
+            const target = { transferId, part: p.name, leaseTtlMs };
+            // Room now (the common case) costs no promise; otherwise wait like a put.
+            writers.push(this.o.store.openPartNow(target, p.size) ?? (await this.o.store.openPart(target, p.size)));
+          }
+          const handles = writers.map((w) => (w.size > 0 ? this.o.engine.expose(w.block as PoolBlock) : 0n));
+          const id = `${batchId}/${index}`;
+          this.#incoming.set(id, { transferId, writers, handles });
+          ids.push(id);
+          return {
+            transferId,
+            id,
+            parts: writers.map((w, i) => ({ name: entry.parts[i]!.name, size: w.size, handle: handles[i]!.toString() })),
+          };
+        } catch (err) {
+          for (const w of writers) w.abort();
+          return { transferId: entry.transferId, error: toEntryError(err), id: "", parts: [] };
+        }
+      }),
+    );
+    // One timer for the batch: whatever is neither committed nor aborted by then is undone.
+    setTimeout(() => {
+      const left = ids.filter((id) => this.#incoming.has(id));
+      if (left.length === 0) return;
+      this.o.log.warn({ entries: left.length, source: req.sourceNode }, "receive not committed in time: undone");
+      void this.abortReceive(left);
+    }, holdMs).unref();
+    return { entries };
   }
 
-  async commitReceive(receiveId: string): Promise<number> {
-    const r = this.#takeReceive(receiveId);
-    await this.#revokeAll(r.handles);
-    try {
-      for (const w of r.writers) {
-        w.landed();
-        w.commit();
+  async commitReceive(ids: readonly string[]): Promise<CommitReceiveResponse> {
+    const taken = ids.map((id) => {
+      const r = this.#incoming.get(id);
+      this.#incoming.delete(id);
+      return r;
+    });
+    // The sender says every byte landed; wait until no peer access is still in flight.
+    await this.o.engine.revokeAll(taken.flatMap((r) => (r ? r.handles.filter((h) => h !== 0n) : [])));
+    const results = taken.map((r, i) => {
+      const id = ids[i]!;
+      if (r === undefined) {
+        return { id, error: toEntryError(new NotFoundError(`no reservation ${id} (committed, aborted, or undone at its deadline)`)), bytes: 0 };
       }
-      this.o.store.seal(r.transferId);
-    } catch (err) {
-      for (const w of r.writers) w.abort();
-      throw err;
-    }
-    const bytes = r.writers.reduce((sum, w) => sum + w.size, 0);
-    this.o.log.info({ transferId: r.transferId, bytes }, "entry received");
-    return bytes;
+      try {
+        for (const w of r.writers) {
+          w.landed();
+          w.commit();
+        }
+        this.o.store.seal(r.transferId);
+      } catch (err) {
+        for (const w of r.writers) w.abort();
+        return { id, error: toEntryError(err), bytes: 0 };
+      }
+      return { id, bytes: r.writers.reduce((sum, w) => sum + w.size, 0) };
+    });
+    this.o.log.debug({ entries: ids.length }, "entries received");
+    return { results };
   }
 
-  async abortReceive(receiveId: string): Promise<void> {
-    const r = this.#takeReceive(receiveId);
-    await this.#revokeAll(r.handles);
-    for (const w of r.writers) w.abort();
+  async abortReceive(ids: readonly string[]): Promise<void> {
+    const taken = ids.flatMap((id) => {
+      const r = this.#incoming.get(id);
+      this.#incoming.delete(id);
+      return r ? [r] : [];
+    });
+    await this.o.engine.revokeAll(taken.flatMap((r) => r.handles.filter((h) => h !== 0n)));
+    for (const r of taken) for (const w of r.writers) w.abort();
   }
 
   async prepareSend(req: PrepareSendRequest): Promise<PrepareSendResponse> {
-    const transferId = checkTransferId(req.transferId);
     const holdMs = reservationMs(req.deadlineMs);
-    const lease = await this.o.store.get({ transferId, waitMs: Math.min(holdMs, req.deadlineMs || holdMs) });
-    const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.expose(p.block as PoolBlock) : 0n));
-    const sendId = randomUUID();
-    const timer = setTimeout(() => {
-      this.o.log.warn({ transferId, sendId, destination: req.destinationNode }, "send not finished in time: released");
-      void this.finishSend(sendId, false, false).catch(() => {});
-    }, holdMs);
-    timer.unref();
-    this.#sends.set(sendId, { transferId, lease, handles, timer });
-    return {
-      sendId,
-      parts: lease.parts.map((p, i) => ({ name: p.name, size: p.size, handle: handles[i]!.toString() })),
-    };
+    checkBatchSize(req.transferIds.length, "transfer_ids");
+    const batchId = randomUUID();
+    const ids: string[] = [];
+    const entries = await Promise.all(
+      req.transferIds.map(async (requested, index): Promise<Reservation> => {
+        try {
+          const transferId = checkTransferId(requested);
+          const lease = await this.o.store.get({ transferId, waitMs: Math.min(holdMs, req.deadlineMs) });
+          const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.expose(p.block as PoolBlock) : 0n));
+          const id = `${batchId}/${index}`;
+          this.#outgoing.set(id, { transferId, lease, handles });
+          ids.push(id);
+          return {
+            transferId,
+            id,
+            parts: lease.parts.map((p, i) => ({ name: p.name, size: p.size, handle: handles[i]!.toString() })),
+          };
+        } catch (err) {
+          return { transferId: requested, error: toEntryError(err), id: "", parts: [] };
+        }
+      }),
+    );
+    setTimeout(() => {
+      const left = ids.filter((id) => this.#outgoing.has(id));
+      if (left.length === 0) return;
+      this.o.log.warn({ entries: left.length, destination: req.destinationNode }, "send not finished in time: released");
+      void this.finishSend([], left, false);
+    }, holdMs).unref();
+    return { entries };
   }
 
-  async finishSend(sendId: string, completed: boolean, releaseSource: boolean): Promise<void> {
-    const s = this.#sends.get(sendId);
-    if (s === undefined) throw new NotFoundError(`no send ${sendId} (finished, or undone at its deadline)`);
-    this.#sends.delete(sendId);
-    clearTimeout(s.timer);
-    await this.#revokeAll(s.handles);
-    s.lease.release(false);
-    if (completed && releaseSource) this.#dropSource(s.transferId);
+  async finishSend(completed: readonly string[], failed: readonly string[], releaseSource: boolean): Promise<void> {
+    const take = (id: string) => {
+      const s = this.#outgoing.get(id);
+      this.#outgoing.delete(id);
+      return s ? [s] : [];
+    };
+    const done = completed.flatMap(take);
+    const undone = failed.flatMap(take);
+    await this.o.engine.revokeAll([...done, ...undone].flatMap((s) => s.handles.filter((h) => h !== 0n)));
+    for (const s of undone) s.lease.release(false);
+    for (const s of done) {
+      s.lease.release(false);
+      if (releaseSource) this.#dropSource(s.transferId);
+    }
   }
 
   /** Undoes every reservation (shutdown). */
   async close(): Promise<void> {
-    await Promise.all([
-      ...[...this.#receives.keys()].map((id) => this.abortReceive(id).catch(() => {})),
-      ...[...this.#sends.keys()].map((id) => this.finishSend(id, false, false).catch(() => {})),
-    ]);
+    await Promise.all([this.abortReceive([...this.#incoming.keys()]), this.finishSend([], [...this.#outgoing.keys()], false)]);
   }
 
-  #takeReceive(receiveId: string): Receive {
-    const r = this.#receives.get(receiveId);
-    if (r === undefined) throw new NotFoundError(`no receive ${receiveId} (committed, aborted, or undone at its deadline)`);
-    this.#receives.delete(receiveId);
-    clearTimeout(r.timer);
-    return r;
+}
+
+/** The ops of a batch, remembered by entry so failures map back to entries. */
+class OpPlan {
+  readonly #ops: OpSpec[] = [];
+  readonly #owners: string[] = [];
+
+  add(transferId: string, op: OpSpec): void {
+    this.#ops.push(op);
+    this.#owners.push(transferId);
   }
 
-  async #revokeAll(handles: bigint[]): Promise<void> {
-    await Promise.all(handles.filter((h) => h !== 0n).map((h) => this.o.engine.revoke(h)));
+  /** Runs every op to its terminal completion; returns the first error of each failed entry. */
+  async run(engine: TransferEngine, peer: string, deadlineAt: number): Promise<Map<string, KvferryError>> {
+    const failed = new Map<string, KvferryError>();
+    if (this.#ops.length === 0) return failed;
+    const results = await engine.run(peer, this.#ops, remaining(deadlineAt));
+    results.forEach((r, i) => {
+      const owner = this.#owners[i]!;
+      if (r.error && !failed.has(owner)) failed.set(owner, r.error);
+    });
+    return failed;
   }
 }
 
@@ -353,10 +517,38 @@ function reservationMs(deadlineMs: number): number {
   return Math.min(deadlineMs, MAX_RESERVATION_MS) + RESERVATION_GRACE_MS;
 }
 
-function exposedByName(parts: ExposedPart[], expected: number): Map<string, ExposedPart> {
-  const map = new Map(parts.map((p) => [p.name, p]));
-  if (map.size !== expected) throw new UnavailableError(`peer exposed ${map.size} parts, ${expected} were asked for`);
-  return map;
+function checkPartSizes(parts: readonly { name: string; size: number }[], transferId: string): void {
+  if (parts.length === 0) throw new InvalidArgumentError("parts", `entry ${transferId} has no parts`);
+  const names = new Set<string>();
+  parts.forEach((p, i) => {
+    checkPartName(p.name, `parts[${i}].name`);
+    if (names.has(p.name)) throw new InvalidArgumentError(`parts[${i}].name`, `${p.name} is named twice`);
+    names.add(p.name);
+  });
+}
+
+function checkBatchSize(n: number, field: string): void {
+  if (n === 0 || n > MAX_BATCH) throw new InvalidArgumentError(field, `${n} entries; a batch holds 1 to ${MAX_BATCH}`);
+}
+
+function toEntryError(err: unknown): EntryError {
+  return { code: grpcStatusOf(err), message: err instanceof Error ? err.message : String(err) };
+}
+
+function fromEntryError(e: EntryError, peer: string): KvferryError {
+  return errorFromStatus(e.code, `peer ${peer}: ${e.message}`);
+}
+
+function checkReservation(r: Reservation | undefined, transferId: string): Reservation {
+  if (r === undefined || r.transferId !== transferId) {
+    throw new UnavailableError(`the peer answered out of order for ${transferId}`);
+  }
+  if (r.error) throw errorFromStatus(r.error.code, `peer: ${r.error.message}`);
+  return r;
+}
+
+function exposedByName(parts: ExposedPart[]): Map<string, ExposedPart> {
+  return new Map(parts.map((p) => [p.name, p]));
 }
 
 function handleOf(byName: Map<string, ExposedPart>, name: string, size: number): bigint {

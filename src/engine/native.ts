@@ -13,14 +13,14 @@ export interface NativeOptions {
   ioTimeoutMs: number;
 }
 
-export interface NativeOp {
-  id: number;
-  kind: "write" | "read";
-  peer: string;
-  localOffset: number;
-  remoteHandle: bigint;
-  remoteOffset: number;
-  length: number;
+/** Ops to one peer, as columns (one element per op). kinds: 1 write, 2 read. */
+export interface NativeOpColumns {
+  ids: Float64Array;
+  kinds: Uint8Array;
+  localOffsets: Float64Array;
+  remoteHandles: BigUint64Array;
+  remoteOffsets: Float64Array;
+  lengths: Float64Array;
 }
 
 /** Engine status codes, as native/engine/status.cc names them. */
@@ -28,9 +28,22 @@ export type NativeCode =
   | "OK" | "INVALID_ARGUMENT" | "NOT_FOUND" | "OUT_OF_RANGE" | "RESOURCE_EXHAUSTED" | "UNAVAILABLE"
   | "CANCELLED" | "DEADLINE_EXCEEDED" | "PERMISSION_DENIED" | "NOT_SUPPORTED" | "INTERNAL";
 
-export type NativeCompletion =
-  | { kind: "op"; id: number; code: NativeCode; message: string; bytes: number; micros: number }
-  | { kind: "handle-released"; id: bigint; code: NativeCode; message: string; bytes: number; micros: number };
+/** Engine codes by number, in native/engine/status.h's order. */
+export const NATIVE_CODES: readonly NativeCode[] = [
+  "OK", "INVALID_ARGUMENT", "NOT_FOUND", "OUT_OF_RANGE", "RESOURCE_EXHAUSTED", "UNAVAILABLE",
+  "CANCELLED", "DEADLINE_EXCEEDED", "PERMISSION_DENIED", "NOT_SUPPORTED", "INTERNAL",
+];
+
+/** One drained batch of completions, as columns; `messages` only for failed ops (by index). */
+export interface NativeCompletions {
+  ids: Float64Array;
+  codes: Int32Array;
+  bytes: Float64Array;
+  micros: Float64Array;
+  messages: Record<number, string>;
+  /** Revoked handles whose last access ended: their extents may be freed. */
+  released: BigUint64Array;
+}
 
 export interface NativeEngine {
   poolBuffer(): ArrayBuffer;
@@ -40,8 +53,10 @@ export interface NativeEngine {
   poolStats(): { capacity: number; used: number; freeExtents: number; largestFree: number; allocations: number };
   expose(offset: number, length: number): bigint;
   revoke(handle: bigint): void;
+  /** Revokes each: 1 where revoked (release reported later), 0 where unknown. */
+  revokeAll(handles: BigUint64Array): Uint8Array;
   dataPort(): number;
-  submit(ops: NativeOp[]): void;
+  submit(peer: string, ops: NativeOpColumns): void;
   cancel(id: number): void;
   disconnect(peer: string): void;
   stats(): {
@@ -52,7 +67,7 @@ export interface NativeEngine {
 }
 
 interface Addon {
-  Engine: new (options: NativeOptions, onCompletions: (batch: NativeCompletion[]) => void) => NativeEngine;
+  Engine: new (options: NativeOptions, onCompletions: (batch: NativeCompletions) => void) => NativeEngine;
 }
 
 const ADDON = fileURLToPath(new URL("../../build/Release/kvferry_native.node", import.meta.url));

@@ -2,9 +2,9 @@
 // that expose extents to peers, and batches of ops whose completions arrive in batches.
 //
 // Contract kept here (see native/engine/engine.h): an op's local extent stays valid
-// until its terminal completion; a revoked handle's extent stays valid until its
-// "handle-released" completion. `run` and `revoke` resolve only at those points, so
-// a caller that awaits them may free the memory afterwards.
+// until its terminal completion; a revoked handle's extent stays valid until it is
+// reported released. `run` and `revokeAll` resolve only at those points, so a caller
+// that awaits them may free the memory afterwards.
 import type { Logger } from "pino";
 import {
   CancelledError,
@@ -18,7 +18,7 @@ import {
   ResourceExhaustedError,
   UnavailableError,
 } from "../errors.js";
-import { loadAddon, type NativeCode, type NativeCompletion, type NativeEngine, type NativeOp } from "./native.js";
+import { loadAddon, NATIVE_CODES, type NativeCode, type NativeCompletions, type NativeEngine } from "./native.js";
 import { PoolMemory, type PoolBlock } from "./pool-memory.js";
 
 export interface TransferEngineOptions {
@@ -32,7 +32,13 @@ export interface TransferEngineOptions {
   ioTimeoutMs?: number;
 }
 
-export type OpSpec = Omit<NativeOp, "id">;
+export interface OpSpec {
+  kind: "write" | "read";
+  localOffset: number;
+  remoteHandle: bigint;
+  remoteOffset: number;
+  length: number;
+}
 
 export interface OpResult {
   /** undefined when the op succeeded. */
@@ -56,11 +62,26 @@ export function engineError(code: NativeCode, message: string): KvferryError {
   }
 }
 
+/** The ops of one `run`: results fill in as completions arrive. */
+interface Run {
+  readonly first: number;
+  readonly results: OpResult[];
+  left: number;
+  done(): void;
+}
+
+/** Several handles' releases awaited together. */
+interface Revocation {
+  left: number;
+  done(): void;
+}
+
 export class TransferEngine {
   readonly memory: PoolMemory;
   readonly #native: NativeEngine;
-  readonly #ops = new Map<number, (result: OpResult) => void>();
-  readonly #revoked = new Map<bigint, () => void>();
+  /** Op id → its run. Ids are consecutive within a run. */
+  readonly #runs = new Map<number, Run>();
+  readonly #revocations = new Map<bigint, Revocation>();
   #nextOp = 1;
   #closed = false;
 
@@ -94,41 +115,63 @@ export class TransferEngine {
     return this.#native.expose(block.offset, block.size);
   }
 
-  /** Resolves once no peer access to the handle is in flight; then its block may be freed. */
-  revoke(handle: bigint): Promise<void> {
+  /** Resolves once no peer access to any of the handles is in flight; then their blocks may be freed. */
+  revokeAll(handles: readonly bigint[]): Promise<void> {
+    if (handles.length === 0 || this.#closed) return Promise.resolve();
     return new Promise<void>((resolve) => {
-      this.#revoked.set(handle, resolve);
-      try {
-        this.#native.revoke(handle);
-      } catch (err) {
-        // Unknown handle: nothing can be in flight on it.
-        this.#revoked.delete(handle);
-        this.log.warn({ err, handle: handle.toString() }, "revoke of an unknown handle");
-        resolve();
-      }
+      const revocation: Revocation = { left: handles.length, done: resolve };
+      for (const h of handles) this.#revocations.set(h, revocation);
+      const revoked = this.#native.revokeAll(BigUint64Array.from(handles));
+      // Unknown handles (never exposed, or released already) have nothing in flight.
+      revoked.forEach((ok, i) => {
+        if (ok) return;
+        this.log.warn({ handle: handles[i]!.toString() }, "revoke of an unknown handle");
+        this.#released(handles[i]!);
+      });
     });
   }
 
   /**
-   * Runs ops to their terminal completions. At the deadline (or on abort) the ops still
-   * running are cancelled, and `run` still waits for their completions before resolving:
-   * the caller may free every local extent once it resolves.
+   * Runs ops against one peer to their terminal completions. At the deadline (or on
+   * abort) the ops still running are cancelled, and `run` still waits for their
+   * completions: the caller may free every local extent once it resolves.
    */
-  async run(ops: OpSpec[], deadlineMs: number, signal?: AbortSignal): Promise<OpResult[]> {
+  async run(peer: string, ops: readonly OpSpec[], deadlineMs: number, signal?: AbortSignal): Promise<OpResult[]> {
     if (this.#closed) throw new CancelledError("the engine is shut down");
     if (ops.length === 0) return [];
-    const ids = ops.map(() => this.#nextOp++);
-    const results = ids.map((id) => new Promise<OpResult>((resolve) => this.#ops.set(id, resolve)));
+    const n = ops.length;
+    const first = this.#nextOp;
+    this.#nextOp += n;
+    const columns = {
+      ids: new Float64Array(n),
+      kinds: new Uint8Array(n),
+      localOffsets: new Float64Array(n),
+      remoteHandles: new BigUint64Array(n),
+      remoteOffsets: new Float64Array(n),
+      lengths: new Float64Array(n),
+    };
+    ops.forEach((op, i) => {
+      columns.ids[i] = first + i;
+      columns.kinds[i] = op.kind === "write" ? 1 : 2;
+      columns.localOffsets[i] = op.localOffset;
+      columns.remoteHandles[i] = op.remoteHandle;
+      columns.remoteOffsets[i] = op.remoteOffset;
+      columns.lengths[i] = op.length;
+    });
+    const finished = new Promise<OpResult[]>((resolve) => {
+      const run: Run = { first, results: new Array(n), left: n, done: () => resolve(run.results) };
+      for (let i = 0; i < n; i++) this.#runs.set(first + i, run);
+    });
     try {
-      this.#native.submit(ops.map((op, i) => ({ ...op, id: ids[i]! })));
+      this.#native.submit(peer, columns);
     } catch (err) {
-      for (const id of ids) this.#ops.delete(id);
+      for (let i = 0; i < n; i++) this.#runs.delete(first + i);
       const e = err as Error & { code?: NativeCode };
       throw e.code ? engineError(e.code, e.message) : err;
     }
     let expired = false;
     const cancelAll = () => {
-      for (const id of ids) if (this.#ops.has(id)) this.#native.cancel(id);
+      for (let id = first; id < first + n; id++) if (this.#runs.has(id)) this.#native.cancel(id);
     };
     const timer = setTimeout(() => {
       expired = true;
@@ -136,10 +179,10 @@ export class TransferEngine {
     }, deadlineMs);
     signal?.addEventListener("abort", cancelAll, { once: true });
     try {
-      const settled = await Promise.all(results);
+      const settled = await finished;
       if (!expired) return settled;
-      const late = new DeadlineExceededError(`transfer did not finish within ${deadlineMs} ms`);
       // Every failure after the deadline comes from our own cancel.
+      const late = new DeadlineExceededError(`transfer did not finish within ${deadlineMs} ms`);
       return settled.map((r) => (r.error ? { ...r, error: late } : r));
     } finally {
       clearTimeout(timer);
@@ -153,24 +196,36 @@ export class TransferEngine {
     this.#closed = true;
     this.#native.shutdown();
     // The native side completes nothing after shutdown; settle whoever still waits.
-    for (const [id, resolve] of this.#ops) resolve({ error: new CancelledError("the engine is shut down"), bytes: 0, micros: 0 });
-    this.#ops.clear();
-    for (const resolve of this.#revoked.values()) resolve();
-    this.#revoked.clear();
+    const cancelled = new CancelledError("the engine is shut down");
+    for (const [id, run] of [...this.#runs]) this.#settle(id, run, { error: cancelled, bytes: 0, micros: 0 });
+    for (const h of [...this.#revocations.keys()]) this.#released(h);
   }
 
-  #complete(batch: NativeCompletion[]): void {
-    for (const c of batch) {
-      if (c.kind === "op") {
-        const resolve = this.#ops.get(c.id);
-        if (resolve === undefined) continue;
-        this.#ops.delete(c.id);
-        resolve({ error: c.code === "OK" ? undefined : engineError(c.code, c.message), bytes: c.bytes, micros: c.micros });
-      } else {
-        const resolve = this.#revoked.get(c.id);
-        this.#revoked.delete(c.id);
-        resolve?.();
-      }
+  #settle(id: number, run: Run, result: OpResult): void {
+    if (!this.#runs.delete(id)) return;
+    run.results[id - run.first] = result;
+    if (--run.left === 0) run.done();
+  }
+
+  #released(handle: bigint): void {
+    const revocation = this.#revocations.get(handle);
+    if (revocation === undefined) return;
+    this.#revocations.delete(handle);
+    if (--revocation.left === 0) revocation.done();
+  }
+
+  #complete(batch: NativeCompletions): void {
+    for (let i = 0; i < batch.ids.length; i++) {
+      const id = batch.ids[i]!;
+      const run = this.#runs.get(id);
+      if (run === undefined) continue;
+      const code = NATIVE_CODES[batch.codes[i]!] ?? "INTERNAL";
+      this.#settle(id, run, {
+        error: code === "OK" ? undefined : engineError(code, batch.messages[i] ?? code),
+        bytes: batch.bytes[i]!,
+        micros: batch.micros[i]!,
+      });
     }
+    for (const handle of batch.released) this.#released(handle);
   }
 }

@@ -175,6 +175,38 @@ export class LookupBuffer {
    * put deadline for room, evicting least-recently-used sealed entries first.
    */
   async openPart(target: PartTarget, size: number): Promise<PartWriter> {
+    const { entry, name } = this.#beginPart(target, size);
+    let block = this.#room.length === 0 ? this.#tryAllocate(size) : undefined;
+    if (block === undefined) {
+      try {
+        block = await this.#reserve(size, `part ${name} of ${entry.transferId}`, target.signal);
+      } catch (err) {
+        // (a failed reservation holds no block)
+        entry.pending.delete(name);
+        this.#writerLeft(entry);
+        throw err;
+      }
+    }
+    return this.#attach(entry, name, block, target.seal === true);
+  }
+
+  /**
+   * openPart without waiting: the writer when room is there now (evicting if that
+   * helps), undefined when the put would have to wait. Validation errors still throw.
+   */
+  openPartNow(target: PartTarget, size: number): PartWriter | undefined {
+    const { entry, name } = this.#beginPart(target, size);
+    const block = this.#room.length === 0 ? this.#tryAllocate(size) : undefined;
+    if (block === undefined) {
+      entry.pending.delete(name);
+      this.#writerLeft(entry);
+      return undefined;
+    }
+    return this.#attach(entry, name, block, target.seal === true);
+  }
+
+  /** Checks a part about to be written and registers its writer (creating the entry if absent). */
+  #beginPart(target: PartTarget, size: number): { entry: Entry; name: string } {
     this.#checkOpen();
     const transferId = checkTransferId(target.transferId);
     const name = checkPartName(target.part);
@@ -197,28 +229,24 @@ export class LookupBuffer {
     }
     entry.pending.add(name);
     entry.writers++;
-    let block: Block;
-    try {
-      block = await this.#reserve(size, `part ${name} of ${transferId}`, target.signal);
-    } catch (err) {
-      // (a failed reservation holds no block)
-      entry.pending.delete(name);
-      this.#writerLeft(entry);
-      throw err;
-    }
+    return { entry, name };
+  }
+
+  /** Gives a granted block to its part; fails if the entry went away meanwhile. */
+  #attach(entry: Entry, name: string, block: Block, seal: boolean): PartWriter {
     entry.pending.delete(name);
     this.#unattached -= block.size;
     if (entry.removed !== undefined) {
       this.#memory.free(block);
       this.#room.wake();
       this.#writerLeft(entry);
-      throw this.#goneError(transferId, entry.removed);
+      throw this.#goneError(entry.transferId, entry.removed);
     }
-    const part: Part = { name, size, block, written: 0, committed: false };
+    const part: Part = { name, size: block.size, block, written: 0, committed: false };
     entry.parts.set(name, part);
-    entry.bytes += size;
+    entry.bytes += block.size;
     this.#touch(entry);
-    return new PartWriter(this, entry, part, target.seal === true);
+    return new PartWriter(this, entry, part, seal);
   }
 
   /** Seals the entry, or, while parts are still arriving, seals it when the last one lands. */
@@ -433,11 +461,8 @@ export class LookupBuffer {
     entry.leaseTimer.unref();
   }
 
+  /** Waits in the room queue (after an immediate attempt failed) up to the put deadline. */
   async #reserve(size: number, what: string, signal?: AbortSignal): Promise<Block> {
-    if (this.#room.length === 0) {
-      const block = this.#tryAllocate(size);
-      if (block !== undefined) return block;
-    }
     this.#checkWaiterRoom();
     const deadlineMs = this.#options.putDeadlineMs;
     try {

@@ -5,13 +5,15 @@
 // one thread per accepted connection, at most kMaxConnections at a time (more are
 // closed at once).
 //
-// Per connection: the first frame must be a HELLO carrying the cluster token, within
-// io_timeout_ms of the accept; a wrong token gets HELLO_REFUSED and the connection is
-// closed (handshakes_refused). Then requests are served in order. Each access holds the
-// handle (HandleTable::Acquire) only while its payload moves, and payloads move between
-// the socket and the pool directly. SO_RCVTIMEO/SO_SNDTIMEO = io_timeout_ms: a peer
-// idle between frames is kept, one that stalls mid-frame is dropped, so no peer can pin
-// a thread or a handle forever. Malformed frames drop the connection (frames_refused).
+// Per connection: the first frame must be a complete HELLO carrying the cluster token
+// within io_timeout_ms of the accept (a hard deadline, however the bytes trickle); a
+// wrong token gets HELLO_REFUSED and the connection is closed (handshakes_refused). Then
+// requests are served in order. Each access holds the handle (HandleTable::Acquire) only
+// while its payload moves, and payloads move between the socket and the pool directly.
+// SO_RCVTIMEO/SO_SNDTIMEO = io_timeout_ms: a peer idle between frames is kept; one that
+// makes no progress for io_timeout_ms in the middle of a frame is dropped, so a crashed
+// or hung peer cannot pin a thread or a handle. Malformed frames drop the connection
+// (frames_refused).
 //
 // Stop() (idempotent; also the destructor) closes the listener, shuts every connection
 // down and joins every thread; when it returns no access is in flight.

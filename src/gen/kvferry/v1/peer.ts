@@ -48,9 +48,32 @@ export interface ExposedPart {
   handle: string;
 }
 
-export interface PrepareReceiveRequest {
+/** One entry's part of a batch that failed while the others went on. */
+export interface EntryError {
+  /** A google.rpc.Code. */
+  code: number;
+  message: string;
+}
+
+export interface IncomingEntry {
   transferId: string;
   parts: PartSize[];
+}
+
+/** Room reserved (or parts held) for one entry, or why not. */
+export interface Reservation {
+  transferId: string;
+  /** Set when this entry could not be reserved; the other fields are then empty. */
+  error?:
+    | EntryError
+    | undefined;
+  /** Names the reservation in CommitReceive / AbortReceive / FinishSend. */
+  id: string;
+  parts: ExposedPart[];
+}
+
+export interface PrepareReceiveRequest {
+  entries: IncomingEntry[];
   /** How long the receiver keeps the room reserved without a commit. */
   deadlineMs: number;
   leaseTtlMs?:
@@ -61,20 +84,27 @@ export interface PrepareReceiveRequest {
 }
 
 export interface PrepareReceiveResponse {
-  receiveId: string;
-  parts: ExposedPart[];
+  /** One per requested entry, in order. */
+  entries: Reservation[];
 }
 
 export interface CommitReceiveRequest {
-  receiveId: string;
+  ids: string[];
 }
 
-export interface CommitReceiveResponse {
+export interface CommitResult {
+  id: string;
+  error?: EntryError | undefined;
   bytes: number;
 }
 
+export interface CommitReceiveResponse {
+  /** One per id, in order. */
+  results: CommitResult[];
+}
+
 export interface AbortReceiveRequest {
-  receiveId: string;
+  ids: string[];
   reason: string;
 }
 
@@ -82,22 +112,23 @@ export interface AbortReceiveResponse {
 }
 
 export interface PrepareSendRequest {
-  transferId: string;
-  /** How long to wait for the entry to be sealed, and to keep it held without a finish. */
+  transferIds: string[];
+  /** How long to wait for the entries to be sealed, and to keep them held without a finish. */
   deadlineMs: number;
   destinationNode: string;
 }
 
 export interface PrepareSendResponse {
-  sendId: string;
-  parts: ExposedPart[];
+  /** One per requested id, in order. */
+  entries: Reservation[];
 }
 
 export interface FinishSendRequest {
-  sendId: string;
-  /** Every byte arrived at the destination. */
-  completed: boolean;
-  /** Drop the entry here (only when completed). */
+  /** Every byte of these arrived at the destination. */
+  completed: string[];
+  /** These did not; the entries stay here. */
+  failed: string[];
+  /** Drop the completed entries here. */
   releaseSource: boolean;
 }
 
@@ -488,26 +519,320 @@ export const ExposedPart: MessageFns<ExposedPart> = {
   },
 };
 
-function createBasePrepareReceiveRequest(): PrepareReceiveRequest {
-  return { transferId: "", parts: [], deadlineMs: 0, leaseTtlMs: undefined, sourceNode: "" };
+function createBaseEntryError(): EntryError {
+  return { code: 0, message: "" };
 }
 
-export const PrepareReceiveRequest: MessageFns<PrepareReceiveRequest> = {
-  encode(message: PrepareReceiveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+export const EntryError: MessageFns<EntryError> = {
+  encode(message: EntryError, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).int32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EntryError {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEntryError();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EntryError {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: EntryError): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<EntryError>): EntryError {
+    return EntryError.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<EntryError>): EntryError {
+    const message = createBaseEntryError();
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseIncomingEntry(): IncomingEntry {
+  return { transferId: "", parts: [] };
+}
+
+export const IncomingEntry: MessageFns<IncomingEntry> = {
+  encode(message: IncomingEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.transferId !== "") {
       writer.uint32(10).string(message.transferId);
     }
     for (const v of message.parts) {
       PartSize.encode(v!, writer.uint32(18).fork()).join();
     }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IncomingEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIncomingEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.transferId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parts.push(PartSize.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): IncomingEntry {
+    return {
+      transferId: isSet(object.transferId)
+        ? globalThis.String(object.transferId)
+        : isSet(object.transfer_id)
+        ? globalThis.String(object.transfer_id)
+        : "",
+      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => PartSize.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: IncomingEntry): unknown {
+    const obj: any = {};
+    if (message.transferId !== "") {
+      obj.transferId = message.transferId;
+    }
+    if (message.parts?.length) {
+      obj.parts = message.parts.map((e) => PartSize.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<IncomingEntry>): IncomingEntry {
+    return IncomingEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<IncomingEntry>): IncomingEntry {
+    const message = createBaseIncomingEntry();
+    message.transferId = object.transferId ?? "";
+    message.parts = object.parts?.map((e) => PartSize.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseReservation(): Reservation {
+  return { transferId: "", error: undefined, id: "", parts: [] };
+}
+
+export const Reservation: MessageFns<Reservation> = {
+  encode(message: Reservation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.transferId !== "") {
+      writer.uint32(10).string(message.transferId);
+    }
+    if (message.error !== undefined) {
+      EntryError.encode(message.error, writer.uint32(18).fork()).join();
+    }
+    if (message.id !== "") {
+      writer.uint32(26).string(message.id);
+    }
+    for (const v of message.parts) {
+      ExposedPart.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Reservation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReservation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.transferId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.error = EntryError.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.parts.push(ExposedPart.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Reservation {
+    return {
+      transferId: isSet(object.transferId)
+        ? globalThis.String(object.transferId)
+        : isSet(object.transfer_id)
+        ? globalThis.String(object.transfer_id)
+        : "",
+      error: isSet(object.error) ? EntryError.fromJSON(object.error) : undefined,
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => ExposedPart.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: Reservation): unknown {
+    const obj: any = {};
+    if (message.transferId !== "") {
+      obj.transferId = message.transferId;
+    }
+    if (message.error !== undefined) {
+      obj.error = EntryError.toJSON(message.error);
+    }
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.parts?.length) {
+      obj.parts = message.parts.map((e) => ExposedPart.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Reservation>): Reservation {
+    return Reservation.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Reservation>): Reservation {
+    const message = createBaseReservation();
+    message.transferId = object.transferId ?? "";
+    message.error = (object.error !== undefined && object.error !== null)
+      ? EntryError.fromPartial(object.error)
+      : undefined;
+    message.id = object.id ?? "";
+    message.parts = object.parts?.map((e) => ExposedPart.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePrepareReceiveRequest(): PrepareReceiveRequest {
+  return { entries: [], deadlineMs: 0, leaseTtlMs: undefined, sourceNode: "" };
+}
+
+export const PrepareReceiveRequest: MessageFns<PrepareReceiveRequest> = {
+  encode(message: PrepareReceiveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.entries) {
+      IncomingEntry.encode(v!, writer.uint32(10).fork()).join();
+    }
     if (message.deadlineMs !== 0) {
-      writer.uint32(24).int32(message.deadlineMs);
+      writer.uint32(16).int32(message.deadlineMs);
     }
     if (message.leaseTtlMs !== undefined) {
-      writer.uint32(32).int32(message.leaseTtlMs);
+      writer.uint32(24).int32(message.leaseTtlMs);
     }
     if (message.sourceNode !== "") {
-      writer.uint32(42).string(message.sourceNode);
+      writer.uint32(34).string(message.sourceNode);
     }
     return writer;
   },
@@ -530,15 +855,15 @@ export const PrepareReceiveRequest: MessageFns<PrepareReceiveRequest> = {
               break;
             }
 
-            message.transferId = reader.string();
+            message.entries.push(IncomingEntry.decode(reader, reader.uint32()));
             continue;
           }
           case 2: {
-            if (tag !== 18) {
+            if (tag !== 16) {
               break;
             }
 
-            message.parts.push(PartSize.decode(reader, reader.uint32()));
+            message.deadlineMs = reader.int32();
             continue;
           }
           case 3: {
@@ -546,19 +871,11 @@ export const PrepareReceiveRequest: MessageFns<PrepareReceiveRequest> = {
               break;
             }
 
-            message.deadlineMs = reader.int32();
-            continue;
-          }
-          case 4: {
-            if (tag !== 32) {
-              break;
-            }
-
             message.leaseTtlMs = reader.int32();
             continue;
           }
-          case 5: {
-            if (tag !== 42) {
+          case 4: {
+            if (tag !== 34) {
               break;
             }
 
@@ -579,12 +896,9 @@ export const PrepareReceiveRequest: MessageFns<PrepareReceiveRequest> = {
 
   fromJSON(object: any): PrepareReceiveRequest {
     return {
-      transferId: isSet(object.transferId)
-        ? globalThis.String(object.transferId)
-        : isSet(object.transfer_id)
-        ? globalThis.String(object.transfer_id)
-        : "",
-      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => PartSize.fromJSON(e)) : [],
+      entries: globalThis.Array.isArray(object?.entries)
+        ? object.entries.map((e: any) => IncomingEntry.fromJSON(e))
+        : [],
       deadlineMs: isSet(object.deadlineMs)
         ? globalThis.Number(object.deadlineMs)
         : isSet(object.deadline_ms)
@@ -605,11 +919,8 @@ export const PrepareReceiveRequest: MessageFns<PrepareReceiveRequest> = {
 
   toJSON(message: PrepareReceiveRequest): unknown {
     const obj: any = {};
-    if (message.transferId !== "") {
-      obj.transferId = message.transferId;
-    }
-    if (message.parts?.length) {
-      obj.parts = message.parts.map((e) => PartSize.toJSON(e));
+    if (message.entries?.length) {
+      obj.entries = message.entries.map((e) => IncomingEntry.toJSON(e));
     }
     if (message.deadlineMs !== 0) {
       obj.deadlineMs = Math.round(message.deadlineMs);
@@ -628,8 +939,7 @@ export const PrepareReceiveRequest: MessageFns<PrepareReceiveRequest> = {
   },
   fromPartial(object: DeepPartial<PrepareReceiveRequest>): PrepareReceiveRequest {
     const message = createBasePrepareReceiveRequest();
-    message.transferId = object.transferId ?? "";
-    message.parts = object.parts?.map((e) => PartSize.fromPartial(e)) || [];
+    message.entries = object.entries?.map((e) => IncomingEntry.fromPartial(e)) || [];
     message.deadlineMs = object.deadlineMs ?? 0;
     message.leaseTtlMs = object.leaseTtlMs ?? undefined;
     message.sourceNode = object.sourceNode ?? "";
@@ -638,16 +948,13 @@ export const PrepareReceiveRequest: MessageFns<PrepareReceiveRequest> = {
 };
 
 function createBasePrepareReceiveResponse(): PrepareReceiveResponse {
-  return { receiveId: "", parts: [] };
+  return { entries: [] };
 }
 
 export const PrepareReceiveResponse: MessageFns<PrepareReceiveResponse> = {
   encode(message: PrepareReceiveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.receiveId !== "") {
-      writer.uint32(10).string(message.receiveId);
-    }
-    for (const v of message.parts) {
-      ExposedPart.encode(v!, writer.uint32(18).fork()).join();
+    for (const v of message.entries) {
+      Reservation.encode(v!, writer.uint32(10).fork()).join();
     }
     return writer;
   },
@@ -670,15 +977,7 @@ export const PrepareReceiveResponse: MessageFns<PrepareReceiveResponse> = {
               break;
             }
 
-            message.receiveId = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.parts.push(ExposedPart.decode(reader, reader.uint32()));
+            message.entries.push(Reservation.decode(reader, reader.uint32()));
             continue;
           }
         }
@@ -695,22 +994,14 @@ export const PrepareReceiveResponse: MessageFns<PrepareReceiveResponse> = {
 
   fromJSON(object: any): PrepareReceiveResponse {
     return {
-      receiveId: isSet(object.receiveId)
-        ? globalThis.String(object.receiveId)
-        : isSet(object.receive_id)
-        ? globalThis.String(object.receive_id)
-        : "",
-      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => ExposedPart.fromJSON(e)) : [],
+      entries: globalThis.Array.isArray(object?.entries) ? object.entries.map((e: any) => Reservation.fromJSON(e)) : [],
     };
   },
 
   toJSON(message: PrepareReceiveResponse): unknown {
     const obj: any = {};
-    if (message.receiveId !== "") {
-      obj.receiveId = message.receiveId;
-    }
-    if (message.parts?.length) {
-      obj.parts = message.parts.map((e) => ExposedPart.toJSON(e));
+    if (message.entries?.length) {
+      obj.entries = message.entries.map((e) => Reservation.toJSON(e));
     }
     return obj;
   },
@@ -720,20 +1011,19 @@ export const PrepareReceiveResponse: MessageFns<PrepareReceiveResponse> = {
   },
   fromPartial(object: DeepPartial<PrepareReceiveResponse>): PrepareReceiveResponse {
     const message = createBasePrepareReceiveResponse();
-    message.receiveId = object.receiveId ?? "";
-    message.parts = object.parts?.map((e) => ExposedPart.fromPartial(e)) || [];
+    message.entries = object.entries?.map((e) => Reservation.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseCommitReceiveRequest(): CommitReceiveRequest {
-  return { receiveId: "" };
+  return { ids: [] };
 }
 
 export const CommitReceiveRequest: MessageFns<CommitReceiveRequest> = {
   encode(message: CommitReceiveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.receiveId !== "") {
-      writer.uint32(10).string(message.receiveId);
+    for (const v of message.ids) {
+      writer.uint32(10).string(v!);
     }
     return writer;
   },
@@ -756,7 +1046,7 @@ export const CommitReceiveRequest: MessageFns<CommitReceiveRequest> = {
               break;
             }
 
-            message.receiveId = reader.string();
+            message.ids.push(reader.string());
             continue;
           }
         }
@@ -772,19 +1062,13 @@ export const CommitReceiveRequest: MessageFns<CommitReceiveRequest> = {
   },
 
   fromJSON(object: any): CommitReceiveRequest {
-    return {
-      receiveId: isSet(object.receiveId)
-        ? globalThis.String(object.receiveId)
-        : isSet(object.receive_id)
-        ? globalThis.String(object.receive_id)
-        : "",
-    };
+    return { ids: globalThis.Array.isArray(object?.ids) ? object.ids.map((e: any) => globalThis.String(e)) : [] };
   },
 
   toJSON(message: CommitReceiveRequest): unknown {
     const obj: any = {};
-    if (message.receiveId !== "") {
-      obj.receiveId = message.receiveId;
+    if (message.ids?.length) {
+      obj.ids = message.ids;
     }
     return obj;
   },
@@ -794,24 +1078,30 @@ export const CommitReceiveRequest: MessageFns<CommitReceiveRequest> = {
   },
   fromPartial(object: DeepPartial<CommitReceiveRequest>): CommitReceiveRequest {
     const message = createBaseCommitReceiveRequest();
-    message.receiveId = object.receiveId ?? "";
+    message.ids = object.ids?.map((e) => e) || [];
     return message;
   },
 };
 
-function createBaseCommitReceiveResponse(): CommitReceiveResponse {
-  return { bytes: 0 };
+function createBaseCommitResult(): CommitResult {
+  return { id: "", error: undefined, bytes: 0 };
 }
 
-export const CommitReceiveResponse: MessageFns<CommitReceiveResponse> = {
-  encode(message: CommitReceiveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+export const CommitResult: MessageFns<CommitResult> = {
+  encode(message: CommitResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.error !== undefined) {
+      EntryError.encode(message.error, writer.uint32(18).fork()).join();
+    }
     if (message.bytes !== 0) {
-      writer.uint32(8).uint64(message.bytes);
+      writer.uint32(24).uint64(message.bytes);
     }
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): CommitReceiveResponse {
+  decode(input: BinaryReader | Uint8Array, length?: number): CommitResult {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -820,12 +1110,28 @@ export const CommitReceiveResponse: MessageFns<CommitReceiveResponse> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseCommitReceiveResponse();
+      const message = createBaseCommitResult();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
           case 1: {
-            if (tag !== 8) {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.error = EntryError.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
               break;
             }
 
@@ -844,14 +1150,99 @@ export const CommitReceiveResponse: MessageFns<CommitReceiveResponse> = {
     }
   },
 
+  fromJSON(object: any): CommitResult {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      error: isSet(object.error) ? EntryError.fromJSON(object.error) : undefined,
+      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+    };
+  },
+
+  toJSON(message: CommitResult): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.error !== undefined) {
+      obj.error = EntryError.toJSON(message.error);
+    }
+    if (message.bytes !== 0) {
+      obj.bytes = Math.round(message.bytes);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CommitResult>): CommitResult {
+    return CommitResult.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CommitResult>): CommitResult {
+    const message = createBaseCommitResult();
+    message.id = object.id ?? "";
+    message.error = (object.error !== undefined && object.error !== null)
+      ? EntryError.fromPartial(object.error)
+      : undefined;
+    message.bytes = object.bytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseCommitReceiveResponse(): CommitReceiveResponse {
+  return { results: [] };
+}
+
+export const CommitReceiveResponse: MessageFns<CommitReceiveResponse> = {
+  encode(message: CommitReceiveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      CommitResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CommitReceiveResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCommitReceiveResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(CommitResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
   fromJSON(object: any): CommitReceiveResponse {
-    return { bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0 };
+    return {
+      results: globalThis.Array.isArray(object?.results)
+        ? object.results.map((e: any) => CommitResult.fromJSON(e))
+        : [],
+    };
   },
 
   toJSON(message: CommitReceiveResponse): unknown {
     const obj: any = {};
-    if (message.bytes !== 0) {
-      obj.bytes = Math.round(message.bytes);
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => CommitResult.toJSON(e));
     }
     return obj;
   },
@@ -861,19 +1252,19 @@ export const CommitReceiveResponse: MessageFns<CommitReceiveResponse> = {
   },
   fromPartial(object: DeepPartial<CommitReceiveResponse>): CommitReceiveResponse {
     const message = createBaseCommitReceiveResponse();
-    message.bytes = object.bytes ?? 0;
+    message.results = object.results?.map((e) => CommitResult.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseAbortReceiveRequest(): AbortReceiveRequest {
-  return { receiveId: "", reason: "" };
+  return { ids: [], reason: "" };
 }
 
 export const AbortReceiveRequest: MessageFns<AbortReceiveRequest> = {
   encode(message: AbortReceiveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.receiveId !== "") {
-      writer.uint32(10).string(message.receiveId);
+    for (const v of message.ids) {
+      writer.uint32(10).string(v!);
     }
     if (message.reason !== "") {
       writer.uint32(18).string(message.reason);
@@ -899,7 +1290,7 @@ export const AbortReceiveRequest: MessageFns<AbortReceiveRequest> = {
               break;
             }
 
-            message.receiveId = reader.string();
+            message.ids.push(reader.string());
             continue;
           }
           case 2: {
@@ -924,19 +1315,15 @@ export const AbortReceiveRequest: MessageFns<AbortReceiveRequest> = {
 
   fromJSON(object: any): AbortReceiveRequest {
     return {
-      receiveId: isSet(object.receiveId)
-        ? globalThis.String(object.receiveId)
-        : isSet(object.receive_id)
-        ? globalThis.String(object.receive_id)
-        : "",
+      ids: globalThis.Array.isArray(object?.ids) ? object.ids.map((e: any) => globalThis.String(e)) : [],
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
     };
   },
 
   toJSON(message: AbortReceiveRequest): unknown {
     const obj: any = {};
-    if (message.receiveId !== "") {
-      obj.receiveId = message.receiveId;
+    if (message.ids?.length) {
+      obj.ids = message.ids;
     }
     if (message.reason !== "") {
       obj.reason = message.reason;
@@ -949,7 +1336,7 @@ export const AbortReceiveRequest: MessageFns<AbortReceiveRequest> = {
   },
   fromPartial(object: DeepPartial<AbortReceiveRequest>): AbortReceiveRequest {
     const message = createBaseAbortReceiveRequest();
-    message.receiveId = object.receiveId ?? "";
+    message.ids = object.ids?.map((e) => e) || [];
     message.reason = object.reason ?? "";
     return message;
   },
@@ -1008,13 +1395,13 @@ export const AbortReceiveResponse: MessageFns<AbortReceiveResponse> = {
 };
 
 function createBasePrepareSendRequest(): PrepareSendRequest {
-  return { transferId: "", deadlineMs: 0, destinationNode: "" };
+  return { transferIds: [], deadlineMs: 0, destinationNode: "" };
 }
 
 export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
   encode(message: PrepareSendRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.transferId !== "") {
-      writer.uint32(10).string(message.transferId);
+    for (const v of message.transferIds) {
+      writer.uint32(10).string(v!);
     }
     if (message.deadlineMs !== 0) {
       writer.uint32(16).int32(message.deadlineMs);
@@ -1043,7 +1430,7 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
               break;
             }
 
-            message.transferId = reader.string();
+            message.transferIds.push(reader.string());
             continue;
           }
           case 2: {
@@ -1076,11 +1463,11 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
 
   fromJSON(object: any): PrepareSendRequest {
     return {
-      transferId: isSet(object.transferId)
-        ? globalThis.String(object.transferId)
-        : isSet(object.transfer_id)
-        ? globalThis.String(object.transfer_id)
-        : "",
+      transferIds: globalThis.Array.isArray(object?.transferIds)
+        ? object.transferIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.transfer_ids)
+        ? object.transfer_ids.map((e: any) => globalThis.String(e))
+        : [],
       deadlineMs: isSet(object.deadlineMs)
         ? globalThis.Number(object.deadlineMs)
         : isSet(object.deadline_ms)
@@ -1096,8 +1483,8 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
 
   toJSON(message: PrepareSendRequest): unknown {
     const obj: any = {};
-    if (message.transferId !== "") {
-      obj.transferId = message.transferId;
+    if (message.transferIds?.length) {
+      obj.transferIds = message.transferIds;
     }
     if (message.deadlineMs !== 0) {
       obj.deadlineMs = Math.round(message.deadlineMs);
@@ -1113,7 +1500,7 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
   },
   fromPartial(object: DeepPartial<PrepareSendRequest>): PrepareSendRequest {
     const message = createBasePrepareSendRequest();
-    message.transferId = object.transferId ?? "";
+    message.transferIds = object.transferIds?.map((e) => e) || [];
     message.deadlineMs = object.deadlineMs ?? 0;
     message.destinationNode = object.destinationNode ?? "";
     return message;
@@ -1121,16 +1508,13 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
 };
 
 function createBasePrepareSendResponse(): PrepareSendResponse {
-  return { sendId: "", parts: [] };
+  return { entries: [] };
 }
 
 export const PrepareSendResponse: MessageFns<PrepareSendResponse> = {
   encode(message: PrepareSendResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.sendId !== "") {
-      writer.uint32(10).string(message.sendId);
-    }
-    for (const v of message.parts) {
-      ExposedPart.encode(v!, writer.uint32(18).fork()).join();
+    for (const v of message.entries) {
+      Reservation.encode(v!, writer.uint32(10).fork()).join();
     }
     return writer;
   },
@@ -1153,15 +1537,7 @@ export const PrepareSendResponse: MessageFns<PrepareSendResponse> = {
               break;
             }
 
-            message.sendId = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.parts.push(ExposedPart.decode(reader, reader.uint32()));
+            message.entries.push(Reservation.decode(reader, reader.uint32()));
             continue;
           }
         }
@@ -1178,22 +1554,14 @@ export const PrepareSendResponse: MessageFns<PrepareSendResponse> = {
 
   fromJSON(object: any): PrepareSendResponse {
     return {
-      sendId: isSet(object.sendId)
-        ? globalThis.String(object.sendId)
-        : isSet(object.send_id)
-        ? globalThis.String(object.send_id)
-        : "",
-      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => ExposedPart.fromJSON(e)) : [],
+      entries: globalThis.Array.isArray(object?.entries) ? object.entries.map((e: any) => Reservation.fromJSON(e)) : [],
     };
   },
 
   toJSON(message: PrepareSendResponse): unknown {
     const obj: any = {};
-    if (message.sendId !== "") {
-      obj.sendId = message.sendId;
-    }
-    if (message.parts?.length) {
-      obj.parts = message.parts.map((e) => ExposedPart.toJSON(e));
+    if (message.entries?.length) {
+      obj.entries = message.entries.map((e) => Reservation.toJSON(e));
     }
     return obj;
   },
@@ -1203,23 +1571,22 @@ export const PrepareSendResponse: MessageFns<PrepareSendResponse> = {
   },
   fromPartial(object: DeepPartial<PrepareSendResponse>): PrepareSendResponse {
     const message = createBasePrepareSendResponse();
-    message.sendId = object.sendId ?? "";
-    message.parts = object.parts?.map((e) => ExposedPart.fromPartial(e)) || [];
+    message.entries = object.entries?.map((e) => Reservation.fromPartial(e)) || [];
     return message;
   },
 };
 
 function createBaseFinishSendRequest(): FinishSendRequest {
-  return { sendId: "", completed: false, releaseSource: false };
+  return { completed: [], failed: [], releaseSource: false };
 }
 
 export const FinishSendRequest: MessageFns<FinishSendRequest> = {
   encode(message: FinishSendRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.sendId !== "") {
-      writer.uint32(10).string(message.sendId);
+    for (const v of message.completed) {
+      writer.uint32(10).string(v!);
     }
-    if (message.completed !== false) {
-      writer.uint32(16).bool(message.completed);
+    for (const v of message.failed) {
+      writer.uint32(18).string(v!);
     }
     if (message.releaseSource !== false) {
       writer.uint32(24).bool(message.releaseSource);
@@ -1245,15 +1612,15 @@ export const FinishSendRequest: MessageFns<FinishSendRequest> = {
               break;
             }
 
-            message.sendId = reader.string();
+            message.completed.push(reader.string());
             continue;
           }
           case 2: {
-            if (tag !== 16) {
+            if (tag !== 18) {
               break;
             }
 
-            message.completed = reader.bool();
+            message.failed.push(reader.string());
             continue;
           }
           case 3: {
@@ -1278,12 +1645,10 @@ export const FinishSendRequest: MessageFns<FinishSendRequest> = {
 
   fromJSON(object: any): FinishSendRequest {
     return {
-      sendId: isSet(object.sendId)
-        ? globalThis.String(object.sendId)
-        : isSet(object.send_id)
-        ? globalThis.String(object.send_id)
-        : "",
-      completed: isSet(object.completed) ? globalThis.Boolean(object.completed) : false,
+      completed: globalThis.Array.isArray(object?.completed)
+        ? object.completed.map((e: any) => globalThis.String(e))
+        : [],
+      failed: globalThis.Array.isArray(object?.failed) ? object.failed.map((e: any) => globalThis.String(e)) : [],
       releaseSource: isSet(object.releaseSource)
         ? globalThis.Boolean(object.releaseSource)
         : isSet(object.release_source)
@@ -1294,11 +1659,11 @@ export const FinishSendRequest: MessageFns<FinishSendRequest> = {
 
   toJSON(message: FinishSendRequest): unknown {
     const obj: any = {};
-    if (message.sendId !== "") {
-      obj.sendId = message.sendId;
-    }
-    if (message.completed !== false) {
+    if (message.completed?.length) {
       obj.completed = message.completed;
+    }
+    if (message.failed?.length) {
+      obj.failed = message.failed;
     }
     if (message.releaseSource !== false) {
       obj.releaseSource = message.releaseSource;
@@ -1311,8 +1676,8 @@ export const FinishSendRequest: MessageFns<FinishSendRequest> = {
   },
   fromPartial(object: DeepPartial<FinishSendRequest>): FinishSendRequest {
     const message = createBaseFinishSendRequest();
-    message.sendId = object.sendId ?? "";
-    message.completed = object.completed ?? false;
+    message.completed = object.completed?.map((e) => e) || [];
+    message.failed = object.failed?.map((e) => e) || [];
     message.releaseSource = object.releaseSource ?? false;
     return message;
   },
@@ -1383,7 +1748,10 @@ export const KvFerryPeerService = {
     responseSerialize: (value: HelloResponse): Buffer => Buffer.from(HelloResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): HelloResponse => HelloResponse.decode(value),
   },
-  /** PrepareReceive reserves room for an entry's parts and exposes them for writing. */
+  /**
+   * PrepareReceive reserves room for entries' parts and exposes them for writing.
+   * Every call is batched: one round trip for a whole BatchTransfer.
+   */
   prepareReceive: {
     path: "/kvferry.v1.KvFerryPeer/PrepareReceive" as const,
     requestStream: false as const,
@@ -1395,7 +1763,7 @@ export const KvFerryPeerService = {
       Buffer.from(PrepareReceiveResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PrepareReceiveResponse => PrepareReceiveResponse.decode(value),
   },
-  /** CommitReceive: every byte has been written; store the parts and seal the entry. */
+  /** CommitReceive: every byte has been written; store the parts and seal the entries. */
   commitReceive: {
     path: "/kvferry.v1.KvFerryPeer/CommitReceive" as const,
     requestStream: false as const,
@@ -1417,7 +1785,7 @@ export const KvFerryPeerService = {
       Buffer.from(AbortReceiveResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): AbortReceiveResponse => AbortReceiveResponse.decode(value),
   },
-  /** PrepareSend holds a sealed entry and exposes its parts for reading. */
+  /** PrepareSend holds sealed entries and exposes their parts for reading. */
   prepareSend: {
     path: "/kvferry.v1.KvFerryPeer/PrepareSend" as const,
     requestStream: false as const,
@@ -1427,7 +1795,7 @@ export const KvFerryPeerService = {
     responseSerialize: (value: PrepareSendResponse): Buffer => Buffer.from(PrepareSendResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PrepareSendResponse => PrepareSendResponse.decode(value),
   },
-  /** FinishSend ends a PrepareSend, dropping the entry when asked to. */
+  /** FinishSend ends PrepareSend reservations, dropping the entries when asked to. */
   finishSend: {
     path: "/kvferry.v1.KvFerryPeer/FinishSend" as const,
     requestStream: false as const,
@@ -1442,15 +1810,18 @@ export const KvFerryPeerService = {
 export interface KvFerryPeerServer extends UntypedServiceImplementation {
   /** Hello tells a peer who this daemon is and where its data plane listens. */
   hello: handleUnaryCall<HelloRequest, HelloResponse>;
-  /** PrepareReceive reserves room for an entry's parts and exposes them for writing. */
+  /**
+   * PrepareReceive reserves room for entries' parts and exposes them for writing.
+   * Every call is batched: one round trip for a whole BatchTransfer.
+   */
   prepareReceive: handleUnaryCall<PrepareReceiveRequest, PrepareReceiveResponse>;
-  /** CommitReceive: every byte has been written; store the parts and seal the entry. */
+  /** CommitReceive: every byte has been written; store the parts and seal the entries. */
   commitReceive: handleUnaryCall<CommitReceiveRequest, CommitReceiveResponse>;
   /** AbortReceive gives the reserved room back. */
   abortReceive: handleUnaryCall<AbortReceiveRequest, AbortReceiveResponse>;
-  /** PrepareSend holds a sealed entry and exposes its parts for reading. */
+  /** PrepareSend holds sealed entries and exposes their parts for reading. */
   prepareSend: handleUnaryCall<PrepareSendRequest, PrepareSendResponse>;
-  /** FinishSend ends a PrepareSend, dropping the entry when asked to. */
+  /** FinishSend ends PrepareSend reservations, dropping the entries when asked to. */
   finishSend: handleUnaryCall<FinishSendRequest, FinishSendResponse>;
 }
 
@@ -1471,7 +1842,10 @@ export interface KvFerryPeerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: HelloResponse) => void,
   ): ClientUnaryCall;
-  /** PrepareReceive reserves room for an entry's parts and exposes them for writing. */
+  /**
+   * PrepareReceive reserves room for entries' parts and exposes them for writing.
+   * Every call is batched: one round trip for a whole BatchTransfer.
+   */
   prepareReceive(
     request: PrepareReceiveRequest,
     callback: (error: ServiceError | null, response: PrepareReceiveResponse) => void,
@@ -1487,7 +1861,7 @@ export interface KvFerryPeerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PrepareReceiveResponse) => void,
   ): ClientUnaryCall;
-  /** CommitReceive: every byte has been written; store the parts and seal the entry. */
+  /** CommitReceive: every byte has been written; store the parts and seal the entries. */
   commitReceive(
     request: CommitReceiveRequest,
     callback: (error: ServiceError | null, response: CommitReceiveResponse) => void,
@@ -1519,7 +1893,7 @@ export interface KvFerryPeerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AbortReceiveResponse) => void,
   ): ClientUnaryCall;
-  /** PrepareSend holds a sealed entry and exposes its parts for reading. */
+  /** PrepareSend holds sealed entries and exposes their parts for reading. */
   prepareSend(
     request: PrepareSendRequest,
     callback: (error: ServiceError | null, response: PrepareSendResponse) => void,
@@ -1535,7 +1909,7 @@ export interface KvFerryPeerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PrepareSendResponse) => void,
   ): ClientUnaryCall;
-  /** FinishSend ends a PrepareSend, dropping the entry when asked to. */
+  /** FinishSend ends PrepareSend reservations, dropping the entries when asked to. */
   finishSend(
     request: FinishSendRequest,
     callback: (error: ServiceError | null, response: FinishSendResponse) => void,

@@ -1,0 +1,313 @@
+// The two threads of an outgoing connection (see tcp_client.h): the sender connects,
+// shakes hands and then pulls slices from its peer's queue into the connection's window;
+// the receiver retires the window's slices in order as their replies arrive. Teardown
+// and op bookkeeping live in tcp_client.cc.
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "engine/tcp/socket_io.h"
+#include "engine/tcp/tcp_client.h"
+#include "engine/tcp/wire.h"
+
+namespace kvferry {
+namespace tcp {
+
+namespace {
+
+// Kernel socket buffers for outgoing connections: large enough to keep a window of
+// slices moving on a fast link.
+constexpr int kClientSocketBuffer = 4 << 20;
+// A sender stops adding slices to one sendmsg at this many payload bytes, so the slices of
+// one large op spread over several connections instead of queueing on one.
+constexpr uint64_t kBatchBytes = 1 << 20;
+// How often a connect in progress looks for a shutdown request.
+constexpr int kConnectPollMs = 50;
+
+std::string ErrnoText() { return std::strerror(errno); }
+
+}  // namespace
+
+// ---- connection establishment --------------------------------------------------------
+
+Status TcpClient::ConnectSocket(Conn* c) {
+  const Peer& peer = *c->peer;
+  struct addrinfo hints;
+  std::memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  struct addrinfo* res = nullptr;
+  const std::string service = std::to_string(peer.port);
+  int rc = getaddrinfo(peer.host.c_str(), service.c_str(), &hints, &res);
+  if (rc != 0) {
+    return Status(Code::kUnavailable, "cannot resolve peer " + peer.key + ": " + gai_strerror(rc));
+  }
+  std::string last_error = "no address";
+  Status result(Code::kUnavailable, "");
+  for (struct addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+    if (fd < 0) {
+      last_error = ErrnoText();
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (c->dying) {
+        close(fd);
+        freeaddrinfo(res);
+        return c->death;
+      }
+      c->fd = fd;  // from now on KillLocked can shut it down
+    }
+    bool connected = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+    int err = connected ? 0 : errno;
+    if (!connected && err == EINPROGRESS) {
+      // Wait in short steps so that a shutdown request is noticed promptly.
+      int waited = 0;
+      err = ETIMEDOUT;
+      while (waited < options_.io_timeout_ms) {
+        struct pollfd pfd = {fd, POLLOUT, 0};
+        int n = poll(&pfd, 1, kConnectPollMs);
+        if (n > 0) {
+          socklen_t len = sizeof(err);
+          if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+          break;
+        }
+        waited += kConnectPollMs;
+        std::lock_guard<std::mutex> lock(mu_);
+        if (c->dying) {
+          err = ECANCELED;
+          break;
+        }
+      }
+      connected = err == 0;
+    }
+    if (connected) {
+      int flags = fcntl(fd, F_GETFL);
+      fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+      freeaddrinfo(res);
+      return Status::Ok();
+    }
+    last_error = std::strerror(err);
+    std::lock_guard<std::mutex> lock(mu_);
+    c->fd = -1;
+    close(fd);
+    if (c->dying) {
+      freeaddrinfo(res);
+      return c->death;
+    }
+  }
+  freeaddrinfo(res);
+  return Status(Code::kUnavailable, "cannot connect to peer " + peer.key + ": " + last_error);
+}
+
+Status TcpClient::Establish(Conn* c) {
+  Status s = ConnectSocket(c);
+  if (!s.ok()) return s;
+  int fd;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fd = c->fd;
+  }
+  SetIoTimeouts(fd, options_.io_timeout_ms);
+  SetStreamOptions(fd, kClientSocketBuffer);
+
+  const std::string& peer = c->peer->key;
+  FrameHeader hello;
+  hello.type = FrameType::kHello;
+  hello.offset = options_.slice_bytes;
+  hello.length = options_.token.size();
+  uint8_t out[kHeaderSize];
+  EncodeHeader(hello, out);
+  struct iovec iov[2];
+  iov[0] = {out, kHeaderSize};
+  iov[1] = {const_cast<char*>(options_.token.data()), options_.token.size()};
+  IoResult r = SendFull(fd, iov, 2);
+  if (r != IoResult::kOk) {
+    return Status(Code::kUnavailable, "handshake with peer " + peer + ": " + IoResultText(r));
+  }
+  uint8_t in[kHeaderSize];
+  size_t got = 0;
+  r = RecvFull(fd, in, kHeaderSize, &got);
+  if (r != IoResult::kOk) {
+    return Status(Code::kUnavailable, "handshake with peer " + peer + ": " + IoResultText(r));
+  }
+  FrameHeader reply = DecodeHeader(in);
+  if (IsWellFormed(reply) && reply.type == FrameType::kHelloRefused) {
+    return Status(Code::kPermissionDenied, "peer " + peer + " refused the handshake (token mismatch)");
+  }
+  if (!IsWellFormed(reply) || reply.type != FrameType::kHelloOk || reply.length != 0 || reply.offset == 0) {
+    return Status(Code::kUnavailable, "peer " + peer + " answered the handshake with a malformed frame");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  c->max_payload = std::min(options_.slice_bytes, reply.offset);
+  return Status::Ok();
+}
+
+// ---- the two threads of a connection -------------------------------------------------
+
+void TcpClient::SenderMain(Conn* c) {
+  Status s = Establish(c);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!s.ok()) {
+      KillLocked(c, s);
+    } else if (!c->dying) {
+      c->state = ConnState::kEstablished;
+    }
+    c->recv_cv.notify_all();
+  }
+  if (s.ok()) SendLoop(c);
+  ThreadExit(c);
+}
+
+void TcpClient::TakeSlicesLocked(Conn* c, std::vector<Slice>* batch) {
+  Peer& peer = *c->peer;
+  uint64_t bytes = 0;
+  while (c->window.size() < kWindow && !peer.pending.empty() && (batch->empty() || bytes < kBatchBytes)) {
+    Op* op = peer.pending.front();
+    Slice s;
+    s.op = op;
+    s.request_id = c->next_request_id++;
+    s.op_offset = op->dispatched;
+    s.length = std::min(c->max_payload, op->spec.length - op->dispatched);
+    op->dispatched += s.length;
+    ++op->in_flight;
+    if (op->dispatched == op->spec.length) {
+      // A zero-length op still sends one (empty) slice, so the peer checks its handle.
+      op->fully_dispatched = true;
+      op->pending = false;
+      peer.pending.pop_front();
+    }
+    c->window.push_back(s);
+    batch->push_back(s);
+    bytes += s.length;
+  }
+}
+
+void TcpClient::SendLoop(Conn* c) {
+  int fd;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fd = c->fd;
+  }
+  std::vector<Slice> batch;
+  std::vector<std::array<uint8_t, kHeaderSize>> headers;
+  std::vector<struct iovec> iov;
+  for (;;) {
+    batch.clear();
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      c->send_cv.wait(lock, [&] { return c->dying || (c->window.size() < kWindow && !c->peer->pending.empty()); });
+      if (c->dying) return;
+      const bool receiver_idle = c->window.empty();
+      TakeSlicesLocked(c, &batch);
+      if (receiver_idle) c->recv_cv.notify_one();
+    }
+    // The slices are in the window, so their ops (and local extents) stay alive until
+    // the receiver or the teardown retires them; spec and local never change.
+    headers.resize(batch.size());
+    iov.clear();
+    uint64_t payload = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const Slice& s = batch[i];
+      const bool write = s.op->spec.kind == OpKind::kWrite;
+      FrameHeader h;
+      h.type = write ? FrameType::kWrite : FrameType::kRead;
+      h.request_id = s.request_id;
+      h.handle = s.op->spec.remote_handle;
+      h.offset = s.op->spec.remote_offset + s.op_offset;
+      h.length = s.length;
+      EncodeHeader(h, headers[i].data());
+      iov.push_back({headers[i].data(), kHeaderSize});
+      if (write && s.length > 0) {
+        iov.push_back({s.op->local + s.op_offset, static_cast<size_t>(s.length)});
+        payload += s.length;
+      }
+    }
+    IoResult r = SendFull(fd, iov.data(), static_cast<int>(iov.size()));
+    if (r != IoResult::kOk) {
+      std::lock_guard<std::mutex> lock(mu_);
+      KillLocked(c, Status(Code::kUnavailable, "sending to peer " + c->peer->key + ": " + IoResultText(r)));
+      return;
+    }
+    context_.counters->bytes_sent.fetch_add(payload, std::memory_order_relaxed);
+  }
+}
+
+void TcpClient::ReceiverMain(Conn* c) {
+  int fd = -1;
+  bool run = false;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    c->recv_cv.wait(lock, [&] { return c->dying || c->state == ConnState::kEstablished; });
+    run = !c->dying;
+    fd = c->fd;
+  }
+  if (run) ReceiveLoop(c, fd);
+  ThreadExit(c);
+}
+
+void TcpClient::ReceiveLoop(Conn* c, int fd) {
+  const std::string& peer = c->peer->key;
+  for (;;) {
+    Slice s;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      c->recv_cv.wait(lock, [&] { return c->dying || !c->window.empty(); });
+      if (c->dying) return;
+      s = c->window.front();
+    }
+    uint8_t buf[kHeaderSize];
+    size_t got = 0;
+    IoResult r = RecvFull(fd, buf, kHeaderSize, &got);
+    if (r != IoResult::kOk) {
+      std::lock_guard<std::mutex> lock(mu_);
+      KillLocked(c, Status(Code::kUnavailable, "receiving from peer " + peer + ": " + IoResultText(r)));
+      return;
+    }
+    const FrameHeader h = DecodeHeader(buf);
+    const bool write = s.op->spec.kind == OpKind::kWrite;
+    const bool ok = h.status == 0;
+    bool valid = IsWellFormed(h) && h.type == (write ? FrameType::kWriteAck : FrameType::kReadData) &&
+                 h.request_id == s.request_id && h.status <= static_cast<uint32_t>(Code::kInternal);
+    valid = valid && h.length == (ok && !write ? s.length : 0);
+    if (!valid) {
+      std::lock_guard<std::mutex> lock(mu_);
+      KillLocked(c, Status(Code::kUnavailable, "peer " + peer + " sent a malformed reply"));
+      return;
+    }
+    Status outcome;
+    if (!ok) {
+      const Code code = static_cast<Code>(h.status);
+      outcome = Status(code, std::string("peer ") + peer + " refused the " + (write ? "write" : "read") + ": " +
+                                 CodeName(code));
+    } else if (!write && s.length > 0) {
+      // READ_DATA payload lands straight in the op's local extent.
+      r = RecvFull(fd, s.op->local + s.op_offset, s.length, &got);
+      if (r != IoResult::kOk) {
+        std::lock_guard<std::mutex> lock(mu_);
+        KillLocked(c, Status(Code::kUnavailable, "receiving from peer " + peer + ": " + IoResultText(r)));
+        return;
+      }
+      context_.counters->bytes_received.fetch_add(s.length, std::memory_order_relaxed);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    c->window.pop_front();
+    c->delivered = true;
+    FinishSliceLocked(s, outcome);
+    c->send_cv.notify_one();
+  }
+}
+
+}  // namespace tcp
+}  // namespace kvferry

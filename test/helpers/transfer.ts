@@ -1,0 +1,158 @@
+// Helpers of the transfer tests: daemons with a data plane and a peer API, entries of
+// named parts with fast deterministic contents, and the accounting check both sides must pass.
+import { createCipheriv, createHash } from "node:crypto";
+import { expect } from "vitest";
+import type { KvferryClient } from "../../src/client/client.js";
+import { EntryState, type TransferResult } from "../../src/gen/kvferry/v1/kvferry.js";
+import { listAll, startDaemon, type StartOptions, type TestDaemon } from "./daemon.js";
+
+export const TOKEN = "kvferry-it-token";
+
+export interface PeerDaemon extends TestDaemon {
+  /** What another daemon's BatchTransfer names as `target` (and a Get as `source`). */
+  readonly peerAddress: string;
+  /** The native data plane, "host:port". */
+  readonly dataAddress: string;
+}
+
+export interface PeerDaemonOptions extends StartOptions {
+  token?: string;
+  /** --kv-buffer-size (default 1GiB). */
+  bufferSize?: string;
+  /** --transfer-deadline-ms (default: the daemon's). */
+  transferDeadlineMs?: number;
+  args?: string[];
+}
+
+/** A daemon whose data plane and peer API listen on loopback, with a cluster token. */
+export async function startPeerDaemon(o: PeerDaemonOptions = {}): Promise<PeerDaemon> {
+  const args = [
+    "--data-listen", "127.0.0.1:0",
+    "--peer-listen", "127.0.0.1:0",
+    "--cluster-token", o.token ?? TOKEN,
+    "--kv-buffer-size", o.bufferSize ?? "1GiB",
+    ...(o.transferDeadlineMs === undefined ? [] : ["--transfer-deadline-ms", String(o.transferDeadlineMs)]),
+    ...(o.args ?? []),
+  ];
+  const d = await startDaemon(args, { env: o.env, config: o.config });
+  return Object.assign(d, { peerAddress: d.proc.peerAddress, dataAddress: d.proc.dataAddress });
+}
+
+/**
+ * `size` deterministic pseudo-random bytes for `seed` (AES-128-CTR over zeros: GB/s, and
+ * different seeds never share a prefix, so a mix-up between parts or entries shows).
+ */
+export function seededBytes(size: number, seed: string | number): Buffer {
+  const key = createHash("sha256").update(`kvferry-it:${seed}`).digest();
+  const cipher = createCipheriv("aes-128-ctr", key.subarray(0, 16), key.subarray(16, 32));
+  const out = Buffer.allocUnsafe(size);
+  const CHUNK = 16 << 20;
+  const zeros = Buffer.alloc(Math.min(CHUNK, Math.max(size, 1)));
+  for (let offset = 0; offset < size; offset += CHUNK) {
+    const n = Math.min(CHUNK, size - offset);
+    cipher.update(zeros.subarray(0, n)).copy(out, offset);
+  }
+  return out;
+}
+
+export function digest(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+/** An entry to store: its parts in order, each with its sha256. */
+export interface EntrySpec {
+  id: string;
+  parts: { name: string; size: number; seed: string }[];
+}
+
+export function entrySpec(id: string, sizes: number[]): EntrySpec {
+  return { id, parts: sizes.map((size, i) => ({ name: `layer.${i}`, size, seed: `${id}/layer.${i}` })) };
+}
+
+export function entryBytes(spec: EntrySpec): number {
+  return spec.parts.reduce((sum, p) => sum + p.size, 0);
+}
+
+/** Stores the entry's parts one by one (streamed above 4 MiB) and seals it with the last one. */
+export async function putEntry(client: KvferryClient, spec: EntrySpec): Promise<Map<string, string>> {
+  const hashes = new Map<string, string>();
+  for (const [i, p] of spec.parts.entries()) {
+    const data = seededBytes(p.size, p.seed);
+    hashes.set(p.name, digest(data));
+    await client.put(spec.id, p.name, data, { seal: i === spec.parts.length - 1 });
+  }
+  return hashes;
+}
+
+/** The sha256 of every part the daemon serves for the entry (through GetStream). */
+export async function fetchHashes(client: KvferryClient, id: string): Promise<Map<string, string>> {
+  const got = await client.getStream(id, { waitMs: 0 });
+  return new Map([...got.parts].map(([name, data]) => [name, digest(data)]));
+}
+
+/** The parts' hashes the spec's contents have, without storing anything. */
+export function expectedHashes(spec: EntrySpec): Map<string, string> {
+  return new Map(spec.parts.map((p) => [p.name, digest(seededBytes(p.size, p.seed))]));
+}
+
+/** Asserts the daemon holds the entry sealed, with exactly the spec's parts and sizes. */
+export async function expectSealedLike(client: KvferryClient, spec: EntrySpec): Promise<void> {
+  const info = await client.stat(spec.id);
+  expect(info.state, `${spec.id}: state`).toBe(EntryState.ENTRY_STATE_SEALED);
+  expect(info.bytes, `${spec.id}: bytes`).toBe(entryBytes(spec));
+  expect(
+    [...info.parts].sort((a, b) => a.name.localeCompare(b.name)),
+    `${spec.id}: parts`,
+  ).toEqual(
+    spec.parts.map((p) => ({ name: p.name, size: p.size, complete: true })).sort((a, b) => a.name.localeCompare(b.name)),
+  );
+}
+
+/** bytesUsed equals the sum of the listed entries' bytes (call it when nothing is in flight). */
+export async function expectExactAccounting(d: TestDaemon, label = d.address): Promise<number> {
+  const entries = await listAll(d.client);
+  const sum = entries.reduce((s, e) => s + e.bytes, 0);
+  const info = await d.client.serverInfo();
+  expect(info.bytesUsed, `${label}: bytesUsed vs the sum of ${entries.length} listed entries`).toBe(sum);
+  expect(info.entries, `${label}: entries`).toBe(entries.length);
+  return sum;
+}
+
+/**
+ * Polls until the daemon's accounting is exact, up to timeoutMs, then asserts it: after a
+ * failed transfer the other side's abort or a reservation timer may still be on its way.
+ */
+export async function expectExactAccountingWithin(d: TestDaemon, timeoutMs: number, label = d.address): Promise<number> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const entries = await listAll(d.client);
+    const sum = entries.reduce((s, e) => s + e.bytes, 0);
+    const info = await d.client.serverInfo();
+    if (info.bytesUsed === sum || Date.now() >= until) return expectExactAccounting(d, label);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The results by code name (e.g. { OK: 99, NOT_FOUND: 1 }), for messages that read well. */
+export function codeCounts(results: TransferResult[]): Record<string, number> {
+  const names: Record<number, string> = {
+    0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
+    6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
+    10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
+  };
+  const counts: Record<string, number> = {};
+  for (const r of results) {
+    const name = names[r.code] ?? String(r.code);
+    counts[name] = (counts[name] ?? 0) + 1;
+  }
+  return counts;
+}
+
+/** Asserts every result is OK, showing the first failures' messages otherwise. */
+export function expectAllOk(results: TransferResult[]): void {
+  const failed = results.filter((r) => r.code !== 0);
+  expect(
+    failed.slice(0, 5).map((r) => `${r.transferId}: ${r.code} ${r.message}`),
+    `${failed.length} of ${results.length} failed: ${JSON.stringify(codeCounts(results))}`,
+  ).toEqual([]);
+}

@@ -1,0 +1,540 @@
+// Transfers when something goes wrong, with daemons as separate processes on 127.0.0.1:
+// a wrong cluster token, garbage on the data port while a real transfer runs, and a
+// peer killed with SIGKILL in the middle of a PUSH or a PULL. What must hold: the right
+// status per id, within the deadline; no half-written entry; every pool byte accounted
+// for on the survivor; and the survivor keeps serving.
+import { status } from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+import { PermissionDeniedError, NotFoundError } from "../../src/errors.js";
+import { Peer } from "../../src/daemon/peers.js";
+import { EntryState } from "../../src/gen/kvferry/v1/kvferry.js";
+import type { PrepareReceiveRequest, PrepareReceiveResponse } from "../../src/gen/kvferry/v1/peer.js";
+import { MiB, rejection, sleep } from "../helpers/daemon.js";
+import {
+  TOKEN,
+  codeCounts,
+  digest,
+  entryBytes,
+  entrySpec,
+  expectAllOk,
+  expectExactAccounting,
+  expectExactAccountingWithin,
+  expectSealedLike,
+  fetchHashes,
+  putEntry,
+  seededBytes,
+  startPeerDaemon,
+  type EntrySpec,
+  type PeerDaemon,
+} from "../helpers/transfer.js";
+import { FrameType, MAX_TOKEN_BYTES, RawDataConnection, WireCode, header, hello, type Frame } from "../helpers/wire.js";
+
+const KiB = 1024;
+/** Grace a reservation keeps past its deadline when the other daemon vanished (src/daemon/transfers.ts). */
+const RESERVATION_GRACE_MS = 5_000;
+
+/** Every daemon a test started, stopped (or reaped, if it was killed) when the file ends. */
+const started: PeerDaemon[] = [];
+
+async function daemon(o: Parameters<typeof startPeerDaemon>[0] = {}): Promise<PeerDaemon> {
+  const d = await startPeerDaemon(o);
+  started.push(d);
+  return d;
+}
+
+afterAll(async () => {
+  await Promise.all(started.map((d) => d.stop()));
+});
+
+/** SIGKILL, then waits for the process to be gone. */
+async function kill9(d: PeerDaemon): Promise<void> {
+  d.proc.child.kill("SIGKILL");
+  await d.proc.exited;
+}
+
+function alive(d: PeerDaemon): boolean {
+  return d.proc.child.exitCode === null && d.proc.child.signalCode === null;
+}
+
+/** Polls `probe` every few ms until it returns true or timeoutMs passes; says which. */
+async function until(probe: () => Promise<boolean>, timeoutMs: number, intervalMs = 3): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await probe().catch(() => false)) return true;
+    await sleep(intervalMs);
+  }
+  return false;
+}
+
+async function counters(d: PeerDaemon) {
+  return (await d.client.serverInfo()).counters!;
+}
+
+function specs(prefix: string, n: number, size: number): EntrySpec[] {
+  return Array.from({ length: n }, (_, i) => entrySpec(`${prefix}-${i}`, [size]));
+}
+
+async function putAll(d: PeerDaemon, list: EntrySpec[]): Promise<Map<string, Map<string, string>>> {
+  const hashes = new Map<string, Map<string, string>>();
+  for (const s of list) hashes.set(s.id, await putEntry(d.client, s));
+  return hashes;
+}
+
+describe("a wrong cluster token", () => {
+  let a: PeerDaemon;
+  let b: PeerDaemon;
+
+  beforeAll(async () => {
+    [a, b] = await Promise.all([
+      daemon({ token: "token-of-a", bufferSize: "64MiB" }),
+      daemon({ token: "token-of-b", bufferSize: "64MiB" }),
+    ]);
+  });
+
+  it("refuses a PUSH to a daemon with another token: every id PERMISSION_DENIED, nothing reserved there, the source keeps its entries", async () => {
+    const list = [entrySpec("tok-push-0", [MiB]), entrySpec("tok-push-1", [1, 4 * KiB])];
+    const hashes = await putAll(a, list);
+    const before = await b.client.serverInfo();
+
+    const res = await a.client.batchTransfer(list.map((s) => s.id), b.peerAddress, "push");
+
+    expect(res.results.map((r) => r.transferId)).toEqual(list.map((s) => s.id));
+    expect(codeCounts(res.results)).toEqual({ PERMISSION_DENIED: list.length });
+    const after = await b.client.serverInfo();
+    expect(after.bytesUsed).toBe(before.bytesUsed);
+    expect(after.entries).toBe(before.entries);
+    expect(after.counters!.bytesReceived).toBe(before.counters!.bytesReceived);
+    for (const s of list) {
+      await expectSealedLike(a.client, s);
+      expect(await fetchHashes(a.client, s.id)).toEqual(hashes.get(s.id));
+      await expect(b.client.stat(s.id)).rejects.toBeInstanceOf(NotFoundError);
+    }
+    await expectExactAccounting(a);
+  });
+
+  it("refuses a PULL from a daemon with another token: every id PERMISSION_DENIED, nothing half-written here, the source keeps its entry", async () => {
+    const s = entrySpec("tok-pull-0", [2 * MiB]);
+    await putEntry(b.client, s);
+    const before = await a.client.serverInfo();
+
+    const res = await a.client.batchTransfer([s.id], b.peerAddress, "pull");
+
+    expect(codeCounts(res.results)).toEqual({ PERMISSION_DENIED: 1 });
+    await expect(a.client.stat(s.id)).rejects.toBeInstanceOf(NotFoundError);
+    expect((await a.client.serverInfo()).bytesUsed).toBe(before.bytesUsed);
+    await expectSealedLike(b.client, s);
+  });
+
+  it("refuses peer API calls with a wrong or an empty token, reserving nothing", async () => {
+    const before = (await b.client.serverInfo()).bytesUsed;
+    for (const token of ["token-of-a", ""]) {
+      const peer = new Peer(b.peerAddress, token);
+      try {
+        const err = await rejection(
+          peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
+            "prepareReceive",
+            { entries: [{ transferId: "tok-direct", parts: [{ name: "p", size: MiB }] }], deadlineMs: 5_000, sourceNode: "it" },
+            5_000,
+          ),
+        );
+        expect(err, `token ${JSON.stringify(token)}: ${err.message}`).toBeInstanceOf(PermissionDeniedError);
+      } finally {
+        peer.client.close();
+      }
+    }
+    expect((await b.client.serverInfo()).bytesUsed).toBe(before);
+    await expect(b.client.stat("tok-direct")).rejects.toBeInstanceOf(NotFoundError);
+  });
+});
+
+describe("garbage on the data port", () => {
+  let s: PeerDaemon;
+  let t: PeerDaemon;
+
+  beforeAll(async () => {
+    [s, t] = await Promise.all([daemon({ bufferSize: "256MiB" }), daemon({ bufferSize: "256MiB" })]);
+  });
+
+  /** What one raw connection to the target's data port saw. */
+  async function probe(send: (c: RawDataConnection) => Promise<void> | void) {
+    const c = await RawDataConnection.open(t.dataAddress);
+    try {
+      await send(c);
+    } finally {
+      c.destroy();
+    }
+  }
+
+  /** Expects the server to close the connection within timeoutMs, sending nothing first. */
+  async function expectDropped(c: RawDataConnection, what: string, timeoutMs = 3_000): Promise<void> {
+    const o = await c.outcome(timeoutMs);
+    expect(o, what).toEqual({ state: "closed", received: 0 });
+  }
+
+  async function handshake(c: RawDataConnection): Promise<Frame> {
+    c.send(hello(TOKEN));
+    const f = await c.frame();
+    if (f === "closed") throw new Error("the data port closed a HELLO with the right token");
+    expect(f.type, "HELLO_OK").toBe(FrameType.HELLO_OK);
+    expect(f.status).toBe(0);
+    expect(f.offset, "the server's slice size").toBeGreaterThan(0n);
+    return f;
+  }
+
+  /** Sends one request and returns its reply header (the connection must stay open). */
+  async function request(c: RawDataConnection, h: Buffer, payload?: Buffer): Promise<Frame> {
+    c.send(h, ...(payload ? [payload] : []));
+    const f = await c.frame();
+    if (f === "closed") throw new Error("the data port closed the connection instead of answering");
+    return f;
+  }
+
+  /** Every kind of garbage, each on its own connection; resolves when all were judged. */
+  async function sendGarbage(): Promise<void> {
+    // Random bytes of many lengths, several connections at once.
+    await Promise.all(
+      [1, 47, 48, 49, 4096, 1 * MiB].map((n, i) =>
+        probe(async (c) => {
+          const junk = seededBytes(n, `junk-${i}`);
+          junk.writeUInt32LE(0xdeadbeef, 0 <= n - 4 ? 0 : 0); // never the magic by chance
+          c.send(junk);
+          if (n < 48) c.end();
+          const o = await c.outcome(3_000);
+          expect(o.state, `${n} random bytes`).toBe("closed");
+          expect(o.received, `${n} random bytes: no reply`).toBe(0);
+        }),
+      ),
+    );
+    // A truncated header, then EOF.
+    await probe(async (c) => {
+      c.send(hello(TOKEN).subarray(0, 20));
+      c.end();
+      await expectDropped(c, "a truncated HELLO header");
+    });
+    // Well-formed HELLO headers whose token length is out of range: never read, never allocated.
+    for (const length of [BigInt(MAX_TOKEN_BYTES) + 1n, 1n << 40n, (1n << 64n) - 1n]) {
+      await probe(async (c) => {
+        c.send(header({ type: FrameType.HELLO, offset: 4n << 20n, length }), Buffer.alloc(64));
+        await expectDropped(c, `a HELLO announcing ${length} token bytes`);
+      });
+    }
+    // A first frame that is not a HELLO.
+    await probe(async (c) => {
+      c.send(header({ type: FrameType.WRITE, handle: 1n, length: 8n }), Buffer.alloc(8));
+      await expectDropped(c, "a WRITE before any HELLO");
+    });
+    // A wrong token: HELLO_REFUSED with PERMISSION_DENIED, then the server closes.
+    for (const token of ["wrong-token", TOKEN.slice(0, -1), `${TOKEN}x`, ""]) {
+      await probe(async (c) => {
+        c.send(hello(token));
+        const f = await c.frame();
+        expect(f, `token ${JSON.stringify(token)}`).not.toBe("closed");
+        expect((f as Frame).type).toBe(FrameType.HELLO_REFUSED);
+        expect((f as Frame).status).toBe(WireCode.PERMISSION_DENIED);
+        expect((await c.outcome(3_000)).state, "closed after HELLO_REFUSED").toBe("closed");
+      });
+    }
+    // After a good HELLO: refusals that keep the connection usable.
+    await probe(async (c) => {
+      await handshake(c);
+      const unknown = 0x0123456789abcdefn;
+      let f = await request(c, header({ type: FrameType.WRITE, requestId: 7n, handle: unknown, length: 1000n }), Buffer.alloc(1000, 0xab));
+      expect([f.type, f.status, f.requestId, f.length], "WRITE to an unknown handle").toEqual([FrameType.WRITE_ACK, WireCode.NOT_FOUND, 7n, 0n]);
+      f = await request(c, header({ type: FrameType.READ, requestId: 8n, handle: unknown, length: 4096n }));
+      expect([f.type, f.status, f.requestId, f.length], "READ of an unknown handle").toEqual([FrameType.READ_DATA, WireCode.NOT_FOUND, 8n, 0n]);
+      f = await request(c, header({ type: FrameType.WRITE, requestId: 9n, handle: 0n, length: 0n }));
+      expect([f.type, f.status, f.requestId], "empty WRITE to handle 0").toEqual([FrameType.WRITE_ACK, WireCode.NOT_FOUND, 9n]);
+      expect(c.isClosed).toBe(false);
+    });
+    // After a good HELLO: protocol violations that close the connection.
+    const violations: [string, (slice: bigint) => Buffer][] = [
+      ["a WRITE longer than the slice size", (slice) => header({ type: FrameType.WRITE, handle: 1n, length: slice + 1n })],
+      ["a WRITE of 2^64-1 bytes", () => header({ type: FrameType.WRITE, handle: 1n, length: (1n << 64n) - 1n })],
+      ["a READ longer than the slice size", (slice) => header({ type: FrameType.READ, handle: 1n, length: slice * 4n })],
+      ["a wrong magic", () => header({ type: FrameType.WRITE, magic: 0x12345678, length: 0n })],
+      ["a wrong version", () => header({ type: FrameType.WRITE, version: 2, length: 0n })],
+      ["non-zero flags", () => header({ type: FrameType.READ, flags: 1, length: 0n })],
+      ["a non-zero reserved field", () => header({ type: FrameType.READ, reserved: 1, length: 0n })],
+      ["a request with a status", () => header({ type: FrameType.READ, status: 3, length: 0n })],
+      ["a second HELLO", () => hello(TOKEN)],
+      ["a reply type from the client", () => header({ type: FrameType.WRITE_ACK })],
+      ["an unknown type", () => header({ type: 99 })],
+    ];
+    for (const [what, frame] of violations) {
+      await probe(async (c) => {
+        const ok = await handshake(c);
+        c.send(frame(ok.offset));
+        await expectDropped(c, what);
+      });
+    }
+    // After a good HELLO: seeded random frames with the right magic and version, and random
+    // fields, payloads and truncations. Whatever the server does with them, it must live.
+    let x = 0x2545f491;
+    const rnd = () => {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      return x >>> 0;
+    };
+    await Promise.all(
+      Array.from({ length: 24 }, () =>
+        probe(async (c) => {
+          await handshake(c);
+          for (let i = 0; i < 8; i++) {
+            const length = [0n, 1n, BigInt(rnd() % 70_000), BigInt(rnd()) << 32n, (1n << 64n) - 1n][rnd() % 5]!;
+            c.send(
+              header({
+                type: 1 + (rnd() % 8),
+                requestId: BigInt(rnd()),
+                handle: rnd() % 3 === 0 ? 0n : (BigInt(rnd()) << 32n) | BigInt(rnd()),
+                offset: [0n, BigInt(rnd()), (1n << 64n) - BigInt(1 + (rnd() % 100))][rnd() % 3]!,
+                length,
+              }),
+              seededBytes(Number(length < 70_000n ? length : 70_000n) - (rnd() % 2 === 0 ? 0 : 1 + (rnd() % 10)) || 0, `fz-${rnd()}`),
+            );
+          }
+          c.end();
+          await c.outcome(3_000);
+        }),
+      ),
+    );
+  }
+
+  it("survives random bytes, truncated and oversized frames, wrong tokens and refused accesses, while a 64 MiB transfer goes back and forth intact", async () => {
+    const big = entrySpec("garbage-64m", [64 * MiB]);
+    const want = await putEntry(s.client, big);
+    // Legs of a real transfer keep running, alternately PUSH s→t and PULL back to s, until
+    // the garbage has all been sent (at least two legs), so the two overlap throughout.
+    let garbageDone = false;
+    let legs = 0;
+    const mover = (async () => {
+      while (!garbageDone || legs < 2) {
+        const mode = legs % 2 === 0 ? "push" : "pull";
+        const res = await s.client.batchTransfer([big.id], t.peerAddress, mode, { timeoutMs: 30_000 });
+        expectAllOk(res.results);
+        expect(res.results[0]!.bytes).toBe(64 * MiB);
+        legs++;
+      }
+    })();
+    try {
+      await sendGarbage();
+    } finally {
+      garbageDone = true;
+    }
+    await mover;
+
+    // The entry ends on s (an even number of legs), sealed and intact.
+    const holder = legs % 2 === 0 ? s : t;
+    await expectSealedLike(holder.client, big);
+    expect(await fetchHashes(holder.client, big.id)).toEqual(want);
+    expect(alive(t), "the target process is alive").toBe(true);
+    const info = await t.client.serverInfo();
+    expect(info.version).not.toBe("");
+    await expectExactAccounting(s);
+    await expectExactAccounting(t);
+    // And it still serves a fresh transfer.
+    const after = entrySpec("garbage-after", [3 * MiB, 1]);
+    const hashes = await putEntry(s.client, after);
+    expectAllOk((await s.client.batchTransfer([after.id], t.peerAddress, "push")).results);
+    expect(await fetchHashes(t.client, after.id)).toEqual(hashes);
+  });
+
+  it("bounds-checks every access to a real handle: offsets and lengths past the part or wrapping around 2^64 are OUT_OF_RANGE and write nothing", async () => {
+    const size = 64 * KiB;
+    const peer = new Peer(t.peerAddress, TOKEN);
+    onTestFinished(() => peer.client.close());
+    const before = (await t.client.serverInfo()).bytesUsed;
+    const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
+      "prepareReceive",
+      { entries: [{ transferId: "bounds", parts: [{ name: "p", size }] }], deadlineMs: 10_000, sourceNode: "it" },
+      5_000,
+    );
+    const reservation = prep.entries[0]!;
+    expect(reservation.error, JSON.stringify(reservation.error)).toBeUndefined();
+    const handle = BigInt(reservation.parts[0]!.handle);
+    const data = seededBytes(size, "bounds");
+
+    const c = await RawDataConnection.open(t.dataAddress);
+    onTestFinished(() => c.destroy());
+    c.send(hello(TOKEN));
+    expect(((await c.frame()) as Frame).type).toBe(FrameType.HELLO_OK);
+    const write = async (id: bigint, offset: bigint, payload: Buffer, length = BigInt(payload.length)) => {
+      c.send(header({ type: FrameType.WRITE, requestId: id, handle, offset, length }), payload);
+      const f = await c.frame();
+      if (f === "closed") throw new Error(`WRITE ${id} closed the connection`);
+      expect([f.type, f.requestId], `reply to WRITE ${id}`).toEqual([FrameType.WRITE_ACK, id]);
+      return f.status;
+    };
+    const U64 = 1n << 64n;
+    const poison = Buffer.alloc(32, 0xee);
+    expect(await write(1n, U64 - 16n, poison), "offset + length wraps around 2^64").toBe(WireCode.OUT_OF_RANGE);
+    expect(await write(2n, U64 - 1n, poison.subarray(0, 1)), "offset 2^64-1").toBe(WireCode.OUT_OF_RANGE);
+    expect(await write(3n, BigInt(size), poison.subarray(0, 1)), "one byte past the end").toBe(WireCode.OUT_OF_RANGE);
+    expect(await write(4n, BigInt(size) - 16n, poison), "straddling the end").toBe(WireCode.OUT_OF_RANGE);
+    expect(await write(5n, BigInt(size) + 1n, Buffer.alloc(0)), "an empty write past the end").toBe(WireCode.OUT_OF_RANGE);
+    c.send(header({ type: FrameType.READ, requestId: 6n, handle, offset: U64 - 8n, length: 16n }));
+    const r = await c.frame();
+    expect(r !== "closed" && [r.type, r.status, r.length], "READ wrapping around 2^64").toEqual([FrameType.READ_DATA, WireCode.OUT_OF_RANGE, 0n]);
+    // In range: the whole part in two writes, then read back over the wire.
+    expect(await write(7n, 0n, data.subarray(0, size / 2))).toBe(WireCode.OK);
+    expect(await write(8n, BigInt(size / 2), data.subarray(size / 2))).toBe(WireCode.OK);
+    c.send(header({ type: FrameType.READ, requestId: 9n, handle, offset: 0n, length: BigInt(size) }));
+    const rd = await c.frame();
+    expect(rd !== "closed" && [rd.type, rd.status, rd.length]).toEqual([FrameType.READ_DATA, WireCode.OK, BigInt(size)]);
+    const back = await c.read(size);
+    expect(back !== "closed" && digest(back), "no refused write touched the part").toBe(digest(data));
+
+    // Committed through the peer API, the entry holds exactly those bytes.
+    await peer.call("commitReceive", { ids: [reservation.id] }, 5_000);
+    const got = await t.client.get("bounds", { waitMs: 0 });
+    expect(digest(got.parts.get("p")!)).toBe(digest(data));
+    expect((await t.client.serverInfo()).bytesUsed).toBe(before + size);
+    await t.client.release("bounds");
+    expect(alive(t)).toBe(true);
+  });
+});
+
+describe("a peer killed mid-transfer", () => {
+  /** Outlives every victim. */
+  let survivor: PeerDaemon;
+  const DEADLINE_MS = 10_000;
+
+  beforeAll(async () => {
+    survivor = await daemon({ bufferSize: "1280MiB" });
+  });
+
+  /** A bystander entry on the survivor, so that "the sum of its live entries" is not zero. */
+  async function bystander(id: string): Promise<EntrySpec> {
+    const spec = entrySpec(id, [3 * MiB + 5, 17]);
+    await putEntry(survivor.client, spec);
+    onTestFinished(() => survivor.client.release(id).then(() => {}, () => {}));
+    return spec;
+  }
+
+  it("PUSH to a target killed with SIGKILL: every id UNAVAILABLE within the deadline, the source keeps its entries intact, accounting exact, and it pushes to a new peer", async () => {
+    const keep = await bystander("push-kill-bystander");
+    const list = specs("push-kill", 8, 64 * MiB);
+    const hashes = await putAll(survivor, list);
+    onTestFinished(() => Promise.all(list.map((s) => survivor.client.release(s.id).catch(() => {}))).then(() => {}));
+    const victim = await daemon({ bufferSize: "1GiB" });
+    const sentBefore = (await counters(survivor)).bytesSent;
+
+    const t0 = Date.now();
+    const batch = survivor.client.batchTransfer(list.map((s) => s.id), victim.peerAddress, "push", {
+      deadlineMs: DEADLINE_MS,
+      timeoutMs: DEADLINE_MS + 10_000,
+    });
+    const flowing = await until(async () => (await counters(victim)).bytesReceived > 0, 10_000);
+    await kill9(victim);
+    const res = await batch;
+    const elapsed = Date.now() - t0;
+
+    expect(flowing, "the data was flowing when the target was killed").toBe(true);
+    expect((await counters(survivor)).bytesSent - sentBefore, "killed before the end").toBeLessThan(8 * 64 * MiB);
+    expect(res.results.map((r) => r.transferId)).toEqual(list.map((s) => s.id));
+    expect(codeCounts(res.results), JSON.stringify(res.results.map((r) => r.message).slice(0, 3))).toEqual({ UNAVAILABLE: 8 });
+    expect(elapsed, "failed within the deadline").toBeLessThan(DEADLINE_MS);
+    for (const s of list) {
+      const info = await survivor.client.stat(s.id);
+      expect(info.state, s.id).toBe(EntryState.ENTRY_STATE_SEALED);
+      expect(info.readers, `${s.id}: no lease left behind`).toBe(0);
+    }
+    expect(await expectExactAccounting(survivor)).toBe(entryBytes(keep) + list.reduce((sum, s) => sum + entryBytes(s), 0));
+    expect(alive(survivor)).toBe(true);
+
+    // A fresh peer gets the same entries, intact.
+    const fresh = await daemon({ bufferSize: "1GiB" });
+    const again = await survivor.client.batchTransfer(list.map((s) => s.id), fresh.peerAddress, "push");
+    expectAllOk(again.results);
+    for (const s of list.slice(0, 3)) expect(await fetchHashes(fresh.client, s.id), s.id).toEqual(hashes.get(s.id));
+    expect(await expectExactAccounting(survivor)).toBe(entryBytes(keep));
+    await fresh.stop();
+  });
+
+  it("PULL from a source killed with SIGKILL: every id fails UNAVAILABLE within the deadline, no half-written entry here, accounting exact, and it pulls from a new peer", async () => {
+    const keep = await bystander("pull-kill-bystander");
+    const victim = await daemon({ bufferSize: "1GiB" });
+    const list = specs("pull-kill", 8, 64 * MiB);
+    await putAll(victim, list);
+    const receivedBefore = (await counters(survivor)).bytesReceived;
+
+    const t0 = Date.now();
+    const batch = survivor.client.batchTransfer(list.map((s) => s.id), victim.peerAddress, "pull", {
+      deadlineMs: DEADLINE_MS,
+      timeoutMs: DEADLINE_MS + 10_000,
+    });
+    const flowing = await until(async () => (await counters(survivor)).bytesReceived > receivedBefore, 10_000);
+    await kill9(victim);
+    const res = await batch;
+    const elapsed = Date.now() - t0;
+
+    expect(flowing, "the data was flowing when the source was killed").toBe(true);
+    expect((await counters(survivor)).bytesReceived - receivedBefore, "killed before the end").toBeLessThan(8 * 64 * MiB);
+    expect(res.results.map((r) => r.transferId)).toEqual(list.map((s) => s.id));
+    expect(codeCounts(res.results), JSON.stringify(res.results.map((r) => r.message).slice(0, 3))).toEqual({ UNAVAILABLE: 8 });
+    expect(elapsed, "failed within the deadline").toBeLessThan(DEADLINE_MS);
+    for (const s of list) await expect(survivor.client.stat(s.id), s.id).rejects.toBeInstanceOf(NotFoundError);
+    expect(await expectExactAccounting(survivor)).toBe(entryBytes(keep));
+    expect(alive(survivor)).toBe(true);
+
+    // A fresh peer: the survivor pulls from it.
+    const fresh = await daemon({ bufferSize: "256MiB" });
+    const next = entrySpec("pull-kill-fresh", [5 * MiB, 1]);
+    const hashes = await putEntry(fresh.client, next);
+    onTestFinished(() => survivor.client.release(next.id).then(() => {}, () => {}));
+    expectAllOk((await survivor.client.batchTransfer([next.id], fresh.peerAddress, "pull")).results);
+    expect(await fetchHashes(survivor.client, next.id)).toEqual(hashes);
+    await fresh.stop();
+  });
+
+  it("an initiator killed mid-PUSH and mid-PULL: the survivor undoes its reservations by deadline + grace, keeps its own entries, and no byte leaks", async () => {
+    const keep = await bystander("init-kill-bystander");
+    const outgoing = specs("init-kill-out", 4, 64 * MiB); // the survivor's, pulled by the victim
+    const incoming = specs("init-kill-in", 4, 64 * MiB); // the victim's, pushed to the survivor
+    const hashes = await putAll(survivor, outgoing);
+    onTestFinished(() => Promise.all(outgoing.map((s) => survivor.client.release(s.id).catch(() => {}))).then(() => {}));
+    const victim = await daemon({ bufferSize: "1GiB" });
+    await putAll(victim, incoming);
+    const expected = entryBytes(keep) + outgoing.reduce((sum, s) => sum + entryBytes(s), 0);
+    expect(await expectExactAccounting(survivor)).toBe(expected);
+    const before = await counters(survivor);
+    const deadlineMs = 2_000;
+
+    const t0 = Date.now();
+    const pushing = victim.client.batchTransfer(incoming.map((s) => s.id), survivor.peerAddress, "push", { deadlineMs }).catch(() => undefined);
+    const pulling = victim.client.batchTransfer(outgoing.map((s) => s.id), survivor.peerAddress, "pull", { deadlineMs }).catch(() => undefined);
+    const flowing = await until(async () => {
+      const c = await counters(survivor);
+      return c.bytesReceived > before.bytesReceived && c.bytesSent > before.bytesSent;
+    }, 5_000);
+    await kill9(victim);
+    await Promise.all([pushing, pulling]);
+    expect(flowing, "data was flowing both ways when the initiator was killed").toBe(true);
+
+    // The survivor still serves at once, while its reservations wait for their timers.
+    expect(alive(survivor)).toBe(true);
+    expect((await survivor.client.serverInfo()).version).not.toBe("");
+    // By the deadline + grace (+ slack), every reservation is undone.
+    const settleBy = deadlineMs + RESERVATION_GRACE_MS + 3_000 - (Date.now() - t0);
+    expect(await expectExactAccountingWithin(survivor, settleBy)).toBe(expected);
+    for (const s of incoming) await expect(survivor.client.stat(s.id), `${s.id}: half-written`).rejects.toBeInstanceOf(NotFoundError);
+    for (const s of outgoing) {
+      const info = await survivor.client.stat(s.id);
+      expect(info.state, s.id).toBe(EntryState.ENTRY_STATE_SEALED);
+      expect(info.readers, `${s.id}: lease released`).toBe(0);
+    }
+    expect((await counters(survivor)).transferred, "nothing dropped as transferred").toBe(before.transferred);
+    expect(await fetchHashes(survivor.client, outgoing[0]!.id)).toEqual(hashes.get(outgoing[0]!.id));
+
+    // And it moves entries with a fresh peer both ways.
+    const fresh = await daemon({ bufferSize: "512MiB" });
+    const res = await survivor.client.batchTransfer(outgoing.map((s) => s.id), fresh.peerAddress, "push");
+    expectAllOk(res.results);
+    expect(await fetchHashes(fresh.client, outgoing[3]!.id)).toEqual(hashes.get(outgoing[3]!.id));
+    expect(await expectExactAccounting(survivor)).toBe(entryBytes(keep));
+    await fresh.stop();
+  });
+});
+
+// Keeps the status import honest for readers grepping codes by name.
+void status;
