@@ -41,6 +41,10 @@ export const MAX_BATCH = 4096;
 /** How long a reservation outlives the deadline its initiator announced. */
 const RESERVATION_GRACE_MS = 5_000;
 const MAX_RESERVATION_MS = 10 * 60_000;
+/** A batch moves in chunks of at most this many entries or bytes, a few in flight at once. */
+const CHUNK_ENTRIES = 256;
+const CHUNK_BYTES = 64 << 20;
+const CHUNKS_IN_FLIGHT = 3;
 /** Cleanup calls to a peer that may be gone. */
 const CLEANUP_TIMEOUT_MS = 5_000;
 
@@ -148,8 +152,18 @@ export class Transfers {
     try {
       const peer = await this.o.peers.get(target, deadlineMs);
       const keep = options.keepSource === true;
-      if (mode === "push") await this.#push(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes);
-      else await this.#pull(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes);
+      // Chunks in flight together: one chunk's bytes move while the next is being
+      // reserved and the previous committed.
+      const chunks = chunk(ids, (id) => (mode === "push" ? this.o.store.bytesOf(id) : 0));
+      await inParallel(chunks, CHUNKS_IN_FLIGHT, (ids) =>
+        (mode === "push"
+          ? this.#push(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes)
+          : this.#pull(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes)
+        ).catch((err) => {
+          // A chunk-wide failure (the peer's reply never came) fails that chunk only.
+          for (const id of ids) outcomes.fail(id, err);
+        }),
+      );
     } catch (err) {
       outcomes.failRest(err);
     }
@@ -502,6 +516,33 @@ class OpPlan {
     });
     return failed;
   }
+}
+
+/** Splits ids into chunks of at most CHUNK_ENTRIES entries and (about) CHUNK_BYTES bytes. */
+function chunk(ids: readonly string[], bytesOf: (id: string) => number): string[][] {
+  const chunks: string[][] = [];
+  let current: string[] = [];
+  let bytes = 0;
+  for (const id of ids) {
+    current.push(id);
+    bytes += bytesOf(id);
+    if (current.length === CHUNK_ENTRIES || bytes >= CHUNK_BYTES) {
+      chunks.push(current);
+      current = [];
+      bytes = 0;
+    }
+  }
+  if (current.length > 0) chunks.push(current);
+  return chunks;
+}
+
+/** Runs `work` over the items with at most `limit` running at once. */
+async function inParallel<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await work(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 function remaining(deadlineAt: number): number {

@@ -267,6 +267,11 @@ export class LookupBuffer {
     return bytes;
   }
 
+  /** Bytes of the entry indexed under this id now; 0 when there is none. */
+  bytesOf(transferId: string): number {
+    return this.#entries.get(transferId)?.bytes ?? 0;
+  }
+
   /** Whether an entry of this id is indexed now. */
   has(transferId: string): boolean {
     return this.#entries.has(transferId);
