@@ -12,11 +12,12 @@ import { ReflectionService } from "@grpc/reflection";
 const DESCRIPTORS = new URL("../descriptors/", import.meta.url);
 export const DESCRIPTOR_SETS = ["kvferry.binpb", "health.binpb"];
 
-export function addReflection(server: Server): void {
+/** Serves reflection on `server`, listing only the `services` it carries (and their types). */
+export function addReflection(server: Server, services: readonly string[]): void {
   let definition: PackageDefinition = {};
   for (const file of DESCRIPTOR_SETS) {
     const bytes = readFileSync(new URL(file, DESCRIPTORS));
     definition = { ...definition, ...loadFileDescriptorSetFromBuffer(bytes, { keepCase: true }) };
   }
-  new ReflectionService(definition).addToServer(server);
+  new ReflectionService(definition, { services: [...services] }).addToServer(server);
 }

@@ -118,7 +118,7 @@ export class Daemon {
     widenStreamWindows(this.#server, STREAM_WINDOW, log);
     this.#health = new HealthImplementation({ "": "NOT_SERVING", [SERVICE_NAME]: "NOT_SERVING" });
     this.#health.addToServer(this.#server);
-    addReflection(this.#server);
+    addReflection(this.#server, [SERVICE_NAME, "grpc.health.v1.Health"]);
 
     this.#peerServer = new Server();
     this.#peerServer.addService(
