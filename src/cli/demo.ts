@@ -1,8 +1,9 @@
-// `kvferry demo`: one daemon, driven through the TypeScript client, summarized.
+// `kvferry demo`: two daemons on loopback, driven through the TypeScript client.
 //
 // What it shows: entries made of per-layer parts, a streamed large part, a consuming
-// read that frees the entry, LRU eviction when the buffer overflows, and the daemon's
-// own counters. Everything runs on loopback and stops before the command returns.
+// read that frees the entry, LRU eviction when the buffer overflows, a batch PUSH from
+// one daemon to the other through the native engine, a Get that pulls from a source,
+// and the daemons' own counters. Everything stops before the command returns.
 import { createHash, randomBytes } from "node:crypto";
 import { KvferryClient } from "../client/client.js";
 import { NotFoundError } from "../errors.js";
@@ -17,9 +18,12 @@ function fmtBytes(n: number): string {
 export async function runDemo(options: { kvBufferSize?: string }): Promise<number> {
   const bufferSize = options.kvBufferSize ?? "64MiB";
   const out = (s: string) => process.stdout.write(`${s}\n`);
-  out(`kvferry demo: starting a daemon with a ${bufferSize} lookup buffer on 127.0.0.1`);
-  const daemon = await spawnDaemon(["--listen", "127.0.0.1:0", "--kv-buffer-size", bufferSize]);
+  out(`kvferry demo: starting two daemons with ${bufferSize} lookup buffers on 127.0.0.1`);
+  const args = ["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--kv-buffer-size", bufferSize];
+  const env = { KVFERRY_CLUSTER_TOKEN: randomBytes(18).toString("base64url") };
+  const [daemon, decode] = await Promise.all([spawnDaemon(args, { env }), spawnDaemon(args, { env })]);
   const client = new KvferryClient(daemon.address);
+  const decodeClient = new KvferryClient(decode.address);
   const rows: [string, string][] = [];
   let ok = true;
   try {
@@ -58,7 +62,27 @@ export async function runDemo(options: { kvBufferSize?: string }): Promise<numbe
     ok &&= digest(back.parts.get("kv")!) === digest(big);
     rows.push(["24 MiB part streamed", `sha256 ${digest(big)} → ${digest(back.parts.get("kv")!)}`]);
 
-    // 4. Overflow: 8 MiB entries until the buffer must evict the least recently used.
+    // 4. Between daemons: a batch of 16 entries × 2 MiB pushed through the native engine,
+    //    then one more pulled by a Get that names its source.
+    const batch = Array.from({ length: 16 }, (_, i) => `demo-kv-${i}`);
+    const kv = randomBytes(2 * MiB);
+    for (const id of batch) await client.put(id, "kv", kv, { seal: true });
+    const pushed = await client.batchTransfer(batch, decode.peerAddress, "push");
+    const pushOk = pushed.results.every((r) => r.code === 0);
+    const slowest = Math.max(...pushed.results.map((r) => r.micros));
+    const arrived = await decodeClient.get("demo-kv-7", { consume: true });
+    ok &&= pushOk && arrived.parts.get("kv")!.equals(kv);
+    rows.push([
+      "PUSH 16 × 2 MiB to the 2nd daemon",
+      pushOk ? `${(slowest / 1000).toFixed(1)} ms (${((32 * MiB) / slowest / 1e3).toFixed(2)} GB/s), bytes verified` : pushed.results.find((r) => r.code)!.message,
+    ]);
+    await client.put("demo-pull", "kv", kv, { seal: true });
+    const pulled = await decodeClient.get("demo-pull", { source: daemon.peerAddress, consume: true });
+    ok &&= pulled.parts.get("kv")!.equals(kv);
+    const sourceSays = await client.stat("demo-pull").then(() => "kept", (e) => (e instanceof NotFoundError ? e.reason ?? e.message : String(e)));
+    rows.push(["Get with source on the 2nd daemon", `pulled 2 MiB, bytes verified; the source's copy: ${sourceSays}`]);
+
+    // 5. Overflow: 8 MiB entries until the buffer must evict the least recently used.
     const capacity = info0.poolCapacity;
     const n = Math.ceil(capacity / (8 * MiB)) + 2;
     for (let i = 0; i < n; i++) await client.put(`demo-fill-${i}`, "kv", randomBytes(8 * MiB), { seal: true });
@@ -77,9 +101,10 @@ export async function runDemo(options: { kvBufferSize?: string }): Promise<numbe
     process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`);
   } finally {
     client.close();
-    const code = await daemon.stop();
-    out(`daemon stopped (exit code ${code})`);
-    ok &&= code === 0;
+    decodeClient.close();
+    const codes = await Promise.all([daemon.stop(), decode.stop()]);
+    out(`daemons stopped (exit codes ${codes.join(", ")})`);
+    ok &&= codes.every((c) => c === 0);
   }
   out(ok ? "demo: OK" : "demo: FAILED");
   return ok ? 0 : 1;

@@ -14,7 +14,7 @@ Usage: kvferry <command> [flags]
 
 Commands:
   daemon    run the node daemon (client API on 127.0.0.1 by default)
-  demo      start a daemon and drive put / get / eviction through the client
+  demo      two daemons on loopback: put / get / eviction, a PUSH and a pull between them
   help      show this help, or \`kvferry help <command>\`
 
 Run \`kvferry <command> --help\` for a command's flags.
@@ -61,15 +61,16 @@ what was expected).
 `;
 
 export const DEMO_FLAGS = {
-  "kv-buffer-size": { type: "string", help: "BYTES", doc: "buffer of the demo daemon (default 64MiB)" },
+  "kv-buffer-size": { type: "string", help: "BYTES", doc: "buffer of each demo daemon (default 64MiB)" },
   help: { type: "boolean", short: "h", help: "", doc: "show this help" },
 } as const;
 
 const DEMO_USAGE = `Usage: kvferry demo [flags]
 
-Starts a daemon on a free loopback port, writes KV entries through the TypeScript
-client, reads them back (one consumed), fills the buffer past its capacity to show
-LRU eviction, prints a summary and stops the daemon.
+Starts two daemons on free loopback ports, writes KV entries through the TypeScript
+client, reads them back (one consumed), pushes a batch from one daemon to the other
+through the native engine, pulls one with a Get that names its source, fills a
+buffer past its capacity to show LRU eviction, prints a summary and stops both.
 
 Flags:
 ${flagHelp(DEMO_FLAGS)}
