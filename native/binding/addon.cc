@@ -9,6 +9,7 @@
 #include <napi.h>
 
 #include <atomic>
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -102,6 +103,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod<&EngineWrap::Expose>("expose"),
                            InstanceMethod<&EngineWrap::Revoke>("revoke"),
                            InstanceMethod<&EngineWrap::RevokeAll>("revokeAll"),
+                           InstanceMethod<&EngineWrap::Ref>("ref"),
+                           InstanceMethod<&EngineWrap::Unref>("unref"),
                            InstanceMethod<&EngineWrap::DataPort>("dataPort"),
                            InstanceMethod<&EngineWrap::Submit>("submit"),
                            InstanceMethod<&EngineWrap::Cancel>("cancel"),
@@ -152,7 +155,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         std::vector<Completion> batch;
         engine->DrainCompletions(&batch);
         if (batch.empty()) return;
-        callback.Call({CompletionBatch(env, batch)});
+        // A JS exception must not unwind through N-API's callback machinery (it would
+        // terminate the process, e.g. during environment teardown): report and go on.
+        try {
+          callback.Call({CompletionBatch(env, batch)});
+        } catch (const Napi::Error& err) {
+          fprintf(stderr, "kvferry: completion callback threw: %s\n", err.Message().c_str());
+        }
       });
     });
   }
@@ -292,6 +301,18 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Uint8Array revoked = Napi::Uint8Array::New(env, handles.ElementLength());
     for (size_t i = 0; i < handles.ElementLength(); i++) revoked[i] = e.Revoke(handles[i]).ok() ? 1 : 0;
     return revoked;
+  }
+
+  // ref() / unref(): keep the event loop alive while completions are awaited (JS
+  // counts what is outstanding); an idle engine never holds the process open.
+  Napi::Value Ref(const Napi::CallbackInfo& info) {
+    if (!closed_) tsfn_.Ref(info.Env());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Unref(const Napi::CallbackInfo& info) {
+    if (!closed_) tsfn_.Unref(info.Env());
+    return info.Env().Undefined();
   }
 
   Napi::Value Cancel(const Napi::CallbackInfo& info) {

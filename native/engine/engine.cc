@@ -102,6 +102,8 @@ class EngineImpl final : public Engine {
   // ---- transfers --------------------------------------------------------------------
   uint16_t data_port() const override { return transport_->port(); }
 
+  // Submit is all-or-nothing (see transport.h). max_queued_ops bounds ops accepted and
+  // not yet completed; a slot frees when the op's completion is queued.
   Status Submit(std::vector<TransferOp> ops) override {
     if (shut_down_.load()) return Status(Code::kUnavailable, "the engine is shut down");
     if (ops.empty()) return Status::Ok();
@@ -131,6 +133,10 @@ class EngineImpl final : public Engine {
   void SetNotifier(std::function<void()> notify) override { completions_.SetNotifier(std::move(notify)); }
   size_t DrainCompletions(std::vector<Completion>* out) override { return completions_.Drain(out); }
 
+  // bytes_sent / bytes_received count payload bytes that left / landed in this pool
+  // through any connection (outgoing ops and incoming requests alike); refused payloads
+  // are not counted on the serving side. peers_connected counts peers with at least one
+  // established outgoing connection.
   EngineStats stats() const override {
     EngineStats s;
     s.pool = pool_stats();

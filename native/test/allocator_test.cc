@@ -112,8 +112,12 @@ TEST(ExtentAllocator, KeepsEveryInvariantThroughOneHundredThousandRandomOps) {
   std::mt19937_64 rng(20240607);
   std::map<uint64_t, uint64_t> live;  // offset → rounded size, our own model
   uint64_t used = 0;
+  int times_empty = 0;
   for (int step = 0; step < 100000; ++step) {
-    const bool allocate = live.empty() || rng() % 100 < 55;
+    // Alternate filling and draining phases, so the pool is both crowded and, often,
+    // emptied all the way (where it must have coalesced back into one extent).
+    const uint64_t alloc_percent = (step / 5000) % 2 == 0 ? 65 : 35;
+    const bool allocate = live.empty() || rng() % 100 < alloc_percent;
     if (allocate) {
       // Mostly small, sometimes large, sometimes zero.
       uint64_t size;
@@ -151,11 +155,17 @@ TEST(ExtentAllocator, KeepsEveryInvariantThroughOneHundredThousandRandomOps) {
       used -= it->second;
       live.erase(it);
     }
+    if (live.empty()) {
+      ++times_empty;
+      ASSERT_EQ(a.stats().free_extents, 1u) << "step " << step << ": not coalesced after freeing everything";
+      ASSERT_EQ(a.stats().largest_free, a.capacity());
+    }
     ASSERT_EQ(a.stats().used, used);
     ASSERT_EQ(a.stats().allocations, live.size());
     Status inv = a.CheckInvariants();
     ASSERT_TRUE(inv.ok()) << "step " << step << ": " << inv.ToString();
   }
+  EXPECT_GT(times_empty, 100);  // the draining phases really drained
   for (auto& entry : live) ASSERT_TRUE(a.Free(entry.first).ok());
   auto s = a.stats();
   EXPECT_EQ(s.used, 0u);

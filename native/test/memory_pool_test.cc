@@ -99,5 +99,19 @@ TEST(EngineOptionsValidation, RefusesNonsenseWithInvalidArgument) {
   EXPECT_EQ(e, nullptr);
 }
 
+TEST(EngineCreate, ListeningOnAPortAlreadyInUseFailsUnavailable) {
+  EngineOptions o;
+  o.pool_size = 1 << 20;
+  o.listen_host = "127.0.0.1";
+  std::unique_ptr<Engine> first, second;
+  ASSERT_TRUE(Engine::Create(o, &first).ok());
+  o.listen_port = first->data_port();
+  Status s = Engine::Create(o, &second);
+  EXPECT_EQ(s.code(), Code::kUnavailable) << s.ToString();
+  EXPECT_EQ(second, nullptr);
+  o.listen_host = "not a host name";
+  EXPECT_FALSE(Engine::Create(o, &second).ok());
+}
+
 }  // namespace
 }  // namespace kvferry

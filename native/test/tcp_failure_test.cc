@@ -161,21 +161,24 @@ TEST(Cancel, CancellingALiveTransferYieldsOneTerminalCompletionAndThePeerStaysUs
   ASSERT_TRUE(a && b);
   Collector ca(a.get());
   uint64_t h = 0;
-  ASSERT_TRUE(b->Expose(0, 40 << 20, &h).ok());
-  FillPattern(a->pool_base(), 32 << 20, 8);
+  ASSERT_TRUE(b->Expose(0, 64 << 20, &h).ok());
+  FillPattern(a->pool_base(), 16 << 20, 8);
+  // Every op targets remote bytes of its own: after a cancel the peer may still be
+  // finishing the cancelled op's last slice.
   for (uint64_t round = 0; round < 5; ++round) {
     const uint64_t id = round * 2 + 1;
-    ASSERT_TRUE(a->Submit({MakeOp(id, OpKind::kWrite, PeerOf(*b), 0, h, 0, 32 << 20)}).ok());
+    ASSERT_TRUE(a->Submit({MakeOp(id, OpKind::kWrite, PeerOf(*b), 0, h, round * (8 << 20), 8 << 20)}).ok());
     std::this_thread::sleep_for(milliseconds(round));
     a->Cancel(id);
     ASSERT_TRUE(ca.WaitOps(round * 2 + 1, seconds(10)));
     const Completion c = ca.ops().at(id);
     EXPECT_TRUE(c.code == Code::kCancelled || c.code == Code::kOk) << c.message;
-    // A follow-up op to the same peer reconnects and succeeds. (It targets other remote
-    // bytes: the peer may still be finishing the cancelled op's last slice.)
-    ASSERT_TRUE(a->Submit({MakeOp(id + 1, OpKind::kWrite, PeerOf(*b), 0, h, 36 << 20, 1 << 20)}).ok());
+    // A follow-up op to the same peer reconnects and succeeds.
+    ASSERT_TRUE(
+        a->Submit({MakeOp(id + 1, OpKind::kWrite, PeerOf(*b), 8 << 20, h, (48 + round) << 20, 1 << 20)}).ok());
     ASSERT_TRUE(ca.WaitOps(round * 2 + 2, seconds(10)));
     EXPECT_EQ(ca.ops().at(id + 1).code, Code::kOk) << ca.ops().at(id + 1).message;
+    EXPECT_EQ(std::memcmp(a->pool_base() + (8 << 20), b->pool_base() + ((48 + round) << 20), 1 << 20), 0);
   }
   EXPECT_EQ(ca.duplicates(), 0u);
 }

@@ -219,6 +219,22 @@ TEST_F(TcpTransfer, RevokedHandlesRefuseNewAccessesAndReportReleasedOnce) {
   EXPECT_EQ(cb_->released_count(h), 1u);
 }
 
+TEST_F(TcpTransfer, DisconnectForgetsThePeerAndTheNextOpReconnects) {
+  const uint64_t local = Alloc(a_.get(), 4096);
+  const uint64_t dst = Alloc(b_.get(), 4096);
+  const uint64_t h = ExposeOnB(dst, 4096);
+  ASSERT_EQ(RunOnA(MakeOp(1, OpKind::kWrite, PeerOf(*b_), local, h, 0, 4096)).code, Code::kOk);
+  EXPECT_EQ(a_->stats().peers_connected, 1u);
+  a_->Disconnect(PeerOf(*b_));
+  EXPECT_EQ(a_->stats().peers_connected, 0u);
+  a_->Disconnect(PeerOf(*b_));  // unknown now: nothing happens
+  a_->Disconnect("10.0.0.1:1");
+  FillPattern(a_->pool_base() + local, 4096, 77);
+  ASSERT_EQ(RunOnA(MakeOp(2, OpKind::kWrite, PeerOf(*b_), local, h, 0, 4096)).code, Code::kOk);
+  EXPECT_EQ(std::memcmp(a_->pool_base() + local, b_->pool_base() + dst, 4096), 0);
+  EXPECT_EQ(a_->stats().peers_connected, 1u);
+}
+
 TEST_F(TcpTransfer, SubmitValidatesTheWholeBatchBeforeAcceptingAny) {
   const std::string peer = PeerOf(*b_);
   const uint64_t local = Alloc(a_.get(), 64);

@@ -191,7 +191,10 @@ export class Transfers {
       await Promise.all(
         ids.map(async (id) => {
           try {
-            leases.set(id, await this.o.store.get({ transferId: id, waitMs: remaining(deadlineAt) }));
+            // An entry still being written is waited for (up to the deadline); an absent
+            // one fails NOT_FOUND at once instead of holding its chunk back.
+            const waitMs = this.o.store.has(id) ? remaining(deadlineAt) : 0;
+            leases.set(id, await this.o.store.get({ transferId: id, waitMs }));
           } catch (err) {
             out.fail(id, err);
           }
@@ -448,7 +451,9 @@ export class Transfers {
       req.transferIds.map(async (requested, index): Promise<Reservation> => {
         try {
           const transferId = checkTransferId(requested);
-          const lease = await this.o.store.get({ transferId, waitMs: Math.min(holdMs, req.deadlineMs) });
+          // Absent: NOT_FOUND now, so the other entries of the batch are not held back.
+          const waitMs = this.o.store.has(transferId) ? Math.min(holdMs, req.deadlineMs) : 0;
+          const lease = await this.o.store.get({ transferId, waitMs });
           const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.expose(p.block as PoolBlock) : 0n));
           const id = `${batchId}/${index}`;
           this.#outgoing.set(id, { transferId, lease, handles });

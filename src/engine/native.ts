@@ -56,6 +56,9 @@ export interface NativeEngine {
   /** Revokes each: 1 where revoked (release reported later), 0 where unknown. */
   revokeAll(handles: BigUint64Array): Uint8Array;
   dataPort(): number;
+  /** Keep the event loop alive while completions are awaited / let it go. */
+  ref(): void;
+  unref(): void;
   submit(peer: string, ops: NativeOpColumns): void;
   cancel(id: number): void;
   disconnect(peer: string): void;

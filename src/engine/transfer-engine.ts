@@ -83,6 +83,8 @@ export class TransferEngine {
   readonly #runs = new Map<number, Run>();
   readonly #revocations = new Map<bigint, Revocation>();
   #nextOp = 1;
+  /** Runs and revocations awaited: while any is, the event loop must not end. */
+  #outstanding = 0;
   #closed = false;
 
   constructor(options: TransferEngineOptions, private readonly log: Logger) {
@@ -119,7 +121,14 @@ export class TransferEngine {
   revokeAll(handles: readonly bigint[]): Promise<void> {
     if (handles.length === 0 || this.#closed) return Promise.resolve();
     return new Promise<void>((resolve) => {
-      const revocation: Revocation = { left: handles.length, done: resolve };
+      this.#hold();
+      const revocation: Revocation = {
+        left: handles.length,
+        done: () => {
+          this.#letGo();
+          resolve();
+        },
+      };
       for (const h of handles) this.#revocations.set(h, revocation);
       const revoked = this.#native.revokeAll(BigUint64Array.from(handles));
       // Unknown handles (never exposed, or released already) have nothing in flight.
@@ -159,13 +168,23 @@ export class TransferEngine {
       columns.lengths[i] = op.length;
     });
     const finished = new Promise<OpResult[]>((resolve) => {
-      const run: Run = { first, results: new Array(n), left: n, done: () => resolve(run.results) };
+      const run: Run = {
+        first,
+        results: new Array(n),
+        left: n,
+        done: () => {
+          this.#letGo();
+          resolve(run.results);
+        },
+      };
       for (let i = 0; i < n; i++) this.#runs.set(first + i, run);
     });
+    this.#hold();
     try {
       this.#native.submit(peer, columns);
     } catch (err) {
       for (let i = 0; i < n; i++) this.#runs.delete(first + i);
+      this.#letGo();
       const e = err as Error & { code?: NativeCode };
       throw e.code ? engineError(e.code, e.message) : err;
     }
@@ -199,6 +218,14 @@ export class TransferEngine {
     const cancelled = new CancelledError("the engine is shut down");
     for (const [id, run] of [...this.#runs]) this.#settle(id, run, { error: cancelled, bytes: 0, micros: 0 });
     for (const h of [...this.#revocations.keys()]) this.#released(h);
+  }
+
+  #hold(): void {
+    if (this.#outstanding++ === 0) this.#native.ref();
+  }
+
+  #letGo(): void {
+    if (--this.#outstanding === 0 && !this.#closed) this.#native.unref();
   }
 
   #settle(id: number, run: Run, result: OpResult): void {

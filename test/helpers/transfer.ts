@@ -1,6 +1,7 @@
 // Helpers of the transfer tests: daemons with a data plane and a peer API, entries of
 // named parts with fast deterministic contents, and the accounting check both sides must pass.
 import { createCipheriv, createHash } from "node:crypto";
+import { status } from "@grpc/grpc-js";
 import { expect } from "vitest";
 import type { KvferryClient } from "../../src/client/client.js";
 import { EntryState, type TransferResult } from "../../src/gen/kvferry/v1/kvferry.js";
@@ -59,7 +60,7 @@ export function digest(data: Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }
 
-/** An entry to store: its parts in order, each with its sha256. */
+/** An entry to store: its parts in order, each with the seed of its contents. */
 export interface EntrySpec {
   id: string;
   parts: { name: string; size: number; seed: string }[];
@@ -90,11 +91,6 @@ export async function fetchHashes(client: KvferryClient, id: string): Promise<Ma
   return new Map([...got.parts].map(([name, data]) => [name, digest(data)]));
 }
 
-/** The parts' hashes the spec's contents have, without storing anything. */
-export function expectedHashes(spec: EntrySpec): Map<string, string> {
-  return new Map(spec.parts.map((p) => [p.name, digest(seededBytes(p.size, p.seed))]));
-}
-
 /** Asserts the daemon holds the entry sealed, with exactly the spec's parts and sizes. */
 export async function expectSealedLike(client: KvferryClient, spec: EntrySpec): Promise<void> {
   const info = await client.stat(spec.id);
@@ -118,31 +114,11 @@ export async function expectExactAccounting(d: TestDaemon, label = d.address): P
   return sum;
 }
 
-/**
- * Polls until the daemon's accounting is exact, up to timeoutMs, then asserts it: after a
- * failed transfer the other side's abort or a reservation timer may still be on its way.
- */
-export async function expectExactAccountingWithin(d: TestDaemon, timeoutMs: number, label = d.address): Promise<number> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const entries = await listAll(d.client);
-    const sum = entries.reduce((s, e) => s + e.bytes, 0);
-    const info = await d.client.serverInfo();
-    if (info.bytesUsed === sum || Date.now() >= until) return expectExactAccounting(d, label);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** The results by code name (e.g. { OK: 99, NOT_FOUND: 1 }), for messages that read well. */
+/** The results by status name (e.g. { OK: 99, NOT_FOUND: 1 }), for messages that read well. */
 export function codeCounts(results: TransferResult[]): Record<string, number> {
-  const names: Record<number, string> = {
-    0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
-    6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
-    10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
-  };
   const counts: Record<string, number> = {};
   for (const r of results) {
-    const name = names[r.code] ?? String(r.code);
+    const name = status[r.code] ?? String(r.code);
     counts[name] = (counts[name] ?? 0) + 1;
   }
   return counts;

@@ -185,31 +185,35 @@ describe("PULL", () => {
   });
 });
 
-describe("a 512 MiB entry", () => {
-  it("goes over by PUSH and comes back by PULL with the same sha256 at each end", async () => {
-    const id = "big-512m";
-    cleanupAfter([id]);
-    const data = seededBytes(512 * MiB, id);
-    const want = digest(data);
-    await a.client.putStream(id, "kv", data, { seal: true, timeoutMs: 60_000 });
+describe("512 MiB entries", () => {
+  it("PUSHes one 512 MiB entry a→b while PULLing another b→a, each sealed on arrival with the sha256 it left with", async () => {
+    // Two contents, each verified where it never was before: a no-op transfer cannot pass
+    // for a good one by reusing an extent that still holds the same bytes.
+    const pushed: EntrySpec = { id: "big-push-512m", parts: [{ name: "kv", size: 512 * MiB, seed: "big-push" }] };
+    const pulled: EntrySpec = { id: "big-pull-512m", parts: [{ name: "kv", size: 512 * MiB, seed: "big-pull" }] };
+    cleanupAfter([pushed.id, pulled.id]);
+    const want = new Map<string, string>();
+    for (const [d, spec] of [[a, pushed], [b, pulled]] as const) {
+      const data = seededBytes(512 * MiB, spec.parts[0]!.seed);
+      want.set(spec.id, digest(data));
+      await d.client.putStream(spec.id, "kv", data, { seal: true, timeoutMs: 60_000 });
+    }
 
-    const pushed = await a.client.batchTransfer([id], b.peerAddress, "push");
-    expectAllOk(pushed.results);
-    expect(pushed.results[0]!.bytes).toBe(512 * MiB);
-    await expectGoneAs(a, id, "transferred");
-    const onB = await b.client.getStream(id, { waitMs: 0, chunkSize: 4 * MiB, timeoutMs: 60_000 });
-    expect(onB.parts.get("kv")!.length).toBe(512 * MiB);
-    expect(digest(onB.parts.get("kv")!), "sha256 on the target").toBe(want);
-    onB.parts.clear();
+    const [push, pull] = await Promise.all([
+      a.client.batchTransfer([pushed.id], b.peerAddress, "push"),
+      a.client.batchTransfer([pulled.id], b.peerAddress, "pull"),
+    ]);
 
-    const pulled = await a.client.batchTransfer([id], b.peerAddress, "pull");
-    expectAllOk(pulled.results);
-    await expectGoneAs(b, id, "transferred");
-    const onA = await a.client.getStream(id, { waitMs: 0, chunkSize: 4 * MiB, timeoutMs: 60_000 });
-    expect(digest(onA.parts.get("kv")!), "sha256 back on the source").toBe(want);
+    expectAllOk([...push.results, ...pull.results]);
+    expect([push.results[0]!.bytes, pull.results[0]!.bytes]).toEqual([512 * MiB, 512 * MiB]);
+    for (const [from, to, spec] of [[a, b, pushed], [b, a, pulled]] as const) {
+      await expectGoneAs(from, spec.id, "transferred");
+      await expectSealedLike(to.client, spec);
+      const got = await to.client.getStream(spec.id, { waitMs: 0, chunkSize: 4 * MiB, timeoutMs: 60_000 });
+      expect(digest(got.parts.get("kv")!), `${spec.id}: sha256 on arrival`).toBe(want.get(spec.id));
+    }
     expect(await expectExactAccounting(a)).toBe(512 * MiB);
-    expect(await expectExactAccounting(b)).toBe(0);
-    await a.client.release(id);
+    expect(await expectExactAccounting(b)).toBe(512 * MiB);
   });
 });
 
@@ -253,7 +257,6 @@ describe("Get with a source", () => {
     const still = await b.client.get(id, { waitMs: 0 });
     expect(digest(still.parts.get("p")!)).toBe(digest(remote));
   });
-
 });
 
 describe("a full batch", () => {
@@ -311,7 +314,6 @@ describe("requests refused as a whole", () => {
     const after = await Promise.all([a.client.serverInfo(), b.client.serverInfo()]);
     expect(after.map((i) => i.bytesUsed)).toEqual(before.map((i) => i.bytesUsed));
   });
-
 });
 
 describe("1,000 concurrent transfers", () => {
@@ -364,7 +366,7 @@ describe("1,000 concurrent transfers", () => {
     const all = responses.flatMap((r) => r.results);
     expect(all).toHaveLength(N);
     expectAllOk(all);
-    responses.forEach((r, i) => expect(r.results.map((x) => x.transferId)).toEqual(plan[i]!.batch.map((s) => s.id)));
+    responses.forEach((r, i) => expect(r.results.map((res) => res.transferId)).toEqual(plan[i]!.batch.map((s) => s.id)));
     for (const p of plan) {
       for (const group of chunks(p.batch, 20)) {
         await Promise.all(
@@ -404,8 +406,9 @@ describe("ids the source does not hold", () => {
   });
 
   afterAll(async () => {
-    const codes = await Promise.all([x?.stop(), y?.stop()]);
-    expect(codes).toEqual([0, 0]);
+    // No exit-code check here: a daemon still holding a reservation for a peer is the case
+    // of transfer-faults.test.ts's "shutdown while holding reservations" tests.
+    await Promise.all([x?.stop(), y?.stop()]);
   });
 
   it("a Get with a source that lacks the entry and wait_ms 0 fails NOT_FOUND at once, leaving nothing here", async () => {

@@ -45,6 +45,21 @@ IoResult RecvFull(int fd, void* buf, size_t n, size_t* got) {
   return IoResult::kOk;
 }
 
+IoResult RecvSome(int fd, void* buf, size_t n, size_t* got) {
+  *got = 0;
+  for (;;) {
+    ssize_t r = recv(fd, buf, n, 0);
+    if (r > 0) {
+      *got = static_cast<size_t>(r);
+      return IoResult::kOk;
+    }
+    if (r == 0) return IoResult::kClosed;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return IoResult::kTimeout;
+    return IoResult::kError;
+  }
+}
+
 IoResult SendFull(int fd, struct iovec* iov, int iovcnt) {
   while (iovcnt > 0) {
     if (iov->iov_len == 0) {

@@ -32,6 +32,9 @@ const char* IoResultText(IoResult r);
 /** Receives exactly `n` bytes; `*got` says how many arrived even on failure. */
 IoResult RecvFull(int fd, void* buf, size_t n, size_t* got);
 
+/** One recv of up to `n` bytes (retrying EINTR); kOk when at least one byte arrived. */
+IoResult RecvSome(int fd, void* buf, size_t n, size_t* got);
+
 /**
  * Sends every byte described by `iov` (advancing it in place) with MSG_NOSIGNAL, as few
  * sendmsg calls as the kernel allows.

@@ -52,7 +52,6 @@ Status TcpClient::ConnectSocket(Conn* c) {
     return Status(Code::kUnavailable, "cannot resolve peer " + peer.key + ": " + gai_strerror(rc));
   }
   std::string last_error = "no address";
-  Status result(Code::kUnavailable, "");
   for (struct addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
     int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
     if (fd < 0) {
@@ -259,53 +258,83 @@ void TcpClient::ReceiverMain(Conn* c) {
 
 void TcpClient::ReceiveLoop(Conn* c, int fd) {
   const std::string& peer = c->peer->key;
+  std::vector<Slice> expected;
+  std::vector<Status> outcomes;
+  expected.reserve(kWindow);
+  outcomes.reserve(kWindow);
+  uint8_t buf[kHeaderSize * kWindow];
   for (;;) {
-    Slice s;
+    expected.clear();
+    outcomes.clear();
     {
       std::unique_lock<std::mutex> lock(mu_);
       c->recv_cv.wait(lock, [&] { return c->dying || !c->window.empty(); });
       if (c->dying) return;
-      s = c->window.front();
-    }
-    uint8_t buf[kHeaderSize];
-    size_t got = 0;
-    IoResult r = RecvFull(fd, buf, kHeaderSize, &got);
-    if (r != IoResult::kOk) {
-      std::lock_guard<std::mutex> lock(mu_);
-      KillLocked(c, Status(Code::kUnavailable, "receiving from peer " + peer + ": " + IoResultText(r)));
-      return;
-    }
-    const FrameHeader h = DecodeHeader(buf);
-    const bool write = s.op->spec.kind == OpKind::kWrite;
-    const bool ok = h.status == 0;
-    bool valid = IsWellFormed(h) && h.type == (write ? FrameType::kWriteAck : FrameType::kReadData) &&
-                 h.request_id == s.request_id && h.status <= static_cast<uint32_t>(Code::kInternal);
-    valid = valid && h.length == (ok && !write ? s.length : 0);
-    if (!valid) {
-      std::lock_guard<std::mutex> lock(mu_);
-      KillLocked(c, Status(Code::kUnavailable, "peer " + peer + " sent a malformed reply"));
-      return;
-    }
-    Status outcome;
-    if (!ok) {
-      const Code code = static_cast<Code>(h.status);
-      outcome = Status(code, std::string("peer ") + peer + " refused the " + (write ? "write" : "read") + ": " +
-                                 CodeName(code));
-    } else if (!write && s.length > 0) {
-      // READ_DATA payload lands straight in the op's local extent.
-      r = RecvFull(fd, s.op->local + s.op_offset, s.length, &got);
-      if (r != IoResult::kOk) {
-        std::lock_guard<std::mutex> lock(mu_);
-        KillLocked(c, Status(Code::kUnavailable, "receiving from peer " + peer + ": " + IoResultText(r)));
-        return;
+      // The replies that may be read in one recv: every header up to and including the
+      // first READ's, since a READ_DATA payload must land in its extent, not in `buf`.
+      for (const Slice& s : c->window) {
+        expected.push_back(s);
+        if (s.op->spec.kind == OpKind::kRead) break;
       }
-      context_.counters->bytes_received.fetch_add(s.length, std::memory_order_relaxed);
     }
+    // Whole headers only, at least one, never past the last expected header.
+    const size_t most = expected.size() * kHeaderSize;
+    size_t got = 0;
+    IoResult r = IoResult::kOk;
+    while (r == IoResult::kOk && (got == 0 || got % kHeaderSize != 0)) {
+      size_t n = 0;
+      r = RecvSome(fd, buf + got, most - got, &n);
+      got += n;
+    }
+    Status death;
+    if (r != IoResult::kOk) {
+      death = Status(Code::kUnavailable, "receiving from peer " + peer + ": " + IoResultText(r));
+    }
+    for (size_t i = 0; death.ok() && i < got / kHeaderSize; ++i) {
+      const Slice& s = expected[i];
+      const FrameHeader h = DecodeHeader(buf + i * kHeaderSize);
+      const bool write = s.op->spec.kind == OpKind::kWrite;
+      const bool ok = h.status == 0;
+      const bool valid = IsWellFormed(h) && h.type == (write ? FrameType::kWriteAck : FrameType::kReadData) &&
+                         h.request_id == s.request_id && h.status <= static_cast<uint32_t>(Code::kInternal) &&
+                         h.length == (ok && !write ? s.length : 0);
+      if (!valid) {
+        death = Status(Code::kUnavailable, "peer " + peer + " sent a malformed reply");
+        break;
+      }
+      if (!ok) {
+        const Code code = static_cast<Code>(h.status);
+        outcomes.emplace_back(code, std::string("peer ") + peer + " refused the " + (write ? "write" : "read") +
+                                        ": " + CodeName(code));
+        continue;
+      }
+      if (!write && s.length > 0) {
+        // READ_DATA payload lands straight in the op's local extent.
+        size_t n = 0;
+        r = RecvFull(fd, s.op->local + s.op_offset, s.length, &n);
+        if (r != IoResult::kOk) {
+          death = Status(Code::kUnavailable, "receiving from peer " + peer + ": " + IoResultText(r));
+          break;
+        }
+        context_.counters->bytes_received.fetch_add(s.length, std::memory_order_relaxed);
+      }
+      outcomes.emplace_back();
+    }
+    // Retire what was answered, in order; a failure after that takes the connection down
+    // and the teardown settles the rest of the window.
     std::lock_guard<std::mutex> lock(mu_);
-    c->window.pop_front();
-    c->delivered = true;
-    FinishSliceLocked(s, outcome);
-    c->send_cv.notify_one();
+    for (size_t i = 0; i < outcomes.size(); ++i) {
+      c->window.pop_front();
+      FinishSliceLocked(expected[i], outcomes[i]);
+    }
+    if (!outcomes.empty()) {
+      c->delivered = true;
+      c->send_cv.notify_one();
+    }
+    if (!death.ok()) {
+      KillLocked(c, std::move(death));
+      return;
+    }
   }
 }
 

@@ -23,6 +23,8 @@ namespace {
 constexpr int kServerSocketBuffer = 4 << 20;
 // Refused WRITE payloads are drained through a buffer of at most this size.
 constexpr size_t kScratchBytes = 64 * 1024;
+// At most this many WRITE_ACKs wait for one send while requests keep arriving.
+constexpr size_t kMaxHeldAcks = 16;
 
 }  // namespace
 
@@ -188,13 +190,22 @@ void TcpServer::Serve(Connection* conn, int fd) {
   if (hello == HandshakeResult::kRefused) {
     context_.counters->handshakes_refused.fetch_add(1, std::memory_order_relaxed);
   } else if (hello == HandshakeResult::kAccepted) {
-    std::vector<uint8_t> scratch;
+    Session session;
+    session.fd = fd;
     for (;;) {
       // Wait for the next header. A timeout before its first byte is an idle peer, which
       // may stay; a timeout after it is a stall mid-frame, which may not.
       uint8_t buf[kHeaderSize];
       size_t have = 0;
       IoResult r = IoResult::kOk;
+      if (!session.acks.empty()) {
+        // WRITE_ACKs wait while requests keep streaming in (one send for many), and go
+        // out before this thread would block: the client never waits on a held-back ACK.
+        ssize_t n = recv(fd, buf, kHeaderSize, MSG_DONTWAIT);
+        if (n > 0) have = static_cast<size_t>(n);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
+        if (have < kHeaderSize && !FlushAcks(&session)) break;
+      }
       while (have < kHeaderSize) {
         size_t got = 0;
         r = RecvFull(fd, buf + have, kHeaderSize - have, &got);
@@ -213,7 +224,7 @@ void TcpServer::Serve(Connection* conn, int fd) {
         context_.counters->frames_refused.fetch_add(1, std::memory_order_relaxed);
         break;
       }
-      const bool keep = h.type == FrameType::kWrite ? ServeWrite(fd, h, &scratch) : ServeRead(fd, h);
+      const bool keep = h.type == FrameType::kWrite ? ServeWrite(&session, h) : ServeRead(&session, h);
       if (!keep) break;
     }
   }
@@ -223,23 +234,41 @@ void TcpServer::Serve(Connection* conn, int fd) {
   conn->done = true;
 }
 
-bool TcpServer::ServeWrite(int fd, const FrameHeader& h, std::vector<uint8_t>* scratch) {
+Status TcpServer::AcquireAccess(const FrameHeader& h, uint64_t* pool_offset) {
+  Status access = context_.handles->Acquire(h.handle, h.offset, h.length, pool_offset);
+  if (access.ok() && (*pool_offset > context_.pool_size || h.length > context_.pool_size - *pool_offset)) {
+    // Cannot happen (Expose checks ranges against the pool); refuse rather than trust it.
+    context_.handles->ReleaseAccess(h.handle);
+    return Status(Code::kInternal, "handle range outside the pool");
+  }
+  return access;
+}
+
+bool TcpServer::FlushAcks(Session* session) {
+  if (session->acks.empty()) return true;
+  struct iovec iov = {session->acks.data(), session->acks.size()};
+  const bool sent = SendFull(session->fd, &iov, 1) == IoResult::kOk;
+  session->acks.clear();
+  return sent;
+}
+
+bool TcpServer::ServeWrite(Session* session, const FrameHeader& h) {
   uint64_t pool_offset = 0;
-  Status access = context_.handles->Acquire(h.handle, h.offset, h.length, &pool_offset);
+  Status access = AcquireAccess(h, &pool_offset);
   size_t got = 0;
   if (access.ok()) {
     // The payload goes straight into the pool; the access pins the handle meanwhile.
-    IoResult r = RecvFull(fd, context_.pool_base + pool_offset, h.length, &got);
+    IoResult r = RecvFull(session->fd, context_.pool_base + pool_offset, h.length, &got);
     context_.handles->ReleaseAccess(h.handle);
     if (r != IoResult::kOk) return false;
     context_.counters->bytes_received.fetch_add(h.length, std::memory_order_relaxed);
   } else {
     // Refused: swallow the payload so the stream stays in step, then say why.
-    if (scratch->empty()) scratch->resize(kScratchBytes);
+    if (session->scratch.empty()) session->scratch.resize(kScratchBytes);
     uint64_t left = h.length;
     while (left > 0) {
-      const size_t chunk = static_cast<size_t>(std::min<uint64_t>(left, scratch->size()));
-      if (RecvFull(fd, scratch->data(), chunk, &got) != IoResult::kOk) return false;
+      const size_t chunk = static_cast<size_t>(std::min<uint64_t>(left, session->scratch.size()));
+      if (RecvFull(session->fd, session->scratch.data(), chunk, &got) != IoResult::kOk) return false;
       left -= chunk;
     }
   }
@@ -247,15 +276,15 @@ bool TcpServer::ServeWrite(int fd, const FrameHeader& h, std::vector<uint8_t>* s
   ack.type = FrameType::kWriteAck;
   ack.status = static_cast<uint32_t>(access.code());
   ack.request_id = h.request_id;
-  uint8_t out[kHeaderSize];
-  EncodeHeader(ack, out);
-  struct iovec iov = {out, kHeaderSize};
-  return SendFull(fd, &iov, 1) == IoResult::kOk;
+  const size_t at = session->acks.size();
+  session->acks.resize(at + kHeaderSize);
+  EncodeHeader(ack, session->acks.data() + at);
+  return session->acks.size() < kMaxHeldAcks * kHeaderSize || FlushAcks(session);
 }
 
-bool TcpServer::ServeRead(int fd, const FrameHeader& h) {
+bool TcpServer::ServeRead(Session* session, const FrameHeader& h) {
   uint64_t pool_offset = 0;
-  Status access = context_.handles->Acquire(h.handle, h.offset, h.length, &pool_offset);
+  Status access = AcquireAccess(h, &pool_offset);
   FrameHeader reply;
   reply.type = FrameType::kReadData;
   reply.status = static_cast<uint32_t>(access.code());
@@ -263,11 +292,14 @@ bool TcpServer::ServeRead(int fd, const FrameHeader& h) {
   reply.length = access.ok() ? h.length : 0;
   uint8_t out[kHeaderSize];
   EncodeHeader(reply, out);
-  struct iovec iov[2];
-  iov[0] = {out, kHeaderSize};
-  iov[1] = {access.ok() ? context_.pool_base + pool_offset : nullptr, static_cast<size_t>(reply.length)};
-  // Header and payload leave in one sendmsg, the payload straight from the pool.
-  IoResult r = SendFull(fd, iov, 2);
+  // Held-back ACKs (they answer earlier requests), header and payload leave in one
+  // sendmsg, the payload straight from the pool.
+  struct iovec iov[3];
+  iov[0] = {session->acks.data(), session->acks.size()};
+  iov[1] = {out, kHeaderSize};
+  iov[2] = {access.ok() ? context_.pool_base + pool_offset : nullptr, static_cast<size_t>(reply.length)};
+  IoResult r = SendFull(session->fd, iov, 3);
+  session->acks.clear();
   if (access.ok()) {
     context_.handles->ReleaseAccess(h.handle);
     if (r == IoResult::kOk) context_.counters->bytes_sent.fetch_add(h.length, std::memory_order_relaxed);

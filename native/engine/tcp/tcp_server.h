@@ -10,6 +10,8 @@
 // wrong token gets HELLO_REFUSED and the connection is closed (handshakes_refused). Then
 // requests are served in order. Each access holds the handle (HandleTable::Acquire) only
 // while its payload moves, and payloads move between the socket and the pool directly.
+// WRITE_ACKs are held back while more requests are already waiting (at most 16) and
+// always sent before the thread would block, so a pipelining client gets them in bursts.
 // SO_RCVTIMEO/SO_SNDTIMEO = io_timeout_ms: a peer idle between frames is kept; one that
 // makes no progress for io_timeout_ms in the middle of a frame is dropped, so a crashed
 // or hung peer cannot pin a thread or a handle. Malformed frames drop the connection
@@ -19,8 +21,6 @@
 // down and joins every thread; when it returns no access is in flight.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -67,12 +67,22 @@ class TcpServer {
 
   enum class HandshakeResult { kAccepted, kRefused, kGone };
 
+  /** What one serving thread keeps between requests. */
+  struct Session {
+    int fd = -1;
+    std::vector<uint8_t> scratch;  // sink for refused WRITE payloads
+    std::vector<uint8_t> acks;     // encoded WRITE_ACKs not sent yet, in request order
+  };
+
   void AcceptLoop();
   void Serve(Connection* conn, int fd);
   HandshakeResult Handshake(int fd);
+  /** HandleTable::Acquire plus a check that the result lies inside the pool. */
+  Status AcquireAccess(const FrameHeader& h, uint64_t* pool_offset);
   /** Serves one request whose header is `h`; false when the connection must close. */
-  bool ServeWrite(int fd, const FrameHeader& h, std::vector<uint8_t>* scratch);
-  bool ServeRead(int fd, const FrameHeader& h);
+  bool ServeWrite(Session* session, const FrameHeader& h);
+  bool ServeRead(Session* session, const FrameHeader& h);
+  bool FlushAcks(Session* session);
   void ReapLocked(std::vector<std::unique_ptr<Connection>>* finished);
 
   const TransportContext context_;
