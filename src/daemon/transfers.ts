@@ -25,6 +25,7 @@ import type {
   CommitReceiveResponse,
   EntryError,
   ExposedPart,
+  IncomingEntry,
   PrepareReceiveRequest,
   PrepareReceiveResponse,
   PrepareSendRequest,
@@ -43,7 +44,7 @@ const RESERVATION_GRACE_MS = 5_000;
 const MAX_RESERVATION_MS = 10 * 60_000;
 /** A batch moves in chunks of at most this many entries or bytes, a few in flight at once. */
 const CHUNK_ENTRIES = 256;
-const CHUNK_BYTES = 64 << 20;
+const CHUNK_BYTES = 256 << 20;
 const CHUNKS_IN_FLIGHT = 3;
 /** Cleanup calls to a peer that may be gone. */
 const CLEANUP_TIMEOUT_MS = 5_000;
@@ -367,29 +368,53 @@ export class Transfers {
     checkBatchSize(req.entries.length, "entries");
     const batchId = randomUUID();
     const ids: string[] = [];
-    const entries = await Promise.all(
-      req.entries.map(async (entry, index): Promise<Reservation> => {
+    const reserve = (entry: IncomingEntry, index: number, writers: PartWriter[]): Reservation => {
+      const handles = writers.map((w) => (w.size > 0 ? this.o.engine.expose(w.block as PoolBlock) : 0n));
+      const id = `${batchId}/${index}`;
+      this.#incoming.set(id, { transferId: entry.transferId, writers, handles });
+      ids.push(id);
+      return {
+        transferId: entry.transferId,
+        id,
+        parts: writers.map((w, i) => ({ name: entry.parts[i]!.name, size: w.size, handle: handles[i]!.toString() })),
+      };
+    };
+    const refuse = (entry: IncomingEntry, writers: PartWriter[], err: unknown): Reservation => {
+      for (const w of writers) w.abort();
+      return { transferId: entry.transferId, error: toEntryError(err), id: "", parts: [] };
+    };
+    // Room now (the common case) is taken synchronously, entry by entry; the entries
+    // that must wait for room (like a put) do so afterwards, together.
+    const entries: (Reservation | undefined)[] = req.entries.map((entry, index) => {
+      const writers: PartWriter[] = [];
+      try {
+        const transferId = checkTransferId(entry.transferId);
+        checkPartSizes(entry.parts, transferId);
+        for (const p of entry.parts) {
+          const writer = this.o.store.openPartNow({ transferId, part: p.name, leaseTtlMs }, p.size);
+          if (writer === undefined) {
+            for (const w of writers) w.abort();
+            return undefined;
+          }
+          writers.push(writer);
+        }
+        return reserve(entry, index, writers);
+      } catch (err) {
+        return refuse(entry, writers, err);
+      }
+    });
+    await Promise.all(
+      entries.map(async (done, index) => {
+        if (done !== undefined) return;
+        const entry = req.entries[index]!;
         const writers: PartWriter[] = [];
         try {
-          const transferId = checkTransferId(entry.transferId);
-          checkPartSizes(entry.parts, transferId);
           for (const p of entry.parts) {
-            const target = { transferId, part: p.name, leaseTtlMs };
-            // Room now (the common case) costs no promise; otherwise wait like a put.
-            writers.push(this.o.store.openPartNow(target, p.size) ?? (await this.o.store.openPart(target, p.size)));
+            writers.push(await this.o.store.openPart({ transferId: entry.transferId, part: p.name, leaseTtlMs }, p.size));
           }
-          const handles = writers.map((w) => (w.size > 0 ? this.o.engine.expose(w.block as PoolBlock) : 0n));
-          const id = `${batchId}/${index}`;
-          this.#incoming.set(id, { transferId, writers, handles });
-          ids.push(id);
-          return {
-            transferId,
-            id,
-            parts: writers.map((w, i) => ({ name: entry.parts[i]!.name, size: w.size, handle: handles[i]!.toString() })),
-          };
+          entries[index] = reserve(entry, index, writers);
         } catch (err) {
-          for (const w of writers) w.abort();
-          return { transferId: entry.transferId, error: toEntryError(err), id: "", parts: [] };
+          entries[index] = refuse(entry, writers, err);
         }
       }),
     );
@@ -400,7 +425,7 @@ export class Transfers {
       this.o.log.warn({ entries: left.length, source: req.sourceNode }, "receive not committed in time: undone");
       void this.abortReceive(left);
     }, holdMs).unref();
-    return { entries };
+    return { entries: entries as Reservation[] };
   }
 
   async commitReceive(ids: readonly string[]): Promise<CommitReceiveResponse> {

@@ -621,10 +621,12 @@ export class LookupBuffer {
     if (consume) entry.consuming = true;
     this.counters.gets++;
     this.#touch(entry);
-    const info = entry.info(Date.now());
+    let info: EntryInfo | undefined; // built on first use: transfers never look
     let released = false;
     return {
-      entry: info,
+      get entry() {
+        return (info ??= entry.info(Date.now()));
+      },
       parts,
       release: (completed = true) => {
         if (released) return;

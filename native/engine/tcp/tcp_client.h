@@ -10,7 +10,8 @@
 //   availability) and small ops batch into one sendmsg.
 // - Per connection at most kWindow slices are in flight (requests sent, reply not yet
 //   read), so a connection pins a bounded number of slices. The server answers in
-//   request order, so the receiver matches replies to the front of the window.
+//   request order, so the receiver matches replies to the front of the window (reading
+//   as many reply headers per recv as can arrive before the next READ_DATA payload).
 // - Payloads move between the pool and the socket directly (sendmsg from the local
 //   extent for WRITE; recv into it for READ_DATA).
 //
