@@ -45,7 +45,7 @@ export interface ServiceContext {
 /** For a Get that names a source: pulls the entry here first unless it already is. */
 async function pullIfAbsent(ctx: ServiceContext, transferId: string, source: string): Promise<void> {
   if (source === "" || ctx.store.has(transferId)) return;
-  await dataPlane(ctx).pullOne(transferId, source);
+  await dataPlane(ctx).pullOnce(transferId, source);
 }
 
 function dataPlane(ctx: ServiceContext): Transfers {

@@ -57,6 +57,12 @@ export class PeerDirectory {
     return peer as Peer & { hello: HelloResponse };
   }
 
+  /** Drops what is known of a peer (its data address may have changed). */
+  forget(address: string): void {
+    const peer = this.#peers.get(address);
+    if (peer !== undefined) peer.hello = undefined;
+  }
+
   close(): void {
     for (const peer of this.#peers.values()) peer.client.close();
     this.#peers.clear();

@@ -116,6 +116,8 @@ class Outcomes {
 export class Transfers {
   readonly #incoming = new Map<string, Incoming>();
   readonly #outgoing = new Map<string, Outgoing>();
+  /** Pulls in flight for Gets, by transfer id. */
+  readonly #pulls = new Map<string, Promise<void>>();
 
   constructor(private readonly o: TransfersOptions) {}
 
@@ -170,6 +172,10 @@ export class Transfers {
     }
     const results = outcomes.list();
     const failed = results.filter((r) => r.error);
+    if (failed.some((r) => r.error instanceof UnavailableError)) {
+      // The peer may have restarted with another data address: greet it afresh next time.
+      this.o.peers.forget(target);
+    }
     const moved = results.reduce((sum, r) => sum + r.bytes, 0);
     (failed.length ? this.o.log.warn.bind(this.o.log) : this.o.log.info.bind(this.o.log))(
       { target, mode, entries: ids.length, failed: failed.length, bytes: moved, firstError: failed[0]?.error?.message },
@@ -178,10 +184,22 @@ export class Transfers {
     return results;
   }
 
-  /** Pulls one entry (for a Get that names a source). Throws on failure. */
-  async pullOne(transferId: string, source: string, deadlineMs = this.o.transferDeadlineMs): Promise<void> {
-    const [outcome] = await this.batch([transferId], source, "pull", { deadlineMs });
-    if (outcome!.error) throw outcome!.error;
+  /**
+   * Pulls one entry (for a Get that names a source); throws on failure. Concurrent
+   * calls for the same id share one pull, so several readers of an entry that is not
+   * here yet all get it.
+   */
+  pullOnce(transferId: string, source: string): Promise<void> {
+    let pulling = this.#pulls.get(transferId);
+    if (pulling === undefined) {
+      pulling = this.batch([transferId], source, "pull").then(([outcome]) => {
+        if (outcome!.error) throw outcome!.error;
+      });
+      const forget = () => this.#pulls.delete(transferId);
+      pulling.then(forget, forget);
+      this.#pulls.set(transferId, pulling);
+    }
+    return pulling;
   }
 
   async #push(

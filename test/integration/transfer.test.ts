@@ -244,6 +244,17 @@ describe("Get with a source", () => {
     await expectGoneAs(b, spec.id, "transferred");
   });
 
+  it("serves several concurrent Gets with the same source from one pull, every one of them the data", async () => {
+    const spec = entrySpec("get-src-many", [3 * MiB, 77]);
+    cleanupAfter([spec.id]);
+    const hashes = await putEntry(b.client, spec);
+    const gets = await Promise.all(Array.from({ length: 5 }, () => a.client.get(spec.id, { source: b.peerAddress })));
+    for (const got of gets) expect(new Map([...got.parts].map(([n, d]) => [n, digest(d)]))).toEqual(hashes);
+    expect((await counters(b)).transferred).toBeGreaterThanOrEqual(1);
+    await expectGoneAs(b, spec.id, "transferred");
+    await expectExactAccounting(a);
+  });
+
   it("serves the local copy of an entry that is here and leaves the source's copy alone", async () => {
     const id = "get-local";
     cleanupAfter([id]);
@@ -256,6 +267,32 @@ describe("Get with a source", () => {
     expect(digest(got.parts.get("p")!)).toBe(digest(local));
     const still = await b.client.get(id, { waitMs: 0 });
     expect(digest(still.parts.get("p")!)).toBe(digest(remote));
+  });
+});
+
+describe("a peer that restarts on the same peer address", () => {
+  it("is greeted afresh after a failure, so transfers reach its new data port", async () => {
+    const first = await startPeerDaemon({ bufferSize: "64MiB" });
+    const peerPort = first.peerAddress.split(":").pop()!;
+    const spec = entrySpec("restart-1", [MiB]);
+    cleanupAfter([spec.id, "restart-2"]);
+    await putEntry(a.client, spec);
+    expectAllOk((await a.client.batchTransfer([spec.id], first.peerAddress, "push")).results);
+    expect(await first.stop()).toBe(0);
+
+    const second = await startPeerDaemon({ bufferSize: "64MiB", args: ["--peer-listen", `127.0.0.1:${peerPort}`] });
+    onTestFinished(async () => void (await second.stop()));
+    expect(second.dataAddress).not.toBe(first.dataAddress);
+    const next = entrySpec("restart-2", [MiB]);
+    const hashes = await putEntry(a.client, next);
+    // The first attempt may still aim at the old data port and fail UNAVAILABLE; the retry must not.
+    const attempt = await a.client.batchTransfer([next.id], second.peerAddress, "push");
+    if (attempt.results[0]!.code !== 0) {
+      expect(attempt.results[0]!.code).toBe(status.UNAVAILABLE);
+      expectAllOk((await a.client.batchTransfer([next.id], second.peerAddress, "push")).results);
+    }
+    const got = await second.client.get(next.id, { waitMs: 0 });
+    expect(digest(got.parts.get(next.parts[0]!.name)!)).toBe(hashes.get(next.parts[0]!.name));
   });
 });
 
