@@ -235,35 +235,32 @@ export class Transfers {
       const reserved = new Map<string, string>(); // transfer id → reservation id
       const plan = new OpPlan();
       live.forEach((id, i) => {
-        const r = prep.entries[i];
         try {
-          const reservation = checkReservation(r, id);
+          const reservation = checkReservation(prep.entries[i], id);
           reserved.set(id, reservation.id);
           const exposed = exposedByName(reservation.parts);
-          for (const part of leases.get(id)!.parts) {
-            if (part.size === 0) continue;
-            plan.add(id, {
-              kind: "write",
-              localOffset: (part.block as PoolBlock).offset,
-              remoteHandle: handleOf(exposed, part.name, part.size),
-              remoteOffset: 0,
-              length: part.size,
-            });
-          }
+          // All of an entry's ops, or none: a half-planned entry must not write anything.
+          const ops = leases.get(id)!.parts.filter((part) => part.size > 0).map((part): OpSpec => ({
+            kind: "write",
+            localOffset: (part.block as PoolBlock).offset,
+            remoteHandle: handleOf(exposed, part.name, part.size),
+            remoteOffset: 0,
+            length: part.size,
+          }));
+          for (const op of ops) plan.add(id, op);
         } catch (err) {
           out.fail(id, err);
         }
       });
       const failedOps = await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt);
-      const abandoned: string[] = [];
-      for (const [id, err] of failedOps) {
-        out.fail(id, err);
-        abandoned.push(reserved.get(id)!);
-        reserved.delete(id);
-      }
-      for (const id of [...reserved.keys()]) if (out.has(id)) reserved.delete(id);
+      for (const [id, err] of failedOps) out.fail(id, err);
+      // Whatever failed gives its reservation back now rather than at the peer's timeout.
+      const abandoned = [...reserved].filter(([id]) => out.has(id));
+      for (const [id] of abandoned) reserved.delete(id);
       if (abandoned.length > 0) {
-        peer.call("abortReceive", { ids: abandoned, reason: "data plane failure" }, CLEANUP_TIMEOUT_MS).catch(() => {});
+        // Awaited, so that a caller retrying on our answer finds the target clean.
+        const ids = abandoned.map(([, rid]) => rid);
+        await peer.call("abortReceive", { ids, reason: "transfer failed" }, CLEANUP_TIMEOUT_MS).catch(() => {});
       }
       if (reserved.size === 0) return;
 
@@ -356,7 +353,8 @@ export class Transfers {
       // Whatever did not complete gives its room back (after the engine let go of it).
       for (const [id, opened] of writers) if (!completed.includes(id)) for (const w of opened) w.abort();
       const done = new Set(completed);
-      peer
+      // Awaited: when the batch answers, the source has dropped (or kept) its copies.
+      await peer
         .call(
           "finishSend",
           {
