@@ -26,6 +26,23 @@ void CompletionQueue::Push(Completion completion) {
   if (wake) cv_.notify_all();
 }
 
+void CompletionQueue::PushAll(std::vector<Completion>* batch) {
+  if (batch->empty()) return;
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    wake = queue_.empty();
+    if (wake) {
+      queue_.swap(*batch);
+    } else {
+      for (Completion& c : *batch) queue_.push_back(std::move(c));
+    }
+    if (wake) notify_pending_ = true;
+  }
+  batch->clear();
+  if (wake) cv_.notify_all();
+}
+
 size_t CompletionQueue::Drain(std::vector<Completion>* out) {
   std::vector<Completion> batch;
   {

@@ -30,6 +30,8 @@ class CompletionQueue {
   CompletionQueue& operator=(const CompletionQueue&) = delete;
 
   void Push(Completion completion);
+  /** Moves every completion of `*batch` to the queue (one wake-up at most); clears it. */
+  void PushAll(std::vector<Completion>* batch);
   /** Moves every queued completion to the end of `out`; returns how many. */
   size_t Drain(std::vector<Completion>* out);
   void SetNotifier(std::function<void()> notify);

@@ -60,7 +60,7 @@ class EngineImpl final : public Engine {
     context.pool_size = pool_->size();
     context.handles = &handles_;
     context.counters = &counters_;
-    context.complete_op = [this](Completion c) { OnOpCompleted(std::move(c)); };
+    context.complete_ops = [this](std::vector<Completion>* batch) { OnOpsCompleted(batch); };
     tcp::TcpTransportOptions t;
     t.token = options_.token;
     t.listen_host = options_.listen_host;
@@ -181,10 +181,14 @@ class EngineImpl final : public Engine {
   // Called by transport threads (or Cancel/Disconnect/Shutdown callers) exactly once per
   // accepted op. The slot is returned before the completion becomes visible, so an owner
   // reacting to it can submit again at once.
-  void OnOpCompleted(Completion c) {
-    outstanding_.fetch_sub(1);
-    (c.code == Code::kOk ? ops_completed_ : ops_failed_).fetch_add(1, std::memory_order_relaxed);
-    completions_.Push(std::move(c));
+  void OnOpsCompleted(std::vector<Completion>* batch) {
+    uint64_t failed = 0;
+    for (const Completion& c : *batch) failed += c.code == Code::kOk ? 0 : 1;
+    const uint64_t n = batch->size();
+    outstanding_.fetch_sub(n);
+    if (n > failed) ops_completed_.fetch_add(n - failed, std::memory_order_relaxed);
+    if (failed > 0) ops_failed_.fetch_add(failed, std::memory_order_relaxed);
+    completions_.PushAll(batch);
   }
 
   void OnHandleReleased(uint64_t handle) {

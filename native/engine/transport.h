@@ -11,13 +11,13 @@
 // Op contract
 // - Submit is all-or-nothing: on an error status no op of the batch was accepted and
 //   none will complete; on OK every op gets exactly one completion through
-//   TransportContext::complete_op, from a transport thread or from within
+//   TransportContext::complete_ops, from a transport thread or from within
 //   Cancel/Disconnect/Shutdown.
 // - Ops reach Submit already validated by the engine (kind, local range inside the pool,
 //   peer syntax, no offset overflow).
 // - Memory safety: the transport may read (kWrite) or write (kRead) an op's local extent
-//   only until it calls complete_op for it; the call is the transport's promise that no
-//   thread of it will touch that extent again.
+//   only until it hands the op's completion to complete_ops; the call is the
+//   transport's promise that no thread of it will touch that extent again.
 // - Cancellation is best effort: Cancel(op_id) guarantees a terminal completion soon
 //   (kCancelled, or whatever outcome won the race), never that bytes were not moved. A
 //   transport that cannot stop an op in the middle stops its carrier (for TCP: closes
@@ -65,8 +65,12 @@ struct TransportContext {
   uint64_t pool_size = 0;
   HandleTable* handles = nullptr;
   TransportCounters* counters = nullptr;
-  /** Called exactly once per accepted op, with kind kOp; must not block for long. */
-  std::function<void(Completion)> complete_op;
+  /**
+   * Takes (moves out of `*batch`, leaving it empty) kOp completions; over all calls,
+   * exactly one per accepted op. Batched so that a burst of ops costs the owner one
+   * wake-up; call it without holding transport locks. Must not block for long.
+   */
+  std::function<void(std::vector<Completion>* batch)> complete_ops;
 };
 
 class Transport {

@@ -92,5 +92,39 @@ TEST(CompletionQueue, ANotifierSetLaterHearsAboutCompletionsAlreadyQueued) {
   EXPECT_EQ(calls.load(), 1);
 }
 
+TEST(CompletionQueue, PushAllMovesABatchInOrderWithOneNotification) {
+  CompletionQueue q;
+  std::mutex mu;
+  std::condition_variable cv;
+  int calls = 0;
+  q.SetNotifier([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    ++calls;
+    cv.notify_all();
+  });
+  std::vector<Completion> batch;
+  q.PushAll(&batch);  // empty: nothing to announce
+  for (uint64_t id = 1; id <= 3; ++id) batch.push_back(Op(id));
+  q.PushAll(&batch);
+  EXPECT_TRUE(batch.empty());
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(5), [&] { return calls >= 1; }));
+  }
+  // Not drained yet: a second batch joins the first without another notification.
+  batch.push_back(Op(4));
+  batch.push_back(Op(5));
+  q.PushAll(&batch);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(calls, 1);
+  }
+  std::vector<Completion> out;
+  ASSERT_EQ(q.Drain(&out), 5u);
+  for (uint64_t i = 0; i < 5; ++i) EXPECT_EQ(out[i].id, i + 1);
+  q.SetNotifier(nullptr);
+}
+
 }  // namespace
 }  // namespace kvferry

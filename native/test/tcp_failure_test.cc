@@ -7,6 +7,7 @@
 #include <set>
 #include <thread>
 
+#include "engine/tcp/tcp_client.h"
 #include "test_util.h"
 
 namespace kvferry {
@@ -134,22 +135,23 @@ TEST(Cancel, CancellingAnOpThatHasNotReachedTheWireLeavesTheOthersAlone) {
   auto a = MakeEngine(4 << 20, [](EngineOptions& o) { o.connections_per_peer = 1; });
   ASSERT_NE(a, nullptr);
   Collector ca(a.get());
-  // One connection carries at most 16 slices; op 20 waits behind them.
+  // One connection carries at most kWindow small slices; the last op waits behind them.
+  const uint64_t n = kvferry::tcp::TcpClient::kWindow + 4;
   std::vector<TransferOp> ops;
-  for (uint64_t i = 1; i <= 20; ++i) ops.push_back(MakeOp(i, OpKind::kWrite, silent.address(), i * 1024, 1, 0, 1024));
+  for (uint64_t i = 1; i <= n; ++i) ops.push_back(MakeOp(i, OpKind::kWrite, silent.address(), i * 1024, 1, 0, 1024));
   ASSERT_TRUE(a->Submit(ops).ok());
   std::this_thread::sleep_for(milliseconds(200));
-  a->Cancel(20);
+  a->Cancel(n);
   ASSERT_TRUE(ca.WaitOps(1, seconds(5)));
   std::this_thread::sleep_for(milliseconds(100));
   EXPECT_EQ(ca.op_count(), 1u) << "cancelling a queued op disturbed the ops on the wire";
-  EXPECT_EQ(ca.ops().at(20).code, Code::kCancelled);
+  EXPECT_EQ(ca.ops().at(n).code, Code::kCancelled);
 
   // Disconnect ends the rest: in flight and queued alike.
   a->Disconnect(silent.address());
-  ASSERT_TRUE(ca.WaitOps(20, seconds(5)));
+  ASSERT_TRUE(ca.WaitOps(n, seconds(5)));
   for (auto& entry : ca.ops()) {
-    if (entry.first != 20) {
+    if (entry.first != n) {
       EXPECT_EQ(entry.second.code, Code::kUnavailable) << entry.second.message;
     }
   }

@@ -12,6 +12,14 @@
 namespace kvferry {
 namespace tcp {
 
+namespace {
+
+// RecvFullAndPeek reads a payload's last this-many bytes with calls that do not wait for
+// the whole request (they may return short); the bytes before, with MSG_WAITALL.
+constexpr size_t kPeekTailBytes = 64 * 1024;
+
+}  // namespace
+
 const char* IoResultText(IoResult r) {
   switch (r) {
     case IoResult::kOk:
@@ -42,6 +50,43 @@ IoResult RecvFull(int fd, void* buf, size_t n, size_t* got) {
     return IoResult::kError;
   }
   *got = done;
+  return IoResult::kOk;
+}
+
+IoResult RecvFullAndPeek(int fd, void* buf, size_t n, void* spill, size_t spill_cap, size_t* spilled) {
+  auto* p = static_cast<uint8_t*>(buf);
+  size_t done = 0;
+  *spilled = 0;
+  while (done < n) {
+    if (n - done > kPeekTailBytes) {
+      // A large payload: the bulk in one waiting call (the kernel fills it as bytes
+      // arrive), so only its tail is read by the calls that may also take the spill.
+      size_t got = 0;
+      IoResult r = RecvFull(fd, p + done, n - done - kPeekTailBytes, &got);
+      done += got;
+      if (r != IoResult::kOk) return r;
+      continue;
+    }
+    struct iovec iov[2];
+    iov[0] = {p + done, n - done};
+    iov[1] = {spill, spill_cap};
+    struct msghdr msg;
+    std::memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = spill_cap > 0 ? 2 : 1;
+    // No MSG_WAITALL: that would also wait for the spill bytes, which may never come.
+    ssize_t r = recvmsg(fd, &msg, 0);
+    if (r > 0) {
+      const size_t got = static_cast<size_t>(r);
+      if (got > n - done) *spilled = got - (n - done);
+      done += got - *spilled;
+      continue;
+    }
+    if (r == 0) return IoResult::kClosed;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return IoResult::kTimeout;
+    return IoResult::kError;
+  }
   return IoResult::kOk;
 }
 

@@ -32,6 +32,14 @@ const char* IoResultText(IoResult r);
 /** Receives exactly `n` bytes; `*got` says how many arrived even on failure. */
 IoResult RecvFull(int fd, void* buf, size_t n, size_t* got);
 
+/**
+ * Receives exactly `n` bytes into `buf` and, in the same system calls, up to `spill_cap`
+ * bytes that follow them into `spill` (whatever had already arrived; it never waits for
+ * them). `*spilled` says how many landed there. A frame's payload and the start of the
+ * next frame's header usually come in one call instead of two.
+ */
+IoResult RecvFullAndPeek(int fd, void* buf, size_t n, void* spill, size_t spill_cap, size_t* spilled);
+
 /** One recv of up to `n` bytes (retrying EINTR); kOk when at least one byte arrived. */
 IoResult RecvSome(int fd, void* buf, size_t n, size_t* got);
 

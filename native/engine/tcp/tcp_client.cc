@@ -108,8 +108,18 @@ void TcpClient::ReapLocked(std::vector<std::shared_ptr<Conn>>* finished) {
 }
 
 void TcpClient::ThreadExit(Conn* c) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (--c->live_threads == 0) TeardownLocked(c);
+  std::vector<Completion> done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--c->live_threads == 0) TeardownLocked(c);
+    done.swap(completed_);
+  }
+  Deliver(&done);
+}
+
+void TcpClient::Deliver(std::vector<Completion>* batch) {
+  if (!batch->empty()) context_.complete_ops(batch);
+  batch->clear();
 }
 
 // ---- failure and completion (mu_ held) ------------------------------------------------
@@ -131,11 +141,7 @@ void TcpClient::TeardownLocked(Conn* c) {
     c->fd = -1;
   }
   const Status why = c->death.ok() ? Status(Code::kUnavailable, "connection closed") : c->death;
-  while (!c->window.empty()) {
-    const Slice s = c->window.front();
-    c->window.pop_front();
-    FinishSliceLocked(s, why);
-  }
+  while (!c->window.empty()) FinishSliceLocked(PopWindowLocked(c), why);
   Peer* peer = c->peer.get();
   peer->conns.erase(std::find(peer->conns.begin(), peer->conns.end(), c));
   c->finished = true;
@@ -196,13 +202,22 @@ void TcpClient::MaybeCompleteLocked(Op* op) {
   done.micros = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - op->start).count());
   ops_.erase(op->spec.id);  // `op` is gone from here on
-  context_.complete_op(std::move(done));
+  completed_.push_back(std::move(done));
 }
 
 // ---- control ------------------------------------------------------------------------
 
 void TcpClient::Cancel(uint64_t op_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Completion> done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    CancelLocked(op_id);
+    done.swap(completed_);
+  }
+  Deliver(&done);
+}
+
+void TcpClient::CancelLocked(uint64_t op_id) {
   auto it = ops_.find(op_id);
   if (it == ops_.end()) return;
   Op* op = it->second.get();
@@ -226,20 +241,26 @@ void TcpClient::Cancel(uint64_t op_id) {
 }
 
 void TcpClient::Disconnect(const std::string& key) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = peers_.find(key);
-  if (it == peers_.end()) return;
-  std::shared_ptr<Peer> peer = it->second;
-  peers_.erase(it);
-  peer->forgotten = true;
-  const Status why(Code::kUnavailable, "peer " + key + " was disconnected");
-  FailPendingLocked(peer.get(), why);
-  for (Conn* c : peer->conns) KillLocked(c, why);
+  std::vector<Completion> done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peers_.find(key);
+    if (it == peers_.end()) return;
+    std::shared_ptr<Peer> peer = it->second;
+    peers_.erase(it);
+    peer->forgotten = true;
+    const Status why(Code::kUnavailable, "peer " + key + " was disconnected");
+    FailPendingLocked(peer.get(), why);
+    for (Conn* c : peer->conns) KillLocked(c, why);
+    done.swap(completed_);
+  }
+  Deliver(&done);
 }
 
 void TcpClient::Shutdown() {
   std::lock_guard<std::mutex> serial(shutdown_mu_);
   std::list<std::shared_ptr<Conn>> all;
+  std::vector<Completion> done;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
@@ -253,21 +274,27 @@ void TcpClient::Shutdown() {
     }
     for (auto& c : conns_) KillLocked(c.get(), why);
     all = conns_;
+    done.swap(completed_);
   }
+  Deliver(&done);
   for (auto& c : all) {
     if (c->sender.joinable()) c->sender.join();
     if (c->receiver.joinable()) c->receiver.join();
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& c : all) conns_.remove(c);
-  peers_.clear();
-  // Every thread is joined, so nothing can touch an op's memory: settle any leftovers.
-  std::vector<Op*> left;
-  for (auto& entry : ops_) left.push_back(entry.second.get());
-  for (Op* op : left) {
-    op->in_flight = 0;
-    MaybeCompleteLocked(op);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& c : all) conns_.remove(c);
+    peers_.clear();
+    // Every thread is joined, so nothing can touch an op's memory: settle any leftovers.
+    std::vector<Op*> left;
+    for (auto& entry : ops_) left.push_back(entry.second.get());
+    for (Op* op : left) {
+      op->in_flight = 0;
+      MaybeCompleteLocked(op);
+    }
+    done.swap(completed_);
   }
+  Deliver(&done);
 }
 
 uint64_t TcpClient::connected_peers() const {

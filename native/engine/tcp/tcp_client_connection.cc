@@ -172,7 +172,8 @@ void TcpClient::SenderMain(Conn* c) {
 void TcpClient::TakeSlicesLocked(Conn* c, std::vector<Slice>* batch) {
   Peer& peer = *c->peer;
   uint64_t bytes = 0;
-  while (c->window.size() < kWindow && !peer.pending.empty() && (batch->empty() || bytes < kBatchBytes)) {
+  while (!peer.pending.empty() && WindowHasRoomLocked(*c, *peer.pending.front()) &&
+         (batch->empty() || bytes < kBatchBytes)) {
     Op* op = peer.pending.front();
     Slice s;
     s.op = op;
@@ -187,7 +188,7 @@ void TcpClient::TakeSlicesLocked(Conn* c, std::vector<Slice>* batch) {
       op->pending = false;
       peer.pending.pop_front();
     }
-    c->window.push_back(s);
+    PushWindowLocked(c, s);
     batch->push_back(s);
     bytes += s.length;
   }
@@ -206,7 +207,9 @@ void TcpClient::SendLoop(Conn* c) {
     batch.clear();
     {
       std::unique_lock<std::mutex> lock(mu_);
-      c->send_cv.wait(lock, [&] { return c->dying || (c->window.size() < kWindow && !c->peer->pending.empty()); });
+      c->send_cv.wait(lock, [&] {
+        return c->dying || (!c->peer->pending.empty() && WindowHasRoomLocked(*c, *c->peer->pending.front()));
+      });
       if (c->dying) return;
       const bool receiver_idle = c->window.empty();
       TakeSlicesLocked(c, &batch);
@@ -260,6 +263,7 @@ void TcpClient::ReceiveLoop(Conn* c, int fd) {
   const std::string& peer = c->peer->key;
   std::vector<Slice> expected;
   std::vector<Status> outcomes;
+  std::vector<Completion> done;  // swapped with completed_: its buffer is reused
   expected.reserve(kWindow);
   outcomes.reserve(kWindow);
   uint8_t buf[kHeaderSize * kWindow];
@@ -322,19 +326,22 @@ void TcpClient::ReceiveLoop(Conn* c, int fd) {
     }
     // Retire what was answered, in order; a failure after that takes the connection down
     // and the teardown settles the rest of the window.
-    std::lock_guard<std::mutex> lock(mu_);
-    for (size_t i = 0; i < outcomes.size(); ++i) {
-      c->window.pop_front();
-      FinishSliceLocked(expected[i], outcomes[i]);
+    const bool dead = !death.ok();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 0; i < outcomes.size(); ++i) {
+        PopWindowLocked(c);
+        FinishSliceLocked(expected[i], outcomes[i]);
+      }
+      if (!outcomes.empty()) {
+        c->delivered = true;
+        c->send_cv.notify_one();
+      }
+      if (dead) KillLocked(c, std::move(death));
+      done.swap(completed_);
     }
-    if (!outcomes.empty()) {
-      c->delivered = true;
-      c->send_cv.notify_one();
-    }
-    if (!death.ok()) {
-      KillLocked(c, std::move(death));
-      return;
-    }
+    Deliver(&done);
+    if (dead) return;
   }
 }
 

@@ -23,8 +23,9 @@ namespace {
 constexpr int kServerSocketBuffer = 4 << 20;
 // Refused WRITE payloads are drained through a buffer of at most this size.
 constexpr size_t kScratchBytes = 64 * 1024;
-// At most this many WRITE_ACKs wait for one send while requests keep arriving.
-constexpr size_t kMaxHeldAcks = 16;
+// At most this many WRITE_ACKs wait for one send while requests keep arriving (as many
+// as a client's window holds small slices).
+constexpr size_t kMaxHeldAcks = 32;
 
 }  // namespace
 
@@ -196,13 +197,15 @@ void TcpServer::Serve(Connection* conn, int fd) {
       // Wait for the next header. A timeout before its first byte is an idle peer, which
       // may stay; a timeout after it is a stall mid-frame, which may not.
       uint8_t buf[kHeaderSize];
-      size_t have = 0;
+      size_t have = session.next_have;
+      if (have > 0) std::memcpy(buf, session.next, have);
+      session.next_have = 0;
       IoResult r = IoResult::kOk;
-      if (!session.acks.empty()) {
+      if (!session.acks.empty() && have < kHeaderSize) {
         // WRITE_ACKs wait while requests keep streaming in (one send for many), and go
         // out before this thread would block: the client never waits on a held-back ACK.
-        ssize_t n = recv(fd, buf, kHeaderSize, MSG_DONTWAIT);
-        if (n > 0) have = static_cast<size_t>(n);
+        ssize_t n = recv(fd, buf + have, kHeaderSize - have, MSG_DONTWAIT);
+        if (n > 0) have += static_cast<size_t>(n);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
         if (have < kHeaderSize && !FlushAcks(&session)) break;
       }
@@ -258,7 +261,9 @@ bool TcpServer::ServeWrite(Session* session, const FrameHeader& h) {
   size_t got = 0;
   if (access.ok()) {
     // The payload goes straight into the pool; the access pins the handle meanwhile.
-    IoResult r = RecvFull(session->fd, context_.pool_base + pool_offset, h.length, &got);
+    // Whatever of the next header has already arrived comes along in the same recvmsg.
+    IoResult r = RecvFullAndPeek(session->fd, context_.pool_base + pool_offset, h.length, session->next,
+                                 kHeaderSize, &session->next_have);
     context_.handles->ReleaseAccess(h.handle);
     if (r != IoResult::kOk) return false;
     context_.counters->bytes_received.fetch_add(h.length, std::memory_order_relaxed);

@@ -2,9 +2,13 @@
 // printed next to a raw-socket reference (one stream, 1 MiB send/recv calls — what
 // iperf3 does) measured in the same run. Not a test: it asserts nothing.
 //
-//   engine_bench [--connections N] [--rounds R]
+// Next to throughput it prints the process CPU time (getrusage RUSAGE_SELF, user+sys,
+// both engines' threads, taken before and after each round) per op.
+//
+//   engine_bench [--connections N] [--rounds R] [--reference 0|1] [--only SUBSTRING]
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -33,6 +37,14 @@ using kvferry::OpKind;
 using kvferry::TransferOp;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// User + system CPU time of the whole process so far, in microseconds.
+double CpuMicros() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  auto us = [](const struct timeval& tv) { return static_cast<double>(tv.tv_sec) * 1e6 + static_cast<double>(tv.tv_usec); };
+  return us(ru.ru_utime) + us(ru.ru_stime);
+}
 
 // One TCP stream over loopback, 1 MiB calls on both sides.
 double RawStreamGBps(uint64_t total) {
@@ -87,12 +99,15 @@ class Waiter {
           if (first_error_.empty()) first_error_ = c.message;
         }
       }
-      cv_.notify_all();
+      // Wake the waiting thread once per round, not per batch: its wake-ups would count
+      // as CPU time per op.
+      if (done_ >= target_ || failed_ > 0) cv_.notify_all();
     });
   }
   ~Waiter() { e_->SetNotifier(nullptr); }
   bool Wait(uint64_t n) {
     std::unique_lock<std::mutex> lock(mu_);
+    target_ = n;
     bool ok = cv_.wait_for(lock, std::chrono::seconds(120), [&] { return done_ >= n; });
     if (failed_ > 0) std::fprintf(stderr, "%llu ops failed: %s\n", (unsigned long long)failed_, first_error_.c_str());
     return ok && failed_ == 0;
@@ -107,6 +122,7 @@ class Waiter {
   std::mutex mu_;
   std::condition_variable cv_;
   uint64_t done_ = 0;
+  uint64_t target_ = 0;
   uint64_t failed_ = 0;
   std::string first_error_;
 };
@@ -148,14 +164,25 @@ double RunOnce(Engine* a, Engine* b, Waiter* w, OpKind kind, uint64_t count, uin
 int main(int argc, char** argv) {
   int connections = 4;
   int rounds = 3;
+  bool with_reference = true;
+  std::string only;  // run only the cases whose name contains this
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--connections") == 0) connections = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--rounds") == 0) rounds = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--reference") == 0) with_reference = std::atoi(argv[i + 1]) != 0;
+    if (std::strcmp(argv[i], "--only") == 0) only = argv[i + 1];
   }
 
   double reference = 0;
-  for (int r = 0; r < rounds; ++r) reference = std::max(reference, RawStreamGBps(4ull << 30));
-  std::printf("reference: raw loopback TCP, one stream, 1 MiB calls: %.2f GB/s (best of %d)\n", reference, rounds);
+  if (with_reference) {
+    const uint64_t total = 4ull << 30;
+    const double cpu_before = CpuMicros();
+    for (int r = 0; r < rounds; ++r) reference = std::max(reference, RawStreamGBps(total));
+    // The floor for CPU per op: what the kernel spends moving the same bytes.
+    const double cpu_per_64k = (CpuMicros() - cpu_before) / rounds / static_cast<double>(total >> 16);
+    std::printf("reference: raw loopback TCP, one stream, 1 MiB calls: %.2f GB/s (best of %d), cpu %.2f us per 64 KiB\n",
+                reference, rounds, cpu_per_64k);
+  }
 
   EngineOptions o;
   o.token = "bench";
@@ -191,15 +218,27 @@ int main(int argc, char** argv) {
   // Warm up connections.
   RunOnce(a.get(), b.get(), &w, OpKind::kWrite, 16, 1 << 20, handle, span, span, &next_id);
   for (const Case& c : cases) {
+    if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
     double best = 0;
     double sum = 0;
+    std::vector<double> cpu;  // per round, microseconds
     for (int r = 0; r < rounds; ++r) {
+      const double cpu_before = CpuMicros();
       double g = RunOnce(a.get(), b.get(), &w, c.kind, c.count, c.size, handle, span, span, &next_id);
+      cpu.push_back(CpuMicros() - cpu_before);
       best = std::max(best, g);
       sum += g;
     }
-    std::printf("  %-22s best %5.2f GB/s  mean %5.2f GB/s  = %.2fx reference\n", c.name, best, sum / rounds,
-                best / reference);
+    // CPU per op: the median round (robust against other load on the machine), the
+    // mean, and the quietest round.
+    std::sort(cpu.begin(), cpu.end());
+    double cpu_sum = 0;
+    for (double x : cpu) cpu_sum += x;
+    const double n = static_cast<double>(c.count);
+    std::printf("  %-22s best %5.2f GB/s  mean %5.2f GB/s", c.name, best, sum / rounds);
+    if (reference > 0) std::printf("  = %.2fx reference", best / reference);
+    std::printf("  cpu/op median %7.2f us  mean %7.2f us  min %7.2f us\n", cpu[cpu.size() / 2] / n,
+                cpu_sum / rounds / n, cpu.front() / n);
   }
   return 0;
 }
