@@ -8,6 +8,8 @@ import { errorFromStatus, InvalidArgumentError, UnavailableError } from "../erro
 import { KvFerryPeerClient, type HelloResponse } from "../gen/kvferry/v1/peer.js";
 
 export const TOKEN_METADATA = "kvferry-token";
+/** Peers with an open channel at once; the oldest is closed beyond this. */
+const MAX_PEERS = 1024;
 
 /** "host:port" with a port; the only form a peer address takes. */
 export function checkPeerAddress(address: string, field: string): string {
@@ -48,10 +50,22 @@ export class PeerDirectory {
   /** The peer at `address`, greeted: its data address is known. */
   async get(address: string, timeoutMs: number): Promise<Peer & { hello: HelloResponse }> {
     let peer = this.#peers.get(address);
-    if (peer === undefined) this.#peers.set(address, (peer = new Peer(address, this.token)));
+    if (peer === undefined) {
+      if (this.#peers.size >= MAX_PEERS) {
+        // Least recently added first: its channel closes, a later call re-creates it.
+        const [oldest, gone] = this.#peers.entries().next().value!;
+        gone.client.close();
+        this.#peers.delete(oldest);
+      }
+      this.#peers.set(address, (peer = new Peer(address, this.token)));
+    }
     if (peer.hello === undefined) {
       const hello = await peer.call<{ nodeId: string }, HelloResponse>("hello", { nodeId: this.nodeId() }, timeoutMs);
-      if (!hello.dataAddress) throw new UnavailableError(`peer ${address} has no data plane`);
+      try {
+        checkPeerAddress(hello.dataAddress, "data_address");
+      } catch {
+        throw new UnavailableError(`peer ${address} advertised no usable data address (${JSON.stringify(hello.dataAddress)})`);
+      }
       peer.hello = hello;
     }
     return peer as Peer & { hello: HelloResponse };

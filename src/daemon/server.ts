@@ -179,7 +179,19 @@ export class Daemon {
       this.store.close();
     };
     await Promise.all([drain(this.#server, graceMs, onForce), drain(this.#peerServer, graceMs, onForce)]);
-    await this.transfers.close();
+    // Undo reservations held for peers; a peer stuck mid-frame cannot hold this past the
+    // grace period: the engine's shutdown below closes its connection either way.
+    let undone: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.transfers.close().catch((err) => this.log.warn({ err }, "undoing reservations failed")),
+      new Promise<void>((resolve) => {
+        undone = setTimeout(() => {
+          this.log.warn("reservations still held by peers after the grace period: stopping the data plane");
+          resolve();
+        }, graceMs);
+      }),
+    ]);
+    clearTimeout(undone);
     this.store.close();
     this.#peers.close();
     this.engine.shutdown();

@@ -133,7 +133,7 @@ export class Transfers {
     ids: readonly string[],
     target: string,
     mode: Mode,
-    options: { deadlineMs?: number; keepSource?: boolean; leaseTtlMs?: number } = {},
+    options: { deadlineMs?: number; keepSource?: boolean; leaseTtlMs?: number; targetField?: string } = {},
   ): Promise<TransferOutcome[]> {
     if (ids.length === 0 || ids.length > MAX_BATCH) {
       throw new InvalidArgumentError("transfer_ids", `${ids.length} ids; a batch holds 1 to ${MAX_BATCH}`);
@@ -144,7 +144,7 @@ export class Transfers {
       if (seen.has(id)) throw new InvalidArgumentError(`transfer_ids[${i}]`, `${JSON.stringify(id)} is named twice`);
       seen.add(id);
     });
-    checkPeerAddress(target, "target");
+    checkPeerAddress(target, options.targetField ?? "target");
     const leaseTtlMs = checkLeaseTtl(options.leaseTtlMs);
     const deadlineMs = options.deadlineMs || this.o.transferDeadlineMs;
     if (!Number.isInteger(deadlineMs) || deadlineMs < 0) {
@@ -172,7 +172,7 @@ export class Transfers {
     }
     const results = outcomes.list();
     const failed = results.filter((r) => r.error);
-    if (failed.some((r) => r.error instanceof UnavailableError)) {
+    if (failed.some((r) => r.error instanceof UnavailableError || r.error instanceof InvalidArgumentError)) {
       // The peer may have restarted with another data address: greet it afresh next time.
       this.o.peers.forget(target);
     }
@@ -192,7 +192,7 @@ export class Transfers {
   pullOnce(transferId: string, source: string): Promise<void> {
     let pulling = this.#pulls.get(transferId);
     if (pulling === undefined) {
-      pulling = this.batch([transferId], source, "pull").then(([outcome]) => {
+      pulling = this.batch([transferId], source, "pull", { targetField: "source" }).then(([outcome]) => {
         if (outcome!.error) throw outcome!.error;
       });
       const forget = () => this.#pulls.delete(transferId);
@@ -252,8 +252,13 @@ export class Transfers {
           out.fail(id, err);
         }
       });
-      const failedOps = await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt);
-      for (const [id, err] of failedOps) out.fail(id, err);
+      try {
+        const failedOps = await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt);
+        for (const [id, err] of failedOps) out.fail(id, err);
+      } catch (err) {
+        // Nothing was moved (the engine refused the batch, or the deadline passed).
+        for (const id of reserved.keys()) out.fail(id, err);
+      }
       // Whatever failed gives its reservation back now rather than at the peer's timeout.
       const abandoned = [...reserved].filter(([id]) => out.has(id));
       for (const [id] of abandoned) reserved.delete(id);
@@ -274,8 +279,9 @@ export class Transfers {
         const result = commit.results[i];
         if (result === undefined) return out.fail(id, new UnavailableError(`peer ${peer.address} did not answer for ${id}`));
         if (result.error) return out.fail(id, fromEntryError(result.error, peer.address));
-        leases.get(id)!.release(false);
-        if (!keep) this.#dropSource(id);
+        const lease = leases.get(id)!;
+        if (keep) lease.release(false);
+        else lease.releaseAndDrop("transferred");
         out.succeed(id, result.bytes);
       });
     } finally {
@@ -322,19 +328,30 @@ export class Transfers {
       const plan = new OpPlan();
       for (const [id, parts] of exposedParts) {
         if (out.has(id)) continue;
-        parts.forEach((part, i) => {
-          if (part.size === 0) return;
-          plan.add(id, {
-            kind: "read",
-            localOffset: (writers.get(id)![i]!.block as PoolBlock).offset,
-            remoteHandle: parseHandle(part.handle),
-            remoteOffset: 0,
-            length: part.size,
-          });
-        });
+        try {
+          // All of an entry's ops, or none.
+          const ops = parts.flatMap((part, i): OpSpec[] =>
+            part.size === 0
+              ? []
+              : [{
+                  kind: "read",
+                  localOffset: (writers.get(id)![i]!.block as PoolBlock).offset,
+                  remoteHandle: parseHandle(part.handle),
+                  remoteOffset: 0,
+                  length: part.size,
+                }],
+          );
+          for (const op of ops) plan.add(id, op);
+        } catch (err) {
+          out.fail(id, err);
+        }
       }
-      const failedOps = await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt);
-      for (const [id, err] of failedOps) out.fail(id, err);
+      try {
+        const failedOps = await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt);
+        for (const [id, err] of failedOps) out.fail(id, err);
+      } catch (err) {
+        for (const id of exposedParts.keys()) out.fail(id, err);
+      }
       for (const [id, opened] of writers) {
         if (out.has(id)) continue;
         try {
@@ -368,14 +385,6 @@ export class Transfers {
     }
   }
 
-  #dropSource(transferId: string): void {
-    try {
-      this.o.store.release(transferId, "transferred");
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-    }
-  }
-
   // ---- the other side --------------------------------------------------------------
 
   async prepareReceive(req: PrepareReceiveRequest): Promise<PrepareReceiveResponse> {
@@ -385,7 +394,7 @@ export class Transfers {
     const batchId = randomUUID();
     const ids: string[] = [];
     const reserve = (entry: IncomingEntry, index: number, writers: PartWriter[]): Reservation => {
-      const handles = writers.map((w) => (w.size > 0 ? this.o.engine.expose(w.block as PoolBlock) : 0n));
+      const handles = writers.map((w) => (w.size > 0 ? this.o.engine.expose(w.block as PoolBlock, "write") : 0n));
       const id = `${batchId}/${index}`;
       this.#incoming.set(id, { transferId: entry.transferId, writers, handles });
       ids.push(id);
@@ -435,12 +444,10 @@ export class Transfers {
       }),
     );
     // One timer for the batch: whatever is neither committed nor aborted by then is undone.
-    setTimeout(() => {
-      const left = ids.filter((id) => this.#incoming.has(id));
-      if (left.length === 0) return;
+    this.#arm(ids, this.#incoming, holdMs, (left) => {
       this.o.log.warn({ entries: left.length, source: req.sourceNode }, "receive not committed in time: undone");
       void this.abortReceive(left);
-    }, holdMs).unref();
+    });
     return { entries: entries as Reservation[] };
   }
 
@@ -495,7 +502,7 @@ export class Transfers {
           // Absent: NOT_FOUND now, so the other entries of the batch are not held back.
           const waitMs = this.o.store.has(transferId) ? Math.min(holdMs, req.deadlineMs) : 0;
           const lease = await this.o.store.get({ transferId, waitMs });
-          const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.expose(p.block as PoolBlock) : 0n));
+          const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.expose(p.block as PoolBlock, "read") : 0n));
           const id = `${batchId}/${index}`;
           this.#outgoing.set(id, { transferId, lease, handles });
           ids.push(id);
@@ -509,12 +516,10 @@ export class Transfers {
         }
       }),
     );
-    setTimeout(() => {
-      const left = ids.filter((id) => this.#outgoing.has(id));
-      if (left.length === 0) return;
+    this.#arm(ids, this.#outgoing, holdMs, (left) => {
       this.o.log.warn({ entries: left.length, destination: req.destinationNode }, "send not finished in time: released");
       void this.finishSend([], left, false);
-    }, holdMs).unref();
+    });
     return { entries };
   }
 
@@ -529,9 +534,32 @@ export class Transfers {
     await this.o.engine.revokeAll([...done, ...undone].flatMap((s) => s.handles.filter((h) => h !== 0n)));
     for (const s of undone) s.lease.release(false);
     for (const s of done) {
-      s.lease.release(false);
-      if (releaseSource) this.#dropSource(s.transferId);
+      if (releaseSource) s.lease.releaseAndDrop("transferred");
+      else s.lease.release(false);
     }
+  }
+
+  /**
+   * Arms the undo timer of one batch of reservations. It fires `undo` with the ids still
+   * held at `holdMs`, and it is cleared as soon as none is (so a busy daemon does not
+   * keep thousands of finished batches alive until their deadlines).
+   */
+  #arm(ids: string[], held: Map<string, unknown>, holdMs: number, undo: (left: string[]) => void): void {
+    if (ids.length === 0) return;
+    const check = setInterval(() => {
+      if (!ids.some((id) => held.has(id))) clear();
+    }, Math.min(1_000, holdMs));
+    const timer = setTimeout(() => {
+      clear();
+      const left = ids.filter((id) => held.has(id));
+      if (left.length > 0) undo(left);
+    }, holdMs);
+    const clear = () => {
+      clearInterval(check);
+      clearTimeout(timer);
+    };
+    check.unref();
+    timer.unref();
   }
 
   /** Undoes every reservation (shutdown). */
@@ -644,7 +672,10 @@ function handleOf(byName: Map<string, ExposedPart>, name: string, size: number):
   return parseHandle(part.handle);
 }
 
+const MAX_HANDLE = (1n << 64n) - 1n;
+
 function parseHandle(text: string): bigint {
-  if (!/^\d{1,20}$/.test(text)) throw new UnavailableError(`peer sent a malformed handle ${JSON.stringify(text)}`);
-  return BigInt(text);
+  const handle = /^\d{1,20}$/.test(text) ? BigInt(text) : -1n;
+  if (handle <= 0n || handle > MAX_HANDLE) throw new UnavailableError(`peer sent a malformed handle ${JSON.stringify(text)}`);
+  return handle;
 }

@@ -51,7 +51,7 @@ export interface NativeEngine {
   allocate(size: number): number;
   free(offset: number): void;
   poolStats(): { capacity: number; used: number; freeExtents: number; largestFree: number; allocations: number };
-  expose(offset: number, length: number): bigint;
+  expose(offset: number, length: number, access: "read" | "write"): bigint;
   revoke(handle: bigint): void;
   /** Revokes each: 1 where revoked (release reported later), 0 where unknown. */
   revokeAll(handles: BigUint64Array): Uint8Array;

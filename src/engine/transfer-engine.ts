@@ -112,9 +112,9 @@ export class TransferEngine {
     return this.#native.stats();
   }
 
-  /** Lets peers reach exactly this block, through a fresh handle. */
-  expose(block: PoolBlock): bigint {
-    return this.#native.expose(block.offset, block.size);
+  /** Lets peers reach exactly this block, through a fresh handle, to read it or to write it. */
+  expose(block: PoolBlock, access: "read" | "write"): bigint {
+    return this.#native.expose(block.offset, block.size, access);
   }
 
   /** Resolves once no peer access to any of the handles is in flight; then their blocks may be freed. */
@@ -188,21 +188,21 @@ export class TransferEngine {
       const e = err as Error & { code?: NativeCode };
       throw e.code ? engineError(e.code, e.message) : err;
     }
-    let expired = false;
+    /** Ops still running when the deadline fired: their failures are the deadline's. */
+    const late = new Set<number>();
     const cancelAll = () => {
       for (let id = first; id < first + n; id++) if (this.#runs.has(id)) this.#native.cancel(id);
     };
     const timer = setTimeout(() => {
-      expired = true;
+      for (let id = first; id < first + n; id++) if (this.#runs.has(id)) late.add(id - first);
       cancelAll();
     }, deadlineMs);
     signal?.addEventListener("abort", cancelAll, { once: true });
     try {
       const settled = await finished;
-      if (!expired) return settled;
-      // Every failure after the deadline comes from our own cancel.
-      const late = new DeadlineExceededError(`transfer did not finish within ${deadlineMs} ms`);
-      return settled.map((r) => (r.error ? { ...r, error: late } : r));
+      if (late.size === 0) return settled;
+      const expired = new DeadlineExceededError(`transfer did not finish within ${deadlineMs} ms`);
+      return settled.map((r, i) => (r.error && late.has(i) ? { ...r, error: expired } : r));
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener("abort", cancelAll);

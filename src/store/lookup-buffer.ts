@@ -92,6 +92,12 @@ export interface ReadLease {
   readonly entry: EntryInfo;
   readonly parts: readonly ReadPart[];
   release(completed?: boolean): void;
+  /**
+   * Releases the lease and removes the very entry it held, if that entry is still the
+   * one indexed under its id (never a newer entry that reuses the id). The bytes went
+   * elsewhere (`transferred`).
+   */
+  releaseAndDrop(reason: "transferred"): void;
 }
 
 export interface ListOptions {
@@ -623,21 +629,27 @@ export class LookupBuffer {
     this.#touch(entry);
     let info: EntryInfo | undefined; // built on first use: transfers never look
     let released = false;
+    const buffer = this;
     return {
       get entry() {
         return (info ??= entry.info(Date.now()));
       },
       parts,
-      release: (completed = true) => {
+      release(completed = true) {
         if (released) return;
         released = true;
         entry.readers--;
         if (consume) {
           entry.consuming = false;
-          if (completed) this.#remove(entry, "consumed");
-          else this.#notify(entry.transferId);
+          if (completed) buffer.#remove(entry, "consumed");
+          else buffer.#notify(entry.transferId);
         }
-        this.#released(entry);
+        buffer.#released(entry);
+      },
+      releaseAndDrop(reason) {
+        const current = entry.removed === undefined && buffer.#entries.get(entry.transferId) === entry;
+        this.release(false);
+        if (current) buffer.#remove(entry, reason);
       },
     };
   }
