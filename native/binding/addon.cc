@@ -227,9 +227,23 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return o;
   }
 
+  // expose(offset, length, access): access is "read" (peers may READ the range) or
+  // "write" (peers may WRITE it).
   Napi::Value Expose(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const uint64_t offset = ToU64(info[0], "offset");
+    const uint64_t length = ToU64(info[1], "length");
+    kvferry::Access access;
+    const std::string mode = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : std::string();
+    if (mode == "read") {
+      access = kvferry::Access::kRead;
+    } else if (mode == "write") {
+      access = kvferry::Access::kWrite;
+    } else {
+      throw Napi::TypeError::New(env, "access must be \"read\" or \"write\"");
+    }
     uint64_t handle = 0;
-    Status s = engine(info.Env()).Expose(ToU64(info[0], "offset"), ToU64(info[1], "length"), &handle);
+    Status s = engine(env).Expose(offset, length, access, &handle);
     if (!s.ok()) ThrowStatus(info.Env(), s);
     return Napi::BigInt::New(info.Env(), handle);
   }

@@ -90,12 +90,16 @@ class EngineImpl final : public Engine {
   }
 
   // ---- handles ----------------------------------------------------------------------
-  Status Expose(uint64_t offset, uint64_t length, uint64_t* handle) override {
+  Status Expose(uint64_t offset, uint64_t length, Access access, uint64_t* handle) override {
+    if (access != Access::kRead && access != Access::kWrite) {
+      return Status(Code::kInvalidArgument, "access must be read (1) or write (2), got " +
+                                                std::to_string(static_cast<int>(access)));
+    }
     if (!pool_->Contains(offset, length)) {
       return Status(Code::kOutOfRange, "[" + std::to_string(offset) + ", +" + std::to_string(length) +
                                            ") is outside the " + std::to_string(pool_->size()) + "-byte pool");
     }
-    return handles_.Expose(offset, length, handle);
+    return handles_.Expose(offset, length, access, handle);
   }
   Status Revoke(uint64_t handle) override { return handles_.Revoke(handle); }
 

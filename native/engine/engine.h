@@ -10,9 +10,11 @@
 //
 // Memory-safety contract (what makes freeing pool memory safe)
 // - An op's local extent may be read (kWrite) or written (kRead) by the engine until its
-//   terminal completion is drained. Cancel is best effort: it closes the op's connection,
-//   which ends every op on it with a terminal completion (kCancelled or kUnavailable).
-//   Never free an op's local extent before its completion.
+//   terminal completion is drained. Cancel is best effort: it closes the op's connection;
+//   the op ends with a terminal completion (kCancelled, or whatever outcome won the race)
+//   and the other ops on that connection are sent again on another one (their bytes may
+//   be moved twice; the same bytes to the same place). Never free an op's local extent
+//   before its completion.
 // - A handle may be used by incoming requests until Revoke's terminal event: Revoke
 //   refuses new accesses at once and queues a kHandleReleased completion (with the
 //   handle id) once no incoming access is in flight. Free the extent only then.
@@ -58,6 +60,14 @@ enum class OpKind : uint8_t {
   kWrite = 1,
   /** Remote handle → local extent. */
   kRead = 2,
+};
+
+/** What a peer may do through a handle: read its bytes (kRead) or write them (kWrite). */
+enum class Access : uint8_t {
+  /** Peers may READ the range (the daemon lends a sealed entry); WRITEs are refused. */
+  kRead = 1,
+  /** Peers may WRITE the range (the daemon receives an entry); READs are refused. */
+  kWrite = 2,
 };
 
 struct TransferOp {
@@ -120,8 +130,13 @@ class Engine {
   virtual PoolStats pool_stats() const = 0;
 
   // ---- handles: what peers may touch -------------------------------------------------
-  /** Exposes [offset, offset+length) of the pool under a fresh unguessable id. */
-  virtual Status Expose(uint64_t offset, uint64_t length, uint64_t* handle) = 0;
+  /**
+   * Exposes [offset, offset+length) of the pool under a fresh unguessable id, for peers
+   * to access in one direction only: `access` kRead lets them READ it, kWrite lets them
+   * WRITE it; a request in the other direction is refused with kPermissionDenied (the
+   * connection stays usable). kInvalidArgument for any other `access` value.
+   */
+  virtual Status Expose(uint64_t offset, uint64_t length, Access access, uint64_t* handle) = 0;
   /** Refuses new accesses at once; kHandleReleased follows when none is in flight. */
   virtual Status Revoke(uint64_t handle) = 0;
 

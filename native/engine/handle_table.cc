@@ -32,15 +32,20 @@ uint64_t HandleTable::NextIdLocked() {
   }
 }
 
-Status HandleTable::Expose(uint64_t offset, uint64_t length, uint64_t* handle) {
+Status HandleTable::Expose(uint64_t offset, uint64_t length, Access access, uint64_t* handle) {
+  if (access != Access::kRead && access != Access::kWrite) {
+    return Status(Code::kInvalidArgument, "access must be read or write, got " +
+                                              std::to_string(static_cast<int>(access)));
+  }
   std::lock_guard<std::mutex> lock(mu_);
   uint64_t id = NextIdLocked();
-  entries_.emplace(id, Entry{offset, length, 0, false});
+  entries_.emplace(id, Entry{offset, length, access, 0, false});
   *handle = id;
   return Status::Ok();
 }
 
-Status HandleTable::Acquire(uint64_t handle, uint64_t offset, uint64_t length, uint64_t* pool_offset) {
+Status HandleTable::Acquire(uint64_t handle, Access access, uint64_t offset, uint64_t length,
+                            uint64_t* pool_offset) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(handle);
   if (it == entries_.end() || it->second.revoked) {
@@ -48,6 +53,10 @@ Status HandleTable::Acquire(uint64_t handle, uint64_t offset, uint64_t length, u
     return Status(Code::kNotFound, "no such handle");
   }
   Entry& e = it->second;
+  if (e.access != access) {
+    return Status(Code::kPermissionDenied,
+                  access == Access::kWrite ? "handle is not writable" : "handle is not readable");
+  }
   if (offset > e.length || length > e.length - offset) {
     return Status(Code::kOutOfRange, "range [" + std::to_string(offset) + ", +" + std::to_string(length) +
                                          ") exceeds the handle's " + std::to_string(e.length) + " bytes");

@@ -1,7 +1,7 @@
 // HandleTable: the capabilities a peer needs to touch this engine's pool.
 //
 // A handle is an unguessable, non-zero 64-bit id naming [offset, offset+length) of the
-// pool. Incoming requests bracket every access with Acquire/ReleaseAccess; Revoke
+// pool, for one direction of access (Access::kRead or kWrite). Incoming requests bracket every access with Acquire/ReleaseAccess; Revoke
 // refuses new accesses at once and reports the handle released (through the callback
 // given at construction) exactly once, as soon as no access is in flight: immediately if
 // none is, else when the last ReleaseAccess returns. After that the id is forgotten.
@@ -17,6 +17,7 @@
 #include <array>
 #include <unordered_map>
 
+#include "engine/engine.h"
 #include "engine/status.h"
 
 namespace kvferry {
@@ -30,16 +31,22 @@ class HandleTable {
   HandleTable(const HandleTable&) = delete;
   HandleTable& operator=(const HandleTable&) = delete;
 
-  /** Registers a range under a fresh id. The caller has checked it against the pool. */
-  [[nodiscard]] Status Expose(uint64_t offset, uint64_t length, uint64_t* handle);
+  /**
+   * Registers a range under a fresh id, accessible in the direction `access` only. The
+   * caller has checked the range against the pool and `access` (kRead or kWrite).
+   */
+  [[nodiscard]] Status Expose(uint64_t offset, uint64_t length, Access access, uint64_t* handle);
 
   /**
    * Starts an access to [offset, offset+length) of the handle's range; on success
    * `*pool_offset` is where that starts in the pool and the caller must call
    * ReleaseAccess(handle) when done. kNotFound for an unknown or revoked handle,
-   * kOutOfRange when the range does not fit the handle (overflow-safe).
+   * kPermissionDenied when the handle was not exposed for `access` (a WRITE to a
+   * handle lent for reading, or the reverse), kOutOfRange when the range does not fit
+   * the handle (overflow-safe).
    */
-  [[nodiscard]] Status Acquire(uint64_t handle, uint64_t offset, uint64_t length, uint64_t* pool_offset);
+  [[nodiscard]] Status Acquire(uint64_t handle, Access access, uint64_t offset, uint64_t length,
+                               uint64_t* pool_offset);
   void ReleaseAccess(uint64_t handle);
 
   /** kNotFound for an unknown or already revoked handle. */
@@ -52,6 +59,7 @@ class HandleTable {
   struct Entry {
     uint64_t offset = 0;
     uint64_t length = 0;
+    Access access = Access::kRead;
     uint64_t in_flight = 0;
     bool revoked = false;
   };

@@ -21,8 +21,10 @@
 // - Cancellation is best effort: Cancel(op_id) guarantees a terminal completion soon
 //   (kCancelled, or whatever outcome won the race), never that bytes were not moved. A
 //   transport that cannot stop an op in the middle stops its carrier (for TCP: closes
-//   the connections that carry the op's slices), which ends every op on that carrier
-//   too (kUnavailable). Callers keep polling until the terminal completion arrives.
+//   the connections that carry the op's slices); the other ops on that carrier are not
+//   failed but carried again (their unfinished parts re-sent / re-read, once the
+//   carrier's threads are done with them). Callers keep polling until the terminal
+//   completion arrives.
 // - Disconnect(peer) ends every op to that peer (kUnavailable) and forgets the peer;
 //   later ops reconnect. Shutdown ends every op (kCancelled) and stops accepting.
 #pragma once

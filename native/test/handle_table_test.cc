@@ -31,7 +31,7 @@ TEST_F(HandleTableTest, IssuesDistinctNonZeroIds) {
   std::set<uint64_t> seen;
   for (int i = 0; i < 10000; ++i) {
     uint64_t h = 0;
-    ASSERT_TRUE(table_.Expose(0, 64, &h).ok());
+    ASSERT_TRUE(table_.Expose(0, 64, Access::kWrite, &h).ok());
     ASSERT_NE(h, 0u);
     ASSERT_TRUE(seen.insert(h).second) << "handle reused";
   }
@@ -41,48 +41,48 @@ TEST_F(HandleTableTest, IssuesDistinctNonZeroIds) {
 
 TEST_F(HandleTableTest, AcquireMapsIntoTheExposedRangeAndChecksBounds) {
   uint64_t h = 0;
-  ASSERT_TRUE(table_.Expose(4096, 1000, &h).ok());
+  ASSERT_TRUE(table_.Expose(4096, 1000, Access::kWrite, &h).ok());
   uint64_t at = 0;
-  ASSERT_TRUE(table_.Acquire(h, 10, 990, &at).ok());
+  ASSERT_TRUE(table_.Acquire(h, Access::kWrite, 10, 990, &at).ok());
   EXPECT_EQ(at, 4106u);
   table_.ReleaseAccess(h);
-  ASSERT_TRUE(table_.Acquire(h, 1000, 0, &at).ok());  // empty range at the end
+  ASSERT_TRUE(table_.Acquire(h, Access::kWrite, 1000, 0, &at).ok());  // empty range at the end
   table_.ReleaseAccess(h);
 
-  EXPECT_EQ(table_.Acquire(h, 10, 991, &at).code(), Code::kOutOfRange);
-  EXPECT_EQ(table_.Acquire(h, 1001, 0, &at).code(), Code::kOutOfRange);
-  EXPECT_EQ(table_.Acquire(h, UINT64_MAX, 1, &at).code(), Code::kOutOfRange);
-  EXPECT_EQ(table_.Acquire(h, UINT64_MAX, 0, &at).code(), Code::kOutOfRange);
-  EXPECT_EQ(table_.Acquire(h, 1, UINT64_MAX, &at).code(), Code::kOutOfRange);
-  EXPECT_EQ(table_.Acquire(h, 8, UINT64_MAX - 7, &at).code(), Code::kOutOfRange);
-  EXPECT_EQ(table_.Acquire(h ^ 1, 0, 1, &at).code(), Code::kNotFound);
-  EXPECT_EQ(table_.Acquire(0, 0, 1, &at).code(), Code::kNotFound);
+  EXPECT_EQ(table_.Acquire(h, Access::kWrite, 10, 991, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, Access::kWrite, 1001, 0, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, Access::kWrite, UINT64_MAX, 1, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, Access::kWrite, UINT64_MAX, 0, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, Access::kWrite, 1, UINT64_MAX, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h, Access::kWrite, 8, UINT64_MAX - 7, &at).code(), Code::kOutOfRange);
+  EXPECT_EQ(table_.Acquire(h ^ 1, Access::kWrite, 0, 1, &at).code(), Code::kNotFound);
+  EXPECT_EQ(table_.Acquire(0, Access::kWrite, 0, 1, &at).code(), Code::kNotFound);
 }
 
 TEST_F(HandleTableTest, RevokeWithoutAccessReleasesAtOnceExactlyOnce) {
   uint64_t h = 0;
-  ASSERT_TRUE(table_.Expose(0, 64, &h).ok());
+  ASSERT_TRUE(table_.Expose(0, 64, Access::kWrite, &h).ok());
   ASSERT_TRUE(table_.Revoke(h).ok());
   EXPECT_EQ(released(), std::vector<uint64_t>{h});
   EXPECT_EQ(table_.Revoke(h).code(), Code::kNotFound);
   uint64_t at = 0;
-  EXPECT_EQ(table_.Acquire(h, 0, 1, &at).code(), Code::kNotFound);
+  EXPECT_EQ(table_.Acquire(h, Access::kWrite, 0, 1, &at).code(), Code::kNotFound);
   EXPECT_EQ(released().size(), 1u);
   EXPECT_EQ(table_.size(), 0u);
 }
 
 TEST_F(HandleTableTest, RevokeWithAccessInFlightReleasesWhenTheLastAccessEnds) {
   uint64_t h = 0, other = 0;
-  ASSERT_TRUE(table_.Expose(0, 64, &h).ok());
-  ASSERT_TRUE(table_.Expose(64, 64, &other).ok());
+  ASSERT_TRUE(table_.Expose(0, 64, Access::kWrite, &h).ok());
+  ASSERT_TRUE(table_.Expose(64, 64, Access::kWrite, &other).ok());
   uint64_t at = 0;
-  ASSERT_TRUE(table_.Acquire(h, 0, 8, &at).ok());
-  ASSERT_TRUE(table_.Acquire(h, 8, 8, &at).ok());
+  ASSERT_TRUE(table_.Acquire(h, Access::kWrite, 0, 8, &at).ok());
+  ASSERT_TRUE(table_.Acquire(h, Access::kWrite, 8, 8, &at).ok());
 
   ASSERT_TRUE(table_.Revoke(h).ok());
   EXPECT_TRUE(released().empty());
   // New accesses are refused at once, even though old ones are still running.
-  EXPECT_EQ(table_.Acquire(h, 0, 8, &at).code(), Code::kNotFound);
+  EXPECT_EQ(table_.Acquire(h, Access::kWrite, 0, 8, &at).code(), Code::kNotFound);
   EXPECT_EQ(table_.Revoke(h).code(), Code::kNotFound);
 
   table_.ReleaseAccess(h);
@@ -92,9 +92,32 @@ TEST_F(HandleTableTest, RevokeWithAccessInFlightReleasesWhenTheLastAccessEnds) {
   table_.ReleaseAccess(h);  // a stray release changes nothing
   EXPECT_EQ(released().size(), 1u);
   // The other handle is untouched.
-  EXPECT_TRUE(table_.Acquire(other, 0, 64, &at).ok());
+  EXPECT_TRUE(table_.Acquire(other, Access::kWrite, 0, 64, &at).ok());
   table_.ReleaseAccess(other);
   EXPECT_EQ(table_.size(), 1u);
+}
+
+TEST_F(HandleTableTest, AHandleServesOnlyTheDirectionItWasExposedFor) {
+  uint64_t lent = 0, inbox = 0;
+  ASSERT_TRUE(table_.Expose(0, 64, Access::kRead, &lent).ok());
+  ASSERT_TRUE(table_.Expose(64, 64, Access::kWrite, &inbox).ok());
+  uint64_t at = 0;
+  Status s = table_.Acquire(lent, Access::kWrite, 0, 8, &at);
+  EXPECT_EQ(s.code(), Code::kPermissionDenied) << s.ToString();
+  EXPECT_NE(s.message().find("not writable"), std::string::npos) << s.message();
+  s = table_.Acquire(inbox, Access::kRead, 0, 8, &at);
+  EXPECT_EQ(s.code(), Code::kPermissionDenied) << s.ToString();
+  EXPECT_NE(s.message().find("not readable"), std::string::npos) << s.message();
+  // A refused access holds nothing: revoking releases at once.
+  ASSERT_TRUE(table_.Revoke(lent).ok());
+  EXPECT_EQ(released(), std::vector<uint64_t>{lent});
+
+  ASSERT_TRUE(table_.Acquire(inbox, Access::kWrite, 0, 8, &at).ok());
+  EXPECT_EQ(at, 64u);
+  table_.ReleaseAccess(inbox);
+  uint64_t bad = 0;
+  EXPECT_EQ(table_.Expose(0, 64, static_cast<Access>(3), &bad).code(), Code::kInvalidArgument);
+  EXPECT_EQ(table_.Expose(0, 64, static_cast<Access>(0), &bad).code(), Code::kInvalidArgument);
 }
 
 }  // namespace

@@ -37,8 +37,9 @@ TEST(PeerFailure, DestroyingThePeerMidTransferEndsEveryOpUnavailableAndLeavesCom
   ASSERT_TRUE(a && b);
   constexpr int kOps = 48;
   constexpr uint64_t kSize = 4 << 20;
-  uint64_t h = 0;
-  ASSERT_TRUE(b->Expose(0, kOps * kSize, &h).ok());
+  uint64_t hw = 0, hr = 0;
+  ASSERT_TRUE(b->Expose(0, kOps * kSize, Access::kWrite, &hw).ok());
+  ASSERT_TRUE(b->Expose(0, kOps * kSize, Access::kRead, &hr).ok());
   FillPattern(b->pool_base(), kOps * kSize, 1);
 
   // As each READ completes, poison its extent; a late write by the engine would show.
@@ -49,8 +50,8 @@ TEST(PeerFailure, DestroyingThePeerMidTransferEndsEveryOpUnavailableAndLeavesCom
   });
   std::vector<TransferOp> ops;
   for (uint64_t i = 1; i <= kOps; ++i) {
-    ops.push_back(MakeOp(i, i % 2 ? OpKind::kWrite : OpKind::kRead, PeerOf(*b), (i - 1) * kSize, h, (i - 1) * kSize,
-                         kSize));
+    ops.push_back(MakeOp(i, i % 2 ? OpKind::kWrite : OpKind::kRead, PeerOf(*b), (i - 1) * kSize, i % 2 ? hw : hr,
+                         (i - 1) * kSize, kSize));
   }
   ASSERT_TRUE(a->Submit(ops).ok());
   ASSERT_TRUE(ca.WaitOps(1, seconds(30)));
@@ -103,7 +104,7 @@ TEST(PeerFailure, APeerThatNeverAnswersTimesOutAfterIoTimeout) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(5));
 }
 
-TEST(Cancel, CancellingAnOpStuckOnTheWireEndsItAndItsConnectionMates) {
+TEST(Cancel, CancellingAnOpStuckOnTheWireEndsItAndCarriesItsConnectionMatesOnAnotherConnection) {
   SilentPeer silent;
   auto a = MakeEngine(4 << 20, [](EngineOptions& o) { o.connections_per_peer = 1; });
   ASSERT_NE(a, nullptr);
@@ -118,16 +119,85 @@ TEST(Cancel, CancellingAnOpStuckOnTheWireEndsItAndItsConnectionMates) {
   // Let both reach the wire (the silent peer swallows them and never answers).
   std::this_thread::sleep_for(milliseconds(200));
   EXPECT_EQ(ca.op_count(), 0u);
+  EXPECT_EQ(silent.accepted(), 1);
   a->Cancel(1);
-  ASSERT_TRUE(ca.WaitOps(2, seconds(5)));
-  auto done = ca.ops();
-  EXPECT_EQ(done.at(1).code, Code::kCancelled) << done.at(1).message;
-  EXPECT_EQ(done.at(2).code, Code::kUnavailable) << done.at(2).message;
+  ASSERT_TRUE(ca.WaitOps(1, seconds(5)));
+  EXPECT_EQ(ca.ops().at(1).code, Code::kCancelled) << ca.ops().at(1).message;
+  // Op 2 shared the connection closed to cancel op 1, but it was not cancelled: it is
+  // not failed, its slice goes out again on a fresh connection.
+  for (int i = 0; i < 50 && silent.accepted() < 2; ++i) std::this_thread::sleep_for(milliseconds(20));
+  EXPECT_EQ(silent.accepted(), 2) << "op 2 was not carried on a new connection";
+  std::this_thread::sleep_for(milliseconds(200));
+  ASSERT_EQ(ca.op_count(), 1u) << "op 2 failed along with the cancelled op: " << ca.ops().rbegin()->second.message;
   a->Cancel(1);  // already complete: nothing happens
   a->Cancel(999);
   std::this_thread::sleep_for(milliseconds(100));
+  EXPECT_EQ(ca.op_count(), 1u);
+
+  // Disconnect is a real failure for it.
+  a->Disconnect(silent.address());
+  ASSERT_TRUE(ca.WaitOps(2, seconds(5)));
+  EXPECT_EQ(ca.ops().at(2).code, Code::kUnavailable) << ca.ops().at(2).message;
+  std::this_thread::sleep_for(milliseconds(100));
   EXPECT_EQ(ca.op_count(), 2u);
   EXPECT_TRUE(AllEqual(base + (1 << 20), 1 << 20, kPoison));
+}
+
+TEST(Cancel, OpsSharingAConnectionWithACancelledOpStillCompleteIntact) {
+  // One connection per peer, so a batch's ops share the connection the cancel closes.
+  auto a = MakeEngine(64 << 20, [](EngineOptions& o) { o.connections_per_peer = 1; });
+  auto b = MakeEngine(64 << 20, [](EngineOptions& o) { o.slice_bytes = 1 << 20; });
+  ASSERT_TRUE(a && b);
+  Collector ca(a.get());
+  uint64_t hw = 0, hr = 0;
+  ASSERT_TRUE(b->Expose(0, 32 << 20, Access::kWrite, &hw).ok());
+  ASSERT_TRUE(b->Expose(32 << 20, 32 << 20, Access::kRead, &hr).ok());
+  FillPattern(b->pool_base() + (32 << 20), 32 << 20, 3);
+  // Connect first, so that every round's batch goes straight onto the wire.
+  ASSERT_TRUE(a->Submit({MakeOp(1000, OpKind::kWrite, PeerOf(*b), 0, hw, 0, 64)}).ok());
+  ASSERT_TRUE(ca.WaitOps(1, seconds(10)));
+  ASSERT_EQ(ca.ops().at(1000).code, Code::kOk);
+  constexpr uint64_t kRounds = 10;
+  constexpr uint64_t kMates = 6;
+  constexpr uint64_t kPart = 1 << 20;
+  uint64_t id = 1, expected = 1, killed_mates = 0;
+  for (uint64_t round = 0; round < kRounds; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    FillPattern(a->pool_base(), 32 << 20, 100 + round);
+    std::memset(b->pool_base(), 0, 32 << 20);
+    std::memset(a->pool_base() + (32 << 20), 0, 32 << 20);
+    // The victim (8 MiB) first, its mates behind it on the same connection's window:
+    // writes to and reads from regions of their own.
+    const uint64_t victim = id++;
+    std::vector<TransferOp> batch = {MakeOp(victim, OpKind::kWrite, PeerOf(*b), 0, hw, 0, 8 << 20)};
+    for (uint64_t m = 0; m < kMates; ++m) {
+      const uint64_t at = (16 << 20) + m * kPart;
+      batch.push_back(m % 2 == 0 ? MakeOp(id++, OpKind::kWrite, PeerOf(*b), at, hw, at, kPart)
+                                 : MakeOp(id++, OpKind::kRead, PeerOf(*b), (32 << 20) + at, hr, at, kPart));
+    }
+    ASSERT_TRUE(a->Submit(batch).ok());
+    std::this_thread::sleep_for(std::chrono::microseconds(300 * round));
+    a->Cancel(victim);
+    expected += batch.size();
+    ASSERT_TRUE(ca.WaitOps(expected, seconds(20)));
+    auto done = ca.ops();
+    EXPECT_TRUE(done.at(victim).code == Code::kCancelled || done.at(victim).code == Code::kOk)
+        << done.at(victim).message;
+    for (uint64_t m = 0; m < kMates; ++m) {
+      const TransferOp& op = batch[1 + m];
+      const Completion& c = done.at(op.id);
+      killed_mates += c.code == Code::kOk ? 0 : 1;
+      EXPECT_EQ(c.code, Code::kOk) << "op " << op.id << ": " << c.message;
+      if (c.code != Code::kOk) continue;
+      EXPECT_EQ(c.bytes, kPart);
+      const uint8_t* local = a->pool_base() + op.local_offset;
+      const uint8_t* remote = op.kind == OpKind::kWrite ? b->pool_base() + op.remote_offset
+                                                        : b->pool_base() + (32 << 20) + op.remote_offset;
+      ASSERT_EQ(std::memcmp(local, remote, kPart), 0) << "op " << op.id << " moved the wrong bytes";
+    }
+  }
+  EXPECT_EQ(killed_mates, 0u);
+  EXPECT_EQ(ca.duplicates(), 0u);
 }
 
 TEST(Cancel, CancellingAnOpThatHasNotReachedTheWireLeavesTheOthersAlone) {
@@ -163,7 +233,7 @@ TEST(Cancel, CancellingALiveTransferYieldsOneTerminalCompletionAndThePeerStaysUs
   ASSERT_TRUE(a && b);
   Collector ca(a.get());
   uint64_t h = 0;
-  ASSERT_TRUE(b->Expose(0, 64 << 20, &h).ok());
+  ASSERT_TRUE(b->Expose(0, 64 << 20, Access::kWrite, &h).ok());
   FillPattern(a->pool_base(), 16 << 20, 8);
   // Every op targets remote bytes of its own: after a cancel the peer may still be
   // finishing the cancelled op's last slice.

@@ -1,11 +1,13 @@
 // A server facing peers that do not follow the protocol: it must drop them, count them,
 // keep serving everyone else, and never let them reach memory outside their handles.
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -46,7 +48,8 @@ class HostilePeer : public ::testing::Test {
     cs_ = std::make_unique<Collector>(server_.get());
     cc_ = std::make_unique<Collector>(client_.get());
     ASSERT_TRUE(server_->Allocate(1 << 20, &small_).ok());
-    ASSERT_TRUE(server_->Expose(small_, 1 << 20, &small_handle_).ok());
+    ASSERT_TRUE(server_->Expose(small_, 1 << 20, Access::kWrite, &small_handle_).ok());
+    ASSERT_TRUE(server_->Expose(small_, 1 << 20, Access::kRead, &small_read_handle_).ok());
     std::memset(server_->pool_base() + small_, 0, 1 << 20);
   }
   void TearDown() override {
@@ -66,7 +69,8 @@ class HostilePeer : public ::testing::Test {
   std::unique_ptr<Engine> server_, client_;
   std::unique_ptr<Collector> cs_, cc_;
   uint64_t small_ = 0;
-  uint64_t small_handle_ = 0;
+  uint64_t small_handle_ = 0;       // writable
+  uint64_t small_read_handle_ = 0;  // readable, same bytes
 };
 
 TEST_F(HostilePeer, RandomBytesInsteadOfAHelloAreRefusedAndClosed) {
@@ -155,6 +159,78 @@ TEST_F(HostilePeer, ATruncatedFrameIsDroppedAfterTheIoTimeout) {
   EXPECT_TRUE(cs_->WaitReleased(small_handle_, seconds(5)));
 }
 
+// Sends `h`, then trickles payload bytes (one each `gap`, never stalling as long as the
+// I/O timeout) until the server closes the connection or `give_up` passes; returns how
+// long after the header the server closed it, or give_up when it never did.
+std::chrono::milliseconds TrickleUntilClosed(int fd, const FrameHeader& h, milliseconds gap, milliseconds give_up,
+                                             const std::function<void()>& after_header = {}) {
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(RawSendHeader(fd, h));
+  if (after_header) after_header();
+  for (;;) {
+    const auto elapsed = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
+    if (elapsed >= give_up) return give_up;
+    const uint8_t b = 0xAB;
+    if (send(fd, &b, 1, MSG_NOSIGNAL) != 1) return elapsed;
+    struct pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(gap.count())) > 0) {
+      // The server never answers a WRITE before its payload is complete: readable means
+      // EOF or a reset.
+      return std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
+    }
+  }
+}
+
+TEST_F(HostilePeer, AWritePayloadThatTricklesInIsCutOffAtTheFrameDeadline) {
+  // One byte every 200 ms never trips a per-call timeout of 1 s; the frame deadline
+  // (io_timeout_ms from the header) must. A Revoke issued meanwhile completes then.
+  int fd = Authenticated();
+  FrameHeader h;
+  h.type = FrameType::kWrite;
+  h.request_id = 1;
+  h.handle = small_handle_;
+  h.length = 64 << 10;
+  bool revoked = false;
+  const auto closed_after = TrickleUntilClosed(fd, h, milliseconds(200), milliseconds(5 * kIoTimeoutMs), [&] {
+    std::this_thread::sleep_for(milliseconds(300));  // the server holds the access by now
+    revoked = server_->Revoke(small_handle_).ok();
+    std::this_thread::sleep_for(milliseconds(100));
+    EXPECT_EQ(cs_->released_count(small_handle_), 0u) << "released while a write was landing in it";
+  });
+  close(fd);
+  EXPECT_TRUE(revoked);
+  EXPECT_LT(closed_after.count(), kIoTimeoutMs + 600) << "a trickling WRITE held the connection";
+  EXPECT_GE(closed_after.count(), kIoTimeoutMs - 100);
+  EXPECT_TRUE(cs_->WaitReleased(small_handle_, seconds(2)));
+
+  // A refused WRITE (unknown handle) whose payload trickles is cut off the same way.
+  fd = Authenticated();
+  h.handle = small_handle_ ^ 1;
+  EXPECT_LT(TrickleUntilClosed(fd, h, milliseconds(200), milliseconds(5 * kIoTimeoutMs)).count(),
+            kIoTimeoutMs + 600);
+  close(fd);
+
+  // A header that trickles in is cut off too, and an idle connection is not.
+  fd = Authenticated();
+  std::this_thread::sleep_for(milliseconds(kIoTimeoutMs + 300));  // idle between frames: fine
+  uint8_t raw[tcp::kHeaderSize];
+  h.handle = small_read_handle_;
+  h.type = FrameType::kRead;
+  h.length = 16;
+  tcp::EncodeHeader(h, raw);
+  const auto start = std::chrono::steady_clock::now();
+  bool closed = false;
+  for (size_t i = 0; i < tcp::kHeaderSize && !closed; ++i) {
+    closed = send(fd, raw + i, 1, MSG_NOSIGNAL) != 1;
+    struct pollfd p = {fd, POLLIN, 0};
+    closed = closed || poll(&p, 1, 200) > 0;
+  }
+  EXPECT_TRUE(closed);
+  EXPECT_LT(std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start).count(),
+            kIoTimeoutMs + 600);
+  close(fd);
+}
+
 TEST_F(HostilePeer, RefusedAccessesAreAnsweredAndTheConnectionStaysUsable) {
   int fd = Authenticated();
   std::vector<uint8_t> payload(1000, 0xAB);
@@ -175,7 +251,7 @@ TEST_F(HostilePeer, RefusedAccessesAreAnsweredAndTheConnectionStaysUsable) {
   FrameHeader past_end;
   past_end.type = FrameType::kRead;
   past_end.request_id = 8;
-  past_end.handle = small_handle_;
+  past_end.handle = small_read_handle_;
   past_end.offset = (1 << 20) - 10;
   past_end.length = 11;
   ASSERT_TRUE(RawSendHeader(fd, past_end));
@@ -199,6 +275,62 @@ TEST_F(HostilePeer, RefusedAccessesAreAnsweredAndTheConnectionStaysUsable) {
   EXPECT_EQ(server_->pool_base()[small_ + 1005], 0);
   close(fd);
   EXPECT_EQ(server_->stats().frames_refused, 0u);
+}
+
+TEST_F(HostilePeer, AHandleLentForReadingRefusesWritesAndTheConnectionStaysUsable) {
+  // The daemon lends a sealed entry for peers to READ; a peer must not overwrite it.
+  uint8_t* sealed = server_->pool_base() + small_;
+  FillPattern(sealed, 4096, 21);
+  std::vector<uint8_t> before(sealed, sealed + 4096);
+  int fd = Authenticated();
+  std::vector<uint8_t> payload(4096, 0xAB);
+
+  FrameHeader w;
+  w.type = FrameType::kWrite;
+  w.request_id = 1;
+  w.handle = small_read_handle_;
+  w.length = payload.size();
+  ASSERT_TRUE(RawSendHeader(fd, w));
+  ASSERT_TRUE(RawSend(fd, payload.data(), payload.size()));
+  FrameHeader reply;
+  ASSERT_TRUE(RawRecvHeader(fd, &reply));
+  EXPECT_EQ(reply.type, FrameType::kWriteAck);
+  EXPECT_EQ(reply.request_id, 1u);
+  EXPECT_EQ(reply.status, static_cast<uint32_t>(Code::kPermissionDenied));
+  EXPECT_EQ(std::memcmp(sealed, before.data(), before.size()), 0) << "a peer overwrote a handle lent for reading";
+
+  // The refused payload was swallowed: the next frame (a READ of the same handle) works.
+  FrameHeader r;
+  r.type = FrameType::kRead;
+  r.request_id = 2;
+  r.handle = small_read_handle_;
+  r.length = 4096;
+  ASSERT_TRUE(RawSendHeader(fd, r));
+  ASSERT_TRUE(RawRecvHeader(fd, &reply));
+  EXPECT_EQ(reply.type, FrameType::kReadData);
+  EXPECT_EQ(reply.request_id, 2u);
+  ASSERT_EQ(reply.status, 0u);
+  ASSERT_EQ(reply.length, 4096u);
+  std::vector<uint8_t> got(4096);
+  ASSERT_TRUE(test::RawRecv(fd, got.data(), got.size()));
+  EXPECT_EQ(got, before);
+
+  // And the reverse: a handle exposed for writing is not readable.
+  r.request_id = 3;
+  r.handle = small_handle_;
+  ASSERT_TRUE(RawSendHeader(fd, r));
+  ASSERT_TRUE(RawRecvHeader(fd, &reply));
+  EXPECT_EQ(reply.request_id, 3u);
+  EXPECT_EQ(reply.status, static_cast<uint32_t>(Code::kPermissionDenied));
+  EXPECT_EQ(reply.length, 0u);
+  close(fd);
+  EXPECT_EQ(server_->stats().frames_refused, 0u);
+
+  // Through the engine: the op fails kPermissionDenied.
+  ASSERT_TRUE(client_->Submit({MakeOp(1, OpKind::kWrite, PeerOf(*server_), 0, small_read_handle_, 0, 4096)}).ok());
+  ASSERT_TRUE(cc_->WaitOps(1, seconds(10)));
+  EXPECT_EQ(cc_->ops().at(1).code, Code::kPermissionDenied) << cc_->ops().at(1).message;
+  EXPECT_EQ(std::memcmp(sealed, before.data(), before.size()), 0);
 }
 
 TEST_F(HostilePeer, RevokeWaitsForAnIncomingWriteThatIsStillArriving) {
@@ -226,9 +358,10 @@ TEST_F(HostilePeer, RevokeWaitsForAnIncomingWriteThatIsStillArriving) {
 
 TEST_F(HostilePeer, ALegitimateTransferCompletesIntactWhileHostilePeersHammerTheServer) {
   const uint64_t size = 16ull << 20;
-  uint64_t dst = 0, h = 0, src = 0, back = 0;
+  uint64_t dst = 0, h = 0, hr = 0, src = 0, back = 0;
   ASSERT_TRUE(server_->Allocate(size, &dst).ok());
-  ASSERT_TRUE(server_->Expose(dst, size, &h).ok());
+  ASSERT_TRUE(server_->Expose(dst, size, Access::kWrite, &h).ok());
+  ASSERT_TRUE(server_->Expose(dst, size, Access::kRead, &hr).ok());
   ASSERT_TRUE(client_->Allocate(size, &src).ok());
   ASSERT_TRUE(client_->Allocate(size, &back).ok());
   FillPattern(client_->pool_base() + src, size, 11);
@@ -288,7 +421,7 @@ TEST_F(HostilePeer, ALegitimateTransferCompletesIntactWhileHostilePeersHammerThe
     std::memset(client_->pool_base() + back, 0, size);
     ASSERT_TRUE(client_->Submit({MakeOp(round * 2 + 1, OpKind::kWrite, PeerOf(*server_), src, h, 0, size)}).ok());
     ASSERT_TRUE(cc_->WaitOps(round * 2 + 1, seconds(30)));
-    ASSERT_TRUE(client_->Submit({MakeOp(round * 2 + 2, OpKind::kRead, PeerOf(*server_), back, h, 0, size)}).ok());
+    ASSERT_TRUE(client_->Submit({MakeOp(round * 2 + 2, OpKind::kRead, PeerOf(*server_), back, hr, 0, size)}).ok());
     ASSERT_TRUE(cc_->WaitOps(round * 2 + 2, seconds(30)));
     ASSERT_EQ(std::memcmp(client_->pool_base() + src, client_->pool_base() + back, size), 0);
   }

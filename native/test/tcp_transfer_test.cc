@@ -42,9 +42,9 @@ class TcpTransfer : public ::testing::Test {
     return off;
   }
 
-  uint64_t ExposeOnB(uint64_t offset, uint64_t length) {
+  uint64_t ExposeOnB(uint64_t offset, uint64_t length, Access access = Access::kWrite) {
     uint64_t h = 0;
-    Status s = b_->Expose(offset, length, &h);
+    Status s = b_->Expose(offset, length, access, &h);
     EXPECT_TRUE(s.ok()) << s.ToString();
     return h;
   }
@@ -82,6 +82,7 @@ TEST_F(TcpTransfer, WritesThenReadsBackEveryByteForSmallOddAndMultiSliceSizes) {
     std::memset(a_->pool_base() + back, 0, size);
     // Expose a larger range and target an unaligned offset inside it.
     const uint64_t h = ExposeOnB(dst, size + 128);
+    const uint64_t hr = ExposeOnB(dst, size + 128, Access::kRead);
 
     Completion w = RunOnA(MakeOp(id++, OpKind::kWrite, PeerOf(*b_), src, h, 3, size));
     ASSERT_EQ(w.code, Code::kOk) << w.message;
@@ -90,7 +91,7 @@ TEST_F(TcpTransfer, WritesThenReadsBackEveryByteForSmallOddAndMultiSliceSizes) {
     EXPECT_EQ(b_->pool_base()[dst + 2], 0);  // nothing written before the offset
     EXPECT_EQ(b_->pool_base()[dst + 3 + size], 0);  // nor after the length
 
-    Completion r = RunOnA(MakeOp(id++, OpKind::kRead, PeerOf(*b_), back, h, 3, size));
+    Completion r = RunOnA(MakeOp(id++, OpKind::kRead, PeerOf(*b_), back, hr, 3, size));
     ASSERT_EQ(r.code, Code::kOk) << r.message;
     EXPECT_EQ(r.bytes, size);
     ASSERT_EQ(std::memcmp(a_->pool_base() + back, a_->pool_base() + src, size), 0);
@@ -120,6 +121,7 @@ TEST_F(TcpTransfer, FiveHundredConcurrentMixedOpsFromFourThreadsAllLandIntact) {
   const uint64_t region_bytes = 100ull << 20;
   const uint64_t region = Alloc(b_.get(), region_bytes);
   const uint64_t h = ExposeOnB(region, region_bytes);
+  const uint64_t hr = ExposeOnB(region, region_bytes, Access::kRead);
   FillPattern(b_->pool_base() + region, region_bytes, 99);
   uint64_t cursor = 0;
   uint64_t write_bytes = 0, read_bytes = 0;
@@ -141,7 +143,7 @@ TEST_F(TcpTransfer, FiveHundredConcurrentMixedOpsFromFourThreadsAllLandIntact) {
       read_bytes += size;
     }
     ASSERT_LE(cursor + size, region_bytes);
-    plan.push_back({MakeOp(10000 + i, kind, PeerOf(*b_), local, h, cursor, size), region + cursor});
+    plan.push_back({MakeOp(10000 + i, kind, PeerOf(*b_), local, kind == OpKind::kWrite ? h : hr, cursor, size), region + cursor});
     cursor += (size + 63) / 64 * 64;
   }
 
@@ -181,15 +183,16 @@ TEST_F(TcpTransfer, RemoteRefusalsFailTheOpButKeepTheConnectionUsable) {
   const uint64_t local = Alloc(a_.get(), 8192);
   const uint64_t dst = Alloc(b_.get(), 4096);
   const uint64_t h = ExposeOnB(dst, 4096);
+  const uint64_t hr = ExposeOnB(dst, 4096, Access::kRead);
   const std::string peer = PeerOf(*b_);
 
   Completion unknown = RunOnA(MakeOp(1, OpKind::kWrite, peer, local, h ^ 0x5555, 0, 100));
   EXPECT_EQ(unknown.code, Code::kNotFound) << unknown.message;
   Completion too_long = RunOnA(MakeOp(2, OpKind::kWrite, peer, local, h, 0, 8192));
   EXPECT_EQ(too_long.code, Code::kOutOfRange) << too_long.message;
-  Completion past_end = RunOnA(MakeOp(3, OpKind::kRead, peer, local, h, 4000, 97));
+  Completion past_end = RunOnA(MakeOp(3, OpKind::kRead, peer, local, hr, 4000, 97));
   EXPECT_EQ(past_end.code, Code::kOutOfRange) << past_end.message;
-  Completion huge_offset = RunOnA(MakeOp(4, OpKind::kRead, peer, local, h, UINT64_MAX - 10, 5));
+  Completion huge_offset = RunOnA(MakeOp(4, OpKind::kRead, peer, local, hr, UINT64_MAX - 10, 5));
   EXPECT_EQ(huge_offset.code, Code::kOutOfRange) << huge_offset.message;
   Completion empty_unknown = RunOnA(MakeOp(5, OpKind::kRead, peer, local, 12345, 0, 0));
   EXPECT_EQ(empty_unknown.code, Code::kNotFound) << empty_unknown.message;
@@ -288,7 +291,7 @@ TEST(TcpHandshake, AWrongTokenFailsOpsWithPermissionDeniedAndIsCountedByTheServe
   Collector cf(friendly.get());
   uint64_t dst = 0, h = 0;
   ASSERT_TRUE(server->Allocate(1024, &dst).ok());
-  ASSERT_TRUE(server->Expose(dst, 1024, &h).ok());
+  ASSERT_TRUE(server->Expose(dst, 1024, Access::kWrite, &h).ok());
   std::memset(server->pool_base() + dst, 0, 1024);
   std::memset(intruder->pool_base(), 0xEE, 1024);
 
@@ -317,7 +320,7 @@ TEST(TcpSlicing, SlicesFollowTheSmallerOfBothSidesLimits) {
   ASSERT_TRUE(server && client);
   Collector cc(client.get());
   uint64_t h = 0;
-  ASSERT_TRUE(server->Expose(0, 4 << 20, &h).ok());
+  ASSERT_TRUE(server->Expose(0, 4 << 20, Access::kWrite, &h).ok());
   FillPattern(client->pool_base(), 4 << 20, 3);
   ASSERT_TRUE(client->Submit({MakeOp(1, OpKind::kWrite, PeerOf(*server), 0, h, 0, 4 << 20)}).ok());
   ASSERT_TRUE(cc.WaitOps(1, seconds(20)));

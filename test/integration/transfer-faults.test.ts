@@ -344,7 +344,7 @@ describe("garbage on the data port", () => {
     expect(await fetchHashes(t.client, after.id)).toEqual(afterHashes);
   });
 
-  it("bounds-checks every access to a real handle: offsets and lengths past the part or wrapping around 2^64 are OUT_OF_RANGE and write nothing", async () => {
+  it("bounds-checks every access to a real handle: offsets and lengths past the part or wrapping around 2^64 are OUT_OF_RANGE, a READ through a receiving handle is PERMISSION_DENIED, and nothing refused is written", async () => {
     const size = 64 * KiB;
     const peer = new Peer(t.peerAddress, TOKEN);
     onTestFinished(() => peer.client.close());
@@ -377,19 +377,19 @@ describe("garbage on the data port", () => {
     expect(await write(3n, BigInt(size), poison.subarray(0, 1)), "one byte past the end").toBe(WireCode.OUT_OF_RANGE);
     expect(await write(4n, BigInt(size) - 16n, poison), "straddling the end").toBe(WireCode.OUT_OF_RANGE);
     expect(await write(5n, BigInt(size) + 1n, Buffer.alloc(0)), "an empty write past the end").toBe(WireCode.OUT_OF_RANGE);
-    c.send(header({ type: FrameType.READ, requestId: 6n, handle, offset: U64 - 8n, length: 16n }));
-    const r = await c.frame();
-    expect(r !== "closed" && [r.type, r.status, r.length], "READ wrapping around 2^64").toEqual([FrameType.READ_DATA, WireCode.OUT_OF_RANGE, 0n]);
-    // In range: the whole part in two writes, then read back over the wire.
-    expect(await write(7n, 0n, data.subarray(0, size / 2))).toBe(WireCode.OK);
-    expect(await write(8n, BigInt(size / 2), data.subarray(size / 2))).toBe(WireCode.OK);
-    c.send(header({ type: FrameType.READ, requestId: 9n, handle, offset: 0n, length: BigInt(size) }));
-    const rd = await c.frame();
-    expect(rd !== "closed" && [rd.type, rd.status, rd.length]).toEqual([FrameType.READ_DATA, WireCode.OK, BigInt(size)]);
-    const back = await c.read(size);
-    expect(back !== "closed" && digest(back), "no refused write touched the part").toBe(digest(data));
+    // A reservation's handle is for writing into: no READ, in range or not, gets a byte of it.
+    for (const [id, offset, length] of [[6n, U64 - 8n, 16n], [7n, 0n, BigInt(size)]] as const) {
+      c.send(header({ type: FrameType.READ, requestId: id, handle, offset, length }));
+      const r = await c.frame();
+      expect(r !== "closed" && [r.type, r.requestId, r.status, r.length], `READ ${id} of a receiving handle`).toEqual([
+        FrameType.READ_DATA, id, WireCode.PERMISSION_DENIED, 0n,
+      ]);
+    }
+    // In range: the whole part in two writes on the same connection, which stayed usable.
+    expect(await write(8n, 0n, data.subarray(0, size / 2))).toBe(WireCode.OK);
+    expect(await write(9n, BigInt(size / 2), data.subarray(size / 2))).toBe(WireCode.OK);
 
-    // Committed through the peer API, the entry holds exactly those bytes.
+    // Committed through the peer API, the entry holds exactly those bytes: no refused write touched it.
     await peer.call("commitReceive", { ids: [reservation.id] }, 5_000);
     const got = await t.client.get("bounds", { waitMs: 0 });
     expect(digest(got.parts.get("p")!)).toBe(digest(data));

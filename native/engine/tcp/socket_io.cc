@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -17,8 +18,45 @@ namespace {
 // RecvFullAndPeek reads a payload's last this-many bytes with calls that do not wait for
 // the whole request (they may return short); the bytes before, with MSG_WAITALL.
 constexpr size_t kPeekTailBytes = 64 * 1024;
+// An IoDeadline lets one system call overrun the deadline by at most this much (or a
+// tenth of the timeout, if less) rather than touch the socket before every call.
+constexpr std::chrono::microseconds kDeadlineSlack{20000};
+
+void SetTimeoutsMicros(int fd, std::chrono::microseconds t) {
+  struct timeval tv;
+  tv.tv_sec = static_cast<time_t>(t.count() / 1000000);
+  tv.tv_usec = static_cast<suseconds_t>(t.count() % 1000000);
+  if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1;  // zero would mean "wait forever"
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
 
 }  // namespace
+
+IoDeadline::IoDeadline(int fd, int timeout_ms)
+    : fd_(fd),
+      timeout_(std::chrono::milliseconds(timeout_ms)),
+      slack_(std::min<std::chrono::microseconds>(kDeadlineSlack, timeout_ / 10)),
+      armed_(timeout_),
+      at_(std::chrono::steady_clock::now() + timeout_) {}
+
+void IoDeadline::Start() { at_ = std::chrono::steady_clock::now() + timeout_; }
+
+bool IoDeadline::Arm() {
+  const auto left = std::chrono::duration_cast<std::chrono::microseconds>(at_ - std::chrono::steady_clock::now());
+  if (left.count() <= 0) return false;
+  if (armed_ > left + slack_) {
+    SetTimeoutsMicros(fd_, left);
+    armed_ = left;
+  }
+  return true;
+}
+
+void IoDeadline::Relax() {
+  if (armed_ == timeout_) return;
+  SetTimeoutsMicros(fd_, timeout_);
+  armed_ = timeout_;
+}
 
 const char* IoResultText(IoResult r) {
   switch (r) {
@@ -34,10 +72,14 @@ const char* IoResultText(IoResult r) {
   return "unknown";
 }
 
-IoResult RecvFull(int fd, void* buf, size_t n, size_t* got) {
+IoResult RecvFull(int fd, void* buf, size_t n, size_t* got, IoDeadline* deadline) {
   auto* p = static_cast<uint8_t*>(buf);
   size_t done = 0;
   while (done < n) {
+    if (deadline != nullptr && !deadline->Arm()) {
+      *got = done;
+      return IoResult::kTimeout;
+    }
     ssize_t r = recv(fd, p + done, n - done, MSG_WAITALL);
     if (r > 0) {
       done += static_cast<size_t>(r);
@@ -53,7 +95,8 @@ IoResult RecvFull(int fd, void* buf, size_t n, size_t* got) {
   return IoResult::kOk;
 }
 
-IoResult RecvFullAndPeek(int fd, void* buf, size_t n, void* spill, size_t spill_cap, size_t* spilled) {
+IoResult RecvFullAndPeek(int fd, void* buf, size_t n, void* spill, size_t spill_cap, size_t* spilled,
+                         IoDeadline* deadline) {
   auto* p = static_cast<uint8_t*>(buf);
   size_t done = 0;
   *spilled = 0;
@@ -62,11 +105,12 @@ IoResult RecvFullAndPeek(int fd, void* buf, size_t n, void* spill, size_t spill_
       // A large payload: the bulk in one waiting call (the kernel fills it as bytes
       // arrive), so only its tail is read by the calls that may also take the spill.
       size_t got = 0;
-      IoResult r = RecvFull(fd, p + done, n - done - kPeekTailBytes, &got);
+      IoResult r = RecvFull(fd, p + done, n - done - kPeekTailBytes, &got, deadline);
       done += got;
       if (r != IoResult::kOk) return r;
       continue;
     }
+    if (deadline != nullptr && !deadline->Arm()) return IoResult::kTimeout;
     struct iovec iov[2];
     iov[0] = {p + done, n - done};
     iov[1] = {spill, spill_cap};
@@ -105,13 +149,14 @@ IoResult RecvSome(int fd, void* buf, size_t n, size_t* got) {
   }
 }
 
-IoResult SendFull(int fd, struct iovec* iov, int iovcnt) {
+IoResult SendFull(int fd, struct iovec* iov, int iovcnt, IoDeadline* deadline) {
   while (iovcnt > 0) {
     if (iov->iov_len == 0) {
       ++iov;
       --iovcnt;
       continue;
     }
+    if (deadline != nullptr && !deadline->Arm()) return IoResult::kTimeout;
     struct msghdr msg;
     std::memset(&msg, 0, sizeof(msg));
     msg.msg_iov = iov;

@@ -141,10 +141,33 @@ void TcpClient::TeardownLocked(Conn* c) {
     c->fd = -1;
   }
   const Status why = c->death.ok() ? Status(Code::kUnavailable, "connection closed") : c->death;
-  while (!c->window.empty()) FinishSliceLocked(PopWindowLocked(c), why);
   Peer* peer = c->peer.get();
+  // Closed to cancel an op: the slices of the other ops are innocent bystanders and go
+  // back to the front of the queue (in window order) instead of failing.
+  const bool requeue = c->killed_by_cancel && !stopping_ && !peer->forgotten;
+  bool requeued = false;
+  std::vector<Op*> unqueued;
+  while (!c->window.empty()) {
+    const Slice s = PopWindowLocked(c);
+    if (requeue && s.op->error.ok()) {
+      RequeueSliceLocked(s, &unqueued);
+      requeued = true;
+    } else {
+      FinishSliceLocked(s, why);
+    }
+  }
+  for (auto it = unqueued.rbegin(); it != unqueued.rend(); ++it) {
+    (*it)->pending_it = peer->pending.insert(peer->pending.begin(), *it);
+    (*it)->pending = true;
+  }
   peer->conns.erase(std::find(peer->conns.begin(), peer->conns.end(), c));
   c->finished = true;
+  if (requeued) {
+    // Replace the closed connection and wake the live ones: either may carry the redo.
+    EnsureConnectionsLocked(c->peer);
+    for (Conn* other : peer->conns) other->send_cv.notify_one();
+    return;
+  }
   if (peer->conns.empty() && peer->pending.empty()) {
     // Nothing left to carry: forget the peer so that peers_ does not grow with every
     // address ever used. The next op to it starts afresh.
@@ -161,6 +184,13 @@ void TcpClient::TeardownLocked(Conn* c) {
     // Nothing ever got through: the waiting ops would only meet the same fate.
     FailPendingLocked(peer, why);
   }
+}
+
+void TcpClient::RequeueSliceLocked(const Slice& s, std::vector<Op*>* unqueued) {
+  Op* op = s.op;
+  --op->in_flight;
+  if (!op->pending && op->redo.empty()) unqueued->push_back(op);
+  op->redo.emplace_back(s.op_offset, s.length);
 }
 
 void TcpClient::FinishSliceLocked(const Slice& s, const Status& status) {

@@ -33,19 +33,26 @@
 // queue push, and at most one owner wake-up, per batch of replies.
 //
 // Failure
-// - A slice error reported by the peer (unknown handle, out of range) fails its op;
-//   the connection stays. A connection error fails every op with a slice in its window
-//   (kUnavailable; kPermissionDenied for a refused handshake; kCancelled at Shutdown).
-//   If every connection of a peer fails before delivering anything, the peer's pending
-//   ops fail with that error; otherwise pending ops wait for (re)connected carriers.
+// - A slice error reported by the peer (unknown handle, out of range, wrong direction)
+//   fails its op; the connection stays. A connection error fails every op with a slice
+//   in its window (kUnavailable; kPermissionDenied for a refused handshake; kCancelled
+//   at Shutdown). If every connection of a peer fails before delivering anything, the
+//   peer's pending ops fail with that error; otherwise pending ops wait for
+//   (re)connected carriers.
 // - Cancel(op): the op stops being sliced; if slices are in flight, the connections
-//   carrying them are shut down (their other ops end kUnavailable).
+//   carrying them are shut down. Their window's slices of ops that were not cancelled
+//   are not failed: at teardown (both threads out of their I/O loops, as for settling)
+//   they go back to the front of the peer's queue as redo ranges of their ops, and are
+//   sent again on another or a fresh connection — a WRITE re-sends and a READ re-reads
+//   the same byte range, both idempotent. Only a connection killed by a cancel does this
+//   (and not once the peer is Disconnect()ed or the client is shutting down).
 #pragma once
 
 #include <condition_variable>
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <utility>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -110,7 +117,10 @@ class TcpClient {
     uint64_t acked = 0;       // bytes whose slice succeeded
     uint32_t in_flight = 0;   // slices in some window
     bool fully_dispatched = false;
-    bool pending = false;     // in peer->pending
+    // Ranges (op offset, length) of slices taken back from a connection closed to cancel
+    // another op: sent again before the bytes from `dispatched` on.
+    std::deque<std::pair<uint64_t, uint64_t>> redo;
+    bool pending = false;     // in peer->pending (bytes not yet cut, or redo not empty)
     std::list<Op*>::iterator pending_it;
     Status error;             // first failure; the op's outcome once set
   };
@@ -181,6 +191,11 @@ class TcpClient {
   }
   void KillLocked(Conn* c, Status why);
   void TeardownLocked(Conn* c);
+  /**
+   * Puts a slice taken out of a dead connection's window back as a redo range of its
+   * op; an op that was not pending is appended to `unqueued` for the caller to queue.
+   */
+  static void RequeueSliceLocked(const Slice& s, std::vector<Op*>* unqueued);
   void FinishSliceLocked(const Slice& s, const Status& status);
   void FailOpLocked(Op* op, const Status& why);
   void FailPendingLocked(Peer* peer, const Status& why);

@@ -178,13 +178,23 @@ void TcpClient::TakeSlicesLocked(Conn* c, std::vector<Slice>* batch) {
     Slice s;
     s.op = op;
     s.request_id = c->next_request_id++;
-    s.op_offset = op->dispatched;
-    s.length = std::min(c->max_payload, op->spec.length - op->dispatched);
-    op->dispatched += s.length;
-    ++op->in_flight;
-    if (op->dispatched == op->spec.length) {
+    if (!op->redo.empty()) {
+      // A slice taken back from a connection closed by a cancel: the same bytes again.
+      auto& range = op->redo.front();
+      s.op_offset = range.first;
+      s.length = std::min(c->max_payload, range.second);
+      range.first += s.length;
+      range.second -= s.length;
+      if (range.second == 0) op->redo.pop_front();
+    } else {
+      s.op_offset = op->dispatched;
+      s.length = std::min(c->max_payload, op->spec.length - op->dispatched);
+      op->dispatched += s.length;
       // A zero-length op still sends one (empty) slice, so the peer checks its handle.
-      op->fully_dispatched = true;
+      if (op->dispatched == op->spec.length) op->fully_dispatched = true;
+    }
+    ++op->in_flight;
+    if (op->fully_dispatched && op->redo.empty()) {
       op->pending = false;
       peer.pending.pop_front();
     }

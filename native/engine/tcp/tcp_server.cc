@@ -191,33 +191,47 @@ void TcpServer::Serve(Connection* conn, int fd) {
   if (hello == HandshakeResult::kRefused) {
     context_.counters->handshakes_refused.fetch_add(1, std::memory_order_relaxed);
   } else if (hello == HandshakeResult::kAccepted) {
-    Session session;
-    session.fd = fd;
+    Session session(fd, options_.io_timeout_ms);
     for (;;) {
       // Wait for the next header. A timeout before its first byte is an idle peer, which
-      // may stay; a timeout after it is a stall mid-frame, which may not.
+      // may stay; from its first byte on, the frame runs against its deadline.
       uint8_t buf[kHeaderSize];
       size_t have = session.next_have;
-      if (have > 0) std::memcpy(buf, session.next, have);
+      if (have > 0) {
+        std::memcpy(buf, session.next, have);
+        session.deadline.Start();
+      }
       session.next_have = 0;
       IoResult r = IoResult::kOk;
       if (!session.acks.empty() && have < kHeaderSize) {
         // WRITE_ACKs wait while requests keep streaming in (one send for many), and go
         // out before this thread would block: the client never waits on a held-back ACK.
+        const size_t had = have;
         ssize_t n = recv(fd, buf + have, kHeaderSize - have, MSG_DONTWAIT);
         if (n > 0) have += static_cast<size_t>(n);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
+        // The flush runs against the frame's deadline, or its own when no frame started.
+        if (had == 0) session.deadline.Start();
         if (have < kHeaderSize && !FlushAcks(&session)) break;
       }
       while (have < kHeaderSize) {
         size_t got = 0;
-        r = RecvFull(fd, buf + have, kHeaderSize - have, &got);
-        have += got;
-        if (r == IoResult::kTimeout && have == 0) {
-          std::lock_guard<std::mutex> lock(mu_);
-          if (stopping_) break;
+        if (have == 0) {
+          // Idle: no deadline, just the I/O timeout to look for Stop() now and then.
+          session.deadline.Relax();
+          r = RecvSome(fd, buf, kHeaderSize, &got);
+          if (r == IoResult::kTimeout) {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (stopping_) break;
+            continue;
+          }
+          if (r != IoResult::kOk) break;
+          have = got;
+          session.deadline.Start();
           continue;
         }
+        r = RecvFull(fd, buf + have, kHeaderSize - have, &got, &session.deadline);
+        have += got;
         if (r != IoResult::kOk) break;
       }
       if (r != IoResult::kOk) break;
@@ -237,8 +251,8 @@ void TcpServer::Serve(Connection* conn, int fd) {
   conn->done = true;
 }
 
-Status TcpServer::AcquireAccess(const FrameHeader& h, uint64_t* pool_offset) {
-  Status access = context_.handles->Acquire(h.handle, h.offset, h.length, pool_offset);
+Status TcpServer::AcquireAccess(const FrameHeader& h, Access mode, uint64_t* pool_offset) {
+  Status access = context_.handles->Acquire(h.handle, mode, h.offset, h.length, pool_offset);
   if (access.ok() && (*pool_offset > context_.pool_size || h.length > context_.pool_size - *pool_offset)) {
     // Cannot happen (Expose checks ranges against the pool); refuse rather than trust it.
     context_.handles->ReleaseAccess(h.handle);
@@ -250,20 +264,20 @@ Status TcpServer::AcquireAccess(const FrameHeader& h, uint64_t* pool_offset) {
 bool TcpServer::FlushAcks(Session* session) {
   if (session->acks.empty()) return true;
   struct iovec iov = {session->acks.data(), session->acks.size()};
-  const bool sent = SendFull(session->fd, &iov, 1) == IoResult::kOk;
+  const bool sent = SendFull(session->fd, &iov, 1, &session->deadline) == IoResult::kOk;
   session->acks.clear();
   return sent;
 }
 
 bool TcpServer::ServeWrite(Session* session, const FrameHeader& h) {
   uint64_t pool_offset = 0;
-  Status access = AcquireAccess(h, &pool_offset);
+  Status access = AcquireAccess(h, Access::kWrite, &pool_offset);
   size_t got = 0;
   if (access.ok()) {
     // The payload goes straight into the pool; the access pins the handle meanwhile.
     // Whatever of the next header has already arrived comes along in the same recvmsg.
     IoResult r = RecvFullAndPeek(session->fd, context_.pool_base + pool_offset, h.length, session->next,
-                                 kHeaderSize, &session->next_have);
+                                 kHeaderSize, &session->next_have, &session->deadline);
     context_.handles->ReleaseAccess(h.handle);
     if (r != IoResult::kOk) return false;
     context_.counters->bytes_received.fetch_add(h.length, std::memory_order_relaxed);
@@ -273,7 +287,9 @@ bool TcpServer::ServeWrite(Session* session, const FrameHeader& h) {
     uint64_t left = h.length;
     while (left > 0) {
       const size_t chunk = static_cast<size_t>(std::min<uint64_t>(left, session->scratch.size()));
-      if (RecvFull(session->fd, session->scratch.data(), chunk, &got) != IoResult::kOk) return false;
+      if (RecvFull(session->fd, session->scratch.data(), chunk, &got, &session->deadline) != IoResult::kOk) {
+        return false;
+      }
       left -= chunk;
     }
   }
@@ -289,7 +305,7 @@ bool TcpServer::ServeWrite(Session* session, const FrameHeader& h) {
 
 bool TcpServer::ServeRead(Session* session, const FrameHeader& h) {
   uint64_t pool_offset = 0;
-  Status access = AcquireAccess(h, &pool_offset);
+  Status access = AcquireAccess(h, Access::kRead, &pool_offset);
   FrameHeader reply;
   reply.type = FrameType::kReadData;
   reply.status = static_cast<uint32_t>(access.code());
@@ -303,7 +319,7 @@ bool TcpServer::ServeRead(Session* session, const FrameHeader& h) {
   iov[0] = {session->acks.data(), session->acks.size()};
   iov[1] = {out, kHeaderSize};
   iov[2] = {access.ok() ? context_.pool_base + pool_offset : nullptr, static_cast<size_t>(reply.length)};
-  IoResult r = SendFull(session->fd, iov, 3);
+  IoResult r = SendFull(session->fd, iov, 3, &session->deadline);
   session->acks.clear();
   if (access.ok()) {
     context_.handles->ReleaseAccess(h.handle);

@@ -15,10 +15,13 @@
 // per frame instead of two.
 // WRITE_ACKs are held back while more requests are already waiting (at most 32) and
 // always sent before the thread would block, so a pipelining client gets them in bursts.
-// SO_RCVTIMEO/SO_SNDTIMEO = io_timeout_ms: a peer idle between frames is kept; one that
-// makes no progress for io_timeout_ms in the middle of a frame is dropped, so a crashed
-// or hung peer cannot pin a thread or a handle. Malformed frames drop the connection
-// (frames_refused).
+// Deadlines: a peer idle between frames is kept (SO_RCVTIMEO = io_timeout_ms only wakes
+// the thread up). Once the first byte of a frame's header arrives, the whole frame — the
+// rest of the header, a WRITE's payload (refused or not), the READ_DATA reply with its
+// payload, held-back ACKs sent meanwhile — must be done within io_timeout_ms (an
+// absolute IoDeadline, however slowly the bytes trickle); otherwise the connection is
+// closed, which ends the handle access, so a crashed, hung or slowloris peer cannot pin
+// a thread or a handle. Malformed frames drop the connection (frames_refused).
 //
 // Stop() (idempotent; also the destructor) closes the listener, shuts every connection
 // down and joins every thread; when it returns no access is in flight.
@@ -33,6 +36,7 @@
 #include <vector>
 
 #include "engine/status.h"
+#include "engine/tcp/socket_io.h"
 #include "engine/tcp/wire.h"
 #include "engine/transport.h"
 
@@ -72,7 +76,9 @@ class TcpServer {
 
   /** What one serving thread keeps between requests. */
   struct Session {
+    Session(int socket, int timeout_ms) : fd(socket), deadline(socket, timeout_ms) {}
     int fd = -1;
+    IoDeadline deadline;  // the current frame's (see above)
     std::vector<uint8_t> scratch;  // sink for refused WRITE payloads
     std::vector<uint8_t> acks;     // encoded WRITE_ACKs not sent yet, in request order
     // The first bytes of the next header, read together with the previous WRITE's payload.
@@ -83,8 +89,8 @@ class TcpServer {
   void AcceptLoop();
   void Serve(Connection* conn, int fd);
   HandshakeResult Handshake(int fd);
-  /** HandleTable::Acquire plus a check that the result lies inside the pool. */
-  Status AcquireAccess(const FrameHeader& h, uint64_t* pool_offset);
+  /** HandleTable::Acquire (for `access`) plus a check that the result lies inside the pool. */
+  Status AcquireAccess(const FrameHeader& h, Access access, uint64_t* pool_offset);
   /** Serves one request whose header is `h`; false when the connection must close. */
   bool ServeWrite(Session* session, const FrameHeader& h);
   bool ServeRead(Session* session, const FrameHeader& h);

@@ -28,7 +28,8 @@
 //                  status is OK, 0 otherwise.
 //
 // Rules: the client may pipeline requests; the server answers them one by one in
-// request order. A refused access (unknown handle, out of range) is a reply status and
+// request order. A refused access (unknown handle; wrong direction, kPermissionDenied,
+// e.g. a WRITE to a handle exposed for reading; out of range) is a reply status and
 // the connection stays usable (a refused WRITE's payload is read and discarded). A
 // protocol violation — wrong magic/version, unknown or out-of-place type, non-zero
 // reserved fields, a length above the receiver's slice size — closes the connection.

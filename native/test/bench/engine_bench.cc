@@ -194,8 +194,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   const uint64_t span = 256ull << 20;
-  uint64_t handle = 0;
-  if (!b->Expose(0, span, &handle).ok()) return 1;
+  uint64_t handle = 0, read_handle = 0;
+  if (!b->Expose(0, span, kvferry::Access::kWrite, &handle).ok()) return 1;
+  if (!b->Expose(0, span, kvferry::Access::kRead, &read_handle).ok()) return 1;
   std::memset(a->pool_base(), 0x5c, span);
   std::memset(b->pool_base(), 0xc5, span);
   Waiter w(a.get());
@@ -224,7 +225,8 @@ int main(int argc, char** argv) {
     std::vector<double> cpu;  // per round, microseconds
     for (int r = 0; r < rounds; ++r) {
       const double cpu_before = CpuMicros();
-      double g = RunOnce(a.get(), b.get(), &w, c.kind, c.count, c.size, handle, span, span, &next_id);
+      double g = RunOnce(a.get(), b.get(), &w, c.kind, c.count, c.size,
+                         c.kind == OpKind::kRead ? read_handle : handle, span, span, &next_id);
       cpu.push_back(CpuMicros() - cpu_before);
       best = std::max(best, g);
       sum += g;

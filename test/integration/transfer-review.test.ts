@@ -1,0 +1,229 @@
+// Transfers racing with each other and with peers that misbehave while holding the cluster
+// token: a short deadline next to a long one, a handle garbled by the source, a WRITE
+// through a handle lent for reading, an id re-put while its old entry is pushed, a peer
+// trickling a frame, a data address that cannot be dialled. Each case once broke something
+// that was not its own business; what must hold is that only the request at fault fails,
+// with its own status, and that nothing is left reserved.
+import { Server, ServerCredentials, status, type sendUnaryData, type ServerUnaryCall } from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+import { NotFoundError } from "../../src/errors.js";
+import { Peer } from "../../src/daemon/peers.js";
+import type { TransferResult } from "../../src/gen/kvferry/v1/kvferry.js";
+import {
+  KvFerryPeerService,
+  type PrepareReceiveRequest,
+  type PrepareReceiveResponse,
+  type PrepareSendRequest,
+  type PrepareSendResponse,
+} from "../../src/gen/kvferry/v1/peer.js";
+import { MiB, sleep } from "../helpers/daemon.js";
+import {
+  TOKEN,
+  digest,
+  entrySpec,
+  expectExactAccounting,
+  fetchHashes,
+  putEntry,
+  seededBytes,
+  startPeerDaemon,
+  type PeerDaemon,
+} from "../helpers/transfer.js";
+import { FrameType, RawDataConnection, WireCode, header, hello, type Frame } from "../helpers/wire.js";
+
+const KiB = 1024;
+let a: PeerDaemon;
+let b: PeerDaemon;
+
+beforeAll(async () => {
+  [a, b] = await Promise.all([startPeerDaemon({ bufferSize: "3GiB" }), startPeerDaemon({ bufferSize: "3GiB" })]);
+});
+
+afterAll(async () => {
+  await Promise.all([a, b].map((d) => d?.stop()));
+});
+
+async function releaseEverywhere(...ids: string[]): Promise<void> {
+  for (const d of [a, b]) for (const id of ids) await d.client.release(id).catch(() => {});
+}
+
+/** "OK", or "CODE: message": what an assertion on a result should show when it fails. */
+function describeResult(r: TransferResult): string {
+  return r.code === status.OK ? "OK" : `${status[r.code]}: ${r.message}`;
+}
+
+type PeerMethod = "hello" | "prepareReceive" | "commitReceive" | "abortReceive" | "prepareSend" | "finishSend";
+
+/**
+ * A token-holding peer at its own address that forwards every call to `to`'s peer API;
+ * `mutate` may alter a method's reply on the way back (a peer that lies).
+ */
+async function fakePeer(to: PeerDaemon, mutate: Partial<Record<PeerMethod, (reply: any) => unknown>> = {}): Promise<string> {
+  const real = new Peer(to.peerAddress, TOKEN);
+  const fake = new Server();
+  const forward = (method: PeerMethod) => (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => {
+    real.call<unknown, unknown>(method, call.request, 5_000).then(
+      (reply) => cb(null, mutate[method] ? mutate[method]!(reply) : reply),
+      (e: Error) => cb(e),
+    );
+  };
+  const methods: PeerMethod[] = ["hello", "prepareReceive", "commitReceive", "abortReceive", "prepareSend", "finishSend"];
+  fake.addService(KvFerryPeerService, Object.fromEntries(methods.map((m) => [m, forward(m)])));
+  const port = await new Promise<number>((resolve, reject) =>
+    fake.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+  );
+  onTestFinished(() => {
+    fake.forceShutdown();
+    real.client.close();
+  });
+  return `127.0.0.1:${port}`;
+}
+
+describe("transfers that must not hurt their neighbours", () => {
+  it("a batch whose deadline expires mid-transfer does not fail a concurrent batch to the same peer", async () => {
+    // The short deadline lands at a different point of the transfer each round.
+    for (const [round, deadlineMs] of [80, 120, 160, 200].entries()) {
+      const victim = entrySpec(`race-long-${round}`, [128 * MiB, 128 * MiB, 128 * MiB, 128 * MiB]);
+      const short = entrySpec(`race-short-${round}`, [128 * MiB, 128 * MiB, 128 * MiB, 128 * MiB]);
+      const hashes = await putEntry(a.client, victim);
+      await putEntry(a.client, short);
+      onTestFinished(() => releaseEverywhere(victim.id, short.id));
+      const [v, s] = await Promise.all([
+        a.client.batchTransfer([victim.id], b.peerAddress, "push", { deadlineMs: 60_000 }),
+        a.client.batchTransfer([short.id], b.peerAddress, "push", { deadlineMs }),
+      ]);
+      expect(describeResult(v.results[0]!), `round ${round}: the long batch`).toBe("OK");
+      expect(["OK", "DEADLINE_EXCEEDED"], `round ${round}: the short batch`).toContain(status[s.results[0]!.code]);
+      expect(await fetchHashes(b.client, victim.id)).toEqual(hashes);
+    }
+    await expectExactAccounting(a);
+    await expectExactAccounting(b);
+  }, 120_000);
+
+  it("a PULL from a source that sends one malformed handle fails only that entry, not its chunk", async () => {
+    const good = entrySpec("garbled-good", [64 * KiB]);
+    const bad = entrySpec("garbled-bad", [64 * KiB]);
+    const hashes = await putEntry(b.client, good);
+    await putEntry(b.client, bad);
+    onTestFinished(() => releaseEverywhere(good.id, bad.id));
+    const source = await fakePeer(b, {
+      prepareSend: (r: PrepareSendResponse) => {
+        for (const e of r.entries) if (e.transferId === bad.id) e.parts[0]!.handle = "not-a-handle";
+        return r;
+      },
+    });
+    const res = await a.client.batchTransfer([good.id, bad.id], source, "pull", { keepSource: true });
+    expect(res.results.map(describeResult)).toEqual(["OK", expect.stringMatching(/^UNAVAILABLE: .*handle/)]);
+    expect(await fetchHashes(a.client, good.id)).toEqual(hashes);
+    await expect(a.client.stat(bad.id)).rejects.toBeInstanceOf(NotFoundError);
+    await expectExactAccounting(a);
+  });
+
+  it("a handle lent for reading (PrepareSend) refuses data-plane WRITEs: the sealed source entry keeps its bytes", async () => {
+    const spec = entrySpec("lent-for-reading", [64 * KiB]);
+    const hashes = await putEntry(b.client, spec);
+    onTestFinished(() => releaseEverywhere(spec.id));
+    const peer = new Peer(b.peerAddress, TOKEN);
+    onTestFinished(() => peer.client.close());
+    const prep = await peer.call<PrepareSendRequest, PrepareSendResponse>(
+      "prepareSend",
+      { transferIds: [spec.id], deadlineMs: 10_000, destinationNode: "it" },
+      5_000,
+    );
+    const handle = BigInt(prep.entries[0]!.parts[0]!.handle);
+    const c = await RawDataConnection.open(b.dataAddress);
+    onTestFinished(() => c.destroy());
+    c.send(hello(TOKEN));
+    expect(((await c.frame()) as Frame).type).toBe(FrameType.HELLO_OK);
+    c.send(header({ type: FrameType.WRITE, requestId: 1n, handle, offset: 0n, length: 16n }), Buffer.alloc(16, 0xee));
+    const f = await c.frame();
+    expect(f !== "closed" && [f.type, f.requestId, f.status]).toEqual([FrameType.WRITE_ACK, 1n, WireCode.PERMISSION_DENIED]);
+    // The same connection still reads through that handle.
+    c.send(header({ type: FrameType.READ, requestId: 2n, handle, offset: 0n, length: 16n }));
+    const r = await c.frame();
+    expect(r !== "closed" && [r.type, r.status, r.length]).toEqual([FrameType.READ_DATA, WireCode.OK, 16n]);
+    await c.read(16);
+    await peer.call("finishSend", { completed: [], failed: [prep.entries[0]!.id], releaseSource: false }, 5_000);
+    expect(await fetchHashes(b.client, spec.id)).toEqual(hashes);
+  });
+
+  it("a PUSH drops only the entry it moved, not a newer entry put under the same id meanwhile", async () => {
+    const old = entrySpec("re-put", [256 * MiB, 256 * MiB]);
+    await putEntry(a.client, old);
+    onTestFinished(() => releaseEverywhere(old.id));
+    const pushing = a.client.batchTransfer([old.id], b.peerAddress, "push", { deadlineMs: 60_000 });
+    await sleep(40); // the push holds its lease on the old entry by now
+    await a.client.release(old.id);
+    const fresh = seededBytes(1024, "re-put-fresh");
+    await a.client.put(old.id, "new", fresh, { seal: true });
+    const res = await pushing;
+    expect(["OK", "NOT_FOUND"]).toContain(status[res.results[0]!.code]);
+    const got = await a.client.get(old.id, { waitMs: 0 });
+    expect([...got.parts.keys()]).toEqual(["new"]);
+    expect(digest(got.parts.get("new")!)).toBe(digest(fresh));
+  });
+
+  it("a peer trickling one byte every 2 s into a WRITE is cut off at the frame deadline (the 10 s I/O timeout), then SIGTERM drains at once", async () => {
+    const c = await startPeerDaemon({ bufferSize: "64MiB", config: { shutdown_grace_ms: 1000 } });
+    onTestFinished(async () => {
+      c.proc.child.kill("SIGKILL");
+      await c.proc.exited;
+    });
+    const peer = new Peer(c.peerAddress, TOKEN);
+    onTestFinished(() => peer.client.close());
+    const size = 1 * MiB;
+    const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
+      "prepareReceive",
+      { entries: [{ transferId: "trickled", parts: [{ name: "p", size }] }], deadlineMs: 600_000, sourceNode: "it" },
+      5_000,
+    );
+    const handle = BigInt(prep.entries[0]!.parts[0]!.handle);
+    const conn = await RawDataConnection.open(c.dataAddress);
+    onTestFinished(() => conn.destroy());
+    conn.send(hello(TOKEN));
+    expect(((await conn.frame()) as Frame).type).toBe(FrameType.HELLO_OK);
+    const t0 = Date.now();
+    conn.send(header({ type: FrameType.WRITE, requestId: 1n, handle, offset: 0n, length: BigInt(size) }), Buffer.alloc(1));
+    // Each byte alone would reset a per-call timeout; the frame's deadline does not move.
+    const trickle = setInterval(() => conn.isClosed || conn.send(Buffer.alloc(1)), 2_000);
+    onTestFinished(() => clearInterval(trickle));
+    while (!conn.isClosed && Date.now() - t0 < 20_000) await sleep(50);
+    const cutOffAfter = Date.now() - t0;
+    expect(conn.isClosed, "the daemon closed the trickling connection").toBe(true);
+    expect(cutOffAfter).toBeGreaterThanOrEqual(9_000);
+    expect(cutOffAfter).toBeLessThan(13_000);
+    c.proc.child.kill("SIGTERM");
+    const exited = await Promise.race([c.proc.exited.then(() => true), sleep(5_000).then(() => false)]);
+    expect(exited, "the daemon exited within the grace").toBe(true);
+    expect(c.proc.child.exitCode).toBe(0);
+  }, 60_000);
+
+  it("a PUSH to a peer advertising an undiallable data address fails with a precise status and gives the reservation back before answering", async () => {
+    const spec = entrySpec("undiallable", [4 * MiB]);
+    const hashes = await putEntry(a.client, spec);
+    onTestFinished(() => releaseEverywhere(spec.id));
+    const before = (await b.client.serverInfo()).bytesUsed;
+    const target = await fakePeer(b, { hello: (r: object) => ({ ...r, dataAddress: "no-port-here" }) });
+    const res = await a.client.batchTransfer([spec.id], target, "push", { deadlineMs: 20_000 });
+    expect(describeResult(res.results[0]!)).toMatch(/^UNAVAILABLE: .*no-port-here/);
+    expect((await b.client.serverInfo()).bytesUsed - before, "bytes still reserved on the target").toBe(0);
+    expect(await fetchHashes(a.client, spec.id), "the source keeps its entry").toEqual(hashes);
+  });
+
+  it("an entry that failed NOT_FOUND before the deadline stays NOT_FOUND when another entry of the batch runs late", async () => {
+    const big = entrySpec("late-big", [256 * MiB, 256 * MiB, 256 * MiB]);
+    const bad = entrySpec("late-bad", [4096]);
+    await putEntry(b.client, big);
+    await putEntry(b.client, bad);
+    onTestFinished(() => releaseEverywhere(big.id, bad.id));
+    const source = await fakePeer(b, {
+      prepareSend: (r: PrepareSendResponse) => {
+        for (const e of r.entries) if (e.transferId === bad.id) e.parts[0]!.handle = "12345";
+        return r;
+      },
+    });
+    const res = await a.client.batchTransfer([bad.id, big.id], source, "pull", { deadlineMs: 150, keepSource: true });
+    expect(status[res.results[0]!.code], describeResult(res.results[0]!)).toBe("NOT_FOUND");
+    expect(["OK", "DEADLINE_EXCEEDED"]).toContain(status[res.results[1]!.code]);
+    await expectExactAccounting(a);
+  });
+});
