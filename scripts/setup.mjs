@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Brings a checkout to a runnable state, doing only what is missing or stale:
 //   1. npm packages (npm ci when node_modules is missing or older than the lockfile);
-//   2. a C++ toolchain for the native engine (apt, when run as root and it is missing);
+//   2. system packages (apt, when run as root and missing): a C++ toolchain for the native
+//      engine; with --test also etcd and redis, whose servers the tests start;
 //   3. the build: the native engine → build/Release/, TypeScript → dist/, descriptor sets.
 // `npm test` and `npm run demo` run it first, so a fresh clone needs nothing else.
 // Uses only Node's built-ins: it runs before any package is installed.
@@ -33,16 +34,21 @@ if (!existsSync(installed) || statSync(installed).mtimeMs < statSync(at("package
   run("npm", ["ci", "--no-audit", "--no-fund", "--ignore-scripts"]);
 }
 
-// 2. Toolchain.
-const missing = ["g++", "make", "python3"].filter((tool) => spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0);
+// 2. System packages: the C++ toolchain always; with --test, the servers the tests start
+//    (etcd and redis on loopback ports of their own; apt starts nothing by itself here).
+const needed = [
+  ["g++", "g++"], ["make", "make"], ["python3", "python3"],
+  ...(process.argv.includes("--test") ? [["etcd", "etcd-server"], ["etcdctl", "etcd-client"], ["redis-server", "redis-server"]] : []),
+];
+const missing = needed.filter(([tool]) => spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0).map(([, pkg]) => pkg);
 if (missing.length > 0) {
   if (process.getuid?.() !== 0) {
-    console.error(`setup: the native engine needs ${missing.join(", ")}: install them (apt-get install g++ make python3) and run again`);
+    console.error(`setup: missing packages ${missing.join(", ")}: install them (apt-get install ${missing.join(" ")}) and run again`);
     process.exit(1);
   }
   say(`installing ${missing.join(", ")} (apt)`);
   run("apt-get", ["update", "-qq"]);
-  run("apt-get", ["install", "-y", "-qq", "g++", "make", "python3"]);
+  run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", ...missing]);
 }
 
 // 3. Build what is stale.

@@ -32,6 +32,15 @@ import {
 
 export type { ConfigInputs, LogLevel, Protocol, Role } from "./keys.js";
 export type { MetadataBackend, MetadataConfig } from "./metadata.js";
+
+export interface MetadataSettings extends MetadataConfig {
+  /** metadata_prefix: every key kvferry writes starts with it; ends in "/". */
+  prefix: string;
+  /** metadata_ttl_ms: a node's record lapses this long after its last refresh. */
+  ttlMs: number;
+  /** metadata_retry_ms: how long start-up keeps retrying an unreachable backend (0: fail at once). */
+  retryMs: number;
+}
 export type { HostPort } from "./parse.js";
 export { formatHostPort } from "./parse.js";
 
@@ -67,7 +76,10 @@ export interface Config {
   decodeUrl?: HostPort;
   /** This daemon's data address: prefillUrl for prefill and both, decodeUrl for decode. */
   dataAddress?: HostPort;
-  metadata: MetadataConfig;
+  /** The node registry: its backend and server, key prefix, record TTL, start-up retry. */
+  metadata: MetadataSettings;
+  /** Peer API addresses to greet at start-up (the embedded registry learns nodes from them). */
+  peers: HostPort[];
   /** The native data plane's listener: data_listen, else dataAddress, else 127.0.0.1:0. */
   dataListen: HostPort;
   /** The peer API (token-authenticated gRPC): peer_listen, else the data host at data port + 1. */
@@ -141,6 +153,7 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
     ...(decodeUrl && { decodeUrl }),
     ...(dataAddress && { dataAddress: { ...dataAddress } }),
     metadata,
+    peers: settings.value("peers"),
     dataListen,
     peerListen,
     clusterToken: settings.get("cluster_token")?.value ?? "",
@@ -216,9 +229,14 @@ const KIND_OF_SERVER: Record<MetadataBackend, string> = {
   http: `an http server ("http")`,
 };
 
-function metadataOf(settings: Settings): MetadataConfig {
+function metadataOf(settings: Settings): MetadataSettings {
   const server = settings.get("metadata_server");
-  const metadata: MetadataConfig = server ? { ...server.value } : { backend: "embedded" };
+  const metadata: MetadataSettings = {
+    ...(server ? server.value : { backend: "embedded" }),
+    prefix: settings.value("metadata_prefix"),
+    ttlMs: settings.value("metadata_ttl_ms"),
+    retryMs: settings.value("metadata_retry_ms"),
+  };
   const backend = settings.get("metadata_backend");
   if (backend && backend.value !== metadata.backend) {
     const expected = server

@@ -10,6 +10,7 @@ import {
   INT32_MAX,
   MiB,
   oneOf,
+  peerList,
   size,
   stringMatching,
   type HostPort,
@@ -39,6 +40,12 @@ export interface ConfigInputs {
   clusterToken?: string;      // --cluster-token
   connectionsPerPeer?: string; // --connections-per-peer
   transferDeadlineMs?: string; // --transfer-deadline-ms
+  metadataServer?: string;    // --metadata-server
+  metadataBackend?: string;   // --metadata-backend
+  metadataPrefix?: string;    // --metadata-prefix
+  metadataTtlMs?: string;     // --metadata-ttl-ms
+  metadataRetryMs?: string;   // --metadata-retry-ms
+  peers?: string;             // --peer HOST:PORT (repeatable; joined with commas)
 }
 
 /** The flags that set a key: every ConfigInputs field but the two that name whole sources. */
@@ -83,6 +90,10 @@ const name = stringMatching(
   /^[\x21-\x7e]{1,256}$/,
   "a non-empty string of at most 256 printable characters without spaces",
 );
+const keyPrefix = stringMatching(
+  /^[\x21-\x7e]{0,255}\/$/,
+  'a key prefix of at most 256 printable characters without spaces, ending in "/" (e.g. "kvferry/v1/")',
+);
 const text = stringMatching(/^[^\x00-\x1f]{1,1024}$/, "a non-empty string of at most 1024 characters");
 // Mooncake's TCP examples carry `"device_name": ""`: empty means none.
 const deviceNames = stringMatching(
@@ -94,8 +105,8 @@ export const KEYS = {
   // mooncake.json
   prefill_url: spec<HostPort>({ parse: hostPort }),
   decode_url: spec<HostPort>({ parse: hostPort }),
-  metadata_server: spec<MetadataConfig>({ parse: metadataServer }),
-  metadata_backend: spec<MetadataBackend>({ parse: metadataBackend }),
+  metadata_server: spec<MetadataConfig>({ parse: metadataServer, flag: "metadataServer", env: "KVFERRY_METADATA_SERVER" }),
+  metadata_backend: spec<MetadataBackend>({ parse: metadataBackend, flag: "metadataBackend", env: "KVFERRY_METADATA_BACKEND" }),
   protocol: spec<Protocol>({ parse: protocol, default: "tcp" }),
   device_name: spec<string>({ parse: deviceNames }),
 
@@ -134,6 +145,12 @@ export const KEYS = {
   cluster_token: spec<string>({ parse: text, flag: "clusterToken", env: "KVFERRY_CLUSTER_TOKEN" }),
   connections_per_peer: spec<number>({ parse: integer(1, 64), default: 4, flag: "connectionsPerPeer" }),
   transfer_deadline_ms: spec<number>({ parse: durationMs, default: 30_000, flag: "transferDeadlineMs" }),
+
+  // the node registry (src/metadata/)
+  metadata_prefix: spec<string>({ parse: keyPrefix, default: "kvferry/v1/", flag: "metadataPrefix" }),
+  metadata_ttl_ms: spec<number>({ parse: integer(1_000, INT32_MAX, "milliseconds"), default: 10_000, flag: "metadataTtlMs" }),
+  metadata_retry_ms: spec<number>({ parse: integer(0, INT32_MAX, "milliseconds"), default: 0, flag: "metadataRetryMs" }),
+  peers: spec<HostPort[]>({ parse: peerList, default: [], flag: "peers", env: "KVFERRY_PEERS" }),
 } as const;
 
 export type Key = keyof typeof KEYS;

@@ -132,6 +132,30 @@ export const hostPort: Parser<HostPort> = (raw) => {
   return parsed ? accept(parsed) : refuse(`${HOST_PORT_EXPECTED} (IPv6 as [ADDR]:PORT)`);
 };
 
+const PEER_LIST_MAX = 1024;
+
+/**
+ * Peer API addresses: a JSON array of "HOST:PORT" strings, or text with commas between
+ * them (a flag given several times is joined with commas). Duplicates are dropped.
+ */
+export const peerList: Parser<HostPort[]> = (raw, text) => {
+  const expected =
+    `a list of at most ${PEER_LIST_MAX} peer API addresses ${HOST_PORT_EXPECTED}: ` +
+    `["h1:p1", "h2:p2"] in JSON, h1:p1,h2:p2 in a flag or variable`;
+  let members: unknown[];
+  if (text && typeof raw === "string") members = raw.split(",").map((m) => m.trim()).filter((m) => m !== "");
+  else if (!text && Array.isArray(raw)) members = raw;
+  else return refuse(expected);
+  if (members.length > PEER_LIST_MAX) return refuse(expected);
+  const out = new Map<string, HostPort>();
+  for (const member of members) {
+    const parsed = typeof member === "string" ? hostPortFromText(member.trim()) : undefined;
+    if (!parsed) return refuse(`${expected}; ${JSON.stringify(member)} is not one`);
+    out.set(formatHostPort(parsed), parsed);
+  }
+  return accept([...out.values()]);
+};
+
 /**
  * A listening address: like `hostPort`, but a port alone (a JSON number or digits) means
  * that port on `defaultHost`, and port 0 asks the system for a free one.

@@ -1,0 +1,73 @@
+// A node's record in the registry, and its JSON form (the same in every backend).
+//
+// Decoding is strict about what kvferry needs (ids and addresses) and lenient about the
+// rest, so a record written by a newer version with more fields still reads.
+
+export interface TransportInfo {
+  /** "tcp" today; "rdma" once its transport lands. */
+  name: string;
+  /** Transport parameters an operator wants to see, e.g. { connectionsPerPeer: 4 }. */
+  params: Record<string, string | number | boolean>;
+}
+
+export interface NodeRecord {
+  nodeId: string;
+  hostname: string;
+  /** "host:port" of the client API (kvferry.v1.KvFerry). */
+  clientAddress: string;
+  /** "host:port" of the peer API (kvferry.v1.KvFerryPeer): what BatchTransfer targets. */
+  peerAddress: string;
+  /** "host:port" of the native data plane. */
+  dataAddress: string;
+  transports: TransportInfo[];
+  poolBytes: number;
+  poolUsedBytes: number;
+  version: string;
+  /** When the daemon started (ms since the epoch). */
+  startedAt: number;
+  /** When the record was last written (ms since the epoch). */
+  updatedAt: number;
+}
+
+export function encodeNode(node: NodeRecord): string {
+  return JSON.stringify(node);
+}
+
+const isText = (v: unknown): v is string => typeof v === "string" && v.length > 0 && v.length <= 1024;
+const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+
+/**
+ * The record in `text`, or an Error saying what is wrong with it (the caller logs it and
+ * skips the record: one bad record must not hide the others).
+ */
+export function decodeNode(text: string): NodeRecord | Error {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    return new Error(`not JSON: ${(e as Error).message}`);
+  }
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return new Error("not a JSON object");
+  const o = v as Record<string, unknown>;
+  for (const key of ["nodeId", "peerAddress", "dataAddress"] as const) {
+    if (!isText(o[key])) return new Error(`${key} is missing or not a non-empty string`);
+  }
+  const transports = Array.isArray(o.transports)
+    ? o.transports
+        .filter((t): t is Record<string, unknown> => typeof t === "object" && t !== null && isText((t as Record<string, unknown>).name))
+        .map((t) => ({ name: t.name as string, params: typeof t.params === "object" && t.params !== null ? (t.params as TransportInfo["params"]) : {} }))
+    : [];
+  return {
+    nodeId: o.nodeId as string,
+    hostname: isText(o.hostname) ? o.hostname : "",
+    clientAddress: isText(o.clientAddress) ? o.clientAddress : "",
+    peerAddress: o.peerAddress as string,
+    dataAddress: o.dataAddress as string,
+    transports,
+    poolBytes: isCount(o.poolBytes) ? o.poolBytes : 0,
+    poolUsedBytes: isCount(o.poolUsedBytes) ? o.poolUsedBytes : 0,
+    version: isText(o.version) ? o.version : "",
+    startedAt: isCount(o.startedAt) ? o.startedAt : 0,
+    updatedAt: isCount(o.updatedAt) ? o.updatedAt : 0,
+  };
+}
