@@ -53,6 +53,9 @@ export class UnavailableError extends KvferryError {
   override readonly retryable = true;
 }
 
+/** The metadata backend could not be reached at start-up. The CLI exits with code 3. */
+export class MetadataUnavailableError extends UnavailableError {}
+
 /** A peer presented no token or the wrong one. */
 export class PermissionDeniedError extends KvferryError {}
 

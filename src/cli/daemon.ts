@@ -1,6 +1,8 @@
 // `kvferry daemon`: load the config, serve until SIGTERM or SIGINT, drain, exit 0.
 import { loadConfig, type ConfigInputs } from "../config/config.js";
 import { Daemon } from "../daemon/server.js";
+import { MetadataUnavailableError } from "../errors.js";
+import { EXIT_METADATA } from "./exit-codes.js";
 import { createLogger } from "./logger.js";
 
 export async function runDaemon(inputs: ConfigInputs): Promise<number> {
@@ -16,7 +18,7 @@ export async function runDaemon(inputs: ConfigInputs): Promise<number> {
     await daemon.start();
   } catch (err) {
     log.fatal({ err }, "cannot start");
-    return 1;
+    return err instanceof MetadataUnavailableError ? EXIT_METADATA : 1;
   }
   return new Promise<number>((resolve) => {
     let signals = 0;

@@ -1,12 +1,15 @@
 // kvferry's command line: `kvferry <command> [flags]`.
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ConfigError } from "../errors.js";
-import type { ConfigInputs } from "../config/config.js";
+import { loadConfig, type ConfigInputs } from "../config/config.js";
 import { runDaemon } from "./daemon.js";
 import { runDemo } from "./demo.js";
+import { runStatus } from "./status.js";
 
-/** Exit codes: 0 fine, 1 failure at run time, 2 bad usage or bad configuration. */
-export const EXIT_USAGE = 2;
+import { EXIT_USAGE } from "./exit-codes.js";
+
+/** Exit codes: 0 fine, 1 failure at run time, 2 bad usage or bad configuration, 3 metadata backend unreachable. */
+export { EXIT_METADATA, EXIT_USAGE } from "./exit-codes.js";
 
 const USAGE = `kvferry — KV-cache transfer service for disaggregated LLM serving
 
@@ -14,6 +17,7 @@ Usage: kvferry <command> [flags]
 
 Commands:
   daemon    run the node daemon (client API on 127.0.0.1 by default)
+  status    the nodes the metadata backend knows (a table, or --json)
   demo      two daemons on loopback: put / get / eviction, a PUSH and a pull between them
   help      show this help, or \`kvferry help <command>\`
 
@@ -37,7 +41,22 @@ const DAEMON_FLAGS = {
   "cluster-token": { type: "string", help: "TOKEN", doc: "secret shared by the cluster's daemons (prefer $KVFERRY_CLUSTER_TOKEN: flags show in ps)" },
   "connections-per-peer": { type: "string", help: "N", doc: "TCP connections to each peer's data plane (default 4)" },
   "transfer-deadline-ms": { type: "string", help: "MS", doc: "default deadline of a BatchTransfer or pulling Get (default 30000)" },
+  "metadata-server": { type: "string", help: "URL", doc: "P2PHANDSHAKE (embedded, the default), HOST:PORT or etcd://H:P[,H:P], redis://H:P, http://H:P/metadata" },
+  "metadata-backend": { type: "string", help: "KIND", doc: "p2p | etcd | redis | http: must agree with --metadata-server" },
+  "metadata-prefix": { type: "string", help: "PREFIX", doc: "key prefix in the backend (default kvferry/v1/)" },
+  "metadata-ttl-ms": { type: "string", help: "MS", doc: "a node's record lapses this long after its last refresh (default 10000)" },
+  "metadata-retry-ms": { type: "string", help: "MS", doc: "keep retrying an unreachable backend at start-up this long (default 0: exit 3 at once)" },
+  peer: { type: "string", multiple: true, help: "HOST:PORT", doc: "a peer API to greet at start-up (embedded metadata; repeatable)" },
   "log-level": { type: "string", help: "LEVEL", doc: "trace | debug | info | warn | error | fatal | silent (default info)" },
+  help: { type: "boolean", short: "h", help: "", doc: "show this help" },
+} as const;
+
+const STATUS_FLAGS = {
+  config: { type: "string", help: "FILE", doc: "the daemons' config: its metadata_server is read (else $KVFERRY_CONFIG, $MOONCAKE_CONFIG_PATH)" },
+  "metadata-server": { type: "string", help: "URL", doc: "read this backend instead (etcd, redis or http)" },
+  "metadata-prefix": { type: "string", help: "PREFIX", doc: "key prefix in the backend (default kvferry/v1/)" },
+  address: { type: "string", help: "HOST:PORT", doc: "ask the daemon at this client API address (the way with embedded metadata; default: the config's listen)" },
+  json: { type: "boolean", help: "", doc: "print JSON instead of a table" },
   help: { type: "boolean", short: "h", help: "", doc: "show this help" },
 } as const;
 
@@ -57,7 +76,8 @@ ${flagHelp(DAEMON_FLAGS)}
 
 Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when it cannot start,
 2 on a bad flag or configuration (the message names the source, key, value and
-what was expected).
+what was expected), 3 when the metadata backend cannot be reached (after
+--metadata-retry-ms, if set).
 `;
 
 export const DEMO_FLAGS = {
@@ -81,13 +101,17 @@ Flags of \`kvferry daemon\`:
 ${flagHelp(DAEMON_FLAGS)}
 `;
 
-function parse(args: string[], flags: Record<string, { type: "string" | "boolean"; short?: string }>) {
+type FlagValues = Record<string, string | boolean | string[] | undefined>;
+
+function parse(args: string[], flags: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }>) {
   const options: ParseArgsConfig["options"] = {};
-  for (const [name, f] of Object.entries(flags)) options[name] = { type: f.type, ...(f.short ? { short: f.short } : {}) };
-  return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
+  for (const [name, f] of Object.entries(flags)) {
+    options[name] = { type: f.type, ...(f.short ? { short: f.short } : {}), ...(f.multiple ? { multiple: true } : {}) };
+  }
+  return parseArgs({ args, options, strict: true, allowPositionals: false }).values as FlagValues;
 }
 
-function daemonInputs(v: Record<string, string | boolean | undefined>): ConfigInputs {
+function daemonInputs(v: FlagValues): ConfigInputs {
   const s = (k: string) => (typeof v[k] === "string" ? (v[k] as string) : undefined);
   return {
     config: s("config"),
@@ -107,8 +131,28 @@ function daemonInputs(v: Record<string, string | boolean | undefined>): ConfigIn
     clusterToken: s("cluster-token"),
     connectionsPerPeer: s("connections-per-peer"),
     transferDeadlineMs: s("transfer-deadline-ms"),
+    metadataServer: s("metadata-server"),
+    metadataBackend: s("metadata-backend"),
+    metadataPrefix: s("metadata-prefix"),
+    metadataTtlMs: s("metadata-ttl-ms"),
+    metadataRetryMs: s("metadata-retry-ms"),
+    peers: Array.isArray(v.peer) ? v.peer.join(",") : undefined,
   };
 }
+
+const STATUS_USAGE = `Usage: kvferry status [flags]
+
+Lists the nodes the metadata backend knows: id, addresses, transports, pool used and
+capacity, version, age, and how long ago the node's record was refreshed. With etcd,
+redis or http metadata the backend is read directly; with the embedded default the
+local daemon is asked (it knows the nodes it greeted and was greeted by).
+
+Flags:
+${flagHelp(STATUS_FLAGS)}
+
+Exit codes: 0 listed, 1 no daemon answered, 2 bad flag or configuration, 3 the
+metadata backend cannot be reached.
+`;
 
 export async function run(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -119,7 +163,8 @@ export async function run(argv: string[]): Promise<number> {
       case "--help":
       case "-h": {
         const topic = rest[0];
-        process.stdout.write(topic === "daemon" ? DAEMON_USAGE : topic === "demo" ? DEMO_USAGE : FULL_USAGE);
+        const topics: Record<string, string> = { daemon: DAEMON_USAGE, demo: DEMO_USAGE, status: STATUS_USAGE };
+        process.stdout.write((topic !== undefined && topics[topic]) || FULL_USAGE);
         return 0;
       }
       case "daemon": {
@@ -129,6 +174,16 @@ export async function run(argv: string[]): Promise<number> {
           return 0;
         }
         return await runDaemon(daemonInputs(values));
+      }
+      case "status": {
+        const values = parse(rest, STATUS_FLAGS);
+        if (values.help) {
+          process.stdout.write(STATUS_USAGE);
+          return 0;
+        }
+        const str = (k: string) => (typeof values[k] === "string" ? (values[k] as string) : undefined);
+        const config = loadConfig({ config: str("config"), metadataServer: str("metadata-server"), metadataPrefix: str("metadata-prefix") });
+        return await runStatus({ config, address: str("address"), json: values.json === true });
       }
       case "demo": {
         const values = parse(rest, DEMO_FLAGS);

@@ -8,6 +8,7 @@ import {
   type BatchTransferResponse,
   type EntryInfo,
   type GetServerInfoResponse,
+  type ListNodesResponse,
   type ListRequest,
   type ListResponse,
 } from "../gen/kvferry/v1/kvferry.js";
@@ -198,6 +199,11 @@ export class KvferryClient {
 
   serverInfo(o: CallOptions = {}): Promise<GetServerInfoResponse> {
     return call<GetServerInfoResponse>((cb) => this.raw.getServerInfo({}, new Metadata(), this.#opts(o), cb));
+  }
+
+  /** The nodes the daemon's metadata backend knows, this one included. */
+  listNodes(o: CallOptions = {}): Promise<ListNodesResponse> {
+    return call<ListNodesResponse>((cb) => this.raw.listNodes({}, new Metadata(), this.#opts(o), cb));
   }
 
   /** Resolves when the channel is connected, or rejects after timeoutMs. */

@@ -162,5 +162,7 @@ export function isKey(key: string): key is Key {
 
 /** `--kv-buffer-size` for `kvBufferSize`. */
 export function flagName(field: keyof ConfigInputs): string {
+  // --peer is given once per peer; its values arrive joined under `peers`.
+  if (field === "peers") return "--peer";
   return `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 }

@@ -14,6 +14,7 @@ import type {
   GetStreamRequest,
   GetStreamResponse,
   KvFerryServer,
+  ListNodesResponse,
   PutStreamRequest,
 } from "../gen/kvferry/v1/kvferry.js";
 import { TransferMode } from "../gen/kvferry/v1/kvferry.js";
@@ -40,6 +41,8 @@ export interface ServiceContext {
   transfers?: Transfers;
   /** Bytes the data plane moved. */
   dataPlane(): { bytesSent: number; bytesReceived: number };
+  /** The nodes the metadata backend knows. */
+  listNodes(): Promise<ListNodesResponse>;
 }
 
 /** For a Get that names a source: pulls the entry here first unless it already is. */
@@ -175,6 +178,8 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
       counters: { ...store.counters, ...ctx.dataPlane() },
       nodeId: ctx.nodeId(),
     })),
+
+    listNodes: unary(log, () => ctx.listNodes()),
   };
 }
 

@@ -3,6 +3,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import type { Metadata, sendUnaryData, ServerUnaryCall } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { PermissionDeniedError } from "../errors.js";
+import type { NodeInfo } from "../gen/kvferry/v1/kvferry.js";
 import type { KvFerryPeerServer } from "../gen/kvferry/v1/peer.js";
 import { TOKEN_METADATA } from "./peers.js";
 import { toGrpcError } from "./status.js";
@@ -15,6 +16,10 @@ export interface PeerContext {
   nodeId(): string;
   version: string;
   dataAddress(): string;
+  /** This daemon's registry record, once registered. */
+  self(): NodeInfo | undefined;
+  /** A peer greeted us with its record (the embedded registry learns it). */
+  learn(node: NodeInfo, from: string): void;
 }
 
 const digest = (s: string) => createHash("sha256").update(s).digest();
@@ -48,12 +53,16 @@ export function peerService(ctx: PeerContext): KvFerryPeerServer {
     };
 
   return {
-    hello: authed(() => ({
-      nodeId: ctx.nodeId(),
-      version: ctx.version,
-      dataAddress: ctx.dataAddress(),
-      protocol: "tcp",
-    })),
+    hello: authed((req, call) => {
+      if (req.node !== undefined) ctx.learn(req.node, call.getPeer());
+      return {
+        nodeId: ctx.nodeId(),
+        version: ctx.version,
+        dataAddress: ctx.dataAddress(),
+        protocol: "tcp",
+        node: ctx.self(),
+      };
+    }),
     prepareReceive: authed((req) => ctx.transfers.prepareReceive(req)),
     commitReceive: authed((req) => ctx.transfers.commitReceive(req.ids)),
     abortReceive: authed(async (req) => {

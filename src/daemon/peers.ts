@@ -5,9 +5,14 @@
 // leaves it greeted (the next call retries the channel); Forget drops it.
 import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
 import { errorFromStatus, InvalidArgumentError, UnavailableError } from "../errors.js";
-import { KvFerryPeerClient, type HelloResponse } from "../gen/kvferry/v1/peer.js";
+import { KvFerryPeerClient, type HelloRequest, type HelloResponse } from "../gen/kvferry/v1/peer.js";
 
 export const TOKEN_METADATA = "kvferry-token";
+/**
+ * A peer that was down (not started yet, restarting) is retried within a second:
+ * grpc-js's default backoff grows to two minutes, during which every call fails at once.
+ */
+const CHANNEL_OPTIONS = { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 1_000 };
 /** Peers with an open channel at once; the oldest is closed beyond this. */
 const MAX_PEERS = 1024;
 
@@ -24,7 +29,7 @@ export class Peer {
   hello: HelloResponse | undefined;
 
   constructor(readonly address: string, private readonly token: string) {
-    this.client = new KvFerryPeerClient(address, credentials.createInsecure());
+    this.client = new KvFerryPeerClient(address, credentials.createInsecure(), CHANNEL_OPTIONS);
   }
 
   /** Calls one unary method with the cluster token and a deadline; errors come back typed. */
@@ -45,10 +50,29 @@ export class Peer {
 export class PeerDirectory {
   readonly #peers = new Map<string, Peer>();
 
-  constructor(private readonly token: string, private readonly nodeId: () => string) {}
+  /** `hello` is what this daemon says of itself when it greets a peer. */
+  constructor(private readonly token: string, private readonly hello: () => HelloRequest) {}
 
   /** The peer at `address`, greeted: its data address is known. */
   async get(address: string, timeoutMs: number): Promise<Peer & { hello: HelloResponse }> {
+    const peer = this.#peer(address);
+    return peer.hello === undefined ? this.greet(address, timeoutMs) : (peer as Peer & { hello: HelloResponse });
+  }
+
+  /** Says Hello to the peer at `address` (again, if it was greeted before) and keeps its answer. */
+  async greet(address: string, timeoutMs: number): Promise<Peer & { hello: HelloResponse }> {
+    const peer = this.#peer(address);
+    const hello = await peer.call<HelloRequest, HelloResponse>("hello", this.hello(), timeoutMs);
+    try {
+      checkPeerAddress(hello.dataAddress, "data_address");
+    } catch {
+      throw new UnavailableError(`peer ${address} advertised no usable data address (${JSON.stringify(hello.dataAddress)})`);
+    }
+    peer.hello = hello;
+    return peer as Peer & { hello: HelloResponse };
+  }
+
+  #peer(address: string): Peer {
     let peer = this.#peers.get(address);
     if (peer === undefined) {
       if (this.#peers.size >= MAX_PEERS) {
@@ -59,16 +83,18 @@ export class PeerDirectory {
       }
       this.#peers.set(address, (peer = new Peer(address, this.token)));
     }
-    if (peer.hello === undefined) {
-      const hello = await peer.call<{ nodeId: string }, HelloResponse>("hello", { nodeId: this.nodeId() }, timeoutMs);
-      try {
-        checkPeerAddress(hello.dataAddress, "data_address");
-      } catch {
-        throw new UnavailableError(`peer ${address} advertised no usable data address (${JSON.stringify(hello.dataAddress)})`);
-      }
-      peer.hello = hello;
-    }
-    return peer as Peer & { hello: HelloResponse };
+    return peer;
+  }
+
+  /**
+   * The peer at `address` just showed it is up (it greeted us). If our channel to it has
+   * never worked, it may sit in reconnect backoff: start afresh so the next call connects.
+   */
+  revive(address: string): void {
+    const peer = this.#peers.get(address);
+    if (peer === undefined || peer.hello !== undefined) return;
+    peer.client.close();
+    this.#peers.delete(address);
   }
 
   /** Drops what is known of a peer (its data address may have changed). */

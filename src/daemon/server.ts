@@ -10,14 +10,21 @@ import { Server } from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
 import type { Logger } from "pino";
 import { formatHostPort, type Config } from "../config/config.js";
-import { ConfigError } from "../errors.js";
+import { ConfigError, MetadataUnavailableError } from "../errors.js";
+import type { ListNodesResponse, NodeInfo } from "../gen/kvferry/v1/kvferry.js";
 import { KvFerryPeerService } from "../gen/kvferry/v1/peer.js";
 import { TransferEngine } from "../engine/transfer-engine.js";
+import { EmbeddedRegistry, type Greet } from "../metadata/embedded.js";
+import type { NodeRecord } from "../metadata/node.js";
+import { openRegistry, registerWithRetry } from "../metadata/open.js";
+import type { NodeRegistry } from "../metadata/registry.js";
 import { LookupBuffer } from "../store/lookup-buffer.js";
+import { fromWireNode, toWireNode } from "./convert.js";
 import { bind, drain } from "./grpc-server.js";
 import { widenSessionWindows, widenStreamWindows } from "./http2-windows.js";
 import { kvferryService } from "./kvferry-service.js";
 import { peerService } from "./peer-service.js";
+import { nodeResolver } from "./node-resolver.js";
 import { PeerDirectory } from "./peers.js";
 import { addReflection } from "./reflection.js";
 import { Transfers } from "./transfers.js";
@@ -48,6 +55,10 @@ export class Daemon {
   readonly #health: HealthImplementation;
   #port = 0;
   #peerPort = 0;
+  readonly #startedAt = Date.now();
+  /** Open from start() until shutdown(). */
+  #registry: NodeRegistry | undefined;
+  #refresh: NodeJS.Timeout | undefined;
   /** The configured node id; a default made from port 0 gets the bound port. */
   nodeId: string;
 
@@ -83,7 +94,7 @@ export class Daemon {
         log[level]({ transferId: e.transferId, reason: e.reason, bytes: e.bytes }, `entry ${e.reason}`);
       },
     });
-    this.#peers = new PeerDirectory(config.clusterToken, () => this.nodeId);
+    this.#peers = new PeerDirectory(config.clusterToken, () => ({ nodeId: this.nodeId, node: this.#selfInfo() }));
     this.transfers = new Transfers({
       store: this.store,
       engine: this.engine,
@@ -91,6 +102,7 @@ export class Daemon {
       log,
       nodeId: () => this.nodeId,
       transferDeadlineMs: config.transferDeadlineMs,
+      resolve: nodeResolver(() => this.#registry),
     });
 
     const maxMessage = config.maxMessageBytes + MESSAGE_OVERHEAD;
@@ -113,6 +125,7 @@ export class Daemon {
           const s = this.engine.stats();
           return { bytesSent: s.bytesSent, bytesReceived: s.bytesReceived };
         },
+        listNodes: () => this.#listNodes(),
       }),
     );
     widenStreamWindows(this.#server, STREAM_WINDOW, log);
@@ -130,6 +143,8 @@ export class Daemon {
         nodeId: () => this.nodeId,
         version: VERSION,
         dataAddress: () => this.dataAddress,
+        self: () => this.#selfInfo(),
+        learn: (node, from) => this.#learn(node, from),
       }),
     );
   }
@@ -141,9 +156,7 @@ export class Daemon {
 
   /** Where peers reach this daemon's data plane. */
   get dataAddress(): string {
-    const host = this.config.dataListen.host;
-    const advertised = host === "0.0.0.0" || host === "::" ? (this.config.dataAddress?.host ?? hostname()) : host;
-    return formatHostPort({ host: advertised, port: this.engine.dataPort });
+    return advertised(this.config.dataListen.host, this.engine.dataPort, this.config.dataAddress?.host);
   }
 
   async start(): Promise<void> {
@@ -153,6 +166,7 @@ export class Daemon {
     if (this.config.listen.port === 0 && this.nodeId.endsWith(":0")) {
       this.nodeId = `${this.nodeId.slice(0, -2)}:${this.#port}`;
     }
+    await this.#register();
     this.#setHealth("SERVING");
     this.state = "serving";
     this.log.info(
@@ -161,6 +175,7 @@ export class Daemon {
         peer: formatHostPort({ host: this.config.peerListen.host, port: this.#peerPort }),
         data: this.dataAddress,
         nodeId: this.nodeId,
+        metadata: this.#registry?.where,
         kvBufferSize: this.config.kvBufferSize,
         version: VERSION,
       },
@@ -174,6 +189,9 @@ export class Daemon {
     this.state = "draining";
     this.#setHealth("NOT_SERVING");
     this.log.info({ graceMs }, "draining");
+    // Leave the registry first, so that no node picks this one while it drains.
+    clearInterval(this.#refresh);
+    await this.#registry?.close().catch((err) => this.log.warn({ err }, "leaving the metadata backend failed"));
     const onForce = () => {
       this.log.warn("grace period over: cancelling calls still in flight");
       this.store.close();
@@ -199,8 +217,104 @@ export class Daemon {
     this.log.info("stopped");
   }
 
+  /**
+   * Opens the metadata backend and publishes this node (retried per metadata_retry_ms).
+   * @throws MetadataUnavailableError when it cannot; the servers are closed by then.
+   */
+  async #register(): Promise<void> {
+    const metadata = this.config.metadata;
+    const seeds = this.#seeds();
+    const registry = await openRegistry(metadata, this.log, { seeds, greet: this.#greet });
+    try {
+      await registerWithRetry(registry, this.#record(), metadata.retryMs, this.log);
+    } catch (err) {
+      await registry.close();
+      this.#server.forceShutdown();
+      this.#peerServer.forceShutdown();
+      this.engine.shutdown();
+      const retried = metadata.retryMs > 0 ? ` (retried for ${metadata.retryMs} ms, metadata_retry_ms)` : "";
+      throw new MetadataUnavailableError(`cannot register with ${registry.where}${retried}: ${(err as Error).message}`);
+    }
+    this.#registry = registry;
+    // The record's changing part: what the pool holds.
+    this.#refresh = setInterval(
+      () => registry.update({ poolUsedBytes: this.store.bytesUsed }),
+      Math.max(1, Math.floor(metadata.ttlMs / 3)),
+    );
+    this.#refresh.unref();
+  }
+
+  /**
+   * The peers the embedded registry greets at start-up: --peer / peers, and the other
+   * side of prefill_url / decode_url (its peer API at data port + 1, the default).
+   */
+  #seeds(): string[] {
+    const seeds = this.config.peers.map(formatHostPort);
+    const { role, prefillUrl, decodeUrl } = this.config;
+    const other = role === "prefill" ? decodeUrl : role === "decode" ? prefillUrl : undefined;
+    if (other !== undefined && other.port < 65535) seeds.push(formatHostPort({ host: other.host, port: other.port + 1 }));
+    const own = formatHostPort({ host: this.config.peerListen.host, port: this.#peerPort });
+    return [...new Set(seeds)].filter((s) => s !== own);
+  }
+
+  /** The embedded registry's greeting: Hello with our record, their record back. */
+  readonly #greet: Greet = async (address) => {
+    const peer = await this.#peers.greet(address, Math.min(5_000, Math.max(500, Math.floor(this.config.metadata.ttlMs / 3))));
+    const node = peer.hello.node === undefined ? new Error("no record in its Hello") : fromWireNode(peer.hello.node);
+    if (node instanceof Error) throw new Error(`peer ${address} sent no usable node record: ${node.message}`);
+    return node;
+  };
+
+  #learn(info: NodeInfo, from: string): void {
+    if (!(this.#registry instanceof EmbeddedRegistry)) return;
+    const node = fromWireNode(info);
+    if (node instanceof Error) {
+      this.log.warn({ from, err: node.message }, "a peer's Hello carried an unusable node record");
+      return;
+    }
+    this.#peers.revive(node.peerAddress);
+    this.#registry.learn(node);
+  }
+
+  /** This node as the registry publishes it, now. */
+  #record(): NodeRecord {
+    return {
+      nodeId: this.nodeId,
+      hostname: hostname(),
+      clientAddress: advertised(this.config.listen.host, this.#port, this.config.dataAddress?.host),
+      peerAddress: advertised(this.config.peerListen.host, this.#peerPort, this.config.dataAddress?.host),
+      dataAddress: this.dataAddress,
+      transports: [{ name: "tcp", params: { connectionsPerPeer: this.config.connectionsPerPeer } }],
+      poolBytes: this.config.kvBufferSize,
+      poolUsedBytes: this.store.bytesUsed,
+      version: VERSION,
+      startedAt: this.#startedAt,
+      updatedAt: Date.now(),
+    };
+  }
+
+  #selfInfo(): NodeInfo | undefined {
+    return this.#peerPort === 0 ? undefined : toWireNode(this.#record());
+  }
+
+  async #listNodes(): Promise<ListNodesResponse> {
+    const registry = this.#registry;
+    if (registry === undefined) return { backend: this.config.metadata.backend, where: "", nodes: [toWireNode(this.#record())] };
+    const nodes = await registry.list();
+    // This node's own line is always current, whatever the backend last stored.
+    const self = this.#record();
+    const merged = [self, ...nodes.filter((n) => n.nodeId !== self.nodeId)].sort((a, b) => (a.nodeId < b.nodeId ? -1 : 1));
+    return { backend: registry.backend, where: registry.where, nodes: merged.map(toWireNode) };
+  }
+
   #setHealth(status: "SERVING" | "NOT_SERVING"): void {
     this.#health.setStatus("", status);
     this.#health.setStatus(SERVICE_NAME, status);
   }
+}
+
+/** "host:port" others use for a listener: a wildcard host becomes `preferred`, else this host's name. */
+function advertised(host: string, port: number, preferred?: string): string {
+  const wildcard = host === "0.0.0.0" || host === "::";
+  return formatHostPort({ host: wildcard ? (preferred ?? hostname()) : host, port });
 }

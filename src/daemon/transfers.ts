@@ -36,7 +36,8 @@ import type { PoolBlock } from "../engine/pool-memory.js";
 import type { OpSpec, TransferEngine } from "../engine/transfer-engine.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
 import { checkLeaseTtl, checkPartName, checkTransferId } from "../store/validate.js";
-import { checkPeerAddress, type Peer, type PeerDirectory } from "./peers.js";
+import type { ResolvePeer } from "./node-resolver.js";
+import type { Peer, PeerDirectory } from "./peers.js";
 
 export const MAX_BATCH = 4096;
 /** How long a reservation outlives the deadline its initiator announced. */
@@ -77,6 +78,8 @@ export interface TransfersOptions {
   log: Logger;
   nodeId: () => string;
   transferDeadlineMs: number;
+  /** A target or source (node id or peer address) → the peer API address to call. */
+  resolve: ResolvePeer;
 }
 
 /** Per-entry outcomes of one batch, filled in as the steps go. */
@@ -144,7 +147,7 @@ export class Transfers {
       if (seen.has(id)) throw new InvalidArgumentError(`transfer_ids[${i}]`, `${JSON.stringify(id)} is named twice`);
       seen.add(id);
     });
-    checkPeerAddress(target, options.targetField ?? "target");
+    const address = await this.o.resolve(target, options.targetField ?? "target");
     const leaseTtlMs = checkLeaseTtl(options.leaseTtlMs);
     const deadlineMs = options.deadlineMs || this.o.transferDeadlineMs;
     if (!Number.isInteger(deadlineMs) || deadlineMs < 0) {
@@ -153,7 +156,7 @@ export class Transfers {
     const deadlineAt = Date.now() + deadlineMs;
     const outcomes = new Outcomes(ids);
     try {
-      const peer = await this.o.peers.get(target, deadlineMs);
+      const peer = await this.o.peers.get(address, deadlineMs);
       const keep = options.keepSource === true;
       // Chunks in flight together: one chunk's bytes move while the next is being
       // reserved and the previous committed.
@@ -174,11 +177,11 @@ export class Transfers {
     const failed = results.filter((r) => r.error);
     if (failed.some((r) => r.error instanceof UnavailableError || r.error instanceof InvalidArgumentError)) {
       // The peer may have restarted with another data address: greet it afresh next time.
-      this.o.peers.forget(target);
+      this.o.peers.forget(address);
     }
     const moved = results.reduce((sum, r) => sum + r.bytes, 0);
     (failed.length ? this.o.log.warn.bind(this.o.log) : this.o.log.info.bind(this.o.log))(
-      { target, mode, entries: ids.length, failed: failed.length, bytes: moved, firstError: failed[0]?.error?.message },
+      { target, ...(address !== target && { address }), mode, entries: ids.length, failed: failed.length, bytes: moved, firstError: failed[0]?.error?.message },
       "batch transfer",
     );
     return results;

@@ -91,7 +91,8 @@ describe("defaults", () => {
       shutdownGraceMs: 10000,
       logLevel: "info",
       protocol: "tcp",
-      metadata: { backend: "embedded" },
+      metadata: { backend: "embedded", prefix: "kvferry/v1/", ttlMs: 10000, retryMs: 0 },
+      peers: [],
       dataListen: { host: "127.0.0.1", port: 0 },
       peerListen: { host: "127.0.0.1", port: 0 },
       clusterToken: "",
@@ -128,7 +129,7 @@ describe("the seed's mooncake.json", () => {
     expect(config.source).toBe(SEED);
     expect(config.prefillUrl).toEqual({ host: "192.168.0.137", port: 13003 });
     expect(config.decodeUrl).toEqual({ host: "192.168.0.139", port: 13003 });
-    expect(config.metadata).toEqual({ backend: "etcd", server: "192.168.0.139:2379" });
+    expect(config.metadata).toEqual({ backend: "etcd", server: "192.168.0.139:2379", prefix: "kvferry/v1/", ttlMs: 10000, retryMs: 0 });
     expect(config.protocol).toBe("rdma");
     expect(config.deviceName).toBe("erdma_0,erdma_1");
     expect(config.warnings).toEqual([]);
@@ -612,9 +613,28 @@ describe("host:port", () => {
   });
 });
 
+describe("peers", () => {
+  it("reads a JSON array from the file and comma-separated text from a flag or variable, without duplicates", () => {
+    expect(loadFile({ peers: ["127.0.0.1:7001", "node-b:7001", "127.0.0.1:7001"] }).peers).toEqual([
+      { host: "127.0.0.1", port: 7001 }, { host: "node-b", port: 7001 },
+    ]);
+    expect(load({ peers: "127.0.0.1:7001, [::1]:7002" }).peers).toEqual([{ host: "127.0.0.1", port: 7001 }, { host: "::1", port: 7002 }]);
+    expect(load({}, { KVFERRY_PEERS: "h:1" }).peers).toEqual([{ host: "h", port: 1 }]);
+  });
+
+  it.each<[unknown]>([["127.0.0.1:7001"], [["127.0.0.1"]], [["h:70000"]], [[7001]]])("refuses peers %j, naming the bad member", (value) => {
+    const path = configFile({ peers: value });
+    expectRefused(() => load({ config: path }), { source: path, key: "peers", value, expected: "peer API addresses" });
+  });
+
+  it("names the flag when --peer holds a bad address", () => {
+    expectRefused(() => load({ peers: "127.0.0.1:7001,nope" }), { source: "--peer", key: "peers", value: "127.0.0.1:7001,nope", expected: `"nope" is not one` });
+  });
+});
+
 describe("metadata server", () => {
   it("uses the embedded peer-to-peer metadata when metadata_server is absent", () => {
-    expect(loadFile({}).metadata).toEqual({ backend: "embedded" });
+    expect(loadFile({}).metadata).toEqual({ backend: "embedded", prefix: "kvferry/v1/", ttlMs: 10000, retryMs: 0 });
   });
 
   it.each<[string, string]>([
@@ -627,7 +647,7 @@ describe("metadata server", () => {
     ["http://10.0.0.1:8080/metadata", "http"],
     ["https://meta.example:8443/metadata", "http"],
   ])("reads metadata_server %s as %s and keeps it as given", (server, backend) => {
-    expect(loadFile({ metadata_server: server }).metadata).toEqual({ backend, server });
+    expect(loadFile({ metadata_server: server }).metadata).toMatchObject({ backend, server });
   });
 
   it.each<[string, string]>([
@@ -638,6 +658,30 @@ describe("metadata server", () => {
     ["p2p", "P2PHANDSHAKE"],
   ])("accepts metadata_backend %s with metadata_server %s", (backend, server) => {
     expect(() => loadFile({ metadata_backend: backend, metadata_server: server })).not.toThrow();
+  });
+
+  it("takes the server, prefix, TTL and start-up retry from flags over variables over the file", () => {
+    const path = configFile({ metadata_server: "redis://127.0.0.1:6379", metadata_prefix: "a/", metadata_ttl_ms: 3000 });
+    expect(load({ config: path }).metadata).toEqual({
+      backend: "redis", server: "redis://127.0.0.1:6379", prefix: "a/", ttlMs: 3000, retryMs: 0,
+    });
+    const env = { KVFERRY_METADATA_SERVER: "etcd://127.0.0.1:2379" };
+    expect(load({ config: path }, env).metadata.server).toBe("etcd://127.0.0.1:2379");
+    expect(load({ config: path, metadataServer: "http://127.0.0.1:8080/metadata", metadataPrefix: "b/", metadataTtlMs: "2000", metadataRetryMs: "30000" }, env).metadata).toEqual({
+      backend: "http", server: "http://127.0.0.1:8080/metadata", prefix: "b/", ttlMs: 2000, retryMs: 30000,
+    });
+  });
+
+  it.each<[string, unknown, string]>([
+    ["metadata_prefix", "kvferry", `ending in "/"`],
+    ["metadata_prefix", "has space/", "without spaces"],
+    ["metadata_prefix", 7, `ending in "/"`],
+    ["metadata_ttl_ms", 999, "from 1000"],
+    ["metadata_ttl_ms", "10000", "whole number of milliseconds"],
+    ["metadata_retry_ms", -1, "from 0"],
+  ])("refuses %s %j, saying what it expected", (key, value, expected) => {
+    const path = configFile({ [key]: value });
+    expectRefused(() => load({ config: path }), { source: path, key, value, expected });
   });
 
   it("refuses a metadata_backend that disagrees with the metadata_server, naming both", () => {

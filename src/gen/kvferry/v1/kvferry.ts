@@ -202,8 +202,9 @@ export interface GetRequest {
     | number
     | undefined;
   /**
-   * Where the entry lives when it is not here: a peer's address ("host:port" of its
-   * peer API). The entry is pulled from there first (the source keeps no copy), then served.
+   * Where the entry lives when it is not here: a node id known to the metadata backend,
+   * or a peer's address ("host:port" of its peer API). The entry is pulled from there
+   * first (the source keeps no copy), then served.
    */
   source: string;
 }
@@ -304,7 +305,10 @@ export interface Counters {
 export interface BatchTransferRequest {
   /** 1 to 4096 distinct ids of sealed entries (on this daemon for PUSH, on the target for PULL). */
   transferIds: string[];
-  /** The other daemon: its peer API address, "host:port". */
+  /**
+   * The other daemon: a node id known to the metadata backend, or its peer API
+   * address "host:port" (a node id is looked up first).
+   */
   target: string;
   mode: TransferMode;
   /** For the whole batch, in ms. Absent or 0: the daemon's transfer_deadline_ms. */
@@ -328,6 +332,50 @@ export interface TransferResult {
   bytes: number;
   /** Wall time of this entry's transfer, from the first byte asked to the seal. */
   micros: number;
+}
+
+export interface ListNodesRequest {
+}
+
+export interface ListNodesResponse {
+  /** "embedded", "etcd", "redis" or "http". */
+  backend: string;
+  /** The backend's address and key prefix, for people. */
+  where: string;
+  /** Ordered by node id. */
+  nodes: NodeInfo[];
+}
+
+/** A node as the metadata backend knows it. */
+export interface NodeInfo {
+  nodeId: string;
+  hostname: string;
+  /** "host:port" of its client API (kvferry.v1.KvFerry). */
+  clientAddress: string;
+  /** "host:port" of its peer API (kvferry.v1.KvFerryPeer): what BatchTransfer targets. */
+  peerAddress: string;
+  /** "host:port" of its native data plane. */
+  dataAddress: string;
+  transports: TransportInfo[];
+  poolBytes: number;
+  poolUsedBytes: number;
+  version: string;
+  /** Milliseconds since the epoch. */
+  startedAtMs: number;
+  /** When its record was last written, ms since the epoch. */
+  updatedAtMs: number;
+}
+
+export interface TransportInfo {
+  /** "tcp" today. */
+  name: string;
+  /** Its parameters as text, e.g. connections_per_peer = "4". */
+  params: { [key: string]: string };
+}
+
+export interface TransportInfo_ParamsEntry {
+  key: string;
+  value: string;
 }
 
 function createBasePutRequest(): PutRequest {
@@ -3267,6 +3315,634 @@ export const TransferResult: MessageFns<TransferResult> = {
   },
 };
 
+function createBaseListNodesRequest(): ListNodesRequest {
+  return {};
+}
+
+export const ListNodesRequest: MessageFns<ListNodesRequest> = {
+  encode(_: ListNodesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListNodesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListNodesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListNodesRequest {
+    return {};
+  },
+
+  toJSON(_: ListNodesRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListNodesRequest>): ListNodesRequest {
+    return ListNodesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ListNodesRequest>): ListNodesRequest {
+    const message = createBaseListNodesRequest();
+    return message;
+  },
+};
+
+function createBaseListNodesResponse(): ListNodesResponse {
+  return { backend: "", where: "", nodes: [] };
+}
+
+export const ListNodesResponse: MessageFns<ListNodesResponse> = {
+  encode(message: ListNodesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.backend !== "") {
+      writer.uint32(10).string(message.backend);
+    }
+    if (message.where !== "") {
+      writer.uint32(18).string(message.where);
+    }
+    for (const v of message.nodes) {
+      NodeInfo.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListNodesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListNodesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.backend = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.where = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nodes.push(NodeInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListNodesResponse {
+    return {
+      backend: isSet(object.backend) ? globalThis.String(object.backend) : "",
+      where: isSet(object.where) ? globalThis.String(object.where) : "",
+      nodes: globalThis.Array.isArray(object?.nodes) ? object.nodes.map((e: any) => NodeInfo.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListNodesResponse): unknown {
+    const obj: any = {};
+    if (message.backend !== "") {
+      obj.backend = message.backend;
+    }
+    if (message.where !== "") {
+      obj.where = message.where;
+    }
+    if (message.nodes?.length) {
+      obj.nodes = message.nodes.map((e) => NodeInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListNodesResponse>): ListNodesResponse {
+    return ListNodesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListNodesResponse>): ListNodesResponse {
+    const message = createBaseListNodesResponse();
+    message.backend = object.backend ?? "";
+    message.where = object.where ?? "";
+    message.nodes = object.nodes?.map((e) => NodeInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseNodeInfo(): NodeInfo {
+  return {
+    nodeId: "",
+    hostname: "",
+    clientAddress: "",
+    peerAddress: "",
+    dataAddress: "",
+    transports: [],
+    poolBytes: 0,
+    poolUsedBytes: 0,
+    version: "",
+    startedAtMs: 0,
+    updatedAtMs: 0,
+  };
+}
+
+export const NodeInfo: MessageFns<NodeInfo> = {
+  encode(message: NodeInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeId !== "") {
+      writer.uint32(10).string(message.nodeId);
+    }
+    if (message.hostname !== "") {
+      writer.uint32(18).string(message.hostname);
+    }
+    if (message.clientAddress !== "") {
+      writer.uint32(26).string(message.clientAddress);
+    }
+    if (message.peerAddress !== "") {
+      writer.uint32(34).string(message.peerAddress);
+    }
+    if (message.dataAddress !== "") {
+      writer.uint32(42).string(message.dataAddress);
+    }
+    for (const v of message.transports) {
+      TransportInfo.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.poolBytes !== 0) {
+      writer.uint32(56).uint64(message.poolBytes);
+    }
+    if (message.poolUsedBytes !== 0) {
+      writer.uint32(64).uint64(message.poolUsedBytes);
+    }
+    if (message.version !== "") {
+      writer.uint32(74).string(message.version);
+    }
+    if (message.startedAtMs !== 0) {
+      writer.uint32(80).int64(message.startedAtMs);
+    }
+    if (message.updatedAtMs !== 0) {
+      writer.uint32(88).int64(message.updatedAtMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NodeInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNodeInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nodeId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.clientAddress = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.peerAddress = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.dataAddress = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.transports.push(TransportInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.poolBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.poolUsedBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.startedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.updatedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NodeInfo {
+    return {
+      nodeId: isSet(object.nodeId)
+        ? globalThis.String(object.nodeId)
+        : isSet(object.node_id)
+        ? globalThis.String(object.node_id)
+        : "",
+      hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "",
+      clientAddress: isSet(object.clientAddress)
+        ? globalThis.String(object.clientAddress)
+        : isSet(object.client_address)
+        ? globalThis.String(object.client_address)
+        : "",
+      peerAddress: isSet(object.peerAddress)
+        ? globalThis.String(object.peerAddress)
+        : isSet(object.peer_address)
+        ? globalThis.String(object.peer_address)
+        : "",
+      dataAddress: isSet(object.dataAddress)
+        ? globalThis.String(object.dataAddress)
+        : isSet(object.data_address)
+        ? globalThis.String(object.data_address)
+        : "",
+      transports: globalThis.Array.isArray(object?.transports)
+        ? object.transports.map((e: any) => TransportInfo.fromJSON(e))
+        : [],
+      poolBytes: isSet(object.poolBytes)
+        ? globalThis.Number(object.poolBytes)
+        : isSet(object.pool_bytes)
+        ? globalThis.Number(object.pool_bytes)
+        : 0,
+      poolUsedBytes: isSet(object.poolUsedBytes)
+        ? globalThis.Number(object.poolUsedBytes)
+        : isSet(object.pool_used_bytes)
+        ? globalThis.Number(object.pool_used_bytes)
+        : 0,
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
+      startedAtMs: isSet(object.startedAtMs)
+        ? globalThis.Number(object.startedAtMs)
+        : isSet(object.started_at_ms)
+        ? globalThis.Number(object.started_at_ms)
+        : 0,
+      updatedAtMs: isSet(object.updatedAtMs)
+        ? globalThis.Number(object.updatedAtMs)
+        : isSet(object.updated_at_ms)
+        ? globalThis.Number(object.updated_at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: NodeInfo): unknown {
+    const obj: any = {};
+    if (message.nodeId !== "") {
+      obj.nodeId = message.nodeId;
+    }
+    if (message.hostname !== "") {
+      obj.hostname = message.hostname;
+    }
+    if (message.clientAddress !== "") {
+      obj.clientAddress = message.clientAddress;
+    }
+    if (message.peerAddress !== "") {
+      obj.peerAddress = message.peerAddress;
+    }
+    if (message.dataAddress !== "") {
+      obj.dataAddress = message.dataAddress;
+    }
+    if (message.transports?.length) {
+      obj.transports = message.transports.map((e) => TransportInfo.toJSON(e));
+    }
+    if (message.poolBytes !== 0) {
+      obj.poolBytes = Math.round(message.poolBytes);
+    }
+    if (message.poolUsedBytes !== 0) {
+      obj.poolUsedBytes = Math.round(message.poolUsedBytes);
+    }
+    if (message.version !== "") {
+      obj.version = message.version;
+    }
+    if (message.startedAtMs !== 0) {
+      obj.startedAtMs = Math.round(message.startedAtMs);
+    }
+    if (message.updatedAtMs !== 0) {
+      obj.updatedAtMs = Math.round(message.updatedAtMs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<NodeInfo>): NodeInfo {
+    return NodeInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NodeInfo>): NodeInfo {
+    const message = createBaseNodeInfo();
+    message.nodeId = object.nodeId ?? "";
+    message.hostname = object.hostname ?? "";
+    message.clientAddress = object.clientAddress ?? "";
+    message.peerAddress = object.peerAddress ?? "";
+    message.dataAddress = object.dataAddress ?? "";
+    message.transports = object.transports?.map((e) => TransportInfo.fromPartial(e)) || [];
+    message.poolBytes = object.poolBytes ?? 0;
+    message.poolUsedBytes = object.poolUsedBytes ?? 0;
+    message.version = object.version ?? "";
+    message.startedAtMs = object.startedAtMs ?? 0;
+    message.updatedAtMs = object.updatedAtMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseTransportInfo(): TransportInfo {
+  return { name: "", params: {} };
+}
+
+export const TransportInfo: MessageFns<TransportInfo> = {
+  encode(message: TransportInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    globalThis.Object.entries(message.params).forEach(([key, value]: [string, string]) => {
+      TransportInfo_ParamsEntry.encode({ key: key as any, value }, writer.uint32(18).fork()).join();
+    });
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TransportInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTransportInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            const entry2 = TransportInfo_ParamsEntry.decode(reader, reader.uint32());
+            if (entry2.value !== undefined) {
+              message.params[entry2.key] = entry2.value;
+            }
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TransportInfo {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      params: isObject(object.params)
+        ? (globalThis.Object.entries(object.params) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+    };
+  },
+
+  toJSON(message: TransportInfo): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.params) {
+      const entries = globalThis.Object.entries(message.params) as [string, string][];
+      if (entries.length > 0) {
+        obj.params = {};
+        entries.forEach(([k, v]) => {
+          obj.params[k] = v;
+        });
+      }
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TransportInfo>): TransportInfo {
+    return TransportInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TransportInfo>): TransportInfo {
+    const message = createBaseTransportInfo();
+    message.name = object.name ?? "";
+    message.params = (globalThis.Object.entries(object.params ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseTransportInfo_ParamsEntry(): TransportInfo_ParamsEntry {
+  return { key: "", value: "" };
+}
+
+export const TransportInfo_ParamsEntry: MessageFns<TransportInfo_ParamsEntry> = {
+  encode(message: TransportInfo_ParamsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TransportInfo_ParamsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTransportInfo_ParamsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TransportInfo_ParamsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: TransportInfo_ParamsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TransportInfo_ParamsEntry>): TransportInfo_ParamsEntry {
+    return TransportInfo_ParamsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TransportInfo_ParamsEntry>): TransportInfo_ParamsEntry {
+    const message = createBaseTransportInfo_ParamsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
 /**
  * The daemon's client API. Served on 127.0.0.1 by default.
  * buf:lint:ignore SERVICE_SUFFIX
@@ -3396,6 +4072,16 @@ export const KvFerryService = {
       Buffer.from(BatchTransferResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): BatchTransferResponse => BatchTransferResponse.decode(value),
   },
+  /** ListNodes: the nodes this daemon's metadata backend knows, this one included. */
+  listNodes: {
+    path: "/kvferry.v1.KvFerry/ListNodes" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListNodesRequest): Buffer => Buffer.from(ListNodesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListNodesRequest => ListNodesRequest.decode(value),
+    responseSerialize: (value: ListNodesResponse): Buffer => Buffer.from(ListNodesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListNodesResponse => ListNodesResponse.decode(value),
+  },
 } as const;
 
 export interface KvFerryServer extends UntypedServiceImplementation {
@@ -3440,6 +4126,8 @@ export interface KvFerryServer extends UntypedServiceImplementation {
    * Each id gets its own result; the call itself fails only on a bad request.
    */
   batchTransfer: handleUnaryCall<BatchTransferRequest, BatchTransferResponse>;
+  /** ListNodes: the nodes this daemon's metadata backend knows, this one included. */
+  listNodes: handleUnaryCall<ListNodesRequest, ListNodesResponse>;
 }
 
 export interface KvFerryClient extends Client {
@@ -3601,6 +4289,22 @@ export interface KvFerryClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: BatchTransferResponse) => void,
   ): ClientUnaryCall;
+  /** ListNodes: the nodes this daemon's metadata backend knows, this one included. */
+  listNodes(
+    request: ListNodesRequest,
+    callback: (error: ServiceError | null, response: ListNodesResponse) => void,
+  ): ClientUnaryCall;
+  listNodes(
+    request: ListNodesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListNodesResponse) => void,
+  ): ClientUnaryCall;
+  listNodes(
+    request: ListNodesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListNodesResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const KvFerryClient = makeGenericClientConstructor(KvFerryService, "kvferry.v1.KvFerry") as unknown as {
@@ -3634,6 +4338,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {

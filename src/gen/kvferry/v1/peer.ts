@@ -18,6 +18,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { NodeInfo } from "./kvferry.js";
 
 export const protobufPackage = "kvferry.v1";
 
@@ -25,6 +26,8 @@ export const protobufFileName = "kvferry/v1/peer.proto";
 
 export interface HelloRequest {
   nodeId: string;
+  /** The caller's record, so that the embedded metadata learns nodes both ways. */
+  node?: NodeInfo | undefined;
 }
 
 export interface HelloResponse {
@@ -34,6 +37,8 @@ export interface HelloResponse {
   dataAddress: string;
   /** "tcp" today. */
   protocol: string;
+  /** This daemon's record, as its metadata backend publishes it. */
+  node?: NodeInfo | undefined;
 }
 
 export interface PartSize {
@@ -136,13 +141,16 @@ export interface FinishSendResponse {
 }
 
 function createBaseHelloRequest(): HelloRequest {
-  return { nodeId: "" };
+  return { nodeId: "", node: undefined };
 }
 
 export const HelloRequest: MessageFns<HelloRequest> = {
   encode(message: HelloRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.nodeId !== "") {
       writer.uint32(10).string(message.nodeId);
+    }
+    if (message.node !== undefined) {
+      NodeInfo.encode(message.node, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -168,6 +176,14 @@ export const HelloRequest: MessageFns<HelloRequest> = {
             message.nodeId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.node = NodeInfo.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -187,6 +203,7 @@ export const HelloRequest: MessageFns<HelloRequest> = {
         : isSet(object.node_id)
         ? globalThis.String(object.node_id)
         : "",
+      node: isSet(object.node) ? NodeInfo.fromJSON(object.node) : undefined,
     };
   },
 
@@ -194,6 +211,9 @@ export const HelloRequest: MessageFns<HelloRequest> = {
     const obj: any = {};
     if (message.nodeId !== "") {
       obj.nodeId = message.nodeId;
+    }
+    if (message.node !== undefined) {
+      obj.node = NodeInfo.toJSON(message.node);
     }
     return obj;
   },
@@ -204,12 +224,13 @@ export const HelloRequest: MessageFns<HelloRequest> = {
   fromPartial(object: DeepPartial<HelloRequest>): HelloRequest {
     const message = createBaseHelloRequest();
     message.nodeId = object.nodeId ?? "";
+    message.node = (object.node !== undefined && object.node !== null) ? NodeInfo.fromPartial(object.node) : undefined;
     return message;
   },
 };
 
 function createBaseHelloResponse(): HelloResponse {
-  return { nodeId: "", version: "", dataAddress: "", protocol: "" };
+  return { nodeId: "", version: "", dataAddress: "", protocol: "", node: undefined };
 }
 
 export const HelloResponse: MessageFns<HelloResponse> = {
@@ -225,6 +246,9 @@ export const HelloResponse: MessageFns<HelloResponse> = {
     }
     if (message.protocol !== "") {
       writer.uint32(34).string(message.protocol);
+    }
+    if (message.node !== undefined) {
+      NodeInfo.encode(message.node, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -274,6 +298,14 @@ export const HelloResponse: MessageFns<HelloResponse> = {
             message.protocol = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.node = NodeInfo.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -300,6 +332,7 @@ export const HelloResponse: MessageFns<HelloResponse> = {
         ? globalThis.String(object.data_address)
         : "",
       protocol: isSet(object.protocol) ? globalThis.String(object.protocol) : "",
+      node: isSet(object.node) ? NodeInfo.fromJSON(object.node) : undefined,
     };
   },
 
@@ -317,6 +350,9 @@ export const HelloResponse: MessageFns<HelloResponse> = {
     if (message.protocol !== "") {
       obj.protocol = message.protocol;
     }
+    if (message.node !== undefined) {
+      obj.node = NodeInfo.toJSON(message.node);
+    }
     return obj;
   },
 
@@ -329,6 +365,7 @@ export const HelloResponse: MessageFns<HelloResponse> = {
     message.version = object.version ?? "";
     message.dataAddress = object.dataAddress ?? "";
     message.protocol = object.protocol ?? "";
+    message.node = (object.node !== undefined && object.node !== null) ? NodeInfo.fromPartial(object.node) : undefined;
     return message;
   },
 };

@@ -1,0 +1,70 @@
+// Opens the registry the configuration names, and registers this node with the retry
+// policy of metadata_retry_ms: 0 fails at once (the daemon exits with EXIT_METADATA),
+// more keeps trying with exponential backoff (250 ms doubling to 5 s) until that long
+// has passed. The etcd, redis and http clients are imported only when used.
+import type { Logger } from "pino";
+import type { MetadataSettings } from "../config/config.js";
+import { UnavailableError } from "../errors.js";
+import { EmbeddedRegistry, type Greet } from "./embedded.js";
+import type { NodeRecord } from "./node.js";
+import type { NodeRegistry, RegistryOptions } from "./registry.js";
+
+export interface OpenOptions {
+  /** The embedded registry's seeds: peer API addresses to greet. */
+  seeds?: readonly string[];
+  /** How the embedded registry greets a peer (the daemon's peer API client). */
+  greet?: Greet;
+}
+
+export async function openRegistry(settings: MetadataSettings, log: Logger, open: OpenOptions = {}): Promise<NodeRegistry> {
+  const options: RegistryOptions = { prefix: settings.prefix, ttlMs: settings.ttlMs };
+  const server = settings.server ?? "";
+  switch (settings.backend) {
+    case "embedded": {
+      const greet: Greet = open.greet ?? (async (address) => {
+        throw new UnavailableError(`cannot greet ${address}: no peer API client`);
+      });
+      return new EmbeddedRegistry({ ...options, seeds: open.seeds ?? [] }, log, greet);
+    }
+    case "etcd":
+      return new (await backend("etcd", "EtcdRegistry"))(server, options, log);
+    case "redis":
+      return new (await backend("redis", "RedisRegistry"))(server, options, log);
+    case "http":
+      return new (await backend("http", "HttpRegistry"))(server, options, log);
+  }
+}
+
+type RegistryClass = new (server: string, options: RegistryOptions, log: Logger) => NodeRegistry;
+
+/** TEMPORARY (until the three backends land): loads ./NAME.js without a static path. */
+async function backend(name: string, exported: string): Promise<RegistryClass> {
+  const module = (await import(`./${name}.js`)) as Record<string, RegistryClass>;
+  return module[exported]!;
+}
+
+const FIRST_BACKOFF_MS = 250;
+const MAX_BACKOFF_MS = 5_000;
+
+/**
+ * registry.register(self), retried while `retryMs` allows.
+ * @throws the last UnavailableError once the retry time is spent (at once when retryMs is 0).
+ */
+export async function registerWithRetry(registry: NodeRegistry, self: NodeRecord, retryMs: number, log: Logger): Promise<void> {
+  const giveUpAt = Date.now() + retryMs;
+  let backoff = FIRST_BACKOFF_MS;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await registry.register(self);
+      if (attempt > 1) log.info({ attempt, metadata: registry.where }, "registered with the metadata backend");
+      return;
+    } catch (err) {
+      const left = giveUpAt - Date.now();
+      if (left <= 0) throw err;
+      const wait = Math.min(backoff, left);
+      log.warn({ err, attempt, retryInMs: wait, metadata: registry.where }, "metadata backend unreachable: retrying");
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+    }
+  }
+}
