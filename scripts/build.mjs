@@ -28,11 +28,17 @@ if (only !== "--native") {
   // Built aside and swapped in, so a daemon starting meanwhile never sees half a dist/.
   const next = `dist.next-${process.pid}`;
   rmSync(join(root, next), { recursive: true, force: true });
-  run(bin("tsc"), ["-p", "tsconfig.json", "--outDir", next]);
-  mkdirSync(join(root, next, "descriptors"), { recursive: true });
-  run(bin("buf"), ["build", "-o", `${next}/descriptors/kvferry.binpb`]);
-  run(bin("buf"), ["build", "node_modules/grpc-health-check/proto", "-o", `${next}/descriptors/health.binpb`]);
-  writeFileSync(join(root, next, ".built"), `${new Date().toISOString()}\n`);
+  try {
+    run(bin("tsc"), ["-p", "tsconfig.json", "--outDir", next]);
+    mkdirSync(join(root, next, "descriptors"), { recursive: true });
+    run(bin("buf"), ["build", "-o", `${next}/descriptors/kvferry.binpb`]);
+    run(bin("buf"), ["build", "node_modules/grpc-health-check/proto", "-o", `${next}/descriptors/health.binpb`]);
+    writeFileSync(join(root, next, ".built"), `${new Date().toISOString()}\n`);
+  } catch (err) {
+    // A failed build leaves the working dist/ as it was, and nothing beside it.
+    rmSync(join(root, next), { recursive: true, force: true });
+    throw err;
+  }
   const old = `dist.old-${process.pid}`;
   if (existsSync(join(root, "dist"))) renameSync(join(root, "dist"), join(root, old));
   renameSync(join(root, next), join(root, "dist"));
