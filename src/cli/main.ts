@@ -5,6 +5,7 @@ import { loadConfig, type ConfigInputs } from "../config/config.js";
 import { runDaemon } from "./daemon.js";
 import { runDemo } from "./demo.js";
 import { runStatus } from "./status.js";
+import { runMetadataServer } from "./metadata-server.js";
 
 import { EXIT_USAGE } from "./exit-codes.js";
 
@@ -19,6 +20,7 @@ Commands:
   daemon    run the node daemon (client API on 127.0.0.1 by default)
   status    the nodes the metadata backend knows (a table, or --json)
   demo      two daemons on loopback: put / get / eviction, a PUSH and a pull between them
+  metadata-server  an in-memory http metadata store (metadata_server: http://HOST:PORT/metadata)
   help      show this help, or \`kvferry help <command>\`
 
 Run \`kvferry <command> --help\` for a command's flags.
@@ -96,6 +98,26 @@ Flags:
 ${flagHelp(DEMO_FLAGS)}
 `;
 
+const METADATA_SERVER_FLAGS = {
+  listen: { type: "string", help: "HOST:PORT", doc: "where to listen (default 127.0.0.1:8080; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
+  path: { type: "string", help: "PATH", doc: "the URL path served (default /metadata)" },
+  "log-level": { type: "string", help: "LEVEL", doc: "trace | debug | info | warn | error | fatal | silent (default info)" },
+  help: { type: "boolean", short: "h", help: "", doc: "show this help" },
+} as const;
+
+const METADATA_SERVER_USAGE = `Usage: kvferry metadata-server [flags]
+
+Serves an in-memory key-value store over Mooncake's http metadata protocol
+(GET / PUT / DELETE PATH?key=KEY) for daemons whose metadata_server is its URL.
+Nothing is persisted: after a restart the daemons write their records again.
+Logs "kvferry metadata-server serving" with the URL once listening.
+
+Flags:
+${flagHelp(METADATA_SERVER_FLAGS)}
+
+Exit codes: 0 after SIGTERM/SIGINT, 1 when it cannot listen, 2 on a bad flag.
+`;
+
 const FULL_USAGE = `${USAGE}
 Flags of \`kvferry daemon\`:
 ${flagHelp(DAEMON_FLAGS)}
@@ -163,7 +185,7 @@ export async function run(argv: string[]): Promise<number> {
       case "--help":
       case "-h": {
         const topic = rest[0];
-        const topics: Record<string, string> = { daemon: DAEMON_USAGE, demo: DEMO_USAGE, status: STATUS_USAGE };
+        const topics: Record<string, string> = { daemon: DAEMON_USAGE, demo: DEMO_USAGE, status: STATUS_USAGE, "metadata-server": METADATA_SERVER_USAGE };
         process.stdout.write((topic !== undefined && topics[topic]) || FULL_USAGE);
         return 0;
       }
@@ -192,6 +214,15 @@ export async function run(argv: string[]): Promise<number> {
           return 0;
         }
         return await runDemo({ kvBufferSize: values["kv-buffer-size"] as string | undefined });
+      }
+      case "metadata-server": {
+        const values = parse(rest, METADATA_SERVER_FLAGS);
+        if (values.help) {
+          process.stdout.write(METADATA_SERVER_USAGE);
+          return 0;
+        }
+        const str = (k: string) => (typeof values[k] === "string" ? (values[k] as string) : undefined);
+        return await runMetadataServer({ listen: str("listen"), path: str("path"), logLevel: str("log-level") });
       }
       default:
         process.stderr.write(`kvferry: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);

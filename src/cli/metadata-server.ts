@@ -1,0 +1,65 @@
+// `kvferry metadata-server`: serve the in-memory http metadata store (metadata/http-server.ts)
+// until SIGTERM or SIGINT, then exit 0. Once listening it logs "kvferry metadata-server
+// serving" with `listen` (HOST:PORT, the real port when 0 was asked) and `url` (what a
+// daemon's metadata_server names), as `kvferry daemon` logs its readiness.
+import { ConfigError } from "../errors.js";
+import { formatHostPort, listenAddress, type HostPort } from "../config/parse.js";
+import { startMetadataServer } from "../metadata/http-server.js";
+import { createLogger } from "./logger.js";
+import type { LogLevel } from "../config/config.js";
+
+export interface MetadataServerInputs {
+  listen?: string;   // --listen
+  path?: string;     // --path
+  logLevel?: string; // --log-level
+}
+
+export const METADATA_SERVER_DEFAULT_LISTEN = "127.0.0.1:8080";
+const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
+const PATH = /^\/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]{0,255}$/;
+
+function parseInputs(inputs: MetadataServerInputs): { listen: HostPort; path: string; logLevel: LogLevel } {
+  const listenText = inputs.listen ?? METADATA_SERVER_DEFAULT_LISTEN;
+  const listen = listenAddress("127.0.0.1")(listenText, true);
+  if (!listen.ok) throw new ConfigError("--listen", "listen", listenText, listen.expected);
+  const path = inputs.path ?? "/metadata";
+  if (!PATH.test(path)) {
+    throw new ConfigError("--path", "path", path, `a URL path starting with "/", at most 256 characters, without "?" or "#" (e.g. /metadata)`);
+  }
+  const logLevel = inputs.logLevel ?? "info";
+  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError("--log-level", "log-level", logLevel, `one of ${LOG_LEVELS.join(" | ")}`);
+  return { listen: listen.value, path, logLevel: logLevel as LogLevel };
+}
+
+/** Runs the server; resolves to the exit code. @throws ConfigError on a bad flag (exit 2). */
+export async function runMetadataServer(inputs: MetadataServerInputs): Promise<number> {
+  const { listen, path, logLevel } = parseInputs(inputs);
+  const log = createLogger(logLevel);
+  let server;
+  try {
+    server = await startMetadataServer({ host: listen.host, port: listen.port, path }, log);
+  } catch (err) {
+    log.fatal({ err, listen: formatHostPort(listen) }, "cannot start");
+    return 1;
+  }
+  log.info({ listen: formatHostPort({ host: listen.host, port: server.port }), url: server.url }, "kvferry metadata-server serving");
+  return new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+      log.info({ signal }, "shutting down");
+      server.close().then(
+        () => {
+          log.info("stopped");
+          resolve(0);
+        },
+        (err) => {
+          log.error({ err }, "shutdown failed");
+          resolve(1);
+        },
+      );
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+}
