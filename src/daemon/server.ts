@@ -233,7 +233,8 @@ export class Daemon {
       this.#peerServer.forceShutdown();
       this.engine.shutdown();
       const retried = metadata.retryMs > 0 ? ` (retried for ${metadata.retryMs} ms, metadata_retry_ms)` : "";
-      throw new MetadataUnavailableError(`cannot register with ${registry.where}${retried}: ${(err as Error).message}`);
+      // The backends' messages name themselves and what failed ("etcd at h:p: cannot register node …").
+      throw new MetadataUnavailableError(`${(err as Error).message}${retried}`);
     }
     this.#registry = registry;
     // The record's changing part: what the pool holds.

@@ -20,12 +20,12 @@ export class NodeCache {
     return [...this.#nodes.values()].sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
   }
 
-  /** One node written: a join if new, an update if its record changed. */
+  /** One node written: a join if new, an update if its record changed (beyond being refreshed). */
   set(node: NodeRecord): void {
     const known = this.#nodes.get(node.nodeId);
     this.#nodes.set(node.nodeId, node);
     if (known === undefined) this.#emit({ type: "join", node });
-    else if (JSON.stringify(known) !== JSON.stringify(node)) this.#emit({ type: "update", node });
+    else if (changed(known, node)) this.#emit({ type: "update", node });
   }
 
   /** One node gone: a leave if it was known. */
@@ -61,4 +61,9 @@ export class NodeCache {
       this.log.error({ err, event: event.type }, "a node registry listener threw");
     }
   }
+}
+
+/** Whether anything but `updatedAt` differs: a mere refresh is no news to listeners. */
+function changed(before: NodeRecord, after: NodeRecord): boolean {
+  return JSON.stringify({ ...before, updatedAt: 0 }) !== JSON.stringify({ ...after, updatedAt: 0 });
 }

@@ -26,21 +26,19 @@ export async function openRegistry(settings: MetadataSettings, log: Logger, open
       });
       return new EmbeddedRegistry({ ...options, seeds: open.seeds ?? [] }, log, greet);
     }
-    case "etcd":
-      return new (await backend("etcd", "EtcdRegistry"))(server, options, log);
-    case "redis":
-      return new (await backend("redis", "RedisRegistry"))(server, options, log);
-    case "http":
-      return new (await backend("http", "HttpRegistry"))(server, options, log);
+    case "etcd": {
+      const { EtcdRegistry } = await import("./etcd.js");
+      return new EtcdRegistry(server, options, log);
+    }
+    case "redis": {
+      const { RedisRegistry } = await import("./redis.js");
+      return new RedisRegistry(server, options, log);
+    }
+    case "http": {
+      const { HttpRegistry } = await import("./http.js");
+      return new HttpRegistry(server, options, log);
+    }
   }
-}
-
-type RegistryClass = new (server: string, options: RegistryOptions, log: Logger) => NodeRegistry;
-
-/** TEMPORARY (until the three backends land): loads ./NAME.js without a static path. */
-async function backend(name: string, exported: string): Promise<RegistryClass> {
-  const module = (await import(`./${name}.js`)) as Record<string, RegistryClass>;
-  return module[exported]!;
 }
 
 const FIRST_BACKOFF_MS = 250;

@@ -122,7 +122,8 @@ describe("an unreachable backend at start-up", () => {
     );
     expect(r.code).toBe(3);
     expect(Date.now() - t0).toBeLessThan(10_000);
-    expect(r.stdout).toContain(`cannot register with etcd at 127.0.0.1:${dead}`);
+    expect(r.stdout).toContain(`etcd at 127.0.0.1:${dead}`);
+    expect(r.stdout).toContain("cannot register");
   });
 
   it("with metadata_retry_ms, keeps trying with backoff and serves once the backend comes up", async () => {
