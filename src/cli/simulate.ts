@@ -1,0 +1,183 @@
+// `kvferry simulate`: an OpenAI-compatible engine SIMULATOR that plays a prefill, a decode
+// or a whole (non-disaggregated) LLM instance, so that the proxy and the demo run without
+// a GPU. It logs "kvferry simulator serving" with its `listen` address once bound (as
+// `kvferry daemon` logs "kvferry daemon serving"), serves until SIGTERM or SIGINT, drains,
+// and exits 0. A bad flag exits 2 with the flag, the value and what was expected; a daemon
+// it cannot reach or a port it cannot bind exits 1.
+import type { Logger } from "pino";
+import type { LogLevel } from "../config/config.js";
+import { DEFAULT_LISTEN_HOST } from "../config/keys.js";
+import { formatHostPort, hostPort, integer, INT32_MAX, listenAddress, oneOf, stringMatching, type HostPort, type Parser } from "../config/parse.js";
+import { DaemonLink } from "../simulator/daemon-link.js";
+import { OWNED_BY, SimulatorServer } from "../simulator/http-server.js";
+import { DEFAULT_LAYOUT, tokenBytes, type KvLayout } from "../simulator/kv.js";
+import { SimulatorMetrics } from "../simulator/metrics.js";
+import { createRole, ROLE_NAMES, type RoleName } from "../simulator/roles.js";
+import { SIMULATOR_SERVING } from "../simulator/spawn.js";
+import { EXIT_USAGE } from "./exit-codes.js";
+import { createLogger } from "./logger.js";
+
+export const DEFAULT_SIMULATOR_LISTEN: HostPort = { host: "127.0.0.1", port: 8100 };
+export const DEFAULT_SIMULATOR_MODEL = "kvferry-sim-7b";
+const DEFAULT_KV_WAIT_MS = 30_000;
+const DEFAULT_TOKEN_MS = 2;
+/** How long a drain waits for requests in flight. */
+const SHUTDOWN_GRACE_MS = 10_000;
+/** How long start-up waits for the daemon. */
+const DAEMON_CONNECT_MS = 10_000;
+
+export interface SimulateSettings {
+  role: RoleName;
+  listen: HostPort;
+  daemon?: string;
+  model: string;
+  layout: KvLayout;
+  kvWaitMs: number;
+  tokenMs: number;
+  logLevel: LogLevel;
+}
+
+/** A flag's value was refused: exit 2 with this message. */
+export class SimulateFlagError extends Error {
+  constructor(flag: string, value: unknown, expected: string) {
+    super(`--${flag}: got ${value === undefined ? "nothing" : JSON.stringify(value)}, expected ${expected}`);
+    this.name = "SimulateFlagError";
+  }
+}
+
+const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+
+/** Validates the flags (strings, as parsed by main.ts) into settings; throws SimulateFlagError. */
+export function simulateSettings(values: Record<string, unknown>): SimulateSettings {
+  const flag = <T>(name: string, parser: Parser<T>, fallback: T): T => {
+    const raw = values[name];
+    if (raw === undefined) return fallback;
+    const parsed = parser(raw, true);
+    if (!parsed.ok) throw new SimulateFlagError(name, raw, parsed.expected);
+    return parsed.value;
+  };
+  const role = flag<RoleName | undefined>(
+    "role",
+    oneOf<RoleName | undefined>(Object.fromEntries(ROLE_NAMES.map((r) => [r, r])), `one of ${ROLE_NAMES.map((r) => `"${r}"`).join(", ")}`),
+    undefined,
+  );
+  if (role === undefined) throw new SimulateFlagError("role", undefined, `one of ${ROLE_NAMES.map((r) => `"${r}"`).join(", ")} (required)`);
+  const listen = flag("listen", listenAddress(DEFAULT_LISTEN_HOST), DEFAULT_SIMULATOR_LISTEN);
+  const daemon = flag<HostPort | undefined>("daemon", hostPort as Parser<HostPort | undefined>, undefined);
+  if (daemon === undefined && role !== "both") {
+    throw new SimulateFlagError("daemon", undefined, `the local kvferry daemon's client API as HOST:PORT (required with --role ${role})`);
+  }
+  const layout: KvLayout = {
+    layers: flag("layers", integer(1, 1024), DEFAULT_LAYOUT.layers),
+    kvHeads: flag("kv-heads", integer(1, 1024), DEFAULT_LAYOUT.kvHeads),
+    headDim: flag("head-dim", integer(1, 16384), DEFAULT_LAYOUT.headDim),
+    dtypeBytes: flag("dtype-bytes", integer(1, 8), DEFAULT_LAYOUT.dtypeBytes),
+  };
+  // One token of one layer must fit a daemon part comfortably; 2 MiB per token is far above any real model.
+  if (tokenBytes(layout) / layout.layers > 2 << 20) {
+    throw new SimulateFlagError(
+      "head-dim",
+      values["head-dim"] ?? layout.headDim,
+      `a layout of at most 2 MiB per token and layer (2 × kv-heads × head-dim × dtype-bytes); ${layout.kvHeads} × ${layout.headDim} × ${layout.dtypeBytes} is too large`,
+    );
+  }
+  return {
+    role,
+    listen,
+    daemon: daemon === undefined ? undefined : formatHostPort(daemon),
+    model: flag("model", stringMatching(/^[\x21-\x7e]{1,256}$/, "a model name of 1-256 printable characters without spaces"), DEFAULT_SIMULATOR_MODEL),
+    layout,
+    kvWaitMs: flag("kv-wait-ms", integer(0, INT32_MAX, "milliseconds"), DEFAULT_KV_WAIT_MS),
+    tokenMs: flag("token-ms", integer(0, 60_000, "milliseconds"), DEFAULT_TOKEN_MS),
+    logLevel: flag(
+      "log-level",
+      oneOf<LogLevel>(Object.fromEntries(LOG_LEVELS.map((l) => [l, l])), `one of ${LOG_LEVELS.map((l) => `"${l}"`).join(", ")}`),
+      "info",
+    ),
+  };
+}
+
+/** Runs `kvferry simulate` with main.ts's parsed flags; resolves to the exit code. */
+export async function runSimulate(values: Record<string, unknown>): Promise<number> {
+  let s: SimulateSettings;
+  try {
+    s = simulateSettings(values);
+  } catch (err) {
+    if (!(err instanceof SimulateFlagError)) throw err;
+    process.stderr.write(`kvferry simulate: ${err.message}\nRun \`kvferry simulate --help\` for the flags.\n`);
+    return EXIT_USAGE;
+  }
+  const log = createLogger(s.logLevel, "kvferry-simulator");
+  if (s.role === "both" && s.daemon !== undefined) log.warn({ daemon: s.daemon }, "--daemon is not used with --role both");
+
+  let link: DaemonLink | undefined;
+  let nodeId: string | undefined;
+  if (s.role !== "both") {
+    link = new DaemonLink(s.daemon!);
+    try {
+      nodeId = (await link.connect(DAEMON_CONNECT_MS)).nodeId;
+    } catch (err) {
+      log.fatal({ err, daemon: s.daemon }, `cannot reach the kvferry daemon at ${s.daemon} within ${DAEMON_CONNECT_MS} ms`);
+      link.close();
+      return 1;
+    }
+  }
+  const metrics = new SimulatorMetrics(s.role);
+  const role = createRole(s.role, { layout: s.layout, daemon: link, kvWaitMs: s.kvWaitMs, metrics });
+  const server = new SimulatorServer({ role, listen: s.listen, model: s.model, layout: s.layout, tokenMs: s.tokenMs, metrics, log });
+  try {
+    await server.start();
+  } catch (err) {
+    log.fatal({ err, listen: formatHostPort(s.listen) }, "cannot start the simulator");
+    link?.close();
+    return 1;
+  }
+  log.info(
+    {
+      listen: server.address,
+      role: s.role,
+      model: s.model,
+      ownedBy: OWNED_BY,
+      daemon: s.daemon,
+      nodeId,
+      layout: s.layout,
+      kvBytesPerToken: tokenBytes(s.layout),
+      kvWaitMs: s.kvWaitMs,
+      tokenMs: s.tokenMs,
+    },
+    SIMULATOR_SERVING,
+  );
+  return waitForSignal(log, async () => {
+    await server.shutdown(SHUTDOWN_GRACE_MS);
+    link?.close();
+  });
+}
+
+/** Resolves 0 after the first SIGTERM/SIGINT and a clean `stop`; a second signal exits 1 at once. */
+function waitForSignal(log: Logger, stop: () => Promise<void>): Promise<number> {
+  return new Promise<number>((resolve) => {
+    let signals = 0;
+    const onSignal = (signal: NodeJS.Signals) => {
+      signals++;
+      if (signals > 1) {
+        log.warn({ signal }, "second signal: exiting without draining");
+        process.exit(1);
+      }
+      log.info({ signal }, "simulator shutting down");
+      stop().then(
+        () => {
+          process.off("SIGTERM", onSignal);
+          process.off("SIGINT", onSignal);
+          log.info("simulator stopped");
+          resolve(0);
+        },
+        (err) => {
+          log.error({ err }, "shutdown failed");
+          resolve(1);
+        },
+      );
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+}
