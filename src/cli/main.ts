@@ -5,6 +5,7 @@ import { loadConfig, type ConfigInputs } from "../config/config.js";
 import { runDaemon } from "./daemon.js";
 import { runDemo } from "./demo.js";
 import { runStatus } from "./status.js";
+import { runSimulate } from "./simulate.js";
 import { runMetadataServer } from "./metadata-server.js";
 
 import { EXIT_USAGE } from "./exit-codes.js";
@@ -21,6 +22,7 @@ Commands:
   status    the nodes the metadata backend knows (a table, or --json)
   demo      two daemons on loopback: put / get / eviction, a PUSH and a pull between them
   metadata-server  an in-memory http metadata store (metadata_server: http://HOST:PORT/metadata)
+  simulate  an OpenAI-compatible LLM engine SIMULATOR (prefill | decode | both), no GPU needed
   help      show this help, or \`kvferry help <command>\`
 
 Run \`kvferry <command> --help\` for a command's flags.
@@ -118,6 +120,52 @@ ${flagHelp(METADATA_SERVER_FLAGS)}
 Exit codes: 0 after SIGTERM/SIGINT, 1 when it cannot listen, 2 on a bad flag.
 `;
 
+export const SIMULATE_FLAGS = {
+  role: { type: "string", help: "ROLE", doc: "prefill | decode | both (required): which instance this simulator plays" },
+  listen: { type: "string", help: "HOST:PORT", doc: "HTTP address (default 127.0.0.1:8100; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
+  daemon: { type: "string", help: "HOST:PORT", doc: "the local kvferry daemon's client API (required for prefill and decode; unused for both)" },
+  model: { type: "string", help: "NAME", doc: "the model name served and required in requests (default kvferry-sim-7b)" },
+  layers: { type: "string", help: "N", doc: "layers of the simulated model: one KV part per layer (default 32)" },
+  "kv-heads": { type: "string", help: "N", doc: "KV heads (default 8)" },
+  "head-dim": { type: "string", help: "N", doc: "head dimension (default 128)" },
+  "dtype-bytes": { type: "string", help: "N", doc: "bytes per KV element (default 2): KV per token = layers × 2 × kv-heads × head-dim × dtype-bytes" },
+  "kv-wait-ms": { type: "string", help: "MS", doc: "how long a decode waits for its KV before answering 504 (default 30000)" },
+  "token-ms": { type: "string", help: "MS", doc: "delay per generated token (default 2)" },
+  "log-level": { type: "string", help: "LEVEL", doc: "trace | debug | info | warn | error | fatal | silent (default info)" },
+  help: { type: "boolean", short: "h", help: "", doc: "show this help" },
+} as const;
+
+const SIMULATE_USAGE = `Usage: kvferry simulate --role prefill|decode|both [flags]
+
+Runs an LLM engine SIMULATOR: no model, no GPU. It serves OpenAI's API
+(POST /v1/completions, POST /v1/chat/completions, streaming or not; GET /v1/models,
+whose model is owned_by "kvferry-simulator"; GET /health; GET /metrics) with a
+deterministic toy tokenizer and a KV cache of realistic size whose bytes are a
+function of the prompt, so that the proxy, the demo and tests exercise real KV
+transfers through kvferry daemons:
+
+  prefill  needs kv_transfer_params {do_remote_decode: true, transfer_id}; puts the
+           prompt's KV into the local daemon (one entry, a part layer.N per layer,
+           sealed) and answers one token with kv_transfer_params {transfer_id,
+           do_remote_prefill: true, remote_node, remote_peer_address} for the decode side.
+  decode   needs kv_transfer_params {do_remote_prefill: true, transfer_id, source_node?};
+           gets (consumes) the entry from the local daemon, pulling it from source_node
+           (or remote_node) when given, checks every byte against the prompt, and
+           generates from it. A missing, late or wrong KV is a 500 (504 when the wait ran
+           out) that names the transfer id: never a silent recompute.
+  both     computes the KV itself and generates: the non-disaggregated reference. Its
+           output equals a decode's after a prefill of the same prompt.
+
+Logs "kvferry simulator serving" with its listen address once ready.
+
+Flags:
+${flagHelp(SIMULATE_FLAGS)}
+
+Exit codes: 0 after SIGTERM/SIGINT (requests in flight finish first, up to 10 s),
+1 when it cannot listen or reach the daemon, 2 on a bad flag (the message names the
+flag, the value and what was expected).
+`;
+
 const FULL_USAGE = `${USAGE}
 Flags of \`kvferry daemon\`:
 ${flagHelp(DAEMON_FLAGS)}
@@ -185,7 +233,7 @@ export async function run(argv: string[]): Promise<number> {
       case "--help":
       case "-h": {
         const topic = rest[0];
-        const topics: Record<string, string> = { daemon: DAEMON_USAGE, demo: DEMO_USAGE, status: STATUS_USAGE, "metadata-server": METADATA_SERVER_USAGE };
+        const topics: Record<string, string> = { daemon: DAEMON_USAGE, demo: DEMO_USAGE, status: STATUS_USAGE, simulate: SIMULATE_USAGE, "metadata-server": METADATA_SERVER_USAGE };
         process.stdout.write((topic !== undefined && topics[topic]) || FULL_USAGE);
         return 0;
       }
@@ -223,6 +271,14 @@ export async function run(argv: string[]): Promise<number> {
         }
         const str = (k: string) => (typeof values[k] === "string" ? (values[k] as string) : undefined);
         return await runMetadataServer({ listen: str("listen"), path: str("path"), logLevel: str("log-level") });
+      }
+      case "simulate": {
+        const values = parse(rest, SIMULATE_FLAGS);
+        if (values.help) {
+          process.stdout.write(SIMULATE_USAGE);
+          return 0;
+        }
+        return await runSimulate(values);
       }
       default:
         process.stderr.write(`kvferry: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
