@@ -5,6 +5,7 @@ import { loadConfig, type ConfigInputs } from "../config/config.js";
 import { runDaemon } from "./daemon.js";
 import { runDemo } from "./demo.js";
 import { runStatus } from "./status.js";
+import { runProxy } from "./proxy.js";
 import { runSimulate } from "./simulate.js";
 import { runMetadataServer } from "./metadata-server.js";
 
@@ -21,6 +22,7 @@ Commands:
   daemon    run the node daemon (client API on 127.0.0.1 by default)
   status    the nodes the metadata backend knows (a table, or --json)
   demo      two daemons on loopback: put / get / eviction, a PUSH and a pull between them
+  proxy     the disaggregating OpenAI-compatible proxy: prefill, KV transfer, decode
   metadata-server  an in-memory http metadata store (metadata_server: http://HOST:PORT/metadata)
   simulate  an OpenAI-compatible LLM engine SIMULATOR (prefill | decode | both), no GPU needed
   help      show this help, or \`kvferry help <command>\`
@@ -166,6 +168,44 @@ Exit codes: 0 after SIGTERM/SIGINT (requests in flight finish first, up to 10 s)
 flag, the value and what was expected).
 `;
 
+export const PROXY_FLAGS = {
+  listen: { type: "string", help: "HOST:PORT", doc: "where to listen (default 127.0.0.1:8000; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
+  prefill: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a prefill instance's base URL, = the client API HOST:PORT of its node's kvferry daemon (repeatable, at least one)" },
+  decode: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a decode instance, the same way (repeatable, at least one)" },
+  policy: { type: "string", help: "NAME", doc: "round-robin | least-outstanding (default least-outstanding)" },
+  transfer: { type: "string", help: "MODE", doc: "push (the prefill daemon pushes the KV) | pull (the decode side pulls it) | none (the engines move it) (default push)" },
+  "health-interval-ms": { type: "string", help: "MS", doc: "how often every instance and daemon is checked (default 2000)" },
+  "prefill-timeout-ms": { type: "string", help: "MS", doc: "the whole prefill call (default 120000)" },
+  "decode-timeout-ms": { type: "string", help: "MS", doc: "decode: time to its first byte, and the longest silence mid-stream (default 120000)" },
+  "transfer-deadline-ms": { type: "string", help: "MS", doc: "deadline of one KV push (default 30000)" },
+  "forward-authorization": { type: "boolean", help: "", doc: "send the client's Authorization header upstream (default: none is sent)" },
+  "max-body-bytes": { type: "string", help: "BYTES", doc: "largest request body, 413 above (default 16MiB)" },
+  "drain-ms": { type: "string", help: "MS", doc: "how long SIGTERM waits for requests in flight (default 30000)" },
+  "log-level": { type: "string", help: "LEVEL", doc: "trace | debug | info | warn | error | fatal | silent (default info)" },
+  help: { type: "boolean", short: "h", help: "", doc: "show this help" },
+} as const;
+
+const PROXY_USAGE = `Usage: kvferry proxy --prefill URL[=DAEMON]... --decode URL[=DAEMON]... [flags]
+
+Serves OpenAI's API (POST /v1/completions and /v1/chat/completions, streaming or
+not; GET /v1/models, /health, /metrics) in front of prefill and decode instances.
+Each request goes to a healthy prefill instance with max_tokens 1 and
+kv_transfer_params {transfer_id, do_remote_decode: true}; its KV then moves to the
+chosen decode instance's node (--transfer), and the original request goes to the
+decode instance with kv_transfer_params {transfer_id, do_remote_prefill: true, ...};
+its answer streams back unchanged. Upstream errors pass through with their status
+and body; the proxy's own are OpenAI-style JSON (502 unreachable, 503 no healthy
+instance, 504 timeout). Logs "kvferry proxy serving" with its listen address once
+ready.
+
+Flags:
+${flagHelp(PROXY_FLAGS)}
+
+Exit codes: 0 after SIGTERM/SIGINT (requests in flight finish first, up to
+--drain-ms), 1 when it cannot listen, 2 on a bad flag (the message names the flag,
+the value and what was expected).
+`;
+
 const FULL_USAGE = `${USAGE}
 Flags of \`kvferry daemon\`:
 ${flagHelp(DAEMON_FLAGS)}
@@ -233,7 +273,7 @@ export async function run(argv: string[]): Promise<number> {
       case "--help":
       case "-h": {
         const topic = rest[0];
-        const topics: Record<string, string> = { daemon: DAEMON_USAGE, demo: DEMO_USAGE, status: STATUS_USAGE, simulate: SIMULATE_USAGE, "metadata-server": METADATA_SERVER_USAGE };
+        const topics: Record<string, string> = { daemon: DAEMON_USAGE, demo: DEMO_USAGE, status: STATUS_USAGE, proxy: PROXY_USAGE, simulate: SIMULATE_USAGE, "metadata-server": METADATA_SERVER_USAGE };
         process.stdout.write((topic !== undefined && topics[topic]) || FULL_USAGE);
         return 0;
       }
@@ -279,6 +319,22 @@ export async function run(argv: string[]): Promise<number> {
           return 0;
         }
         return await runSimulate(values);
+      }
+      case "proxy": {
+        const values = parse(rest, PROXY_FLAGS);
+        if (values.help) {
+          process.stdout.write(PROXY_USAGE);
+          return 0;
+        }
+        const str = (k: string) => (typeof values[k] === "string" ? (values[k] as string) : undefined);
+        const list = (k: string) => (Array.isArray(values[k]) ? (values[k] as string[]) : undefined);
+        return await runProxy({
+          listen: str("listen"), prefill: list("prefill"), decode: list("decode"), policy: str("policy"),
+          transfer: str("transfer"), healthIntervalMs: str("health-interval-ms"), prefillTimeoutMs: str("prefill-timeout-ms"),
+          decodeTimeoutMs: str("decode-timeout-ms"), transferDeadlineMs: str("transfer-deadline-ms"),
+          forwardAuthorization: values["forward-authorization"] === true, maxBodyBytes: str("max-body-bytes"),
+          drainMs: str("drain-ms"), logLevel: str("log-level"),
+        });
       }
       default:
         process.stderr.write(`kvferry: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);

@@ -1,0 +1,58 @@
+// `kvferry proxy`: validate the flags, start the disaggregating proxy, serve until SIGTERM
+// or SIGINT, drain, exit 0. Once listening it logs "kvferry proxy serving" with `listen`
+// (HOST:PORT, the real port when 0 was asked), as `kvferry daemon` logs its readiness, so
+// that a spawn helper can wait for that line and read the address from it.
+import { loadProxyConfig, type ProxyInputs } from "../proxy/config.js";
+import { Proxy } from "../proxy/proxy.js";
+import { PROXY_SERVING } from "../proxy/spawn.js";
+import { createLogger } from "./logger.js";
+
+/** Runs the proxy; resolves to the exit code. @throws ConfigError on a bad flag (exit 2). */
+export async function runProxy(inputs: ProxyInputs): Promise<number> {
+  const config = loadProxyConfig(inputs);
+  const log = createLogger(config.logLevel);
+  const proxy = new Proxy(config, log);
+  let listen: string;
+  try {
+    listen = await proxy.start();
+  } catch (err) {
+    log.fatal({ err }, "cannot start");
+    await proxy.shutdown().catch(() => {});
+    return 1;
+  }
+  log.info(
+    {
+      listen,
+      transfer: config.transfer,
+      policy: config.policy,
+      prefill: config.prefill.map((i) => i.url),
+      decode: config.decode.map((i) => i.url),
+      healthy: proxy.pool.report(),
+    },
+    PROXY_SERVING,
+  );
+  return new Promise<number>((resolve) => {
+    let signals = 0;
+    const onSignal = (signal: NodeJS.Signals) => {
+      signals++;
+      if (signals > 1) {
+        log.warn({ signal }, "second signal: exiting without draining");
+        resolve(1);
+        process.exit(1);
+      }
+      log.info({ signal }, "shutting down");
+      proxy.shutdown().then(
+        () => {
+          log.info("stopped");
+          resolve(0);
+        },
+        (err) => {
+          log.error({ err }, "shutdown failed");
+          resolve(1);
+        },
+      );
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+}

@@ -1,0 +1,111 @@
+// The kvferry daemons of the instances' nodes, as the proxy sees them.
+//
+// A DaemonLink wraps the typed client of one daemon's client API and what the proxy must
+// know about it: its node id (GetServerInfo) and its peer API address (its own record in
+// ListNodes), which is what another daemon's BatchTransfer names as target and what a
+// decode-side Get names as source. Both are learnt at start-up and again on every health
+// check, since a restarted daemon may come back with new ports. Instances on one node
+// share one link. The proxy moves KV through a link (push) and frees a transfer id that a
+// failed or aborted request left behind (release; NOT_FOUND means there was nothing left).
+import type { Logger } from "pino";
+import { KvferryClient } from "../client/client.js";
+import { NotFoundError } from "../errors.js";
+import type { TransferResult } from "../gen/kvferry/v1/kvferry.js";
+
+export type ReleaseResult = "released" | "absent" | "failed";
+
+export class DaemonLink {
+  readonly client: KvferryClient;
+  /** Learnt from the daemon; undefined until it first answered. */
+  nodeId: string | undefined;
+  peerAddress: string | undefined;
+  /** Why the last refresh failed; undefined when it succeeded. */
+  lastError: string | undefined = "not asked yet";
+  #refreshing: Promise<boolean> | undefined;
+
+  constructor(readonly address: string, private readonly log: Logger) {
+    this.client = new KvferryClient(address);
+  }
+
+  /**
+   * Asks the daemon who it is and where its peer API listens. Concurrent callers (the
+   * instances sharing this node) share one round. Resolves to whether it answered.
+   */
+  refresh(timeoutMs: number): Promise<boolean> {
+    this.#refreshing ??= this.#refresh(timeoutMs).finally(() => (this.#refreshing = undefined));
+    return this.#refreshing;
+  }
+
+  async #refresh(timeoutMs: number): Promise<boolean> {
+    try {
+      const info = await this.client.serverInfo({ timeoutMs });
+      const nodes = await this.client.listNodes({ timeoutMs });
+      const self = nodes.nodes.find((n) => n.nodeId === info.nodeId);
+      if (self === undefined || self.peerAddress === "") {
+        throw new Error(`node ${info.nodeId} is missing from its own ListNodes answer`);
+      }
+      if (self.peerAddress !== this.peerAddress || info.nodeId !== this.nodeId) {
+        this.log.info({ daemon: this.address, nodeId: info.nodeId, peer: self.peerAddress }, "daemon identified");
+      }
+      this.nodeId = info.nodeId;
+      this.peerAddress = self.peerAddress;
+      this.lastError = undefined;
+      return true;
+    } catch (err) {
+      const message = (err as Error).message;
+      if (this.lastError === undefined) this.log.warn({ daemon: this.address, err: message }, "daemon unreachable");
+      this.lastError = message;
+      return false;
+    }
+  }
+
+  /**
+   * BatchTransfer PUSH of one entry to the daemon whose peer API is `targetPeer`. Not
+   * abortable: a push in flight is waited for (up to its deadline), so that a release
+   * after it finds the entry wherever it ended up.
+   */
+  async push(transferId: string, targetPeer: string, deadlineMs: number): Promise<TransferResult> {
+    // The call's own deadline is a little past the transfer's, so that the daemon's
+    // per-id answer (DEADLINE_EXCEEDED with a message) is what comes back.
+    const res = await this.client.batchTransfer([transferId], targetPeer, "push", { deadlineMs, timeoutMs: deadlineMs + 2000 });
+    const result = res.results.find((r) => r.transferId === transferId);
+    if (result === undefined) throw new Error(`BatchTransfer answered no result for ${transferId}`);
+    return result;
+  }
+
+  /** Frees the entry if it is still here. Never throws. */
+  async release(transferId: string, timeoutMs = 5000): Promise<ReleaseResult> {
+    try {
+      await this.client.release(transferId, { timeoutMs });
+      return "released";
+    } catch (err) {
+      if (err instanceof NotFoundError) return "absent";
+      this.log.warn({ daemon: this.address, transferId, err: (err as Error).message }, "release failed");
+      return "failed";
+    }
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+/** One link per daemon address. */
+export class DaemonDirectory {
+  readonly #links = new Map<string, DaemonLink>();
+  constructor(private readonly log: Logger) {}
+
+  get(address: string): DaemonLink {
+    let link = this.#links.get(address);
+    if (link === undefined) this.#links.set(address, (link = new DaemonLink(address, this.log)));
+    return link;
+  }
+
+  all(): DaemonLink[] {
+    return [...this.#links.values()];
+  }
+
+  close(): void {
+    for (const link of this.#links.values()) link.close();
+  }
+}

@@ -1,0 +1,281 @@
+// The proxy's HTTP front door: routes, request ids, request bodies, and the small routes
+// that are not a completion (/v1/models, /health, /metrics).
+//
+//   POST /v1/completions, /v1/chat/completions   request-flow.ts
+//   GET  /v1/models    the union of the healthy instances' models, deduplicated by id
+//   GET  /health       200 when a prefill and a decode instance are healthy, else 503,
+//                      with every instance's state
+//   GET  /metrics      Prometheus text
+//
+// Every answer carries X-Request-Id: the client's (when it is printable ASCII of at most
+// 256 characters) or a minted one. Bodies are bounded (413), must be a JSON object (400);
+// other paths are 404 and other methods 405. A handler that throws answers 500: no input
+// takes the process down.
+import { randomUUID } from "node:crypto";
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import type { Logger } from "pino";
+import type { ProxyConfig } from "./config.js";
+import type { Instance, InstancePool } from "./instances.js";
+import type { ProxyMetrics } from "./metrics.js";
+import {
+  ProxyHttpError,
+  badRequest,
+  bodyTooLarge,
+  internalError,
+  methodNotAllowed,
+  noHealthyInstance,
+  notFound,
+  upstreamUnreachable,
+  type Outcome,
+} from "./openai-errors.js";
+import type { CompletionRoute, FlowResult, RequestFlow } from "./request-flow.js";
+import { writeError, writeJson } from "./respond.js";
+import { fetchAll } from "./upstream.js";
+
+const REQUEST_ID = /^[\x21-\x7e]{1,256}$/;
+const COMPLETIONS: Record<string, CompletionRoute | undefined> = { "/v1/completions": "completions", "/v1/chat/completions": "chat" };
+
+export interface FrontDoorDeps {
+  config: ProxyConfig;
+  pool: InstancePool;
+  flow: RequestFlow;
+  metrics: ProxyMetrics;
+  log: Logger;
+}
+
+/** Counts the requests being served, so that a drain knows when it is done. */
+export class InFlight {
+  #count = 0;
+  #idle: (() => void)[] = [];
+
+  get count(): number {
+    return this.#count;
+  }
+
+  enter(): void {
+    this.#count++;
+  }
+
+  leave(): void {
+    if (--this.#count === 0) for (const wake of this.#idle.splice(0)) wake();
+  }
+
+  /** Resolves when nothing is in flight. */
+  idle(): Promise<void> {
+    return this.#count === 0 ? Promise.resolve() : new Promise((resolve) => this.#idle.push(resolve));
+  }
+}
+
+export function createFrontDoor(deps: FrontDoorDeps, inFlight: InFlight): http.Server {
+  const server = http.createServer((req, res) => {
+    inFlight.enter();
+    handle(deps, req, res)
+      .catch((err) => {
+        deps.log.error({ err }, "request handler failed");
+        writeError(res, internalError((err as Error).message));
+        if (!res.writableEnded) res.destroy();
+      })
+      .finally(() => inFlight.leave());
+  });
+  // Bounds on a client's own slowness: the request line and headers, then the whole body.
+  server.headersTimeout = 30_000;
+  server.requestTimeout = 120_000;
+  return server;
+}
+
+type RouteName = CompletionRoute | "models" | "health" | "metrics" | "other";
+
+async function handle(deps: FrontDoorDeps, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const startedAt = performance.now();
+  const given = req.headers["x-request-id"];
+  const requestId = typeof given === "string" && REQUEST_ID.test(given) ? given : `req-${randomUUID()}`;
+  res.setHeader("x-request-id", requestId);
+  const path = (req.url ?? "/").split("?")[0]!;
+  const completion = COMPLETIONS[path];
+  const route: RouteName =
+    completion ?? (path === "/v1/models" ? "models" : path === "/health" ? "health" : path === "/metrics" ? "metrics" : "other");
+  const { metrics } = deps;
+  metrics.inFlight.add({ route }, 1);
+  let result: FlowResult;
+  try {
+    result = await dispatch(deps, req, res, { route, path, requestId, startedAt });
+  } catch (err) {
+    const e = err instanceof ProxyHttpError ? err : internalError((err as Error).message);
+    if (e.outcome === "internal") deps.log.error({ err, requestId }, "request failed");
+    // A refused body is not read to its end: close the connection after the answer.
+    if (e.status === 413) res.setHeader("connection", "close");
+    writeError(res, e);
+    result = { status: e.status, outcome: e.outcome };
+  } finally {
+    metrics.inFlight.add({ route }, -1);
+  }
+  metrics.requests.inc({ route, status: String(result.status), outcome: result.outcome });
+  metrics.latency.observe({ route, outcome: result.outcome }, (performance.now() - startedAt) / 1000);
+  if (route !== "health" && route !== "metrics") {
+    deps.log.debug({ requestId, route, status: result.status, outcome: result.outcome, ms: Math.round(performance.now() - startedAt) }, "request done");
+  }
+}
+
+interface Routed {
+  route: RouteName;
+  path: string;
+  requestId: string;
+  startedAt: number;
+}
+
+async function dispatch(deps: FrontDoorDeps, req: IncomingMessage, res: ServerResponse, r: Routed): Promise<FlowResult> {
+  const ok = (status: number, outcome: Outcome = "ok"): FlowResult => ({ status, outcome });
+  const allow = (methods: string) => {
+    res.setHeader("allow", methods);
+    return methodNotAllowed(req.method ?? "?", r.path, methods);
+  };
+  switch (r.route) {
+    case "completions":
+    case "chat": {
+      if (req.method !== "POST") throw allow("POST");
+      const body = await readJsonObject(req, deps.config.maxBodyBytes);
+      const abort = new AbortController();
+      // The client going away (before the answer ended) abandons every upstream call.
+      res.on("close", () => {
+        if (!res.writableFinished) abort.abort();
+      });
+      const authorization = req.headers.authorization;
+      return deps.flow.run({
+        requestId: r.requestId, route: r.route, path: r.path, body, authorization,
+        res, signal: abort.signal, startedAt: r.startedAt,
+      });
+    }
+    case "models": {
+      if (req.method !== "GET") throw allow("GET");
+      drain(req);
+      const models = await listModels(deps, req.headers.authorization);
+      writeJson(res, 200, { object: "list", data: models });
+      return ok(200);
+    }
+    case "health": {
+      if (req.method !== "GET" && req.method !== "HEAD") throw allow("GET, HEAD");
+      drain(req);
+      const ready = deps.pool.ready();
+      writeJson(res, ready ? 200 : 503, {
+        status: ready ? "ok" : "unavailable",
+        transfer: deps.config.transfer,
+        policy: deps.config.policy,
+        ...deps.pool.report(),
+      });
+      return ok(ready ? 200 : 503, ready ? "ok" : "unavailable");
+    }
+    case "metrics": {
+      if (req.method !== "GET") throw allow("GET");
+      drain(req);
+      const text = deps.metrics.render();
+      res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8", "content-length": Buffer.byteLength(text) });
+      res.end(text);
+      return ok(200);
+    }
+    case "other":
+      drain(req);
+      throw notFound(r.path);
+  }
+}
+
+/** Discards a body nobody needs, so that the connection can be reused. */
+function drain(req: IncomingMessage): void {
+  req.resume();
+}
+
+/** Reads the body (at most `limit` bytes) and parses it as a JSON object. */
+function readJsonObject(req: IncomingMessage, limit: number): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers["content-length"]);
+    if (Number.isFinite(declared) && declared > limit) {
+      reject(bodyTooLarge(limit));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    req.on("data", (chunk: Buffer) => {
+      if (done) return;
+      size += chunk.length;
+      if (size > limit) {
+        done = true;
+        reject(bodyTooLarge(limit));
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on("error", (err) => {
+      if (done) return;
+      done = true;
+      reject(badRequest(`the request body could not be read: ${err.message}`));
+    });
+    // A client that goes away mid-body: nobody is left to answer, but the handler must end.
+    req.on("close", () => {
+      if (done || req.complete) return;
+      done = true;
+      reject(badRequest("the client went away before its request body ended"));
+    });
+    req.on("end", () => {
+      if (done) return;
+      done = true;
+      if (size === 0) {
+        reject(badRequest("a JSON request body is required", "missing_body"));
+        return;
+      }
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(Buffer.concat(chunks, size).toString("utf8"));
+      } catch (err) {
+        reject(badRequest(`the request body is not valid JSON: ${(err as Error).message}`, "invalid_json"));
+        return;
+      }
+      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+        reject(badRequest("the request body must be a JSON object", "invalid_json"));
+        return;
+      }
+      resolve(parsed as Record<string, unknown>);
+    });
+  });
+}
+
+/** The union of the healthy instances' models (first seen wins), by asking each one. */
+async function listModels(deps: FrontDoorDeps, authorization: string | undefined): Promise<unknown[]> {
+  const healthy = deps.pool.all().filter((i) => i.health === "healthy");
+  if (healthy.length === 0) throw noHealthyInstance("prefill or decode");
+  const headers: Record<string, string> = {};
+  if (deps.config.forwardAuthorization && authorization !== undefined) headers.authorization = authorization;
+  const signal = AbortSignal.timeout(deps.config.healthTimeoutMs);
+  const answers = await Promise.all(
+    healthy.map((i: Instance) =>
+      fetchAll({ method: "GET", url: `${i.url}/v1/models`, headers, signal, timeoutMs: deps.config.healthTimeoutMs, limit: 4 << 20 }).then(
+        (a) => ({ instance: i, answer: a, error: undefined as string | undefined }),
+        (err: Error) => ({ instance: i, answer: undefined, error: err.message }),
+      ),
+    ),
+  );
+  const byId = new Map<string, unknown>();
+  let answered = 0;
+  for (const { instance, answer, error } of answers) {
+    if (answer === undefined || answer.status !== 200) {
+      deps.log.warn({ url: instance.url, status: answer?.status, err: error }, "GET /v1/models failed");
+      continue;
+    }
+    let data: unknown;
+    try {
+      data = (JSON.parse(answer.body.toString("utf8")) as { data?: unknown }).data;
+    } catch {
+      continue;
+    }
+    if (!Array.isArray(data)) continue;
+    answered++;
+    for (const m of data) {
+      const id = (m as { id?: unknown } | null)?.id;
+      if (typeof id === "string" && !byId.has(id)) byId.set(id, m);
+    }
+  }
+  if (answered === 0) {
+    const first = answers[0]!;
+    throw upstreamUnreachable(first.instance.role, first.instance.url, first.error ?? `GET /v1/models answered ${first.answer?.status}`);
+  }
+  return [...byId.values()];
+}

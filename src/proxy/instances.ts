@@ -1,0 +1,177 @@
+// The engine instances behind the proxy, their health, and the choice of one per request.
+//
+// An instance's health is a small state machine:
+//
+//   unknown ──check ok──▶ healthy ──check fails / connection refused or reset──▶ unhealthy
+//      └────check fails─────────────────▶ unhealthy ──check ok──▶ healthy
+//
+// A check is GET <url>/health (200 within the timeout) and, when the proxy moves KV
+// (push / pull), a successful refresh of the node's daemon (its node id and peer address).
+// Checks run at start-up and then every health interval, one round at a time. A request
+// that cannot reach an instance marks it unhealthy at once, so that the next request goes
+// elsewhere; the next good check restores it. Each transition is logged once.
+import type { Logger } from "pino";
+import type { InstanceSpec, ProxyConfig, Role } from "./config.js";
+import type { DaemonDirectory, DaemonLink } from "./daemons.js";
+import type { ProxyMetrics } from "./metrics.js";
+import { createPolicy, type Policy } from "./policies.js";
+import { fetchAll, UpstreamError } from "./upstream.js";
+
+export type Health = "unknown" | "healthy" | "unhealthy";
+
+export class Instance {
+  health: Health = "unknown";
+  /** Requests in flight on this instance (what least-outstanding compares). */
+  outstanding = 0;
+  /** Why it is unhealthy. */
+  lastError: string | undefined;
+
+  constructor(
+    readonly spec: InstanceSpec,
+    /** The daemon of its node, when one was given. */
+    readonly daemon: DaemonLink | undefined,
+  ) {}
+
+  get role(): Role {
+    return this.spec.role;
+  }
+
+  get url(): string {
+    return this.spec.url;
+  }
+}
+
+/** What GET /health reports of an instance. */
+export interface InstanceReport {
+  url: string;
+  health: Health;
+  outstanding: number;
+  daemon?: string;
+  nodeId?: string;
+  peerAddress?: string;
+  error?: string;
+}
+
+export class InstancePool {
+  readonly prefill: Instance[];
+  readonly decode: Instance[];
+  readonly #policies: Record<Role, Policy>;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  /** Aborts the health checks in flight at shutdown. */
+  readonly #abort = new AbortController();
+
+  constructor(
+    private readonly config: ProxyConfig,
+    daemons: DaemonDirectory,
+    private readonly metrics: ProxyMetrics,
+    private readonly log: Logger,
+  ) {
+    const make = (spec: InstanceSpec) => new Instance(spec, spec.daemon === undefined ? undefined : daemons.get(spec.daemon));
+    this.prefill = config.prefill.map(make);
+    this.decode = config.decode.map(make);
+    this.#policies = { prefill: createPolicy(config.policy), decode: createPolicy(config.policy) };
+    for (const i of this.all()) this.#gauges(i);
+  }
+
+  all(): Instance[] {
+    return [...this.prefill, ...this.decode];
+  }
+
+  /** Runs the first round of checks, then one every health interval. */
+  async start(): Promise<void> {
+    await this.checkAll();
+    const loop = () => {
+      if (this.#stopped) return;
+      this.#timer = setTimeout(() => void this.checkAll().finally(loop), this.config.healthIntervalMs);
+    };
+    loop();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#abort.abort();
+  }
+
+  /** A healthy instance of the role chosen by the policy, or undefined. */
+  pick(role: Role): Instance | undefined {
+    const candidates = (role === "prefill" ? this.prefill : this.decode).filter((i) => i.health === "healthy");
+    return this.#policies[role].pick(candidates);
+  }
+
+  /** Counts a request on the instance until the returned function is called (once). */
+  begin(instance: Instance): () => void {
+    instance.outstanding++;
+    this.#gauges(instance);
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      instance.outstanding--;
+      this.#gauges(instance);
+    };
+  }
+
+  /** Whether at least one instance of each role is healthy. */
+  ready(): boolean {
+    return this.prefill.some((i) => i.health === "healthy") && this.decode.some((i) => i.health === "healthy");
+  }
+
+  /** A request could not reach the instance: stop sending it work until a check passes. */
+  markUnhealthy(instance: Instance, reason: string): void {
+    this.#transition(instance, "unhealthy", reason);
+  }
+
+  /** One round of checks of every instance (and of each daemon once). */
+  async checkAll(): Promise<void> {
+    await Promise.all(this.all().map((i) => this.#check(i)));
+  }
+
+  report(): { prefill: InstanceReport[]; decode: InstanceReport[] } {
+    const one = (i: Instance): InstanceReport => ({
+      url: i.url,
+      health: i.health,
+      outstanding: i.outstanding,
+      ...(i.daemon === undefined
+        ? {}
+        : { daemon: i.daemon.address, nodeId: i.daemon.nodeId, peerAddress: i.daemon.peerAddress }),
+      ...(i.lastError === undefined ? {} : { error: i.lastError }),
+    });
+    return { prefill: this.prefill.map(one), decode: this.decode.map(one) };
+  }
+
+  async #check(instance: Instance): Promise<void> {
+    const timeoutMs = this.config.healthTimeoutMs;
+    const [engine, daemonOk] = await Promise.all([
+      fetchAll({ method: "GET", url: `${instance.url}/health`, signal: this.#abort.signal, timeoutMs, limit: 64 << 10 }).then(
+        (r) => (r.status === 200 ? undefined : `GET /health answered ${r.status}`),
+        (err: UpstreamError) => `GET /health failed: ${err.message}`,
+      ),
+      instance.daemon === undefined ? Promise.resolve(true) : instance.daemon.refresh(timeoutMs),
+    ]);
+    if (this.#stopped) return;
+    const needsDaemon = this.config.transfer !== "none";
+    if (engine !== undefined) this.#transition(instance, "unhealthy", engine);
+    else if (needsDaemon && !daemonOk) {
+      this.#transition(instance, "unhealthy", `daemon ${instance.daemon?.address}: ${instance.daemon?.lastError}`);
+    } else this.#transition(instance, "healthy", undefined);
+  }
+
+  #transition(instance: Instance, to: Health, reason: string | undefined): void {
+    const from = instance.health;
+    instance.lastError = reason;
+    if (from === to) return;
+    instance.health = to;
+    this.#gauges(instance);
+    const fields = { role: instance.role, url: instance.url, from, to };
+    if (to === "healthy") this.log.info(fields, "instance healthy");
+    else this.log.warn({ ...fields, reason }, "instance unhealthy");
+  }
+
+  #gauges(instance: Instance): void {
+    const labels = { role: instance.role, url: instance.url };
+    this.metrics.healthy.set(labels, instance.health === "healthy" ? 1 : 0);
+    this.metrics.outstanding.set(labels, instance.outstanding);
+  }
+}

@@ -1,0 +1,84 @@
+// The disaggregating proxy as one object: its lifecycle and the parts it wires together.
+//
+//   starting ──start()──▶ serving ──shutdown()──▶ draining ──▶ stopped
+//
+// start() learns every daemon's identity and checks every instance once (an instance that
+// is down is not fatal: health checks bring it in later), then listens. shutdown() stops
+// accepting, lets the requests in flight finish for up to the drain period, closes what is
+// left, waits for the transfer-id releases in flight, and closes the daemon clients.
+import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Logger } from "pino";
+import { formatHostPort } from "../config/parse.js";
+import type { ProxyConfig } from "./config.js";
+import { DaemonDirectory } from "./daemons.js";
+import { createFrontDoor, InFlight } from "./http-server.js";
+import { InstancePool } from "./instances.js";
+import { ProxyMetrics } from "./metrics.js";
+import { RequestFlow } from "./request-flow.js";
+import { closeIdleConnections } from "./upstream.js";
+
+export type ProxyState = "starting" | "serving" | "draining" | "stopped";
+
+export class Proxy {
+  state: ProxyState = "starting";
+  readonly metrics = new ProxyMetrics();
+  readonly daemons: DaemonDirectory;
+  readonly pool: InstancePool;
+  readonly #flow: RequestFlow;
+  readonly #inFlight = new InFlight();
+  readonly #server: Server;
+
+  constructor(readonly config: ProxyConfig, private readonly log: Logger) {
+    this.daemons = new DaemonDirectory(log);
+    this.pool = new InstancePool(config, this.daemons, this.metrics, log);
+    this.#flow = new RequestFlow(config, this.pool, this.metrics, log);
+    this.#server = createFrontDoor({ config, pool: this.pool, flow: this.#flow, metrics: this.metrics, log }, this.#inFlight);
+  }
+
+  /** Checks the instances once, then listens. Resolves to the address it listens on. */
+  async start(): Promise<string> {
+    await this.pool.start();
+    await new Promise<void>((resolve, reject) => {
+      this.#server.once("error", reject);
+      this.#server.listen(this.config.listen.port, this.config.listen.host, () => {
+        this.#server.off("error", reject);
+        resolve();
+      });
+    });
+    // A client error (a malformed request line, a reset) is the client's problem, not ours.
+    this.#server.on("clientError", (err, socket) => {
+      this.log.debug({ err: err.message }, "client error");
+      if (socket.writable) socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+      else socket.destroy();
+    });
+    this.state = "serving";
+    const port = (this.#server.address() as AddressInfo).port;
+    return formatHostPort({ host: this.config.listen.host, port });
+  }
+
+  /** Stops accepting, drains for up to config.drainMs, then closes everything. */
+  async shutdown(): Promise<void> {
+    if (this.state === "draining" || this.state === "stopped") return;
+    this.state = "draining";
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    this.#server.closeIdleConnections();
+    this.log.info({ inFlight: this.#inFlight.count, drainMs: this.config.drainMs }, "draining");
+    let timer: NodeJS.Timeout | undefined;
+    const drained = await Promise.race([
+      this.#inFlight.idle().then(() => true),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), this.config.drainMs))),
+    ]);
+    clearTimeout(timer);
+    if (!drained) this.log.warn({ inFlight: this.#inFlight.count }, "drain period over: closing the requests still in flight");
+    this.#server.closeAllConnections();
+    // Closed requests abort their upstream calls and start their releases; let them.
+    await Promise.race([this.#inFlight.idle(), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
+    await closed;
+    this.pool.stop();
+    await this.#flow.settle();
+    this.daemons.close();
+    closeIdleConnections();
+    this.state = "stopped";
+  }
+}
