@@ -1,111 +1,114 @@
-// `kvferry demo`: two daemons on loopback, driven through the TypeScript client.
+// `kvferry demo`: disaggregated serving on one machine, nothing else running.
 //
-// What it shows: entries made of per-layer parts, a streamed large part, a consuming
-// read that frees the entry, LRU eviction when the buffer overflows, a batch PUSH from
-// one daemon to the other through the native engine, a Get that pulls from a source,
-// and the daemons' own counters. Everything stops before the command returns.
-import { createHash, randomBytes } from "node:crypto";
+// Starts two daemons (TCP over loopback), a prefill and a decode engine simulator beside
+// them, the proxy in front, and a non-disaggregated simulator as the reference (demo/cluster.ts);
+// sends the same requests (mixed prompt lengths, completions and chat, some streamed;
+// demo/workload.ts) through the proxy and to the reference; prints requests ok, outputs
+// identical to the reference, KV bytes moved, transfer GB/s and time to first byte p50/p99
+// side by side; stops every process and checks they all exited 0. Exit code 0 only if
+// every request succeeded with the reference's output and every process stopped cleanly.
+import { DemoCluster } from "../demo/cluster.js";
+import { bytes, metricSum, percentile, progressBar, table } from "../demo/report.js";
+import { makeRequests, runAll, type DemoResult } from "../demo/workload.js";
 import { KvferryClient } from "../client/client.js";
-import { NotFoundError } from "../errors.js";
-import { spawnDaemon } from "./spawn-daemon.js";
 
-const MiB = 1 << 20;
-
-function fmtBytes(n: number): string {
-  return n >= MiB ? `${(n / MiB).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
+export interface DemoOptions {
+  requests: number;
+  concurrency: number;
+  maxPromptWords: number;
+  transfer: "push" | "pull";
+  kvBufferSize: string;
 }
 
-export async function runDemo(options: { kvBufferSize?: string }): Promise<number> {
-  const bufferSize = options.kvBufferSize ?? "64MiB";
+export const DEMO_DEFAULTS: DemoOptions = { requests: 48, concurrency: 4, maxPromptWords: 512, transfer: "push", kvBufferSize: "1GiB" };
+
+const MODEL = "kvferry-sim-7b";
+
+export async function runDemo(o: DemoOptions): Promise<number> {
   const out = (s: string) => process.stdout.write(`${s}\n`);
-  out(`kvferry demo: starting two daemons with ${bufferSize} lookup buffers on 127.0.0.1`);
-  const args = ["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--kv-buffer-size", bufferSize];
-  const env = { KVFERRY_CLUSTER_TOKEN: randomBytes(18).toString("base64url") };
-  const [daemon, decode] = await Promise.all([spawnDaemon(args, { env }), spawnDaemon(args, { env })]);
-  const client = new KvferryClient(daemon.address);
-  const decodeClient = new KvferryClient(decode.address);
-  const rows: [string, string][] = [];
+  out(`kvferry demo: disaggregated prefill/decode on 127.0.0.1 with engine simulators (no GPU)`);
+  const demo = new DemoCluster();
+  const stopOnSignal = () => void demo.stop().then(() => process.exit(130));
+  process.once("SIGINT", stopOnSignal);
   let ok = true;
   try {
-    await client.waitForReady();
-    const info0 = await client.serverInfo();
-    out(`daemon ${info0.nodeId} (v${info0.version}) serving on ${daemon.address}, pool ${fmtBytes(info0.poolCapacity)}`);
+    const c = await demo.start({
+      bufferSize: o.kvBufferSize,
+      transfer: o.transfer,
+      simulatorArgs: ["--model", MODEL],
+      say: (line) => out(`  ${line}`),
+    });
+    const requests = makeRequests(o.requests, o.maxPromptWords, MODEL);
+    out(`\n${requests.length} requests, ${o.concurrency} at a time, prompts of ${Math.min(...requests.map((r) => r.words))}–${Math.max(...requests.map((r) => r.words))} words (128 KiB of KV per token)`);
 
-    // 1. A prefill-like writer: 32 layers of 256 KiB, then seal.
-    const layers = 32;
-    const layerBytes = 256 * 1024;
-    const written = new Map<string, Buffer>();
-    const t0 = performance.now();
-    for (let l = 0; l < layers; l++) {
-      const data = randomBytes(layerBytes);
-      written.set(`layer.${l}`, data);
-      await client.put("demo-req-1", `layer.${l}`, data, { seal: l === layers - 1 });
+    const sentBefore = (await info(c.prefillDaemon.address)).counters!.bytesSent;
+    const draw = drawer(requests.length, "through the proxy   ");
+    const disaggregated = await runAll(c.proxyUrl, requests, o.concurrency, draw);
+    const sentAfter = (await info(c.prefillDaemon.address)).counters!.bytesSent;
+    const drawRef = drawer(requests.length, "reference (1 engine)");
+    const reference = await runAll(c.reference.url, requests, o.concurrency, drawRef);
+    const metrics = await (await fetch(`${c.proxyUrl}/metrics`)).text();
+
+    const succeeded = disaggregated.filter((r) => r.ok);
+    const identical = disaggregated.filter((r, i) => r.ok && reference[i]!.ok && r.text === reference[i]!.text);
+    const moved = o.transfer === "push" ? metricSum(metrics, "kvferry_proxy_kv_transfer_bytes_total") : sentAfter - sentBefore;
+    const transferSeconds = metricSum(metrics, "kvferry_proxy_kv_transfer_seconds_sum");
+    const ttfb = (rs: DemoResult[], p: number) => `${percentile(rs.filter((r) => r.ok).map((r) => r.ttfbMs), p).toFixed(1)} ms`;
+    out("");
+    out(
+      table([
+        ["", "disaggregated (proxy → prefill → KV → decode)", "one engine (reference)"],
+        ["requests ok", `${succeeded.length}/${requests.length}`, `${reference.filter((r) => r.ok).length}/${requests.length}`],
+        ["output identical to the reference", `${identical.length}/${requests.length}`, "—"],
+        ["KV bytes moved between daemons", bytes(sentAfter - sentBefore), "—"],
+        ["KV transfer rate (push step)", o.transfer === "push" && transferSeconds > 0 ? `${(moved / transferSeconds / 1e9).toFixed(2)} GB/s` : "(pulled by decode)", "—"],
+        ["time to first byte p50", ttfb(disaggregated, 50), ttfb(reference, 50)],
+        ["time to first byte p99", ttfb(disaggregated, 99), ttfb(reference, 99)],
+      ]),
+    );
+    const failures = disaggregated.filter((r) => !r.ok || r.text !== reference[r.request.index]!.text);
+    for (const f of failures.slice(0, 5)) {
+      out(`  request ${f.request.index}: ${f.ok ? "output differs from the reference" : `HTTP ${f.status} ${f.error ?? ""}`}`);
     }
-    const putMs = performance.now() - t0;
-    rows.push(["put 32 layers × 256 KiB", `${putMs.toFixed(1)} ms (${((layers * layerBytes) / putMs / 1e6).toFixed(2)} GB/s)`]);
-
-    // 2. A decode-like reader: everything, consumed (freed after the read).
-    const t1 = performance.now();
-    const got = await client.getStream("demo-req-1", { consume: true });
-    const getMs = performance.now() - t1;
-    const intact = [...written].every(([name, data]) => got.parts.get(name)?.equals(data));
-    ok &&= intact;
-    rows.push(["get (consume) 8 MiB", `${getMs.toFixed(1)} ms, ${intact ? "every byte verified" : "MISMATCH"}`]);
-    const gone = await client.stat("demo-req-1").then(() => "still there", (e) => (e instanceof NotFoundError ? e.message : String(e)));
-    rows.push(["stat after consume", gone]);
-
-    // 3. A large part streamed in chunks.
-    const big = randomBytes(24 * MiB);
-    await client.put("demo-big", "kv", big, { seal: true });
-    const back = await client.getStream("demo-big");
-    const digest = (b: Buffer) => createHash("sha256").update(b).digest("hex").slice(0, 16);
-    ok &&= digest(back.parts.get("kv")!) === digest(big);
-    rows.push(["24 MiB part streamed", `sha256 ${digest(big)} → ${digest(back.parts.get("kv")!)}`]);
-
-    // 4. Between daemons: a batch of 16 entries × 2 MiB pushed through the native engine,
-    //    then one more pulled by a Get that names its source.
-    const batch = Array.from({ length: 16 }, (_, i) => `demo-kv-${i}`);
-    const kv = randomBytes(2 * MiB);
-    for (const id of batch) await client.put(id, "kv", kv, { seal: true });
-    const pushed = await client.batchTransfer(batch, decode.peerAddress, "push");
-    const pushOk = pushed.results.every((r) => r.code === 0);
-    const slowest = Math.max(...pushed.results.map((r) => r.micros));
-    const arrived = await decodeClient.get("demo-kv-7", { consume: true });
-    ok &&= pushOk && arrived.parts.get("kv")!.equals(kv);
-    rows.push([
-      "PUSH 16 × 2 MiB to the 2nd daemon",
-      pushOk ? `${(slowest / 1000).toFixed(1)} ms (${((32 * MiB) / slowest / 1e3).toFixed(2)} GB/s), bytes verified` : pushed.results.find((r) => r.code)!.message,
-    ]);
-    await client.put("demo-pull", "kv", kv, { seal: true });
-    const pulled = await decodeClient.get("demo-pull", { source: daemon.peerAddress, consume: true });
-    ok &&= pulled.parts.get("kv")!.equals(kv);
-    const sourceSays = await client.stat("demo-pull").then(() => "kept", (e) => (e instanceof NotFoundError ? e.reason ?? e.message : String(e)));
-    rows.push(["Get with source on the 2nd daemon", `pulled 2 MiB, bytes verified; the source's copy: ${sourceSays}`]);
-
-    // 5. Overflow: 8 MiB entries until the buffer must evict the least recently used.
-    const capacity = info0.poolCapacity;
-    const n = Math.ceil(capacity / (8 * MiB)) + 2;
-    for (let i = 0; i < n; i++) await client.put(`demo-fill-${i}`, "kv", randomBytes(8 * MiB), { seal: true });
-    const info = await client.serverInfo();
-    const evictedFirst = await client.stat("demo-big").then(() => "kept", (e) => (e instanceof NotFoundError ? e.reason ?? e.message : String(e)));
-    rows.push([`wrote ${n} × 8 MiB into ${fmtBytes(capacity)}`, `${info.counters!.evictions} evictions (${fmtBytes(info.counters!.bytesEvicted)}); oldest entry: ${evictedFirst}`]);
-    rows.push(["buffer now", `${fmtBytes(info.bytesUsed)} used of ${fmtBytes(info.poolCapacity)} in ${info.entries} entries`]);
-    ok &&= info.bytesUsed <= info.poolCapacity && info.counters!.evictions > 0;
-
-    const width = Math.max(...rows.map(([k]) => k.length));
-    out("");
-    for (const [k, v] of rows) out(`  ${k.padEnd(width)}  ${v}`);
-    out("");
+    const left = (await info(c.decodeDaemon.address)).entries + (await info(c.prefillDaemon.address)).entries;
+    out(`entries left in the daemons: ${left} (every KV consumed by its decode)`);
+    ok = failures.length === 0 && reference.every((r) => r.ok) && left === 0;
   } catch (err) {
+    out(`demo failed: ${(err as Error).message}`);
     ok = false;
-    process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`);
   } finally {
-    client.close();
-    decodeClient.close();
-    const codes = await Promise.all([daemon.stop(), decode.stop()]);
-    out(`daemons stopped (exit codes ${codes.join(", ")})`);
-    ok &&= codes.every((c) => c === 0);
+    process.off("SIGINT", stopOnSignal);
+    const codes = await demo.stop();
+    const clean = codes.every((c) => c.code === 0);
+    out(`\nstopped ${codes.length} processes: ${codes.map((c) => `${c.name} ${c.code}`).join(", ")}`);
+    ok &&= clean;
   }
   out(ok ? "demo: OK" : "demo: FAILED");
   return ok ? 0 : 1;
+}
+
+async function info(address: string) {
+  const client = new KvferryClient(address);
+  try {
+    return await client.serverInfo({ timeoutMs: 5_000 });
+  } finally {
+    client.close();
+  }
+}
+
+/** Progress: a bar redrawn in place on a terminal, a line at each quarter otherwise. */
+function drawer(total: number, label: string): (done: number) => void {
+  const tty = process.stdout.isTTY === true;
+  let lastQuarter = -1;
+  return (done) => {
+    if (tty) {
+      process.stdout.write(`\r  ${label} ${progressBar(done, total)}${done === total ? "\n" : ""}`);
+      return;
+    }
+    const quarter = Math.floor((4 * done) / total);
+    if (quarter !== lastQuarter) {
+      lastQuarter = quarter;
+      process.stdout.write(`  ${label} ${progressBar(done, total)}\n`);
+    }
+  };
 }

@@ -3,7 +3,7 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ConfigError } from "../errors.js";
 import { loadConfig, type ConfigInputs } from "../config/config.js";
 import { runDaemon } from "./daemon.js";
-import { runDemo } from "./demo.js";
+import { DEMO_DEFAULTS, runDemo, type DemoOptions } from "./demo.js";
 import { runStatus } from "./status.js";
 import { runProxy } from "./proxy.js";
 import { runSimulate } from "./simulate.js";
@@ -19,13 +19,13 @@ const USAGE = `kvferry — KV-cache transfer service for disaggregated LLM servi
 Usage: kvferry <command> [flags]
 
 Commands:
-  daemon    run the node daemon (client API on 127.0.0.1 by default)
-  status    the nodes the metadata backend knows (a table, or --json)
-  demo      two daemons on loopback: put / get / eviction, a PUSH and a pull between them
-  proxy     the disaggregating OpenAI-compatible proxy: prefill, KV transfer, decode
+  demo             disaggregated serving on this machine: daemons, engine simulators, proxy
+  daemon           run the node daemon (client API on 127.0.0.1 by default)
+  proxy            the disaggregating OpenAI-compatible proxy: prefill, KV transfer, decode
+  simulate         an OpenAI-compatible LLM engine SIMULATOR (prefill | decode | both), no GPU
+  status           the nodes the metadata backend knows (a table, or --json)
   metadata-server  an in-memory http metadata store (metadata_server: http://HOST:PORT/metadata)
-  simulate  an OpenAI-compatible LLM engine SIMULATOR (prefill | decode | both), no GPU needed
-  help      show this help, or \`kvferry help <command>\`
+  help             show this help, or \`kvferry help <command>\`
 
 Run \`kvferry <command> --help\` for a command's flags.
 `;
@@ -87,20 +87,50 @@ what was expected), 3 when the metadata backend cannot be reached (after
 `;
 
 export const DEMO_FLAGS = {
-  "kv-buffer-size": { type: "string", help: "BYTES", doc: "buffer of each demo daemon (default 64MiB)" },
+  requests: { type: "string", help: "N", doc: `requests to send (default ${DEMO_DEFAULTS.requests})` },
+  concurrency: { type: "string", help: "N", doc: `requests in flight at once (default ${DEMO_DEFAULTS.concurrency})` },
+  "max-prompt-words": { type: "string", help: "N", doc: `longest prompt, in words ≈ tokens (default ${DEMO_DEFAULTS.maxPromptWords}; 128 KiB of KV each)` },
+  transfer: { type: "string", help: "MODE", doc: "push (the prefill daemon pushes the KV) | pull (the decode daemon pulls it) (default push)" },
+  "kv-buffer-size": { type: "string", help: "BYTES", doc: `lookup buffer of each daemon (default ${DEMO_DEFAULTS.kvBufferSize})` },
   help: { type: "boolean", short: "h", help: "", doc: "show this help" },
 } as const;
 
 const DEMO_USAGE = `Usage: kvferry demo [flags]
 
-Starts two daemons on free loopback ports, writes KV entries through the TypeScript
-client, reads them back (one consumed), pushes a batch from one daemon to the other
-through the native engine, pulls one with a Get that names its source, fills a
-buffer past its capacity to show LRU eviction, prints a summary and stops both.
+Disaggregated serving on this machine, with nothing else running: two kvferry daemons
+on loopback, a prefill and a decode engine simulator (OpenAI-compatible; no GPU), the
+proxy in front of them, and a non-disaggregated simulator as the reference. Sends the
+same requests (mixed prompt lengths, completions and chat, some streamed) through the
+proxy and to the reference, prints requests ok, outputs identical to the reference, KV
+bytes moved, transfer GB/s and time to first byte p50/p99 side by side, then stops
+every process. Exit code 0 when every request matched the reference and every process
+stopped cleanly.
 
 Flags:
 ${flagHelp(DEMO_FLAGS)}
 `;
+
+/** The demo's flags, checked: a bad one is a ConfigError naming it (exit 2). */
+function demoOptions(v: FlagValues): DemoOptions {
+  const count = (flag: string, fallback: number, max: number) => {
+    const raw = v[flag];
+    if (raw === undefined) return fallback;
+    const n = Number(raw);
+    if (typeof raw !== "string" || !/^\d+$/.test(raw) || n < 1 || n > max) {
+      throw new ConfigError(`--${flag}`, flag, raw, `an integer from 1 to ${max}`);
+    }
+    return n;
+  };
+  const transfer = v.transfer ?? DEMO_DEFAULTS.transfer;
+  if (transfer !== "push" && transfer !== "pull") throw new ConfigError("--transfer", "transfer", transfer, "push or pull");
+  return {
+    requests: count("requests", DEMO_DEFAULTS.requests, 10_000),
+    concurrency: count("concurrency", DEMO_DEFAULTS.concurrency, 256),
+    maxPromptWords: count("max-prompt-words", DEMO_DEFAULTS.maxPromptWords, 8_192),
+    transfer,
+    kvBufferSize: typeof v["kv-buffer-size"] === "string" ? v["kv-buffer-size"] : DEMO_DEFAULTS.kvBufferSize,
+  };
+}
 
 const METADATA_SERVER_FLAGS = {
   listen: { type: "string", help: "HOST:PORT", doc: "where to listen (default 127.0.0.1:8080; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
@@ -301,7 +331,7 @@ export async function run(argv: string[]): Promise<number> {
           process.stdout.write(DEMO_USAGE);
           return 0;
         }
-        return await runDemo({ kvBufferSize: values["kv-buffer-size"] as string | undefined });
+        return await runDemo(demoOptions(values));
       }
       case "metadata-server": {
         const values = parse(rest, METADATA_SERVER_FLAGS);

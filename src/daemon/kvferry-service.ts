@@ -260,8 +260,9 @@ async function getStream(ctx: ServiceContext, call: ServerWritableStream<GetStre
     }
     if (first) call.write({ entry: toWireEntry(lease.entry), part: "", partSize: 0, offset: 0, chunk: Buffer.alloc(0) });
     call.end();
-    await flushed(call, signal);
-    completed = !signal.aborted;
+    // Whether 'finish' came before any cancellation, decided when it happens: grpc-js
+    // emits 'cancelled' right after 'finish' even for a call that completed normally.
+    completed = await flushed(call, signal);
   } finally {
     lease.release(completed);
   }
@@ -271,16 +272,22 @@ function asBuffer(view: Uint8Array): Buffer {
   return Buffer.from(view.buffer, view.byteOffset, view.byteLength);
 }
 
-/** Resolves once every written message went through grpc-js's serializer, or the call is gone. */
-function flushed(stream: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> {
+/**
+ * Resolves true once every written message went through grpc-js's serializer ('finish'),
+ * false if the call was cancelled first.
+ */
+function flushed(stream: NodeJS.EventEmitter, signal: AbortSignal): Promise<boolean> {
   return new Promise((resolve) => {
-    const done = () => {
-      stream.off("finish", done);
-      signal.removeEventListener("abort", done);
-      resolve();
+    if (signal.aborted) return resolve(false);
+    const finish = () => done(true);
+    const abort = () => done(false);
+    const done = (finished: boolean) => {
+      stream.off("finish", finish);
+      signal.removeEventListener("abort", abort);
+      resolve(finished);
     };
-    stream.once("finish", done);
-    signal.addEventListener("abort", done, { once: true });
+    stream.once("finish", finish);
+    signal.addEventListener("abort", abort, { once: true });
   });
 }
 
