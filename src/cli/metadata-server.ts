@@ -2,6 +2,7 @@
 // until SIGTERM or SIGINT, then exit 0. Once listening it logs "kvferry metadata-server
 // serving" with `listen` (HOST:PORT, the real port when 0 was asked) and `url` (what a
 // daemon's metadata_server names), as `kvferry daemon` logs its readiness.
+import { ShutdownSignals } from "./lifecycle.js";
 import { ConfigError } from "../errors.js";
 import { formatHostPort, listenAddress, type HostPort } from "../config/parse.js";
 import { startMetadataServer } from "../metadata/http-server.js";
@@ -35,31 +36,16 @@ function parseInputs(inputs: MetadataServerInputs): { listen: HostPort; path: st
 export async function runMetadataServer(inputs: MetadataServerInputs): Promise<number> {
   const { listen, path, logLevel } = parseInputs(inputs);
   const log = createLogger(logLevel);
+  // Caught from now on: a signal during start-up is acted on once it serves.
+  const signals = new ShutdownSignals(log);
   let server;
   try {
     server = await startMetadataServer({ host: listen.host, port: listen.port, path }, log);
   } catch (err) {
     log.fatal({ err, listen: formatHostPort(listen) }, "cannot start");
+    signals.dispose();
     return 1;
   }
   log.info({ listen: formatHostPort({ host: listen.host, port: server.port }), url: server.url }, "kvferry metadata-server serving");
-  return new Promise<number>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      process.off("SIGTERM", onSignal);
-      process.off("SIGINT", onSignal);
-      log.info({ signal }, "shutting down");
-      server.close().then(
-        () => {
-          log.info("stopped");
-          resolve(0);
-        },
-        (err) => {
-          log.error({ err }, "shutdown failed");
-          resolve(1);
-        },
-      );
-    };
-    process.on("SIGTERM", onSignal);
-    process.on("SIGINT", onSignal);
-  });
+  return signals.until(() => server.close());
 }

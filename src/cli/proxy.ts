@@ -2,6 +2,7 @@
 // or SIGINT, drain, exit 0. Once listening it logs "kvferry proxy serving" with `listen`
 // (HOST:PORT, the real port when 0 was asked), as `kvferry daemon` logs its readiness, so
 // that a spawn helper can wait for that line and read the address from it.
+import { ShutdownSignals } from "./lifecycle.js";
 import { loadProxyConfig, type ProxyInputs } from "../proxy/config.js";
 import { Proxy } from "../proxy/proxy.js";
 import { PROXY_SERVING } from "../proxy/spawn.js";
@@ -11,6 +12,8 @@ import { createLogger } from "./logger.js";
 export async function runProxy(inputs: ProxyInputs): Promise<number> {
   const config = loadProxyConfig(inputs);
   const log = createLogger(config.logLevel);
+  // Caught from now on: a signal during start-up is acted on once it serves.
+  const signals = new ShutdownSignals(log);
   const proxy = new Proxy(config, log);
   let listen: string;
   try {
@@ -18,6 +21,7 @@ export async function runProxy(inputs: ProxyInputs): Promise<number> {
   } catch (err) {
     log.fatal({ err }, "cannot start");
     await proxy.shutdown().catch(() => {});
+    signals.dispose();
     return 1;
   }
   log.info(
@@ -31,28 +35,5 @@ export async function runProxy(inputs: ProxyInputs): Promise<number> {
     },
     PROXY_SERVING,
   );
-  return new Promise<number>((resolve) => {
-    let signals = 0;
-    const onSignal = (signal: NodeJS.Signals) => {
-      signals++;
-      if (signals > 1) {
-        log.warn({ signal }, "second signal: exiting without draining");
-        resolve(1);
-        process.exit(1);
-      }
-      log.info({ signal }, "shutting down");
-      proxy.shutdown().then(
-        () => {
-          log.info("stopped");
-          resolve(0);
-        },
-        (err) => {
-          log.error({ err }, "shutdown failed");
-          resolve(1);
-        },
-      );
-    };
-    process.on("SIGTERM", onSignal);
-    process.on("SIGINT", onSignal);
-  });
+  return signals.until(() => proxy.shutdown());
 }

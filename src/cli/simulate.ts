@@ -4,6 +4,7 @@
 // `kvferry daemon` logs "kvferry daemon serving"), serves until SIGTERM or SIGINT, drains,
 // and exits 0. A bad flag exits 2 with the flag, the value and what was expected; a daemon
 // it cannot reach or a port it cannot bind exits 1.
+import { ShutdownSignals } from "./lifecycle.js";
 import type { Logger } from "pino";
 import type { LogLevel } from "../config/config.js";
 import { DEFAULT_LISTEN_HOST } from "../config/keys.js";
@@ -108,6 +109,8 @@ export async function runSimulate(values: Record<string, unknown>): Promise<numb
     return EXIT_USAGE;
   }
   const log = createLogger(s.logLevel, "kvferry-simulator");
+  // Caught from now on: a signal during start-up is acted on once it serves.
+  const signals = new ShutdownSignals(log);
   if (s.role === "both" && s.daemon !== undefined) log.warn({ daemon: s.daemon }, "--daemon is not used with --role both");
 
   let link: DaemonLink | undefined;
@@ -119,6 +122,7 @@ export async function runSimulate(values: Record<string, unknown>): Promise<numb
     } catch (err) {
       log.fatal({ err, daemon: s.daemon }, `cannot reach the kvferry daemon at ${s.daemon} within ${DAEMON_CONNECT_MS} ms`);
       link.close();
+      signals.dispose();
       return 1;
     }
   }
@@ -130,6 +134,7 @@ export async function runSimulate(values: Record<string, unknown>): Promise<numb
   } catch (err) {
     log.fatal({ err, listen: formatHostPort(s.listen) }, "cannot start the simulator");
     link?.close();
+    signals.dispose();
     return 1;
   }
   log.info(
@@ -147,37 +152,8 @@ export async function runSimulate(values: Record<string, unknown>): Promise<numb
     },
     SIMULATOR_SERVING,
   );
-  return waitForSignal(log, async () => {
+  return signals.until(async () => {
     await server.shutdown(SHUTDOWN_GRACE_MS);
     link?.close();
-  });
-}
-
-/** Resolves 0 after the first SIGTERM/SIGINT and a clean `stop`; a second signal exits 1 at once. */
-function waitForSignal(log: Logger, stop: () => Promise<void>): Promise<number> {
-  return new Promise<number>((resolve) => {
-    let signals = 0;
-    const onSignal = (signal: NodeJS.Signals) => {
-      signals++;
-      if (signals > 1) {
-        log.warn({ signal }, "second signal: exiting without draining");
-        process.exit(1);
-      }
-      log.info({ signal }, "simulator shutting down");
-      stop().then(
-        () => {
-          process.off("SIGTERM", onSignal);
-          process.off("SIGINT", onSignal);
-          log.info("simulator stopped");
-          resolve(0);
-        },
-        (err) => {
-          log.error({ err }, "shutdown failed");
-          resolve(1);
-        },
-      );
-    };
-    process.on("SIGTERM", onSignal);
-    process.on("SIGINT", onSignal);
   });
 }

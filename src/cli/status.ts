@@ -6,7 +6,8 @@
 import pino from "pino";
 import type { Config } from "../config/config.js";
 import { KvferryClient } from "../client/client.js";
-import type { ListNodesResponse, NodeInfo } from "../gen/kvferry/v1/kvferry.js";
+import type { ListNodesResponse } from "../gen/kvferry/v1/kvferry.js";
+import type { NodeInfo } from "../gen/kvferry/v1/node.js";
 import { toWireNode } from "../daemon/convert.js";
 import { openRegistry } from "../metadata/open.js";
 import { EXIT_METADATA } from "./exit-codes.js";

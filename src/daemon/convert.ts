@@ -1,6 +1,7 @@
 // Store types ↔ wire types. The store knows nothing of protobuf; this is the seam.
 import { InvalidArgumentError } from "../errors.js";
-import { EntryState as WireState, type EntryInfo as WireEntryInfo, type NodeInfo as WireNodeInfo } from "../gen/kvferry/v1/kvferry.js";
+import { EntryState as WireState, type EntryInfo as WireEntryInfo } from "../gen/kvferry/v1/kvferry.js";
+import type { NodeInfo as WireNodeInfo } from "../gen/kvferry/v1/node.js";
 import { decodeNode, type NodeRecord } from "../metadata/node.js";
 import type { EntryInfo, EntryState } from "../store/entry.js";
 
@@ -37,7 +38,7 @@ export function toWireNode(node: NodeRecord): WireNodeInfo {
     dataAddress: node.dataAddress,
     transports: node.transports.map((t) => ({
       name: t.name,
-      params: Object.fromEntries(Object.entries(t.params).map(([k, v]) => [k, String(v)])),
+      params: Object.entries(t.params).map(([key, value]) => ({ key, value: String(value) })),
     })),
     poolBytes: node.poolBytes,
     poolUsedBytes: node.poolUsedBytes,
@@ -52,6 +53,7 @@ export function fromWireNode(info: WireNodeInfo): NodeRecord | Error {
   return decodeNode(
     JSON.stringify({
       ...info,
+      transports: info.transports.map((t) => ({ name: t.name, params: Object.fromEntries(t.params.map((p) => [p.key, p.value])) })),
       startedAt: info.startedAtMs,
       updatedAt: info.updatedAtMs,
     }),

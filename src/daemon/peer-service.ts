@@ -3,7 +3,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import type { Metadata, sendUnaryData, ServerUnaryCall } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { PermissionDeniedError } from "../errors.js";
-import type { NodeInfo } from "../gen/kvferry/v1/kvferry.js";
+import type { NodeInfo } from "../gen/kvferry/v1/node.js";
 import type { KvFerryPeerServer } from "../gen/kvferry/v1/peer.js";
 import { TOKEN_METADATA } from "./peers.js";
 import { toGrpcError } from "./status.js";

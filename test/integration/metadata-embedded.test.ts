@@ -73,7 +73,7 @@ describe("learning nodes", () => {
       peerAddress: b.peerAddress,
       dataAddress: b.dataAddress,
       poolBytes: 256 * 2 ** 20,
-      transports: [{ name: "tcp", params: { connectionsPerPeer: "4" } }],
+      transports: [{ name: "tcp", params: [{ key: "connectionsPerPeer", value: "4" }] }],
     });
     expect(seenByA.version).not.toBe("");
     expect(Date.now() - seenByA.startedAtMs).toBeLessThan(60_000);

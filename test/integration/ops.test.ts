@@ -15,7 +15,8 @@ import {
   type ServiceError,
 } from "@grpc/grpc-js";
 import { service as healthService } from "grpc-health-check";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+import { startEtcd } from "../helpers/etcd-server.js";
 import type { KvferryClient } from "../../src/client/client.js";
 import { GetStreamRequest, PutStreamRequest, type GetStreamResponse } from "../../src/gen/kvferry/v1/kvferry.js";
 import {
@@ -310,15 +311,21 @@ describe("the seed's mooncake.json through MOONCAKE_CONFIG_PATH", () => {
     expect(r.stderr).toMatch(/protocol: got "rdma"/);
   });
 
-  it("starts with the same file switched to tcp and serves (data and peer ports kept on loopback)", async () => {
+  it("starts with the same file switched to tcp and serves, registered in etcd (its etcd, data and peer ports moved to loopback)", async () => {
     const file = join(dir, "seed-tcp.json");
     writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(SEED, "utf8")), protocol: "tcp" }));
-    const seeded = await startDaemon(["--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"], {
-      env: { MOONCAKE_CONFIG_PATH: file, KVFERRY_CONFIG: "" },
-    });
+    // The seed names an etcd on another host: this test's own etcd on loopback stands in
+    // for it (the flag overrides the file; metadata_backend "etcd" in the file agrees).
+    const etcd = await startEtcd();
+    onTestFinished(() => etcd.stop());
+    const seeded = await startDaemon(
+      ["--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--metadata-server", etcd.endpoint, "--node-id", "seeded"],
+      { env: { MOONCAKE_CONFIG_PATH: file, KVFERRY_CONFIG: "" } },
+    );
     try {
       const loaded = seeded.proc.logs.find((l) => l.msg === "configuration loaded");
       expect(loaded).toMatchObject({ source: file, protocol: "tcp", metadata: "etcd" });
+      expect(await etcd.ctl("get", "--keys-only", "kvferry/v1/nodes/seeded")).toContain("kvferry/v1/nodes/seeded");
       const info = await seeded.client.serverInfo();
       expect(info.poolCapacity).toBe(2 ** 30); // the file sets no buffer size: the default
       await seeded.client.put("seeded", "p", Buffer.from("ok"), { seal: true });

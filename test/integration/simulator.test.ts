@@ -456,7 +456,7 @@ describe("kvferry simulate", () => {
       );
       expect(await sim.exited).toBe(0);
       await expect(fetch(`${sim.url}/health`, { signal: AbortSignal.timeout(2000) })).rejects.toThrow();
-      expect(sim.logs.map((l) => l.msg)).toEqual(expect.arrayContaining(["simulator shutting down", "draining", "simulator stopped"]));
+      expect(sim.logs.map((l) => l.msg)).toEqual(expect.arrayContaining(["shutting down", "draining", "stopped"]));
     } finally {
       await sim.stop(5000);
     }
@@ -474,6 +474,6 @@ describe("kvferry simulate", () => {
     expect(help.stdout).toMatch(/SIMULATOR/);
     const sim = await spawnSimulator(["--listen", "127.0.0.1:0", "--role", "both"]);
     expect(await sim.stop(5000)).toBe(0);
-    expect(sim.logs.some((l) => l.msg === "simulator stopped")).toBe(true);
+    expect(sim.logs.some((l) => l.msg === "stopped")).toBe(true);
   });
 });

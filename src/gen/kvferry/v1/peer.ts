@@ -18,7 +18,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { NodeInfo } from "./kvferry.js";
+import { NodeInfo } from "./node.js";
 
 export const protobufPackage = "kvferry.v1";
 
