@@ -2,7 +2,7 @@
 // The build: the native engine (node-gyp → build/Release/), TypeScript → dist/, and
 // the descriptor sets that reflection serves. `--native` / `--ts` build one half.
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -28,12 +28,16 @@ if (only !== "--native") {
   // Built aside and swapped in, so a daemon starting meanwhile never sees half a dist/.
   const next = `dist.next-${process.pid}`;
   rmSync(join(root, next), { recursive: true, force: true });
+  // The stamp gets the time the build *started*: a source saved while tsc runs is newer
+  // than the stamp, so the next setup builds again instead of trusting a stale dist/.
+  const started = new Date();
   try {
     run(bin("tsc"), ["-p", "tsconfig.json", "--outDir", next]);
     mkdirSync(join(root, next, "descriptors"), { recursive: true });
     run(bin("buf"), ["build", "-o", `${next}/descriptors/kvferry.binpb`]);
     run(bin("buf"), ["build", "node_modules/grpc-health-check/proto", "-o", `${next}/descriptors/health.binpb`]);
-    writeFileSync(join(root, next, ".built"), `${new Date().toISOString()}\n`);
+    writeFileSync(join(root, next, ".built"), `${started.toISOString()}\n`);
+    utimesSync(join(root, next, ".built"), started, started);
   } catch (err) {
     // A failed build leaves the working dist/ as it was, and nothing beside it.
     rmSync(join(root, next), { recursive: true, force: true });

@@ -199,6 +199,7 @@ flag, the value and what was expected).
 `;
 
 export const PROXY_FLAGS = {
+  config: { type: "string", help: "FILE", doc: "JSON with any of these settings under their names in snake_case (prefill/decode as arrays); flags override it" },
   listen: { type: "string", help: "HOST:PORT", doc: "where to listen (default 127.0.0.1:8000; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
   prefill: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a prefill instance's base URL, = the client API HOST:PORT of its node's kvferry daemon (repeatable, at least one)" },
   decode: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a decode instance, the same way (repeatable, at least one)" },
@@ -364,7 +365,7 @@ export async function run(argv: string[]): Promise<number> {
           decodeTimeoutMs: str("decode-timeout-ms"), transferDeadlineMs: str("transfer-deadline-ms"),
           forwardAuthorization: values["forward-authorization"] === true, maxBodyBytes: str("max-body-bytes"),
           drainMs: str("drain-ms"), logLevel: str("log-level"),
-        });
+        }, str("config"));
       }
       default:
         process.stderr.write(`kvferry: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);

@@ -9,8 +9,8 @@ import { PROXY_SERVING } from "../proxy/spawn.js";
 import { createLogger } from "./logger.js";
 
 /** Runs the proxy; resolves to the exit code. @throws ConfigError on a bad flag (exit 2). */
-export async function runProxy(inputs: ProxyInputs): Promise<number> {
-  const config = loadProxyConfig(inputs);
+export async function runProxy(inputs: ProxyInputs, configFile?: string): Promise<number> {
+  const config = loadProxyConfig(inputs, configFile);
   const log = createLogger(config.logLevel);
   // Caught from now on: a signal during start-up is acted on once it serves.
   const signals = new ShutdownSignals(log);

@@ -3,6 +3,7 @@
 // Every refusal is a ConfigError whose source is the flag (`--prefill`, `--listen`, ...),
 // so the CLI prints the flag, the value and what was expected, and exits 2. Nothing is
 // hard-coded: instances and their daemons come only from the command line.
+import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
 import { durationMs, formatHostPort, hostPortFromText, listenAddress, size, type HostPort } from "../config/parse.js";
 import type { LogLevel } from "../config/config.js";
@@ -108,21 +109,44 @@ export function parseInstance(role: Role, text: string): InstanceSpec | undefine
   return { role, url: base, daemon };
 }
 
-function instances(role: Role, list: string[] | undefined, transfer: TransferMode): InstanceSpec[] {
-  const flag = `--${role}`;
+/** Where each setting came from, so that a refusal names the flag or the file's key. */
+class Origins {
+  constructor(private readonly file: string | undefined, private readonly fromFile: ReadonlySet<keyof ProxyInputs>) {}
+
+  refuse(field: keyof ProxyInputs, value: unknown, expected: string): ConfigError {
+    if (this.file !== undefined && this.fromFile.has(field)) return new ConfigError(this.file, FILE_KEYS[field], value, expected);
+    const flag = FLAGS[field];
+    return new ConfigError(flag, flag.slice(2), value, expected);
+  }
+}
+
+/** The flag of each setting. */
+const FLAGS: Record<keyof ProxyInputs, string> = {
+  listen: "--listen", prefill: "--prefill", decode: "--decode", policy: "--policy", transfer: "--transfer",
+  healthIntervalMs: "--health-interval-ms", prefillTimeoutMs: "--prefill-timeout-ms", decodeTimeoutMs: "--decode-timeout-ms",
+  transferDeadlineMs: "--transfer-deadline-ms", forwardAuthorization: "--forward-authorization",
+  maxBodyBytes: "--max-body-bytes", drainMs: "--drain-ms", logLevel: "--log-level",
+};
+
+/** Its key in a --config file: the flag's name in snake_case. */
+const FILE_KEYS = Object.fromEntries(
+  Object.entries(FLAGS).map(([field, flag]) => [field, flag.slice(2).replace(/-/g, "_")]),
+) as Record<keyof ProxyInputs, string>;
+
+function instances(role: Role, list: string[] | undefined, transfer: TransferMode, origins: Origins): InstanceSpec[] {
   if (list === undefined || list.length === 0) {
-    throw new ConfigError(flag, role, undefined, `at least one ${role} instance: ${flag} ${INSTANCE_EXPECTED}`);
+    throw origins.refuse(role, undefined, `at least one ${role} instance: --${role} ${INSTANCE_EXPECTED}`);
   }
   const out: InstanceSpec[] = [];
   const seen = new Set<string>();
   for (const text of list) {
     const spec = parseInstance(role, text);
-    if (spec === undefined) throw new ConfigError(flag, role, text, INSTANCE_EXPECTED);
-    if (seen.has(spec.url)) throw new ConfigError(flag, role, text, `each ${role} URL once (${spec.url} is repeated)`);
+    if (spec === undefined) throw origins.refuse(role, text, INSTANCE_EXPECTED);
+    if (seen.has(spec.url)) throw origins.refuse(role, text, `each ${role} URL once (${spec.url} is repeated)`);
     seen.add(spec.url);
     if (transfer !== "none" && spec.daemon === undefined) {
-      throw new ConfigError(
-        flag, role, text,
+      throw origins.refuse(
+        role, text,
         `URL=DAEMON: --transfer ${transfer} needs the kvferry daemon (client API HOST:PORT) of every instance's node, ` +
           `e.g. ${spec.url}=127.0.0.1:50051 (or --transfer none when the engines move the KV themselves)`,
       );
@@ -132,48 +156,93 @@ function instances(role: Role, list: string[] | undefined, transfer: TransferMod
   return out;
 }
 
-function choice<T extends string>(flag: string, raw: string | undefined, choices: readonly T[], fallback: T): T {
-  if (raw === undefined) return fallback;
-  if ((choices as readonly string[]).includes(raw)) return raw as T;
-  throw new ConfigError(flag, flag.slice(2), raw, `one of ${choices.join(" | ")}`);
+/**
+ * A --config file: a JSON object whose keys are the flags' names in snake_case
+ * (`prefill`, `decode` as arrays of "URL[=DAEMON]", `health_interval_ms`, ...). Numbers may
+ * be JSON numbers; unknown keys are refused (a typo must not pass unnoticed).
+ */
+export function proxyInputsFromFile(path: string): { inputs: ProxyInputs; keys: Set<keyof ProxyInputs> } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, "utf8"));
+  } catch (err) {
+    throw new ConfigError(path, "(file)", undefined, `a readable JSON file (${(err as Error).message})`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ConfigError(path, "(file)", raw, "a JSON object");
+  const byKey = new Map(Object.entries(FILE_KEYS).map(([field, key]) => [key, field as keyof ProxyInputs]));
+  const inputs: Record<string, unknown> = {};
+  const keys = new Set<keyof ProxyInputs>();
+  for (const [key, value] of Object.entries(raw)) {
+    const field = byKey.get(key);
+    if (field === undefined) throw new ConfigError(path, key, value, `one of the keys ${[...byKey.keys()].join(", ")}`);
+    if (field === "prefill" || field === "decode") {
+      if (!Array.isArray(value) || !value.every((v) => typeof v === "string")) {
+        throw new ConfigError(path, key, value, `an array of "${INSTANCE_EXPECTED.split(":")[0]}" strings`);
+      }
+      inputs[field] = value;
+    } else if (field === "forwardAuthorization") {
+      if (typeof value !== "boolean") throw new ConfigError(path, key, value, "true or false");
+      inputs[field] = value;
+    } else if (typeof value === "string" || typeof value === "number") {
+      inputs[field] = String(value);
+    } else {
+      throw new ConfigError(path, key, value, "a string or a number");
+    }
+    keys.add(field);
+  }
+  return { inputs: inputs as ProxyInputs, keys };
 }
 
-function ms(flag: string, raw: string | undefined, fallback: number): number {
+function choice<T extends string>(field: keyof ProxyInputs, raw: string | undefined, choices: readonly T[], fallback: T, origins: Origins): T {
+  if (raw === undefined) return fallback;
+  if ((choices as readonly string[]).includes(raw)) return raw as T;
+  throw origins.refuse(field, raw, `one of ${choices.join(" | ")}`);
+}
+
+function ms(field: keyof ProxyInputs, raw: string | undefined, fallback: number, origins: Origins): number {
   if (raw === undefined) return fallback;
   const parsed = durationMs(raw, true);
-  if (!parsed.ok) throw new ConfigError(flag, flag.slice(2), raw, parsed.expected);
+  if (!parsed.ok) throw origins.refuse(field, raw, parsed.expected);
   return parsed.value;
 }
 
-/** Validates the flags. @throws ConfigError naming the flag (the CLI exits 2). */
-export function loadProxyConfig(inputs: ProxyInputs): ProxyConfig {
+/**
+ * Validates the settings: flags over the --config file (`file`) over the defaults.
+ * @throws ConfigError naming the flag, or the file and its key (the CLI exits 2).
+ */
+export function loadProxyConfig(flags: ProxyInputs, file?: string): ProxyConfig {
+  const fromFile = file === undefined ? { inputs: {} as ProxyInputs, keys: new Set<keyof ProxyInputs>() } : proxyInputsFromFile(file);
+  const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined && v !== false)) as ProxyInputs;
+  const inputs: ProxyInputs = { ...fromFile.inputs, ...given };
+  const keys = new Set([...fromFile.keys].filter((k) => given[k] === undefined));
+  const origins = new Origins(file, keys);
   const listenText = inputs.listen ?? PROXY_DEFAULTS.listen;
   const listen = listenAddress("127.0.0.1")(listenText, true);
-  if (!listen.ok) throw new ConfigError("--listen", "listen", listenText, listen.expected);
-  const transfer = choice("--transfer", inputs.transfer, TRANSFERS, PROXY_DEFAULTS.transfer);
-  const policy = choice("--policy", inputs.policy, POLICIES, PROXY_DEFAULTS.policy);
-  const logLevel = choice("--log-level", inputs.logLevel, LOG_LEVELS, PROXY_DEFAULTS.logLevel);
+  if (!listen.ok) throw origins.refuse("listen", listenText, listen.expected);
+  const transfer = choice("transfer", inputs.transfer, TRANSFERS, PROXY_DEFAULTS.transfer, origins);
+  const policy = choice("policy", inputs.policy, POLICIES, PROXY_DEFAULTS.policy, origins);
+  const logLevel = choice("logLevel", inputs.logLevel, LOG_LEVELS, PROXY_DEFAULTS.logLevel, origins);
   let maxBodyBytes = PROXY_DEFAULTS.maxBodyBytes;
   if (inputs.maxBodyBytes !== undefined) {
     const parsed = size(1, 1 << 30)(inputs.maxBodyBytes, true);
-    if (!parsed.ok) throw new ConfigError("--max-body-bytes", "max-body-bytes", inputs.maxBodyBytes, parsed.expected);
+    if (!parsed.ok) throw origins.refuse("maxBodyBytes", inputs.maxBodyBytes, parsed.expected);
     maxBodyBytes = parsed.value;
   }
-  const healthIntervalMs = ms("--health-interval-ms", inputs.healthIntervalMs, PROXY_DEFAULTS.healthIntervalMs);
+  const healthIntervalMs = ms("healthIntervalMs", inputs.healthIntervalMs, PROXY_DEFAULTS.healthIntervalMs, origins);
   return {
     listen: listen.value,
-    prefill: instances("prefill", inputs.prefill, transfer),
-    decode: instances("decode", inputs.decode, transfer),
+    prefill: instances("prefill", inputs.prefill, transfer, origins),
+    decode: instances("decode", inputs.decode, transfer, origins),
     policy,
     transfer,
     healthIntervalMs,
     healthTimeoutMs: Math.min(Math.max(healthIntervalMs, 500), 5000),
-    prefillTimeoutMs: ms("--prefill-timeout-ms", inputs.prefillTimeoutMs, PROXY_DEFAULTS.prefillTimeoutMs),
-    decodeTimeoutMs: ms("--decode-timeout-ms", inputs.decodeTimeoutMs, PROXY_DEFAULTS.decodeTimeoutMs),
-    transferDeadlineMs: ms("--transfer-deadline-ms", inputs.transferDeadlineMs, PROXY_DEFAULTS.transferDeadlineMs),
+    prefillTimeoutMs: ms("prefillTimeoutMs", inputs.prefillTimeoutMs, PROXY_DEFAULTS.prefillTimeoutMs, origins),
+    decodeTimeoutMs: ms("decodeTimeoutMs", inputs.decodeTimeoutMs, PROXY_DEFAULTS.decodeTimeoutMs, origins),
+    transferDeadlineMs: ms("transferDeadlineMs", inputs.transferDeadlineMs, PROXY_DEFAULTS.transferDeadlineMs, origins),
     forwardAuthorization: inputs.forwardAuthorization === true,
     maxBodyBytes,
-    drainMs: ms("--drain-ms", inputs.drainMs, PROXY_DEFAULTS.drainMs),
+    drainMs: ms("drainMs", inputs.drainMs, PROXY_DEFAULTS.drainMs, origins),
     logLevel,
   };
 }

@@ -5,8 +5,11 @@
 // reference's; upstream errors pass through with their bodies; a decode that dies, a
 // client that leaves, an instance that is not there end cleanly (502/503/504 or an SSE
 // error event, never an empty 200) and leave no entry behind on any daemon.
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NotFoundError } from "../../src/errors.js";
 import { loadProxyConfig, parseInstance } from "../../src/proxy/config.js";
@@ -97,6 +100,33 @@ describe("policies and instance flags (in process)", () => {
       listen: { host: "127.0.0.1", port: 8000 }, policy: "least-outstanding", transfer: "push", healthIntervalMs: 2000,
       forwardAuthorization: false,
     });
+  });
+});
+
+describe("kvferry proxy --config", () => {
+  it("reads the instance lists and settings from a JSON file, lets flags override it, and names the file and key of a bad value", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kvferry-proxy-"));
+    const file = join(dir, "proxy.json");
+    writeFileSync(file, JSON.stringify({
+      prefill: ["http://p1:8100=127.0.0.1:50051", "http://p2:8100=127.0.0.1:50052"], decode: ["http://d1:8200=127.0.0.1:50061"],
+      policy: "round-robin", health_interval_ms: 500, forward_authorization: true,
+    }));
+    const c = loadProxyConfig({ policy: "least-outstanding" }, file);
+    expect(c.prefill.map((i) => i.url)).toEqual(["http://p1:8100", "http://p2:8100"]);
+    expect(c.decode).toEqual([{ role: "decode", url: "http://d1:8200", daemon: "127.0.0.1:50061" }]);
+    expect(c).toMatchObject({ policy: "least-outstanding", healthIntervalMs: 500, forwardAuthorization: true });
+    expect(loadProxyConfig({ decode: ["http://d9:1=127.0.0.1:9"] }, file).decode.map((i) => i.url)).toEqual(["http://d9:1"]);
+
+    const bad = join(dir, "bad.json");
+    writeFileSync(bad, JSON.stringify({ prefill: ["http://p1:8100"], decode: ["http://d1:8200=127.0.0.1:1"] }));
+    const r = await runCli(["proxy", "--config", bad]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`${bad}: prefill: got "http://p1:8100", expected URL=DAEMON: --transfer push needs`);
+    writeFileSync(bad, JSON.stringify({ prefil: [] }));
+    expect(() => loadProxyConfig({}, bad)).toThrow(/bad\.json: prefil: got \[\], expected one of the keys listen, prefill, decode/);
+    writeFileSync(bad, JSON.stringify({ prefill: ["http://p:1=127.0.0.1:2"], decode: ["http://d:1=127.0.0.1:3"], drain_ms: "soon" }));
+    expect(() => loadProxyConfig({}, bad)).toThrow(/bad\.json: drain_ms: got "soon", expected a whole number of milliseconds/);
+    rmSync(dir, { recursive: true, force: true });
   });
 });
 
