@@ -1,14 +1,10 @@
 // `kvferry metadata-server` as a real process (built from dist/), for the http registry's
 // tests: started on a given port, killed as in a crash, and started again on the same port
 // (empty: it keeps everything in memory). Also the raw protocol calls a test checks with.
-import { execFileSync, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { spawn } from "node:child_process";
 import { expect } from "vitest";
 import { BIN, spawnService, type SpawnedService } from "../../src/cli/spawn-service.js";
 
-const REPO = fileURLToPath(new URL("../..", import.meta.url));
 /** How long the flag-error runs may take. */
 const RUN_TIMEOUT_MS = 10_000;
 
@@ -22,16 +18,6 @@ export interface MetadataServerProcess {
   kill(): Promise<void>;
   /** Starts again on the same port, empty (after stop() or kill()). */
   restart(): Promise<void>;
-}
-
-/** bin/kvferry.js runs dist/: builds what is stale (nothing, usually). */
-export function buildDist(): void {
-  try {
-    execFileSync(process.execPath, [join(REPO, "scripts/setup.mjs"), "--quiet"], { cwd: REPO, stdio: "pipe" });
-  } catch (err) {
-    // Someone else's half-written source may not compile; a dist/ with the server will do.
-    if (!existsSync(join(REPO, "dist/cli/metadata-server.js"))) throw err;
-  }
 }
 
 const launch = (args: string[]): Promise<SpawnedService> => spawnService("metadata-server", args, "kvferry metadata-server serving");

@@ -9,7 +9,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HttpRegistry } from "../../src/metadata/http.js";
 import { nodeKey } from "../../src/metadata/registry.js";
 import {
-  buildDist,
   indexOf,
   keyUrl,
   rawGet,
@@ -24,9 +23,8 @@ import { capturingLogger, MARGIN_MS, node, registryContract, TTL_MS, useRegistri
 let server: MetadataServerProcess;
 
 beforeAll(async () => {
-  buildDist();
   server = await spawnMetadataServer(["--listen", "127.0.0.1:0"]);
-}, 300_000);
+});
 
 afterAll(async () => {
   await server?.kill();
