@@ -8,6 +8,7 @@ import { formatHostPort, listenAddress, type HostPort } from "../config/parse.js
 import { startMetadataServer } from "../metadata/http-server.js";
 import { createLogger } from "./logger.js";
 import type { LogLevel } from "../config/config.js";
+import { flagHelp, HELP_FLAG, LOG_LEVEL_FLAG, text, type Command, type Flags } from "./command.js";
 
 export interface MetadataServerInputs {
   listen?: string;   // --listen
@@ -49,3 +50,32 @@ export async function runMetadataServer(inputs: MetadataServerInputs): Promise<n
   log.info({ listen: formatHostPort({ host: listen.host, port: server.port }), url: server.url }, "kvferry metadata-server serving");
   return signals.until(() => server.close());
 }
+
+const FLAGS = {
+  listen: { type: "string", help: "HOST:PORT", doc: "where to listen (default 127.0.0.1:8080; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
+  path: { type: "string", help: "PATH", doc: "the URL path served (default /metadata)" },
+  "log-level": LOG_LEVEL_FLAG,
+  help: HELP_FLAG,
+} satisfies Flags;
+
+const USAGE = `Usage: kvferry metadata-server [flags]
+
+Serves an in-memory key-value store over Mooncake's http metadata protocol
+(GET / PUT / DELETE PATH?key=KEY) for daemons whose metadata_server is its URL.
+Nothing is persisted: after a restart the daemons write their records again.
+Logs "kvferry metadata-server serving" with the URL once listening.
+
+Flags:
+${flagHelp(FLAGS)}
+
+Exit codes: 0 after SIGTERM/SIGINT, 1 when it cannot listen, 2 on a bad flag.
+`;
+
+export const metadataServerCommand: Command = {
+  name: "metadata-server",
+  summary: "an in-memory http metadata store (metadata_server: http://HOST:PORT/metadata)",
+  flags: FLAGS,
+  usage: USAGE,
+  run: (values) =>
+    runMetadataServer({ listen: text(values, "listen"), path: text(values, "path"), logLevel: text(values, "log-level") }),
+};

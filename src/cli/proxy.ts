@@ -7,6 +7,7 @@ import { loadProxyConfig, type ProxyInputs } from "../proxy/config.js";
 import { Proxy } from "../proxy/proxy.js";
 import { PROXY_SERVING } from "../proxy/spawn.js";
 import { createLogger } from "./logger.js";
+import { flagHelp, HELP_FLAG, LOG_LEVEL_FLAG, list, text, type Command, type Flags } from "./command.js";
 
 /** Runs the proxy; resolves to the exit code. @throws ConfigError on a bad flag (exit 2). */
 export async function runProxy(inputs: ProxyInputs, configFile?: string): Promise<number> {
@@ -37,3 +38,61 @@ export async function runProxy(inputs: ProxyInputs, configFile?: string): Promis
   );
   return signals.until(() => proxy.shutdown());
 }
+
+const FLAGS = {
+  config: { type: "string", help: "FILE", doc: "JSON with any of these settings under their names in snake_case (prefill/decode as arrays); flags override it" },
+  listen: { type: "string", help: "HOST:PORT", doc: "where to listen (default 127.0.0.1:8000; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
+  prefill: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a prefill instance's base URL, = the client API HOST:PORT of its node's kvferry daemon (repeatable, at least one)" },
+  decode: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a decode instance, the same way (repeatable, at least one)" },
+  policy: { type: "string", help: "NAME", doc: "round-robin | least-outstanding (default least-outstanding)" },
+  transfer: { type: "string", help: "MODE", doc: "push (the prefill daemon pushes the KV) | pull (the decode side pulls it) | none (the engines move it) (default push)" },
+  "health-interval-ms": { type: "string", help: "MS", doc: "how often every instance and daemon is checked (default 2000)" },
+  "prefill-timeout-ms": { type: "string", help: "MS", doc: "the whole prefill call (default 120000)" },
+  "decode-timeout-ms": { type: "string", help: "MS", doc: "decode: time to its first byte, and the longest silence mid-stream (default 120000)" },
+  "transfer-deadline-ms": { type: "string", help: "MS", doc: "deadline of one KV push (default 30000)" },
+  "forward-authorization": { type: "boolean", help: "", doc: "send the client's Authorization header upstream (default: none is sent)" },
+  "max-body-bytes": { type: "string", help: "BYTES", doc: "largest request body, 413 above (default 16MiB)" },
+  "drain-ms": { type: "string", help: "MS", doc: "how long SIGTERM waits for requests in flight (default 30000)" },
+  "log-level": LOG_LEVEL_FLAG,
+  help: HELP_FLAG,
+} satisfies Flags;
+
+const USAGE = `Usage: kvferry proxy --prefill URL[=DAEMON]... --decode URL[=DAEMON]... [flags]
+
+Serves OpenAI's API (POST /v1/completions and /v1/chat/completions, streaming or
+not; GET /v1/models, /health, /metrics) in front of prefill and decode instances.
+Each request goes to a healthy prefill instance with max_tokens 1 and
+kv_transfer_params {transfer_id, do_remote_decode: true}; its KV then moves to the
+chosen decode instance's node (--transfer), and the original request goes to the
+decode instance with kv_transfer_params {transfer_id, do_remote_prefill: true, ...};
+its answer streams back unchanged. Upstream errors pass through with their status
+and body; the proxy's own are OpenAI-style JSON (502 unreachable, 503 no healthy
+instance, 504 timeout). Logs "kvferry proxy serving" with its listen address once
+ready.
+
+Flags:
+${flagHelp(FLAGS)}
+
+Exit codes: 0 after SIGTERM/SIGINT (requests in flight finish first, up to
+--drain-ms), 1 when it cannot listen, 2 on a bad flag (the message names the flag,
+the value and what was expected).
+`;
+
+export const proxyCommand: Command = {
+  name: "proxy",
+  summary: "the disaggregating OpenAI-compatible proxy: prefill, KV transfer, decode",
+  flags: FLAGS,
+  usage: USAGE,
+  run: (values) =>
+    runProxy(
+      {
+        listen: text(values, "listen"), prefill: list(values, "prefill"), decode: list(values, "decode"),
+        policy: text(values, "policy"), transfer: text(values, "transfer"),
+        healthIntervalMs: text(values, "health-interval-ms"), prefillTimeoutMs: text(values, "prefill-timeout-ms"),
+        decodeTimeoutMs: text(values, "decode-timeout-ms"), transferDeadlineMs: text(values, "transfer-deadline-ms"),
+        forwardAuthorization: values["forward-authorization"] === true, maxBodyBytes: text(values, "max-body-bytes"),
+        drainMs: text(values, "drain-ms"), logLevel: text(values, "log-level"),
+      },
+      text(values, "config"),
+    ),
+};

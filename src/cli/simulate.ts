@@ -17,6 +17,7 @@ import { createRole, ROLE_NAMES, type RoleName } from "../simulator/roles.js";
 import { SIMULATOR_SERVING } from "../simulator/spawn.js";
 import { EXIT_USAGE } from "./exit-codes.js";
 import { createLogger } from "./logger.js";
+import { flagHelp, HELP_FLAG, LOG_LEVEL_FLAG, type Command, type Flags } from "./command.js";
 
 export const DEFAULT_SIMULATOR_LISTEN: HostPort = { host: "127.0.0.1", port: 8100 };
 export const DEFAULT_SIMULATOR_MODEL = "kvferry-sim-7b";
@@ -157,3 +158,57 @@ export async function runSimulate(values: Record<string, unknown>): Promise<numb
     link?.close();
   });
 }
+
+const FLAGS = {
+  role: { type: "string", help: "ROLE", doc: "prefill | decode | both (required): which instance this simulator plays" },
+  listen: { type: "string", help: "HOST:PORT", doc: "HTTP address (default 127.0.0.1:8100; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
+  daemon: { type: "string", help: "HOST:PORT", doc: "the local kvferry daemon's client API (required for prefill and decode; unused for both)" },
+  model: { type: "string", help: "NAME", doc: "the model name served and required in requests (default kvferry-sim-7b)" },
+  layers: { type: "string", help: "N", doc: "layers of the simulated model: one KV part per layer (default 32)" },
+  "kv-heads": { type: "string", help: "N", doc: "KV heads (default 8)" },
+  "head-dim": { type: "string", help: "N", doc: "head dimension (default 128)" },
+  "dtype-bytes": { type: "string", help: "N", doc: "bytes per KV element (default 2): KV per token = layers × 2 × kv-heads × head-dim × dtype-bytes" },
+  "kv-wait-ms": { type: "string", help: "MS", doc: "how long a decode waits for its KV before answering 504 (default 30000)" },
+  "token-ms": { type: "string", help: "MS", doc: "delay per generated token (default 2)" },
+  "log-level": LOG_LEVEL_FLAG,
+  help: HELP_FLAG,
+} satisfies Flags;
+
+const USAGE = `Usage: kvferry simulate --role prefill|decode|both [flags]
+
+Runs an LLM engine SIMULATOR: no model, no GPU. It serves OpenAI's API
+(POST /v1/completions, POST /v1/chat/completions, streaming or not; GET /v1/models,
+whose model is owned_by "kvferry-simulator"; GET /health; GET /metrics) with a
+deterministic toy tokenizer and a KV cache of realistic size whose bytes are a
+function of the prompt, so that the proxy, the demo and tests exercise real KV
+transfers through kvferry daemons:
+
+  prefill  needs kv_transfer_params {do_remote_decode: true, transfer_id}; puts the
+           prompt's KV into the local daemon (one entry, a part layer.N per layer,
+           sealed) and answers one token with kv_transfer_params {transfer_id,
+           do_remote_prefill: true, remote_node, remote_peer_address} for the decode side.
+  decode   needs kv_transfer_params {do_remote_prefill: true, transfer_id, source_node?};
+           gets (consumes) the entry from the local daemon, pulling it from source_node
+           (or remote_node) when given, checks every byte against the prompt, and
+           generates from it. A missing, late or wrong KV is a 500 (504 when the wait ran
+           out) that names the transfer id: never a silent recompute.
+  both     computes the KV itself and generates: the non-disaggregated reference. Its
+           output equals a decode's after a prefill of the same prompt.
+
+Logs "kvferry simulator serving" with its listen address once ready.
+
+Flags:
+${flagHelp(FLAGS)}
+
+Exit codes: 0 after SIGTERM/SIGINT (requests in flight finish first, up to 10 s),
+1 when it cannot listen or reach the daemon, 2 on a bad flag (the message names the
+flag, the value and what was expected).
+`;
+
+export const simulateCommand: Command = {
+  name: "simulate",
+  summary: "an OpenAI-compatible LLM engine SIMULATOR (prefill | decode | both), no GPU",
+  flags: FLAGS,
+  usage: USAGE,
+  run: (values) => runSimulate(values),
+};

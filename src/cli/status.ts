@@ -4,13 +4,14 @@
 // with the embedded default, or when --address names a daemon, it asks that daemon
 // (ListNodes), which knows the nodes it has greeted or been greeted by.
 import pino from "pino";
-import type { Config } from "../config/config.js";
+import { loadConfig, type Config } from "../config/config.js";
 import { KvferryClient } from "../client/client.js";
 import type { ListNodesResponse } from "../gen/kvferry/v1/kvferry.js";
 import type { NodeInfo } from "../gen/kvferry/v1/node.js";
 import { toWireNode } from "../daemon/convert.js";
 import { openRegistry } from "../metadata/open.js";
 import { EXIT_METADATA } from "./exit-codes.js";
+import { flagHelp, HELP_FLAG, text, type Command, type Flags } from "./command.js";
 
 export interface StatusOptions {
   config: Config;
@@ -100,3 +101,39 @@ export function table(listing: ListNodesResponse, now: number): string {
   const count = `${listing.nodes.length} node${listing.nodes.length === 1 ? "" : "s"}`;
   return [line(header), ...rows.map(line), "", `${count} known to ${listing.where || listing.backend}`, ""].join("\n");
 }
+
+const FLAGS = {
+  config: { type: "string", help: "FILE", doc: "the daemons' config: its metadata_server is read (else $KVFERRY_CONFIG, $MOONCAKE_CONFIG_PATH)" },
+  "metadata-server": { type: "string", help: "URL", doc: "read this backend instead (etcd, redis or http)" },
+  "metadata-prefix": { type: "string", help: "PREFIX", doc: "key prefix in the backend (default kvferry/v1/)" },
+  address: { type: "string", help: "HOST:PORT", doc: "ask the daemon at this client API address (the way with embedded metadata; default: the config's listen)" },
+  json: { type: "boolean", help: "", doc: "print JSON instead of a table" },
+  help: HELP_FLAG,
+} satisfies Flags;
+
+const USAGE = `Usage: kvferry status [flags]
+
+Lists the nodes the metadata backend knows: id, addresses, transports, pool used and
+capacity, version, age, and how long ago the node's record was refreshed. With etcd,
+redis or http metadata the backend is read directly; with the embedded default the
+local daemon is asked (it knows the nodes it greeted and was greeted by).
+
+Flags:
+${flagHelp(FLAGS)}
+
+Exit codes: 0 listed, 1 no daemon answered, 2 bad flag or configuration, 3 the
+metadata backend cannot be reached.
+`;
+
+export const statusCommand: Command = {
+  name: "status",
+  summary: "the nodes the metadata backend knows (a table, or --json)",
+  flags: FLAGS,
+  usage: USAGE,
+  run: (values) => {
+    const config = loadConfig({
+      config: text(values, "config"), metadataServer: text(values, "metadata-server"), metadataPrefix: text(values, "metadata-prefix"),
+    });
+    return runStatus({ config, address: text(values, "address"), json: values.json === true });
+  },
+};
