@@ -63,7 +63,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
         ["requests ok", `${succeeded.length}/${requests.length}`, `${reference.filter((r) => r.ok).length}/${requests.length}`],
         ["output identical to the reference", `${identical.length}/${requests.length}`, "—"],
         ["KV bytes moved between daemons", bytes(sentAfter - sentBefore), "—"],
-        ["KV transfer rate (push step)", o.transfer === "push" && transferSeconds > 0 ? `${(moved / transferSeconds / 1e9).toFixed(2)} GB/s` : "(pulled by decode)", "—"],
+        ["KV push rate, per request", o.transfer === "push" && transferSeconds > 0 ? `${(moved / transferSeconds / 1e9).toFixed(2)} GB/s` : "(pulled by decode)", "—"],
         ["time to first byte p50", ttfb(disaggregated, 50), ttfb(reference, 50)],
         ["time to first byte p99", ttfb(disaggregated, 99), ttfb(reference, 99)],
       ]),
