@@ -9,4 +9,7 @@ if (!existsSync(main)) {
   process.exit(1);
 }
 const { run } = await import(main.href);
-process.exitCode = await run(process.argv.slice(2));
+// Exit as soon as the command is done: a client socket still closing (an unreachable
+// metadata backend, a gRPC channel) must not keep a stopped command alive. Writes to
+// stdout/stderr are synchronous on Linux pipes and files, so nothing is cut short.
+process.exit(await run(process.argv.slice(2)));

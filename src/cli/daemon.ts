@@ -1,7 +1,7 @@
 // `kvferry daemon`: load the config, serve until SIGTERM or SIGINT, drain, exit 0.
 import { loadConfig, type ConfigInputs } from "../config/config.js";
 import { Daemon } from "../daemon/server.js";
-import { MetadataUnavailableError } from "../errors.js";
+import { ConfigError, MetadataUnavailableError } from "../errors.js";
 import { EXIT_METADATA } from "./exit-codes.js";
 import { ShutdownSignals } from "./lifecycle.js";
 import { createLogger } from "./logger.js";
@@ -19,8 +19,12 @@ export async function runDaemon(inputs: ConfigInputs): Promise<number> {
   );
   const daemon = new Daemon(config, log);
   try {
-    await daemon.start();
+    await daemon.start(signals.startup);
   } catch (err) {
+    if (err instanceof ConfigError) {
+      signals.dispose();
+      throw err; // main.ts: "invalid configuration", exit 2
+    }
     log.fatal({ err }, "cannot start");
     signals.dispose();
     return err instanceof MetadataUnavailableError ? EXIT_METADATA : 1;

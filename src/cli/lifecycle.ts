@@ -1,6 +1,8 @@
 // How every serving command ends. Signals are caught from before the command starts (a
 // SIGTERM that arrives between the readiness line and the end of start-up must not kill
-// the process with the default action), and acted on once it serves: the first SIGTERM
+// the process with the default action); one during start-up aborts `startup` (a start-up
+// that waits, e.g. for an unreachable metadata backend, gives up), a second exits at once;
+// once the command serves, the first SIGTERM
 // or SIGINT runs its `stop` (drain, close) and resolves the exit code — 0 after a clean
 // stop, 1 if stopping failed; a second signal while stopping exits 1 at once.
 import type { Logger } from "pino";
@@ -9,10 +11,22 @@ export class ShutdownSignals {
   /** A signal that came before until() was called. */
   #early: NodeJS.Signals | undefined;
   #onSignal: ((signal: NodeJS.Signals) => void) | undefined;
+  readonly #startup = new AbortController();
   readonly #handler = (signal: NodeJS.Signals) => {
-    if (this.#onSignal) this.#onSignal(signal);
-    else this.#early ??= signal;
+    if (this.#onSignal) return this.#onSignal(signal);
+    if (this.#early !== undefined) {
+      this.log.warn({ signal }, "second signal during start-up: exiting at once");
+      process.exit(1);
+    }
+    this.#early = signal;
+    this.log.info({ signal }, "signal during start-up: stopping once started");
+    this.#startup.abort(new Error(`interrupted by ${signal} during start-up`));
   };
+
+  /** Aborted by the first signal before the command serves: long start-up waits give up on it. */
+  get startup(): AbortSignal {
+    return this.#startup.signal;
+  }
 
   constructor(private readonly log: Logger) {
     process.on("SIGTERM", this.#handler);

@@ -29,7 +29,7 @@ function classify(server: string): MetadataBackend | undefined {
     case "redis": {
       // An optional /DB after the address, as redis URLs allow.
       const [address = "", db] = rest.split("/", 2);
-      return hostPortFromText(address) && (db === undefined || /^\d*$/.test(db)) ? "redis" : undefined;
+      return hostPortFromText(address) && (db === undefined || /^\d{0,9}$/.test(db)) ? "redis" : undefined;
     }
     case "http":
     case "https":

@@ -8,7 +8,13 @@ import { checkPeerAddress } from "./peers.js";
 /** What a node id may look like (config's node_id). */
 const NODE_ID = /^[\x21-\x7e]{1,256}$/;
 
-export type ResolvePeer = (target: string, field: string) => Promise<string>;
+/** The peer API address to call, and the node id it was resolved from (if it was). */
+export interface ResolvedPeer {
+  address: string;
+  nodeId?: string;
+}
+
+export type ResolvePeer = (target: string, field: string) => Promise<ResolvedPeer>;
 
 export function nodeResolver(registry: () => NodeRegistry | undefined): ResolvePeer {
   return async (target, field) => {
@@ -20,13 +26,13 @@ export function nodeResolver(registry: () => NodeRegistry | undefined): ResolveP
     if (nodes !== undefined) {
       try {
         const node = await nodes.lookup(target);
-        if (node !== undefined) return node.peerAddress;
+        if (node !== undefined) return { address: node.peerAddress, nodeId: node.nodeId };
       } catch (err) {
         lookupFailure = err as Error;
       }
     }
     // Something that was meant as an address (a port, a scheme, a path) is checked as one.
-    if (/:\d*$|\//.test(target)) return checkPeerAddress(target, field);
+    if (/:\d*$|\//.test(target)) return { address: checkPeerAddress(target, field) };
     if (lookupFailure !== undefined) {
       throw new UnavailableError(`${field}: cannot look node ${JSON.stringify(target)} up: ${lookupFailure.message}`);
     }

@@ -32,8 +32,19 @@ export function checkToken(metadata: Metadata, expected: Buffer): void {
   }
 }
 
+/** A refused peer is logged once a minute per address, not at every retry. */
+const REFUSED_LOG_EVERY_MS = 60_000;
+
 export function peerService(ctx: PeerContext): KvFerryPeerServer {
   const expected = digest(ctx.token);
+  const refusedAt = new Map<string, number>();
+  const warnRefused = (peer: string, path: string) => {
+    const now = Date.now();
+    if (now - (refusedAt.get(peer) ?? 0) < REFUSED_LOG_EVERY_MS) return;
+    if (refusedAt.size >= 1024) refusedAt.clear();
+    refusedAt.set(peer, now);
+    ctx.log.warn({ peer, path }, "peer refused: bad token (logged once a minute per peer)");
+  };
   const authed = <Req, Res>(handler: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res) =>
     (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
       Promise.resolve()
@@ -45,7 +56,7 @@ export function peerService(ctx: PeerContext): KvFerryPeerServer {
           (res) => callback(null, res),
           (err) => {
             const e = toGrpcError(err);
-            if (e.code === 7 /* PERMISSION_DENIED */) ctx.log.warn({ peer: call.getPeer(), path: call.getPath() }, "peer refused: bad token");
+            if (e.code === 7 /* PERMISSION_DENIED */) warnRefused(call.getPeer().replace(/:\d+$/, ""), call.getPath());
             else if (e.code === 13) ctx.log.error({ err, path: call.getPath() }, "internal error");
             callback(e);
           },

@@ -160,14 +160,15 @@ export class Daemon {
     return advertised(this.config.dataListen.host, this.engine.dataPort, this.config.dataAddress?.host);
   }
 
-  async start(): Promise<void> {
+  /** Binds, starts the engine and registers; `abort` (a signal during start-up) gives up waiting for the metadata backend. */
+  async start(abort?: AbortSignal): Promise<void> {
     this.#port = await bind(this.#server, this.config.listen, "client API");
     this.#peerPort = await bind(this.#peerServer, this.config.peerListen, "peer API");
     widenSessionWindows(this.#server, SESSION_WINDOW, this.log);
     if (this.config.listen.port === 0 && this.nodeId.endsWith(":0")) {
       this.nodeId = `${this.nodeId.slice(0, -2)}:${this.#port}`;
     }
-    await this.#register();
+    await this.#register(abort);
     this.#setHealth("SERVING");
     this.state = "serving";
     this.log.info(
@@ -222,17 +223,19 @@ export class Daemon {
    * Opens the metadata backend and publishes this node (retried per metadata_retry_ms).
    * @throws MetadataUnavailableError when it cannot; the servers are closed by then.
    */
-  async #register(): Promise<void> {
+  async #register(abort?: AbortSignal): Promise<void> {
     const metadata = this.config.metadata;
     const seeds = this.#seeds();
-    const registry = await openRegistry(metadata, this.log, { seeds, greet: this.#greet });
+    let registry: NodeRegistry | undefined;
     try {
-      await registerWithRetry(registry, this.#record(), metadata.retryMs, this.log);
+      registry = await openRegistry(metadata, this.log, { seeds, greet: this.#greet });
+      await registerWithRetry(registry, this.#record(), metadata.retryMs, this.log, abort);
     } catch (err) {
-      await registry.close();
+      await registry?.close();
       this.#server.forceShutdown();
       this.#peerServer.forceShutdown();
       this.engine.shutdown();
+      if (registry === undefined) throw err;
       const retried = metadata.retryMs > 0 ? ` (retried for ${metadata.retryMs} ms, metadata_retry_ms)` : "";
       // The backends' messages name themselves and what failed ("etcd at h:p: cannot register node …").
       throw new MetadataUnavailableError(`${(err as Error).message}${retried}`);

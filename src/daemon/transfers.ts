@@ -147,7 +147,8 @@ export class Transfers {
       if (seen.has(id)) throw new InvalidArgumentError(`transfer_ids[${i}]`, `${JSON.stringify(id)} is named twice`);
       seen.add(id);
     });
-    const address = await this.o.resolve(target, options.targetField ?? "target");
+    const field = options.targetField ?? "target";
+    const { address, nodeId } = await this.o.resolve(target, field);
     const leaseTtlMs = checkLeaseTtl(options.leaseTtlMs);
     const deadlineMs = options.deadlineMs || this.o.transferDeadlineMs;
     if (!Number.isInteger(deadlineMs) || deadlineMs < 0) {
@@ -157,6 +158,10 @@ export class Transfers {
     const outcomes = new Outcomes(ids);
     try {
       const peer = await this.o.peers.get(address, deadlineMs);
+      if (nodeId !== undefined && peer.hello.nodeId !== nodeId) {
+        // A stale record: another daemon now listens where the named node was.
+        throw new UnavailableError(`${field}: node ${JSON.stringify(nodeId)} is no longer at ${address} (node ${JSON.stringify(peer.hello.nodeId)} answers there)`);
+      }
       const keep = options.keepSource === true;
       // Chunks in flight together: one chunk's bytes move while the next is being
       // reserved and the previous committed.

@@ -9,6 +9,9 @@ import { NodeCache } from "./node-cache.js";
 import type { NodeRecord } from "./node.js";
 import type { NodeEvent, NodeRegistry, RegistryOptions } from "./registry.js";
 
+/** Nodes known at once; a Hello from one more is not learned (the cache must stay bounded). */
+const MAX_NODES = 1024;
+
 /** Greets the daemon whose peer API is at `peerAddress` with our record; resolves to its record. */
 export type Greet = (peerAddress: string, self: NodeRecord) => Promise<NodeRecord>;
 
@@ -21,6 +24,10 @@ export class EmbeddedRegistry implements NodeRegistry {
   #self: NodeRecord | undefined;
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
+  /** Peer addresses whose last greeting failed (warned once per outage). */
+  readonly #unanswered = new Set<string>();
+  /** Set while MAX_NODES are known (warned once). */
+  #full = false;
   #beating = false;
 
   constructor(
@@ -51,8 +58,26 @@ export class EmbeddedRegistry implements NodeRegistry {
   /** A node greeted us (the peer API's Hello): it is alive, with this record. */
   learn(node: NodeRecord): void {
     if (this.#closed || node.nodeId === this.#self?.nodeId) return;
+    if (!this.#cache.get(node.nodeId) && this.#lastSeen.size >= MAX_NODES) {
+      if (!this.#full) this.log.warn({ max: MAX_NODES, nodeId: node.nodeId }, "embedded registry full: not learning more nodes");
+      this.#full = true;
+      return;
+    }
+    // Whoever else was known at this peer address is not there any more.
+    for (const other of this.#cache.list()) {
+      if (other.peerAddress === node.peerAddress && other.nodeId !== node.nodeId && other.nodeId !== this.#self?.nodeId) {
+        this.#forget(other.nodeId, `node ${JSON.stringify(node.nodeId)} answers at its address`);
+      }
+    }
     this.#lastSeen.set(node.nodeId, Date.now());
     this.#cache.set(node);
+  }
+
+  #forget(nodeId: string, why: string): void {
+    this.#lastSeen.delete(nodeId);
+    this.#cache.delete(nodeId);
+    if (this.#lastSeen.size < MAX_NODES) this.#full = false;
+    this.log.info({ nodeId }, `node left (${why})`);
   }
 
   /** This node's record as it stands (what a Hello answers with). */
@@ -92,26 +117,26 @@ export class EmbeddedRegistry implements NodeRegistry {
     const known = this.#cache.list().filter((n) => n.nodeId !== self.nodeId);
     const addresses = new Set([...known.map((n) => n.peerAddress), ...this.options.seeds]);
     addresses.delete(self.peerAddress);
+    for (const address of this.#unanswered) if (!addresses.has(address)) this.#unanswered.delete(address);
     await Promise.all(
       [...addresses].map(async (address) => {
         try {
           const node = await this.greet(address, self);
           if (node.nodeId === self.nodeId) return; // a seed list that names this daemon
           if (!this.#cache.get(node.nodeId)) this.log.info({ nodeId: node.nodeId, peerAddress: address }, "node joined");
+          this.#unanswered.delete(address);
           this.learn(node);
         } catch (err) {
-          this.log.debug({ err, peerAddress: address }, "greeting a peer failed");
+          // Once per address and outage: a seed that is not up yet, or refuses our token.
+          if (!this.#unanswered.has(address)) this.log.warn({ peerAddress: address, err: (err as Error).message }, "a peer does not answer our greeting (retried every metadata_ttl_ms / 3)");
+          this.#unanswered.add(address);
         }
       }),
     );
     const now = Date.now();
     for (const node of known) {
-      const seen = this.#lastSeen.get(node.nodeId) ?? 0;
-      if (now - seen > this.options.ttlMs) {
-        this.#lastSeen.delete(node.nodeId);
-        this.#cache.delete(node.nodeId);
-        this.log.info({ nodeId: node.nodeId, silentMs: now - seen }, "node left (no answer within metadata_ttl_ms)");
-      }
+      const seen = this.#lastSeen.get(node.nodeId);
+      if (seen !== undefined && now - seen > this.options.ttlMs) this.#forget(node.nodeId, "no answer within metadata_ttl_ms");
     }
   }
 }

@@ -99,7 +99,13 @@ export function startMetadataServer(options: MetadataServerOptions, log: Logger)
   };
 
   const handle = (req: IncomingMessage, res: ServerResponse, expectsContinue = false) => {
-    const url = new URL(req.url ?? "/", "http://metadata");
+    let url: URL;
+    try {
+      url = new URL(req.url ?? "/", "http://metadata");
+    } catch {
+      // A request target no URL parser accepts ("//[" …): the client's mistake, not a crash.
+      return reply(res, 400, `malformed request target ${JSON.stringify(req.url)}`);
+    }
     if (url.pathname !== path) return reply(res, 404, `no such path: the metadata is served at ${path}?key=KEY`);
     const method = req.method ?? "";
     if (method !== "GET" && method !== "PUT" && method !== "DELETE") {

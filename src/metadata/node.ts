@@ -2,6 +2,7 @@
 //
 // Decoding is strict about what kvferry needs (ids and addresses) and lenient about the
 // rest, so a record written by a newer version with more fields still reads.
+import { hostPortFromText } from "../config/parse.js";
 
 export interface TransportInfo {
   /** "tcp" today; "rdma" once its transport lands. */
@@ -34,6 +35,18 @@ export function encodeNode(node: NodeRecord): string {
 }
 
 const isText = (v: unknown): v is string => typeof v === "string" && v.length > 0 && v.length <= 1024;
+const isNodeId = (v: unknown): v is string => typeof v === "string" && /^[\x21-\x7e]{1,256}$/.test(v);
+const MAX_TRANSPORTS = 8;
+const MAX_PARAMS = 32;
+
+/** At most MAX_PARAMS scalar parameters; anything else in a record's params is dropped. */
+function paramsOf(raw: unknown): TransportInfo["params"] {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return {};
+  const scalars = Object.entries(raw).filter(
+    ([k, v]) => k.length <= 128 && (typeof v === "number" || typeof v === "boolean" || (typeof v === "string" && v.length <= 1024)),
+  );
+  return Object.fromEntries(scalars.slice(0, MAX_PARAMS)) as TransportInfo["params"];
+}
 const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 
 /**
@@ -49,13 +62,19 @@ export function decodeNode(text: string): NodeRecord | Error {
   }
   if (typeof v !== "object" || v === null || Array.isArray(v)) return new Error("not a JSON object");
   const o = v as Record<string, unknown>;
-  for (const key of ["nodeId", "peerAddress", "dataAddress"] as const) {
-    if (!isText(o[key])) return new Error(`${key} is missing or not a non-empty string`);
+  if (!isNodeId(o.nodeId)) return new Error("nodeId is missing or not 1-256 printable characters without spaces");
+  // Only "host:port": a record decides where this daemon dials (and sends the cluster
+  // token), so nothing else — a unix: socket, a URL — may come out of a backend.
+  for (const key of ["peerAddress", "dataAddress"] as const) {
+    if (typeof o[key] !== "string" || hostPortFromText(o[key] as string) === undefined) {
+      return new Error(`${key} is missing or not "host:port"`);
+    }
   }
   const transports = Array.isArray(o.transports)
     ? o.transports
+        .slice(0, MAX_TRANSPORTS)
         .filter((t): t is Record<string, unknown> => typeof t === "object" && t !== null && isText((t as Record<string, unknown>).name))
-        .map((t) => ({ name: t.name as string, params: typeof t.params === "object" && t.params !== null ? (t.params as TransportInfo["params"]) : {} }))
+        .map((t) => ({ name: t.name as string, params: paramsOf(t.params) }))
     : [];
   return {
     nodeId: o.nodeId as string,

@@ -48,7 +48,13 @@ const MAX_BACKOFF_MS = 5_000;
  * registry.register(self), retried while `retryMs` allows.
  * @throws the last UnavailableError once the retry time is spent (at once when retryMs is 0).
  */
-export async function registerWithRetry(registry: NodeRegistry, self: NodeRecord, retryMs: number, log: Logger): Promise<void> {
+export async function registerWithRetry(
+  registry: NodeRegistry,
+  self: NodeRecord,
+  retryMs: number,
+  log: Logger,
+  abort?: AbortSignal,
+): Promise<void> {
   const giveUpAt = Date.now() + retryMs;
   let backoff = FIRST_BACKOFF_MS;
   for (let attempt = 1; ; attempt++) {
@@ -59,10 +65,24 @@ export async function registerWithRetry(registry: NodeRegistry, self: NodeRecord
     } catch (err) {
       const left = giveUpAt - Date.now();
       if (left <= 0) throw err;
+      if (abort?.aborted) throw new UnavailableError(`${(err as Error).message} (${(abort.reason as Error).message}, retrying stopped)`);
       const wait = Math.min(backoff, left);
       log.warn({ err, attempt, retryInMs: wait, metadata: registry.where }, "metadata backend unreachable: retrying");
-      await new Promise((resolve) => setTimeout(resolve, wait));
+      await sleep(wait, abort);
       backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
     }
   }
+}
+
+/** Resolves after `ms`, or at once when `abort` fires. */
+function sleep(ms: number, abort?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      abort?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    abort?.addEventListener("abort", done, { once: true });
+  });
 }

@@ -186,7 +186,7 @@ export class SimulatorServer {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const clientRequestId = req.headers["x-request-id"];
     if (typeof clientRequestId === "string" && clientRequestId !== "") res.setHeader("X-Request-Id", clientRequestId);
-    const path = new URL(req.url ?? "/", "http://simulator").pathname.replace(/\/+$/, "") || "/";
+    const path = (req.url ?? "/").split("?")[0]!.replace(/\/+$/, "") || "/";
     const route = ROUTES[path];
     if (route === undefined) {
       req.resume();

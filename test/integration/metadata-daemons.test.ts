@@ -2,10 +2,11 @@
 // through the same interface, see metadata-redis/-http): they register, find each other
 // by node id, survive the backend being killed and restarted, and refuse to start — or
 // wait, when told to — while it cannot be reached.
+import { spawn } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { spawnDaemon } from "../../src/cli/spawn-daemon.js";
 import { NotFoundError } from "../../src/errors.js";
-import { runCli, sleep } from "../helpers/daemon.js";
+import { BIN, runCli, sleep } from "../helpers/daemon.js";
 import { freePort, startEtcd, type EtcdServer } from "../helpers/etcd-server.js";
 import { TOKEN, entrySpec, expectAllOk, fetchHashes, putEntry, startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
 
@@ -125,6 +126,24 @@ describe("an unreachable backend at start-up", () => {
     expect(r.stdout).toContain(`etcd at 127.0.0.1:${dead}`);
     expect(r.stdout).toContain("cannot register");
   });
+
+  it("with metadata_retry_ms, stops retrying on SIGTERM instead of waiting the whole retry time", async () => {
+    const dead = await freePort();
+    const child = spawn(process.execPath, [BIN, "daemon", "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
+      "--kv-buffer-size", "64MiB", "--metadata-server", `127.0.0.1:${dead}`, "--metadata-ttl-ms", "2000", "--metadata-retry-ms", "60000"],
+    { env: { ...process.env, KVFERRY_CLUSTER_TOKEN: TOKEN, NO_PRETTY: "1" }, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    await until("the first retry", async () => out.includes("metadata backend unreachable: retrying"), 10_000);
+    const t0 = Date.now();
+    child.kill("SIGTERM");
+    const code = await Promise.race([exited, sleep(10_000).then(() => "still running")]);
+    if (code === "still running") child.kill("SIGKILL");
+    expect(code).toBe(3);
+    expect(Date.now() - t0).toBeLessThan(8_000);
+    expect(out).toContain("interrupted by SIGTERM during start-up");
+  }, 30_000);
 
   it("with metadata_retry_ms, keeps trying with backoff and serves once the backend comes up", async () => {
     const late = await startEtcd();

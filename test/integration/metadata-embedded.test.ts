@@ -171,6 +171,50 @@ describe("naming nodes by id", () => {
   });
 });
 
+describe("a node replaced at the same address", () => {
+  it("never sends a node's entries to another daemon that took its ports: the call fails naming both, nothing lands there", async () => {
+    const peerPort = await freePort();
+    const dataPort = await freePort();
+    const ttl = 15_000; // long: the stale record is still there when the transfer runs
+    const start = (id: string, peers: string[] = []) =>
+      startPeerDaemon({
+        bufferSize: "128MiB",
+        args: ["--node-id", id, "--metadata-ttl-ms", String(ttl), ...peers.flatMap((p) => ["--peer", p])],
+      });
+    const p = await start("emb-p");
+    started.push(p);
+    const d = await startDaemon(
+      ["--node-id", "emb-d", "--metadata-ttl-ms", String(ttl), "--cluster-token", TOKEN, "--kv-buffer-size", "128MiB",
+        "--peer-listen", `127.0.0.1:${peerPort}`, "--data-listen", `127.0.0.1:${dataPort}`, "--peer", p.peerAddress],
+    );
+    await expectNodes(p, ["emb-d", "emb-p"], 3_000);
+    d.proc.child.kill("SIGKILL");
+    await d.proc.exited;
+    await d.stop();
+    // Another node takes d's ports and does not greet p: p still holds d's record.
+    const z = await startDaemon(
+      ["--node-id", "emb-z", "--metadata-ttl-ms", String(ttl), "--cluster-token", TOKEN, "--kv-buffer-size", "128MiB",
+        "--peer-listen", `127.0.0.1:${peerPort}`, "--data-listen", `127.0.0.1:${dataPort}`],
+    );
+    const zPeer = Object.assign(z, { peerAddress: z.proc.peerAddress, dataAddress: z.proc.dataAddress });
+    started.push(zPeer);
+    const spec = entrySpec("emb-stale", [64 * 1024]);
+    const hashes = await putEntry(p.client, spec);
+    const res = await p.client.batchTransfer([spec.id], "emb-d", "push").then((r) => r.results[0]!, (e: Error) => e);
+    if (res instanceof Error) {
+      expect(res).toBeInstanceOf(NotFoundError); // p's heartbeat already learnt that emb-z answers there
+    } else {
+      expect(res.code).not.toBe(0);
+      expect(res.message).toContain('node "emb-d" is no longer at');
+      expect(res.message).toContain('"emb-z"');
+    }
+    await expect(zPeer.client.stat(spec.id)).rejects.toBeInstanceOf(NotFoundError);
+    expect(await fetchHashes(p.client, spec.id)).toEqual(hashes);
+    // And within a heartbeat p learns who answers at that address now.
+    await expectNodes(p, ["emb-p", "emb-z"], 10_000);
+  }, 60_000);
+});
+
 describe("kvferry status", () => {
   it("prints the nodes the local daemon knows as a table and as JSON", async () => {
     const a = await node("emb-a5");

@@ -5,6 +5,7 @@
 // undecodable records), with the node index checked along the way, then what is http's
 // own: an index that a concurrent write lost an entry from, or that does not decode.
 import { pino } from "pino";
+import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { HttpRegistry } from "../../src/metadata/http.js";
 import { nodeKey } from "../../src/metadata/registry.js";
@@ -34,6 +35,19 @@ describe("kvferry metadata-server", () => {
   it("logs the URL it serves once listening, on the port it picked", () => {
     expect(server.port).toBeGreaterThan(0);
     expect(server.url).toBe(`http://127.0.0.1:${server.port}/metadata`);
+  });
+
+  it("answers a request target no URL parser accepts with 400, and keeps serving (and its records)", async () => {
+    expect((await fetch(keyUrl(server.url, "survivor"), { method: "PUT", body: "still here" })).status).toBe(200);
+    const reply = await new Promise<string>((resolve, reject) => {
+      const socket = connect(server.port, "127.0.0.1", () => socket.write("GET //[ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+      let got = "";
+      socket.on("data", (d) => (got += d));
+      socket.on("end", () => resolve(got));
+      socket.on("error", reject);
+    });
+    expect(reply).toMatch(/^HTTP\/1\.1 400 /);
+    expect(await (await fetch(keyUrl(server.url, "survivor"))).text()).toBe("still here");
   });
 
   it("answers GET / PUT / DELETE with ?key=, 404 for an absent key", async () => {

@@ -684,6 +684,13 @@ describe("metadata server", () => {
     expectRefused(() => load({ config: path }), { source: path, key, value, expected });
   });
 
+  it("refuses a redis database number that is not a small whole number", () => {
+    const path = configFile({ metadata_server: "redis://127.0.0.1:6379/99999999999999999999" });
+    expectRefused(() => load({ config: path }), {
+      source: path, key: "metadata_server", value: "redis://127.0.0.1:6379/99999999999999999999", expected: "redis://HOST:PORT",
+    });
+  });
+
   it("refuses a metadata_backend that disagrees with the metadata_server, naming both", () => {
     const path = configFile({ metadata_backend: "redis", metadata_server: "192.168.0.139:2379" });
     expectRefused(() => load({ config: path }), {
