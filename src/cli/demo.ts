@@ -8,6 +8,7 @@
 // side by side; stops every process and checks they all exited 0. Exit code 0 only if
 // every request succeeded with the reference's output and every process stopped cleanly.
 import { DemoCluster } from "../demo/cluster.js";
+import { MiB, size } from "../config/parse.js";
 import { ConfigError } from "../errors.js";
 import { bytes, metricSum, percentile, progressBar, table } from "../demo/report.js";
 import { makeRequests, runAll, type DemoResult } from "../demo/workload.js";
@@ -30,8 +31,16 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const out = (s: string) => process.stdout.write(`${s}\n`);
   out(`kvferry demo: disaggregated prefill/decode on 127.0.0.1 with engine simulators (no GPU)`);
   const demo = new DemoCluster();
-  const stopOnSignal = () => void demo.stop().then(() => process.exit(130));
-  process.once("SIGINT", stopOnSignal);
+  // Any way of being stopped stops the children first (they were tracked from their spawn).
+  const stopOnSignal = (signal: NodeJS.Signals) => {
+    out(`\n${signal}: stopping the demo's processes`);
+    void demo.stop().then((codes) => {
+      out(`stopped ${codes.length} processes`);
+      process.exit(128 + (signal === "SIGINT" ? 2 : signal === "SIGHUP" ? 1 : 15));
+    });
+  };
+  const SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  for (const signal of SIGNALS) process.once(signal, stopOnSignal);
   let ok = true;
   try {
     const c = await demo.start({
@@ -55,7 +64,10 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const identical = disaggregated.filter((r, i) => r.ok && reference[i]!.ok && r.text === reference[i]!.text);
     const moved = o.transfer === "push" ? metricSum(metrics, "kvferry_proxy_kv_transfer_bytes_total") : sentAfter - sentBefore;
     const transferSeconds = metricSum(metrics, "kvferry_proxy_kv_transfer_seconds_sum");
-    const ttfb = (rs: DemoResult[], p: number) => `${percentile(rs.filter((r) => r.ok).map((r) => r.ttfbMs), p).toFixed(1)} ms`;
+    const ttfb = (rs: DemoResult[], p: number) => {
+      const ok = rs.filter((r) => r.ok).map((r) => r.ttfbMs);
+      return ok.length === 0 ? "—" : `${percentile(ok, p).toFixed(1)} ms`;
+    };
     out("");
     out(
       table([
@@ -79,7 +91,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     out(`demo failed: ${(err as Error).message}`);
     ok = false;
   } finally {
-    process.off("SIGINT", stopOnSignal);
+    for (const signal of SIGNALS) process.off(signal, stopOnSignal);
     const codes = await demo.stop();
     const clean = codes.every((c) => c.code === 0);
     out(`\nstopped ${codes.length} processes: ${codes.map((c) => `${c.name} ${c.code}`).join(", ")}`);
@@ -139,6 +151,14 @@ Flags:
 ${flagHelp(FLAGS)}
 `;
 
+/** --kv-buffer-size as the daemons will read it (checked here, so a bad one is exit 2 before anything starts). */
+function bufferSize(raw: unknown): string {
+  if (raw === undefined) return DEMO_DEFAULTS.kvBufferSize;
+  const parsed = size(64 * MiB)(raw, true);
+  if (!parsed.ok) throw new ConfigError("--kv-buffer-size", "kv-buffer-size", raw, parsed.expected);
+  return String(raw);
+}
+
 /** The demo's flags, checked: a bad one is a ConfigError naming it (exit 2). */
 function demoOptions(v: FlagValues): DemoOptions {
   const count = (flag: string, fallback: number, max: number) => {
@@ -157,7 +177,7 @@ function demoOptions(v: FlagValues): DemoOptions {
     concurrency: count("concurrency", DEMO_DEFAULTS.concurrency, 256),
     maxPromptWords: count("max-prompt-words", DEMO_DEFAULTS.maxPromptWords, 8_192),
     transfer,
-    kvBufferSize: typeof v["kv-buffer-size"] === "string" ? v["kv-buffer-size"] : DEMO_DEFAULTS.kvBufferSize,
+    kvBufferSize: bufferSize(v["kv-buffer-size"]),
   };
 }
 

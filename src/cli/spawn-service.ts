@@ -31,6 +31,8 @@ export interface SpawnOptions {
   startTimeoutMs?: number;
   /** Extra node flags, e.g. ["--cpu-prof"] for profiling. */
   nodeArgs?: string[];
+  /** Told of the child as soon as it exists (before it is ready), e.g. to stop it on any exit path. */
+  onSpawn?: (child: ChildProcess) => void;
 }
 
 /** Runs `kvferry <command> ...args` and resolves once it logs `ready`. */
@@ -39,6 +41,7 @@ export function spawnService(command: string, args: string[], ready: string, opt
     env: { ...process.env, NO_PRETTY: "1", ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  options.onSpawn?.(child);
   const logs: Record<string, unknown>[] = [];
   let stderr = "";
   child.stderr!.on("data", (d) => (stderr += d));

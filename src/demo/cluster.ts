@@ -1,8 +1,10 @@
 // The demo's cluster on one machine: two daemons (TCP over loopback), a prefill and a
 // decode simulator each beside its own daemon, the proxy in front of them, and a
-// non-disaggregated (`both`) simulator as the reference. Every process is a real child;
-// stop() ends them all (SIGTERM, then SIGKILL after a bound) and reports their exit codes,
-// and a process exit or a signal while it runs takes them down too: nothing is left behind.
+// non-disaggregated (`both`) simulator as the reference. Every process is a real child,
+// tracked from the moment it is spawned (not when it is ready), so that stop() — called on
+// success, on failure and on SIGINT/SIGTERM/SIGHUP by the demo — ends each one (SIGTERM,
+// then SIGKILL after a bound) and reports its exit code; a process exit kills any left.
+import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { spawnDaemon, type SpawnedDaemon } from "../cli/spawn-daemon.js";
 import { spawnProxy, type SpawnedProxy } from "../proxy/spawn.js";
@@ -30,31 +32,50 @@ export interface Cluster {
   proxyUrl: string;
 }
 
-type Stoppable = { stop(killAfterMs?: number): Promise<number | null>; child: { kill(signal: NodeJS.Signals): boolean } };
-
-/** The processes started so far, newest last; stopped in reverse order. */
+/** Every child started so far, from the moment it exists; stopped in reverse order. */
 class Processes {
-  readonly #all: { name: string; p: Stoppable }[] = [];
+  readonly #all: { name: string; child: ChildProcess }[] = [];
   readonly #onExit = () => {
-    for (const { p } of this.#all) p.child.kill("SIGKILL");
+    for (const { child } of this.#all) child.kill("SIGKILL");
   };
 
   constructor() {
     process.once("exit", this.#onExit);
   }
 
-  add<T extends Stoppable>(name: string, p: T): T {
-    this.#all.push({ name, p });
-    return p;
+  /** A SpawnOptions.onSpawn that records the child under `name`. */
+  track(name: string): (child: ChildProcess) => void {
+    return (child) => this.#all.push({ name, child });
   }
 
-  /** SIGTERM to each (newest first, so the proxy goes before what it calls); exit codes by name. */
+  /**
+   * SIGTERM to each still running (newest first, so the proxy goes before what it calls),
+   * SIGKILL after 10 s; their exit codes by name (null: killed by a signal).
+   */
   async stopAll(): Promise<{ name: string; code: number | null }[]> {
     const codes: { name: string; code: number | null }[] = [];
-    for (const { name, p } of [...this.#all].reverse()) codes.push({ name, code: await p.stop(10_000) });
+    for (const { name, child } of [...this.#all].reverse()) codes.push({ name, code: await stop(child) });
     process.off("exit", this.#onExit);
     return codes.reverse();
   }
+}
+
+async function stop(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  child.kill("SIGTERM");
+  const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  const code = await exited;
+  clearTimeout(kill);
+  return code;
+}
+
+/** The values of promises that all fulfilled; else the first rejection (after all settled). */
+async function all<T extends unknown[]>(promises: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const settled = await Promise.allSettled(promises);
+  const failed = settled.find((r) => r.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as T;
 }
 
 export class DemoCluster {
@@ -67,25 +88,28 @@ export class DemoCluster {
       "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
       "--kv-buffer-size", o.bufferSize, "--node-id", id,
     ];
-    const [prefillDaemon, decodeDaemon] = await Promise.all([
-      spawnDaemon(daemonArgs("prefill-node"), { env }).then((d) => this.#processes.add("prefill daemon", d)),
-      spawnDaemon(daemonArgs("decode-node"), { env }).then((d) => this.#processes.add("decode daemon", d)),
+    const p = this.#processes;
+    const [prefillDaemon, decodeDaemon] = await all<[SpawnedDaemon, SpawnedDaemon]>([
+      spawnDaemon(daemonArgs("prefill-node"), { env, onSpawn: p.track("prefill daemon") }),
+      spawnDaemon(daemonArgs("decode-node"), { env, onSpawn: p.track("decode daemon") }),
     ]);
     o.say(`daemons        prefill-node ${prefillDaemon.address} (data ${prefillDaemon.dataAddress}), decode-node ${decodeDaemon.address} (data ${decodeDaemon.dataAddress}), ${o.bufferSize} pools`);
-    const sim = (role: string, daemon?: SpawnedDaemon) =>
-      spawnSimulator(["--role", role, "--listen", "127.0.0.1:0", ...(daemon ? ["--daemon", daemon.address] : []), ...o.simulatorArgs]);
-    const [prefill, decode, reference] = await Promise.all([
-      sim("prefill", prefillDaemon).then((s) => this.#processes.add("prefill simulator", s)),
-      sim("decode", decodeDaemon).then((s) => this.#processes.add("decode simulator", s)),
-      sim("both").then((s) => this.#processes.add("reference simulator", s)),
+    const sim = (role: string, name: string, daemon?: SpawnedDaemon) =>
+      spawnSimulator(["--role", role, "--listen", "127.0.0.1:0", ...(daemon ? ["--daemon", daemon.address] : []), ...o.simulatorArgs], {
+        onSpawn: p.track(name),
+      });
+    const [prefill, decode, reference] = await all<[SpawnedSimulator, SpawnedSimulator, SpawnedSimulator]>([
+      sim("prefill", "prefill simulator", prefillDaemon),
+      sim("decode", "decode simulator", decodeDaemon),
+      sim("both", "reference simulator"),
     ]);
     o.say(`simulators     prefill ${prefill.url}, decode ${decode.url}, non-disaggregated reference ${reference.url}`);
-    const proxy = this.#processes.add(
-      "proxy",
-      await spawnProxy([
+    const proxy = await spawnProxy(
+      [
         "--listen", "127.0.0.1:0", "--transfer", o.transfer,
         "--prefill", `${prefill.url}=${prefillDaemon.address}`, "--decode", `${decode.url}=${decodeDaemon.address}`,
-      ]),
+      ],
+      { onSpawn: p.track("proxy") },
     );
     const proxyUrl = proxy.url;
     o.say(`proxy          ${proxyUrl} (KV moves by ${o.transfer.toUpperCase()})`);

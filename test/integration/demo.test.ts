@@ -50,10 +50,37 @@ describe("kvferry demo", () => {
     expect([...seen].filter(alive), "processes left behind").toEqual([]);
   }, 120_000);
 
+  it.each(["SIGTERM", "SIGINT"] as const)("stopped by %s mid-run (or during start-up), stops every child it started", async (signal) => {
+    for (const afterMs of [300, 4_000]) {
+      const child = spawn(process.execPath, [BIN, "demo", "--requests", "400", "--kv-buffer-size", "256MiB"], { stdio: ["ignore", "pipe", "pipe"] });
+      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+      const seen = new Set<number>();
+      const t0 = Date.now();
+      while (Date.now() - t0 < afterMs) {
+        for (const pid of childrenOf(child.pid!)) seen.add(pid);
+        await sleep(50);
+      }
+      child.kill(signal);
+      let done = false;
+      void exited.then(() => (done = true));
+      const deadline = Date.now() + 30_000;
+      while (!done && Date.now() < deadline) {
+        for (const pid of childrenOf(child.pid!)) seen.add(pid);
+        await sleep(50);
+      }
+      expect(await exited, `exit after ${signal} at ${afterMs} ms`).toBe(signal === "SIGINT" ? 130 : 143);
+      await sleep(200);
+      expect([...seen].filter(alive), `processes left behind after ${signal} at ${afterMs} ms`).toEqual([]);
+    }
+  }, 90_000);
+
   it("refuses a bad flag with exit 2, naming it", async () => {
     const r = await runCli(["demo", "--requests", "0"]);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("--requests");
     expect(r.stderr).toContain("an integer from 1 to 10000");
+    const size = await runCli(["demo", "--kv-buffer-size", "lots"]);
+    expect(size.code).toBe(2);
+    expect(size.stderr).toContain("--kv-buffer-size");
   });
 });
