@@ -142,6 +142,11 @@ async function prefill(o: RoleOptions, req: RoleRequest): Promise<RoleOutcome> {
     if (err instanceof ApiError) throw err;
     throw putFailure(daemon, transferId, err);
   }
+  if (req.signal.aborted) {
+    // The client left while the last layers went in: nobody will decode this entry.
+    daemon.client.release(transferId, { timeoutMs: 5000 }).catch(() => undefined);
+    throw new ApiError(499, `transfer ${transferId}: the client went away during prefill`);
+  }
   o.metrics.kvEntriesPut++;
   // Fields this instance does not know are kept, for the decode side.
   const params: Record<string, unknown> = {
@@ -223,7 +228,7 @@ async function decode(o: RoleOptions, req: RoleRequest): Promise<RoleOutcome> {
   if (source === identity.nodeId || source === identity.peerAddress) source = undefined;
 
   const parts = await fetchEntry(o, daemon, transferId, source);
-  const digest = checkKv(o.layout, req.tokens, transferId, parts);
+  const digest = await checkKv(o.layout, req.tokens, transferId, parts);
   o.metrics.kvEntriesGot++;
   return { kvDigest: digest, transferId };
 }
@@ -274,7 +279,7 @@ async function fetchEntry(o: RoleOptions, daemon: DaemonLink, transferId: string
  * Checks that `parts` are exactly the prompt's layers with their sizes and that every byte
  * equals what the prompt gives; returns the digest of the received bytes.
  */
-function checkKv(layout: KvLayout, tokens: Uint32Array, transferId: string, parts: Map<string, Buffer>): Buffer {
+async function checkKv(layout: KvLayout, tokens: Uint32Array, transferId: string, parts: Map<string, Buffer>): Promise<Buffer> {
   const size = layerSize(layout, tokens.length);
   const expected = Array.from({ length: layout.layers }, (_, i) => partName(i));
   const missing = expected.filter((name) => !parts.has(name));
@@ -290,6 +295,9 @@ function checkKv(layout: KvLayout, tokens: Uint32Array, transferId: string, part
   }
   const digest = new KvDigest();
   for (let i = 0; i < layout.layers; i++) {
+    // One layer at a time, letting other requests (and /health) run in between: a large
+    // KV would otherwise hold the event loop for a second.
+    if (i > 0) await new Promise((resolve) => setImmediate(resolve));
     const got = parts.get(partName(i))!;
     if (got.length !== size) {
       throw kvError(
