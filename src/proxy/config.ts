@@ -5,7 +5,7 @@
 // hard-coded: instances and their daemons come only from the command line.
 import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
-import { durationMs, formatHostPort, hostPortFromText, listenAddress, size, type HostPort } from "../config/parse.js";
+import { durationMs, formatHostPort, hostPortFromText, integer, listenAddress, size, type HostPort } from "../config/parse.js";
 import type { LogLevel } from "../config/config.js";
 
 export type Role = "prefill" | "decode";
@@ -39,7 +39,10 @@ export interface ProxyConfig {
   prefillTimeoutMs: number;
   /** Decode: time to the response headers, and the longest silence between two body chunks. */
   decodeTimeoutMs: number;
-  /** Deadline of one BatchTransfer (push) and the KV wait the decode side is given. */
+  /**
+   * Deadline of one BatchTransfer (push). The decode side's wait for the KV is its
+   * engine's own setting (e.g. `kvferry simulate --kv-wait-ms`); the proxy sends none.
+   */
   transferDeadlineMs: number;
   forwardAuthorization: boolean;
   /** Largest request body accepted (413 above). */
@@ -79,6 +82,8 @@ export const PROXY_DEFAULTS = {
   logLevel: "info" as LogLevel,
 };
 
+/** Health checks more often than this would load the instances for no gain. */
+export const MIN_HEALTH_INTERVAL_MS = 100;
 const POLICIES: readonly PolicyName[] = ["round-robin", "least-outstanding"];
 const TRANSFERS: readonly TransferMode[] = ["push", "pull", "none"];
 const LOG_LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
@@ -199,9 +204,9 @@ function choice<T extends string>(field: keyof ProxyInputs, raw: string | undefi
   throw origins.refuse(field, raw, `one of ${choices.join(" | ")}`);
 }
 
-function ms(field: keyof ProxyInputs, raw: string | undefined, fallback: number, origins: Origins): number {
+function ms(field: keyof ProxyInputs, raw: string | undefined, fallback: number, origins: Origins, min = 1): number {
   if (raw === undefined) return fallback;
-  const parsed = durationMs(raw, true);
+  const parsed = min === 1 ? durationMs(raw, true) : integer(min, 2 ** 31 - 1, "milliseconds")(raw, true);
   if (!parsed.ok) throw origins.refuse(field, raw, parsed.expected);
   return parsed.value;
 }
@@ -228,7 +233,7 @@ export function loadProxyConfig(flags: ProxyInputs, file?: string): ProxyConfig 
     if (!parsed.ok) throw origins.refuse("maxBodyBytes", inputs.maxBodyBytes, parsed.expected);
     maxBodyBytes = parsed.value;
   }
-  const healthIntervalMs = ms("healthIntervalMs", inputs.healthIntervalMs, PROXY_DEFAULTS.healthIntervalMs, origins);
+  const healthIntervalMs = ms("healthIntervalMs", inputs.healthIntervalMs, PROXY_DEFAULTS.healthIntervalMs, origins, MIN_HEALTH_INTERVAL_MS);
   return {
     listen: listen.value,
     prefill: instances("prefill", inputs.prefill, transfer, origins),

@@ -4,15 +4,17 @@
 //   POST /v1/completions, /v1/chat/completions   request-flow.ts
 //   GET  /v1/models    the union of the healthy instances' models, deduplicated by id
 //   GET  /health       200 when a prefill and a decode instance are healthy, else 503,
-//                      with every instance's state
+//                      with every instance's state; 503 once the proxy is shutting down
 //   GET  /metrics      Prometheus text
 //
 // Every answer carries X-Request-Id: the client's (when it is printable ASCII of at most
-// 256 characters) or a minted one. Bodies are bounded (413), must be a JSON object (400);
-// other paths are 404 and other methods 405. A handler that throws answers 500: no input
-// takes the process down.
+// 256 characters) or a minted one. Bodies are bounded (413), must be a JSON object nested
+// at most MAX_JSON_DEPTH deep (400); other paths are 404 and other methods 405. A handler
+// that throws answers 500: no input takes the process down. Once shutdown starts, every
+// answer closes its connection and a new completion is answered 503 (shutting_down).
 import { randomUUID } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import type { ProxyConfig } from "./config.js";
 import type { Instance, InstancePool } from "./instances.js";
@@ -25,6 +27,7 @@ import {
   methodNotAllowed,
   noHealthyInstance,
   notFound,
+  shuttingDown,
   upstreamUnreachable,
   type Outcome,
 } from "./openai-errors.js";
@@ -33,6 +36,8 @@ import { writeError, writeJson } from "./respond.js";
 import { fetchAll } from "./upstream.js";
 
 const REQUEST_ID = /^[\x21-\x7e]{1,256}$/;
+/** Deepest nesting of arrays and objects accepted in a request body. */
+export const MAX_JSON_DEPTH = 128;
 const COMPLETIONS: Record<string, CompletionRoute | undefined> = { "/v1/completions": "completions", "/v1/chat/completions": "chat" };
 
 export interface FrontDoorDeps {
@@ -41,47 +46,72 @@ export interface FrontDoorDeps {
   flow: RequestFlow;
   metrics: ProxyMetrics;
   log: Logger;
+  /** Whether shutdown has started. */
+  draining: () => boolean;
 }
 
-/** Counts the requests being served, so that a drain knows when it is done. */
+/** The requests being served, so that a drain knows when it is done. */
 export class InFlight {
-  #count = 0;
+  readonly #responses = new Set<ServerResponse>();
   #idle: (() => void)[] = [];
 
   get count(): number {
-    return this.#count;
+    return this.#responses.size;
   }
 
-  enter(): void {
-    this.#count++;
+  enter(res: ServerResponse): void {
+    this.#responses.add(res);
   }
 
-  leave(): void {
-    if (--this.#count === 0) for (const wake of this.#idle.splice(0)) wake();
+  leave(res: ServerResponse): void {
+    if (this.#responses.delete(res) && this.#responses.size === 0) for (const wake of this.#idle.splice(0)) wake();
+  }
+
+  /** Makes every answer not yet started close its connection when it ends (at shutdown). */
+  closeAfterAnswers(): void {
+    for (const res of this.#responses) if (!res.headersSent) res.setHeader("connection", "close");
   }
 
   /** Resolves when nothing is in flight. */
   idle(): Promise<void> {
-    return this.#count === 0 ? Promise.resolve() : new Promise((resolve) => this.#idle.push(resolve));
+    return this.#responses.size === 0 ? Promise.resolve() : new Promise((resolve) => this.#idle.push(resolve));
   }
 }
 
 export function createFrontDoor(deps: FrontDoorDeps, inFlight: InFlight): http.Server {
   const server = http.createServer((req, res) => {
-    inFlight.enter();
+    inFlight.enter(res);
     handle(deps, req, res)
       .catch((err) => {
         deps.log.error({ err }, "request handler failed");
         writeError(res, internalError((err as Error).message));
         if (!res.writableEnded) res.destroy();
       })
-      .finally(() => inFlight.leave());
+      .finally(() => inFlight.leave(res));
   });
   // Bounds on a client's own slowness: the request line and headers, then the whole body.
   server.headersTimeout = 30_000;
   server.requestTimeout = 120_000;
+  // A client error (a malformed request, headers too large, too slow, a reset) is the
+  // client's problem, not ours: answered as Node would answer it, then the connection closes.
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => {
+    deps.log.debug({ err: err.message, code: err.code }, "client error");
+    const answering = (socket as Duplex & { _httpMessage?: ServerResponse })._httpMessage;
+    if (err.code === "ECONNRESET" || !socket.writable || answering?.headersSent === true) {
+      socket.destroy();
+      return;
+    }
+    const status = CLIENT_ERROR_STATUS[err.code ?? ""] ?? "400 Bad Request";
+    socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+  });
   return server;
 }
+
+/** The status line of a client error, by Node's error code (400 for the others). */
+const CLIENT_ERROR_STATUS: Record<string, string | undefined> = {
+  ERR_HTTP_REQUEST_TIMEOUT: "408 Request Timeout",
+  HPE_HEADER_OVERFLOW: "431 Request Header Fields Too Large",
+};
 
 type RouteName = CompletionRoute | "models" | "health" | "metrics" | "other";
 
@@ -89,7 +119,12 @@ async function handle(deps: FrontDoorDeps, req: IncomingMessage, res: ServerResp
   const startedAt = performance.now();
   const given = req.headers["x-request-id"];
   const requestId = typeof given === "string" && REQUEST_ID.test(given) ? given : `req-${randomUUID()}`;
+  if (given !== undefined && requestId !== given) {
+    deps.log.debug({ given: String(given).slice(0, 300), requestId }, "X-Request-Id is not 1-256 printable ASCII characters: replaced");
+  }
   res.setHeader("x-request-id", requestId);
+  // Shutting down: nothing more on this connection after this answer.
+  if (deps.draining()) res.setHeader("connection", "close");
   const path = (req.url ?? "/").split("?")[0]!;
   const completion = COMPLETIONS[path];
   const route: RouteName =
@@ -133,12 +168,18 @@ async function dispatch(deps: FrontDoorDeps, req: IncomingMessage, res: ServerRe
     case "completions":
     case "chat": {
       if (req.method !== "POST") throw allow("POST");
-      const body = await readJsonObject(req, deps.config.maxBodyBytes);
+      if (deps.draining()) {
+        drain(req);
+        throw shuttingDown();
+      }
       const abort = new AbortController();
-      // The client going away (before the answer ended) abandons every upstream call.
+      // The client going away (before the answer ended) abandons every upstream call; one
+      // gone by the time its body is read costs no prefill.
       res.on("close", () => {
         if (!res.writableFinished) abort.abort();
       });
+      const body = await readJsonObject(req, deps.config.maxBodyBytes);
+      if (abort.signal.aborted || req.socket.destroyed) return { status: 499, outcome: "aborted" };
       const authorization = req.headers.authorization;
       return deps.flow.run({
         requestId: r.requestId, route: r.route, path: r.path, body, authorization,
@@ -155,9 +196,10 @@ async function dispatch(deps: FrontDoorDeps, req: IncomingMessage, res: ServerRe
     case "health": {
       if (req.method !== "GET" && req.method !== "HEAD") throw allow("GET, HEAD");
       drain(req);
-      const ready = deps.pool.ready();
+      const draining = deps.draining();
+      const ready = !draining && deps.pool.ready();
       writeJson(res, ready ? 200 : 503, {
-        status: ready ? "ok" : "unavailable",
+        status: ready ? "ok" : draining ? "draining" : "unavailable",
         transfer: deps.config.transfer,
         policy: deps.config.policy,
         ...deps.pool.report(),
@@ -181,6 +223,30 @@ async function dispatch(deps: FrontDoorDeps, req: IncomingMessage, res: ServerRe
 /** Discards a body nobody needs, so that the connection can be reused. */
 function drain(req: IncomingMessage): void {
   req.resume();
+}
+
+/**
+ * Where `json` nests arrays and objects deeper than `max` (the offset of the bracket that
+ * does), or -1. Bytes, not characters: in UTF-8 every byte of a multi-byte character is
+ * above 0x7f, so brackets, quotes and backslashes are always themselves.
+ */
+export function tooDeep(json: Buffer, max: number): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < json.length; i++) {
+    const c = json[i]!;
+    if (inString) {
+      if (c === 0x5c /* \ */) i++;
+      else if (c === 0x22 /* " */) inString = false;
+    } else if (c === 0x22) {
+      inString = true;
+    } else if (c === 0x5b /* [ */ || c === 0x7b /* { */) {
+      if (++depth > max) return i;
+    } else if (c === 0x5d /* ] */ || c === 0x7d /* } */) {
+      depth--;
+    }
+  }
+  return -1;
 }
 
 /** Reads the body (at most `limit` bytes) and parses it as a JSON object. */
@@ -222,9 +288,15 @@ function readJsonObject(req: IncomingMessage, limit: number): Promise<Record<str
         reject(badRequest("a JSON request body is required", "missing_body"));
         return;
       }
+      const raw = Buffer.concat(chunks, size);
+      const deep = tooDeep(raw, MAX_JSON_DEPTH);
+      if (deep >= 0) {
+        reject(badRequest(`the request body nests arrays and objects more than ${MAX_JSON_DEPTH} deep (at byte ${deep})`, "invalid_json"));
+        return;
+      }
       let parsed: unknown;
       try {
-        parsed = JSON.parse(Buffer.concat(chunks, size).toString("utf8"));
+        parsed = JSON.parse(raw.toString("utf8"));
       } catch (err) {
         reject(badRequest(`the request body is not valid JSON: ${(err as Error).message}`, "invalid_json"));
         return;

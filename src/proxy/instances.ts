@@ -2,14 +2,20 @@
 //
 // An instance's health is a small state machine:
 //
-//   unknown ──check ok──▶ healthy ──check fails / connection refused or reset──▶ unhealthy
-//      └────check fails─────────────────▶ unhealthy ──check ok──▶ healthy
+//   unknown ──check ok──▶ healthy ◀──check ok── unhealthy / down
+//   any ──check fails, or a request's connection was reset──▶ unhealthy
+//   any ──its connection refused (by a check or a request)──▶ down
 //
 // A check is GET <url>/health (200 within the timeout) and, when the proxy moves KV
 // (push / pull), a successful refresh of the node's daemon (its node id and peer address).
-// Checks run at start-up and then every health interval, one round at a time. A request
-// that cannot reach an instance marks it unhealthy at once, so that the next request goes
-// elsewhere; the next good check restores it. Each transition is logged once.
+// Checks run at start-up and then every health interval, one round at a time. A check's
+// success that started before the instance's latest request failure is ignored (it says
+// nothing about what happened since). Each transition is logged once.
+//
+// Choosing (fail open): a healthy instance when the role has one; else an unhealthy or
+// unknown one, since a failed check or one reset is no proof that the next request fails;
+// never one that is down. Per-request trouble (a timeout, a stream that broke off or went
+// silent) changes nothing: one slow request must not take the only decode out of service.
 import type { Logger } from "pino";
 import type { InstanceSpec, ProxyConfig, Role } from "./config.js";
 import type { DaemonDirectory, DaemonLink } from "./daemons.js";
@@ -17,14 +23,19 @@ import type { ProxyMetrics } from "./metrics.js";
 import { createPolicy, type Policy } from "./policies.js";
 import { fetchAll, UpstreamError } from "./upstream.js";
 
-export type Health = "unknown" | "healthy" | "unhealthy";
+export type Health = "unknown" | "healthy" | "unhealthy" | "down";
+
+/** What a request learnt of an instance: its connection was refused, or reset before an answer. */
+export type RequestFailure = "refused" | "reset";
 
 export class Instance {
   health: Health = "unknown";
   /** Requests in flight on this instance (what least-outstanding compares). */
   outstanding = 0;
-  /** Why it is unhealthy. */
+  /** Why it is unhealthy or down. */
   lastError: string | undefined;
+  /** performance.now() of the latest request failure (-Infinity: none). */
+  failedAt = -Infinity;
 
   constructor(
     readonly spec: InstanceSpec,
@@ -94,10 +105,15 @@ export class InstancePool {
     this.#abort.abort();
   }
 
-  /** A healthy instance of the role chosen by the policy, or undefined. */
-  pick(role: Role): Instance | undefined {
-    const candidates = (role === "prefill" ? this.prefill : this.decode).filter((i) => i.health === "healthy");
-    return this.#policies[role].pick(candidates);
+  /**
+   * An instance of the role chosen by the policy, leaving out `exclude`: a healthy one when
+   * there is one, else an unhealthy or unknown one (fail open); undefined when every one
+   * left is down.
+   */
+  pick(role: Role, exclude: ReadonlySet<Instance> = new Set()): Instance | undefined {
+    const left = (role === "prefill" ? this.prefill : this.decode).filter((i) => !exclude.has(i) && i.health !== "down");
+    const healthy = left.filter((i) => i.health === "healthy");
+    return this.#policies[role].pick(healthy.length > 0 ? healthy : left);
   }
 
   /** Counts a request on the instance until the returned function is called (once). */
@@ -118,9 +134,15 @@ export class InstancePool {
     return this.prefill.some((i) => i.health === "healthy") && this.decode.some((i) => i.health === "healthy");
   }
 
-  /** A request could not reach the instance: stop sending it work until a check passes. */
-  markUnhealthy(instance: Instance, reason: string): void {
-    this.#transition(instance, "unhealthy", reason);
+  /**
+   * A request could not reach the instance. Refused: it is down (not picked until a check
+   * passes). Reset before an answer: unhealthy (picked only when no instance of its role is
+   * healthy).
+   */
+  requestFailed(instance: Instance, failure: RequestFailure, reason: string): void {
+    instance.failedAt = performance.now();
+    if (failure === "refused") this.#transition(instance, "down", reason);
+    else if (instance.health !== "down") this.#transition(instance, "unhealthy", reason);
   }
 
   /** One round of checks of every instance (and of each daemon once). */
@@ -143,19 +165,20 @@ export class InstancePool {
 
   async #check(instance: Instance): Promise<void> {
     const timeoutMs = this.config.healthTimeoutMs;
+    const started = performance.now();
     const [engine, daemonOk] = await Promise.all([
       fetchAll({ method: "GET", url: `${instance.url}/health`, signal: this.#abort.signal, timeoutMs, limit: 64 << 10 }).then(
-        (r) => (r.status === 200 ? undefined : `GET /health answered ${r.status}`),
-        (err: UpstreamError) => `GET /health failed: ${err.message}`,
+        (r) => (r.status === 200 ? undefined : { health: "unhealthy" as const, reason: `GET /health answered ${r.status}` }),
+        (err: UpstreamError) => ({ health: err.kind === "refused" ? ("down" as const) : ("unhealthy" as const), reason: `GET /health failed: ${err.message}` }),
       ),
       instance.daemon === undefined ? Promise.resolve(true) : instance.daemon.refresh(timeoutMs),
     ]);
     if (this.#stopped) return;
     const needsDaemon = this.config.transfer !== "none";
-    if (engine !== undefined) this.#transition(instance, "unhealthy", engine);
+    if (engine !== undefined) this.#transition(instance, engine.health, engine.reason);
     else if (needsDaemon && !daemonOk) {
       this.#transition(instance, "unhealthy", `daemon ${instance.daemon?.address}: ${instance.daemon?.lastError}`);
-    } else this.#transition(instance, "healthy", undefined);
+    } else if (started > instance.failedAt) this.#transition(instance, "healthy", undefined);
   }
 
   #transition(instance: Instance, to: Health, reason: string | undefined): void {
@@ -166,7 +189,7 @@ export class InstancePool {
     this.#gauges(instance);
     const fields = { role: instance.role, url: instance.url, from, to };
     if (to === "healthy") this.log.info(fields, "instance healthy");
-    else this.log.warn({ ...fields, reason }, "instance unhealthy");
+    else this.log.warn({ ...fields, reason }, to === "down" ? "instance down" : "instance unhealthy");
   }
 
   #gauges(instance: Instance): void {

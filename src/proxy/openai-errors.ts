@@ -56,8 +56,14 @@ export const methodNotAllowed = (method: string, path: string, allowed: string) 
 export const bodyTooLarge = (limit: number) =>
   new ProxyHttpError(413, "invalid_request_error", "body_too_large", `the request body exceeds ${limit} bytes`, "bad_request");
 
-export const noHealthyInstance = (role: string) =>
-  new ProxyHttpError(503, "service_unavailable_error", "no_healthy_instance", `no healthy ${role} instance is available`, "unavailable");
+export const noHealthyInstance = (role: string, detail?: string) =>
+  new ProxyHttpError(
+    503, "service_unavailable_error", "no_healthy_instance",
+    detail === undefined ? `no healthy ${role} instance is available` : `no ${role} instance is available: ${detail}`, "unavailable",
+  );
+
+export const shuttingDown = () =>
+  new ProxyHttpError(503, "service_unavailable_error", "shutting_down", "the proxy is shutting down: send the request elsewhere", "unavailable");
 
 export const upstreamUnreachable = (role: string, url: string, detail: string) =>
   new ProxyHttpError(502, "upstream_error", "upstream_unreachable", `${role} instance ${url} failed before answering: ${detail}`, "upstream_unreachable");

@@ -4,8 +4,10 @@
 //
 // start() learns every daemon's identity and checks every instance once (an instance that
 // is down is not fatal: health checks bring it in later), then listens. shutdown() stops
-// accepting, lets the requests in flight finish for up to the drain period, closes what is
-// left, waits for the transfer-id releases in flight, and closes the daemon clients.
+// accepting, answers /health 503 and new completions on open connections 503 (each answer
+// closing its connection), lets the requests in flight finish for up to the drain period,
+// closes what is left, runs the transfer-id releases still due (bounded) and waits for
+// those in flight, and closes the daemon clients.
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
@@ -33,7 +35,8 @@ export class Proxy {
     this.daemons = new DaemonDirectory(log);
     this.pool = new InstancePool(config, this.daemons, this.metrics, log);
     this.#flow = new RequestFlow(config, this.pool, this.metrics, log);
-    this.#server = createFrontDoor({ config, pool: this.pool, flow: this.#flow, metrics: this.metrics, log }, this.#inFlight);
+    const draining = () => this.state === "draining" || this.state === "stopped";
+    this.#server = createFrontDoor({ config, pool: this.pool, flow: this.#flow, metrics: this.metrics, log, draining }, this.#inFlight);
   }
 
   /** Checks the instances once, then listens. Resolves to the address it listens on. */
@@ -46,12 +49,6 @@ export class Proxy {
         resolve();
       });
     });
-    // A client error (a malformed request line, a reset) is the client's problem, not ours.
-    this.#server.on("clientError", (err, socket) => {
-      this.log.debug({ err: err.message }, "client error");
-      if (socket.writable) socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
-      else socket.destroy();
-    });
     this.state = "serving";
     const port = (this.#server.address() as AddressInfo).port;
     return formatHostPort({ host: this.config.listen.host, port });
@@ -61,6 +58,7 @@ export class Proxy {
   async shutdown(): Promise<void> {
     if (this.state === "draining" || this.state === "stopped") return;
     this.state = "draining";
+    this.#inFlight.closeAfterAnswers();
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     this.#server.closeIdleConnections();
     this.log.info({ inFlight: this.#inFlight.count, drainMs: this.config.drainMs }, "draining");

@@ -5,17 +5,36 @@
 // One timer covers both directions: no upstream byte (while the client keeps up) or no
 // drain (while the upstream waits) for `idleTimeoutMs` ends the relay.
 //
+// An event stream is relayed whole events at a time: the bytes after the last event
+// boundary (a blank line) wait for the rest of their event (at most PENDING_LIMIT bytes),
+// so that a stream that breaks off never leaves half an event before the error event.
+//
 // How it can end:
 //   ok             the upstream body ended; the client's answer is complete
 //   stream_failed  the upstream died, reset or went silent after its headers went out;
-//                  an event stream gets a last `data: {"error": ...}` event and ends, any
-//                  other body is cut (its connection destroyed) so it cannot pass for whole
+//                  an event stream gets `data: {"error": ...}` and `data: [DONE]` (as
+//                  vLLM ends a stream that failed) after its last whole event, and ends;
+//                  any other body is cut (its connection destroyed) so it cannot pass for
+//                  whole
 //   aborted        the client went away or stopped reading; the upstream is closed
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { openAIError } from "./openai-errors.js";
 import { relayedHeaders } from "./respond.js";
 
 export type RelayResult = "ok" | "stream_failed" | "aborted";
+
+/** Most bytes of one unfinished event held back; a longer event is passed on as it comes. */
+const PENDING_LIMIT = 1 << 20;
+
+/** The end of the last event boundary (a line end, then an empty line) in `b`, or 0. */
+export function lastEventEnd(b: Buffer): number {
+  let end = 0;
+  for (const sep of ["\n\n", "\r\r", "\r\n\r\n", "\n\r\n"]) {
+    const at = b.lastIndexOf(sep);
+    if (at >= 0) end = Math.max(end, at + sep.length);
+  }
+  return end;
+}
 
 export interface RelayOptions {
   idleTimeoutMs: number;
@@ -34,6 +53,10 @@ export function relay(up: IncomingMessage, res: ServerResponse, o: RelayOptions)
     let paused = false;
     let firstByte = false;
     let timer: NodeJS.Timeout | undefined;
+    /** An event stream's bytes after its last event boundary, not yet written. */
+    let pending: Buffer = Buffer.alloc(0);
+    /** Whether what the client got so far ends on an event boundary. */
+    let whole = true;
 
     const finish = (result: RelayResult, why?: string) => {
       if (settled) return;
@@ -47,7 +70,7 @@ export function relay(up: IncomingMessage, res: ServerResponse, o: RelayOptions)
         up.destroy();
         if (result === "stream_failed" && eventStream && !res.destroyed) {
           const event = openAIError(`${o.upstream}: the stream broke off: ${why}`, "upstream_error", "stream_interrupted");
-          res.end(`data: ${JSON.stringify(event)}\n\n`);
+          res.end(`${whole ? "" : "\n\n"}data: ${JSON.stringify(event)}\n\ndata: [DONE]\n\n`);
         } else {
           res.destroy();
         }
@@ -86,12 +109,25 @@ export function relay(up: IncomingMessage, res: ServerResponse, o: RelayOptions)
         o.onFirstByte?.();
       }
       arm();
-      if (!res.write(chunk)) {
+      let out = chunk;
+      if (eventStream) {
+        const all = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+        const end = all.length > PENDING_LIMIT ? all.length : lastEventEnd(all);
+        out = all.subarray(0, end);
+        pending = all.subarray(end);
+        if (out.length === 0) return;
+        whole = lastEventEnd(out) === out.length;
+      }
+      if (!res.write(out)) {
         paused = true;
         up.pause();
       }
     });
-    up.on("end", () => finish("ok"));
+    up.on("end", () => {
+      // A stream whose last event lacks its blank line still gets all of its bytes.
+      if (pending.length > 0 && !settled) res.write(pending);
+      finish("ok");
+    });
     up.on("error", (err) => finish("stream_failed", err.message));
     up.on("close", () => {
       if (!up.complete) finish("stream_failed", "the connection closed before the answer ended");

@@ -1,26 +1,37 @@
 // One disaggregated completion, from the client's request to the last byte of its answer.
 //
-//   1. mint a transfer id (kvf-<uuid>) and pick a prefill instance (policy, healthy only)
-//   2. prefill: the request with max_tokens 1 (and max_completion_tokens 1 for chat),
-//      stream false, no stream_options, and kv_transfer_params {transfer_id,
-//      do_remote_decode: true, do_remote_prefill: false}; a non-2xx answer goes back to the
-//      client as it is
-//   3. pick a decode instance, then move the KV:
-//        push  the prefill node's daemon BatchTransfers the entry to the decode node's
+//   1. mint a transfer id (kvf-<uuid>) and pick a decode instance (policy; healthy first,
+//      never one that is down): with none to pick, the client gets 503 before any prefill
+//      computes KV nobody would decode
+//   2. pick a prefill instance and send it the request with max_tokens 1 (and
+//      max_completion_tokens 1 for chat), stream false, no stream_options, and
+//      kv_transfer_params {transfer_id, do_remote_decode: true, do_remote_prefill: false,
+//      source_node, source_node_id}; a non-2xx answer goes back to the client as it is
+//   3. move the KV to the decode instance's node:
+//        push  the daemon holding it BatchTransfers the entry to the decode node's
 //        pull  nothing now: the decode side's Get names the prefill daemon as source_node
 //        none  nothing: the engines' own connector moves it
+//      (nothing either when both daemons are one node, whatever address each was given)
 //   4. decode: the original request with kv_transfer_params {...what prefill returned,
-//      transfer_id, do_remote_prefill: true, do_remote_decode: false[, source_node]};
-//      its answer is relayed as it comes (relay.ts)
+//      transfer_id, do_remote_prefill: true, do_remote_decode: false, source_node,
+//      source_node_id}; its answer is relayed as it comes (relay.ts)
+//
+// source_node is the prefill node's daemon peer address and source_node_id its node id,
+// sent whenever the prefill instance has a daemon (under push the decode daemon finds the
+// entry already local and pulls nothing). An instance that refuses the connection never
+// saw the request: it is marked down and another instance of its role is tried (for the
+// decode, after moving the KV on to that one's node); 503 when every one refuses.
 //
 // The transfer id lives as long as its request. When the request ends, the proxy releases
 // it on the daemons it touched (Release; NOT_FOUND, the usual answer after a decode that
 // consumed its KV, is fine): an engine that did not consume it, or a request that did not
-// end well (an error answer, a timeout, the client gone), leaves nothing behind. A request
-// that failed is released once more a little later, for an engine that stored the KV after
-// the proxy gave up on it. A push in flight is waited for (up to its deadline) even when
-// the client has gone, so that the release finds the entry where the push put it. The
-// client always gets a status and a body: the upstream's, or the proxy's OpenAI-style error.
+// end well (an error answer, a timeout, the client gone), leaves nothing behind. A prefill
+// that answered 4xx stored nothing and is not asked. A request that failed is released
+// once more a little later (or at shutdown, whichever comes first), for an engine that
+// stored the KV after the proxy gave up on it. A push in flight is waited for (up to its
+// deadline) even when the client has gone, so that the release finds the entry where the
+// push put it. The client always gets a status and a body: the upstream's, or the proxy's
+// OpenAI-style error.
 import { randomUUID } from "node:crypto";
 import type { ServerResponse } from "node:http";
 import { status as grpcStatus } from "@grpc/grpc-js";
@@ -71,12 +82,27 @@ export interface FlowResult {
 const PREFILL_ANSWER_LIMIT = 16 << 20;
 /** When the second, late release of a failed request's transfer id happens. */
 const LATE_RELEASE_MS = 10_000;
+/** How long each release run at shutdown may take. */
+const SHUTDOWN_RELEASE_MS = 2000;
 const CLIENT_GONE = 499;
 
+/** Whether two daemon links are one node (one daemon may be named by two addresses). */
+export function sameNode(a: DaemonLink | undefined, b: DaemonLink | undefined): boolean {
+  if (a === undefined || b === undefined) return false;
+  return a === b || (a.nodeId !== undefined && a.nodeId === b.nodeId);
+}
+
+/** What kv_transfer_params say of the prefill node: its daemon's peer address and node id. */
+export interface SourceNode {
+  source_node?: string;
+  source_node_id?: string;
+}
+
 export class RequestFlow {
-  /** Releases not yet done (shutdown waits for them) and late releases not yet due. */
+  /** Releases not yet done (shutdown waits for them). */
   readonly #cleanups = new Set<Promise<unknown>>();
-  readonly #lateTimers = new Set<NodeJS.Timeout>();
+  /** Late releases not yet due, each with what runs it (shutdown runs them at once). */
+  readonly #late = new Map<NodeJS.Timeout, (timeoutMs: number) => void>();
 
   constructor(
     private readonly config: ProxyConfig,
@@ -109,76 +135,123 @@ export class RequestFlow {
   }
 
   async #serve(x: Exchange, transferId: string, touched: Set<DaemonLink>, log: Logger): Promise<FlowResult> {
-    // 1–2. Prefill.
-    const prefill = this.#pick("prefill");
-    if (prefill.daemon) touched.add(prefill.daemon);
-    const headers = this.#headers(x);
-    const prefillBody = JSON.stringify(prefillRequest(x, transferId));
-    const prefillStarted = performance.now();
-    const endPrefill = this.pool.begin(prefill);
-    let answer: Awaited<ReturnType<typeof fetchAll>>;
+    // 1. The decode side first: when none can be had, no prefill computes KV for nobody.
+    const decodesTried = new Set<Instance>();
+    let decode = this.#pick("decode", decodesTried);
+    let endDecode = this.pool.begin(decode);
     try {
-      answer = await fetchAll({
-        method: "POST", url: prefill.url + x.path, headers, body: Buffer.from(prefillBody),
-        signal: x.signal, timeoutMs: this.config.prefillTimeoutMs, limit: PREFILL_ANSWER_LIMIT,
-      });
-    } catch (err) {
-      throw this.#upstreamFailure(prefill, err, this.config.prefillTimeoutMs);
-    } finally {
-      endPrefill();
-    }
-    this.metrics.prefillLatency.observe({ url: prefill.url }, (performance.now() - prefillStarted) / 1000);
-    if (answer.status < 200 || answer.status > 299) {
-      log.info({ status: answer.status, prefill: prefill.url }, "prefill refused the request: passed through");
-      writeUpstream(x.res, answer.status, answer.headers, answer.body);
-      return { status: answer.status, outcome: "upstream_status" };
-    }
-    const returned = kvParamsOf(answer.body);
-    if (returned === undefined) throw badUpstreamAnswer("prefill", prefill.url, "its 2xx body is not a JSON object");
+      // 2. Prefill.
+      const headers = this.#headers(x);
+      const prefilled = await this.#prefill(x, transferId, headers, touched, log);
+      if ("passed" in prefilled) return prefilled.passed;
+      const { prefill, returned } = prefilled;
+      const source = sourceOf(prefill);
+      /** The daemon that holds the KV now. */
+      let kvAt = prefill.daemon;
+      for (;;) {
+        // 3. The KV moved to the decode instance's node.
+        if (this.config.transfer === "push" && !sameNode(kvAt, decode.daemon)) {
+          touch(touched, decode.daemon!);
+          await this.#push(transferId, kvAt!, decode, log);
+          kvAt = decode.daemon;
+        }
+        if (x.signal.aborted) return { status: CLIENT_GONE, outcome: "aborted" };
+        // Under pull the decode node fetches it; under none its engine may have.
+        if (decode.daemon !== undefined) touch(touched, decode.daemon);
+        const params: Record<string, unknown> = {
+          ...returned,
+          transfer_id: transferId,
+          do_remote_prefill: true,
+          do_remote_decode: false,
+          ...source,
+        };
+        const decodeBody = JSON.stringify({ ...x.body, kv_transfer_params: params });
 
-    // 3. Decode instance, and the KV moved to its node.
-    const decode = this.#pick("decode");
-    if (decode.daemon) touched.add(decode.daemon);
-    const endDecode = this.pool.begin(decode);
-    try {
-      const sameNode = prefill.daemon !== undefined && prefill.daemon === decode.daemon;
-      if (this.config.transfer === "push" && !sameNode) await this.#push(transferId, prefill, decode, log);
-      if (x.signal.aborted) return { status: CLIENT_GONE, outcome: "aborted" };
-      const params: Record<string, unknown> = {
-        ...returned,
-        transfer_id: transferId,
-        do_remote_prefill: true,
-        do_remote_decode: false,
-      };
-      if (this.config.transfer === "pull" && !sameNode) params.source_node = prefill.daemon!.peerAddress;
-      const decodeBody = JSON.stringify({ ...x.body, kv_transfer_params: params });
-
-      // 4. Decode, relayed as it comes.
-      let up;
-      try {
-        up = await send({
-          method: "POST", url: decode.url + x.path, headers, body: Buffer.from(decodeBody),
-          signal: x.signal, timeoutMs: this.config.decodeTimeoutMs,
+        // 4. Decode, relayed as it comes.
+        let up;
+        try {
+          up = await send({
+            method: "POST", url: decode.url + x.path, headers, body: Buffer.from(decodeBody),
+            signal: x.signal, timeoutMs: this.config.decodeTimeoutMs,
+          });
+        } catch (err) {
+          if (err instanceof UpstreamError && err.kind === "refused") {
+            // It never saw the request: another decode instance gets it (and the KV).
+            this.pool.requestFailed(decode, "refused", err.message);
+            decodesTried.add(decode);
+            const next = this.#pick("decode", decodesTried);
+            log.warn({ decode: decode.url, next: next.url, err: err.message }, "decode instance refused the connection: trying another");
+            endDecode();
+            decode = next;
+            endDecode = this.pool.begin(decode);
+            continue;
+          }
+          throw this.#upstreamFailure(decode, err, this.config.decodeTimeoutMs);
+        }
+        const status = up.statusCode ?? 502;
+        const relayed = await relay(up, x.res, {
+          idleTimeoutMs: this.config.decodeTimeoutMs,
+          signal: x.signal,
+          upstream: `decode instance ${decode.url}`,
+          onFirstByte: () => this.metrics.ttft.observe({ route: x.route }, (performance.now() - x.startedAt) / 1000),
         });
-      } catch (err) {
-        throw this.#upstreamFailure(decode, err, this.config.decodeTimeoutMs);
+        if (relayed === "aborted") return { status: CLIENT_GONE, outcome: "aborted" };
+        if (relayed === "stream_failed") {
+          // One broken stream says nothing of the next request: the instance stays in service.
+          log.warn({ decode: decode.url }, "decode stream broke off after its headers went out");
+          return { status, outcome: "stream_failed" };
+        }
+        return { status, outcome: status >= 200 && status <= 299 ? "ok" : "upstream_status" };
       }
-      const status = up.statusCode ?? 502;
-      const relayed = await relay(up, x.res, {
-        idleTimeoutMs: this.config.decodeTimeoutMs,
-        signal: x.signal,
-        upstream: `decode instance ${decode.url}`,
-        onFirstByte: () => this.metrics.ttft.observe({ route: x.route }, (performance.now() - x.startedAt) / 1000),
-      });
-      if (relayed === "aborted") return { status: CLIENT_GONE, outcome: "aborted" };
-      if (relayed === "stream_failed") {
-        log.warn({ decode: decode.url }, "decode stream broke off after its headers went out");
-        this.pool.markUnhealthy(decode, "its answer broke off mid-stream");
-        return { status, outcome: "stream_failed" };
-      }
-      return { status, outcome: status >= 200 && status <= 299 ? "ok" : "upstream_status" };
     } finally {
       endDecode();
+    }
+  }
+
+  /**
+   * Sends the prefill (to another instance when one refuses the connection). Resolves to
+   * the instance and the kv_transfer_params it returned, or to the result of passing its
+   * non-2xx answer through.
+   */
+  async #prefill(
+    x: Exchange, transferId: string, headers: Record<string, string>, touched: Set<DaemonLink>, log: Logger,
+  ): Promise<{ prefill: Instance; returned: Record<string, unknown> } | { passed: FlowResult }> {
+    const tried = new Set<Instance>();
+    for (;;) {
+      const prefill = this.#pick("prefill", tried);
+      const body = Buffer.from(JSON.stringify(prefillRequest(x, transferId, sourceOf(prefill))));
+      const started = performance.now();
+      const end = this.pool.begin(prefill);
+      let answer: Awaited<ReturnType<typeof fetchAll>>;
+      try {
+        answer = await fetchAll({
+          method: "POST", url: prefill.url + x.path, headers, body,
+          signal: x.signal, timeoutMs: this.config.prefillTimeoutMs, limit: PREFILL_ANSWER_LIMIT,
+        });
+      } catch (err) {
+        if (err instanceof UpstreamError && err.kind === "refused") {
+          this.pool.requestFailed(prefill, "refused", err.message);
+          tried.add(prefill);
+          log.warn({ prefill: prefill.url, err: err.message }, "prefill instance refused the connection: trying another");
+          continue;
+        }
+        // It saw the request: it may have stored KV before it failed.
+        if (prefill.daemon !== undefined) touch(touched, prefill.daemon);
+        throw this.#upstreamFailure(prefill, err, this.config.prefillTimeoutMs);
+      } finally {
+        end();
+      }
+      this.metrics.prefillLatency.observe({ url: prefill.url }, (performance.now() - started) / 1000);
+      // A prefill that refused the request (4xx) stored nothing; any other answer may have.
+      if (prefill.daemon !== undefined && !(answer.status >= 400 && answer.status <= 499)) touch(touched, prefill.daemon);
+      if (answer.status < 200 || answer.status > 299) {
+        log.info({ status: answer.status, prefill: prefill.url }, "prefill refused the request: passed through");
+        writeUpstream(x.res, answer.status, answer.headers, answer.body);
+        return { passed: { status: answer.status, outcome: "upstream_status" } };
+      }
+      const returned = kvParamsOf(answer.body);
+      if (returned === undefined) throw badUpstreamAnswer("prefill", prefill.url, "its 2xx body is not a JSON object");
+      return { prefill, returned };
     }
   }
 
@@ -186,10 +259,10 @@ export class RequestFlow {
   #release(transferId: string, daemons: Set<DaemonLink>, succeeded: boolean, log: Logger): void {
     if (daemons.size === 0) return;
     const after = succeeded ? "ok" : "failed";
-    const releaseAll = () => {
+    const releaseAll = (timeoutMs?: number) => {
       const done = Promise.all(
         [...daemons].map(async (d) => {
-          const r = await d.release(transferId);
+          const r = await d.release(transferId, timeoutMs);
           this.metrics.releases.inc({ after, result: r });
           if (r === "released") {
             const fields = { daemon: d.address };
@@ -204,24 +277,30 @@ export class RequestFlow {
     releaseAll();
     if (succeeded) return;
     const late = setTimeout(() => {
-      this.#lateTimers.delete(late);
+      this.#late.delete(late);
       releaseAll();
     }, LATE_RELEASE_MS);
     late.unref();
-    this.#lateTimers.add(late);
+    this.#late.set(late, releaseAll);
   }
 
-  /** Waits for the releases in flight (at shutdown) and drops the late ones. */
+  /** At shutdown: runs the late releases now (each bounded), and waits for every release in flight. */
   async settle(): Promise<void> {
-    for (const t of this.#lateTimers) clearTimeout(t);
-    this.#lateTimers.clear();
+    for (const [timer, releaseAll] of this.#late) {
+      clearTimeout(timer);
+      releaseAll(SHUTDOWN_RELEASE_MS);
+    }
+    this.#late.clear();
     await Promise.all([...this.#cleanups]);
   }
 
-  #pick(role: Role): Instance {
-    const instance = this.pool.pick(role);
-    if (instance === undefined) throw noHealthyInstance(role);
-    return instance;
+  /** An instance of the role (healthy first, never one that is down, none of `tried`). @throws 503 */
+  #pick(role: Role, tried: ReadonlySet<Instance>): Instance {
+    const instance = this.pool.pick(role, tried);
+    if (instance !== undefined) return instance;
+    const all = role === "prefill" ? this.pool.prefill : this.pool.decode;
+    const down = all.find((i) => i.health === "down");
+    throw noHealthyInstance(role, `every one is down (${down?.url}: ${down?.lastError ?? "connection refused"})`);
   }
 
   #headers(x: Exchange): Record<string, string> {
@@ -230,15 +309,15 @@ export class RequestFlow {
     return h;
   }
 
-  /** BatchTransfer PUSH from the prefill node's daemon to the decode node's. */
-  async #push(transferId: string, prefill: Instance, decode: Instance, log: Logger): Promise<void> {
+  /** BatchTransfer PUSH from the daemon holding the KV (`from`) to the decode node's. */
+  async #push(transferId: string, from: DaemonLink, decode: Instance, log: Logger): Promise<void> {
     const target = decode.daemon!.peerAddress!;
     const started = performance.now();
     let code: string;
     let message: string;
     let bytes = 0;
     try {
-      const r = await prefill.daemon!.push(transferId, target, this.config.transferDeadlineMs);
+      const r = await from.push(transferId, target, this.config.transferDeadlineMs);
       code = grpcStatus[r.code] ?? String(r.code);
       message = r.message;
       bytes = r.bytes;
@@ -249,7 +328,7 @@ export class RequestFlow {
     const seconds = (performance.now() - started) / 1000;
     this.metrics.transfers.inc({ mode: "push", code });
     if (code !== "OK") {
-      log.warn({ from: prefill.daemon!.address, to: target, code, err: message }, "KV transfer failed");
+      log.warn({ from: from.address, to: target, code, err: message }, "KV transfer failed");
       throw transferFailed(transferId, code, message);
     }
     this.metrics.transferBytes.inc({ mode: "push" }, bytes);
@@ -257,12 +336,16 @@ export class RequestFlow {
     log.debug({ bytes, seconds, to: target }, "KV pushed");
   }
 
-  /** The client's error for a failed upstream call; an unreachable instance is benched. */
+  /**
+   * The client's error for a failed upstream call. An instance whose connection was refused
+   * or reset is benched; a timeout is this request's trouble, not the instance's.
+   */
   #upstreamFailure(instance: Instance, err: unknown, timeoutMs: number): Error {
     if (!(err instanceof UpstreamError)) return err as Error;
     switch (err.kind) {
+      case "refused":
       case "unreachable":
-        this.pool.markUnhealthy(instance, err.message);
+        this.pool.requestFailed(instance, err.kind === "refused" ? "refused" : "reset", err.message);
         return upstreamUnreachable(instance.role, instance.url, err.message);
       case "timeout":
         return upstreamTimeout(instance.role, instance.url, timeoutMs);
@@ -274,13 +357,26 @@ export class RequestFlow {
   }
 }
 
+/** Records that the request may have left its KV on `daemon` (one link per node). */
+function touch(touched: Set<DaemonLink>, daemon: DaemonLink): void {
+  for (const d of touched) if (sameNode(d, daemon)) return;
+  touched.add(daemon);
+}
+
+/** source_node / source_node_id of a prefill instance: its daemon's, when it has one that answered. */
+function sourceOf(prefill: Instance): SourceNode {
+  const d = prefill.daemon;
+  if (d?.peerAddress === undefined) return {};
+  return { source_node: d.peerAddress, ...(d.nodeId === undefined ? {} : { source_node_id: d.nodeId }) };
+}
+
 /** The prefill's copy of a request: one token, not streamed, KV kept for a remote decode. */
-export function prefillRequest(x: Pick<Exchange, "body" | "route">, transferId: string): Record<string, unknown> {
+export function prefillRequest(x: Pick<Exchange, "body" | "route">, transferId: string, source: SourceNode = {}): Record<string, unknown> {
   const body: Record<string, unknown> = {
     ...x.body,
     stream: false,
     max_tokens: 1,
-    kv_transfer_params: { transfer_id: transferId, do_remote_decode: true, do_remote_prefill: false },
+    kv_transfer_params: { transfer_id: transferId, do_remote_decode: true, do_remote_prefill: false, ...source },
   };
   if (x.route === "chat") body.max_completion_tokens = 1;
   delete body.stream_options;

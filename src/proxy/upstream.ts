@@ -4,8 +4,10 @@
 // can be streamed on; the body is the caller's to read (`readBody`) or relay. Every call
 // has a deadline for the headers and follows an AbortSignal (the client went away, or the
 // proxy is stopping). Failures come back as an UpstreamError whose `kind` tells the caller
-// what to answer: `unreachable` (refused, reset or closed before the headers: 502, and the
-// instance is suspect), `timeout` (504), `aborted` (nobody is waiting any more).
+// what to answer: `refused` (no connection could be made: the request never reached the
+// instance, so another one may be tried), `unreachable` (reset or closed before the
+// headers: 502, and the instance is suspect), `timeout` (504), `aborted` (nobody is
+// waiting any more).
 //
 // Connections are kept alive. A kept-alive socket the server closed while it sat idle
 // fails the next request with ECONNRESET before anything was answered; such a request is
@@ -13,7 +15,10 @@
 import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
 
-export type UpstreamErrorKind = "unreachable" | "timeout" | "aborted" | "too_large";
+export type UpstreamErrorKind = "refused" | "unreachable" | "timeout" | "aborted" | "too_large";
+
+/** Connect errors: nothing of the request reached the instance. */
+const CONNECT_FAILURES = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "EADDRNOTAVAIL"]);
 
 export class UpstreamError extends Error {
   constructor(readonly kind: UpstreamErrorKind, message: string) {
@@ -88,7 +93,8 @@ function attempt(o: UpstreamRequest, mayRetry: boolean): Promise<IncomingMessage
         attempt(o, false).then(resolve, reject);
         return;
       }
-      fail(new UpstreamError("unreachable", err.code ? `${err.code} (${err.message})` : err.message));
+      const kind = err.code !== undefined && CONNECT_FAILURES.has(err.code) && !req.reusedSocket ? "refused" : "unreachable";
+      fail(new UpstreamError(kind, err.code ? `${err.code} (${err.message})` : err.message));
     });
     req.end(o.body);
   });

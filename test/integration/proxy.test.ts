@@ -7,15 +7,16 @@
 // error event, never an empty 200) and leave no entry behind on any daemon.
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { connect, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NotFoundError } from "../../src/errors.js";
 import { loadProxyConfig, parseInstance } from "../../src/proxy/config.js";
 import { LeastOutstanding, RoundRobin } from "../../src/proxy/policies.js";
-import { type SpawnedSimulator } from "../../src/simulator/spawn.js";
+import { spawnSimulator, type SpawnedSimulator } from "../../src/simulator/spawn.js";
 import { rejection, runCli, sleep } from "../helpers/daemon.js";
+import { startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
 import {
   SMALL_LAYOUT,
   eventually,
@@ -56,6 +57,36 @@ async function expectNoEntries(nodes: SimNode[], timeoutMs = 10_000): Promise<vo
 
 async function metricsOf(base: string): Promise<string> {
   return (await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+}
+
+/** A raw connection to an http://HOST:PORT base, connected. */
+async function rawConnection(base: string): Promise<Socket> {
+  const { hostname, port } = new URL(base);
+  const socket = connect(Number(port), hostname);
+  await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+  return socket;
+}
+
+/** Writes `text` (the rest of a request) and reads until the server closes: status, headers, body. */
+async function rawAnswer(socket: Socket, text: string): Promise<{ status: number; head: string; body: string }> {
+  let raw = "";
+  socket.on("data", (d) => (raw += d));
+  const ended = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+  socket.write(text);
+  await Promise.race([ended, sleep(10_000)]);
+  socket.destroy();
+  const at = raw.indexOf("\r\n\r\n");
+  const head = at < 0 ? raw : raw.slice(0, at);
+  return { status: Number(head.split(" ")[1]), head: head.toLowerCase(), body: at < 0 ? "" : raw.slice(at + 4) };
+}
+
+/** Every `data:` line of an event stream is JSON or [DONE] (a client parses each one). */
+function expectParsableEvents(text: string): void {
+  for (const line of text.split(/\r?\n/).filter((l) => l.startsWith("data:"))) {
+    const data = line.slice(5).trim();
+    if (data === "[DONE]") continue;
+    expect(() => JSON.parse(data), `unparsable event line: ${line}`).not.toThrow();
+  }
 }
 
 /** A port nothing listens on (bound, then closed). */
@@ -147,6 +178,9 @@ describe("kvferry proxy flags", () => {
     const policy = await runCli(["proxy", "--transfer", "none", "--prefill", "http://h:1", "--decode", "http://h:2", "--policy", "random"]);
     expect(policy.code).toBe(2);
     expect(policy.stderr).toMatch(/--policy: .*round-robin \| least-outstanding/);
+    const often = await runCli(["proxy", "--transfer", "none", "--prefill", "http://h:1", "--decode", "http://h:2", "--health-interval-ms", "99"]);
+    expect(often.code).toBe(2);
+    expect(often.stderr).toMatch(/--health-interval-ms: .*got "99", expected a whole number of milliseconds from 100/);
   });
 });
 
@@ -191,6 +225,29 @@ describe("one prefill, one decode (default KV layout: 128 KiB per token)", () =>
     });
   }
 
+  it("moves no KV when the prefill and decode daemons are one node named two ways (127.0.0.1:P and localhost:P)", async () => {
+    // A decode instance on the prefill's node, its daemon named by another address.
+    const local = await spawnSimulator(["--role", "decode", "--listen", "127.0.0.1:0", "--daemon", prefill.daemon.address]);
+    const port = prefill.daemon.address.slice(prefill.daemon.address.lastIndexOf(":") + 1);
+    let proxy: SpawnedProxy | undefined;
+    try {
+      for (const transfer of ["push", "pull"]) {
+        proxy = await spawnProxy(["--transfer", transfer, "--prefill", prefill.flag, "--decode", `${local.url}=localhost:${port}`]);
+        const some = cases.slice(0, 8);
+        const got = await mapConcurrent(some, 4, async (c) => generatedText(c.endpoint, c.body.stream === true, await sendCase(proxy!.url, c)));
+        expect(got, transfer).toEqual(expected.slice(0, 8));
+        // No push was asked for: the daemon was never told to send an entry to itself.
+        expect(await metricsOf(proxy.url)).not.toMatch(/^kvferry_proxy_kv_transfers_total\{/m);
+        await expectNoEntries([prefill]);
+        expect(await proxy.stop()).toBe(0);
+        proxy = undefined;
+      }
+    } finally {
+      await proxy?.stop();
+      expect(await local.stop()).toBe(0);
+    }
+  });
+
   it("passes a prefill's 400 and its body through unchanged, and a decode's, and releases what the prefill stored", async () => {
     const proxy = await spawnProxy(["--prefill", prefill.flag, "--decode", decode.flag]);
     try {
@@ -203,6 +260,9 @@ describe("one prefill, one decode (default KV layout: 128 KiB per token)", () =>
       expect(viaProxy.text).toBe(direct.text);
       expect(JSON.parse(viaProxy.text).error.param).toBe("n");
       expect(viaProxy.headers.get("content-type")).toBe("application/json");
+      // The prefill stored nothing: no release is asked for.
+      await sleep(300);
+      expect(metricValue(await metricsOf(proxy.url), "kvferry_proxy_kv_releases_total{")).toBeUndefined();
 
       // An invalid max_tokens: the prefill is sent max_tokens 1 and stores the KV; the
       // decode refuses the original request. The client gets the decode's 400, and the
@@ -438,10 +498,12 @@ describe("two decode instances, one killed with requests in flight on it", () =>
         expect(o.cut, label).toBe(false);
         if (o.status === 200) {
           const events = c.body.stream === true ? sseData(o.text) : [];
-          if (events.at(-1) !== "[DONE]" && c.body.stream === true) {
-            // Broken off: the last event is an OpenAI-style error, and nothing claims completion.
-            const last = JSON.parse(events.at(-1)!);
-            expect(last.error, label).toMatchObject({ type: "upstream_error", code: "stream_interrupted" });
+          if (c.body.stream === true) expectParsableEvents(o.text);
+          const failure = events.find((d) => d !== "[DONE]" && JSON.parse(d).error !== undefined);
+          if (failure !== undefined) {
+            // Broken off: an OpenAI-style error event after the last whole event, then [DONE] (as vLLM ends a failed stream).
+            expect(JSON.parse(failure).error, label).toMatchObject({ type: "upstream_error", code: "stream_interrupted" });
+            expect(events.slice(-2), label).toEqual([failure, "[DONE]"]);
             errorEvents++;
           } else {
             expect(generatedText(c.endpoint, c.body.stream === true, { status: 200, headers: new Headers(), text: o.text }), label).toBe(want[i]);
@@ -465,16 +527,17 @@ describe("two decode instances, one killed with requests in flight on it", () =>
 
       const report = await (await fetch(`${proxy.url}/health`, { signal: AbortSignal.timeout(5000) })).json();
       expect(report.status).toBe("ok");
-      expect(report.decode.map((d: { health: string }) => d.health)).toEqual(["unhealthy", "healthy"]);
+      // The killed one refuses connections: down (never picked); the other serves.
+      expect(report.decode.map((d: { health: string }) => d.health)).toEqual(["down", "healthy"]);
       // KV pushed to the dead decode's node was released; nothing is left anywhere.
       await expectNoEntries([prefill, d1, d2]);
     } finally {
       expect(await proxy.stop()).toBe(0);
     }
   });
-  it("drains on SIGTERM: a stream in flight ends whole, new connections are refused, and it exits 0", async () => {
+  it("drains on SIGTERM: a stream in flight ends whole, new connections are refused, open ones get 503 and are closed, and it exits 0", async () => {
     const proxy = await spawnProxy(["--decode", d2.flag, "--prefill", prefill.flag]);
-    const c: CompletionCase = { endpoint: "completions", body: { model: MODEL, prompt: "drain me", max_tokens: 40, stream: true } };
+    const c: CompletionCase = { endpoint: "completions", body: { model: MODEL, prompt: "drain me", max_tokens: 80, stream: true } };
     const [want] = await referenceTexts(reference, [c]);
     const res = await fetch(proxy.url + pathOf(c.endpoint), {
       method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(c.body), signal: AbortSignal.timeout(20_000),
@@ -482,10 +545,27 @@ describe("two decode instances, one killed with requests in flight on it", () =>
     const reader = res.body!.getReader();
     const decoder = new TextDecoder();
     let text = decoder.decode((await reader.read()).value, { stream: true });
+    // Two connections in use when SIGTERM comes (a load balancer's kept-alive ones): their
+    // requests' headers are not finished yet, so the drain does not close them as idle.
+    const healthCheck = await rawConnection(proxy.url);
+    healthCheck.write("GET /health HTTP/1.1\r\nHost: proxy\r\n");
+    const completion = await rawConnection(proxy.url);
+    completion.write("POST /v1/completions HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\n");
+    await sleep(100);
     proxy.child.kill("SIGTERM");
     await sleep(200);
     const refused = await rejection(fetch(`${proxy.url}/health`, { signal: AbortSignal.timeout(5000) }));
     expect(String((refused.cause as { code?: string } | undefined)?.code ?? refused.message)).toMatch(/ECONNREFUSED|ECONNRESET|other side closed/);
+    // While it drains, /health says 503 (the front door stops sending) and a new completion is refused; both close their connection.
+    const health = await rawAnswer(healthCheck, "\r\n");
+    expect(health.status, health.head).toBe(503);
+    expect(health.head).toContain("connection: close");
+    expect(JSON.parse(health.body).status).toBe("draining");
+    const body = JSON.stringify({ model: MODEL, prompt: "too late" });
+    const late = await rawAnswer(completion, `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    expect(late.status, late.head).toBe(503);
+    expect(late.head).toContain("connection: close");
+    expect(JSON.parse(late.body).error).toMatchObject({ type: "service_unavailable_error", code: "shutting_down" });
     for (let i = 0; i < 1000; i++) {
       const { done, value } = await reader.read();
       if (done) break;
@@ -494,6 +574,47 @@ describe("two decode instances, one killed with requests in flight on it", () =>
     expect(generatedText(c.endpoint, true, { status: res.status, headers: res.headers, text })).toBe(want);
     expect(await proxy.exited).toBe(0);
     expect(proxy.logs.map((l) => l.msg)).toContain("draining");
+  });
+});
+
+describe("a decode instance that stops taking connections between two health checks", () => {
+  let prefill: SimNode;
+  let d1: SimNode;
+  let d2: SimNode;
+  let reference: SpawnedSimulator;
+
+  beforeAll(async () => {
+    [prefill, d1, d2, reference] = await Promise.all([
+      startNode("prefill", SMALL_LAYOUT), startNode("decode", SMALL_LAYOUT), startNode("decode", SMALL_LAYOUT), startReference(SMALL_LAYOUT),
+    ]);
+  });
+
+  afterAll(async () => {
+    await Promise.all([stopNodes([prefill, d1, d2]), reference?.stop()]);
+  });
+
+  it("sends the request and its KV on to the other decode when one refuses the connection, and marks it down", async () => {
+    // No health check comes during the test: only requests can find out.
+    const proxy = await spawnProxy(["--prefill", prefill.flag, "--decode", d1.flag, "--decode", d2.flag, "--health-interval-ms", "600000"]);
+    try {
+      d1.sim.child.kill("SIGKILL");
+      await d1.sim.exited;
+      await sleep(100);
+      // Taken one at a time, ties go to each decode in turn: d1 is picked at least once.
+      const cases = mixedCases(6, 11);
+      const want = await referenceTexts(reference, cases);
+      const got = await mapConcurrent(cases, 1, async (c) => generatedText(c.endpoint, c.body.stream === true, await sendCase(proxy.url, c)));
+      expect(got).toEqual(want);
+      const report = await (await fetch(`${proxy.url}/health`, { signal: AbortSignal.timeout(5000) })).json();
+      expect(report.decode.map((d: { health: string }) => d.health)).toEqual(["down", "healthy"]);
+      expect(report.decode[0].error).toMatch(/ECONNREFUSED/);
+      // The KV pushed to d1's node went on from there to d2's: one push more than requests.
+      const metrics = await metricsOf(proxy.url);
+      expect(metricValue(metrics, 'kvferry_proxy_kv_transfers_total{code="OK",mode="push"}')).toBe(cases.length + 1);
+      await expectNoEntries([prefill, d1, d2]);
+    } finally {
+      expect(await proxy.stop()).toBe(0);
+    }
   });
 });
 
@@ -546,7 +667,7 @@ describe("two prefills, two decodes (2P2D)", () => {
 });
 
 describe("no instance available", () => {
-  it("answers 503 with an OpenAI-style error, never an empty 200, and /health says 503", async () => {
+  it("answers 503 with an OpenAI-style error when every instance refuses connections, never an empty 200, and /health says 503", async () => {
     const [p, d] = [await closedPort(), await closedPort()];
     const proxy = await spawnProxy(["--transfer", "none", "--prefill", `http://127.0.0.1:${p}`, "--decode", `http://127.0.0.1:${d}`]);
     try {
@@ -556,14 +677,14 @@ describe("no instance available", () => {
         expect(res.status).toBe(503);
         expect(res.headers.get("content-type")).toBe("application/json");
         expect(JSON.parse(res.text)).toEqual({
-          error: { message: "no healthy prefill instance is available", type: "service_unavailable_error", param: null, code: "no_healthy_instance" },
+          error: { message: expect.stringMatching(/^no decode instance is available: every one is down \(http:\/\/127\.0\.0\.1:\d+: .*ECONNREFUSED/), type: "service_unavailable_error", param: null, code: "no_healthy_instance" },
         });
       }
       const health = await fetch(`${proxy.url}/health`, { signal: AbortSignal.timeout(5000) });
       expect(health.status).toBe(503);
       const report = await health.json();
       expect(report.status).toBe("unavailable");
-      expect(report.prefill[0].health).toBe("unhealthy");
+      expect(report.prefill[0].health).toBe("down");
       expect(report.prefill[0].error).toMatch(/ECONNREFUSED/);
       const models = await fetch(`${proxy.url}/v1/models`, { signal: AbortSignal.timeout(5000) });
       expect(models.status).toBe(503);
@@ -582,8 +703,13 @@ describe("what the proxy sends upstream (a stub engine that records requests)", 
   let stub: Server;
   let base: string;
   const seen: Seen[] = [];
+  /** The prefill node's daemon (the engines are stubs; the proxy only learns who it is). */
+  let daemon: PeerDaemon;
+  let nodeId: string;
 
   beforeAll(async () => {
+    daemon = await startPeerDaemon({ bufferSize: "16MiB" });
+    nodeId = (await daemon.client.serverInfo()).nodeId;
     // Plays a prefill under /p and a decode under /d, as an engine whose own connector
     // moves the KV (--transfer none).
     stub = createServer((req, res) => {
@@ -609,6 +735,7 @@ describe("what the proxy sends upstream (a stub engine that records requests)", 
   afterAll(async () => {
     stub.closeAllConnections();
     await new Promise((resolve) => stub.close(resolve));
+    await daemon?.stop();
   });
 
   async function through(proxy: SpawnedProxy, headers: Record<string, string>): Promise<Seen[]> {
@@ -624,7 +751,8 @@ describe("what the proxy sends upstream (a stub engine that records requests)", 
 
   it("forwards Authorization only with --forward-authorization, and shapes the prefill and decode requests", async () => {
     const args = ["--transfer", "none", "--prefill", `${base}/p`, "--decode", `${base}/d/`];
-    const plain = await spawnProxy(args);
+    // The prefill instance's node has a daemon: both requests name it as the KV's source.
+    const plain = await spawnProxy(["--transfer", "none", "--prefill", `${base}/p=${daemon.address}`, "--decode", `${base}/d/`]);
     const forwarding = await spawnProxy([...args, "--forward-authorization"]);
     try {
       const [pre, dec] = await through(plain, { authorization: "Bearer sk-client", "x-request-id": "rid-1" });
@@ -636,27 +764,146 @@ describe("what the proxy sends upstream (a stub engine that records requests)", 
       // The prefill: one token, not streamed, KV kept for a remote decode.
       const transferId = (pre!.body.kv_transfer_params as { transfer_id: string }).transfer_id;
       expect(transferId).toMatch(/^kvf-[0-9a-f-]{36}$/);
+      const source = { source_node: daemon.peerAddress, source_node_id: nodeId };
       expect(pre!.body).toEqual({
         model: "m", messages: [{ role: "user", content: "hi" }], stream: false, max_tokens: 1, max_completion_tokens: 1,
-        kv_transfer_params: { transfer_id: transferId, do_remote_decode: true, do_remote_prefill: false },
+        kv_transfer_params: { transfer_id: transferId, do_remote_decode: true, do_remote_prefill: false, ...source },
       });
-      // The decode: the original request, with what the prefill returned and the transfer id.
+      // The decode: the original request, with what the prefill returned, the transfer id and the source node.
       expect(dec!.body).toEqual({
         model: "m", messages: [{ role: "user", content: "hi" }], stream: true, stream_options: { include_usage: true }, max_tokens: 9, min_tokens: 3,
         kv_transfer_params: {
           remote_engine_id: "engine-7", remote_block_ids: [1, 2], transfer_id: transferId, do_remote_prefill: true, do_remote_decode: false,
+          ...source,
         },
       });
 
       const [fpre, fdec] = await through(forwarding, { authorization: "Bearer sk-client" });
       expect(fpre!.headers.authorization).toBe("Bearer sk-client");
       expect(fdec!.headers.authorization).toBe("Bearer sk-client");
+      // No daemon given for the prefill instance: no source node to name.
+      expect(fpre!.body.kv_transfer_params).toEqual({ transfer_id: expect.any(String), do_remote_decode: true, do_remote_prefill: false });
+      expect(Object.keys(fdec!.body.kv_transfer_params as object)).not.toContain("source_node");
       // Forwarding never makes one up.
       const [npre, ndec] = await through(forwarding, {});
       expect(npre!.headers.authorization).toBeUndefined();
       expect(ndec!.headers.authorization).toBeUndefined();
     } finally {
       expect(await Promise.all([plain.stop(), forwarding.stop()])).toEqual([0, 0]);
+    }
+  });
+});
+
+describe("instances that misbehave once (stub engines)", () => {
+  type Trouble = "half-event-then-reset" | "silent";
+  let stub: Server;
+  let base: string;
+  /** What the next decode requests do (one each), before answering normally again. */
+  const troubles: Trouble[] = [];
+  let prefillRequests = 0;
+
+  beforeAll(async () => {
+    // A prefill under /p and a decode under /d (--transfer none). The decode streams two
+    // events and [DONE], unless a trouble is queued for it.
+    stub = createServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        if (req.method === "GET") {
+          res.writeHead(200, { "content-type": "application/json" }).end('{"status":"ok"}');
+          return;
+        }
+        if (req.url!.startsWith("/p/")) {
+          prefillRequests++;
+          res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ choices: [{ text: "a" }], kv_transfer_params: {} }));
+          return;
+        }
+        const trouble = troubles.shift();
+        res.writeHead(200, { "content-type": "text/event-stream" });
+        res.write('data: {"choices":[{"text":"one"}]}\n\n');
+        if (trouble === "half-event-then-reset") {
+          res.write('data: {"choices":[{"te');
+          setTimeout(() => req.socket.resetAndDestroy(), 200);
+        } else if (trouble === undefined) {
+          res.end('data: {"choices":[{"text":" two"}]}\n\ndata: [DONE]\n\n');
+        }
+        // silent: nothing more, until the proxy gives up and closes the connection.
+      });
+    });
+    await new Promise<void>((resolve) => stub.listen(0, "127.0.0.1", resolve));
+    base = `http://127.0.0.1:${(stub.address() as AddressInfo).port}`;
+  });
+
+  afterAll(async () => {
+    stub.closeAllConnections();
+    await new Promise((resolve) => stub.close(resolve));
+  });
+
+  const streamed = { model: MODEL, prompt: "hi", stream: true };
+
+  async function expectServed(proxy: SpawnedProxy): Promise<void> {
+    const next = await post(proxy.url, "/v1/completions", streamed);
+    expect(next.status, next.text).toBe(200);
+    expect(generatedText("completions", true, next)).toBe("one two");
+  }
+
+  for (const trouble of ["half-event-then-reset", "silent"] as const) {
+    it(`a single decode whose stream breaks off (${trouble}): the client gets whole events, an error event and [DONE]; the next request is served`, async () => {
+      const proxy = await spawnProxy(["--transfer", "none", "--prefill", `${base}/p`, "--decode", `${base}/d`, "--decode-timeout-ms", "1000"]);
+      try {
+        troubles.push(trouble);
+        const broken = await post(proxy.url, "/v1/completions", streamed);
+        expect(broken.status).toBe(200);
+        expectParsableEvents(broken.text);
+        const events = sseData(broken.text);
+        expect(events.at(-1)).toBe("[DONE]");
+        expect(JSON.parse(events[0]!).choices[0].text).toBe("one");
+        expect(JSON.parse(events.at(-2)!).error).toMatchObject({ type: "upstream_error", code: "stream_interrupted" });
+        expect(events).toHaveLength(3);
+        // One broken stream does not take the only decode out of service (no 503).
+        await expectServed(proxy);
+        await expectServed(proxy);
+        const report = await (await fetch(`${proxy.url}/health`, { signal: AbortSignal.timeout(5000) })).json();
+        expect(report.decode[0].health).toBe("healthy");
+      } finally {
+        expect(await proxy.stop()).toBe(0);
+      }
+    });
+  }
+
+  it("answers 503 without a prefill when no decode instance is reachable", async () => {
+    const proxy = await spawnProxy(["--transfer", "none", "--prefill", `${base}/p`, "--decode", `http://127.0.0.1:${await closedPort()}`]);
+    try {
+      const before = prefillRequests;
+      const res = await post(proxy.url, "/v1/completions", { model: MODEL, prompt: "hi" });
+      expect(res.status).toBe(503);
+      expect(JSON.parse(res.text).error).toMatchObject({ type: "service_unavailable_error", code: "no_healthy_instance" });
+      expect(JSON.parse(res.text).error.message).toMatch(/^no decode instance is available/);
+      expect(prefillRequests).toBe(before);
+    } finally {
+      expect(await proxy.stop()).toBe(0);
+    }
+  });
+
+  it("refuses JSON nested too deep with 400, and answers a client's oversized headers 431 and a malformed request 400", async () => {
+    const proxy = await spawnProxy(["--transfer", "none", "--prefill", `${base}/p`, "--decode", `${base}/d`]);
+    try {
+      const depth = 200_000;
+      const deep = await post(proxy.url, "/v1/completions", `{"model":"m","prompt":${"[".repeat(depth)}${"]".repeat(depth)}}`);
+      expect(deep.status, deep.text).toBe(400);
+      expect(JSON.parse(deep.text).error).toMatchObject({ type: "invalid_request_error", code: "invalid_json" });
+      expect(JSON.parse(deep.text).error.message).toMatch(/nests arrays and objects more than \d+ deep/);
+      // Nesting within the bound, and brackets inside strings, are fine.
+      const fine = await post(proxy.url, "/v1/completions", { model: "m", prompt: "[[[[{{{{", stream: true, extra: [[[[{ a: [1] }]]]] });
+      expect(generatedText("completions", true, fine)).toBe("one two");
+
+      const big = await rawAnswer(await rawConnection(proxy.url), `GET /health HTTP/1.1\r\nHost: proxy\r\nX-Big: ${"a".repeat(64 << 10)}\r\n\r\n`);
+      expect(big.status, big.head).toBe(431);
+      const garbage = await rawAnswer(await rawConnection(proxy.url), "NOT HTTP AT ALL\r\n\r\n");
+      expect(garbage.status, garbage.head).toBe(400);
+      // Still serving.
+      await expectServed(proxy);
+    } finally {
+      expect(await proxy.stop()).toBe(0);
     }
   });
 });
