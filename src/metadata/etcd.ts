@@ -2,47 +2,76 @@
 // or "etcd://H1:P1,H2:P2,...").
 //
 // This node's record lives at `${prefix}nodes/${nodeId}` under an etcd lease of
-// ceil(ttl) seconds that the etcd3 client keeps alive; the record itself is written again
-// every ttl/3 (its updatedAt, and whatever update() changed). When the lease is lost (etcd
-// restarted without its data, keepalives failing for twice the lease, someone revoked
-// it) the registration grants a new lease and writes the record again by itself, retrying
-// with a backoff of 200 ms doubling to ttl/3 until close(). close() revokes the lease, so
-// the record disappears at once rather than a TTL later.
+// ceil(ttl) seconds that the etcd3 client keeps alive: the lease is the liveness. The
+// record is written when a lease is granted, again when update() changed it (checked
+// every ttl/3), and otherwise only every max(ttl, 60 s) to move its updatedAt: every put
+// is a new etcd revision, kept in etcd's history until it is compacted. When the lease is
+// lost (etcd restarted without its data, keepalives failing for twice the lease, someone
+// revoked it) the registration grants a new lease and writes the record again by itself,
+// retrying with a backoff of 200 ms doubling to ttl/3 until close(). close() revokes the
+// lease, so the record disappears at once rather than a TTL later.
 //
 // The other nodes come from a watch-fed NodeCache: one read of every key under the nodes
 // prefix at revision R, then a prefix watch from R+1, so no change falls between the two.
 // When the watch breaks (etcd restarting) it is dropped and the read + watch run again
 // once etcd answers; the cache is replaced with what the read found, so listeners hear of
-// the joins and leaves the outage hid. A record that does not decode is
-// logged and skipped. Lookups answer from the cache once the first read + watch succeeded.
+// the joins and leaves the outage hid. A record that does not decode is skipped, and
+// warned about once per value (BadValues). Lookups answer from the cache once the first
+// read + watch succeeded.
 //
-// Every call to etcd has a deadline of min(ttl, 5 s), and register() as a whole is bounded
-// by it too: etcd3's own retries never hang start-up. Two lifecycles, each a state machine:
-// the registration (idle → registering → alive ⇄ recovering → closed) and the cache's
-// feed (cold → live ⇄ resyncing → closed).
+// Endpoints: calls are bounded by min(ttl, 5 s), and so is register() as a whole. An
+// attempt gets that bound divided by the number of endpoints (at least 500 ms), and a
+// failed attempt is retried on the next endpoint: the calls made here (get, put, lease
+// grant and revoke) are idempotent, so DEADLINE_EXCEEDED is retried like UNAVAILABLE. A
+// stream (the watch, the lease keepalive) that hears nothing within an attempt's time is
+// cancelled as UNAVAILABLE, which makes etcd3 open it again on another endpoint. So a
+// member that accepts connections and never answers (gRPC then waits for its HTTP/2
+// settings forever) costs one attempt, not the whole call. With more than one endpoint,
+// one that did not answer is skipped for a second (a circuit breaker per endpoint); when
+// every one is being skipped, errors name the last real failure, not the breaker.
+//
+// Two lifecycles, each a state machine: the registration (idle → registering → alive ⇄
+// recovering → closed) and the cache's feed (cold → live ⇄ resyncing → closed).
 // cockatiel is the policy library etcd3 takes its fault-handling options from.
+import { status as GrpcStatus, InterceptingCall, type Interceptor } from "@grpc/grpc-js";
 import {
   ConsecutiveBreaker,
   ExponentialBackoff,
   circuitBreaker,
   handleWhen,
+  isBrokenCircuitError,
+  noop,
   retry,
+  type IPolicy,
 } from "cockatiel";
-import { Etcd3, isRecoverableError, type IKeyValue, type Lease, type Watcher } from "etcd3";
+import {
+  Etcd3,
+  GRPCDeadlineExceededError,
+  GRPCUnavailableError,
+  isRecoverableError,
+  type IKeyValue,
+  type Lease,
+  type Watcher,
+} from "etcd3";
 import type { Logger } from "pino";
 import { CancelledError, ConfigError, FailedPreconditionError, KvferryError, UnavailableError } from "../errors.js";
 import { NodeCache } from "./node-cache.js";
 import { decodeNode, encodeNode, type NodeRecord } from "./node.js";
+import { BadValues, contentOf, within } from "./refreshing-registry.js";
 import { nodeKey, nodesPrefix, type NodeEvent, type NodeRegistry, type RegistryOptions } from "./registry.js";
 
 /** The longest any single etcd call (and register() as a whole) may take. */
 const CALL_TIMEOUT_CAP_MS = 5_000;
+/** The least one attempt of a call (or a stream's first answer) is given, however many endpoints. */
+const MIN_ATTEMPT_MS = 500;
 /** close() gives up on a polite revoke after this long; the lease then lapses by itself. */
 const CLOSE_TIMEOUT_MS = 2_000;
 /** First wait before re-registering or re-syncing; doubles up to ttl/3. */
 const FIRST_RETRY_MS = 200;
-/** How long an endpoint that failed three calls in a row is skipped before it is tried again. */
+/** How long an endpoint that did not answer is skipped before it is tried again. */
 const ENDPOINT_PAUSE_MS = 1_000;
+/** An unchanged record is written again (to move its updatedAt) after max(ttl, this). */
+const REWRITE_UNCHANGED_MS = 60_000;
 
 /** The endpoints of `server` ("h:p", "etcd://h:p" or "etcd://h1:p,h2:p") as "host:port". */
 export function etcdEndpoints(server: string): string[] {
@@ -78,20 +107,26 @@ export class EtcdRegistry implements NodeRegistry {
 
   readonly #client: Etcd3;
   readonly #cache: NodeCache;
+  readonly #badValues: BadValues;
   /** "etcd at h1:p1,h2:p2", the start of every error message. */
   readonly #server: string;
   readonly #nodesPrefix: string;
   readonly #ttlSeconds: number;
   readonly #refreshMs: number;
+  readonly #rewriteMs: number;
   readonly #callTimeoutMs: number;
   readonly #maxBackoffMs: number;
   #closed = false;
   #closing: Promise<void> | undefined;
   /** Attempts to register and syncs still running, which close() waits for. */
   readonly #inflight = new Set<Promise<unknown>>();
+  /** "h:p: what failed": the last time an endpoint did not answer, for messages about a skipped one. */
+  #lastFailure: string | undefined;
 
   // The registration.
   #self: NodeRecord | undefined;
+  /** Our record as last written under the current lease (undefined: not yet). */
+  #written: NodeRecord | undefined;
   #reg: Registration = { state: "idle" };
   /** Something went wrong with our record and was logged at warn; cleared (at info) when it is fine again. */
   #recordTrouble = false;
@@ -118,19 +153,21 @@ export class EtcdRegistry implements NodeRegistry {
     this.#nodesPrefix = nodesPrefix(options.prefix);
     this.#ttlSeconds = Math.max(1, Math.ceil(options.ttlMs / 1000));
     this.#refreshMs = Math.max(1, Math.floor(options.ttlMs / 3));
+    this.#rewriteMs = Math.max(options.ttlMs, REWRITE_UNCHANGED_MS);
     this.#callTimeoutMs = Math.min(options.ttlMs, CALL_TIMEOUT_CAP_MS);
     this.#maxBackoffMs = Math.max(FIRST_RETRY_MS, this.#refreshMs);
     this.#cache = new NodeCache(log);
-    const callTimeoutMs = this.#callTimeoutMs;
+    this.#badValues = new BadValues(log, this.where);
+    const attemptMs = Math.max(MIN_ATTEMPT_MS, Math.floor(this.#callTimeoutMs / endpoints.length));
     this.#client = new Etcd3({
       hosts: endpoints.map((e) => `http://${e}`),
-      // Unary calls get a deadline; streams (watch, keepalive) live as long as they work.
-      defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + callTimeoutMs }),
+      // Each attempt of a unary call has a deadline of its own; a stream must hear from its endpoint as soon.
+      defaultCallOptions: (context) =>
+        context.isStream ? { interceptors: [firstAnswerWithin(attemptMs)] } : { deadline: Date.now() + attemptMs },
       faultHandling: {
-        // An endpoint that keeps failing is skipped for a second, so a dead member of the
-        // list costs little; a failed call is retried up to once per endpoint, each try on the next one.
-        host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: ENDPOINT_PAUSE_MS, breaker: new ConsecutiveBreaker(3) }),
-        global: retry(handleWhen(isRecoverableError), { maxAttempts: endpoints.length }),
+        host: (host) => (endpoints.length > 1 ? this.#skipWhenSilent(host) : noop),
+        // A failed call is retried up to once per endpoint, each try on the next one.
+        global: retry(handleWhen(retryable), { maxAttempts: endpoints.length }),
         // etcd3 types this as a backoff (its first step) and calls next() on it to start over.
         watchBackoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: this.#maxBackoffMs }).next(),
       },
@@ -145,9 +182,22 @@ export class EtcdRegistry implements NodeRegistry {
   }
 
   /**
+   * The policy of one endpoint of several: skipped for a second once it did not answer
+   * (refused, timed out, or a stream heard nothing), so that the calls after go elsewhere.
+   */
+  #skipWhenSilent(host: string): IPolicy {
+    const breaker = circuitBreaker(handleWhen(silent), { halfOpenAfter: ENDPOINT_PAUSE_MS, breaker: new ConsecutiveBreaker(1) });
+    const endpoint = host.replace(/^http:\/\//, "");
+    breaker.onFailure(({ handled, reason }) => {
+      if (handled && "error" in reason) this.#lastFailure = `${endpoint}: ${describe(reason.error)}`;
+    });
+    return breaker;
+  }
+
+  /**
    * Reads the current nodes, starts the watch, then writes this node's record under a new
-   * lease, all within min(ttl, 5 s). From then on the record is refreshed every ttl/3 and
-   * re-registered by itself when the lease is lost.
+   * lease, all within min(ttl, 5 s). From then on the lease is kept alive, the record is
+   * written again when update() changed it, and re-registered by itself when the lease is lost.
    * @throws UnavailableError naming etcd and its endpoints when it cannot be reached in time.
    * @throws FailedPreconditionError when already registered (use update()) or closed.
    */
@@ -158,14 +208,14 @@ export class EtcdRegistry implements NodeRegistry {
     this.#reg = { state: "registering" };
     const deadlineAt = Date.now() + this.#callTimeoutMs;
     try {
-      if (!this.#primed) await withDeadline(this.#sync(), deadlineAt - Date.now());
+      if (!this.#primed) await within(deadlineAt - Date.now(), this.#sync(), "reading the node records");
       const lease = await this.#establish(deadlineAt);
       this.#alive(lease);
       this.log.info({ nodeId: self.nodeId, metadata: this.where, leaseTtlS: this.#ttlSeconds }, "registered with etcd");
     } catch (err) {
       if (this.#reg.state === "registering") this.#reg = { state: "idle" };
       if (err instanceof KvferryError) throw err;
-      throw new UnavailableError(`${this.#server}: cannot register node ${self.nodeId}: ${reason(err)}`, { cause: err });
+      throw new UnavailableError(`${this.#server}: cannot register node ${self.nodeId}: ${this.#reason(err)}`, { cause: err });
     }
   }
 
@@ -223,23 +273,34 @@ export class EtcdRegistry implements NodeRegistry {
     const feed = this.#feed;
     this.#feed = { state: "closed" };
     if (feed.state === "resyncing") clearTimeout(feed.timer);
-    const work = Promise.allSettled([
-      reg.state === "alive" ? this.#drop(reg.lease) : undefined,
-      feed.state === "live" ? this.#dropWatcher(feed.watcher) : undefined,
-      ...this.#inflight,
-    ]);
+    // The revoke's outcome: none while etcd has not answered.
+    const revoke: { outcome?: { ok: true } | { ok: false; err: unknown } } = {};
+    let revoking: Promise<void> | undefined;
+    if (reg.state === "alive") {
+      reg.lease.removeAllListeners();
+      revoking = reg.lease.revoke().then(
+        () => void (revoke.outcome = { ok: true }),
+        (err: unknown) => void (revoke.outcome = { ok: false, err }),
+      );
+    }
+    const work = Promise.allSettled([revoking, feed.state === "live" ? this.#dropWatcher(feed.watcher) : undefined, ...this.#inflight]);
     try {
-      await withDeadline(work, CLOSE_TIMEOUT_MS);
+      await within(CLOSE_TIMEOUT_MS, work, "closing");
     } catch (err) {
-      this.log.warn({ err, metadata: this.where }, "etcd did not confirm the deregistration; the record lapses with its lease");
+      this.log.debug({ err, metadata: this.where }, "etcd did not answer everything close() asked");
     }
     try {
       this.#client.close();
     } catch (err) {
       this.log.debug({ err }, "closing the etcd client failed");
     }
-    if (reg.state === "alive" || reg.state === "recovering") {
+    if (reg.state !== "alive") return;
+    const { outcome } = revoke;
+    if (outcome?.ok) {
       this.log.info({ nodeId: this.#self?.nodeId, metadata: this.where }, "deregistered from etcd");
+    } else {
+      const err = outcome === undefined ? `no answer within ${CLOSE_TIMEOUT_MS} ms` : this.#reason(outcome.err);
+      this.log.warn({ nodeId: this.#self?.nodeId, metadata: this.where, err }, "could not revoke our etcd lease: the record lapses with it");
     }
   }
 
@@ -254,7 +315,7 @@ export class EtcdRegistry implements NodeRegistry {
       const lease = this.#client.lease(this.#ttlSeconds);
       lease.on("lost", (err) => this.#onLost(lease, err));
       try {
-        await withDeadline(this.#writeRecord(lease), deadlineAt - Date.now());
+        await within(deadlineAt - Date.now(), this.#writeRecord(lease), "writing our record");
         if (lease.revoked()) throw new Error("the lease was lost as soon as it was granted");
       } catch (err) {
         void this.#drop(lease);
@@ -276,6 +337,7 @@ export class EtcdRegistry implements NodeRegistry {
     const record: NodeRecord = { ...self, updatedAt: Date.now() };
     const text = encodeNode(record);
     await lease.put(nodeKey(this.options.prefix, record.nodeId)).value(text);
+    this.#written = record;
     // The watch brings the same record back; setting it now makes list() right at once.
     // Through decodeNode, so the echo compares equal and raises no second event.
     const decoded = decodeNode(text);
@@ -290,13 +352,22 @@ export class EtcdRegistry implements NodeRegistry {
     return this.#reg.state === "alive" && this.#reg.lease === lease;
   }
 
-  /** Every ttl/3: the record again. A lost lease shows up as "lost" and is handled there. */
+  /**
+   * Every ttl/3: the record again if update() changed it, or if it was last written
+   * max(ttl, 60 s) ago; the keepalive does the rest. A lost lease shows up as "lost".
+   */
   async #refresh(lease: Lease): Promise<void> {
-    try {
-      await withDeadline(this.#writeRecord(lease), this.#callTimeoutMs);
-      if (this.#isCurrent(lease)) this.#recordFine("etcd answers again; our record is refreshed");
-    } catch (err) {
-      if (this.#isCurrent(lease)) this.#recordFailing("cannot refresh our record in etcd", err);
+    const self = this.#self;
+    const written = this.#written;
+    const due =
+      self === undefined || written === undefined || contentOf(self) !== contentOf(written) || Date.now() - written.updatedAt >= this.#rewriteMs;
+    if (due) {
+      try {
+        await within(this.#callTimeoutMs, this.#writeRecord(lease), "writing our record");
+        if (this.#isCurrent(lease)) this.#recordFine("etcd answers again; our record is written");
+      } catch (err) {
+        if (this.#isCurrent(lease)) this.#recordFailing("cannot write our record to etcd", err);
+      }
     }
     if (this.#isCurrent(lease)) this.#alive(lease);
   }
@@ -362,9 +433,9 @@ export class EtcdRegistry implements NodeRegistry {
     if (this.#primed) return;
     if (this.#closed) throw new FailedPreconditionError(`${this.#server}: the registry is closed`);
     try {
-      await withDeadline(this.#sync(), this.#callTimeoutMs);
+      await within(this.#callTimeoutMs, this.#sync(), "reading the node records");
     } catch (err) {
-      throw new UnavailableError(`${this.#server}: cannot read the node records: ${reason(err)}`, { cause: err });
+      throw new UnavailableError(`${this.#server}: cannot read the node records: ${this.#reason(err)}`, { cause: err });
     }
   }
 
@@ -410,6 +481,8 @@ export class EtcdRegistry implements NodeRegistry {
         const node = this.#decode(kv);
         if (node !== undefined) nodes.push(node);
       }
+      const keys = new Set(read.kvs.map((kv) => kv.key.toString()));
+      this.#badValues.keepOnly((key) => keys.has(key));
       this.#cache.replace(nodes);
       // Changes made after the read, whenever the watch gets connected, arrive through it.
       const from = (BigInt(read.header.revision) + 1n).toString();
@@ -423,9 +496,12 @@ export class EtcdRegistry implements NodeRegistry {
         else this.#cache.delete(this.#nodeIdOf(kv));
       });
       w.on("delete", (kv) => {
-        if (current()) this.#cache.delete(this.#nodeIdOf(kv));
+        if (!current()) return;
+        this.#badValues.clear(kv.key.toString());
+        this.#cache.delete(this.#nodeIdOf(kv));
       });
-      // Until connected, a broken stream is retried by etcd3 itself (another endpoint, maybe).
+      // Until connected, a broken stream is retried by etcd3 itself, on another endpoint
+      // when this one did not answer (firstAnswerWithin).
       // Once live, a break makes us re-read everything, so the replayed gap cannot confuse us.
       w.on("disconnected", (err) => this.#watchBroke(w, err));
       w.on("error", (err) => {
@@ -438,7 +514,7 @@ export class EtcdRegistry implements NodeRegistry {
       });
     };
     try {
-      await withDeadline(steps(), this.#callTimeoutMs);
+      await within(this.#callTimeoutMs, steps(), "reading and watching the node records");
     } catch (err) {
       abandoned = true;
       if (watcher !== undefined) void this.#dropWatcher(watcher);
@@ -498,22 +574,33 @@ export class EtcdRegistry implements NodeRegistry {
     return kv.key.toString().slice(this.#nodesPrefix.length);
   }
 
-  /** The record in `kv`, or undefined (logged) when it does not decode or sits under another id's key. */
+  /** The record in `kv`, or undefined (warned once per value) when it does not decode or sits under another id's key. */
   #decode(kv: IKeyValue): NodeRecord | undefined {
     const key = kv.key.toString();
-    const node = decodeNode(kv.value.toString());
-    if (node instanceof Error) {
-      this.log.warn({ key, metadata: this.where, reason: node.message }, "skipping a node record that does not decode");
+    const text = kv.value.toString();
+    const node = decodeNode(text);
+    const problem =
+      node instanceof Error
+        ? node.message
+        : node.nodeId !== this.#nodeIdOf(kv)
+          ? `its nodeId ${JSON.stringify(node.nodeId)} does not match the key`
+          : undefined;
+    if (problem !== undefined) {
+      this.#badValues.warn(key, text, problem);
       return undefined;
     }
-    if (node.nodeId !== this.#nodeIdOf(kv)) {
-      this.log.warn({ key, nodeId: node.nodeId, metadata: this.where }, "skipping a node record filed under another node's key");
-      return undefined;
-    }
-    return node;
+    this.#badValues.clear(key);
+    return node as NodeRecord;
   }
 
   // --- Plumbing -----------------------------------------------------------------------
+
+  /** What went wrong, for a message: when every endpoint was being skipped, what the last one did. */
+  #reason(err: unknown): string {
+    if (!isBrokenCircuitError(err)) return describe(err);
+    const last = this.#lastFailure === undefined ? "" : `; the last, ${this.#lastFailure}`;
+    return `every endpoint failed just now${last}`;
+  }
 
   /** Remembers `work` until it settles, so close() can wait for it. */
   #track<T>(work: Promise<T>): Promise<T> {
@@ -531,15 +618,47 @@ export class EtcdRegistry implements NodeRegistry {
   }
 }
 
-/** `work`, or a rejection once `ms` have passed (`work` itself is not stopped). */
-function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${Math.round(ms)} ms`)), Math.max(0, ms));
-  });
-  return Promise.race([work, expired]).finally(() => clearTimeout(timer));
+/** A failure worth another attempt: etcd3's recoverable errors, and a deadline (the calls here are idempotent). */
+function retryable(err: Error): boolean {
+  return isRecoverableError(err) || err instanceof GRPCDeadlineExceededError;
 }
 
-function reason(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+/** The endpoint did not answer: refused, timed out, or a stream heard nothing (firstAnswerWithin). */
+function silent(err: Error): boolean {
+  return err instanceof GRPCUnavailableError || err instanceof GRPCDeadlineExceededError;
+}
+
+/**
+ * Cancels a stream as UNAVAILABLE unless its endpoint answers (a message or a status)
+ * within `ms` of its start: etcd3 then marks the endpoint failed and opens the stream
+ * again, on another endpoint. The streams here (watch, lease keepalive) write a request
+ * as soon as they open, which etcd answers at once.
+ */
+function firstAnswerWithin(ms: number): Interceptor {
+  return (options, nextCall) => {
+    let timer: NodeJS.Timeout | undefined;
+    const call: InterceptingCall = new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        timer = setTimeout(() => call.cancelWithStatus(GrpcStatus.UNAVAILABLE, `no answer within ${ms} ms`), ms);
+        timer.unref();
+        next(metadata, {
+          onReceiveMessage(message, nextMessage) {
+            clearTimeout(timer);
+            nextMessage(message);
+          },
+          onReceiveStatus(status, nextStatus) {
+            clearTimeout(timer);
+            nextStatus(status);
+          },
+        });
+      },
+    });
+    return call;
+  };
+}
+
+/** An error's message, without the empty "Resolution note" gRPC appends. */
+function describe(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.replace(/\.?\s*Resolution note:\s*$/, "");
 }

@@ -19,18 +19,24 @@
 //
 // The command connection never queues commands while redis is down: they fail at once, so
 // register() reports UnavailableError within a bound rather than waiting, and the client
-// reconnects by itself with a bounded backoff.
+// reconnects by itself with a bounded backoff. Callers that must wait for the connection
+// share one promise of it (not a listener each). Once the connection has been up, a
+// registry that is registered or watching does not wait at all while it is down again,
+// or while its last command timed out (a frozen server): lookups and lists answer from
+// the last known state at once (`reachable`), and the period finds redis back.
 import { Redis, type RedisOptions } from "ioredis";
 import type { Logger } from "pino";
 import { ConfigError } from "../errors.js";
 import { encodeNode, type NodeRecord } from "./node.js";
-import { RefreshingRegistry } from "./refreshing-registry.js";
+import { RefreshingRegistry, within } from "./refreshing-registry.js";
 import { nodeKey, nodesPrefix, type RegistryOptions } from "./registry.js";
 
 /** First reconnect delay; doubles up to ttl/3 (and 2 s). */
 const FIRST_RECONNECT_MS = 100;
 /** Keys per SCAN step and per MGET. */
 const BATCH = 256;
+/** How ioredis rejects a command that got no reply within commandTimeout. */
+const COMMAND_TIMED_OUT = "Command timed out";
 
 interface RedisAddress {
   host: string;
@@ -72,6 +78,12 @@ export class RedisRegistry extends RefreshingRegistry {
   readonly #channel: string;
   /** Commands: fail fast while disconnected, reconnect by themselves. */
   #cmd: Redis | undefined;
+  /** #cmd has been ready at least once. */
+  #wasReady = false;
+  /** The last command timed out; cleared by the next answer (or reconnect). */
+  #stalled = false;
+  /** Settles when #cmd is next ready, or fails to connect: shared by every caller waiting. */
+  #connecting: Promise<void> | undefined;
   /** The events subscription, opened by the first watch(). */
   #sub: Redis | undefined;
 
@@ -92,7 +104,7 @@ export class RedisRegistry extends RefreshingRegistry {
     const cmd = this.#commands();
     await this.#ready(cmd, this.bound);
     const key = nodeKey(this.options.prefix, record.nodeId);
-    const previous = await cmd.set(key, encodeNode(record), "PX", this.options.ttlMs, "GET");
+    const previous = await this.#answer(cmd.set(key, encodeNode(record), "PX", this.options.ttlMs, "GET"));
     if (previous === null && this.registered) {
       this.log.info({ metadata: this.where, nodeId: record.nodeId }, "this node's record had lapsed or was lost: re-written");
     }
@@ -103,7 +115,7 @@ export class RedisRegistry extends RefreshingRegistry {
   protected async readRecord(nodeId: string): Promise<string | undefined> {
     const cmd = this.#commands();
     await this.#ready(cmd, this.bound);
-    return (await cmd.get(nodeKey(this.options.prefix, nodeId))) ?? undefined;
+    return (await this.#answer(cmd.get(nodeKey(this.options.prefix, nodeId)))) ?? undefined;
   }
 
   /** Every decodable record under the nodes prefix (a SCAN, then MGETs). */
@@ -114,7 +126,7 @@ export class RedisRegistry extends RefreshingRegistry {
     const keys = new Set<string>(); // SCAN may return a key twice
     let cursor = "0";
     do {
-      const [next, batch] = await cmd.scan(cursor, "MATCH", pattern, "COUNT", BATCH);
+      const [next, batch] = await this.#answer(cmd.scan(cursor, "MATCH", pattern, "COUNT", BATCH));
       for (const key of batch) keys.add(key);
       cursor = next;
     } while (cursor !== "0");
@@ -122,7 +134,7 @@ export class RedisRegistry extends RefreshingRegistry {
     const nodes: NodeRecord[] = [];
     for (let i = 0; i < all.length; i += BATCH) {
       const batch = all.slice(i, i + BATCH);
-      const values = await cmd.mget(batch);
+      const values = await this.#answer(cmd.mget(batch));
       batch.forEach((key, j) => {
         const text = values[j];
         const node = text == null ? undefined : this.decode(key, text);
@@ -156,6 +168,25 @@ export class RedisRegistry extends RefreshingRegistry {
 
   // --- connections --------------------------------------------------------------------
 
+  /** False while a connection that was up is down, or stalled: see RefreshingRegistry. */
+  protected override get reachable(): boolean {
+    const cmd = this.#cmd;
+    if (cmd === undefined || !this.#wasReady) return true; // never connected yet: ask, and wait for it
+    return cmd.status === "ready" && !this.#stalled;
+  }
+
+  /** `command`'s reply, noting whether redis answers: a timeout marks it stalled, any answer clears that. */
+  async #answer<T>(command: Promise<T>): Promise<T> {
+    try {
+      const reply = await command;
+      this.#stalled = false;
+      return reply;
+    } catch (err) {
+      this.#stalled = err instanceof Error && err.message === COMMAND_TIMED_OUT;
+      throw err;
+    }
+  }
+
   #clientOptions(): RedisOptions {
     const { host, port, db } = this.#address;
     return {
@@ -180,7 +211,6 @@ export class RedisRegistry extends RefreshingRegistry {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
     });
-    let readyBefore = false;
     cmd.on("error", (err) => this.log.debug({ err, metadata: this.where }, "redis connection error"));
     cmd.on("close", () => {
       if (this.registered) this.connectionLost(new Error("connection closed"));
@@ -188,31 +218,40 @@ export class RedisRegistry extends RefreshingRegistry {
     cmd.on("ready", () => {
       // After a reconnect: rewrite the record (the server may have restarted empty) and
       // read every node (messages may have been missed), without waiting for the period.
-      if (readyBefore) this.tickNow();
-      readyBefore = true;
+      if (this.#wasReady) this.tickNow();
+      this.#wasReady = true;
+      this.#stalled = false;
     });
     this.#cmd = cmd;
+    this.#wasReady = false;
+    this.#stalled = false;
     return cmd;
   }
 
-  /** Resolves once `cmd` is connected; rejects on its first connection error or after `ms`. */
+  /** Resolves once `cmd` is connected; rejects on its next connection error or after `ms`. */
   #ready(cmd: Redis, ms: number): Promise<void> {
     if (cmd.status === "ready") return Promise.resolve();
     if (cmd.status === "wait") cmd.connect().catch(() => {}); // the error event below tells
-    return new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        clearTimeout(timer);
-        cmd.off("ready", onReady);
-        cmd.off("error", onError);
-        if (err) reject(err);
-        else resolve();
-      };
-      const onReady = () => done();
-      const onError = (err: Error) => done(err);
-      const timer = setTimeout(() => done(new Error(`not connected within ${ms} ms`)), ms);
-      cmd.on("ready", onReady);
-      cmd.on("error", onError);
-    });
+    if (this.#connecting === undefined) {
+      const connecting = new Promise<void>((resolve, reject) => {
+        const done = (err?: Error) => {
+          cmd.off("ready", onReady);
+          cmd.off("error", onError);
+          cmd.off("end", onEnd);
+          if (this.#connecting === connecting) this.#connecting = undefined;
+          if (err) reject(err);
+          else resolve();
+        };
+        const onReady = () => done();
+        const onError = (err: Error) => done(err);
+        const onEnd = () => done(new Error("connection closed"));
+        cmd.on("ready", onReady);
+        cmd.on("error", onError);
+        cmd.on("end", onEnd);
+      });
+      this.#connecting = connecting;
+    }
+    return within(ms, this.#connecting, "connecting");
   }
 
   /** Opens the subscriber connection (once: it stays while the registry is open). */
@@ -236,9 +275,10 @@ export class RedisRegistry extends RefreshingRegistry {
   }
 
   protected override disconnect(): void {
-    this.#cmd?.disconnect();
+    this.#cmd?.disconnect(); // rejects #connecting (its "end"), if any
     this.#sub?.disconnect();
     this.#cmd = undefined;
     this.#sub = undefined;
+    this.#connecting = undefined;
   }
 }

@@ -16,12 +16,16 @@
 //  - the NodeCache that reads feed: a refresh that only moves updatedAt is a heartbeat,
 //    not an update. lookup() and list() answer from it when the server cannot be reached
 //    and this registry keeps it current (registered or watched), else UnavailableError;
+//    and at once, without asking, while the backend knows the server is not answering
+//    (`reachable`: a connection down or stalled), so that callers never wait out a
+//    reconnect for what the cache already holds;
 //  - a value that does not decode is warned about once (again when it changes), skipped;
 //  - close() lets the tick in flight finish (a refresh landing after the delete would
 //    bring the record back), then deletes the record within 2 s or leaves it to lapse.
 //
 // etcd keeps its record under a lease that its client keeps alive and follows a watch
-// stream: another lifecycle, which does not build on this one.
+// stream: another lifecycle, which does not build on this one (it shares `within`,
+// `contentOf` and BadValues from here).
 import type { Logger } from "pino";
 import type { MetadataBackend } from "../config/metadata.js";
 import { FailedPreconditionError, UnavailableError } from "../errors.js";
@@ -41,17 +45,21 @@ const FIRST_RETRY_MS = 100;
 /** Undecodable values remembered at most (then forgotten all at once, and warned about again). */
 const BAD_VALUES_KEPT = 1024;
 
-/** Rejects with `what` if `promise` has not settled within `ms` (`promise` itself goes on). */
+/**
+ * Rejects with "`what`: no answer within `ms` ms" if `promise` has not settled by then
+ * (`promise` itself goes on). The one deadline helper of the registries (etcd's too).
+ */
 export function within<T>(ms: number, promise: Promise<T>, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
+  const wait = Math.max(0, Math.round(ms));
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${wait} ms`)), wait);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** The record without its heartbeat, to tell a change from a refresh. */
-function contentOf(node: NodeRecord): string {
+export function contentOf(node: NodeRecord): string {
   return encodeNode({ ...node, updatedAt: 0 });
 }
 
@@ -182,7 +190,7 @@ export abstract class RefreshingRegistry implements NodeRegistry {
    * @throws UnavailableError when the server cannot be reached and this registry has no view of its own.
    */
   async lookup(nodeId: string): Promise<NodeRecord | undefined> {
-    if (this.#state === "closed") return this.#cache.get(nodeId);
+    if (this.#state === "closed" || (this.#ownView && !this.reachable)) return this.#cache.get(nodeId);
     let text: string | undefined;
     try {
       text = await this.readRecord(nodeId);
@@ -199,7 +207,7 @@ export abstract class RefreshingRegistry implements NodeRegistry {
    * @throws UnavailableError when the server cannot be reached and this registry has no view of its own.
    */
   async list(): Promise<NodeRecord[]> {
-    if (this.#state === "closed") return this.#cache.list();
+    if (this.#state === "closed" || (this.#ownView && !this.reachable)) return this.#cache.list();
     try {
       const nodes = await this.readAll();
       this.#feed(undefined, nodes);
@@ -252,9 +260,14 @@ export abstract class RefreshingRegistry implements NodeRegistry {
     this.disconnect();
   }
 
+  /** This registry keeps its cache current: it is registered, or someone watches. */
+  get #ownView(): boolean {
+    return this.#state === "registered" || this.#watchers > 0;
+  }
+
   /** A read failed: answer from the cache if it is kept up to date, else throw. */
   #unreachable(what: string, err: unknown): void {
-    if (this.#state !== "registered" && this.#watchers === 0) {
+    if (!this.#ownView) {
       throw new UnavailableError(`cannot read from ${this.where}: ${this.reason(err)}`, { cause: err });
     }
     this.log.debug({ err, metadata: this.where }, `${what}: node registry unreachable, answering from the last known state`);
@@ -420,6 +433,16 @@ export abstract class RefreshingRegistry implements NodeRegistry {
   /** What an error says, for a message. */
   protected reason(err: unknown): string {
     return err instanceof Error ? err.message : String(err);
+  }
+
+  /**
+   * False while the backend knows the server is not answering now (its connection is
+   * down, or its last command timed out): lookup() and list() of a registry with a view of
+   * its own then answer from the cache without asking. The period's writes and reads are
+   * not affected: they are what finds the server back.
+   */
+  protected get reachable(): boolean {
+    return true;
   }
 
   /** Whether a record read at `now` is still alive (the server does not expire records itself). */

@@ -10,12 +10,16 @@
 //   await etcd.restart();  // same ports, same data dir ({ freshData: true }: emptied)
 //   await etcd.stop();     // SIGTERM, then the data dir is removed
 //
+//   const silent = await startSilentServer();  // accepts connections, never answers
+//   ... `etcd://${silent.endpoint},${etcd.endpoint}` ...
+//   await silent.close();
+//
 // The binary is Debian's etcd-server (/usr/bin/etcd); `npm test` installs it through
 // scripts/setup.mjs --test. Ports come from binding port 0 and closing it; a clash with
 // another process in between makes etcd exit at once, and the start is retried on new ports.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -58,6 +62,38 @@ export function freePort(): Promise<number> {
       server.close(() => (port > 0 ? resolve(port) : reject(new Error("no port assigned"))));
     });
   });
+}
+
+export interface SilentServer {
+  /** "127.0.0.1:PORT" */
+  readonly endpoint: string;
+  readonly port: number;
+  /** Drops every connection and stops listening. */
+  close(): Promise<void>;
+}
+
+/**
+ * A member that accepts TCP connections and never writes a byte (a blackhole: a host
+ * whose etcd hangs, a firewall that swallows packets after the handshake). gRPC waits for
+ * its HTTP/2 settings forever, so only deadlines get a client past it.
+ */
+export async function startSilentServer(): Promise<SilentServer> {
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on("error", () => {});
+    socket.on("close", () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as { port: number }).port;
+  return {
+    endpoint: `127.0.0.1:${port}`,
+    port,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
 // Servers still running when the test process exits are killed with it, and the data

@@ -1,9 +1,10 @@
 // The etcd node registry against real etcd processes: registration, lookups, the watch,
 // leases that lapse or are revoked, etcd crashing and coming back (with or without its
-// data), endpoint lists with a dead member, and what an unreachable etcd does to start-up.
-// Each test keeps to a key prefix of its own; tests that crash etcd start their own.
+// data), endpoint lists with a dead or a silent member, records that are not rewritten
+// while unchanged, what an unreachable etcd does to start-up (and what its errors say),
+// and what close() logs. Each test keeps to a key prefix of its own; tests that crash
+// etcd start their own.
 import { spawn } from "node:child_process";
-import { createServer, type Server, type Socket } from "node:net";
 import { fileURLToPath } from "node:url";
 import { Etcd3 } from "etcd3";
 import { pino, type Logger } from "pino";
@@ -12,7 +13,7 @@ import { UnavailableError } from "../../src/errors.js";
 import { EtcdRegistry } from "../../src/metadata/etcd.js";
 import type { NodeRecord } from "../../src/metadata/node.js";
 import type { NodeEvent } from "../../src/metadata/registry.js";
-import { freePort, startEtcd, type EtcdServer } from "../helpers/etcd-server.js";
+import { freePort, startEtcd, startSilentServer, type EtcdServer, type SilentServer } from "../helpers/etcd-server.js";
 
 let etcd: EtcdServer;
 const servers: EtcdServer[] = [];
@@ -76,6 +77,8 @@ function record(registry: EtcdRegistry): { events: Array<{ at: number; event: No
 }
 
 const idOf = (e: NodeEvent) => (e.type === "leave" ? e.nodeId : e.node.nodeId);
+const joined = (events: Array<{ event: NodeEvent }>, id: string) => events.find((e) => e.event.type === "join" && idOf(e.event) === id);
+const left = (events: Array<{ event: NodeEvent }>, id: string) => events.find((e) => e.event.type === "leave" && idOf(e.event) === id);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -94,12 +97,12 @@ async function ids(registry: EtcdRegistry): Promise<string[]> {
   return (await registry.list()).map((n) => n.nodeId);
 }
 
-/** The record as etcd holds it, read with a client of the test's own. */
-async function stored(server: EtcdServer, key: string): Promise<{ value: string; lease: string } | undefined> {
+/** The record as etcd holds it (and the revision of its last write), read with a client of the test's own. */
+async function stored(server: EtcdServer, key: string): Promise<{ value: string; lease: string; modRevision: bigint } | undefined> {
   const client = new Etcd3({ hosts: `http://${server.endpoint}` });
   try {
     const kv = (await client.get(key).exec()).kvs[0];
-    return kv === undefined ? undefined : { value: kv.value.toString(), lease: kv.lease };
+    return kv === undefined ? undefined : { value: kv.value.toString(), lease: kv.lease, modRevision: BigInt(kv.mod_revision) };
   } finally {
     client.close();
   }
@@ -162,6 +165,22 @@ describe("etcd registry", () => {
     await until("A learns node-c", 3000, () => a.lookup("node-c"));
     expect(events.length).toBe(count);
   });
+
+  it("does not rewrite a record nothing changed in: its mod_revision stays put for three TTLs while the lease keeps it", async () => {
+    const prefix = newPrefix();
+    const key = `${prefix}nodes/node-a`;
+    const a = open(etcd.endpoint, prefix, 2000);
+    await a.register(node("node-a"));
+    const first = await stored(etcd, key);
+    expect(first).toBeDefined();
+    await sleep(3 * 2000);
+    const later = await stored(etcd, key);
+    expect(later?.lease).toBe(first!.lease);
+    expect(later!.modRevision - first!.modRevision).toBeLessThanOrEqual(1n);
+    // A change is written with the next refresh (ttl/3), as before.
+    a.update({ poolUsedBytes: 777 });
+    await until("the change is in etcd", 2000 / 3 + 1000, async () => JSON.parse((await stored(etcd, key))?.value ?? "{}").poolUsedBytes === 777);
+  }, 20_000);
 
   it("drops a node whose process died without deregistering once its lease lapses", async () => {
     const prefix = newPrefix();
@@ -251,15 +270,19 @@ describe("etcd registry", () => {
     await own.restart();
     const restartedAt = Date.now();
 
-    // A's refreshes reach etcd again, and B's re-established watch brings them into its
-    // cache (a mere refresh is no event for listeners: it only moves updatedAt).
-    const t0 = Date.now();
-    await until("B's record of A refreshed after the restart", 2000 + 1500, async () => ((await b.lookup("node-a"))?.updatedAt ?? 0) >= restartedAt || undefined);
-    expect(Date.now() - t0).toBeLessThan(2000 + 1500);
+    // A's lease survived (the data was kept) and a change of A's reaches etcd again;
+    // B's re-established watch brings it into its cache.
+    const lease = (await stored(own, `${prefix}nodes/node-a`))?.lease;
+    a.update({ poolUsedBytes: 777 });
+    await until("B hears of A's change after the restart", 2000 + 1500, () =>
+      events.find((e) => e.event.type === "update" && e.event.node.nodeId === "node-a" && e.event.node.poolUsedBytes === 777),
+    );
+    expect(Date.now() - restartedAt).toBeLessThan(2000 + 1500);
     expect(events.filter((e) => e.event.type === "leave"), "B never saw A leave").toEqual([]);
     expect(await ids(b)).toEqual(["node-a", "node-b"]);
-    const value = JSON.parse((await stored(own, `${prefix}nodes/node-a`))?.value ?? "{}") as NodeRecord;
-    expect(value.updatedAt).toBeGreaterThanOrEqual(restartedAt);
+    const after = await stored(own, `${prefix}nodes/node-a`);
+    expect(JSON.parse(after?.value ?? "{}")).toMatchObject({ poolUsedBytes: 777 });
+    expect(after?.lease).toBe(lease);
   }, 20_000);
 
   it("registers again when etcd comes back without its data", async () => {
@@ -299,6 +322,49 @@ describe("etcd registry", () => {
     expect(all[0]!.where).toBe(`etcd at 127.0.0.1:${dead},${etcd.endpoint} (prefix "${prefix}")`);
   }, 20_000);
 
+  describe("an endpoint list with a member that accepts connections and never answers", () => {
+    let silent: SilentServer;
+    const ttl = 2000;
+
+    beforeAll(async () => {
+      silent = await startSilentServer();
+    });
+
+    afterAll(async () => {
+      await silent.close();
+    });
+
+    for (const position of ["first", "last"] as const) {
+      it(`registers, lists and watches every time, each within the TTL, with that member ${position}`, async () => {
+        const members = position === "first" ? [silent.endpoint, etcd.endpoint] : [etcd.endpoint, silent.endpoint];
+        const server = `etcd://${members.join(",")}`;
+        // New registries each round: new clients, each picking its endpoints afresh.
+        for (let round = 1; round <= 5; round++) {
+          const prefix = newPrefix();
+          const [a, b, reader] = [open(server, prefix, ttl), open(server, prefix, ttl), open(server, prefix, ttl)];
+          let started = Date.now();
+          await a.register(node("node-a"));
+          expect(Date.now() - started, `round ${round}: A registers`).toBeLessThan(ttl + 500);
+          const { events } = record(a);
+          started = Date.now();
+          await b.register(node("node-b"));
+          expect(Date.now() - started, `round ${round}: B registers`).toBeLessThan(ttl + 500);
+          await until(`round ${round}: A's watch hears B join`, ttl, () => joined(events, "node-b"));
+          started = Date.now();
+          expect(await ids(reader), `round ${round}: a third registry lists both`).toEqual(["node-a", "node-b"]);
+          expect(Date.now() - started, `round ${round}: the list`).toBeLessThan(ttl + 500);
+          b.update({ poolUsedBytes: round });
+          await until(`round ${round}: A's watch hears B's update`, ttl, () =>
+            events.find((e) => e.event.type === "update" && e.event.node.poolUsedBytes === round),
+          );
+          await b.close();
+          await until(`round ${round}: A's watch hears B leave`, ttl, () => left(events, "node-b"));
+          await Promise.all([a.close(), reader.close()]);
+        }
+      }, 120_000);
+    }
+  });
+
   it("understands HOST:PORT, etcd://HOST:PORT and etcd://H1:P1,H2:P2", async () => {
     const prefix = newPrefix();
     const spellings = [etcd.endpoint, `etcd://${etcd.endpoint}`, `etcd://${etcd.endpoint},localhost:${etcd.clientPort}`];
@@ -333,23 +399,17 @@ describe("etcd registry", () => {
   });
 
   describe("an unreachable etcd", () => {
-    let silent: Server;
+    let silent: SilentServer;
     let silentPort: number;
-    const sockets = new Set<Socket>();
 
     beforeAll(async () => {
       // Accepts connections and never says a word: calls hang until their deadline.
-      silent = createServer((socket) => {
-        sockets.add(socket);
-        socket.on("close", () => sockets.delete(socket));
-      });
-      await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
-      silentPort = (silent.address() as { port: number }).port;
+      silent = await startSilentServer();
+      silentPort = silent.port;
     });
 
     afterAll(async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => silent.close(r));
+      await silent.close();
     });
 
     it("makes register() fail with UnavailableError naming the endpoint within the TTL when nothing listens", async () => {
@@ -364,6 +424,24 @@ describe("etcd registry", () => {
       const closing = Date.now();
       await r.close();
       expect(Date.now() - closing).toBeLessThan(2000 + 500);
+    });
+
+    it("names the cause (ECONNREFUSED), not a circuit breaker, in every failed register(), however often it is tried", async () => {
+      const [one, two] = [await freePort(), await freePort()];
+      for (const endpoints of [`127.0.0.1:${one}`, `127.0.0.1:${one},127.0.0.1:${two}`]) {
+        const r = open(`etcd://${endpoints}`, newPrefix(), 2000);
+        for (let attempt = 1; attempt <= 3; attempt++) {
+          const err = await r.register(node("lonely")).then(() => undefined, (e: unknown) => e);
+          expect(err).toBeInstanceOf(UnavailableError);
+          const message = (err as Error).message;
+          expect(message.startsWith(`etcd at ${endpoints}: cannot register node lonely: `), message).toBe(true);
+          expect(message, `attempt ${attempt} on ${endpoints}`).toMatch(/ECONNREFUSED 127\.0\.0\.1:\d+|no answer within/);
+          expect(message).not.toMatch(/circuit breaker/);
+          // No part of the message twice (as "a: b: a: b").
+          const parts = message.split(/: |\. /).filter((p) => p.length >= 12);
+          expect(parts.filter((p, i) => parts.indexOf(p) !== i), message).toEqual([]);
+        }
+      }
     });
 
     it("makes register() and list() fail with UnavailableError within the TTL when etcd accepts but never answers", async () => {
@@ -387,15 +465,25 @@ describe("etcd registry", () => {
     }, 20_000);
   });
 
-  it("closes within its bound when etcd is gone", async () => {
+  it("logs the deregistration when the revoke succeeded, and warns instead when etcd is gone (closing within its bound)", async () => {
+    const deregistered = (lines: Array<Record<string, unknown>>) => lines.filter((l) => /deregistered from etcd/.test(String(l.msg)));
+    const fine = capture();
+    const b = open(etcd.endpoint, newPrefix(), 3000, fine.log);
+    await b.register(node("node-b"));
+    await b.close();
+    expect(deregistered(fine.lines).map((l) => l.level)).toEqual([30]);
+
     const own = await startEtcd();
     servers.push(own);
-    const a = open(own.endpoint, newPrefix(), 3000);
+    const { log, lines } = capture();
+    const a = open(own.endpoint, newPrefix(), 3000, log);
     await a.register(node("node-a"));
     await own.kill();
     const closing = Date.now();
     await a.close();
     expect(Date.now() - closing).toBeLessThan(2000 + 500);
+    expect(deregistered(lines)).toEqual([]);
+    expect(lines.filter((l) => l.level === 40 && /revoke/.test(String(l.msg)))).toHaveLength(1);
   });
 
   it("skips a record that does not decode, logs its key, and lists the others", async () => {
@@ -421,5 +509,16 @@ describe("etcd registry", () => {
     const b = open(etcd.endpoint, prefix);
     await b.register(node("node-b"));
     await until("node-b is listed", 3000, async () => (await ids(reader)).join() === "node-a,node-b");
+
+    // Warned once per value: the same garbage written again is not news; other garbage is.
+    const warnings = (key: string) => lines.filter((l) => l.level === 40 && l.key === `${prefix}nodes/${key}`);
+    await etcd.ctl("put", `${prefix}nodes/garbage`, "{not json");
+    await etcd.ctl("put", `${prefix}nodes/node-x`, "[]");
+    await etcd.ctl("put", `${prefix}nodes/node-y`, JSON.stringify(node("node-y")));
+    await until("node-y joins (the puts before it were seen)", 3000, () => events.find((e) => e.event.type === "join" && idOf(e.event) === "node-y"));
+    expect(warnings("garbage")).toHaveLength(1);
+    expect(warnings("node-x")).toHaveLength(1);
+    await etcd.ctl("put", `${prefix}nodes/garbage`, "{still not json");
+    await until("the new garbage is warned about", 3000, () => warnings("garbage").length === 2);
   });
 });
