@@ -61,14 +61,16 @@ const USAGE = `Usage: kvferry proxy --prefill URL[=DAEMON]... --decode URL[=DAEM
 
 Serves OpenAI's API (POST /v1/completions and /v1/chat/completions, streaming or
 not; GET /v1/models, /health, /metrics) in front of prefill and decode instances.
-Each request goes to a healthy prefill instance with max_tokens 1 and
-kv_transfer_params {transfer_id, do_remote_decode: true}; its KV then moves to the
-chosen decode instance's node (--transfer), and the original request goes to the
-decode instance with kv_transfer_params {transfer_id, do_remote_prefill: true, ...};
-its answer streams back unchanged. Upstream errors pass through with their status
-and body; the proxy's own are OpenAI-style JSON (502 unreachable, 503 no healthy
-instance, 504 timeout). Logs "kvferry proxy serving" with its listen address once
-ready.
+Each request picks a decode instance, then goes to a prefill instance with
+max_tokens 1 and kv_transfer_params {transfer_id, do_remote_decode: true,
+source_node}; its KV then moves to the decode instance's node (--transfer), and the
+original request goes to the decode instance with kv_transfer_params {transfer_id,
+do_remote_prefill: true, source_node, ...}; its answer streams back unchanged.
+Instances: healthy ones first; one that failed a health check only when no healthy
+one is left; one that refuses connections never (its request goes to another).
+Upstream errors pass through with their status and body; the proxy's own are
+OpenAI-style JSON (502 unreachable, 503 every instance of a role down or draining,
+504 timeout). Logs "kvferry proxy serving" with its listen address once ready.
 
 Flags:
 ${flagHelp(FLAGS)}
