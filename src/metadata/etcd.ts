@@ -19,69 +19,31 @@
 // warned about once per value (BadValues). Lookups answer from the cache once the first
 // read + watch succeeded.
 //
-// Endpoints: calls are bounded by min(ttl, 5 s), and so is register() as a whole. An
-// attempt gets that bound divided by the number of endpoints (at least 500 ms), and a
-// failed attempt is retried on the next endpoint: the calls made here (get, put, lease
-// grant and revoke) are idempotent, so DEADLINE_EXCEEDED is retried like UNAVAILABLE. A
-// stream (the watch, the lease keepalive) that hears nothing within an attempt's time is
-// cancelled as UNAVAILABLE, which makes etcd3 open it again on another endpoint. So a
-// member that accepts connections and never answers (gRPC then waits for its HTTP/2
-// settings forever) costs one attempt, not the whole call. With more than one endpoint,
-// one that did not answer is skipped for a second (a circuit breaker per endpoint); when
-// every one is being skipped, errors name the last real failure, not the breaker.
+// Calls are bounded by min(ttl, 5 s), and so is register() as a whole. How a call's
+// attempts are spread over the endpoints (a deadline per attempt, silent streams
+// cancelled, endpoints that did not answer skipped, error messages) is etcd-client.ts.
 //
 // Two lifecycles, each a state machine: the registration (idle → registering → alive ⇄
 // recovering → closed) and the cache's feed (cold → live ⇄ resyncing → closed).
-// cockatiel is the policy library etcd3 takes its fault-handling options from.
-import { status as GrpcStatus, InterceptingCall, type Interceptor } from "@grpc/grpc-js";
-import {
-  ConsecutiveBreaker,
-  ExponentialBackoff,
-  circuitBreaker,
-  handleWhen,
-  isBrokenCircuitError,
-  noop,
-  retry,
-  type IPolicy,
-} from "cockatiel";
-import {
-  Etcd3,
-  GRPCDeadlineExceededError,
-  GRPCUnavailableError,
-  isRecoverableError,
-  type IKeyValue,
-  type Lease,
-  type Watcher,
-} from "etcd3";
+import type { IKeyValue, Lease, Watcher } from "etcd3";
 import type { Logger } from "pino";
-import { CancelledError, ConfigError, FailedPreconditionError, KvferryError, UnavailableError } from "../errors.js";
+import { CancelledError, FailedPreconditionError, KvferryError, UnavailableError } from "../errors.js";
+import { EtcdClient, etcdEndpoints } from "./etcd-client.js";
 import { NodeCache } from "./node-cache.js";
 import { decodeNode, encodeNode, type NodeRecord } from "./node.js";
 import { BadValues, contentOf, within } from "./refreshing-registry.js";
 import { nodeKey, nodesPrefix, type NodeEvent, type NodeRegistry, type RegistryOptions } from "./registry.js";
 
+export { etcdEndpoints } from "./etcd-client.js";
+
 /** The longest any single etcd call (and register() as a whole) may take. */
 const CALL_TIMEOUT_CAP_MS = 5_000;
-/** The least one attempt of a call (or a stream's first answer) is given, however many endpoints. */
-const MIN_ATTEMPT_MS = 500;
 /** close() gives up on a polite revoke after this long; the lease then lapses by itself. */
 const CLOSE_TIMEOUT_MS = 2_000;
 /** First wait before re-registering or re-syncing; doubles up to ttl/3. */
 const FIRST_RETRY_MS = 200;
-/** How long an endpoint that did not answer is skipped before it is tried again. */
-const ENDPOINT_PAUSE_MS = 1_000;
 /** An unchanged record is written again (to move its updatedAt) after max(ttl, this). */
 const REWRITE_UNCHANGED_MS = 60_000;
-
-/** The endpoints of `server` ("h:p", "etcd://h:p" or "etcd://h1:p,h2:p") as "host:port". */
-export function etcdEndpoints(server: string): string[] {
-  const list = server.replace(/^etcd:\/\//i, "");
-  const endpoints = list.split(",").map((e) => e.trim()).filter((e) => e.length > 0);
-  if (endpoints.length === 0) {
-    throw new ConfigError("etcd registry", "metadata_server", server, "HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]");
-  }
-  return endpoints;
-}
 
 type Registration =
   | { state: "idle" }
@@ -105,7 +67,8 @@ export class EtcdRegistry implements NodeRegistry {
   readonly backend = "etcd" as const;
   readonly where: string;
 
-  readonly #client: Etcd3;
+  /** The etcd3 client, and why calls failed (EtcdClient.reason). */
+  readonly #etcd: EtcdClient;
   readonly #cache: NodeCache;
   readonly #badValues: BadValues;
   /** "etcd at h1:p1,h2:p2", the start of every error message. */
@@ -120,8 +83,6 @@ export class EtcdRegistry implements NodeRegistry {
   #closing: Promise<void> | undefined;
   /** Attempts to register and syncs still running, which close() waits for. */
   readonly #inflight = new Set<Promise<unknown>>();
-  /** "h:p: what failed": the last time an endpoint did not answer, for messages about a skipped one. */
-  #lastFailure: string | undefined;
 
   // The registration.
   #self: NodeRecord | undefined;
@@ -158,40 +119,7 @@ export class EtcdRegistry implements NodeRegistry {
     this.#maxBackoffMs = Math.max(FIRST_RETRY_MS, this.#refreshMs);
     this.#cache = new NodeCache(log);
     this.#badValues = new BadValues(log, this.where);
-    const attemptMs = Math.max(MIN_ATTEMPT_MS, Math.floor(this.#callTimeoutMs / endpoints.length));
-    this.#client = new Etcd3({
-      hosts: endpoints.map((e) => `http://${e}`),
-      // Each attempt of a unary call has a deadline of its own; a stream must hear from its endpoint as soon.
-      defaultCallOptions: (context) =>
-        context.isStream ? { interceptors: [firstAnswerWithin(attemptMs)] } : { deadline: Date.now() + attemptMs },
-      faultHandling: {
-        host: (host) => (endpoints.length > 1 ? this.#skipWhenSilent(host) : noop),
-        // A failed call is retried up to once per endpoint, each try on the next one.
-        global: retry(handleWhen(retryable), { maxAttempts: endpoints.length }),
-        // etcd3 types this as a backoff (its first step) and calls next() on it to start over.
-        watchBackoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: this.#maxBackoffMs }).next(),
-      },
-      grpcOptions: {
-        "grpc.initial_reconnect_backoff_ms": 100,
-        "grpc.max_reconnect_backoff_ms": 1_000,
-        // Notices a connection that went silent (etcd's server accepts pings every 5 s or more).
-        "grpc.keepalive_time_ms": 10_000,
-        "grpc.keepalive_timeout_ms": 5_000,
-      },
-    });
-  }
-
-  /**
-   * The policy of one endpoint of several: skipped for a second once it did not answer
-   * (refused, timed out, or a stream heard nothing), so that the calls after go elsewhere.
-   */
-  #skipWhenSilent(host: string): IPolicy {
-    const breaker = circuitBreaker(handleWhen(silent), { halfOpenAfter: ENDPOINT_PAUSE_MS, breaker: new ConsecutiveBreaker(1) });
-    const endpoint = host.replace(/^http:\/\//, "");
-    breaker.onFailure(({ handled, reason }) => {
-      if (handled && "error" in reason) this.#lastFailure = `${endpoint}: ${describe(reason.error)}`;
-    });
-    return breaker;
+    this.#etcd = new EtcdClient(endpoints, this.#callTimeoutMs, this.#maxBackoffMs);
   }
 
   /**
@@ -215,7 +143,7 @@ export class EtcdRegistry implements NodeRegistry {
     } catch (err) {
       if (this.#reg.state === "registering") this.#reg = { state: "idle" };
       if (err instanceof KvferryError) throw err;
-      throw new UnavailableError(`${this.#server}: cannot register node ${self.nodeId}: ${this.#reason(err)}`, { cause: err });
+      throw new UnavailableError(`${this.#server}: cannot register node ${self.nodeId}: ${this.#etcd.reason(err)}`, { cause: err });
     }
   }
 
@@ -290,7 +218,7 @@ export class EtcdRegistry implements NodeRegistry {
       this.log.debug({ err, metadata: this.where }, "etcd did not answer everything close() asked");
     }
     try {
-      this.#client.close();
+      this.#etcd.client.close();
     } catch (err) {
       this.log.debug({ err }, "closing the etcd client failed");
     }
@@ -299,7 +227,7 @@ export class EtcdRegistry implements NodeRegistry {
     if (outcome?.ok) {
       this.log.info({ nodeId: this.#self?.nodeId, metadata: this.where }, "deregistered from etcd");
     } else {
-      const err = outcome === undefined ? `no answer within ${CLOSE_TIMEOUT_MS} ms` : this.#reason(outcome.err);
+      const err = outcome === undefined ? `no answer within ${CLOSE_TIMEOUT_MS} ms` : this.#etcd.reason(outcome.err);
       this.log.warn({ nodeId: this.#self?.nodeId, metadata: this.where, err }, "could not revoke our etcd lease: the record lapses with it");
     }
   }
@@ -312,7 +240,7 @@ export class EtcdRegistry implements NodeRegistry {
    */
   #establish(deadlineAt: number): Promise<Lease> {
     const attempt = (async () => {
-      const lease = this.#client.lease(this.#ttlSeconds);
+      const lease = this.#etcd.client.lease(this.#ttlSeconds);
       lease.on("lost", (err) => this.#onLost(lease, err));
       try {
         await within(deadlineAt - Date.now(), this.#writeRecord(lease), "writing our record");
@@ -435,7 +363,7 @@ export class EtcdRegistry implements NodeRegistry {
     try {
       await within(this.#callTimeoutMs, this.#sync(), "reading the node records");
     } catch (err) {
-      throw new UnavailableError(`${this.#server}: cannot read the node records: ${this.#reason(err)}`, { cause: err });
+      throw new UnavailableError(`${this.#server}: cannot read the node records: ${this.#etcd.reason(err)}`, { cause: err });
     }
   }
 
@@ -474,7 +402,7 @@ export class EtcdRegistry implements NodeRegistry {
     let abandoned = false;
     let watcher: Watcher | undefined;
     const steps = async () => {
-      const read = await this.#client.getAll().prefix(this.#nodesPrefix).exec();
+      const read = await this.#etcd.client.getAll().prefix(this.#nodesPrefix).exec();
       if (abandoned || this.#closed) return;
       const nodes: NodeRecord[] = [];
       for (const kv of read.kvs) {
@@ -486,7 +414,7 @@ export class EtcdRegistry implements NodeRegistry {
       this.#cache.replace(nodes);
       // Changes made after the read, whenever the watch gets connected, arrive through it.
       const from = (BigInt(read.header.revision) + 1n).toString();
-      const w = this.#client.watch().prefix(this.#nodesPrefix).startRevision(from).watcher();
+      const w = this.#etcd.client.watch().prefix(this.#nodesPrefix).startRevision(from).watcher();
       watcher = w;
       const current = () => !abandoned && !this.#closed && !this.#dropped.has(w);
       w.on("put", (kv) => {
@@ -595,13 +523,6 @@ export class EtcdRegistry implements NodeRegistry {
 
   // --- Plumbing -----------------------------------------------------------------------
 
-  /** What went wrong, for a message: when every endpoint was being skipped, what the last one did. */
-  #reason(err: unknown): string {
-    if (!isBrokenCircuitError(err)) return describe(err);
-    const last = this.#lastFailure === undefined ? "" : `; the last, ${this.#lastFailure}`;
-    return `every endpoint failed just now${last}`;
-  }
-
   /** Remembers `work` until it settles, so close() can wait for it. */
   #track<T>(work: Promise<T>): Promise<T> {
     this.#inflight.add(work);
@@ -616,49 +537,4 @@ export class EtcdRegistry implements NodeRegistry {
     timer.unref();
     return timer;
   }
-}
-
-/** A failure worth another attempt: etcd3's recoverable errors, and a deadline (the calls here are idempotent). */
-function retryable(err: Error): boolean {
-  return isRecoverableError(err) || err instanceof GRPCDeadlineExceededError;
-}
-
-/** The endpoint did not answer: refused, timed out, or a stream heard nothing (firstAnswerWithin). */
-function silent(err: Error): boolean {
-  return err instanceof GRPCUnavailableError || err instanceof GRPCDeadlineExceededError;
-}
-
-/**
- * Cancels a stream as UNAVAILABLE unless its endpoint answers (a message or a status)
- * within `ms` of its start: etcd3 then marks the endpoint failed and opens the stream
- * again, on another endpoint. The streams here (watch, lease keepalive) write a request
- * as soon as they open, which etcd answers at once.
- */
-function firstAnswerWithin(ms: number): Interceptor {
-  return (options, nextCall) => {
-    let timer: NodeJS.Timeout | undefined;
-    const call: InterceptingCall = new InterceptingCall(nextCall(options), {
-      start(metadata, listener, next) {
-        timer = setTimeout(() => call.cancelWithStatus(GrpcStatus.UNAVAILABLE, `no answer within ${ms} ms`), ms);
-        timer.unref();
-        next(metadata, {
-          onReceiveMessage(message, nextMessage) {
-            clearTimeout(timer);
-            nextMessage(message);
-          },
-          onReceiveStatus(status, nextStatus) {
-            clearTimeout(timer);
-            nextStatus(status);
-          },
-        });
-      },
-    });
-    return call;
-  };
-}
-
-/** An error's message, without the empty "Resolution note" gRPC appends. */
-function describe(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.replace(/\.?\s*Resolution note:\s*$/, "");
 }
