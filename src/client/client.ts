@@ -201,6 +201,18 @@ export class KvferryClient {
     return call<GetServerInfoResponse>((cb) => this.raw.getServerInfo({}, new Metadata(), this.#opts(o), cb));
   }
 
+  /**
+   * Who the daemon is: its node id (GetServerInfo) and its peer API address — what another
+   * daemon's BatchTransfer names as target — from its own record in ListNodes (undefined
+   * when ListNodes fails or does not list it).
+   */
+  async identity(o: CallOptions = {}): Promise<{ nodeId: string; peerAddress?: string }> {
+    const info = await this.serverInfo(o);
+    const nodes = await this.listNodes(o).catch(() => undefined);
+    const peerAddress = nodes?.nodes.find((n) => n.nodeId === info.nodeId)?.peerAddress;
+    return { nodeId: info.nodeId, peerAddress: peerAddress || undefined };
+  }
+
   /** The nodes the daemon's metadata backend knows, this one included. */
   listNodes(o: CallOptions = {}): Promise<ListNodesResponse> {
     return call<ListNodesResponse>((cb) => this.raw.listNodes({}, new Metadata(), this.#opts(o), cb));

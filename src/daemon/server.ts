@@ -16,7 +16,7 @@ import type { NodeInfo } from "../gen/kvferry/v1/node.js";
 import { KvFerryPeerService } from "../gen/kvferry/v1/peer.js";
 import { TransferEngine } from "../engine/transfer-engine.js";
 import { EmbeddedRegistry, type Greet } from "../metadata/embedded.js";
-import type { NodeRecord } from "../metadata/node.js";
+import { byNodeId, type NodeRecord } from "../metadata/node.js";
 import { openRegistry, registerWithRetry } from "../metadata/open.js";
 import type { NodeRegistry } from "../metadata/registry.js";
 import { LookupBuffer } from "../store/lookup-buffer.js";
@@ -308,7 +308,7 @@ export class Daemon {
     const nodes = await registry.list();
     // This node's own line is always current, whatever the backend last stored.
     const self = this.#record();
-    const merged = [self, ...nodes.filter((n) => n.nodeId !== self.nodeId)].sort((a, b) => (a.nodeId < b.nodeId ? -1 : 1));
+    const merged = [self, ...nodes.filter((n) => n.nodeId !== self.nodeId)].sort(byNodeId);
     return { backend: registry.backend, where: registry.where, nodes: merged.map(toWireNode) };
   }
 

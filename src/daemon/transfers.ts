@@ -260,13 +260,7 @@ export class Transfers {
           out.fail(id, err);
         }
       });
-      try {
-        const failedOps = await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt);
-        for (const [id, err] of failedOps) out.fail(id, err);
-      } catch (err) {
-        // Nothing was moved (the engine refused the batch, or the deadline passed).
-        for (const id of reserved.keys()) out.fail(id, err);
-      }
+      await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt, out, reserved.keys());
       // Whatever failed gives its reservation back now rather than at the peer's timeout.
       const abandoned = [...reserved].filter(([id]) => out.has(id));
       for (const [id] of abandoned) reserved.delete(id);
@@ -354,12 +348,7 @@ export class Transfers {
           out.fail(id, err);
         }
       }
-      try {
-        const failedOps = await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt);
-        for (const [id, err] of failedOps) out.fail(id, err);
-      } catch (err) {
-        for (const id of exposedParts.keys()) out.fail(id, err);
-      }
+      await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt, out, exposedParts.keys());
       for (const [id, opened] of writers) {
         if (out.has(id)) continue;
         try {
@@ -587,16 +576,23 @@ class OpPlan {
     this.#owners.push(transferId);
   }
 
-  /** Runs every op to its terminal completion; returns the first error of each failed entry. */
-  async run(engine: TransferEngine, peer: string, deadlineAt: number): Promise<Map<string, KvferryError>> {
-    const failed = new Map<string, KvferryError>();
-    if (this.#ops.length === 0) return failed;
-    const results = await engine.run(peer, this.#ops, remaining(deadlineAt));
+  /**
+   * Runs every op to its terminal completion; an entry whose op failed fails in `out`
+   * (its first error). When nothing could be moved — the engine refused the batch, or the
+   * deadline had passed — every entry of `all` fails with that.
+   */
+  async run(engine: TransferEngine, peer: string, deadlineAt: number, out: Outcomes, all: Iterable<string>): Promise<void> {
+    if (this.#ops.length === 0) return;
+    let results: Awaited<ReturnType<TransferEngine["run"]>>;
+    try {
+      results = await engine.run(peer, this.#ops, remaining(deadlineAt));
+    } catch (err) {
+      for (const id of all) out.fail(id, err);
+      return;
+    }
     results.forEach((r, i) => {
-      const owner = this.#owners[i]!;
-      if (r.error && !failed.has(owner)) failed.set(owner, r.error);
+      if (r.error) out.fail(this.#owners[i]!, r.error); // fail() keeps an entry's first error
     });
-    return failed;
   }
 }
 

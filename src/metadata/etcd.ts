@@ -30,8 +30,8 @@ import type { Logger } from "pino";
 import { CancelledError, FailedPreconditionError, KvferryError, UnavailableError } from "../errors.js";
 import { EtcdClient, etcdEndpoints } from "./etcd-client.js";
 import { NodeCache } from "./node-cache.js";
-import { decodeNode, encodeNode, type NodeRecord } from "./node.js";
-import { BadValues, contentOf, within } from "./refreshing-registry.js";
+import { contentOf, decodeNode, encodeNode, type NodeRecord } from "./node.js";
+import { BadValues, within } from "./refreshing-registry.js";
 import { nodeKey, nodesPrefix, type NodeEvent, type NodeRegistry, type RegistryOptions } from "./registry.js";
 
 export { etcdEndpoints } from "./etcd-client.js";

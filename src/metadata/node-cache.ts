@@ -2,7 +2,7 @@
 // from each change. Backends feed it (a watch, a poll, a handshake); it diffs and tells
 // the listeners. A listener that throws is logged and kept; it cannot stop the others.
 import type { Logger } from "pino";
-import type { NodeRecord } from "./node.js";
+import { byNodeId, contentOf, type NodeRecord } from "./node.js";
 import type { NodeEvent } from "./registry.js";
 
 export class NodeCache {
@@ -17,7 +17,7 @@ export class NodeCache {
 
   /** Every node, ordered by id. */
   list(): NodeRecord[] {
-    return [...this.#nodes.values()].sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
+    return [...this.#nodes.values()].sort(byNodeId);
   }
 
   /** One node written: a join if new, an update if its record changed (beyond being refreshed). */
@@ -25,7 +25,7 @@ export class NodeCache {
     const known = this.#nodes.get(node.nodeId);
     this.#nodes.set(node.nodeId, node);
     if (known === undefined) this.#emit({ type: "join", node });
-    else if (changed(known, node)) this.#emit({ type: "update", node });
+    else if (contentOf(known) !== contentOf(node)) this.#emit({ type: "update", node });
   }
 
   /** One node gone: a leave if it was known. */
@@ -61,9 +61,4 @@ export class NodeCache {
       this.log.error({ err, event: event.type }, "a node registry listener threw");
     }
   }
-}
-
-/** Whether anything but `updatedAt` differs: a mere refresh is no news to listeners. */
-function changed(before: NodeRecord, after: NodeRecord): boolean {
-  return JSON.stringify({ ...before, updatedAt: 0 }) !== JSON.stringify({ ...after, updatedAt: 0 });
 }

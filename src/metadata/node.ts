@@ -34,6 +34,16 @@ export function encodeNode(node: NodeRecord): string {
   return JSON.stringify(node);
 }
 
+/** The record without its heartbeat (updatedAt), to tell a change from a mere refresh. */
+export function contentOf(node: NodeRecord): string {
+  return encodeNode({ ...node, updatedAt: 0 });
+}
+
+/** Order of listings: by node id. */
+export function byNodeId(a: { nodeId: string }, b: { nodeId: string }): number {
+  return a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0;
+}
+
 const isText = (v: unknown): v is string => typeof v === "string" && v.length > 0 && v.length <= 1024;
 const isNodeId = (v: unknown): v is string => typeof v === "string" && /^[\x21-\x7e]{1,256}$/.test(v);
 const MAX_TRANSPORTS = 8;

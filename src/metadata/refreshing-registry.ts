@@ -24,13 +24,13 @@
 //    bring the record back), then deletes the record within 2 s or leaves it to lapse.
 //
 // etcd keeps its record under a lease that its client keeps alive and follows a watch
-// stream: another lifecycle, which does not build on this one (it shares `within`,
-// `contentOf` and BadValues from here).
+// stream: another lifecycle, which does not build on this one (it shares `within` and
+// BadValues from here).
 import type { Logger } from "pino";
 import type { MetadataBackend } from "../config/metadata.js";
 import { FailedPreconditionError, UnavailableError } from "../errors.js";
 import { NodeCache } from "./node-cache.js";
-import { decodeNode, encodeNode, type NodeRecord } from "./node.js";
+import { byNodeId, contentOf, decodeNode, type NodeRecord } from "./node.js";
 import { nodeKey, type NodeEvent, type NodeRegistry, type RegistryOptions } from "./registry.js";
 
 /** idle → registering → registered → closed; a failed register() goes back to idle. */
@@ -58,14 +58,6 @@ export function within<T>(ms: number, promise: Promise<T>, what: string): Promis
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-/** The record without its heartbeat, to tell a change from a refresh. */
-export function contentOf(node: NodeRecord): string {
-  return encodeNode({ ...node, updatedAt: 0 });
-}
-
-function byNodeId(a: NodeRecord, b: NodeRecord): number {
-  return a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0;
-}
 
 /** Undecodable values already warned about, by key, so that a re-read does not warn again. */
 export class BadValues {
@@ -362,20 +354,12 @@ export abstract class RefreshingRegistry implements NodeRegistry {
   #feed(self: NodeRecord | undefined, nodes: readonly NodeRecord[] | undefined): void {
     if (this.closed) return;
     if (self !== undefined) this.#remember(self);
-    if (nodes !== undefined) this.#cache.replace(nodes.map((n) => this.#known(n)));
-  }
-
-  /**
-   * `node`, or the cached record when only its updatedAt differs: a refresh is a heartbeat,
-   * not a change, so it must not reach the watchers as an update.
-   */
-  #known(node: NodeRecord): NodeRecord {
-    const cached = this.#cache.get(node.nodeId);
-    return cached !== undefined && contentOf(cached) === contentOf(node) ? cached : node;
+    // A refresh that only moved updatedAt reaches no watcher as an update (NodeCache).
+    if (nodes !== undefined) this.#cache.replace(nodes);
   }
 
   #remember(node: NodeRecord): void {
-    this.#cache.set(this.#known(node));
+    this.#cache.set(node);
   }
 
   // --- for the backends ---------------------------------------------------------------

@@ -38,17 +38,13 @@ export class DaemonLink {
 
   async #refresh(timeoutMs: number): Promise<boolean> {
     try {
-      const info = await this.client.serverInfo({ timeoutMs });
-      const nodes = await this.client.listNodes({ timeoutMs });
-      const self = nodes.nodes.find((n) => n.nodeId === info.nodeId);
-      if (self === undefined || self.peerAddress === "") {
-        throw new Error(`node ${info.nodeId} is missing from its own ListNodes answer`);
+      const { nodeId, peerAddress } = await this.client.identity({ timeoutMs });
+      if (peerAddress === undefined) throw new Error(`node ${nodeId} is missing from its own ListNodes answer`);
+      if (peerAddress !== this.peerAddress || nodeId !== this.nodeId) {
+        this.log.info({ daemon: this.address, nodeId, peer: peerAddress }, "daemon identified");
       }
-      if (self.peerAddress !== this.peerAddress || info.nodeId !== this.nodeId) {
-        this.log.info({ daemon: this.address, nodeId: info.nodeId, peer: self.peerAddress }, "daemon identified");
-      }
-      this.nodeId = info.nodeId;
-      this.peerAddress = self.peerAddress;
+      this.nodeId = nodeId;
+      this.peerAddress = peerAddress;
       this.lastError = undefined;
       return true;
     } catch (err) {

@@ -32,16 +32,9 @@ export class DaemonLink {
     return this.#identity;
   }
 
-  async #ask(): Promise<DaemonIdentity> {
-    const info = await this.client.serverInfo({ timeoutMs: 5000 });
-    let peerAddress: string | undefined;
-    try {
-      const nodes = await this.client.listNodes({ timeoutMs: 5000 });
-      peerAddress = nodes.nodes.find((n) => n.nodeId === info.nodeId)?.peerAddress || undefined;
-    } catch {
-      // A daemon whose metadata backend is down still serves its own entries.
-    }
-    return { nodeId: info.nodeId, peerAddress };
+  #ask(): Promise<DaemonIdentity> {
+    // Without a peer address (ListNodes failed) the daemon still serves its own entries.
+    return this.client.identity({ timeoutMs: 5000 });
   }
 
   close(): void {

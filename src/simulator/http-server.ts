@@ -255,7 +255,7 @@ export class SimulatorServer {
       const meta: ResponseMeta = {
         id, endpoint, created: Math.floor(Date.now() / 1000), model: this.o.model, kvTransferParams: kv.kvTransferParams,
       };
-      this.o.metrics.promptTokens += promptTokens;
+      this.o.metrics.prompt(promptTokens);
       generated = request.stream
         ? await this.#stream(res, meta, request, texts, promptTokens, controller.signal)
         : await this.#answer(res, meta, texts, promptTokens, controller.signal);
@@ -272,7 +272,7 @@ export class SimulatorServer {
     } finally {
       const aborted = controller.signal.aborted;
       this.o.metrics.request(endpoint, outcomeOf(status, aborted));
-      this.o.metrics.tokensGenerated += generated;
+      this.o.metrics.generated(generated);
       if (status < 400) {
         log.info(
           { transferId, promptTokens, completionTokens: generated, stream: request?.stream ?? false, aborted, ms: Date.now() - started },

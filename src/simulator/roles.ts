@@ -130,7 +130,7 @@ async function prefill(o: RoleOptions, req: RoleRequest): Promise<RoleOutcome> {
       const bytes = layerBytes(layout, tokens, i);
       digest.update(bytes);
       await daemon.client.put(transferId, partName(i), bytes, { seal: i === layout.layers - 1, timeoutMs: 60_000 });
-      o.metrics.kvBytesPut += bytes.length;
+      o.metrics.kvPut(bytes.length);
       stored++;
     }
   } catch (err) {
@@ -147,7 +147,7 @@ async function prefill(o: RoleOptions, req: RoleRequest): Promise<RoleOutcome> {
     daemon.client.release(transferId, { timeoutMs: 5000 }).catch(() => undefined);
     throw new ApiError(499, `transfer ${transferId}: the client went away during prefill`);
   }
-  o.metrics.kvEntriesPut++;
+  o.metrics.entryPut();
   // Fields this instance does not know are kept, for the decode side.
   const params: Record<string, unknown> = {
     ...kvp,
@@ -229,7 +229,7 @@ async function decode(o: RoleOptions, req: RoleRequest): Promise<RoleOutcome> {
 
   const parts = await fetchEntry(o, daemon, transferId, source);
   const digest = await checkKv(o.layout, req.tokens, transferId, parts);
-  o.metrics.kvEntriesGot++;
+  o.metrics.entryGot();
   return { kvDigest: digest, transferId };
 }
 
@@ -249,7 +249,7 @@ async function fetchEntry(o: RoleOptions, daemon: DaemonLink, transferId: string
       });
       let bytes = 0;
       for (const b of got.parts.values()) bytes += b.length;
-      o.metrics.kvBytesGot += bytes;
+      o.metrics.kvGot(bytes);
       return got.parts;
     } catch (err) {
       const why = (err as Error).message;
