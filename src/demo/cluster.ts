@@ -35,28 +35,39 @@ export interface Cluster {
 /** Every child started so far, from the moment it exists; stopped in reverse order. */
 class Processes {
   readonly #all: { name: string; child: ChildProcess }[] = [];
-  readonly #onExit = () => {
-    for (const { child } of this.#all) child.kill("SIGKILL");
-  };
+  #stopping = false;
 
   constructor() {
-    process.once("exit", this.#onExit);
+    // Whatever is still running when this process exits goes with it (a no-op for the
+    // children that already exited).
+    process.once("exit", () => {
+      for (const { child } of this.#all) child.kill("SIGKILL");
+    });
   }
 
   /** A SpawnOptions.onSpawn that records the child under `name`. */
   track(name: string): (child: ChildProcess) => void {
-    return (child) => this.#all.push({ name, child });
+    return (child) => {
+      this.#all.push({ name, child });
+      // Spawned by a start-up that is still running while we stop: it goes at once.
+      if (this.#stopping) child.kill("SIGTERM");
+    };
   }
 
   /**
    * SIGTERM to each still running (newest first, so the proxy goes before what it calls),
-   * SIGKILL after 10 s; their exit codes by name (null: killed by a signal).
+   * SIGKILL after 10 s; their exit codes by name (null: killed by a signal). A child that
+   * a start-up still in progress spawns meanwhile is stopped too.
    */
   async stopAll(): Promise<{ name: string; code: number | null }[]> {
-    const codes: { name: string; code: number | null }[] = [];
-    for (const { name, child } of [...this.#all].reverse()) codes.push({ name, code: await stop(child) });
-    process.off("exit", this.#onExit);
-    return codes.reverse();
+    this.#stopping = true;
+    const codes = new Map<ChildProcess, { name: string; code: number | null }>();
+    for (;;) {
+      const left = this.#all.filter(({ child }) => !codes.has(child)).reverse();
+      if (left.length === 0) break;
+      for (const { name, child } of left) codes.set(child, { name, code: await stop(child) });
+    }
+    return this.#all.map(({ child }) => codes.get(child)!);
   }
 }
 
