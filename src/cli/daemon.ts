@@ -17,8 +17,9 @@ export async function runDaemon(inputs: ConfigInputs): Promise<number> {
     { source: config.source, role: config.role, protocol: config.protocol, metadata: config.metadata.backend },
     "configuration loaded",
   );
-  const daemon = new Daemon(config, log);
+  let daemon: Daemon;
   try {
+    daemon = new Daemon(config, log); // the data port is bound here, by the engine
     await daemon.start(signals.startup);
   } catch (err) {
     if (err instanceof ConfigError) {

@@ -1,12 +1,29 @@
 // pino: JSON lines for machines, readable lines when a person watches a terminal.
+import { setLogger } from "@grpc/grpc-js";
+import { format } from "node:util";
 import { pino, type Logger } from "pino";
 import pretty from "pino-pretty";
 import type { LogLevel } from "../config/config.js";
 
 export function createLogger(level: LogLevel, name = "kvferry"): Logger {
   const options = { name, level, base: { pid: process.pid } };
-  if (process.stdout.isTTY && !process.env.NO_PRETTY) {
-    return pino(options, pretty({ sync: true, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname,name" }));
-  }
-  return pino(options, pino.destination({ sync: true }));
+  const log = process.stdout.isTTY && !process.env.NO_PRETTY
+    ? pino(options, pretty({ sync: true, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname,name" }))
+    : pino(options, pino.destination({ sync: true }));
+  routeGrpcLogs(log);
+  return log;
+}
+
+/**
+ * grpc-js writes its own errors ("E No address added …") and, with GRPC_TRACE, its traces
+ * to stderr as bare text: they become this process's log lines instead. Its errors are
+ * warnings here, because kvferry reports each failure it acts on itself.
+ */
+function routeGrpcLogs(log: Logger): void {
+  const grpc = log.child({ component: "grpc-js" });
+  setLogger({
+    error: (message?: unknown, ...rest: unknown[]) => grpc.warn(format(message, ...rest)),
+    info: (message?: unknown, ...rest: unknown[]) => grpc.info(format(message, ...rest)),
+    debug: (message?: unknown, ...rest: unknown[]) => grpc.debug(format(message, ...rest)),
+  });
 }

@@ -53,9 +53,13 @@ export function spawnService(command: string, args: string[], ready: string, opt
       child.kill("SIGKILL");
       reject(new Error(`kvferry ${command} did not start within ${startTimeoutMs} ms; stderr: ${stderr}`));
     }, startTimeoutMs);
-    exited.then((code) => {
+    // "close", not "exit": its last log lines are read by then.
+    child.once("close", (code) => {
       clearTimeout(timer);
-      reject(new Error(`kvferry ${command} exited with code ${code} before serving; stderr: ${stderr.trim()}`));
+      // Its own account (the last error it logged) first, then whatever else it wrote.
+      const fatal = [...logs].reverse().find((r) => Number(r.level) >= 50);
+      const why = fatal === undefined ? "" : ` (${(fatal.err as { message?: string } | undefined)?.message ?? fatal.msg})`;
+      reject(new Error(`kvferry ${command} exited with code ${code} before serving${why}; stderr: ${stderr.trim()}`));
     });
     createInterface({ input: child.stdout! }).on("line", (line) => {
       let rec: Record<string, unknown>;

@@ -162,8 +162,8 @@ export class Daemon {
 
   /** Binds, starts the engine and registers; `abort` (a signal during start-up) gives up waiting for the metadata backend. */
   async start(abort?: AbortSignal): Promise<void> {
-    this.#port = await bind(this.#server, this.config.listen, "client API");
-    this.#peerPort = await bind(this.#peerServer, this.config.peerListen, "peer API");
+    this.#port = await bind(this.#server, this.config.listen, "client API (listen)");
+    this.#peerPort = await bind(this.#peerServer, this.config.peerListen, "peer API (peer_listen; by default the data port + 1)");
     widenSessionWindows(this.#server, SESSION_WINDOW, this.log);
     if (this.config.listen.port === 0 && this.nodeId.endsWith(":0")) {
       this.nodeId = `${this.nodeId.slice(0, -2)}:${this.#port}`;

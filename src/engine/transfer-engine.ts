@@ -89,19 +89,31 @@ export class TransferEngine {
 
   constructor(options: TransferEngineOptions, private readonly log: Logger) {
     const { Engine } = loadAddon();
-    this.#native = new Engine(
-      {
-        poolSize: options.poolSize,
-        token: options.token,
-        listenHost: options.listenHost,
-        listenPort: options.listenPort,
-        connectionsPerPeer: options.connectionsPerPeer,
-        sliceBytes: options.sliceBytes ?? 4 << 20,
-        ioTimeoutMs: options.ioTimeoutMs ?? 10_000,
-      },
-      (batch) => this.#complete(batch),
-    );
+    this.#native = TransferEngine.#create(Engine, options, (batch) => this.#complete(batch));
     this.memory = new PoolMemory(this.#native);
+  }
+
+  /** The native engine; a pool that cannot be mapped or a data port that cannot be bound becomes a kvferry error naming its setting. */
+  static #create(Engine: ReturnType<typeof loadAddon>["Engine"], options: TransferEngineOptions, onBatch: (batch: NativeCompletions) => void): NativeEngine {
+    const settings = {
+      poolSize: options.poolSize,
+      token: options.token,
+      listenHost: options.listenHost,
+      listenPort: options.listenPort,
+      connectionsPerPeer: options.connectionsPerPeer,
+      sliceBytes: options.sliceBytes ?? 4 << 20,
+      ioTimeoutMs: options.ioTimeoutMs ?? 10_000,
+    };
+    try {
+      return new Engine(settings, onBatch);
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (typeof code !== "string" || !(NATIVE_CODES as readonly string[]).includes(code)) throw err;
+      const what = code === "RESOURCE_EXHAUSTED"
+        ? `the ${options.poolSize}-byte pool (kv_buffer_size)`
+        : "the data plane (data_listen, or prefill_url / decode_url by role)";
+      throw engineError(code as NativeCode, `cannot start ${what}: ${(err as Error).message}`);
+    }
   }
 
   get dataPort(): number {

@@ -22,6 +22,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { freePort } from "./ports.js";
 
 export const ETCD_BINARY = process.env.KVFERRY_ETCD ?? "/usr/bin/etcd";
 export const ETCDCTL_BINARY = process.env.KVFERRY_ETCDCTL ?? "/usr/bin/etcdctl";
@@ -49,19 +50,6 @@ export interface EtcdServer {
 export interface EtcdStartOptions {
   /** How long one start may take before it fails (default 15 s). */
   startTimeoutMs?: number;
-}
-
-/** A port nothing listens on now (bound to 127.0.0.1 and released). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address !== null ? address.port : 0;
-      server.close(() => (port > 0 ? resolve(port) : reject(new Error("no port assigned"))));
-    });
-  });
 }
 
 export interface SilentServer {

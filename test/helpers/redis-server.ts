@@ -3,8 +3,8 @@
 // The port is chosen below the ephemeral range (32768+) so that no client socket takes it
 // while the server is down between a kill and a restart.
 import { spawn, type ChildProcess } from "node:child_process";
-import { createServer } from "node:net";
 import { createInterface } from "node:readline";
+import { freePort } from "./ports.js";
 
 export const REDIS_SERVER = "/usr/bin/redis-server";
 
@@ -23,23 +23,6 @@ export interface RedisServer {
 }
 
 const START_TIMEOUT_MS = 5_000;
-
-function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = createServer();
-    probe.once("error", () => resolve(false));
-    probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)));
-  });
-}
-
-/** A loopback port nothing listens on now, below the ephemeral range. */
-export async function freePort(): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
-    if (await portIsFree(port)) return port;
-  }
-  throw new Error("no free loopback port found in 20000-31999");
-}
 
 /** Runs redis-server on `port` and resolves once it accepts connections. */
 function launch(port: number): Promise<ChildProcess> {

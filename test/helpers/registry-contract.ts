@@ -15,7 +15,7 @@ import { pino, type Logger } from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { UnavailableError } from "../../src/errors.js";
 import { nodeKey, type NodeEvent, type NodeRecord, type NodeRegistry, type RegistryOptions } from "../../src/metadata/registry.js";
-import { freePort } from "./redis-server.js";
+import { freePort } from "./ports.js";
 
 export const TTL_MS = 1_500;
 /** Slack on top of a TTL for timers, scheduling and a busy machine. */

@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vites
 import { spawnDaemon } from "../../src/cli/spawn-daemon.js";
 import { NotFoundError } from "../../src/errors.js";
 import { BIN, runCli, sleep } from "../helpers/daemon.js";
-import { freePort, startEtcd, type EtcdServer } from "../helpers/etcd-server.js";
+import { freePort } from "../helpers/ports.js";
+import { startEtcd, type EtcdServer } from "../helpers/etcd-server.js";
 import { TOKEN, entrySpec, expectAllOk, fetchHashes, putEntry, startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
 
 const TTL_MS = 2_000;

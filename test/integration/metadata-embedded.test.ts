@@ -2,10 +2,10 @@
 // through the peer API's Hello — from --peer flags, from the other side of prefill_url /
 // decode_url, and from being greeted — and forget a node that stops answering for
 // metadata_ttl_ms. BatchTransfer and Get name nodes by id; `kvferry status` lists them.
-import { createServer } from "node:net";
 import { afterAll, describe, expect, it, onTestFinished } from "vitest";
 import { NotFoundError } from "../../src/errors.js";
 import { runCli, sleep, startDaemon } from "../helpers/daemon.js";
+import { freePort, freePorts } from "../helpers/ports.js";
 import {
   TOKEN,
   entrySpec,
@@ -51,14 +51,6 @@ async function expectNodes(d: PeerDaemon, ids: string[], withinMs = 4 * TTL_MS):
   expect(got, `nodes listed by ${d.address} after ${withinMs} ms`).toEqual([...ids].sort());
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 describe("learning nodes", () => {
   it("a daemon given --peer greets it, and the greeted one learns the greeter: both list both, with their records", async () => {
     const a = await node("emb-a1");
@@ -91,8 +83,8 @@ describe("learning nodes", () => {
 
   it("a prefill and a decode daemon sharing one mooncake.json find each other through prefill_url and decode_url", async () => {
     // Ports at least 50 apart (the seed's rule); each daemon's peer API is one above its data port.
-    const prefillPort = await freePort();
-    const decodePort = prefillPort > 60_000 ? prefillPort - 200 : prefillPort + 200;
+    const prefillPort = await freePorts([0, 1, 200, 201]);
+    const decodePort = prefillPort + 200;
     const config = { prefill_url: `127.0.0.1:${prefillPort}`, decode_url: `127.0.0.1:${decodePort}`, protocol: "tcp" };
     const start = async (role: string, id: string): Promise<PeerDaemon> => {
       const args = ["--kv-role", role, "--node-id", id, "--metadata-ttl-ms", String(TTL_MS), "--cluster-token", TOKEN, "--kv-buffer-size", "256MiB"];

@@ -13,7 +13,8 @@ import { UnavailableError } from "../../src/errors.js";
 import { EtcdRegistry } from "../../src/metadata/etcd.js";
 import type { NodeRecord } from "../../src/metadata/node.js";
 import type { NodeEvent } from "../../src/metadata/registry.js";
-import { freePort, startEtcd, startSilentServer, type EtcdServer, type SilentServer } from "../helpers/etcd-server.js";
+import { freePort } from "../helpers/ports.js";
+import { startEtcd, startSilentServer, type EtcdServer, type SilentServer } from "../helpers/etcd-server.js";
 
 let etcd: EtcdServer;
 const servers: EtcdServer[] = [];

@@ -18,7 +18,7 @@ import {
   spawnMetadataServer,
   type MetadataServerProcess,
 } from "../helpers/metadata-server.js";
-import { freePort } from "../helpers/redis-server.js";
+import { freePort } from "../helpers/ports.js";
 import { capturingLogger, MARGIN_MS, node, registryContract, TTL_MS, useRegistries, warnedAbout, waitFor } from "../helpers/registry-contract.js";
 
 let server: MetadataServerProcess;

@@ -2,7 +2,7 @@
 // help text and the seed's mooncake.json.
 import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -17,6 +17,7 @@ import {
 import { service as healthService } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { startEtcd } from "../helpers/etcd-server.js";
+import { freePorts } from "../helpers/ports.js";
 import type { KvferryClient } from "../../src/client/client.js";
 import { GetStreamRequest, PutStreamRequest, type GetStreamResponse } from "../../src/gen/kvferry/v1/kvferry.js";
 import {
@@ -285,6 +286,43 @@ describe("configuration errors", () => {
       expect(r.code, args.join(" ")).toBe(2);
       expect(r.stderr.length, args.join(" ")).toBeGreaterThan(0);
     }
+  });
+});
+
+describe("ports already taken", () => {
+  /** Holds `port` on 127.0.0.1 until the test ends. */
+  async function occupy(port: number): Promise<void> {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(port, "127.0.0.1", resolve));
+    onTestFinished(() => new Promise<void>((resolve) => holder.close(() => resolve())));
+  }
+
+  /** The message of the daemon's "cannot start" log line. */
+  function fatalMessage(stdout: string): string {
+    const fatal = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)).find((r) => r.msg === "cannot start");
+    return fatal?.err?.message ?? "";
+  }
+
+  it("exits 1 naming the data plane's setting, the address and the reason, without a stack trace on stderr", async () => {
+    const base = await freePorts([0, 1]);
+    await occupy(base);
+    const r = await runCli(["daemon", "--listen", "127.0.0.1:0", "--data-listen", `127.0.0.1:${base}`, "--kv-buffer-size", "8MiB"]);
+    expect(r.code).toBe(1);
+    expect(fatalMessage(r.stdout)).toBe(
+      `cannot start the data plane (data_listen, or prefill_url / decode_url by role): cannot listen on 127.0.0.1:${base}: Address already in use`,
+    );
+    expect(r.stderr).toBe("");
+  });
+
+  it("exits 1 naming the peer API's setting, the address and the reason; grpc-js's own complaint is a log line, not bare stderr", async () => {
+    const base = await freePorts([0, 1]);
+    await occupy(base + 1);
+    const r = await runCli(["daemon", "--listen", "127.0.0.1:0", "--data-listen", `127.0.0.1:${base}`, "--kv-buffer-size", "8MiB"]);
+    expect(r.code).toBe(1);
+    expect(fatalMessage(r.stdout)).toBe(
+      `cannot listen for the peer API (peer_listen; by default the data port + 1) on 127.0.0.1:${base + 1}: address already in use (EADDRINUSE)`,
+    );
+    expect(r.stderr).toBe("");
   });
 });
 

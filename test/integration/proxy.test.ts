@@ -16,6 +16,7 @@ import { loadProxyConfig, parseInstance } from "../../src/proxy/config.js";
 import { LeastOutstanding, RoundRobin } from "../../src/proxy/policies.js";
 import { spawnSimulator, type SpawnedSimulator } from "../../src/simulator/spawn.js";
 import { rejection, runCli, sleep } from "../helpers/daemon.js";
+import { freePort } from "../helpers/ports.js";
 import { startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
 import {
   SMALL_LAYOUT,
@@ -87,15 +88,6 @@ function expectParsableEvents(text: string): void {
     if (data === "[DONE]") continue;
     expect(() => JSON.parse(data), `unparsable event line: ${line}`).not.toThrow();
   }
-}
-
-/** A port nothing listens on (bound, then closed). */
-async function closedPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise((resolve) => s.close(resolve));
-  return port;
 }
 
 describe("policies and instance flags (in process)", () => {
@@ -668,7 +660,7 @@ describe("two prefills, two decodes (2P2D)", () => {
 
 describe("no instance available", () => {
   it("answers 503 with an OpenAI-style error when every instance refuses connections, never an empty 200, and /health says 503", async () => {
-    const [p, d] = [await closedPort(), await closedPort()];
+    const [p, d] = [await freePort(), await freePort()];
     const proxy = await spawnProxy(["--transfer", "none", "--prefill", `http://127.0.0.1:${p}`, "--decode", `http://127.0.0.1:${d}`]);
     try {
       for (const endpoint of ["completions", "chat"] as const) {
@@ -871,7 +863,7 @@ describe("instances that misbehave once (stub engines)", () => {
   }
 
   it("answers 503 without a prefill when no decode instance is reachable", async () => {
-    const proxy = await spawnProxy(["--transfer", "none", "--prefill", `${base}/p`, "--decode", `http://127.0.0.1:${await closedPort()}`]);
+    const proxy = await spawnProxy(["--transfer", "none", "--prefill", `${base}/p`, "--decode", `http://127.0.0.1:${await freePort()}`]);
     try {
       const before = prefillRequests;
       const res = await post(proxy.url, "/v1/completions", { model: MODEL, prompt: "hi" });
