@@ -49,6 +49,8 @@ export interface Config {
   source: string;
   /** Default: `${os.hostname()}:${listen.port}`. */
   nodeId: string;
+  /** Where nodeId came from (a flag, the environment, the file), for errors naming it. */
+  nodeIdSource: string;
   /** From kv_role: kv_producer → prefill, kv_consumer → decode, kv_both → both. */
   role: Role;
   kvRank: number;
@@ -133,6 +135,7 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
   return {
     source: path ?? "defaults",
     nodeId: settings.get("node_id")?.value ?? `${hostname()}:${listen.port}`,
+    nodeIdSource: settings.get("node_id")?.source ?? "defaults (HOSTNAME:PORT of --listen)",
     role,
     kvRank,
     kvParallelSize,

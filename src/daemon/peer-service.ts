@@ -5,6 +5,7 @@ import type { Logger } from "pino";
 import { PermissionDeniedError } from "../errors.js";
 import type { NodeInfo } from "../gen/kvferry/v1/node.js";
 import type { KvFerryPeerServer } from "../gen/kvferry/v1/peer.js";
+import { LogLimiter } from "./log-limiter.js";
 import { TOKEN_METADATA } from "./peers.js";
 import { toGrpcError } from "./status.js";
 import type { Transfers } from "./transfers.js";
@@ -18,8 +19,11 @@ export interface PeerContext {
   dataAddress(): string;
   /** This daemon's registry record, once registered. */
   self(): NodeInfo | undefined;
-  /** A peer greeted us with its record (the embedded registry learns it). */
-  learn(node: NodeInfo, from: string): void;
+  /**
+   * A peer greeted us with its record (the embedded registry learns it).
+   * @throws AlreadyExistsError when it claims a node id a running daemon holds (this one, say).
+   */
+  learn(node: NodeInfo, from: string): Promise<void>;
 }
 
 const digest = (s: string) => createHash("sha256").update(s).digest();
@@ -32,19 +36,11 @@ export function checkToken(metadata: Metadata, expected: Buffer): void {
   }
 }
 
-/** A refused peer is logged once a minute per address, not at every retry. */
-const REFUSED_LOG_EVERY_MS = 60_000;
-
 export function peerService(ctx: PeerContext): KvFerryPeerServer {
   const expected = digest(ctx.token);
-  const refusedAt = new Map<string, number>();
-  const warnRefused = (peer: string, path: string) => {
-    const now = Date.now();
-    if (now - (refusedAt.get(peer) ?? 0) < REFUSED_LOG_EVERY_MS) return;
-    if (refusedAt.size >= 1024) refusedAt.clear();
-    refusedAt.set(peer, now);
-    ctx.log.warn({ peer, path }, "peer refused: bad token (logged once a minute per peer)");
-  };
+  const refused = new LogLimiter();
+  const warnRefused = (peer: string, path: string) =>
+    refused.report(peer, () => ctx.log.warn({ peer, path }, "peer refused: bad token (logged once a minute per peer)"));
   const authed = <Req, Res>(handler: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res) =>
     (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
       Promise.resolve()
@@ -64,8 +60,8 @@ export function peerService(ctx: PeerContext): KvFerryPeerServer {
     };
 
   return {
-    hello: authed((req, call) => {
-      if (req.node !== undefined) ctx.learn(req.node, call.getPeer());
+    hello: authed(async (req, call) => {
+      if (req.node !== undefined) await ctx.learn(req.node, call.getPeer());
       return {
         nodeId: ctx.nodeId(),
         version: ctx.version,

@@ -10,13 +10,14 @@ import { Server } from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
 import type { Logger } from "pino";
 import { formatHostPort, type Config } from "../config/config.js";
-import { ConfigError, MetadataUnavailableError } from "../errors.js";
+import { AlreadyExistsError, ConfigError, MetadataUnavailableError, UnavailableError } from "../errors.js";
 import type { ListNodesResponse } from "../gen/kvferry/v1/kvferry.js";
 import type { NodeInfo } from "../gen/kvferry/v1/node.js";
 import { KvFerryPeerService } from "../gen/kvferry/v1/peer.js";
 import { TransferEngine } from "../engine/transfer-engine.js";
 import { EmbeddedRegistry, type Greet } from "../metadata/embedded.js";
 import { byNodeId, type NodeRecord } from "../metadata/node.js";
+import { checkNodeIdFree, nodeIdTaken } from "../metadata/node-id.js";
 import { openRegistry, registerWithRetry } from "../metadata/open.js";
 import type { NodeRegistry } from "../metadata/registry.js";
 import { LookupBuffer } from "../store/lookup-buffer.js";
@@ -26,6 +27,7 @@ import { widenSessionWindows, widenStreamWindows } from "./http2-windows.js";
 import { kvferryService } from "./kvferry-service.js";
 import { peerService } from "./peer-service.js";
 import { nodeResolver } from "./node-resolver.js";
+import { LogLimiter } from "./log-limiter.js";
 import { PeerDirectory } from "./peers.js";
 import { addReflection } from "./reflection.js";
 import { Transfers } from "./transfers.js";
@@ -35,6 +37,8 @@ export const SERVICE_NAME = "kvferry.v1.KvFerry";
 export const PEER_SERVICE_NAME = "kvferry.v1.KvFerryPeer";
 /** Room for a message's framing beyond its payload. */
 const MESSAGE_OVERHEAD = 64 * 1024;
+/** How long the holder of a node id found in the metadata gets to answer (a peer on the LAN answers in milliseconds). */
+const WHO_IS_TIMEOUT_MS = 2_000;
 /** HTTP/2 windows: a streamed part moves in MiB-sized messages, not 64 KiB steps. */
 const STREAM_WINDOW = 16 << 20;
 const SESSION_WINDOW = 64 << 20;
@@ -51,6 +55,8 @@ export class Daemon {
   readonly engine: TransferEngine;
   readonly transfers: Transfers;
   readonly #peers: PeerDirectory;
+  /** Daemons that claimed this one's node id, logged once a minute each. */
+  readonly #conflicts = new LogLimiter();
   readonly #server: Server;
   readonly #peerServer: Server;
   readonly #health: HealthImplementation;
@@ -229,12 +235,25 @@ export class Daemon {
     let registry: NodeRegistry | undefined;
     try {
       registry = await openRegistry(metadata, this.log, { seeds, greet: this.#greet });
-      await registerWithRetry(registry, this.#record(), metadata.retryMs, this.log, abort);
+      const opened = registry;
+      // The embedded registry learns of a holder of our id from the seeds' answers instead.
+      const check = opened.backend === "embedded"
+        ? undefined
+        : async () => {
+            const held = await opened.lookup(this.nodeId).catch((err: Error) => {
+              throw new UnavailableError(`cannot register node ${JSON.stringify(this.nodeId)}: ${err.message}`, { cause: err });
+            });
+            await checkNodeIdFree(this.#record(), held, this.#whoIs);
+          };
+      await registerWithRetry(registry, this.#record(), { retryMs: metadata.retryMs, log: this.log, abort, check });
     } catch (err) {
       await registry?.close();
       this.#server.forceShutdown();
       this.#peerServer.forceShutdown();
       this.engine.shutdown();
+      if (err instanceof AlreadyExistsError) {
+        throw new ConfigError(this.config.nodeIdSource, "node_id", this.nodeId, `an id no running daemon holds: ${err.message}`);
+      }
       if (registry === undefined) throw err;
       const retried = metadata.retryMs > 0 ? ` (retried for ${metadata.retryMs} ms, metadata_retry_ms)` : "";
       // The backends' messages name themselves and what failed ("etcd at h:p: cannot register node …").
@@ -270,15 +289,25 @@ export class Daemon {
     return node;
   };
 
-  #learn(info: NodeInfo, from: string): void {
-    if (!(this.#registry instanceof EmbeddedRegistry)) return;
+  /** Which node answers at a peer API (a greeting with a short deadline): node-id.ts's question. */
+  readonly #whoIs = async (address: string): Promise<string> => (await this.#peers.greet(address, WHO_IS_TIMEOUT_MS)).hello.nodeId;
+
+  async #learn(info: NodeInfo, from: string): Promise<void> {
     const node = fromWireNode(info);
     if (node instanceof Error) {
       this.log.warn({ from, err: node.message }, "a peer's Hello carried an unusable node record");
       return;
     }
+    const self = this.#record();
+    if (node.nodeId === self.nodeId && node.peerAddress !== self.peerAddress) {
+      this.#conflicts.report(node.peerAddress, () =>
+        this.log.error({ peerAddress: node.peerAddress, clientAddress: node.clientAddress, nodeId: node.nodeId }, "another daemon claims this daemon's node id: its greetings are refused"),
+      );
+      throw nodeIdTaken(self);
+    }
+    if (!(this.#registry instanceof EmbeddedRegistry)) return;
     this.#peers.revive(node.peerAddress);
-    this.#registry.learn(node);
+    await this.#registry.learn(node);
   }
 
   /** This node as the registry publishes it, now. */

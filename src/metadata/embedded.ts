@@ -4,8 +4,13 @@
 // that is greeted learns the caller. Every ttl/3 it greets every node it knows again;
 // a node whose greetings have failed for longer than the TTL has left. Seeds not
 // answering yet are retried at the same pace, so start-up order does not matter.
+// A node id belongs to one running daemon (node-id.ts): a Hello claiming a known node's id
+// from another address is refused while that node answers, and a seed that refuses this
+// daemon's greeting for that reason fails its start-up.
 import type { Logger } from "pino";
+import { AlreadyExistsError } from "../errors.js";
 import { NodeCache } from "./node-cache.js";
+import { checkNodeIdFree, nodeIdTaken } from "./node-id.js";
 import type { NodeRecord } from "./node.js";
 import type { NodeEvent, NodeRegistry, RegistryOptions } from "./registry.js";
 
@@ -29,6 +34,8 @@ export class EmbeddedRegistry implements NodeRegistry {
   /** Set while MAX_NODES are known (warned once). */
   #full = false;
   #beating = false;
+  /** A peer refused our greeting because a running daemon holds our node id. */
+  #taken: AlreadyExistsError | undefined;
 
   constructor(
     private readonly options: RegistryOptions & { seeds: readonly string[] },
@@ -40,11 +47,19 @@ export class EmbeddedRegistry implements NodeRegistry {
     this.where = `embedded peer-to-peer metadata (${seeds} seed peer${seeds === 1 ? "" : "s"})`;
   }
 
+  /**
+   * Greets the seeds once and keeps greeting every ttl/3.
+   * @throws AlreadyExistsError when a seed says a running daemon holds this node's id.
+   */
   async register(self: NodeRecord): Promise<void> {
     this.#self = { ...self, updatedAt: Date.now() };
     this.#cache.set(this.#self);
     // Seeds that do not answer yet are no error: they are retried at every heartbeat.
     await this.#heartbeat();
+    if (this.#taken !== undefined) {
+      this.#closed = true;
+      throw this.#taken;
+    }
     this.#timer = setInterval(() => void this.#heartbeat(), Math.max(1, Math.floor(this.options.ttlMs / 3)));
     this.#timer.unref();
   }
@@ -55,9 +70,25 @@ export class EmbeddedRegistry implements NodeRegistry {
     this.#cache.set(this.#self);
   }
 
-  /** A node greeted us (the peer API's Hello): it is alive, with this record. */
-  learn(node: NodeRecord): void {
+  /**
+   * A node greeted us (the peer API's Hello) or answered our greeting: it is alive, with
+   * this record. A record claiming the id of a known node at another address is learned
+   * only once that node no longer answers there.
+   * @throws AlreadyExistsError when that node still runs: the id is taken.
+   */
+  async learn(node: NodeRecord): Promise<void> {
     if (this.#closed || node.nodeId === this.#self?.nodeId) return;
+    const known = this.#cache.get(node.nodeId);
+    if (known !== undefined && known.peerAddress !== node.peerAddress) {
+      const self = this.#self;
+      await checkNodeIdFree(node, known, async (address) => {
+        if (self === undefined) throw new Error("not registered");
+        return (await this.greet(address, self)).nodeId;
+      });
+      if (this.#cache.get(node.nodeId)?.peerAddress === known.peerAddress) {
+        this.#forget(node.nodeId, `it no longer answers at ${known.peerAddress}; ${node.peerAddress} holds its id now`);
+      }
+    }
     if (!this.#cache.get(node.nodeId) && this.#lastSeen.size >= MAX_NODES) {
       if (!this.#full) this.log.warn({ max: MAX_NODES, nodeId: node.nodeId }, "embedded registry full: not learning more nodes");
       this.#full = true;
@@ -120,17 +151,34 @@ export class EmbeddedRegistry implements NodeRegistry {
     for (const address of this.#unanswered) if (!addresses.has(address)) this.#unanswered.delete(address);
     await Promise.all(
       [...addresses].map(async (address) => {
+        let node: NodeRecord;
         try {
-          const node = await this.greet(address, self);
-          if (node.nodeId === self.nodeId) return; // a seed list that names this daemon
-          if (!this.#cache.get(node.nodeId)) this.log.info({ nodeId: node.nodeId, peerAddress: address }, "node joined");
-          this.#unanswered.delete(address);
-          this.learn(node);
+          node = await this.greet(address, self);
+          if (node.nodeId === self.nodeId && node.peerAddress !== self.peerAddress) throw nodeIdTaken(node);
         } catch (err) {
-          // Once per address and outage: a seed that is not up yet, or refuses our token.
-          if (!this.#unanswered.has(address)) this.log.warn({ peerAddress: address, err: (err as Error).message }, "a peer does not answer our greeting (retried every metadata_ttl_ms / 3)");
+          if (err instanceof AlreadyExistsError) {
+            // The peer refused us: a running daemon holds our node id.
+            this.#taken ??= err;
+            if (!this.#unanswered.has(address)) this.log.error({ peerAddress: address, err: err.message }, "node id conflict: this daemon's node_id is taken");
+          } else if (!this.#unanswered.has(address)) {
+            // Once per address and outage: a seed that is not up yet, or refuses our token.
+            this.log.warn({ peerAddress: address, err: (err as Error).message }, "a peer does not answer our greeting (retried every metadata_ttl_ms / 3)");
+          }
           this.#unanswered.add(address);
+          return;
         }
+        if (node.nodeId === self.nodeId) return; // a seed list that names this daemon
+        const joined = !this.#cache.get(node.nodeId);
+        try {
+          await this.learn(node);
+        } catch (err) {
+          // Two other daemons answer to one id: keep the one known (it still runs).
+          if (!this.#unanswered.has(address)) this.log.error({ peerAddress: address, err: (err as Error).message }, "node id conflict between two peers: the later one is not learned");
+          this.#unanswered.add(address);
+          return;
+        }
+        this.#unanswered.delete(address);
+        if (joined) this.log.info({ nodeId: node.nodeId, peerAddress: address }, "node joined");
       }),
     );
     const now = Date.now();

@@ -4,7 +4,7 @@
 // has passed. The etcd, redis and http clients are imported only when used.
 import type { Logger } from "pino";
 import type { MetadataSettings } from "../config/config.js";
-import { UnavailableError } from "../errors.js";
+import { AlreadyExistsError, UnavailableError } from "../errors.js";
 import { EmbeddedRegistry, type Greet } from "./embedded.js";
 import type { NodeRecord } from "./node.js";
 import type { NodeRegistry, RegistryOptions } from "./registry.js";
@@ -44,27 +44,34 @@ export async function openRegistry(settings: MetadataSettings, log: Logger, open
 const FIRST_BACKOFF_MS = 250;
 const MAX_BACKOFF_MS = 5_000;
 
+export interface RegisterOptions {
+  /** Keep trying an unreachable backend this long (metadata_retry_ms; 0: fail at once). */
+  retryMs: number;
+  log: Logger;
+  /** Stops the retrying (a signal during start-up). */
+  abort?: AbortSignal;
+  /** Runs before each attempt, e.g. that no running daemon holds our node id (AlreadyExistsError: not retried). */
+  check?: () => Promise<void>;
+}
+
 /**
  * registry.register(self), retried while `retryMs` allows.
  * @throws the last UnavailableError once the retry time is spent (at once when retryMs is 0).
+ * @throws AlreadyExistsError from `check`, at once.
  */
-export async function registerWithRetry(
-  registry: NodeRegistry,
-  self: NodeRecord,
-  retryMs: number,
-  log: Logger,
-  abort?: AbortSignal,
-): Promise<void> {
+export async function registerWithRetry(registry: NodeRegistry, self: NodeRecord, options: RegisterOptions): Promise<void> {
+  const { retryMs, log, abort, check } = options;
   const giveUpAt = Date.now() + retryMs;
   let backoff = FIRST_BACKOFF_MS;
   for (let attempt = 1; ; attempt++) {
     try {
+      await check?.();
       await registry.register(self);
       if (attempt > 1) log.info({ attempt, metadata: registry.where }, "registered with the metadata backend");
       return;
     } catch (err) {
       const left = giveUpAt - Date.now();
-      if (left <= 0) throw err;
+      if (left <= 0 || err instanceof AlreadyExistsError) throw err;
       if (abort?.aborted) throw new UnavailableError(`${(err as Error).message} (${(abort.reason as Error).message}, retrying stopped)`);
       const wait = Math.min(backoff, left);
       log.warn({ err, attempt, retryInMs: wait, metadata: registry.where }, "metadata backend unreachable: retrying");

@@ -77,6 +77,7 @@ describe("defaults", () => {
     expect(load()).toEqual({
       source: "defaults",
       nodeId: `${hostname()}:50051`,
+      nodeIdSource: "defaults (HOSTNAME:PORT of --listen)",
       role: "both",
       kvRank: 0,
       kvParallelSize: 1,
@@ -323,6 +324,7 @@ describe("precedence: flags > --kv-transfer-config > environment > file > defaul
     expect(config.listen).toEqual({ host: "127.0.0.1", port: 2002 });
     expect(config.logLevel).toBe("error");
     expect(config.nodeId).toBe("from-env");
+    expect(config.nodeIdSource).toBe("KVFERRY_NODE_ID");
   });
 
   it("takes the file over the defaults", () => {
@@ -331,6 +333,7 @@ describe("precedence: flags > --kv-transfer-config > environment > file > defaul
     expect(config.listen.port).toBe(2001);
     expect(config.logLevel).toBe("warn");
     expect(config.nodeId).toBe("from-file");
+    expect(config.nodeIdSource).toContain(".json");
   });
 
   it("takes every flag over the file", () => {

@@ -1,0 +1,125 @@
+// One node id, one running daemon: a daemon started with the id of one that runs is refused
+// (exit 2 naming node_id, its value, where it came from and the holder's addresses), with
+// every metadata backend; a record left behind by a daemon that died is taken over at once,
+// not after its TTL. Real etcd, redis, metadata-server and daemons on 127.0.0.1.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli, sleep } from "../helpers/daemon.js";
+import { startEtcd, type EtcdServer } from "../helpers/etcd-server.js";
+import { spawnMetadataServer, type MetadataServerProcess } from "../helpers/metadata-server.js";
+import { startRedis, type RedisServer } from "../helpers/redis-server.js";
+import { TOKEN, entrySpec, expectAllOk, fetchHashes, putEntry, startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
+
+const started: PeerDaemon[] = [];
+let etcd: EtcdServer;
+let redis: RedisServer;
+let http: MetadataServerProcess;
+
+beforeAll(async () => {
+  [etcd, redis, http] = await Promise.all([startEtcd(), startRedis(), spawnMetadataServer(["--listen", "127.0.0.1:0"])]);
+});
+
+afterAll(async () => {
+  await Promise.all(started.map((d) => d.stop()));
+  await Promise.all([etcd?.stop(), redis?.stop(), http?.stop()]);
+});
+
+async function daemon(id: string, args: string[]): Promise<PeerDaemon> {
+  const d = await startPeerDaemon({ bufferSize: "64MiB", args: ["--node-id", id, ...args] });
+  started.push(d);
+  return d;
+}
+
+/** `kvferry daemon` run to its exit: it must not start. */
+function refusedStart(id: string, args: string[]) {
+  return runCli(
+    ["daemon", "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--kv-buffer-size", "64MiB", "--node-id", id, ...args],
+    { KVFERRY_CLUSTER_TOKEN: TOKEN },
+    20_000,
+  );
+}
+
+function expectTaken(r: { code: number | null; stderr: string }, id: string, holder: PeerDaemon): void {
+  expect(r.code, r.stderr).toBe(2);
+  expect(r.stderr).toContain(`--node-id: node_id: got ${JSON.stringify(id)}, expected an id no running daemon holds`);
+  expect(r.stderr).toContain(`peer API ${holder.peerAddress}, client API ${holder.address}`);
+}
+
+async function until(what: string, probe: () => Promise<boolean>, withinMs: number): Promise<void> {
+  const end = Date.now() + withinMs;
+  while (Date.now() < end) {
+    if (await probe().catch(() => false)) return;
+    await sleep(100);
+  }
+  throw new Error(`${what}: not within ${withinMs} ms`);
+}
+
+const SIGKILL = async (d: PeerDaemon) => {
+  d.proc.child.kill("SIGKILL");
+  await d.proc.exited;
+  started.splice(started.indexOf(d), 1);
+};
+
+describe.each([
+  ["etcd", () => `etcd://${etcd.endpoint}`],
+  ["redis", () => redis.url],
+  ["http", () => http.url],
+])("with %s metadata", (backend, server) => {
+  const args = () => ["--metadata-server", server(), "--metadata-prefix", `it-node-id-${backend}/`, "--metadata-ttl-ms", "20000"];
+
+  it("a second daemon with a running daemon's node id exits 2 naming it and the holder; the holder's record stays", async () => {
+    const id = `dup-${backend}`;
+    const holder = await daemon(id, args());
+    const r = await refusedStart(id, args());
+    expectTaken(r, id, holder);
+    const listed = (await holder.client.listNodes()).nodes.filter((n) => n.nodeId === id);
+    expect(listed.map((n) => n.peerAddress)).toEqual([holder.peerAddress]);
+  });
+
+  it("a record left by a daemon that died is taken over at once (TTL 20 s), and transfers by that id reach the new daemon", async () => {
+    const id = `reborn-${backend}`;
+    const other = await daemon(`other-${backend}`, args());
+    const dead = await daemon(id, args());
+    await SIGKILL(dead);
+    const t0 = Date.now();
+    const reborn = await daemon(id, args());
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(reborn.peerAddress).not.toBe(dead.peerAddress);
+    await until("the other daemon sees the new record", async () =>
+      (await other.client.listNodes()).nodes.some((n) => n.nodeId === id && n.peerAddress === reborn.peerAddress), 10_000);
+    const spec = entrySpec(`to-${id}`, [1 << 20]);
+    const hashes = await putEntry(other.client, spec);
+    expectAllOk((await other.client.batchTransfer([spec.id], id, "push")).results);
+    expect(await fetchHashes(reborn.client, spec.id)).toEqual(hashes);
+  });
+});
+
+describe("with embedded metadata", () => {
+  const args = (...peers: string[]) => ["--metadata-ttl-ms", "3000", ...peers.flatMap((p) => ["--peer", p])];
+
+  it("a daemon whose seed holds its node id exits 2 naming the seed", async () => {
+    const holder = await daemon("emb-dup", args());
+    const r = await refusedStart("emb-dup", args(holder.peerAddress));
+    expectTaken(r, "emb-dup", holder);
+  });
+
+  it("a seed that knows a running holder of the id refuses the newcomer; once the holder died, a newcomer takes the id over", async () => {
+    const holder = await daemon("emb-held", args());
+    const seed = await daemon("emb-seed", args(holder.peerAddress));
+    await until("the seed knows the holder", async () => (await seed.client.listNodes()).nodes.some((n) => n.nodeId === "emb-held"), 5_000);
+    expectTaken(await refusedStart("emb-held", args(seed.peerAddress)), "emb-held", holder);
+    // The seed still lists the holder at its own address.
+    const known = (await seed.client.listNodes()).nodes.find((n) => n.nodeId === "emb-held");
+    expect(known?.peerAddress).toBe(holder.peerAddress);
+
+    await SIGKILL(holder);
+    const t0 = Date.now();
+    const reborn = await daemon("emb-held", args(seed.peerAddress));
+    await until("the seed lists the new daemon under the id", async () =>
+      (await seed.client.listNodes()).nodes.some((n) => n.nodeId === "emb-held" && n.peerAddress === reborn.peerAddress), 5_000);
+    expect(Date.now() - t0).toBeLessThan(3_000); // before the dead one's TTL (3 s) would have lapsed
+    const spec = entrySpec("emb-to-reborn", [4096]);
+    const hashes = await putEntry(seed.client, spec);
+    expectAllOk((await seed.client.batchTransfer([spec.id], "emb-held", "push")).results);
+    expect(await fetchHashes(reborn.client, spec.id)).toEqual(hashes);
+  });
+});
