@@ -178,11 +178,11 @@ async function dispatch(deps: FrontDoorDeps, req: IncomingMessage, res: ServerRe
       res.on("close", () => {
         if (!res.writableFinished) abort.abort();
       });
-      const body = await readJsonObject(req, deps.config.maxBodyBytes);
+      const text = await readJsonObject(req, deps.config.maxBodyBytes);
       if (abort.signal.aborted || req.socket.destroyed) return { status: 499, outcome: "aborted" };
       const authorization = req.headers.authorization;
       return deps.flow.run({
-        requestId: r.requestId, route: r.route, path: r.path, body, authorization,
+        requestId: r.requestId, route: r.route, path: r.path, text, authorization,
         res, signal: abort.signal, startedAt: r.startedAt,
       });
     }
@@ -249,8 +249,8 @@ export function tooDeep(json: Buffer, max: number): number {
   return -1;
 }
 
-/** Reads the body (at most `limit` bytes) and parses it as a JSON object. */
-function readJsonObject(req: IncomingMessage, limit: number): Promise<Record<string, unknown>> {
+/** Reads the body (at most `limit` bytes): its text, once it is known to be one JSON object. */
+function readJsonObject(req: IncomingMessage, limit: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const declared = Number(req.headers["content-length"]);
     if (Number.isFinite(declared) && declared > limit) {
@@ -294,9 +294,10 @@ function readJsonObject(req: IncomingMessage, limit: number): Promise<Record<str
         reject(badRequest(`the request body nests arrays and objects more than ${MAX_JSON_DEPTH} deep (at byte ${deep})`, "invalid_json"));
         return;
       }
+      const text = raw.toString("utf8");
       let parsed: unknown;
       try {
-        parsed = JSON.parse(raw.toString("utf8"));
+        parsed = JSON.parse(text);
       } catch (err) {
         reject(badRequest(`the request body is not valid JSON: ${(err as Error).message}`, "invalid_json"));
         return;
@@ -305,7 +306,7 @@ function readJsonObject(req: IncomingMessage, limit: number): Promise<Record<str
         reject(badRequest("the request body must be a JSON object", "invalid_json"));
         return;
       }
-      resolve(parsed as Record<string, unknown>);
+      resolve(text);
     });
   });
 }

@@ -50,6 +50,7 @@ import {
   upstreamUnreachable,
   type Outcome,
 } from "./openai-errors.js";
+import { withMembers } from "./json-members.js";
 import { relay } from "./relay.js";
 import { writeError, writeUpstream } from "./respond.js";
 import { fetchAll, send, UpstreamError } from "./upstream.js";
@@ -62,7 +63,8 @@ export interface Exchange {
   route: CompletionRoute;
   /** "/v1/completions" or "/v1/chat/completions". */
   path: string;
-  body: Record<string, unknown>;
+  /** The body as the client sent it (a JSON object): what goes upstream, with only the members the proxy sets rewritten. */
+  text: string;
   /** The client's Authorization header (forwarded only with --forward-authorization). */
   authorization: string | undefined;
   res: ServerResponse;
@@ -165,7 +167,7 @@ export class RequestFlow {
           do_remote_decode: false,
           ...source,
         };
-        const decodeBody = JSON.stringify({ ...x.body, kv_transfer_params: params });
+        const decodeBody = withMembers(x.text, { kv_transfer_params: params });
 
         // 4. Decode, relayed as it comes.
         let up;
@@ -219,7 +221,7 @@ export class RequestFlow {
     const tried = new Set<Instance>();
     for (;;) {
       const prefill = this.#pick("prefill", tried);
-      const body = Buffer.from(JSON.stringify(prefillRequest(x, transferId, sourceOf(prefill))));
+      const body = Buffer.from(prefillRequest(x, transferId, sourceOf(prefill)));
       const started = performance.now();
       const end = this.pool.begin(prefill);
       let answer: Awaited<ReturnType<typeof fetchAll>>;
@@ -370,19 +372,19 @@ function sourceOf(prefill: Instance): SourceNode {
   return { source_node: d.peerAddress, ...(d.nodeId === undefined ? {} : { source_node_id: d.nodeId }) };
 }
 
-/** The prefill's copy of a request: one token, not streamed, KV kept for a remote decode. */
-export function prefillRequest(x: Pick<Exchange, "body" | "route">, transferId: string, source: SourceNode = {}): Record<string, unknown> {
-  const body: Record<string, unknown> = {
-    ...x.body,
-    stream: false,
-    max_tokens: 1,
-    kv_transfer_params: { transfer_id: transferId, do_remote_decode: true, do_remote_prefill: false, ...source },
-  };
-  if (x.route === "chat") body.max_completion_tokens = 1;
-  delete body.stream_options;
-  // A floor above one token would make the one-token prefill invalid.
-  delete body.min_tokens;
-  return body;
+/** The prefill's copy of a request (its text): one token, not streamed, KV kept for a remote decode. */
+export function prefillRequest(x: Pick<Exchange, "text" | "route">, transferId: string, source: SourceNode = {}): string {
+  return withMembers(
+    x.text,
+    {
+      stream: false,
+      max_tokens: 1,
+      ...(x.route === "chat" && { max_completion_tokens: 1 }),
+      kv_transfer_params: { transfer_id: transferId, do_remote_decode: true, do_remote_prefill: false, ...source },
+    },
+    // A floor above one token would make the one-token prefill invalid.
+    ["stream_options", "min_tokens"],
+  );
 }
 
 /** The kv_transfer_params of a prefill answer ({} when it has none); undefined when it is not a JSON object. */

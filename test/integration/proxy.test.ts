@@ -691,6 +691,8 @@ describe("what the proxy sends upstream (a stub engine that records requests)", 
     path: string;
     headers: IncomingHttpHeaders;
     body: Record<string, unknown>;
+    /** The body as it arrived. */
+    raw: string;
   }
   let stub: Server;
   let base: string;
@@ -713,7 +715,7 @@ describe("what the proxy sends upstream (a stub engine that records requests)", 
           return;
         }
         const body = JSON.parse(raw);
-        seen.push({ path: req.url ?? "", headers: req.headers, body });
+        seen.push({ path: req.url ?? "", headers: req.headers, body, raw });
         const answer = req.url!.startsWith("/p/")
           ? { choices: [{ text: "a" }], kv_transfer_params: { remote_engine_id: "engine-7", remote_block_ids: [1, 2] } }
           : { choices: [{ text: "decoded" }] };
@@ -782,6 +784,22 @@ describe("what the proxy sends upstream (a stub engine that records requests)", 
       expect(ndec!.headers.authorization).toBeUndefined();
     } finally {
       expect(await Promise.all([plain.stop(), forwarding.stop()])).toEqual([0, 0]);
+    }
+  });
+
+  it("passes the client's bytes through: only the members it sets are rewritten (a seed above 2^53 and 1.0 arrive as sent)", async () => {
+    const proxy = await spawnProxy(["--transfer", "none", "--prefill", `${base}/p`, "--decode", `${base}/d/`]);
+    try {
+      seen.length = 0;
+      const sent = '{"model": "m",  "prompt": "\\u00e9t\\u00e9", "seed": 12345678901234567891, "temperature": 1.0, "top_p": 5e-1, "stream": false, "max_tokens": 4}';
+      const res = await post(proxy.url, "/v1/completions", sent);
+      expect(res.status, res.text).toBe(200);
+      const [pre, dec] = seen;
+      const kept = '"model": "m","prompt": "\\u00e9t\\u00e9","seed": 12345678901234567891,"temperature": 1.0,"top_p": 5e-1';
+      expect(pre!.raw.startsWith(`{${kept},"stream":false,"max_tokens":1,"kv_transfer_params":{`)).toBe(true);
+      expect(dec!.raw.startsWith(`{${kept},"stream": false,"max_tokens": 4,"kv_transfer_params":{`)).toBe(true);
+    } finally {
+      expect(await proxy.stop()).toBe(0);
     }
   });
 });
