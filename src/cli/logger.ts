@@ -15,11 +15,14 @@ export function createLogger(level: LogLevel, name = "kvferry"): Logger {
 }
 
 /**
- * grpc-js writes its own errors ("E No address added …") and, with GRPC_TRACE, its traces
- * to stderr as bare text: they become this process's log lines instead. Its errors are
- * warnings here, because kvferry reports each failure it acts on itself.
+ * grpc-js writes its own errors ("E No address added …") to stderr as bare text: they
+ * become this process's log lines instead, as warnings (kvferry reports each failure it
+ * acts on itself). Someone who asked for grpc-js's traces (GRPC_TRACE, GRPC_VERBOSITY)
+ * gets them where grpc-js puts them.
  */
 function routeGrpcLogs(log: Logger): void {
+  const env = process.env;
+  if (env.GRPC_TRACE || env.GRPC_NODE_TRACE || env.GRPC_VERBOSITY || env.GRPC_NODE_VERBOSITY) return;
   const grpc = log.child({ component: "grpc-js" });
   setLogger({
     error: (message?: unknown, ...rest: unknown[]) => grpc.warn(format(message, ...rest)),

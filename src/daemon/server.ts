@@ -17,7 +17,7 @@ import { KvFerryPeerService } from "../gen/kvferry/v1/peer.js";
 import { TransferEngine } from "../engine/transfer-engine.js";
 import { EmbeddedRegistry, type Greet } from "../metadata/embedded.js";
 import { byNodeId, type NodeRecord } from "../metadata/node.js";
-import { checkNodeIdFree, nodeIdTaken } from "../metadata/node-id.js";
+import { nodeIdTaken, nodeIdVerdict, type WhoIs } from "../metadata/node-id.js";
 import { openRegistry, registerWithRetry } from "../metadata/open.js";
 import type { NodeRegistry } from "../metadata/registry.js";
 import { LookupBuffer } from "../store/lookup-buffer.js";
@@ -37,8 +37,8 @@ export const SERVICE_NAME = "kvferry.v1.KvFerry";
 export const PEER_SERVICE_NAME = "kvferry.v1.KvFerryPeer";
 /** Room for a message's framing beyond its payload. */
 const MESSAGE_OVERHEAD = 64 * 1024;
-/** How long the holder of a node id found in the metadata gets to answer (a peer on the LAN answers in milliseconds). */
-const WHO_IS_TIMEOUT_MS = 2_000;
+/** Waiting for a silent holder's record to lapse: this long past the TTL. */
+const LAPSE_MARGIN_MS = 1_000;
 /** HTTP/2 windows: a streamed part moves in MiB-sized messages, not 64 KiB steps. */
 const STREAM_WINDOW = 16 << 20;
 const SESSION_WINDOW = 64 << 20;
@@ -234,17 +234,10 @@ export class Daemon {
     const seeds = this.#seeds();
     let registry: NodeRegistry | undefined;
     try {
-      registry = await openRegistry(metadata, this.log, { seeds, greet: this.#greet });
+      registry = await openRegistry(metadata, this.log, { seeds, greet: this.#greet, whoIs: this.#whoIs });
       const opened = registry;
       // The embedded registry learns of a holder of our id from the seeds' answers instead.
-      const check = opened.backend === "embedded"
-        ? undefined
-        : async () => {
-            const held = await opened.lookup(this.nodeId).catch((err: Error) => {
-              throw new UnavailableError(`cannot register node ${JSON.stringify(this.nodeId)}: ${err.message}`, { cause: err });
-            });
-            await checkNodeIdFree(this.#record(), held, this.#whoIs);
-          };
+      const check = opened.backend === "embedded" ? undefined : () => this.#claimNodeId(opened, abort);
       await registerWithRetry(registry, this.#record(), { retryMs: metadata.retryMs, log: this.log, abort, check });
     } catch (err) {
       await registry?.close();
@@ -281,16 +274,55 @@ export class Daemon {
     return [...new Set(seeds)].filter((s) => s !== own);
   }
 
+  /**
+   * Before registering with etcd, redis or http: no running daemon holds this node's id
+   * (node-id.ts). A holder that does not say whether it runs (paused, or its host drops
+   * packets) has its record wait out: a whole TTL later it has lapsed, or someone keeps it.
+   * @throws AlreadyExistsError when the id is taken.
+   */
+  async #claimNodeId(registry: NodeRegistry, abort?: AbortSignal): Promise<void> {
+    const lookup = () => registry.lookup(this.nodeId).catch((err: Error) => {
+      throw new UnavailableError(`cannot register node ${JSON.stringify(this.nodeId)}: ${err.message}`, { cause: err });
+    });
+    const self = this.#record();
+    let held = await lookup();
+    const first = await nodeIdVerdict(self, held, this.#whoIs);
+    if (first.verdict === "taken") throw nodeIdTaken(held!);
+    if (first.verdict === "free") return;
+    const ttlMs = this.config.metadata.ttlMs;
+    this.log.warn(
+      { nodeId: this.nodeId, holder: held!.peerAddress, why: first.why, waitMs: ttlMs },
+      "another daemon's record holds this node id and it does not say whether it runs: waiting for the record to lapse",
+    );
+    const until = Date.now() + ttlMs + LAPSE_MARGIN_MS;
+    while (Date.now() < until && !abort?.aborted) {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(500, ttlMs / 4)));
+      held = await lookup();
+      if ((await nodeIdVerdict(self, held, this.#whoIs)).verdict === "free") return;
+    }
+    throw nodeIdTaken(held!); // refreshed for a whole TTL: its daemon runs
+  }
+
+  #greetTimeoutMs(): number {
+    return Math.min(5_000, Math.max(500, Math.floor(this.config.metadata.ttlMs / 3)));
+  }
+
   /** The embedded registry's greeting: Hello with our record, their record back. */
   readonly #greet: Greet = async (address) => {
-    const peer = await this.#peers.greet(address, Math.min(5_000, Math.max(500, Math.floor(this.config.metadata.ttlMs / 3))));
+    const peer = await this.#peers.greet(address, this.#greetTimeoutMs());
     const node = peer.hello.node === undefined ? new Error("no record in its Hello") : fromWireNode(peer.hello.node);
     if (node instanceof Error) throw new Error(`peer ${address} sent no usable node record: ${node.message}`);
     return node;
   };
 
-  /** Which node answers at a peer API (a greeting with a short deadline): node-id.ts's question. */
-  readonly #whoIs = async (address: string): Promise<string> => (await this.#peers.greet(address, WHO_IS_TIMEOUT_MS)).hello.nodeId;
+  /**
+   * Which node answers at a peer API: node-id.ts's question, a greeting with half a
+   * greeting's deadline (the embedded registry asks it while a greeter waits).
+   */
+  readonly #whoIs: WhoIs = async (address) => {
+    const { hello } = await this.#peers.greet(address, Math.floor(this.#greetTimeoutMs() / 2));
+    return { nodeId: hello.nodeId, dataAddress: hello.dataAddress };
+  };
 
   async #learn(info: NodeInfo, from: string): Promise<void> {
     const node = fromWireNode(info);

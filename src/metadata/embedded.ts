@@ -8,9 +8,9 @@
 // from another address is refused while that node answers, and a seed that refuses this
 // daemon's greeting for that reason fails its start-up.
 import type { Logger } from "pino";
-import { AlreadyExistsError } from "../errors.js";
+import { AlreadyExistsError, UnavailableError } from "../errors.js";
 import { NodeCache } from "./node-cache.js";
-import { checkNodeIdFree, nodeIdTaken } from "./node-id.js";
+import { nodeIdTaken, nodeIdVerdict, type WhoIs } from "./node-id.js";
 import type { NodeRecord } from "./node.js";
 import type { NodeEvent, NodeRegistry, RegistryOptions } from "./registry.js";
 
@@ -41,6 +41,8 @@ export class EmbeddedRegistry implements NodeRegistry {
     private readonly options: RegistryOptions & { seeds: readonly string[] },
     private readonly log: Logger,
     private readonly greet: Greet,
+    /** Asks a peer API which node answers there (shorter than a greeting: it runs inside one). */
+    private readonly whoIs: WhoIs,
   ) {
     this.#cache = new NodeCache(log);
     const seeds = options.seeds.length;
@@ -75,17 +77,22 @@ export class EmbeddedRegistry implements NodeRegistry {
    * this record. A record claiming the id of a known node at another address is learned
    * only once that node no longer answers there.
    * @throws AlreadyExistsError when that node still runs: the id is taken.
+   * @throws UnavailableError when that cannot be told now (the greeter tries again later).
    */
   async learn(node: NodeRecord): Promise<void> {
     if (this.#closed || node.nodeId === this.#self?.nodeId) return;
     const known = this.#cache.get(node.nodeId);
     if (known !== undefined && known.peerAddress !== node.peerAddress) {
-      const self = this.#self;
-      await checkNodeIdFree(node, known, async (address) => {
-        if (self === undefined) throw new Error("not registered");
-        return (await this.greet(address, self)).nodeId;
-      });
-      if (this.#cache.get(node.nodeId)?.peerAddress === known.peerAddress) {
+      const id = JSON.stringify(node.nodeId);
+      const held = await nodeIdVerdict(node, known, this.whoIs);
+      if (held.verdict === "taken") throw nodeIdTaken(known);
+      if (held.verdict === "unknown") {
+        throw new UnavailableError(`cannot tell yet whether the daemon at ${known.peerAddress} holding node id ${id} still runs (${held.why}); greet again later`);
+      }
+      const now = this.#cache.get(node.nodeId);
+      if (now !== undefined && now.peerAddress !== node.peerAddress) {
+        // Another claimant took the id while we asked: it is asked about at the next greeting.
+        if (now.peerAddress !== known.peerAddress) throw new UnavailableError(`node id ${id} was just claimed from ${now.peerAddress}; greet again later`);
         this.#forget(node.nodeId, `it no longer answers at ${known.peerAddress}; ${node.peerAddress} holds its id now`);
       }
     }

@@ -7,6 +7,7 @@ import type { MetadataSettings } from "../config/config.js";
 import { AlreadyExistsError, UnavailableError } from "../errors.js";
 import { EmbeddedRegistry, type Greet } from "./embedded.js";
 import type { NodeRecord } from "./node.js";
+import type { WhoIs } from "./node-id.js";
 import type { NodeRegistry, RegistryOptions } from "./registry.js";
 
 export interface OpenOptions {
@@ -14,6 +15,8 @@ export interface OpenOptions {
   seeds?: readonly string[];
   /** How the embedded registry greets a peer (the daemon's peer API client). */
   greet?: Greet;
+  /** How it asks a peer which node answers there (node-id.ts). */
+  whoIs?: WhoIs;
 }
 
 export async function openRegistry(settings: MetadataSettings, log: Logger, open: OpenOptions = {}): Promise<NodeRegistry> {
@@ -24,7 +27,10 @@ export async function openRegistry(settings: MetadataSettings, log: Logger, open
       const greet: Greet = open.greet ?? (async (address) => {
         throw new UnavailableError(`cannot greet ${address}: no peer API client`);
       });
-      return new EmbeddedRegistry({ ...options, seeds: open.seeds ?? [] }, log, greet);
+      const whoIs: WhoIs = open.whoIs ?? (async (address) => {
+        throw new UnavailableError(`cannot ask ${address}: no peer API client`);
+      });
+      return new EmbeddedRegistry({ ...options, seeds: open.seeds ?? [] }, log, greet, whoIs);
     }
     case "etcd": {
       const { EtcdRegistry } = await import("./etcd.js");
