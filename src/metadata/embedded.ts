@@ -179,8 +179,12 @@ export class EmbeddedRegistry implements NodeRegistry {
         try {
           await this.learn(node);
         } catch (err) {
-          // Two other daemons answer to one id: keep the one known (it still runs).
-          if (!this.#unanswered.has(address)) this.log.error({ peerAddress: address, err: (err as Error).message }, "node id conflict between two peers: the later one is not learned");
+          // Two other daemons answer to one id: keep the one known (it still runs, or may).
+          if (!this.#unanswered.has(address)) {
+            const message = (err as Error).message;
+            if (err instanceof AlreadyExistsError) this.log.error({ peerAddress: address, err: message }, "node id conflict between two peers: the later one is not learned");
+            else this.log.warn({ peerAddress: address, err: message }, "a peer claims a known node's id: not learned until that node's state is known");
+          }
           this.#unanswered.add(address);
           return;
         }
