@@ -53,8 +53,11 @@ export function spawnService(command: string, args: string[], ready: string, opt
       child.kill("SIGKILL");
       reject(new Error(`kvferry ${command} did not start within ${startTimeoutMs} ms; stderr: ${stderr}`));
     }, startTimeoutMs);
-    // "close", not "exit": its last log lines are read by then.
-    child.once("close", (code) => {
+    // Reported at "close", when its last log lines have been read; or half a second after
+    // "exit" if something it started still holds its pipes open.
+    const closed = new Promise<void>((resolve) => child.once("close", () => resolve()));
+    exited.then(async (code) => {
+      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 500).unref())]);
       clearTimeout(timer);
       // Its own account (the last error it logged) first, then whatever else it wrote.
       const fatal = [...logs].reverse().find((r) => Number(r.level) >= 50);
