@@ -16,6 +16,7 @@ import {
 } from "@grpc/grpc-js";
 import { service as healthService } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+import { spawnDaemon } from "../../src/cli/spawn-daemon.js";
 import { startEtcd } from "../helpers/etcd-server.js";
 import { freePorts } from "../helpers/ports.js";
 import type { KvferryClient } from "../../src/client/client.js";
@@ -323,6 +324,18 @@ describe("ports already taken", () => {
       `cannot listen for the peer API (peer_listen; by default the data port + 1) on 127.0.0.1:${base + 1}: address already in use (EADDRINUSE)`,
     );
     expect(r.stderr).toBe("");
+  });
+
+  it("a launcher waiting for the daemon to serve is told at once why it exited, in the daemon's words", async () => {
+    const base = await freePorts([0, 1]);
+    await occupy(base);
+    const t0 = Date.now();
+    const err = await spawnDaemon(["--listen", "127.0.0.1:0", "--data-listen", `127.0.0.1:${base}`, "--kv-buffer-size", "8MiB"]).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err?.message).toContain(`exited with code 1 before serving (cannot start the data plane (data_listen, or prefill_url / decode_url by role): cannot listen on 127.0.0.1:${base}`);
+    expect(Date.now() - t0).toBeLessThan(8_000);
   });
 });
 
