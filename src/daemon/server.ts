@@ -295,12 +295,15 @@ export class Daemon {
       "another daemon's record holds this node id and it does not say whether it runs: waiting for the record to lapse",
     );
     const until = Date.now() + ttlMs + LAPSE_MARGIN_MS;
-    while (Date.now() < until && !abort?.aborted) {
+    while (Date.now() < until) {
       await new Promise((resolve) => setTimeout(resolve, Math.min(500, ttlMs / 4)));
+      if (abort?.aborted) throw new UnavailableError(`node id ${JSON.stringify(this.nodeId)}: stopped waiting for another daemon's record to lapse (${(abort.reason as Error).message})`);
       held = await lookup();
-      if ((await nodeIdVerdict(self, held, this.#whoIs)).verdict === "free") return;
+      const now = await nodeIdVerdict(self, held, this.#whoIs);
+      if (now.verdict === "free") return;
+      if (now.verdict === "taken") throw nodeIdTaken(held!);
     }
-    throw nodeIdTaken(held!); // refreshed for a whole TTL: its daemon runs
+    throw nodeIdTaken(held!); // kept alive for a whole TTL: its daemon runs
   }
 
   #greetTimeoutMs(): number {

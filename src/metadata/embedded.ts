@@ -6,14 +6,17 @@
 // answering yet are retried at the same pace, so start-up order does not matter.
 // A node id belongs to one running daemon (node-id.ts): a Hello claiming a known node's id
 // from another address is refused while that node answers, and a seed that refuses this
-// daemon's greeting for that reason fails its start-up.
+// daemon's greeting for that reason fails its start-up. A seed that cannot tell yet (the
+// holder does not answer in time) is greeted again, for at most a TTL, before start-up ends.
 import type { Logger } from "pino";
-import { AlreadyExistsError, UnavailableError } from "../errors.js";
+import { AlreadyExistsError, FailedPreconditionError } from "../errors.js";
 import { NodeCache } from "./node-cache.js";
 import { nodeIdTaken, nodeIdVerdict, type WhoIs } from "./node-id.js";
 import type { NodeRecord } from "./node.js";
 import type { NodeEvent, NodeRegistry, RegistryOptions } from "./registry.js";
 
+/** A claimant waits for undecided seeds at most the TTL plus this (by then a silent holder is forgotten). */
+const UNDECIDED_MARGIN_MS = 1_000;
 /** Nodes known at once; a Hello from one more is not learned (the cache must stay bounded). */
 const MAX_NODES = 1024;
 
@@ -36,6 +39,8 @@ export class EmbeddedRegistry implements NodeRegistry {
   #beating = false;
   /** A peer refused our greeting because a running daemon holds our node id. */
   #taken: AlreadyExistsError | undefined;
+  /** Peers that could not tell yet whether our node id is held (they asked its holder, who was silent). */
+  readonly #undecided = new Set<string>();
 
   constructor(
     private readonly options: RegistryOptions & { seeds: readonly string[] },
@@ -58,9 +63,18 @@ export class EmbeddedRegistry implements NodeRegistry {
     this.#cache.set(this.#self);
     // Seeds that do not answer yet are no error: they are retried at every heartbeat.
     await this.#heartbeat();
+    // Seeds that cannot tell yet whether our id is taken are asked again until they can.
+    const until = Date.now() + this.options.ttlMs + UNDECIDED_MARGIN_MS;
+    while (this.#undecided.size > 0 && this.#taken === undefined && Date.now() < until) {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(500, this.options.ttlMs / 4)));
+      await this.#heartbeat();
+    }
     if (this.#taken !== undefined) {
       this.#closed = true;
       throw this.#taken;
+    }
+    if (this.#undecided.size > 0) {
+      this.log.warn({ peers: [...this.#undecided], nodeId: self.nodeId }, "some peers still cannot tell whether this node id is held by another daemon: starting anyway");
     }
     this.#timer = setInterval(() => void this.#heartbeat(), Math.max(1, Math.floor(this.options.ttlMs / 3)));
     this.#timer.unref();
@@ -77,7 +91,7 @@ export class EmbeddedRegistry implements NodeRegistry {
    * this record. A record claiming the id of a known node at another address is learned
    * only once that node no longer answers there.
    * @throws AlreadyExistsError when that node still runs: the id is taken.
-   * @throws UnavailableError when that cannot be told now (the greeter tries again later).
+   * @throws FailedPreconditionError when that cannot be told now (the greeter tries again later).
    */
   async learn(node: NodeRecord): Promise<void> {
     if (this.#closed || node.nodeId === this.#self?.nodeId) return;
@@ -87,12 +101,12 @@ export class EmbeddedRegistry implements NodeRegistry {
       const held = await nodeIdVerdict(node, known, this.whoIs);
       if (held.verdict === "taken") throw nodeIdTaken(known);
       if (held.verdict === "unknown") {
-        throw new UnavailableError(`cannot tell yet whether the daemon at ${known.peerAddress} holding node id ${id} still runs (${held.why}); greet again later`);
+        throw new FailedPreconditionError(`cannot tell yet whether the daemon at ${known.peerAddress} holding node id ${id} still runs (${held.why}); greet again later`);
       }
       const now = this.#cache.get(node.nodeId);
       if (now !== undefined && now.peerAddress !== node.peerAddress) {
         // Another claimant took the id while we asked: it is asked about at the next greeting.
-        if (now.peerAddress !== known.peerAddress) throw new UnavailableError(`node id ${id} was just claimed from ${now.peerAddress}; greet again later`);
+        if (now.peerAddress !== known.peerAddress) throw new FailedPreconditionError(`node id ${id} was just claimed from ${now.peerAddress}; greet again later`);
         this.#forget(node.nodeId, `it no longer answers at ${known.peerAddress}; ${node.peerAddress} holds its id now`);
       }
     }
@@ -167,6 +181,10 @@ export class EmbeddedRegistry implements NodeRegistry {
             // The peer refused us: a running daemon holds our node id.
             this.#taken ??= err;
             if (!this.#unanswered.has(address)) this.log.error({ peerAddress: address, err: err.message }, "node id conflict: this daemon's node_id is taken");
+          } else if (err instanceof FailedPreconditionError) {
+            if (!this.#undecided.has(address)) this.log.warn({ peerAddress: address, err: err.message }, "a peer cannot tell yet whether this node id is held by another daemon");
+            this.#undecided.add(address);
+            return;
           } else if (!this.#unanswered.has(address)) {
             // Once per address and outage: a seed that is not up yet, or refuses our token.
             this.log.warn({ peerAddress: address, err: (err as Error).message }, "a peer does not answer our greeting (retried every metadata_ttl_ms / 3)");
@@ -174,6 +192,7 @@ export class EmbeddedRegistry implements NodeRegistry {
           this.#unanswered.add(address);
           return;
         }
+        this.#undecided.delete(address);
         if (node.nodeId === self.nodeId) return; // a seed list that names this daemon
         const joined = !this.#cache.get(node.nodeId);
         try {

@@ -8,6 +8,9 @@
 import { AlreadyExistsError, UnavailableError } from "../errors.js";
 import type { NodeRecord } from "./node.js";
 
+/** How a refused connection reads in grpc-js's UNAVAILABLE details ("connect ECONNREFUSED 127.0.0.1:P"). */
+const REFUSED = /ECONNREFUSED|connection refused/i;
+
 /** Who answered at a peer API: its node id and the data address it advertises. */
 export interface WhoIsAnswer {
   nodeId: string;
@@ -16,8 +19,9 @@ export interface WhoIsAnswer {
 
 /**
  * Asks the daemon whose peer API is at `peerAddress` which node it is, with a short
- * deadline. An UnavailableError means nothing listens there; an AlreadyExistsError that it
- * refused us for claiming its id; anything else leaves the question open.
+ * deadline. An UnavailableError naming a refused connection means nothing listens there;
+ * an AlreadyExistsError that it refused us for claiming its id; anything else leaves the
+ * question open.
  */
 export type WhoIs = (peerAddress: string) => Promise<WhoIsAnswer>;
 
@@ -35,7 +39,9 @@ export async function nodeIdVerdict(claimant: Claimant, held: NodeRecord | undef
     answer = await whoIs(held.peerAddress);
   } catch (err) {
     if (err instanceof AlreadyExistsError) return { verdict: "taken" };
-    if (err instanceof UnavailableError) return { verdict: "free" }; // nothing answers there: a record left behind
+    // Refused: nothing listens there any more, a record left behind. Any other failure (a
+    // timeout, a name that does not resolve here, a token refused) says nothing of the holder.
+    if (err instanceof UnavailableError && REFUSED.test(err.message)) return { verdict: "free" };
     return { verdict: "unknown", why: (err as Error).message };
   }
   // The claimant itself, reached under another name for its address (0.0.0.0, a hostname).

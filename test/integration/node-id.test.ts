@@ -117,11 +117,12 @@ describe("with etcd metadata, a restart", () => {
   });
 
   it("with a holder that is paused (SIGSTOP) waits for its record to lapse, then starts", async () => {
-    const paused = await daemon("paused-holder", args("2000"));
+    // A TTL long enough that the record is surely still there when the second daemon looks.
+    const paused = await daemon("paused-holder", args("6000"));
     paused.proc.child.kill("SIGSTOP");
     try {
       const t0 = Date.now();
-      const next = await daemon("paused-holder", args("2000"));
+      const next = await daemon("paused-holder", args("6000"));
       expect(Date.now() - t0).toBeGreaterThan(500);
       expect(next.proc.logs.some((l) => String(l.msg).includes("waiting for the record to lapse"))).toBe(true);
     } finally {
@@ -158,5 +159,23 @@ describe("with embedded metadata", () => {
     const hashes = await putEntry(seed.client, spec);
     expectAllOk((await seed.client.batchTransfer([spec.id], "emb-held", "push")).results);
     expect(await fetchHashes(reborn.client, spec.id)).toEqual(hashes);
+  });
+
+  it("a seed that cannot tell yet (the holder is paused) is asked again: the newcomer starts once the seed has given the silent holder up", async () => {
+    const ttl = ["--metadata-ttl-ms", "6000"];
+    const holder = await daemon("emb-paused", ttl);
+    const seed = await daemon("emb-seed2", [...ttl, "--peer", holder.peerAddress]);
+    await until("the seed knows the holder", async () => (await seed.client.listNodes()).nodes.some((n) => n.nodeId === "emb-paused"), 5_000);
+    holder.proc.child.kill("SIGSTOP");
+    try {
+      const t0 = Date.now();
+      const next = await daemon("emb-paused", [...ttl, "--peer", seed.peerAddress]);
+      expect(Date.now() - t0).toBeGreaterThan(1_000);
+      expect(next.proc.logs.some((l) => String(l.msg).includes("cannot tell yet whether this node id is held"))).toBe(true);
+      await until("the seed lists the newcomer under the id", async () =>
+        (await seed.client.listNodes()).nodes.some((n) => n.nodeId === "emb-paused" && n.peerAddress === next.peerAddress), 10_000);
+    } finally {
+      await SIGKILL(holder);
+    }
   });
 });

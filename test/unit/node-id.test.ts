@@ -29,7 +29,8 @@ describe("nodeIdVerdict", () => {
   });
 
   it("is free when nothing listens there, another node answers, or the claimant itself answers under another name", async () => {
-    expect(await nodeIdVerdict(claimant, held, answers(new UnavailableError("refused")))).toEqual({ verdict: "free" });
+    const refused = "peer 127.0.0.1:100: No connection established. Last error: Error: connect ECONNREFUSED 127.0.0.1:100";
+    expect(await nodeIdVerdict(claimant, held, answers(new UnavailableError(refused)))).toEqual({ verdict: "free" });
     expect(await nodeIdVerdict(claimant, held, answers({ nodeId: "n2", dataAddress: "127.0.0.1:99" }))).toEqual({ verdict: "free" });
     expect(await nodeIdVerdict(claimant, held, answers({ nodeId: "n1", dataAddress: "127.0.0.1:199" }))).toEqual({ verdict: "free" });
   });
@@ -37,5 +38,8 @@ describe("nodeIdVerdict", () => {
   it("is unknown when the holder does not answer in time or refuses our token", async () => {
     expect(await nodeIdVerdict(claimant, held, answers(new DeadlineExceededError("slow")))).toEqual({ verdict: "unknown", why: "slow" });
     expect(await nodeIdVerdict(claimant, held, answers(new PermissionDeniedError("token")))).toEqual({ verdict: "unknown", why: "token" });
+    // A holder advertising a host name that does not resolve here is not thereby dead.
+    const dns = "peer node-7:100: Name resolution failed for target dns:node-7:100";
+    expect(await nodeIdVerdict(claimant, held, answers(new UnavailableError(dns)))).toEqual({ verdict: "unknown", why: dns });
   });
 });
