@@ -55,7 +55,9 @@ describe("two daemons on etcd", () => {
 
   it("register under the prefix, list each other, and move entries by node id", async () => {
     expect((await etcdKeys()).sort()).toEqual(["it-daemons/nodes/etcd-a", "it-daemons/nodes/etcd-b"]);
+    // Each daemon learns the other from its own watch: both are waited for.
     await until("a lists both", async () => JSON.stringify(await ids(a)) === '["etcd-a","etcd-b"]', 3_000);
+    await until("b lists both", async () => JSON.stringify(await ids(b)) === '["etcd-a","etcd-b"]', 3_000);
     const listing = await b.client.listNodes();
     expect(listing.backend).toBe("etcd");
     expect(listing.where).toContain(etcd.endpoint);

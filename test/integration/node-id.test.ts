@@ -5,7 +5,8 @@
 // holder that is paused has its record wait out. Real etcd, redis, metadata-server and
 // daemons on 127.0.0.1.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli, sleep } from "../helpers/daemon.js";
+import { spawn } from "node:child_process";
+import { BIN, runCli, sleep } from "../helpers/daemon.js";
 import { freePorts } from "../helpers/ports.js";
 import { startEtcd, type EtcdServer } from "../helpers/etcd-server.js";
 import { spawnMetadataServer, type MetadataServerProcess } from "../helpers/metadata-server.js";
@@ -125,6 +126,25 @@ describe("with etcd metadata, a restart", () => {
       const next = await daemon("paused-holder", args("6000"));
       expect(Date.now() - t0).toBeGreaterThan(500);
       expect(next.proc.logs.some((l) => String(l.msg).includes("waiting for the record to lapse"))).toBe(true);
+    } finally {
+      await SIGKILL(paused);
+    }
+  });
+
+  it("waiting for a paused holder's record, stops on SIGTERM: exit 3 saying it stopped waiting, not that the id is taken", async () => {
+    const paused = await daemon("paused-holder-2", args());
+    paused.proc.child.kill("SIGSTOP");
+    try {
+      const child = spawn(process.execPath, [BIN, "daemon", "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
+        "--kv-buffer-size", "64MiB", "--node-id", "paused-holder-2", ...args()],
+      { env: { ...process.env, KVFERRY_CLUSTER_TOKEN: TOKEN, NO_PRETTY: "1" }, stdio: ["ignore", "pipe", "pipe"] });
+      let out = "";
+      child.stdout.on("data", (d) => (out += d));
+      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+      await until("the wait for the record to lapse", async () => out.includes("waiting for the record to lapse"), 15_000);
+      child.kill("SIGTERM");
+      expect(await exited).toBe(3);
+      expect(out).toContain('node id \\"paused-holder-2\\": stopped waiting for another daemon\'s record to lapse (interrupted by SIGTERM during start-up)');
     } finally {
       await SIGKILL(paused);
     }
