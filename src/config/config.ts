@@ -69,6 +69,12 @@ export interface Config {
   recentlyRemoved: number;
   /** Bound on parked Gets and Puts. */
   maxWaiters: number;
+  /** Bound on entries indexed at once (LRU eviction of sealed, unheld entries makes room). */
+  maxEntries: number;
+  /** Bound on the parts of one entry. */
+  maxPartsPerEntry: number;
+  /** Bound on the bytes of unary Puts waiting for room. */
+  maxWaitingPutBytes: number;
   shutdownGraceMs: number;
   logLevel: LogLevel;
   protocol: Protocol;
@@ -148,6 +154,9 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
     maxMessageBytes: settings.value("max_message_bytes"),
     recentlyRemoved: settings.value("recently_removed"),
     maxWaiters: settings.value("max_waiters"),
+    maxEntries: settings.value("max_entries"),
+    maxPartsPerEntry: settings.value("max_parts_per_entry"),
+    maxWaitingPutBytes: settings.value("max_waiting_put_bytes"),
     shutdownGraceMs: settings.value("shutdown_grace_ms"),
     logLevel: settings.value("log_level"),
     protocol: settings.value("protocol"),

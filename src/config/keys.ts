@@ -35,6 +35,9 @@ export interface ConfigInputs {
   leaseTtlMs?: string;        // --lease-ttl-ms
   putDeadlineMs?: string;     // --put-deadline-ms
   getWaitMs?: string;         // --get-wait-ms
+  maxEntries?: string;        // --max-entries
+  maxPartsPerEntry?: string;  // --max-parts-per-entry
+  maxWaitingPutBytes?: string; // --max-waiting-put-bytes
   dataListen?: string;        // --data-listen HOST:PORT (native data plane)
   peerListen?: string;        // --peer-listen HOST:PORT (peer API)
   clusterToken?: string;      // --cluster-token
@@ -65,6 +68,10 @@ function spec<T>(s: KeySpec<T>): KeySpec<T> {
 }
 
 export const DEFAULT_LISTEN_HOST = "127.0.0.1";
+/** Largest max_entries accepted. */
+export const MAX_ENTRIES_LIMIT = 1 << 20;
+/** Largest max_parts_per_entry accepted. */
+export const MAX_PARTS_LIMIT = 1 << 16;
 
 const role = oneOf<Role>(
   {
@@ -138,6 +145,20 @@ export const KEYS = {
   max_message_bytes: spec<number>({ parse: size(1024, INT32_MAX), default: 64 * MiB }),
   recently_removed: spec<number>({ parse: integer(0, INT32_MAX), default: 10_000 }),
   max_waiters: spec<number>({ parse: integer(1, INT32_MAX), default: 10_000 }),
+  // Bounds on what the store indexes (README "Limits"). An entry costs about 1 KiB of JS heap,
+  // so the cap keeps a million entries well inside Node's default heap; a part per layer (K
+  // and V, a few ranks) stays far below 4096, and Stat lists every part in one message.
+  max_entries: spec<number>({
+    parse: integer(1, MAX_ENTRIES_LIMIT), default: 65_536, flag: "maxEntries", env: "KVFERRY_MAX_ENTRIES",
+  }),
+  max_parts_per_entry: spec<number>({
+    parse: integer(1, MAX_PARTS_LIMIT), default: 4096, flag: "maxPartsPerEntry", env: "KVFERRY_MAX_PARTS_PER_ENTRY",
+  }),
+  // Bytes of unary Puts whose message arrived but that wait for room: they sit in process
+  // memory, outside the pool. 256 MiB lets four largest (64 MiB) messages wait; 0: never wait.
+  max_waiting_put_bytes: spec<number>({
+    parse: size(0), default: 256 * MiB, flag: "maxWaitingPutBytes", env: "KVFERRY_MAX_WAITING_PUT_BYTES",
+  }),
 
   // the data plane and the peer API
   data_listen: spec<HostPort>({ parse: listenAddress(DEFAULT_LISTEN_HOST), flag: "dataListen", env: "KVFERRY_DATA_LISTEN" }),

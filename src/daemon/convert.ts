@@ -10,6 +10,7 @@ export function toWireEntry(info: EntryInfo): WireEntryInfo {
     transferId: info.transferId,
     state: info.state === "sealed" ? WireState.ENTRY_STATE_SEALED : WireState.ENTRY_STATE_OPEN,
     parts: info.parts,
+    partCount: info.partCount,
     bytes: info.bytes,
     leaseRemainingMs: info.leaseRemainingMs,
     createdAtMs: info.createdAtMs,

@@ -94,6 +94,9 @@ export class Daemon {
       getWaitMs: config.getWaitMs,
       recentlyRemoved: config.recentlyRemoved,
       maxWaiters: config.maxWaiters,
+      maxEntries: config.maxEntries,
+      maxPartsPerEntry: config.maxPartsPerEntry,
+      maxWaitingPutBytes: config.maxWaitingPutBytes,
       // Consumed and transferred entries are the normal flow (thousands a second): debug.
       // Evictions, expiries and releases are what an operator looks for: info.
       onRemoved: (e) => {

@@ -24,11 +24,16 @@ export function isComplete(part: Part): boolean {
   return part.committed;
 }
 
-/** What Stat, List and every successful call report about an entry. */
+/**
+ * What Stat, List and every successful call report about an entry. `parts` lists every
+ * part, except after a put: then only the part that put stored (so that filling an entry
+ * with n parts costs O(n), not O(n²)); `partCount` always counts them all.
+ */
 export interface EntryInfo {
   transferId: string;
   state: EntryState;
   parts: { name: string; size: number; complete: boolean }[];
+  partCount: number;
   bytes: number;
   leaseRemainingMs: number;
   createdAtMs: number;
@@ -73,11 +78,14 @@ export class Entry {
     return this.parts.has(name) || this.pending.has(name);
   }
 
-  info(now: number): EntryInfo {
+  /** Describes the entry with every part, or with `only` that one (O(1) in the parts). */
+  info(now: number, only?: Part): EntryInfo {
+    const listed = only === undefined ? [...this.parts.values()] : [only];
     return {
       transferId: this.transferId,
       state: this.state,
-      parts: [...this.parts.values()].map((p) => ({ name: p.name, size: p.size, complete: isComplete(p) })),
+      parts: listed.map((p) => ({ name: p.name, size: p.size, complete: isComplete(p) })),
+      partCount: this.parts.size,
       bytes: this.bytes,
       leaseRemainingMs: Math.max(0, this.leaseEndsAtMs - now),
       createdAtMs: this.createdAtMs,

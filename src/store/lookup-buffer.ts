@@ -3,6 +3,10 @@
 // Invariants (checked by the property test):
 // - memory.used equals the sum of the sizes of every part of every entry that is
 //   indexed or retired (removed but still held by a reader or writer);
+// - at most maxEntries entries are indexed and no entry has more than maxPartsPerEntry
+//   parts (stored or pending); a new entry evicts least-recently-used sealed, unheld
+//   entries to stay within maxEntries;
+// - the work of a put does not grow with the parts its entry already has;
 // - an entry is evicted only when sealed and held by nobody;
 // - every wait (for room, for parts, for the seal) has a deadline;
 // - every removal is counted, remembered for a while, and reported through onRemoved.
@@ -18,12 +22,13 @@ import {
   InvalidArgumentError,
 } from "../errors.js";
 import { Entry, isComplete, type EntryInfo, type EntryState, type Part } from "./entry.js";
+import { tooManyEntries, tooManyParts, WaitingPutBudget, type StoreLimits } from "./limits.js";
 import type { Block, Memory } from "./memory.js";
 import { RecentlyRemoved } from "./recently-removed.js";
 import { RoomQueue } from "./room-queue.js";
 import { checkLeaseTtl, checkPartList, checkPartName, checkTransferId, checkWait } from "./validate.js";
 
-export interface LookupBufferOptions {
+export interface LookupBufferOptions extends StoreLimits {
   memory: Memory;
   /** Lease of a new entry when the put names none. */
   leaseTtlMs: number;
@@ -128,6 +133,7 @@ export class LookupBuffer {
   #getWaiterCount = 0;
   /** Bytes of blocks allocated for puts that have not attached them to their entry yet. */
   #unattached = 0;
+  readonly #waitingPuts: WaitingPutBudget;
   #closed = false;
   readonly counters: Counters = {
     puts: 0, gets: 0, evictions: 0, bytesEvicted: 0, expiries: 0, releases: 0, consumed: 0, transferred: 0,
@@ -139,6 +145,7 @@ export class LookupBuffer {
     this.#memory = options.memory;
     this.#recent = new RecentlyRemoved(options.recentlyRemoved);
     this.#room = new RoomQueue((size) => this.#tryAllocate(size));
+    this.#waitingPuts = new WaitingPutBudget(options.maxWaitingPutBytes);
   }
 
   get capacity(): number {
@@ -164,9 +171,17 @@ export class LookupBuffer {
     return sum;
   }
 
-  /** Stores one whole part. */
+  /** Bytes of whole-part puts waiting for room now (they count against maxWaitingPutBytes). */
+  get waitingPutBytes(): number {
+    return this.#waitingPuts.bytes;
+  }
+
+  /**
+   * Stores one whole part. The caller holds `data` while the put waits for room, so the
+   * wait counts against maxWaitingPutBytes: past it the put fails at once.
+   */
   async put(target: PartTarget, data: Uint8Array): Promise<EntryInfo> {
-    const writer = await this.openPart(target, data.length);
+    const writer = await this.#openPart(target, data.length, data.length);
     try {
       writer.write(data);
     } catch (err) {
@@ -180,12 +195,23 @@ export class LookupBuffer {
    * Reserves room for a part of `size` bytes and returns its writer. Waits up to the
    * put deadline for room, evicting least-recently-used sealed entries first.
    */
-  async openPart(target: PartTarget, size: number): Promise<PartWriter> {
+  openPart(target: PartTarget, size: number): Promise<PartWriter> {
+    return this.#openPart(target, size, 0);
+  }
+
+  /** `held`: bytes the caller keeps in memory while it waits (budgeted). */
+  async #openPart(target: PartTarget, size: number, held: number): Promise<PartWriter> {
     const { entry, name } = this.#beginPart(target, size);
     let block = this.#room.length === 0 ? this.#tryAllocate(size) : undefined;
     if (block === undefined) {
+      const what = `part ${name} of ${entry.transferId}`;
       try {
-        block = await this.#reserve(size, `part ${name} of ${entry.transferId}`, target.signal);
+        this.#waitingPuts.admit(held, what);
+        try {
+          block = await this.#reserve(size, what, target.signal);
+        } finally {
+          this.#waitingPuts.leave(held);
+        }
       } catch (err) {
         // (a failed reservation holds no block)
         entry.pending.delete(name);
@@ -225,12 +251,16 @@ export class LookupBuffer {
     }
     let entry = this.#entries.get(transferId);
     if (entry === undefined) {
+      this.#makeRoomForEntry(transferId);
       entry = new Entry(transferId, Date.now());
       this.#entries.set(transferId, entry);
       this.#recent.forget(transferId);
       this.#renewLease(entry, leaseTtlMs ?? this.#options.leaseTtlMs);
     } else {
       this.#checkWritable(entry, name);
+      const parts = entry.parts.size + entry.pending.size;
+      const maxParts = this.#options.maxPartsPerEntry;
+      if (maxParts !== undefined && parts >= maxParts) throw tooManyParts(transferId, parts, maxParts);
       if (leaseTtlMs !== undefined) this.#renewLease(entry, leaseTtlMs);
     }
     entry.pending.add(name);
@@ -408,7 +438,7 @@ export class LookupBuffer {
     // Wakes readers and parked puts; the entry may even be evicted at once once sealed.
     this.#writerLeft(entry);
     this.#notify(entry.transferId);
-    return entry.info(Date.now());
+    return entry.info(Date.now(), part);
   }
 
   /** @internal A part will never be complete: its bytes go back, readers never see it. */
@@ -509,6 +539,18 @@ export class LookupBuffer {
       if (block !== undefined) return block;
     }
     return undefined;
+  }
+
+  /** Evicts least-recently-used evictable entries until a new one fits under maxEntries. */
+  #makeRoomForEntry(transferId: string): void {
+    const max = this.#options.maxEntries;
+    if (max === undefined || this.#entries.size < max) return;
+    for (const entry of this.#entries.values()) {
+      if (!entry.evictable) continue;
+      this.#remove(entry, "evicted");
+      if (this.#entries.size < max) return;
+    }
+    throw tooManyEntries(transferId, max);
   }
 
   #evictableBytes(): number {

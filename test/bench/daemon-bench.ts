@@ -4,7 +4,9 @@
 //
 // Prints Put / Get latency percentiles for 4 KiB parts, and the throughput of 64 MiB
 // parts through PutStream / GetStream, each beside a reference measured in the same
-// run: memcpy of the same bytes, and a plain Node.js TCP stream over loopback.
+// run: memcpy of the same bytes, and a plain Node.js TCP stream over loopback. Also the
+// cost of a put into an entry that already holds many parts, against its first parts
+// (a ratio near 1: per-part bookkeeping is O(1)).
 import { randomBytes } from "node:crypto";
 import { createServer, connect, type AddressInfo } from "node:net";
 import { KvferryClient } from "../../src/client/client.js";
@@ -13,6 +15,8 @@ import { spawnDaemon } from "../../src/cli/spawn-daemon.js";
 const MiB = 1 << 20;
 const LAT_N = Number(process.env.BENCH_LAT_N ?? 2000);
 const BIG_N = Number(process.env.BENCH_BIG_N ?? 8);
+/** Parts per quarter of the many-parts entry (4 quarters: at most max_parts_per_entry 4096). */
+const PARTS_N = Number(process.env.BENCH_PARTS_N ?? 1000);
 
 function pct(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
@@ -85,6 +89,15 @@ async function main() {
     }
     const getGBs = (BIG_N * big.length) / ((performance.now() - t) / 1e3) / 1e9;
 
+    // One entry, 4 × PARTS_N small parts: the last quarter's puts against the first's.
+    const quarter: number[] = [];
+    for (let q = 0; q < 4; q++) {
+      const t = performance.now();
+      for (let i = q * PARTS_N; i < (q + 1) * PARTS_N; i++) await client.put("many-parts", `layer.${i}`, small);
+      quarter.push((performance.now() - t) / PARTS_N);
+    }
+    await client.release("many-parts");
+
     const memcpy = memcpyGBs(64 * MiB);
     const tcp = await nodeTcpGBs(BIG_N * 64 * MiB);
 
@@ -94,6 +107,10 @@ async function main() {
     console.log(`  Get 4 KiB   p50 ${ms(pct(get, 50))}  p99 ${ms(pct(get, 99))}   (n=${LAT_N}, consume)`);
     console.log(`  PutStream 64 MiB  ${putGBs.toFixed(2)} GB/s   (n=${BIG_N})`);
     console.log(`  GetStream 64 MiB  ${getGBs.toFixed(2)} GB/s   (n=${BIG_N}, consume)`);
+    console.log(
+      `  Put into one entry: ${ms(quarter[0]!)} per part for parts 0..${PARTS_N - 1}, ` +
+        `${ms(quarter[3]!)} for parts ${3 * PARTS_N}..${4 * PARTS_N - 1}   (ratio ${(quarter[3]! / quarter[0]!).toFixed(2)})`,
+    );
     console.log(`  reference: memcpy 64 MiB ${memcpy.toFixed(2)} GB/s; Node TCP loopback ${tcp.toFixed(2)} GB/s`);
     console.log(
       `  ratios: PutStream/TCP ${(putGBs / tcp).toFixed(2)}  GetStream/TCP ${(getGBs / tcp).toFixed(2)}  ` +

@@ -89,6 +89,9 @@ describe("defaults", () => {
       maxMessageBytes: 64 * MiB,
       recentlyRemoved: 10000,
       maxWaiters: 10000,
+      maxEntries: 65536,
+      maxPartsPerEntry: 4096,
+      maxWaitingPutBytes: 256 * MiB,
       shutdownGraceMs: 10000,
       logLevel: "info",
       protocol: "tcp",
@@ -522,6 +525,47 @@ describe("sizes", () => {
       }),
       { numRuns: 200 },
     );
+  });
+});
+
+describe("store bounds: max_entries, max_parts_per_entry, max_waiting_put_bytes", () => {
+  it("reads each bound from its flag, its environment variable and the file", () => {
+    expect(load({ maxEntries: "10", maxPartsPerEntry: "20", maxWaitingPutBytes: "1MiB" })).toMatchObject({
+      maxEntries: 10, maxPartsPerEntry: 20, maxWaitingPutBytes: MiB,
+    });
+    const env = { KVFERRY_MAX_ENTRIES: "11", KVFERRY_MAX_PARTS_PER_ENTRY: "21", KVFERRY_MAX_WAITING_PUT_BYTES: "0" };
+    expect(load({}, env)).toMatchObject({ maxEntries: 11, maxPartsPerEntry: 21, maxWaitingPutBytes: 0 });
+    expect(loadFile({ max_entries: 12, max_parts_per_entry: 22, max_waiting_put_bytes: "2MiB" })).toMatchObject({
+      maxEntries: 12, maxPartsPerEntry: 22, maxWaitingPutBytes: 2 * MiB,
+    });
+  });
+
+  it("accepts the largest bounds: 2^20 entries, 2^16 parts per entry", () => {
+    expect(load({ maxEntries: String(2 ** 20), maxPartsPerEntry: String(2 ** 16) })).toMatchObject({
+      maxEntries: 2 ** 20, maxPartsPerEntry: 2 ** 16,
+    });
+  });
+
+  it.each<[string, unknown, string]>([
+    ["max_entries", 0, "an integer from 1 to 1048576"],
+    ["max_entries", 2 ** 20 + 1, "an integer from 1 to 1048576"],
+    ["max_entries", "100", "an integer from 1 to 1048576"],
+    ["max_parts_per_entry", 0, "an integer from 1 to 65536"],
+    ["max_parts_per_entry", 65537, "an integer from 1 to 65536"],
+    ["max_parts_per_entry", 1.5, "an integer from 1 to 65536"],
+    ["max_waiting_put_bytes", -1, "a whole number of bytes from 0"],
+    ["max_waiting_put_bytes", "lots", "a whole number of bytes from 0"],
+  ])("refuses %s %j, saying what it expects", (key, value, expected) => {
+    expectFileValueRefused(key, value, expected);
+  });
+
+  it("names the flag that holds a bad bound", () => {
+    expectRefused(() => load({ maxEntries: "-3" }), {
+      source: "--max-entries", key: "max_entries", value: "-3", expected: "an integer from 1 to 1048576",
+    });
+    expectRefused(() => load({}, { KVFERRY_MAX_WAITING_PUT_BYTES: "1.5" }), {
+      source: "KVFERRY_MAX_WAITING_PUT_BYTES", key: "max_waiting_put_bytes", value: "1.5", expected: "bytes from 0",
+    });
   });
 });
 

@@ -124,6 +124,11 @@ export interface PutRequest {
 }
 
 export interface PutResponse {
+  /**
+   * The entry after the put. Its `parts` lists only the part this put stored, so
+   * that a put costs the same whatever the entry already holds; `part_count` counts
+   * every part, and Stat lists them all.
+   */
   entry?: EntryInfo | undefined;
 }
 
@@ -146,6 +151,7 @@ export interface PutStreamHeader {
 }
 
 export interface PutStreamResponse {
+  /** As in PutResponse: `parts` lists only the part this stream stored. */
   entry?: EntryInfo | undefined;
 }
 
@@ -250,6 +256,10 @@ export interface GetStreamResponse {
 export interface EntryInfo {
   transferId: string;
   state: EntryState;
+  /**
+   * Every part of the entry, except in PutResponse and PutStreamResponse, where
+   * only the part just stored is listed (see part_count).
+   */
   parts: PartInfo[];
   /** Sum of the part sizes, including parts still arriving. */
   bytes: number;
@@ -261,6 +271,11 @@ export interface EntryInfo {
   /** Who holds the entry now (an entry that is held is never evicted). */
   readers: number;
   writers: number;
+  /**
+   * How many parts the entry has, complete or still arriving (at most the
+   * daemon's max_parts_per_entry), whether or not `parts` lists them all.
+   */
+  partCount: number;
 }
 
 export interface PartInfo {
@@ -2106,6 +2121,7 @@ function createBaseEntryInfo(): EntryInfo {
     lastAccessMs: 0,
     readers: 0,
     writers: 0,
+    partCount: 0,
   };
 }
 
@@ -2137,6 +2153,9 @@ export const EntryInfo: MessageFns<EntryInfo> = {
     }
     if (message.writers !== 0) {
       writer.uint32(72).uint32(message.writers);
+    }
+    if (message.partCount !== 0) {
+      writer.uint32(80).uint32(message.partCount);
     }
     return writer;
   },
@@ -2226,6 +2245,14 @@ export const EntryInfo: MessageFns<EntryInfo> = {
             message.writers = reader.uint32();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.partCount = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2265,6 +2292,11 @@ export const EntryInfo: MessageFns<EntryInfo> = {
         : 0,
       readers: isSet(object.readers) ? globalThis.Number(object.readers) : 0,
       writers: isSet(object.writers) ? globalThis.Number(object.writers) : 0,
+      partCount: isSet(object.partCount)
+        ? globalThis.Number(object.partCount)
+        : isSet(object.part_count)
+        ? globalThis.Number(object.part_count)
+        : 0,
     };
   },
 
@@ -2297,6 +2329,9 @@ export const EntryInfo: MessageFns<EntryInfo> = {
     if (message.writers !== 0) {
       obj.writers = Math.round(message.writers);
     }
+    if (message.partCount !== 0) {
+      obj.partCount = Math.round(message.partCount);
+    }
     return obj;
   },
 
@@ -2314,6 +2349,7 @@ export const EntryInfo: MessageFns<EntryInfo> = {
     message.lastAccessMs = object.lastAccessMs ?? 0;
     message.readers = object.readers ?? 0;
     message.writers = object.writers ?? 0;
+    message.partCount = object.partCount ?? 0;
     return message;
   },
 };
@@ -3447,7 +3483,10 @@ export const KvFerryService = {
    * Put appends one named part to the entry, creating the entry if absent.
    * Errors: INVALID_ARGUMENT (bad id, part name or TTL), ALREADY_EXISTS (the part
    * is already there), FAILED_PRECONDITION (the entry is sealed), OUT_OF_RANGE
-   * (the part can never fit), RESOURCE_EXHAUSTED (no room before the put deadline).
+   * (the part can never fit), RESOURCE_EXHAUSTED (no room before the put deadline;
+   * max_entries entries held and none evictable; the entry has max_parts_per_entry
+   * parts; or the put would have to wait for room while max_waiting_put_bytes of
+   * unary puts already wait — the message names the limit and its value).
    */
   put: {
     path: "/kvferry.v1.KvFerry/Put" as const,
@@ -3461,6 +3500,7 @@ export const KvFerryService = {
   /**
    * PutStream sends one part larger than a unary message: first a header that
    * declares the part's size, then chunks whose lengths add up to exactly that size.
+   * Errors as Put's (max_waiting_put_bytes aside: a stream waits before its bytes).
    */
   putStream: {
     path: "/kvferry.v1.KvFerry/PutStream" as const,
@@ -3583,12 +3623,16 @@ export interface KvFerryServer extends UntypedServiceImplementation {
    * Put appends one named part to the entry, creating the entry if absent.
    * Errors: INVALID_ARGUMENT (bad id, part name or TTL), ALREADY_EXISTS (the part
    * is already there), FAILED_PRECONDITION (the entry is sealed), OUT_OF_RANGE
-   * (the part can never fit), RESOURCE_EXHAUSTED (no room before the put deadline).
+   * (the part can never fit), RESOURCE_EXHAUSTED (no room before the put deadline;
+   * max_entries entries held and none evictable; the entry has max_parts_per_entry
+   * parts; or the put would have to wait for room while max_waiting_put_bytes of
+   * unary puts already wait — the message names the limit and its value).
    */
   put: handleUnaryCall<PutRequest, PutResponse>;
   /**
    * PutStream sends one part larger than a unary message: first a header that
    * declares the part's size, then chunks whose lengths add up to exactly that size.
+   * Errors as Put's (max_waiting_put_bytes aside: a stream waits before its bytes).
    */
   putStream: handleClientStreamingCall<PutStreamRequest, PutStreamResponse>;
   /** Seal marks the entry complete. Sealing a sealed entry is a no-op. */
@@ -3629,7 +3673,10 @@ export interface KvFerryClient extends Client {
    * Put appends one named part to the entry, creating the entry if absent.
    * Errors: INVALID_ARGUMENT (bad id, part name or TTL), ALREADY_EXISTS (the part
    * is already there), FAILED_PRECONDITION (the entry is sealed), OUT_OF_RANGE
-   * (the part can never fit), RESOURCE_EXHAUSTED (no room before the put deadline).
+   * (the part can never fit), RESOURCE_EXHAUSTED (no room before the put deadline;
+   * max_entries entries held and none evictable; the entry has max_parts_per_entry
+   * parts; or the put would have to wait for room while max_waiting_put_bytes of
+   * unary puts already wait — the message names the limit and its value).
    */
   put(request: PutRequest, callback: (error: ServiceError | null, response: PutResponse) => void): ClientUnaryCall;
   put(
@@ -3646,6 +3693,7 @@ export interface KvFerryClient extends Client {
   /**
    * PutStream sends one part larger than a unary message: first a header that
    * declares the part's size, then chunks whose lengths add up to exactly that size.
+   * Errors as Put's (max_waiting_put_bytes aside: a stream waits before its bytes).
    */
   putStream(
     callback: (error: ServiceError | null, response: PutStreamResponse) => void,
