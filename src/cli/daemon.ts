@@ -45,6 +45,9 @@ const FLAGS = {
   "lease-ttl-ms": { type: "string", help: "MS", doc: "lease of an entry whose put names none (default 120000)" },
   "put-deadline-ms": { type: "string", help: "MS", doc: "how long a put waits for room (default 10000)" },
   "get-wait-ms": { type: "string", help: "MS", doc: "how long a get waits when it names no wait (default 30000)" },
+  "consume-lease-ms": {
+    type: "string", help: "MS", doc: "how long a consuming get holds its entry unconfirmed, and the most a get may ask for (default 30000)",
+  },
   "data-listen": { type: "string", help: "HOST:PORT", doc: "native data plane (default: prefill_url/decode_url by role, else 127.0.0.1:0)" },
   "peer-listen": { type: "string", help: "HOST:PORT", doc: "peer API (default: the data host, data port + 1)" },
   "cluster-token": { type: "string", help: "TOKEN", doc: "secret shared by the cluster's daemons (prefer $KVFERRY_CLUSTER_TOKEN: flags show in ps)" },
@@ -88,6 +91,7 @@ function daemonInputs(v: FlagValues): ConfigInputs {
     leaseTtlMs: s("lease-ttl-ms"),
     putDeadlineMs: s("put-deadline-ms"),
     getWaitMs: s("get-wait-ms"),
+    consumeLeaseMs: s("consume-lease-ms"),
     logLevel: s("log-level"),
     dataListen: s("data-listen"),
     peerListen: s("peer-listen"),
