@@ -21,7 +21,7 @@ export class InvalidArgumentError extends KvferryError {
 }
 
 /** Why an entry is gone; remembered for a while so callers learn what happened. */
-export type RemovalReason = "consumed" | "released" | "evicted" | "expired" | "transferred";
+export type RemovalReason = "consumed" | "released" | "evicted" | "expired" | "transferred" | "incomplete";
 
 /** No such entry or part. `reason` says why, when the entry existed recently. */
 export class NotFoundError extends KvferryError {
@@ -47,6 +47,13 @@ export class OutOfRangeError extends KvferryError {}
 export class DeadlineExceededError extends KvferryError {
   override readonly retryable = true;
 }
+
+/**
+ * The operation lost to a concurrent one, or what it needs was abandoned: an entry that
+ * another reader holds exclusively (its outcome is not known yet), or an entry that can
+ * never be complete because a part was abandoned after its seal was asked for.
+ */
+export class AbortedError extends KvferryError {}
 
 /** A peer or service could not be reached. */
 export class UnavailableError extends KvferryError {
@@ -95,6 +102,7 @@ const STATUS_OF = new Map<Function, GrpcStatus>([
   [OutOfRangeError, GrpcStatus.OUT_OF_RANGE],
   [DeadlineExceededError, GrpcStatus.DEADLINE_EXCEEDED],
   [UnavailableError, GrpcStatus.UNAVAILABLE],
+  [AbortedError, GrpcStatus.ABORTED],
   [CancelledError, GrpcStatus.CANCELLED],
   [PermissionDeniedError, GrpcStatus.PERMISSION_DENIED],
   [ConfigError, GrpcStatus.INVALID_ARGUMENT],
@@ -125,6 +133,7 @@ export function errorFromStatus(code: GrpcStatus, message: string): KvferryError
     case GrpcStatus.OUT_OF_RANGE: return new OutOfRangeError(message);
     case GrpcStatus.DEADLINE_EXCEEDED: return new DeadlineExceededError(message);
     case GrpcStatus.UNAVAILABLE: return new UnavailableError(message);
+    case GrpcStatus.ABORTED: return new AbortedError(message);
     case GrpcStatus.CANCELLED: return new CancelledError(message);
     case GrpcStatus.PERMISSION_DENIED: return new PermissionDeniedError(message);
     default: return new InternalError(message);

@@ -48,6 +48,9 @@ const FLAGS = {
   "max-entries": { type: "string", help: "N", doc: "most entries held at once; LRU sealed entries are evicted for a new one (default 65536)" },
   "max-parts-per-entry": { type: "string", help: "N", doc: "most parts in one entry (default 4096)" },
   "max-waiting-put-bytes": { type: "string", help: "BYTES", doc: "bytes of unary puts that may wait for room; past it a put that must wait fails at once (default 256MiB)" },
+  "consume-lease-ms": {
+    type: "string", help: "MS", doc: "how long a consuming get holds its entry unconfirmed, and the most a get may ask for (default 30000)",
+  },
   "data-listen": { type: "string", help: "HOST:PORT", doc: "native data plane (default: prefill_url/decode_url by role, else 127.0.0.1:0)" },
   "peer-listen": { type: "string", help: "HOST:PORT", doc: "peer API (default: the data host, data port + 1)" },
   "cluster-token": { type: "string", help: "TOKEN", doc: "secret shared by the cluster's daemons (prefer $KVFERRY_CLUSTER_TOKEN: flags show in ps)" },
@@ -94,6 +97,7 @@ function daemonInputs(v: FlagValues): ConfigInputs {
     maxEntries: s("max-entries"),
     maxPartsPerEntry: s("max-parts-per-entry"),
     maxWaitingPutBytes: s("max-waiting-put-bytes"),
+    consumeLeaseMs: s("consume-lease-ms"),
     logLevel: s("log-level"),
     dataListen: s("data-listen"),
     peerListen: s("peer-listen"),

@@ -1,7 +1,9 @@
 // A typed, promise-based client of one daemon's client API, used by the demo, the
 // proxy and the tests. Errors come back as the classes of src/errors.ts.
 import { credentials, Metadata, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
-import { errorFromStatus, type KvferryError, NotFoundError, type RemovalReason } from "../errors.js";
+import {
+  DeadlineExceededError, errorFromStatus, type KvferryError, NotFoundError, type RemovalReason, UnavailableError,
+} from "../errors.js";
 import {
   KvFerryClient,
   TransferMode,
@@ -29,7 +31,14 @@ export interface PutOptions extends CallOptions {
 
 export interface GetOptions extends CallOptions {
   parts?: string[];
+  /**
+   * Take the entry: once every byte has arrived the client confirms (ConfirmConsume) and
+   * resolves only when the daemon dropped the entry for it. A failed confirmation rejects
+   * (the bytes are not this reader's: the entry was given back to others).
+   */
   consume?: boolean;
+  /** With consume: how long the daemon holds the entry for this reader's confirmation. */
+  consumeLeaseMs?: number;
   waitMs?: number;
   /** A peer's address to pull the entry from when it is not here. */
   source?: string;
@@ -39,6 +48,10 @@ export interface GotEntry {
   entry: EntryInfo;
   parts: Map<string, Buffer>;
 }
+
+/** Attempts of a confirmation whose reply was lost (it is idempotent on the daemon). */
+const CONFIRM_ATTEMPTS = 3;
+const CONFIRM_TIMEOUT_MS = 10_000;
 
 function typed(err: ServiceError): KvferryError {
   const e = errorFromStatus(err.code, err.details);
@@ -137,24 +150,53 @@ export class KvferryClient {
   }
 
   /** One unary Get: everything in one message (at most the daemon's max message size). */
-  get(transferId: string, o: GetOptions = {}): Promise<GotEntry> {
-    return call<{ entry?: EntryInfo; parts: { name: string; data: Buffer }[] }>((cb) =>
+  async get(transferId: string, o: GetOptions = {}): Promise<GotEntry> {
+    const r = await call<{ entry?: EntryInfo; parts: { name: string; data: Buffer }[]; consumeToken: string }>((cb) =>
       this.raw.get(
-        { transferId, parts: o.parts ?? [], consume: o.consume ?? false, waitMs: o.waitMs, source: o.source ?? "" },
+        {
+          transferId, parts: o.parts ?? [], consume: o.consume ?? false, waitMs: o.waitMs, source: o.source ?? "",
+          consumeLeaseMs: o.consumeLeaseMs,
+        },
         new Metadata(),
         this.#opts(o),
         cb,
       ),
-    ).then((r) => ({ entry: r.entry!, parts: new Map(r.parts.map((p) => [p.name, p.data])) }));
+    );
+    if (o.consume) await this.#confirm(transferId, r.consumeToken);
+    return { entry: r.entry!, parts: new Map(r.parts.map((p) => [p.name, p.data])) };
+  }
+
+  /**
+   * Confirms a consuming read: the daemon drops the entry. Only after this resolves are
+   * the bytes the reader's own.
+   */
+  confirmConsume(transferId: string, consumeToken: string, o: CallOptions = {}): Promise<number> {
+    return call<{ bytesFreed: number }>((cb) =>
+      this.raw.confirmConsume({ transferId, consumeToken }, new Metadata(), this.#opts(o), cb),
+    ).then((r) => r.bytesFreed);
+  }
+
+  /** Confirms, retrying a confirmation whose reply was lost (the daemon takes a repeat as done). */
+  async #confirm(transferId: string, token: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.confirmConsume(transferId, token, { timeoutMs: CONFIRM_TIMEOUT_MS });
+        return;
+      } catch (err) {
+        const lost = err instanceof DeadlineExceededError || err instanceof UnavailableError;
+        if (!lost || attempt === CONFIRM_ATTEMPTS) throw err;
+      }
+    }
   }
 
   /** A streamed Get, reassembling each part into one Buffer. */
-  getStream(transferId: string, o: GetOptions & { chunkSize?: number } = {}): Promise<GotEntry> {
-    return new Promise<GotEntry>((resolve, reject) => {
+  async getStream(transferId: string, o: GetOptions & { chunkSize?: number } = {}): Promise<GotEntry> {
+    let token = "";
+    const got = await new Promise<GotEntry>((resolve, reject) => {
       const stream = this.raw.getStream(
         {
           transferId, parts: o.parts ?? [], consume: o.consume ?? false, waitMs: o.waitMs,
-          chunkSize: o.chunkSize ?? 0, source: o.source ?? "",
+          chunkSize: o.chunkSize ?? 0, source: o.source ?? "", consumeLeaseMs: o.consumeLeaseMs,
         },
         new Metadata(),
         this.#opts(o),
@@ -162,6 +204,7 @@ export class KvferryClient {
       let entry: EntryInfo | undefined;
       const parts = new Map<string, Buffer>();
       stream.on("data", (msg) => {
+        if (msg.consumeToken) token = msg.consumeToken;
         if (msg.entry) entry = msg.entry;
         if (msg.part === "") return;
         let buf = parts.get(msg.part);
@@ -171,6 +214,9 @@ export class KvferryClient {
       stream.on("error", (err: ServiceError) => reject(typed(err)));
       stream.on("end", () => (entry ? resolve({ entry, parts }) : reject(new Error("GetStream ended without an entry"))));
     });
+    // 'end' comes after the status OK: every byte is here.
+    if (o.consume) await this.#confirm(transferId, token);
+    return got;
   }
 
   /** Moves sealed entries to (push) or from (pull) the daemon whose peer API is at `target`. */

@@ -63,6 +63,8 @@ export interface Config {
   putDeadlineMs: number;
   /** Default wait of Get. */
   getWaitMs: number;
+  /** How long a consume hold lasts unconfirmed. */
+  consumeLeaseMs: number;
   /** Largest unary gRPC message. */
   maxMessageBytes: number;
   /** How many removed ids are remembered. */
@@ -151,6 +153,7 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
     leaseTtlMs: settings.value("lease_ttl_ms"),
     putDeadlineMs: settings.value("put_deadline_ms"),
     getWaitMs: settings.value("get_wait_ms"),
+    consumeLeaseMs: settings.value("consume_lease_ms"),
     maxMessageBytes: settings.value("max_message_bytes"),
     recentlyRemoved: settings.value("recently_removed"),
     maxWaiters: settings.value("max_waiters"),

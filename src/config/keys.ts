@@ -38,6 +38,7 @@ export interface ConfigInputs {
   maxEntries?: string;        // --max-entries
   maxPartsPerEntry?: string;  // --max-parts-per-entry
   maxWaitingPutBytes?: string; // --max-waiting-put-bytes
+  consumeLeaseMs?: string;    // --consume-lease-ms
   dataListen?: string;        // --data-listen HOST:PORT (native data plane)
   peerListen?: string;        // --peer-listen HOST:PORT (peer API)
   clusterToken?: string;      // --cluster-token
@@ -140,6 +141,8 @@ export const KEYS = {
   lease_ttl_ms: spec<number>({ parse: durationMs, default: 120_000, flag: "leaseTtlMs" }),
   put_deadline_ms: spec<number>({ parse: durationMs, default: 10_000, flag: "putDeadlineMs" }),
   get_wait_ms: spec<number>({ parse: durationMs, default: 30_000, flag: "getWaitMs" }),
+  // How long a consuming Get holds its entry without a ConfirmConsume (and the most a Get may ask for).
+  consume_lease_ms: spec<number>({ parse: durationMs, default: 30_000, flag: "consumeLeaseMs" }),
   shutdown_grace_ms: spec<number>({ parse: durationMs, default: 10_000 }),
   // grpc-js takes message limits as int32.
   max_message_bytes: spec<number>({ parse: size(1024, INT32_MAX), default: 64 * MiB }),

@@ -6,7 +6,7 @@ import type {
   ServerWritableStream,
 } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { DeadlineExceededError, InvalidArgumentError, OutOfRangeError, UnavailableError } from "../errors.js";
+import { AbortedError, DeadlineExceededError, InvalidArgumentError, OutOfRangeError, UnavailableError } from "../errors.js";
 import type {
   GetRequest,
   GetResponse,
@@ -125,9 +125,12 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
       const r = call.request;
       await pullIfAbsent(ctx, r.transferId, r.source);
       const lease = await store.get({
-        transferId: r.transferId, parts: r.parts, consume: r.consume, waitMs: r.waitMs, signal: cancelSignal(call),
+        transferId: r.transferId, parts: r.parts, consume: r.consume, consumeLeaseMs: r.consumeLeaseMs, waitMs: r.waitMs,
+        signal: cancelSignal(call),
       });
-      let completed = false;
+      // A consuming Get's entry is dropped only on ConfirmConsume: a reply lost to the
+      // deadline or a dead client leaves it held until the hold lapses, then readable.
+      let delivered = false;
       try {
         const total = lease.parts.reduce((sum, p) => sum + p.size, 0);
         if (total > ctx.maxMessageBytes) {
@@ -137,11 +140,16 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
         }
         // Copies: the bytes are serialized after this handler returns, when the lease is gone.
         const parts = lease.parts.map((p) => ({ name: p.name, data: Buffer.from(p.view()) }));
-        completed = true;
-        return { entry: toWireEntry(lease.entry), parts };
+        delivered = true;
+        return { entry: toWireEntry(lease.entry), parts, consumeToken: lease.consumeToken ?? "" };
       } finally {
-        lease.release(completed);
+        lease.release(delivered);
       }
+    }),
+
+    confirmConsume: unary(log, (call) => {
+      const r = call.request;
+      return { bytesFreed: store.confirmConsume(r.transferId, r.consumeToken) };
     }),
 
     getStream: (call) => {
@@ -235,9 +243,14 @@ async function getStream(ctx: ServiceContext, call: ServerWritableStream<GetStre
   const signal = cancelSignal(call);
   await pullIfAbsent(ctx, r.transferId, r.source);
   const lease: ReadLease = await ctx.store.get({
-    transferId: r.transferId, parts: r.parts, consume: r.consume, waitMs: r.waitMs, signal,
+    transferId: r.transferId, parts: r.parts, consume: r.consume, consumeLeaseMs: r.consumeLeaseMs, waitMs: r.waitMs, signal,
   });
-  let completed = false;
+  // Sending stops when the client goes away, or when a consume hold lapsed under a slow
+  // reader (the entry was given back: these bytes could never be confirmed).
+  const stop = lease.lapsed === undefined ? signal : AbortSignal.any([signal, lease.lapsed]);
+  const lapsedError = () =>
+    new AbortedError(`the consume hold of ${r.transferId} lapsed before every byte was sent; the entry was given back`);
+  let delivered = false;
   try {
     let first = true;
     for (const part of lease.parts) {
@@ -251,20 +264,28 @@ async function getStream(ctx: ServiceContext, call: ServerWritableStream<GetStre
           offset,
           // A view, not a copy: the lease is held until every message is serialized ('finish').
           chunk: asBuffer(part.view(offset, length)),
+          consumeToken: first ? (lease.consumeToken ?? "") : "",
         };
         first = false;
         offset += length;
+        if (lease.lapsed?.aborted) throw lapsedError();
         if (signal.aborted) return;
-        if (!call.write(msg)) await drained(call, signal);
+        if (!call.write(msg)) await drained(call, stop);
       } while (offset < part.size);
     }
-    if (first) call.write({ entry: toWireEntry(lease.entry), part: "", partSize: 0, offset: 0, chunk: Buffer.alloc(0) });
+    if (first) {
+      call.write({
+        entry: toWireEntry(lease.entry), part: "", partSize: 0, offset: 0, chunk: Buffer.alloc(0),
+        consumeToken: lease.consumeToken ?? "",
+      });
+    }
+    if (lease.lapsed?.aborted) throw lapsedError();
     call.end();
     // Whether 'finish' came before any cancellation, decided when it happens: grpc-js
     // emits 'cancelled' right after 'finish' even for a call that completed normally.
-    completed = await flushed(call, signal);
+    delivered = await flushed(call, signal);
   } finally {
-    lease.release(completed);
+    lease.release(delivered);
   }
 }
 

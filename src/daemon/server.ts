@@ -97,11 +97,17 @@ export class Daemon {
       maxEntries: config.maxEntries,
       maxPartsPerEntry: config.maxPartsPerEntry,
       maxWaitingPutBytes: config.maxWaitingPutBytes,
+      consumeLeaseMs: config.consumeLeaseMs,
       // Consumed and transferred entries are the normal flow (thousands a second): debug.
       // Evictions, expiries and releases are what an operator looks for: info.
       onRemoved: (e) => {
         const level = e.reason === "consumed" || e.reason === "transferred" ? "debug" : "info";
         log[level]({ transferId: e.transferId, reason: e.reason, bytes: e.bytes }, `entry ${e.reason}`);
+      },
+      // A lapse means a reader got the bytes but never confirmed (a lost reply, a dead client).
+      onConsumeReturned: (e) => {
+        const level = e.cause === "lapsed" ? "info" : "debug";
+        log[level]({ transferId: e.transferId, cause: e.cause, heldMs: e.heldMs }, "consume not confirmed: entry given back");
       },
     });
     this.#peers = new PeerDirectory(config.clusterToken, () => ({ nodeId: this.nodeId, node: this.#selfInfo() }));

@@ -219,9 +219,10 @@ export class Transfers {
         ids.map(async (id) => {
           try {
             // An entry still being written is waited for (up to the deadline); an absent
-            // one fails NOT_FOUND at once instead of holding its chunk back.
+            // one fails NOT_FOUND at once instead of holding its chunk back. Moved away
+            // (not kept), the entry is held exclusively: no consumer here gets it meanwhile.
             const waitMs = this.o.store.has(id) ? remaining(deadlineAt) : 0;
-            leases.set(id, await this.o.store.get({ transferId: id, waitMs }));
+            leases.set(id, await this.o.store.get({ transferId: id, waitMs, exclusive: !keep }));
           } catch (err) {
             out.fail(id, err);
           }
@@ -296,7 +297,7 @@ export class Transfers {
   ): Promise<void> {
     const prep = await peer.call<PrepareSendRequest, PrepareSendResponse>(
       "prepareSend",
-      { transferIds: [...ids], deadlineMs: remaining(deadlineAt), destinationNode: this.o.nodeId() },
+      { transferIds: [...ids], deadlineMs: remaining(deadlineAt), destinationNode: this.o.nodeId(), releaseSource: !keep },
       remaining(deadlineAt),
     );
     const held = new Map<string, string>(); // transfer id → the peer's reservation id
@@ -498,7 +499,8 @@ export class Transfers {
           const transferId = checkTransferId(requested);
           // Absent: NOT_FOUND now, so the other entries of the batch are not held back.
           const waitMs = this.o.store.has(transferId) ? Math.min(holdMs, req.deadlineMs) : 0;
-          const lease = await this.o.store.get({ transferId, waitMs });
+          // To be dropped after the pull: held exclusively, so no consumer here gets it too.
+          const lease = await this.o.store.get({ transferId, waitMs, exclusive: req.releaseSource });
           const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.expose(p.block as PoolBlock, "read") : 0n));
           const id = `${batchId}/${index}`;
           this.#outgoing.set(id, { transferId, lease, handles });

@@ -2,10 +2,12 @@
 //
 // Lifecycle (one way only):
 //   open ──seal (when no part is still arriving)──▶ sealed
-//   open | sealed ──release | consume | evict | expire──▶ removed
+//   open | sealed ──release | consume | evict | expire | move──▶ removed
+//   open (seal asked for) ──a part abandoned──▶ removed ("incomplete")
 // A removed entry leaves the index at once; its memory is returned when the last
 // reader or writer that holds it lets go (`holds` reaches 0).
 import type { RemovalReason } from "../errors.js";
+import type { ExclusiveHold } from "./exclusive-hold.js";
 import type { Block } from "./memory.js";
 
 export type EntryState = "open" | "sealed";
@@ -51,8 +53,8 @@ export class Entry {
   readonly pending = new Set<string>();
   readers = 0;
   writers = 0;
-  /** A consuming Get is reading the entry; nobody else may. */
-  consuming = false;
+  /** A consuming Get or a move holds the entry; nobody else gets a lease until it ends. */
+  hold: ExclusiveHold | undefined;
   removed: RemovalReason | undefined;
   bytes = 0;
   readonly createdAtMs: number;
@@ -69,9 +71,9 @@ export class Entry {
     return this.readers + this.writers;
   }
 
-  /** Sealed, nobody reading, writing or consuming it, still indexed. */
+  /** Sealed, nobody reading, writing, consuming or moving it, still indexed. */
   get evictable(): boolean {
-    return this.state === "sealed" && this.holds === 0 && this.removed === undefined;
+    return this.state === "sealed" && this.holds === 0 && this.hold === undefined && this.removed === undefined;
   }
 
   hasPart(name: string): boolean {

@@ -9,8 +9,13 @@
 // - the work of a put does not grow with the parts its entry already has;
 // - an entry is evicted only when sealed and held by nobody;
 // - every wait (for room, for parts, for the seal) has a deadline;
-// - every removal is counted, remembered for a while, and reported through onRemoved.
+// - every removal is counted, remembered for a while, and reported through onRemoved;
+// - at most one exclusive hold (a consume or a move) per entry; while it lasts nobody
+//   else gets a lease, and it ends dropped (the entry goes) or returned (readable again);
+// - a sealed entry has every part that was being written when the seal was asked for:
+//   a part abandoned after that drops the whole entry as "incomplete".
 import {
+  AbortedError,
   CancelledError,
   DeadlineExceededError,
   FailedPreconditionError,
@@ -20,13 +25,20 @@ import {
   ResourceExhaustedError,
   type RemovalReason,
   InvalidArgumentError,
+  type KvferryError,
 } from "../errors.js";
 import { Entry, isComplete, type EntryInfo, type EntryState, type Part } from "./entry.js";
 import { tooManyEntries, tooManyParts, WaitingPutBudget, type StoreLimits } from "./limits.js";
+import { DEFAULT_CONSUME_LEASE_MS, ExclusiveHold, type HoldPurpose, type ReturnCause } from "./exclusive-hold.js";
 import type { Block, Memory } from "./memory.js";
+import { createReadLease, type ReadLease } from "./read-lease.js";
 import { RecentlyRemoved } from "./recently-removed.js";
 import { RoomQueue } from "./room-queue.js";
-import { checkLeaseTtl, checkPartList, checkPartName, checkTransferId, checkWait } from "./validate.js";
+import {
+  checkConsumeLease, checkLeaseTtl, checkPartList, checkPartName, checkTransferId, checkWait,
+} from "./validate.js";
+
+export type { ReadLease, ReadPart } from "./read-lease.js";
 
 export interface LookupBufferOptions extends StoreLimits {
   memory: Memory;
@@ -40,7 +52,18 @@ export interface LookupBufferOptions extends StoreLimits {
   recentlyRemoved: number;
   /** Bound on calls parked at once (puts waiting for room plus gets waiting for parts). */
   maxWaiters: number;
+  /** How long a consume hold lasts unconfirmed (default and most a Get may ask for). */
+  consumeLeaseMs?: number;
   onRemoved?: (event: RemovalEvent) => void;
+  /** A consuming read gave its entry back (its call failed, or nobody confirmed in time). */
+  onConsumeReturned?: (event: ConsumeReturnEvent) => void;
+}
+
+export interface ConsumeReturnEvent {
+  transferId: string;
+  cause: ReturnCause;
+  /** How long the hold lasted. */
+  heldMs: number;
 }
 
 export interface RemovalEvent {
@@ -59,6 +82,9 @@ export interface Counters {
   consumed: number;
   transferred: number;
   putTimeouts: number;
+  consumeReturns: number;
+  consumeLapses: number;
+  incomplete: number;
 }
 
 export interface PartTarget {
@@ -74,35 +100,18 @@ export interface GetOptions {
   transferId: string;
   /** Parts to read; empty or absent for all, which waits for the seal. */
   parts?: readonly string[];
+  /**
+   * A consuming read: takes the entry's exclusive hold; it is dropped on
+   * `confirmConsume` with the lease's token, and given back if the read fails or the
+   * hold lapses (`consumeLeaseMs`) unconfirmed.
+   */
   consume?: boolean;
+  /** With consume: the hold's lease, at most (and by default) the buffer's consumeLeaseMs. */
+  consumeLeaseMs?: number;
+  /** Takes the exclusive hold to move the entry away (ended by releaseAndDrop or release). */
+  exclusive?: boolean;
   waitMs?: number;
   signal?: AbortSignal;
-}
-
-export interface ReadPart {
-  readonly name: string;
-  readonly size: number;
-  /** The part's memory, for the engine to send from. Valid until the lease is released. */
-  readonly block: Block;
-  /** A view of the part's bytes, valid until the lease is released. */
-  view(offset?: number, length?: number): Uint8Array;
-}
-
-/**
- * What a successful Get holds: the entry cannot be evicted or freed until `release`.
- * `release(true)` after a consuming read removes the entry; `release(false)` (the read
- * failed, e.g. the client went away) leaves it in place for another reader.
- */
-export interface ReadLease {
-  readonly entry: EntryInfo;
-  readonly parts: readonly ReadPart[];
-  release(completed?: boolean): void;
-  /**
-   * Releases the lease and removes the very entry it held, if that entry is still the
-   * one indexed under its id (never a newer entry that reuses the id). The bytes went
-   * elsewhere (`transferred`).
-   */
-  releaseAndDrop(reason: "transferred"): void;
 }
 
 export interface ListOptions {
@@ -137,8 +146,9 @@ export class LookupBuffer {
   #closed = false;
   readonly counters: Counters = {
     puts: 0, gets: 0, evictions: 0, bytesEvicted: 0, expiries: 0, releases: 0, consumed: 0, transferred: 0,
-    putTimeouts: 0,
+    putTimeouts: 0, consumeReturns: 0, consumeLapses: 0, incomplete: 0,
   };
+  readonly #consumeLeaseMs: number;
 
   constructor(options: LookupBufferOptions) {
     this.#options = options;
@@ -146,6 +156,7 @@ export class LookupBuffer {
     this.#recent = new RecentlyRemoved(options.recentlyRemoved);
     this.#room = new RoomQueue((size) => this.#tryAllocate(size));
     this.#waitingPuts = new WaitingPutBudget(options.maxWaitingPutBytes);
+    this.#consumeLeaseMs = options.consumeLeaseMs ?? DEFAULT_CONSUME_LEASE_MS;
   }
 
   get capacity(): number {
@@ -215,6 +226,7 @@ export class LookupBuffer {
       } catch (err) {
         // (a failed reservation holds no block)
         entry.pending.delete(name);
+        this.#failIfSealRequested(entry, name);
         this.#writerLeft(entry);
         throw err;
       }
@@ -285,7 +297,10 @@ export class LookupBuffer {
     return new PartWriter(this, entry, part, seal);
   }
 
-  /** Seals the entry, or, while parts are still arriving, seals it when the last one lands. */
+  /**
+   * Seals the entry, or, while parts are still arriving, seals it when the last one
+   * lands (and drops it as incomplete if one of them is abandoned instead).
+   */
   seal(transferId: string): EntryInfo {
     const entry = this.#indexed(checkTransferId(transferId));
     if (entry.state === "open") {
@@ -361,9 +376,11 @@ export class LookupBuffer {
     const transferId = checkTransferId(options.transferId);
     const names = checkPartList(options.parts ?? []);
     const waitMs = checkWait(options.waitMs) ?? this.#options.getWaitMs;
-    const consume = options.consume === true;
+    const purpose: HoldPurpose | undefined = options.consume === true ? "consume" : options.exclusive === true ? "move" : undefined;
+    const holdMs = purpose === "consume" ? checkConsumeLease(options.consumeLeaseMs, this.#consumeLeaseMs) : undefined;
+    const lease = (entry: Entry) => this.#lease(entry, names, purpose, holdMs);
     const ready = this.#readable(transferId, names);
-    if (ready !== undefined) return Promise.resolve(this.#lease(ready, names, consume));
+    if (ready !== undefined) return Promise.resolve(lease(ready));
     if (waitMs === 0) return Promise.reject(this.#notReadyError(transferId, names));
     if (options.signal?.aborted) return Promise.reject(new CancelledError(`get of ${transferId} cancelled`));
     this.#checkWaiterRoom();
@@ -385,7 +402,7 @@ export class LookupBuffer {
             const entry = this.#readable(transferId, names);
             if (entry === undefined) return;
             settle();
-            resolve(this.#lease(entry, names, consume));
+            resolve(lease(entry));
           } catch (err) {
             settle();
             reject(err);
@@ -412,6 +429,36 @@ export class LookupBuffer {
     });
   }
 
+  /**
+   * Ends a consuming read: its reader holds every byte, so the entry is dropped
+   * ("consumed"). Returns the entry's bytes. Confirming again with the token that
+   * consumed it is a no-op (0 bytes), so a reader may retry a confirmation whose reply
+   * it lost.
+   * @throws NotFoundError without such an entry; FailedPreconditionError when `token`
+   * is not the token of the consume in progress (it lapsed, or its read failed).
+   */
+  confirmConsume(transferId: string, token: string): number {
+    const id = checkTransferId(transferId);
+    if (typeof token !== "string" || token.length === 0) throw new InvalidArgumentError("consume_token", "must not be empty");
+    const entry = this.#entries.get(id);
+    if (entry === undefined) {
+      const gone = this.#recent.record(id);
+      if (gone?.reason === "consumed" && gone.token === token) return 0;
+      throw this.#absentError(id);
+    }
+    const hold = entry.hold;
+    if (hold === undefined || hold.purpose !== "consume" || hold.token !== token) {
+      throw new FailedPreconditionError(
+        `consume_token: not the token of a consume in progress on entry ${id} ` +
+          `(a consume whose hold lapsed or whose read failed gave the entry back)`,
+      );
+    }
+    hold.end("dropped");
+    const bytes = entry.bytes;
+    this.#remove(entry, "consumed", { token });
+    return bytes;
+  }
+
   /** Rejects every parked call and stops every lease timer. Entries stay readable to holders. */
   close(): void {
     this.#closed = true;
@@ -420,7 +467,10 @@ export class LookupBuffer {
     for (const waiters of [...this.#getWaiters.values()]) {
       for (const w of [...waiters]) w.cancel(err);
     }
-    for (const entry of this.#entries.values()) clearTimeout(entry.leaseTimer);
+    for (const entry of this.#entries.values()) {
+      clearTimeout(entry.leaseTimer);
+      clearTimeout(entry.hold?.timer);
+    }
   }
 
   // ---- used by PartWriter ----------------------------------------------------------
@@ -441,7 +491,10 @@ export class LookupBuffer {
     return entry.info(Date.now(), part);
   }
 
-  /** @internal A part will never be complete: its bytes go back, readers never see it. */
+  /**
+   * @internal A part will never be complete: its bytes go back, readers never see it.
+   * After a seal was asked for, the entry can never be complete either: it is dropped.
+   */
   partAbandoned(entry: Entry, part: Part): void {
     if (entry.removed === undefined && entry.parts.get(part.name) === part) {
       entry.parts.delete(part.name);
@@ -449,6 +502,7 @@ export class LookupBuffer {
       this.#memory.free(part.block);
       this.#room.wake();
     }
+    this.#failIfSealRequested(entry, part.name);
     this.#writerLeft(entry);
   }
 
@@ -470,21 +524,32 @@ export class LookupBuffer {
     return entry;
   }
 
-  #absentError(transferId: string): NotFoundError {
+  #absentError(transferId: string): KvferryError {
     const reason = this.#recent.get(transferId);
     return reason === undefined ? new NotFoundError(`no entry ${transferId}`) : this.#goneError(transferId, reason);
   }
 
-  #goneError(transferId: string, reason: RemovalReason): NotFoundError {
+  /** NOT_FOUND with the reason; ABORTED naming the abandoned part for an incomplete entry. */
+  #goneError(transferId: string, reason: RemovalReason): KvferryError {
+    if (reason === "incomplete") {
+      const detail = this.#recent.record(transferId)?.detail ?? "a part was abandoned after the seal";
+      return new AbortedError(`entry ${transferId} is incomplete: ${detail}`);
+    }
     return new NotFoundError(`entry ${transferId} was ${reason}`, reason);
+  }
+
+  /** A writer of `name` left without committing: after a seal was asked for, the entry can never be complete. */
+  #failIfSealRequested(entry: Entry, name: string): void {
+    if (!entry.sealRequested || entry.removed !== undefined) return;
+    this.#remove(entry, "incomplete", { detail: `part ${name} was abandoned after the seal was asked for` });
   }
 
   #checkWritable(entry: Entry, name: string): void {
     if (entry.state === "sealed" || entry.sealRequested) {
       throw new FailedPreconditionError(`entry ${entry.transferId} is sealed; no more parts may be added`);
     }
-    if (entry.consuming) {
-      throw new FailedPreconditionError(`entry ${entry.transferId} is being consumed; no more parts may be added`);
+    if (entry.hold !== undefined) {
+      throw new FailedPreconditionError(`entry ${entry.transferId} is held by a reader; no more parts may be added`);
     }
     if (entry.hasPart(name)) throw new AlreadyExistsError(`entry ${entry.transferId} already has part ${name}`);
   }
@@ -498,7 +563,8 @@ export class LookupBuffer {
   #renewLease(entry: Entry, ttlMs: number): void {
     clearTimeout(entry.leaseTimer);
     entry.leaseEndsAtMs = Date.now() + ttlMs;
-    entry.leaseTimer = setTimeout(() => this.#remove(entry, "expired"), ttlMs);
+    // A held entry expires when its hold is given back (#returnHold), never under its reader.
+    entry.leaseTimer = setTimeout(() => entry.hold === undefined && this.#remove(entry, "expired"), ttlMs);
     entry.leaseTimer.unref();
   }
 
@@ -559,13 +625,15 @@ export class LookupBuffer {
     return sum;
   }
 
-  #remove(entry: Entry, reason: RemovalReason): void {
+  #remove(entry: Entry, reason: RemovalReason, note: { token?: string; detail?: string } = {}): void {
     if (entry.removed !== undefined) return;
     const bytes = entry.bytes;
     entry.removed = reason;
     clearTimeout(entry.leaseTimer);
+    entry.hold?.end("dropped");
+    entry.hold = undefined;
     this.#entries.delete(entry.transferId);
-    this.#recent.add(entry.transferId, reason);
+    this.#recent.add(entry.transferId, reason, note);
     switch (reason) {
       case "evicted":
         this.counters.evictions++;
@@ -575,6 +643,7 @@ export class LookupBuffer {
       case "released": this.counters.releases++; break;
       case "consumed": this.counters.consumed++; break;
       case "transferred": this.counters.transferred++; break;
+      case "incomplete": this.counters.incomplete++; break;
     }
     if (entry.holds === 0) this.#free(entry);
     else this.#retired.add(entry);
@@ -632,9 +701,8 @@ export class LookupBuffer {
       if (reason !== undefined) throw this.#goneError(transferId, reason);
       return undefined;
     }
-    if (entry.consuming) {
-      throw new NotFoundError(`entry ${transferId} is being consumed by another Get`, "consumed");
-    }
+    // Held by a consumer or a move: wait for the outcome (dropped, or given back).
+    if (entry.hold !== undefined) return undefined;
     if (names.length === 0) return entry.state === "sealed" ? entry : undefined;
     for (const name of names) {
       const part = entry.parts.get(name);
@@ -645,9 +713,10 @@ export class LookupBuffer {
     return entry;
   }
 
-  #notReadyError(transferId: string, names: readonly string[]): NotFoundError | FailedPreconditionError {
+  #notReadyError(transferId: string, names: readonly string[]): KvferryError {
     const entry = this.#entries.get(transferId);
     if (entry === undefined) return this.#absentError(transferId);
+    if (entry.hold !== undefined) return new AbortedError(entry.hold.describe(transferId));
     if (names.length === 0) return new FailedPreconditionError(`entry ${transferId} is not sealed yet`);
     const missing = names.filter((n) => {
       const part = entry.parts.get(n);
@@ -656,44 +725,56 @@ export class LookupBuffer {
     return new NotFoundError(`entry ${transferId} has no complete part ${missing.join(", ")} yet`);
   }
 
-  #lease(entry: Entry, names: readonly string[], consume: boolean): ReadLease {
-    const parts = (names.length === 0 ? [...entry.parts.values()] : names.map((n) => entry.parts.get(n)!)).map(
-      (p): ReadPart => ({
-        name: p.name,
-        size: p.size,
-        block: p.block,
-        view: (offset = 0, length = p.size - offset) => p.block.view(offset, length),
-      }),
-    );
+  #lease(entry: Entry, names: readonly string[], purpose: HoldPurpose | undefined, holdMs: number | undefined): ReadLease {
+    const parts = names.length === 0 ? [...entry.parts.values()] : names.map((n) => entry.parts.get(n)!);
     entry.readers++;
-    if (consume) entry.consuming = true;
+    let hold: ExclusiveHold | undefined;
+    if (purpose !== undefined) {
+      hold = entry.hold = new ExclusiveHold(purpose, holdMs, Date.now());
+      if (holdMs !== undefined) {
+        const held = hold;
+        held.timer = setTimeout(() => entry.hold === held && this.#returnHold(entry, "lapsed"), holdMs);
+        held.timer.unref();
+      }
+    }
     this.counters.gets++;
     this.#touch(entry);
-    let info: EntryInfo | undefined; // built on first use: transfers never look
-    let released = false;
-    const buffer = this;
-    return {
-      get entry() {
-        return (info ??= entry.info(Date.now()));
-      },
-      parts,
-      release(completed = true) {
-        if (released) return;
-        released = true;
-        entry.readers--;
-        if (consume) {
-          entry.consuming = false;
-          if (completed) buffer.#remove(entry, "consumed");
-          else buffer.#notify(entry.transferId);
+    return createReadLease(entry, parts, hold, {
+      readerLeft: (e, h, delivered) => {
+        e.readers--;
+        if (h !== undefined && e.hold === h) {
+          // A consume whose bytes went out waits for its confirmation; anything else gives the entry back.
+          if (h.purpose === "consume" && delivered) h.state = "delivered";
+          else this.#returnHold(e, "failed");
         }
-        buffer.#released(entry);
+        this.#released(e);
       },
-      releaseAndDrop(reason) {
-        const current = entry.removed === undefined && buffer.#entries.get(entry.transferId) === entry;
-        this.release(false);
-        if (current) buffer.#remove(entry, reason);
+      readerMoved: (e, _h, reason) => {
+        const current = e.removed === undefined && this.#entries.get(e.transferId) === e;
+        e.readers--;
+        // Removed with its hold still on: waiters learn "transferred", never get it.
+        if (current) this.#remove(e, reason);
+        this.#released(e);
       },
-    };
+    });
+  }
+
+  /** Ends the entry's hold and makes the entry readable again (or expires it, if its lease ran out meanwhile). */
+  #returnHold(entry: Entry, cause: ReturnCause): void {
+    const hold = entry.hold!;
+    hold.end("returned", cause);
+    entry.hold = undefined;
+    if (hold.purpose === "consume") {
+      this.counters.consumeReturns++;
+      if (cause === "lapsed") this.counters.consumeLapses++;
+      this.#options.onConsumeReturned?.({ transferId: entry.transferId, cause, heldMs: Date.now() - hold.startedAtMs });
+    }
+    if (entry.leaseEndsAtMs <= Date.now()) {
+      this.#remove(entry, "expired");
+      return;
+    }
+    this.#notify(entry.transferId);
+    if (entry.evictable) this.#room.wake();
   }
 }
 

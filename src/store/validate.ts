@@ -56,3 +56,15 @@ export function checkPartList(values: readonly unknown[], field = "parts"): stri
     return name;
   });
 }
+
+/** A consume hold's lease: absent (the daemon's) or 1 ms up to the daemon's consume_lease_ms. */
+export function checkConsumeLease(value: number | undefined, max: number, field = "consume_lease_ms"): number {
+  if (value === undefined) return max;
+  if (!Number.isInteger(value) || value <= 0 || value > max) {
+    throw new InvalidArgumentError(
+      field,
+      `${value} must be a whole number of milliseconds from 1 to ${max} (this daemon's consume_lease_ms)`,
+    );
+  }
+  return value;
+}

@@ -195,15 +195,15 @@ describe("waiting reads", () => {
 });
 
 describe("consuming reads", () => {
-  it("gives the data to exactly one of two concurrent consuming Gets; the other gets NOT_FOUND", async () => {
+  it("gives the data to exactly one of two concurrent consuming Gets; the other waits for the outcome and gets NOT_FOUND", async () => {
     const data = pattern(256 * 1024, 3);
     await c.put("rt-consume", "kv", data, { seal: true });
     const before = await c.serverInfo();
     const [c1, c2] = [d.newClient(), d.newClient()];
     const { got, failed } = settled(
       await Promise.allSettled([
-        c1.get("rt-consume", { consume: true, waitMs: 0 }),
-        c2.get("rt-consume", { consume: true, waitMs: 0 }),
+        c1.get("rt-consume", { consume: true, waitMs: 5000 }),
+        c2.get("rt-consume", { consume: true, waitMs: 5000 }),
       ]),
     );
     expect(got).toHaveLength(1);
@@ -243,8 +243,8 @@ describe("consuming reads", () => {
     await c.put("rt-consume-stream", "kv", data, { seal: true });
     const { got, failed } = settled(
       await Promise.allSettled([
-        d.newClient().getStream("rt-consume-stream", { consume: true, waitMs: 0 }),
-        d.newClient().getStream("rt-consume-stream", { consume: true, waitMs: 0 }),
+        d.newClient().getStream("rt-consume-stream", { consume: true, waitMs: 5000 }),
+        d.newClient().getStream("rt-consume-stream", { consume: true, waitMs: 5000 }),
       ]),
     );
     expect(got).toHaveLength(1);

@@ -86,6 +86,7 @@ describe("defaults", () => {
       leaseTtlMs: 120000,
       putDeadlineMs: 10000,
       getWaitMs: 30000,
+      consumeLeaseMs: 30000,
       maxMessageBytes: 64 * MiB,
       recentlyRemoved: 10000,
       maxWaiters: 10000,

@@ -10,6 +10,7 @@
 import fc from "fast-check";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
+  AbortedError,
   AlreadyExistsError,
   DeadlineExceededError,
   FailedPreconditionError,
@@ -32,6 +33,7 @@ const DEFAULT_LEASE_MS = 800; // ≡ 0 (mod 4)
 const LEASE_TTLS = [200, 800, 2000] as const;
 const GET_WAITS = [0, 1, 9, 41, 161] as const; // 0 or ≡ 1 (mod 4)
 const NUM_RUNS = 200;
+const CONSUME_LEASE_MS = 400; // lapses happen within a run
 
 type Finish = "commit" | "abort" | "short";
 
@@ -154,6 +156,7 @@ class Harness {
       getWaitMs: 41,
       recentlyRemoved: 4,
       maxWaiters: 10_000,
+      consumeLeaseMs: CONSUME_LEASE_MS,
       onRemoved: (e) => this.#onRemoved(e),
     });
     this.buf = buf;
@@ -247,7 +250,7 @@ class Harness {
       }
     } catch (err) {
       // The entry went away under the writer (released, expired): give the part back.
-      this.#expectError(`finish ${partName}`, err, [NotFoundError]);
+      this.#expectError(`finish ${partName}`, err, [NotFoundError, AbortedError]);
       w.writer.abort();
     }
     this.#unhold(w.key);
@@ -265,7 +268,7 @@ class Harness {
         this.#hold(key);
         p.then(
           (info) => this.#record(info, c.part, data),
-          (err) => this.#expectError(`put ${c.id}/${c.part}`, err, [FailedPreconditionError, AlreadyExistsError, ResourceExhaustedError, NotFoundError]),
+          (err) => this.#expectError(`put ${c.id}/${c.part}`, err, [FailedPreconditionError, AlreadyExistsError, ResourceExhaustedError, NotFoundError, AbortedError]),
         ).finally(() => this.#unhold(key));
         break;
       }
@@ -282,7 +285,7 @@ class Harness {
             try {
               writer.write(data.subarray(0, Math.floor(c.fraction * c.size)));
             } catch (err) {
-              this.#expectError(`write ${c.id}/${c.part}`, err, [NotFoundError]);
+              this.#expectError(`write ${c.id}/${c.part}`, err, [NotFoundError, AbortedError]);
               writer.abort();
               this.#unhold(key);
               return;
@@ -290,7 +293,7 @@ class Harness {
             if (c.then === "keep") this.writers.push(w);
             else this.#finish(w, c.then);
           },
-          (err) => this.#expectError(`openPart ${c.id}/${c.part}`, err, [FailedPreconditionError, AlreadyExistsError, ResourceExhaustedError, NotFoundError]),
+          (err) => this.#expectError(`openPart ${c.id}/${c.part}`, err, [FailedPreconditionError, AlreadyExistsError, ResourceExhaustedError, NotFoundError, AbortedError]),
         ).finally(() => this.#unhold(key));
         break;
       }
@@ -307,7 +310,7 @@ class Harness {
           const info = buf.seal(c.id);
           if (info.transferId !== c.id) this.problems.push("seal reported another entry");
         } catch (err) {
-          this.#expectError(`seal ${c.id}`, err, [NotFoundError]);
+          this.#expectError(`seal ${c.id}`, err, [NotFoundError, AbortedError]);
         }
         break;
       case "release": {
@@ -322,7 +325,7 @@ class Harness {
           if (before === undefined) this.problems.push(`release of absent ${c.id} succeeded`);
           else if (bytes !== before.bytes) this.problems.push(`release of ${c.id} returned ${bytes}, stat said ${before.bytes}`);
         } catch (err) {
-          this.#expectError(`release ${c.id}`, err, [NotFoundError]);
+          this.#expectError(`release ${c.id}`, err, [NotFoundError, AbortedError]);
           if (before !== undefined) this.problems.push(`release of present ${c.id} failed`);
         }
         break;
@@ -348,14 +351,15 @@ class Harness {
               dropWhenChecked: !c.hold,
               completed: c.completed,
             };
-            if (c.consume && this.leases.some((l) => l.consume && l.key === key)) {
+            // A consume whose hold lapsed no longer owns the entry: another may take it.
+            if (c.consume && this.leases.some((l) => l.consume && l.key === key && !l.lease.lapsed!.aborted)) {
               this.problems.push(`two consuming gets of ${key} both got the entry`);
             }
             this.leases.push(held);
             this.#unchecked.push(held);
             if (lease.entry.transferId !== c.id) this.problems.push(`get of ${c.id} returned ${lease.entry.transferId}`);
           },
-          (err) => this.#expectError(`get ${c.id}`, err, [NotFoundError, FailedPreconditionError, DeadlineExceededError]),
+          (err) => this.#expectError(`get ${c.id}`, err, [NotFoundError, FailedPreconditionError, DeadlineExceededError, AbortedError]),
         );
         break;
       }
@@ -371,7 +375,7 @@ class Harness {
           const sum = info.parts.reduce((s, p) => s + p.size, 0);
           if (sum !== info.bytes) this.problems.push(`stat ${c.id}: bytes ${info.bytes} but parts sum to ${sum}`);
         } catch (err) {
-          this.#expectError(`stat ${c.id}`, err, [NotFoundError]);
+          this.#expectError(`stat ${c.id}`, err, [NotFoundError, AbortedError]);
         }
         break;
       case "list": {
@@ -416,8 +420,18 @@ class Harness {
     if (i >= 0) this.leases.splice(i, 1);
     held.lease.release(completed);
     this.#unhold(held.key);
-    if (held.consume && completed && this.#current(held.lease.entry.transferId) === held.key) {
-      this.problems.push(`${held.key} is still there after its consuming read completed`);
+    if (!held.consume || !completed) return;
+    const transferId = held.lease.entry.transferId;
+    try {
+      this.buf.confirmConsume(transferId, held.lease.consumeToken!);
+      if (this.#current(transferId) === held.key) this.problems.push(`${held.key} is still there after its consume was confirmed`);
+    } catch (err) {
+      // Refused only when the hold lapsed (given back) or the entry went (released, expired...,
+      // perhaps replaced by a newer entry under the same id).
+      this.#expectError(`confirm ${held.key}`, err, [FailedPreconditionError, NotFoundError, AbortedError]);
+      if (err instanceof FailedPreconditionError && !held.lease.lapsed!.aborted && this.#current(transferId) === held.key) {
+        this.problems.push(`the confirmation of ${held.key} was refused although its hold had not lapsed: ${err.message}`);
+      }
     }
   }
 

@@ -11,6 +11,7 @@ import {
   NotFoundError,
   OutOfRangeError,
   ResourceExhaustedError,
+  AbortedError,
 } from "../../src/errors.js";
 import type { ReadLease } from "../../src/store/lookup-buffer.js";
 import {
@@ -32,6 +33,13 @@ afterEach(() => {
   vi.clearAllTimers();
   vi.useRealTimers();
 });
+
+/** A whole consume: the read, its end, and the reader's confirmation. */
+async function consume(buf: ReturnType<typeof makeBuffer>["buf"], id: string) {
+  const lease = await buf.get({ transferId: id, consume: true });
+  lease.release();
+  buf.confirmConsume(id, lease.consumeToken!);
+}
 
 /** Puts a sealed single-part entry of `size` bytes. */
 async function putSealed(buf: ReturnType<typeof makeBuffer>["buf"], id: string, size: number, seed = 1) {
@@ -610,7 +618,7 @@ describe("removal reasons", () => {
     if (reason === "evicted") await buf.put({ transferId: "other", part: "kv" }, pattern(600, 2));
     if (reason === "released") buf.release("r");
     if (reason === "expired") await vi.advanceTimersByTimeAsync(1000);
-    if (reason === "consumed") (await buf.get({ transferId: "r", consume: true })).release();
+    if (reason === "consumed") await consume(buf, "r");
 
     const statErr = thrownBy(() => buf.stat("r")) as NotFoundError;
     expect(statErr).toBeInstanceOf(NotFoundError);
@@ -652,14 +660,18 @@ describe("removal reasons", () => {
 });
 
 describe("consume", () => {
-  it("a consuming get removes the entry when its lease is released", async () => {
+  it("a consuming get drops the entry only when its reader confirms with the token", async () => {
     const { buf, events } = makeBuffer();
     await putSealed(buf, "r", 100, 3);
     const lease = await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }));
     expect(buf.stat("r").readers).toBe(1);
     expect(bytesOf(lease.parts[0]!)).toEqual(pattern(100, 3));
     lease.release();
+    // Every byte went out, but the reader has not said it holds them: still here.
+    expect(buf.stat("r").bytes).toBe(100);
+    expect(events).toEqual([]);
 
+    expect(buf.confirmConsume("r", lease.consumeToken!)).toBe(100);
     const err = thrownBy(() => buf.stat("r")) as NotFoundError;
     expect(err.reason).toBe("consumed");
     expect(buf.counters.consumed).toBe(1);
@@ -667,7 +679,45 @@ describe("consume", () => {
     expect(events.map((e) => [e.transferId, e.reason])).toEqual([["r", "consumed"]]);
   });
 
-  it("of two concurrent consuming gets exactly one gets the data, the other NOT_FOUND consumed", async () => {
+  it("a consume nobody confirms gives the entry back when its hold lapses", async () => {
+    const { buf, events } = makeBuffer({ consumeLeaseMs: 2000 });
+    await putSealed(buf, "r", 100, 3);
+    const lease = await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }));
+    lease.release(); // the reply went out, and was lost
+    await vi.advanceTimersByTimeAsync(1999);
+    const blocked = await failsAtOnce(() => buf.get({ transferId: "r", consume: true, waitMs: 0 }));
+    expect(blocked).toBeInstanceOf(AbortedError);
+    expect(blocked.message).toMatch(/being consumed/);
+    await vi.advanceTimersByTimeAsync(1);
+
+    expect(lease.lapsed!.aborted).toBe(true);
+    expect(buf.counters).toMatchObject({ consumed: 0, consumeReturns: 1, consumeLapses: 1 });
+    expect(events).toEqual([]);
+    const retry = await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }));
+    expect(bytesOf(retry.parts[0]!)).toEqual(pattern(100, 3));
+    // The lapsed token is worthless now; the new one works.
+    const stale = thrownBy(() => buf.confirmConsume("r", lease.consumeToken!)) as Error;
+    expect(stale).toBeInstanceOf(FailedPreconditionError);
+    expect(stale.message).toMatch(/^consume_token: /);
+    retry.release();
+    buf.confirmConsume("r", retry.consumeToken!);
+    expect(buf.counters.consumed).toBe(1);
+  });
+
+  it("a get may ask for a shorter hold, never a longer one than consumeLeaseMs", async () => {
+    const { buf } = makeBuffer({ consumeLeaseMs: 5000 });
+    await putSealed(buf, "r", 100);
+    const tooLong = await failsAtOnce(() => buf.get({ transferId: "r", consume: true, consumeLeaseMs: 5001 }));
+    expect(tooLong).toBeInstanceOf(InvalidArgumentError);
+    expect(tooLong.message).toMatch(/^consume_lease_ms: 5001 .* 1 to 5000/);
+    const lease = await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true, consumeLeaseMs: 100 }));
+    lease.release();
+    await vi.advanceTimersByTimeAsync(100);
+    expect(buf.counters.consumeLapses).toBe(1);
+    expect(buf.stat("r").bytes).toBe(100);
+  });
+
+  it("of two concurrent consuming gets exactly one gets the data; the other waits and then hears consumed", async () => {
     const { buf } = makeBuffer();
     await buf.put({ transferId: "r", part: "a" }, pattern(100, 4));
     const first = track(() => buf.get({ transferId: "r", consume: true, waitMs: 5000 }));
@@ -678,41 +728,112 @@ describe("consume", () => {
 
     const results = [first, second];
     const winners = results.filter((t) => t.fulfilled);
-    const losers = results.filter((t) => t.settled && !t.fulfilled);
     expect(winners).toHaveLength(1);
-    expect(losers).toHaveLength(1);
+    const loser = results.find((t) => t !== winners[0])!;
+    expect(loser.settled).toBe(false); // the outcome is not known yet
     expect(bytesOf(winners[0]!.value!.parts[0]!)).toEqual(pattern(100, 4));
-    expect(losers[0]!.error).toBeInstanceOf(NotFoundError);
-    expect((losers[0]!.error as NotFoundError).reason).toBe("consumed");
     winners[0]!.value!.release();
+    buf.confirmConsume("r", winners[0]!.value!.consumeToken!);
+    await flushMicrotasks();
+    expect(loser.error).toBeInstanceOf(NotFoundError);
+    expect((loser.error as NotFoundError).reason).toBe("consumed");
     expect(buf.counters.consumed).toBe(1);
     expect(buf.bytesUsed).toBe(0);
   });
 
-  it("a second consuming get of a sealed entry that is being consumed fails NOT_FOUND consumed", async () => {
+  it("a consumer waiting on a held entry gets it when the holder's read fails", async () => {
+    const { buf } = makeBuffer();
+    await putSealed(buf, "r", 100, 6);
+    const lease = await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }));
+    const waiting = track(() => buf.get({ transferId: "r", consume: true, waitMs: 1000 }));
+    const plain = track(() => buf.get({ transferId: "r", waitMs: 1000 }));
+    await flushMicrotasks();
+    expect(waiting.settled || plain.settled).toBe(false);
+    lease.release(false);
+    await flushMicrotasks();
+    expect(waiting.fulfilled).toBe(true);
+    expect(bytesOf(waiting.value!.parts[0]!)).toEqual(pattern(100, 6));
+    expect(buf.counters).toMatchObject({ consumeReturns: 1, consumeLapses: 0 });
+    // The plain reader now waits on the new holder's outcome.
+    expect(plain.settled).toBe(false);
+    waiting.value!.release();
+    buf.confirmConsume("r", waiting.value!.consumeToken!);
+    await flushMicrotasks();
+    expect((plain.error as NotFoundError).reason).toBe("consumed");
+  });
+
+  it("a consumer whose wait runs out on a held entry fails DEADLINE_EXCEEDED saying it is being consumed", async () => {
+    const { buf } = makeBuffer({ consumeLeaseMs: 10_000 });
+    await putSealed(buf, "r", 100);
+    (await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }))).release();
+    const waiting = track(() => buf.get({ transferId: "r", consume: true, waitMs: 500 }));
+    await vi.advanceTimersByTimeAsync(500);
+    expect(waiting.error).toBeInstanceOf(DeadlineExceededError);
+    expect((waiting.error as Error).message).toMatch(/being consumed by another reader/);
+  });
+
+  it("confirming twice with the token that consumed the entry is a no-op; another token is refused", async () => {
     const { buf } = makeBuffer();
     await putSealed(buf, "r", 100);
     const lease = await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }));
-    const err = (await failsAtOnce(() => buf.get({ transferId: "r", consume: true, waitMs: 1000 }))) as NotFoundError;
-    expect(err).toBeInstanceOf(NotFoundError);
-    expect(err.reason).toBe("consumed");
     lease.release();
+    expect(thrownBy(() => buf.confirmConsume("r", "not-the-token"))).toBeInstanceOf(FailedPreconditionError);
+    expect(thrownBy(() => buf.confirmConsume("r", ""))).toBeInstanceOf(InvalidArgumentError);
+    expect(buf.confirmConsume("r", lease.consumeToken!)).toBe(100);
+    expect(buf.confirmConsume("r", lease.consumeToken!)).toBe(0);
+    const other = thrownBy(() => buf.confirmConsume("r", "not-the-token")) as NotFoundError;
+    expect(other.reason).toBe("consumed");
+    expect(buf.counters.consumed).toBe(1);
   });
 
-  it("release(false) after a failed read leaves the entry for another reader", async () => {
-    const { buf, events } = makeBuffer();
-    await putSealed(buf, "r", 100, 5);
-    const failed = await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }));
-    failed.release(false);
-    expect(buf.stat("r").readers).toBe(0);
-    expect(buf.counters.consumed).toBe(0);
-    expect(events).toEqual([]);
+  it("an entry whose lease ends while it is held expires only when the hold is given back", async () => {
+    const { buf, events } = makeBuffer({ leaseTtlMs: 1000, consumeLeaseMs: 5000 });
+    await putSealed(buf, "r", 100);
+    const lease = await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }));
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(buf.stat("r").bytes).toBe(100);
+    lease.release();
+    expect(buf.confirmConsume("r", lease.consumeToken!)).toBe(100);
+    expect(events.map((e) => e.reason)).toEqual(["consumed"]);
 
-    const retry = await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }));
-    expect(bytesOf(retry.parts[0]!)).toEqual(pattern(100, 5));
-    retry.release();
-    expect(() => buf.stat("r")).toThrow(/consumed/);
-    expect(buf.counters.consumed).toBe(1);
+    await putSealed(buf, "s", 100);
+    (await succeedsAtOnce(() => buf.get({ transferId: "s", consume: true }))).release(false);
+    expect(buf.stat("s").bytes).toBe(100); // lease not over yet
+    const held = await succeedsAtOnce(() => buf.get({ transferId: "s", consume: true }));
+    await vi.advanceTimersByTimeAsync(1500);
+    held.release(false);
+    expect((thrownBy(() => buf.stat("s")) as NotFoundError).reason).toBe("expired");
+  });
+
+  it("an exclusive hold (a move) keeps consumers waiting; dropped, they hear transferred", async () => {
+    const { buf } = makeBuffer();
+    await putSealed(buf, "r", 100);
+    const move = await succeedsAtOnce(() => buf.get({ transferId: "r", exclusive: true }));
+    const consumer = track(() => buf.get({ transferId: "r", consume: true, waitMs: 1000 }));
+    await flushMicrotasks();
+    expect(consumer.settled).toBe(false);
+    move.releaseAndDrop("transferred");
+    await flushMicrotasks();
+    expect((consumer.error as NotFoundError).reason).toBe("transferred");
+    expect(buf.counters).toMatchObject({ transferred: 1, consumed: 0 });
+
+    await putSealed(buf, "s", 100, 7);
+    const failedMove = await succeedsAtOnce(() => buf.get({ transferId: "s", exclusive: true }));
+    const second = track(() => buf.get({ transferId: "s", consume: true, waitMs: 1000 }));
+    await flushMicrotasks();
+    failedMove.release(false);
+    await flushMicrotasks();
+    expect(bytesOf(second.value!.parts[0]!)).toEqual(pattern(100, 7));
+  });
+
+  it("a held entry is never evicted, even after its bytes went out", async () => {
+    const { buf } = makeBuffer({ putDeadlineMs: 100 });
+    await putSealed(buf, "r", 600);
+    (await succeedsAtOnce(() => buf.get({ transferId: "r", consume: true }))).release();
+    const put = track(() => buf.put({ transferId: "big", part: "kv" }, pattern(600, 2)));
+    await vi.advanceTimersByTimeAsync(100);
+    expect(put.error).toBeInstanceOf(ResourceExhaustedError);
+    expect(buf.stat("r").bytes).toBe(600);
   });
 
   it("releasing a lease twice has no further effect", async () => {
@@ -950,15 +1071,38 @@ describe("part writers", () => {
     expect(bytesOf(get.value!.parts[1]!)).toEqual(pattern(20, 2));
   });
 
-  it("a seal requested while a part is being written takes effect when that part is aborted", async () => {
-    const { buf } = makeBuffer();
+  it("a part abandoned after a seal was asked for drops the whole entry: it is never sealed without that part", async () => {
+    const { buf, events } = makeBuffer();
     await buf.put({ transferId: "r", part: "a" }, pattern(10, 1));
-    const writer = await succeedsAtOnce(() => buf.openPart({ transferId: "r", part: "b" }, 20));
+    const writer = await succeedsAtOnce(() => buf.openPart({ transferId: "r", part: "layer.3" }, 20));
+    const reader = track(() => buf.get({ transferId: "r", waitMs: 5000 }));
     buf.seal("r");
+    writer.write(pattern(5, 2));
     writer.abort();
-    const info = buf.stat("r");
-    expect(info.state).toBe("sealed");
-    expect(info.parts.map((p) => p.name)).toEqual(["a"]);
+    await flushMicrotasks();
+
+    for (const err of [reader.error, thrownBy(() => buf.stat("r")), await failsAtOnce(() => buf.get({ transferId: "r" }))]) {
+      expect(err).toBeInstanceOf(AbortedError);
+      expect((err as Error).message).toBe("entry r is incomplete: part layer.3 was abandoned after the seal was asked for");
+    }
+    expect(events).toEqual([{ transferId: "r", reason: "incomplete", bytes: 10 }]);
+    expect(buf.counters.incomplete).toBe(1);
+    expect(buf.bytesUsed).toBe(0);
+  });
+
+  it("a part still waiting for room when the seal is asked for and then timed out drops the entry as incomplete", async () => {
+    const { buf } = makeBuffer({ putDeadlineMs: 200 });
+    await putSealed(buf, "full", 900);
+    const reader = (await succeedsAtOnce(() => buf.get({ transferId: "full" }))); // not evictable
+    await buf.put({ transferId: "r", part: "a" }, pattern(10, 1));
+    const waiting = track(() => buf.put({ transferId: "r", part: "b" }, pattern(200, 2)));
+    buf.seal("r");
+    await vi.advanceTimersByTimeAsync(200);
+    expect(waiting.error).toBeInstanceOf(ResourceExhaustedError);
+    const err = thrownBy(() => buf.stat("r")) as Error;
+    expect(err).toBeInstanceOf(AbortedError);
+    expect(err.message).toMatch(/part b was abandoned/);
+    reader.release();
   });
 
   it("a commit to an entry released meanwhile fails NOT_FOUND released and gives the bytes back", async () => {
@@ -1029,7 +1173,7 @@ describe("onRemoved", () => {
       if (reason === "released") buf.release("r");
       if (reason === "evicted") await buf.put({ transferId: "big", part: "kv" }, pattern(900, 3));
       if (reason === "expired") await vi.advanceTimersByTimeAsync(1000);
-      if (reason === "consumed") (await buf.get({ transferId: "r", consume: true })).release();
+      if (reason === "consumed") await consume(buf, "r");
       const event = events.find((e) => e.transferId === "r");
       expect(event).toEqual({ transferId: "r", reason, bytes: 600 });
     },

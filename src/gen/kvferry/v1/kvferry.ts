@@ -199,7 +199,10 @@ export interface GetRequest {
   transferId: string;
   /** Parts to read; empty for every part, which waits for the seal. */
   parts: string[];
-  /** Free the entry after the read. */
+  /**
+   * Take the entry exclusively; it is dropped when the reader confirms with
+   * ConfirmConsume (see Get above).
+   */
   consume: boolean;
   /**
    * How long to wait for the entry, the parts or the seal. Absent: the daemon's
@@ -214,11 +217,29 @@ export interface GetRequest {
    * first (the source keeps no copy), then served.
    */
   source: string;
+  /**
+   * With consume: how long the hold lasts without a confirmation, in ms. Absent: the
+   * daemon's consume_lease_ms, which is also the most a request may ask for.
+   */
+  consumeLeaseMs?: number | undefined;
 }
 
 export interface GetResponse {
   entry?: EntryInfo | undefined;
   parts: Part[];
+  /** With consume: the token to pass to ConfirmConsume once every byte is held. */
+  consumeToken: string;
+}
+
+export interface ConfirmConsumeRequest {
+  transferId: string;
+  /** From GetResponse.consume_token or the first GetStreamResponse. */
+  consumeToken: string;
+}
+
+export interface ConfirmConsumeResponse {
+  /** Bytes returned to the pool (once no reader holds them). */
+  bytesFreed: number;
 }
 
 export interface Part {
@@ -237,6 +258,8 @@ export interface GetStreamRequest {
   chunkSize: number;
   /** As GetRequest.source. */
   source: string;
+  /** As GetRequest.consume_lease_ms. */
+  consumeLeaseMs?: number | undefined;
 }
 
 export interface GetStreamResponse {
@@ -251,6 +274,8 @@ export interface GetStreamResponse {
   /** Where the chunk starts within the part. */
   offset: number;
   chunk: Buffer;
+  /** With consume, on the first message only: the token for ConfirmConsume. */
+  consumeToken: string;
 }
 
 export interface EntryInfo {
@@ -316,6 +341,12 @@ export interface Counters {
   /** Bytes the data plane sent to and received from peers. */
   bytesSent: number;
   bytesReceived: number;
+  /** Consuming Gets that gave their entry back (the call failed, or the hold lapsed). */
+  consumeReturns: number;
+  /** Of those, holds that lapsed without a confirmation. */
+  consumeLapses: number;
+  /** Entries dropped because a part was abandoned after the seal was asked for. */
+  incomplete: number;
 }
 
 export interface BatchTransferRequest {
@@ -1498,7 +1529,7 @@ export const ListResponse: MessageFns<ListResponse> = {
 };
 
 function createBaseGetRequest(): GetRequest {
-  return { transferId: "", parts: [], consume: false, waitMs: undefined, source: "" };
+  return { transferId: "", parts: [], consume: false, waitMs: undefined, source: "", consumeLeaseMs: undefined };
 }
 
 export const GetRequest: MessageFns<GetRequest> = {
@@ -1517,6 +1548,9 @@ export const GetRequest: MessageFns<GetRequest> = {
     }
     if (message.source !== "") {
       writer.uint32(42).string(message.source);
+    }
+    if (message.consumeLeaseMs !== undefined) {
+      writer.uint32(48).int32(message.consumeLeaseMs);
     }
     return writer;
   },
@@ -1574,6 +1608,14 @@ export const GetRequest: MessageFns<GetRequest> = {
             message.source = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.consumeLeaseMs = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1601,6 +1643,11 @@ export const GetRequest: MessageFns<GetRequest> = {
         ? globalThis.Number(object.wait_ms)
         : undefined,
       source: isSet(object.source) ? globalThis.String(object.source) : "",
+      consumeLeaseMs: isSet(object.consumeLeaseMs)
+        ? globalThis.Number(object.consumeLeaseMs)
+        : isSet(object.consume_lease_ms)
+        ? globalThis.Number(object.consume_lease_ms)
+        : undefined,
     };
   },
 
@@ -1621,6 +1668,9 @@ export const GetRequest: MessageFns<GetRequest> = {
     if (message.source !== "") {
       obj.source = message.source;
     }
+    if (message.consumeLeaseMs !== undefined) {
+      obj.consumeLeaseMs = Math.round(message.consumeLeaseMs);
+    }
     return obj;
   },
 
@@ -1634,12 +1684,13 @@ export const GetRequest: MessageFns<GetRequest> = {
     message.consume = object.consume ?? false;
     message.waitMs = object.waitMs ?? undefined;
     message.source = object.source ?? "";
+    message.consumeLeaseMs = object.consumeLeaseMs ?? undefined;
     return message;
   },
 };
 
 function createBaseGetResponse(): GetResponse {
-  return { entry: undefined, parts: [] };
+  return { entry: undefined, parts: [], consumeToken: "" };
 }
 
 export const GetResponse: MessageFns<GetResponse> = {
@@ -1649,6 +1700,9 @@ export const GetResponse: MessageFns<GetResponse> = {
     }
     for (const v of message.parts) {
       Part.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.consumeToken !== "") {
+      writer.uint32(26).string(message.consumeToken);
     }
     return writer;
   },
@@ -1682,6 +1736,14 @@ export const GetResponse: MessageFns<GetResponse> = {
             message.parts.push(Part.decode(reader, reader.uint32()));
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.consumeToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1698,6 +1760,11 @@ export const GetResponse: MessageFns<GetResponse> = {
     return {
       entry: isSet(object.entry) ? EntryInfo.fromJSON(object.entry) : undefined,
       parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => Part.fromJSON(e)) : [],
+      consumeToken: isSet(object.consumeToken)
+        ? globalThis.String(object.consumeToken)
+        : isSet(object.consume_token)
+        ? globalThis.String(object.consume_token)
+        : "",
     };
   },
 
@@ -1708,6 +1775,9 @@ export const GetResponse: MessageFns<GetResponse> = {
     }
     if (message.parts?.length) {
       obj.parts = message.parts.map((e) => Part.toJSON(e));
+    }
+    if (message.consumeToken !== "") {
+      obj.consumeToken = message.consumeToken;
     }
     return obj;
   },
@@ -1721,6 +1791,173 @@ export const GetResponse: MessageFns<GetResponse> = {
       ? EntryInfo.fromPartial(object.entry)
       : undefined;
     message.parts = object.parts?.map((e) => Part.fromPartial(e)) || [];
+    message.consumeToken = object.consumeToken ?? "";
+    return message;
+  },
+};
+
+function createBaseConfirmConsumeRequest(): ConfirmConsumeRequest {
+  return { transferId: "", consumeToken: "" };
+}
+
+export const ConfirmConsumeRequest: MessageFns<ConfirmConsumeRequest> = {
+  encode(message: ConfirmConsumeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.transferId !== "") {
+      writer.uint32(10).string(message.transferId);
+    }
+    if (message.consumeToken !== "") {
+      writer.uint32(18).string(message.consumeToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfirmConsumeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfirmConsumeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.transferId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.consumeToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfirmConsumeRequest {
+    return {
+      transferId: isSet(object.transferId)
+        ? globalThis.String(object.transferId)
+        : isSet(object.transfer_id)
+        ? globalThis.String(object.transfer_id)
+        : "",
+      consumeToken: isSet(object.consumeToken)
+        ? globalThis.String(object.consumeToken)
+        : isSet(object.consume_token)
+        ? globalThis.String(object.consume_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ConfirmConsumeRequest): unknown {
+    const obj: any = {};
+    if (message.transferId !== "") {
+      obj.transferId = message.transferId;
+    }
+    if (message.consumeToken !== "") {
+      obj.consumeToken = message.consumeToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfirmConsumeRequest>): ConfirmConsumeRequest {
+    return ConfirmConsumeRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfirmConsumeRequest>): ConfirmConsumeRequest {
+    const message = createBaseConfirmConsumeRequest();
+    message.transferId = object.transferId ?? "";
+    message.consumeToken = object.consumeToken ?? "";
+    return message;
+  },
+};
+
+function createBaseConfirmConsumeResponse(): ConfirmConsumeResponse {
+  return { bytesFreed: 0 };
+}
+
+export const ConfirmConsumeResponse: MessageFns<ConfirmConsumeResponse> = {
+  encode(message: ConfirmConsumeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.bytesFreed !== 0) {
+      writer.uint32(8).uint64(message.bytesFreed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfirmConsumeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfirmConsumeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.bytesFreed = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfirmConsumeResponse {
+    return {
+      bytesFreed: isSet(object.bytesFreed)
+        ? globalThis.Number(object.bytesFreed)
+        : isSet(object.bytes_freed)
+        ? globalThis.Number(object.bytes_freed)
+        : 0,
+    };
+  },
+
+  toJSON(message: ConfirmConsumeResponse): unknown {
+    const obj: any = {};
+    if (message.bytesFreed !== 0) {
+      obj.bytesFreed = Math.round(message.bytesFreed);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfirmConsumeResponse>): ConfirmConsumeResponse {
+    return ConfirmConsumeResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfirmConsumeResponse>): ConfirmConsumeResponse {
+    const message = createBaseConfirmConsumeResponse();
+    message.bytesFreed = object.bytesFreed ?? 0;
     return message;
   },
 };
@@ -1811,7 +2048,15 @@ export const Part: MessageFns<Part> = {
 };
 
 function createBaseGetStreamRequest(): GetStreamRequest {
-  return { transferId: "", parts: [], consume: false, waitMs: undefined, chunkSize: 0, source: "" };
+  return {
+    transferId: "",
+    parts: [],
+    consume: false,
+    waitMs: undefined,
+    chunkSize: 0,
+    source: "",
+    consumeLeaseMs: undefined,
+  };
 }
 
 export const GetStreamRequest: MessageFns<GetStreamRequest> = {
@@ -1833,6 +2078,9 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
     }
     if (message.source !== "") {
       writer.uint32(50).string(message.source);
+    }
+    if (message.consumeLeaseMs !== undefined) {
+      writer.uint32(56).int32(message.consumeLeaseMs);
     }
     return writer;
   },
@@ -1898,6 +2146,14 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
             message.source = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.consumeLeaseMs = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1930,6 +2186,11 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
         ? globalThis.Number(object.chunk_size)
         : 0,
       source: isSet(object.source) ? globalThis.String(object.source) : "",
+      consumeLeaseMs: isSet(object.consumeLeaseMs)
+        ? globalThis.Number(object.consumeLeaseMs)
+        : isSet(object.consume_lease_ms)
+        ? globalThis.Number(object.consume_lease_ms)
+        : undefined,
     };
   },
 
@@ -1953,6 +2214,9 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
     if (message.source !== "") {
       obj.source = message.source;
     }
+    if (message.consumeLeaseMs !== undefined) {
+      obj.consumeLeaseMs = Math.round(message.consumeLeaseMs);
+    }
     return obj;
   },
 
@@ -1967,12 +2231,13 @@ export const GetStreamRequest: MessageFns<GetStreamRequest> = {
     message.waitMs = object.waitMs ?? undefined;
     message.chunkSize = object.chunkSize ?? 0;
     message.source = object.source ?? "";
+    message.consumeLeaseMs = object.consumeLeaseMs ?? undefined;
     return message;
   },
 };
 
 function createBaseGetStreamResponse(): GetStreamResponse {
-  return { entry: undefined, part: "", partSize: 0, offset: 0, chunk: Buffer.alloc(0) };
+  return { entry: undefined, part: "", partSize: 0, offset: 0, chunk: Buffer.alloc(0), consumeToken: "" };
 }
 
 export const GetStreamResponse: MessageFns<GetStreamResponse> = {
@@ -1991,6 +2256,9 @@ export const GetStreamResponse: MessageFns<GetStreamResponse> = {
     }
     if (message.chunk.length !== 0) {
       writer.uint32(42).bytes(message.chunk);
+    }
+    if (message.consumeToken !== "") {
+      writer.uint32(50).string(message.consumeToken);
     }
     return writer;
   },
@@ -2048,6 +2316,14 @@ export const GetStreamResponse: MessageFns<GetStreamResponse> = {
             message.chunk = Buffer.from(reader.bytes());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.consumeToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2071,6 +2347,11 @@ export const GetStreamResponse: MessageFns<GetStreamResponse> = {
         : 0,
       offset: isSet(object.offset) ? globalThis.Number(object.offset) : 0,
       chunk: isSet(object.chunk) ? Buffer.from(bytesFromBase64(object.chunk)) : Buffer.alloc(0),
+      consumeToken: isSet(object.consumeToken)
+        ? globalThis.String(object.consumeToken)
+        : isSet(object.consume_token)
+        ? globalThis.String(object.consume_token)
+        : "",
     };
   },
 
@@ -2091,6 +2372,9 @@ export const GetStreamResponse: MessageFns<GetStreamResponse> = {
     if (message.chunk.length !== 0) {
       obj.chunk = base64FromBytes(message.chunk);
     }
+    if (message.consumeToken !== "") {
+      obj.consumeToken = message.consumeToken;
+    }
     return obj;
   },
 
@@ -2106,6 +2390,7 @@ export const GetStreamResponse: MessageFns<GetStreamResponse> = {
     message.partSize = object.partSize ?? 0;
     message.offset = object.offset ?? 0;
     message.chunk = object.chunk ?? Buffer.alloc(0);
+    message.consumeToken = object.consumeToken ?? "";
     return message;
   },
 };
@@ -2703,6 +2988,9 @@ function createBaseCounters(): Counters {
     transferred: 0,
     bytesSent: 0,
     bytesReceived: 0,
+    consumeReturns: 0,
+    consumeLapses: 0,
+    incomplete: 0,
   };
 }
 
@@ -2740,6 +3028,15 @@ export const Counters: MessageFns<Counters> = {
     }
     if (message.bytesReceived !== 0) {
       writer.uint32(88).uint64(message.bytesReceived);
+    }
+    if (message.consumeReturns !== 0) {
+      writer.uint32(96).uint64(message.consumeReturns);
+    }
+    if (message.consumeLapses !== 0) {
+      writer.uint32(104).uint64(message.consumeLapses);
+    }
+    if (message.incomplete !== 0) {
+      writer.uint32(112).uint64(message.incomplete);
     }
     return writer;
   },
@@ -2845,6 +3142,30 @@ export const Counters: MessageFns<Counters> = {
             message.bytesReceived = longToNumber(reader.uint64());
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.consumeReturns = longToNumber(reader.uint64());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.consumeLapses = longToNumber(reader.uint64());
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.incomplete = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2886,6 +3207,17 @@ export const Counters: MessageFns<Counters> = {
         : isSet(object.bytes_received)
         ? globalThis.Number(object.bytes_received)
         : 0,
+      consumeReturns: isSet(object.consumeReturns)
+        ? globalThis.Number(object.consumeReturns)
+        : isSet(object.consume_returns)
+        ? globalThis.Number(object.consume_returns)
+        : 0,
+      consumeLapses: isSet(object.consumeLapses)
+        ? globalThis.Number(object.consumeLapses)
+        : isSet(object.consume_lapses)
+        ? globalThis.Number(object.consume_lapses)
+        : 0,
+      incomplete: isSet(object.incomplete) ? globalThis.Number(object.incomplete) : 0,
     };
   },
 
@@ -2924,6 +3256,15 @@ export const Counters: MessageFns<Counters> = {
     if (message.bytesReceived !== 0) {
       obj.bytesReceived = Math.round(message.bytesReceived);
     }
+    if (message.consumeReturns !== 0) {
+      obj.consumeReturns = Math.round(message.consumeReturns);
+    }
+    if (message.consumeLapses !== 0) {
+      obj.consumeLapses = Math.round(message.consumeLapses);
+    }
+    if (message.incomplete !== 0) {
+      obj.incomplete = Math.round(message.incomplete);
+    }
     return obj;
   },
 
@@ -2943,6 +3284,9 @@ export const Counters: MessageFns<Counters> = {
     message.transferred = object.transferred ?? 0;
     message.bytesSent = object.bytesSent ?? 0;
     message.bytesReceived = object.bytesReceived ?? 0;
+    message.consumeReturns = object.consumeReturns ?? 0;
+    message.consumeLapses = object.consumeLapses ?? 0;
+    message.incomplete = object.incomplete ?? 0;
     return message;
   },
 };
@@ -3511,7 +3855,13 @@ export const KvFerryService = {
     responseSerialize: (value: PutStreamResponse): Buffer => Buffer.from(PutStreamResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): PutStreamResponse => PutStreamResponse.decode(value),
   },
-  /** Seal marks the entry complete. Sealing a sealed entry is a no-op. */
+  /**
+   * Seal marks the entry complete. Sealing a sealed entry is a no-op. While parts
+   * are still being written the entry stays OPEN (the reply says so) and is sealed
+   * when the last of them lands; if one of them is abandoned instead (its put fails
+   * or is cancelled), the whole entry is dropped as "incomplete": a sealed entry
+   * never lacks a part that was being written. No part may be added after a Seal.
+   */
   seal: {
     path: "/kvferry.v1.KvFerry/Seal" as const,
     requestStream: false as const,
@@ -3553,8 +3903,31 @@ export const KvFerryService = {
   },
   /**
    * Get reads named parts (or all of them once the entry is sealed), waiting up
-   * to wait_ms for them. With consume, the entry is freed after the read, and
-   * exactly one of several concurrent consumers gets the data.
+   * to wait_ms for them.
+   *
+   * Consuming (consume = true) is two-phase, so that an entry is gone only once its
+   * reader holds every byte:
+   *  1. The Get takes the entry into an exclusive hold and returns its bytes with a
+   *     consume_token. The hold lasts consume_lease_ms (the daemon's setting of that
+   *     name, or a shorter one the request asks for), counted from the moment the
+   *     entry is handed to this Get; it covers sending the bytes and the confirmation.
+   *  2. The reader, once it holds every byte, calls ConfirmConsume with the token:
+   *     the entry is dropped (reason "consumed"). Only an OK from ConfirmConsume
+   *     makes the data the reader's own; bytes whose confirmation failed must be
+   *     discarded, because someone else may get the entry.
+   * If the call fails (deadline, cancellation, the client goes away, a daemon-side
+   * error) the entry is given back at once; if the hold lapses unconfirmed (e.g. the
+   * reply was lost) it is given back then. Given back means readable again, exactly
+   * as before the Get (counted in consume_returns / consume_lapses, and logged).
+   * While an entry is held — by a consumer, or by a BatchTransfer or a peer's pull
+   * that moves it away — every other Get of it waits, within its own wait_ms, for the
+   * outcome: dropped → NOT_FOUND ("consumed" or "transferred"); given back → the Get
+   * proceeds, and of several waiting consumers exactly one gets the entry. With
+   * wait_ms 0, or when the wait runs out, such a Get fails ABORTED (outcome unknown).
+   * So across the cluster exactly one consumer confirms any entry.
+   *
+   * An entry whose part was abandoned after its seal was asked for is never complete:
+   * Gets of it fail ABORTED "entry X is incomplete: part P was abandoned ...".
    */
   get: {
     path: "/kvferry.v1.KvFerry/Get" as const,
@@ -3567,7 +3940,9 @@ export const KvFerryService = {
   },
   /**
    * GetStream is Get for parts larger than a unary message: the parts arrive as
-   * chunks, in order, each part's chunks contiguous.
+   * chunks, in order, each part's chunks contiguous. Consuming works as for Get; the
+   * consume_token arrives in the first message, and the reader confirms after the
+   * stream ended with OK. A stream still running when its hold lapses ends ABORTED.
    */
   getStream: {
     path: "/kvferry.v1.KvFerry/GetStream" as const,
@@ -3577,6 +3952,25 @@ export const KvFerryService = {
     requestDeserialize: (value: Buffer): GetStreamRequest => GetStreamRequest.decode(value),
     responseSerialize: (value: GetStreamResponse): Buffer => Buffer.from(GetStreamResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetStreamResponse => GetStreamResponse.decode(value),
+  },
+  /**
+   * ConfirmConsume ends a consuming Get or GetStream: the reader holds every byte,
+   * drop the entry. Idempotent: confirming an entry this token already consumed is OK.
+   * Errors: INVALID_ARGUMENT (no transfer_id or consume_token), NOT_FOUND (no such
+   * entry; the reason says why it is gone), FAILED_PRECONDITION (consume_token is not
+   * the token of the consume in progress: its hold lapsed or its call failed, and the
+   * entry was given back).
+   */
+  confirmConsume: {
+    path: "/kvferry.v1.KvFerry/ConfirmConsume" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConfirmConsumeRequest): Buffer =>
+      Buffer.from(ConfirmConsumeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConfirmConsumeRequest => ConfirmConsumeRequest.decode(value),
+    responseSerialize: (value: ConfirmConsumeResponse): Buffer =>
+      Buffer.from(ConfirmConsumeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConfirmConsumeResponse => ConfirmConsumeResponse.decode(value),
   },
   /** GetServerInfo reports version, uptime, pool use and lifetime counters. */
   getServerInfo: {
@@ -3593,7 +3987,10 @@ export const KvFerryService = {
    * BatchTransfer moves sealed entries between this daemon and another one through
    * the native engine. PUSH: the target reserves room, this daemon writes, the target
    * seals each entry once every byte has landed, then this daemon drops its copy
-   * (unless keep_source). PULL: this daemon reserves room and reads from the target.
+   * (unless keep_source). Without keep_source an entry is held exclusively while it
+   * moves: a consumer on this daemon waits, then gets NOT_FOUND "transferred" (moved)
+   * or the entry (the move failed). PULL: this daemon reserves room and reads from the
+   * target, which likewise holds the entries exclusively unless keep_source.
    * Each id gets its own result; the call itself fails only on a bad request.
    */
   batchTransfer: {
@@ -3635,7 +4032,13 @@ export interface KvFerryServer extends UntypedServiceImplementation {
    * Errors as Put's (max_waiting_put_bytes aside: a stream waits before its bytes).
    */
   putStream: handleClientStreamingCall<PutStreamRequest, PutStreamResponse>;
-  /** Seal marks the entry complete. Sealing a sealed entry is a no-op. */
+  /**
+   * Seal marks the entry complete. Sealing a sealed entry is a no-op. While parts
+   * are still being written the entry stays OPEN (the reply says so) and is sealed
+   * when the last of them lands; if one of them is abandoned instead (its put fails
+   * or is cancelled), the whole entry is dropped as "incomplete": a sealed entry
+   * never lacks a part that was being written. No part may be added after a Seal.
+   */
   seal: handleUnaryCall<SealRequest, SealResponse>;
   /** Release drops the entry now (the abort path). */
   release: handleUnaryCall<ReleaseRequest, ReleaseResponse>;
@@ -3645,22 +4048,59 @@ export interface KvFerryServer extends UntypedServiceImplementation {
   list: handleUnaryCall<ListRequest, ListResponse>;
   /**
    * Get reads named parts (or all of them once the entry is sealed), waiting up
-   * to wait_ms for them. With consume, the entry is freed after the read, and
-   * exactly one of several concurrent consumers gets the data.
+   * to wait_ms for them.
+   *
+   * Consuming (consume = true) is two-phase, so that an entry is gone only once its
+   * reader holds every byte:
+   *  1. The Get takes the entry into an exclusive hold and returns its bytes with a
+   *     consume_token. The hold lasts consume_lease_ms (the daemon's setting of that
+   *     name, or a shorter one the request asks for), counted from the moment the
+   *     entry is handed to this Get; it covers sending the bytes and the confirmation.
+   *  2. The reader, once it holds every byte, calls ConfirmConsume with the token:
+   *     the entry is dropped (reason "consumed"). Only an OK from ConfirmConsume
+   *     makes the data the reader's own; bytes whose confirmation failed must be
+   *     discarded, because someone else may get the entry.
+   * If the call fails (deadline, cancellation, the client goes away, a daemon-side
+   * error) the entry is given back at once; if the hold lapses unconfirmed (e.g. the
+   * reply was lost) it is given back then. Given back means readable again, exactly
+   * as before the Get (counted in consume_returns / consume_lapses, and logged).
+   * While an entry is held — by a consumer, or by a BatchTransfer or a peer's pull
+   * that moves it away — every other Get of it waits, within its own wait_ms, for the
+   * outcome: dropped → NOT_FOUND ("consumed" or "transferred"); given back → the Get
+   * proceeds, and of several waiting consumers exactly one gets the entry. With
+   * wait_ms 0, or when the wait runs out, such a Get fails ABORTED (outcome unknown).
+   * So across the cluster exactly one consumer confirms any entry.
+   *
+   * An entry whose part was abandoned after its seal was asked for is never complete:
+   * Gets of it fail ABORTED "entry X is incomplete: part P was abandoned ...".
    */
   get: handleUnaryCall<GetRequest, GetResponse>;
   /**
    * GetStream is Get for parts larger than a unary message: the parts arrive as
-   * chunks, in order, each part's chunks contiguous.
+   * chunks, in order, each part's chunks contiguous. Consuming works as for Get; the
+   * consume_token arrives in the first message, and the reader confirms after the
+   * stream ended with OK. A stream still running when its hold lapses ends ABORTED.
    */
   getStream: handleServerStreamingCall<GetStreamRequest, GetStreamResponse>;
+  /**
+   * ConfirmConsume ends a consuming Get or GetStream: the reader holds every byte,
+   * drop the entry. Idempotent: confirming an entry this token already consumed is OK.
+   * Errors: INVALID_ARGUMENT (no transfer_id or consume_token), NOT_FOUND (no such
+   * entry; the reason says why it is gone), FAILED_PRECONDITION (consume_token is not
+   * the token of the consume in progress: its hold lapsed or its call failed, and the
+   * entry was given back).
+   */
+  confirmConsume: handleUnaryCall<ConfirmConsumeRequest, ConfirmConsumeResponse>;
   /** GetServerInfo reports version, uptime, pool use and lifetime counters. */
   getServerInfo: handleUnaryCall<GetServerInfoRequest, GetServerInfoResponse>;
   /**
    * BatchTransfer moves sealed entries between this daemon and another one through
    * the native engine. PUSH: the target reserves room, this daemon writes, the target
    * seals each entry once every byte has landed, then this daemon drops its copy
-   * (unless keep_source). PULL: this daemon reserves room and reads from the target.
+   * (unless keep_source). Without keep_source an entry is held exclusively while it
+   * moves: a consumer on this daemon waits, then gets NOT_FOUND "transferred" (moved)
+   * or the entry (the move failed). PULL: this daemon reserves room and reads from the
+   * target, which likewise holds the entries exclusively unless keep_source.
    * Each id gets its own result; the call itself fails only on a bad request.
    */
   batchTransfer: handleUnaryCall<BatchTransferRequest, BatchTransferResponse>;
@@ -3711,7 +4151,13 @@ export interface KvFerryClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PutStreamResponse) => void,
   ): ClientWritableStream<PutStreamRequest>;
-  /** Seal marks the entry complete. Sealing a sealed entry is a no-op. */
+  /**
+   * Seal marks the entry complete. Sealing a sealed entry is a no-op. While parts
+   * are still being written the entry stays OPEN (the reply says so) and is sealed
+   * when the last of them lands; if one of them is abandoned instead (its put fails
+   * or is cancelled), the whole entry is dropped as "incomplete": a sealed entry
+   * never lacks a part that was being written. No part may be added after a Seal.
+   */
   seal(request: SealRequest, callback: (error: ServiceError | null, response: SealResponse) => void): ClientUnaryCall;
   seal(
     request: SealRequest,
@@ -3768,8 +4214,31 @@ export interface KvFerryClient extends Client {
   ): ClientUnaryCall;
   /**
    * Get reads named parts (or all of them once the entry is sealed), waiting up
-   * to wait_ms for them. With consume, the entry is freed after the read, and
-   * exactly one of several concurrent consumers gets the data.
+   * to wait_ms for them.
+   *
+   * Consuming (consume = true) is two-phase, so that an entry is gone only once its
+   * reader holds every byte:
+   *  1. The Get takes the entry into an exclusive hold and returns its bytes with a
+   *     consume_token. The hold lasts consume_lease_ms (the daemon's setting of that
+   *     name, or a shorter one the request asks for), counted from the moment the
+   *     entry is handed to this Get; it covers sending the bytes and the confirmation.
+   *  2. The reader, once it holds every byte, calls ConfirmConsume with the token:
+   *     the entry is dropped (reason "consumed"). Only an OK from ConfirmConsume
+   *     makes the data the reader's own; bytes whose confirmation failed must be
+   *     discarded, because someone else may get the entry.
+   * If the call fails (deadline, cancellation, the client goes away, a daemon-side
+   * error) the entry is given back at once; if the hold lapses unconfirmed (e.g. the
+   * reply was lost) it is given back then. Given back means readable again, exactly
+   * as before the Get (counted in consume_returns / consume_lapses, and logged).
+   * While an entry is held — by a consumer, or by a BatchTransfer or a peer's pull
+   * that moves it away — every other Get of it waits, within its own wait_ms, for the
+   * outcome: dropped → NOT_FOUND ("consumed" or "transferred"); given back → the Get
+   * proceeds, and of several waiting consumers exactly one gets the entry. With
+   * wait_ms 0, or when the wait runs out, such a Get fails ABORTED (outcome unknown).
+   * So across the cluster exactly one consumer confirms any entry.
+   *
+   * An entry whose part was abandoned after its seal was asked for is never complete:
+   * Gets of it fail ABORTED "entry X is incomplete: part P was abandoned ...".
    */
   get(request: GetRequest, callback: (error: ServiceError | null, response: GetResponse) => void): ClientUnaryCall;
   get(
@@ -3785,7 +4254,9 @@ export interface KvFerryClient extends Client {
   ): ClientUnaryCall;
   /**
    * GetStream is Get for parts larger than a unary message: the parts arrive as
-   * chunks, in order, each part's chunks contiguous.
+   * chunks, in order, each part's chunks contiguous. Consuming works as for Get; the
+   * consume_token arrives in the first message, and the reader confirms after the
+   * stream ended with OK. A stream still running when its hold lapses ends ABORTED.
    */
   getStream(request: GetStreamRequest, options?: Partial<CallOptions>): ClientReadableStream<GetStreamResponse>;
   getStream(
@@ -3793,6 +4264,29 @@ export interface KvFerryClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<GetStreamResponse>;
+  /**
+   * ConfirmConsume ends a consuming Get or GetStream: the reader holds every byte,
+   * drop the entry. Idempotent: confirming an entry this token already consumed is OK.
+   * Errors: INVALID_ARGUMENT (no transfer_id or consume_token), NOT_FOUND (no such
+   * entry; the reason says why it is gone), FAILED_PRECONDITION (consume_token is not
+   * the token of the consume in progress: its hold lapsed or its call failed, and the
+   * entry was given back).
+   */
+  confirmConsume(
+    request: ConfirmConsumeRequest,
+    callback: (error: ServiceError | null, response: ConfirmConsumeResponse) => void,
+  ): ClientUnaryCall;
+  confirmConsume(
+    request: ConfirmConsumeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConfirmConsumeResponse) => void,
+  ): ClientUnaryCall;
+  confirmConsume(
+    request: ConfirmConsumeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConfirmConsumeResponse) => void,
+  ): ClientUnaryCall;
   /** GetServerInfo reports version, uptime, pool use and lifetime counters. */
   getServerInfo(
     request: GetServerInfoRequest,
@@ -3813,7 +4307,10 @@ export interface KvFerryClient extends Client {
    * BatchTransfer moves sealed entries between this daemon and another one through
    * the native engine. PUSH: the target reserves room, this daemon writes, the target
    * seals each entry once every byte has landed, then this daemon drops its copy
-   * (unless keep_source). PULL: this daemon reserves room and reads from the target.
+   * (unless keep_source). Without keep_source an entry is held exclusively while it
+   * moves: a consumer on this daemon waits, then gets NOT_FOUND "transferred" (moved)
+   * or the entry (the move failed). PULL: this daemon reserves room and reads from the
+   * target, which likewise holds the entries exclusively unless keep_source.
    * Each id gets its own result; the call itself fails only on a bad request.
    */
   batchTransfer(

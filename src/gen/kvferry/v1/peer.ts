@@ -121,6 +121,11 @@ export interface PrepareSendRequest {
   /** How long to wait for the entries to be sealed, and to keep them held without a finish. */
   deadlineMs: number;
   destinationNode: string;
+  /**
+   * The destination will ask FinishSend to drop the entries: hold them exclusively
+   * meanwhile, so that no consumer here gets them too.
+   */
+  releaseSource: boolean;
 }
 
 export interface PrepareSendResponse {
@@ -1432,7 +1437,7 @@ export const AbortReceiveResponse: MessageFns<AbortReceiveResponse> = {
 };
 
 function createBasePrepareSendRequest(): PrepareSendRequest {
-  return { transferIds: [], deadlineMs: 0, destinationNode: "" };
+  return { transferIds: [], deadlineMs: 0, destinationNode: "", releaseSource: false };
 }
 
 export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
@@ -1445,6 +1450,9 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
     }
     if (message.destinationNode !== "") {
       writer.uint32(26).string(message.destinationNode);
+    }
+    if (message.releaseSource !== false) {
+      writer.uint32(32).bool(message.releaseSource);
     }
     return writer;
   },
@@ -1486,6 +1494,14 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
             message.destinationNode = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.releaseSource = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1515,6 +1531,11 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
         : isSet(object.destination_node)
         ? globalThis.String(object.destination_node)
         : "",
+      releaseSource: isSet(object.releaseSource)
+        ? globalThis.Boolean(object.releaseSource)
+        : isSet(object.release_source)
+        ? globalThis.Boolean(object.release_source)
+        : false,
     };
   },
 
@@ -1529,6 +1550,9 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
     if (message.destinationNode !== "") {
       obj.destinationNode = message.destinationNode;
     }
+    if (message.releaseSource !== false) {
+      obj.releaseSource = message.releaseSource;
+    }
     return obj;
   },
 
@@ -1540,6 +1564,7 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
     message.transferIds = object.transferIds?.map((e) => e) || [];
     message.deadlineMs = object.deadlineMs ?? 0;
     message.destinationNode = object.destinationNode ?? "";
+    message.releaseSource = object.releaseSource ?? false;
     return message;
   },
 };
