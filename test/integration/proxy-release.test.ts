@@ -12,13 +12,20 @@
 // that store KV in a real daemon.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { Writable } from "node:stream";
+import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NotFoundError } from "../../src/errors.js";
+import { DaemonDirectory } from "../../src/proxy/daemons.js";
+import { ProxyMetrics } from "../../src/proxy/metrics.js";
+import { RELEASE_TRIES, Releaser } from "../../src/proxy/releases.js";
 import { sleep } from "../helpers/daemon.js";
+import { freePort } from "../helpers/ports.js";
 import {
   SMALL_LAYOUT,
   eventually,
   mapConcurrent,
+  metricValue,
   mixedCases,
   sendCase,
   spawnProxy,
@@ -201,10 +208,84 @@ describe("a prefill instance killed (SIGKILL) with requests in flight on it", ()
       expect(killed, "the load ended before the kill").toBe(true);
       const statuses = answers.map((a) => a.status);
       for (const [i, a] of answers.entries()) expect([200, 502], `request ${i}: ${a.text.slice(0, 300)}`).toContain(a.status);
-      console.log(`prefill killed: ${statuses.filter((s) => s === 200).length} answered 200, ${statuses.filter((s) => s === 502).length} answered 502`);
+      // How many prefill attempts on p1 may have reached it, yet ended refused (reset, then refused): what used to leak.
+      const resetThenRefused = proxy.logs.filter((l) => l.msg === "prefill instance refused the connection: trying another" && l.reached === true).length;
+      console.log(
+        `prefill killed: ${statuses.filter((s) => s === 200).length} answered 200, ${statuses.filter((s) => s === 502).length} answered 502; ` +
+          `${resetThenRefused} attempts reset on a kept-alive connection, then refused`,
+      );
       await expectEmpty([p1.daemon, p2.daemon, decode.daemon]);
     } finally {
       expect(await proxy.stop()).toBe(0);
+    }
+  });
+});
+
+describe("releases a daemon cannot take (in process: the proxy's Releaser, real daemons)", () => {
+  /** A logger whose lines the test reads. */
+  function capturingLogger(): { log: ReturnType<typeof pino>; lines: Record<string, unknown>[] } {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString("utf8").split("\n")) if (line !== "") lines.push(JSON.parse(line));
+        done();
+      },
+    });
+    return { log: pino({ level: "debug" }, sink), lines };
+  }
+  const failures = (metrics: ProxyMetrics, after: "ok" | "failed") =>
+    metricValue(metrics.render(), `kvferry_proxy_kv_releases_total{after="${after}",result="failed"}`) ?? 0;
+
+  it("tries again while the daemon is down, and frees the entry once the daemon is up", async () => {
+    const port = await freePort();
+    const metrics = new ProxyMetrics();
+    const { log } = capturingLogger();
+    const directory = new DaemonDirectory(log);
+    const releaser = new Releaser(metrics);
+    let daemon: PeerDaemon | undefined;
+    try {
+      // Nothing listens there yet: the first try fails at once.
+      releaser.release("kvf-down-then-up", [directory.get(`127.0.0.1:${port}`)], "failed", log);
+      expect(await eventually(() => failures(metrics, "failed") >= 1, 10_000)).toBe(true);
+      daemon = await startPeerDaemon({ bufferSize: "16MiB", args: ["--listen", `127.0.0.1:${port}`] });
+      await daemon.client.put("kvf-down-then-up", "layer.0", Buffer.alloc(4096, 3), { seal: true });
+      let reason: string | undefined;
+      await eventually(async () => (reason = await goneReason(daemon!, "kvf-down-then-up")) !== undefined, SETTLE_MS);
+      expect(reason).toBe("released");
+      await releaser.settle();
+    } finally {
+      directory.close();
+      await daemon?.stop();
+    }
+  });
+
+  it(`gives up after ${RELEASE_TRIES} tries with a warning, and shutdown (settle) cuts the waits short`, async () => {
+    const port = await freePort();
+    const metrics = new ProxyMetrics();
+    const { log, lines } = capturingLogger();
+    const directory = new DaemonDirectory(log);
+    const releaser = new Releaser(metrics);
+    try {
+      const link = directory.get(`127.0.0.1:${port}`);
+      releaser.release("kvf-never", [link], "ok", log);
+      expect(await eventually(() => lines.some((l) => l.msg === "gave up releasing a transfer id: the daemon's lease will expire the entry"), 20_000)).toBe(true);
+      expect(failures(metrics, "ok")).toBe(RELEASE_TRIES);
+      await sleep(1000);
+      expect(failures(metrics, "ok")).toBe(RELEASE_TRIES);
+
+      // A failed request's release waits between tries and for its late run; settle ends
+      // both waits: one more try each (the try in flight, if any, is the last of its run),
+      // then nothing is left pending.
+      releaser.release("kvf-at-shutdown", [link], "failed", log);
+      expect(await eventually(() => failures(metrics, "failed") >= 1, 10_000)).toBe(true);
+      const beforeSettle = failures(metrics, "failed");
+      await releaser.settle();
+      const afterSettle = failures(metrics, "failed");
+      expect(afterSettle).toBe(beforeSettle + 2);
+      await sleep(1000);
+      expect(failures(metrics, "failed")).toBe(afterSettle);
+    } finally {
+      directory.close();
     }
   });
 });
