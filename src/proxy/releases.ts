@@ -4,12 +4,13 @@
 // Nothing here is ever awaited by a client's answer. Each (transfer id, daemon) is
 // released at once; NOT_FOUND (nothing there: the usual answer after a decode consumed
 // the KV) ends it. A release that fails (the daemon is down or slow) is tried again after
-// RETRY_DELAYS_MS, RELEASE_TRIES times in all, then given up with a warning: the entry's
+// each of retryDelaysMs (4 tries by default, 0.5, 2 and 5 s apart), then given up with a
+// warning: the entry's
 // lease (the daemon's --lease-ttl-ms) expires it. An id of something that failed is
-// released once more LATE_RELEASE_MS later, for KV stored after the proxy gave up on it
-// (an engine that answered too late, a put the daemon was still taking in). At shutdown
-// the waits are cut short: late releases and pending retries run at once, each bounded by
-// SHUTDOWN_RELEASE_MS, and settle() resolves when every one has ended.
+// released once more a little later (lateReleaseMs), for KV stored after the proxy gave up
+// on it (an engine that answered too late, a put the daemon was still taking in). At
+// shutdown the waits are cut short: late releases and pending retries run at once, each
+// bounded by shutdownTimeoutMs, and settle() resolves when every one has ended.
 import type { Logger } from "pino";
 import type { DaemonLink } from "./daemons.js";
 import type { ProxyMetrics } from "./metrics.js";
@@ -17,16 +18,24 @@ import type { ProxyMetrics } from "./metrics.js";
 /** How what left the id ended: a request that succeeded, or a request or attempt that failed. */
 export type ReleaseAfter = "ok" | "failed";
 
-/** When the second, late release of a failed request's (or attempt's) transfer id happens. */
-export const LATE_RELEASE_MS = 10_000;
-/** How long one release call may take. */
-const RELEASE_TIMEOUT_MS = 5000;
-/** How long each release run at shutdown may take. */
-const SHUTDOWN_RELEASE_MS = 2000;
-/** Tries of one release (the first and the retries after a failure). */
-export const RELEASE_TRIES = 4;
-/** The pauses before the second, third, ... try. */
-const RETRY_DELAYS_MS = [500, 2000, 5000];
+/** How releases are tried; the defaults are the proxy's. */
+export interface ReleasePolicy {
+  /** When the second, late release of what failed happens. */
+  lateReleaseMs: number;
+  /** How long one release call may take. */
+  timeoutMs: number;
+  /** How long each release call at shutdown may take. */
+  shutdownTimeoutMs: number;
+  /** The pauses before the second, third, ... try: one try more than pauses in all. */
+  retryDelaysMs: readonly number[];
+}
+
+export const DEFAULT_RELEASE_POLICY: ReleasePolicy = {
+  lateReleaseMs: 10_000,
+  timeoutMs: 5000,
+  shutdownTimeoutMs: 2000,
+  retryDelaysMs: [500, 2000, 5000],
+};
 
 export class Releaser {
   /** Release runs not ended yet. */
@@ -37,7 +46,10 @@ export class Releaser {
   readonly #pauses = new Set<() => void>();
   #stopping = false;
 
-  constructor(private readonly metrics: ProxyMetrics) {}
+  constructor(
+    private readonly metrics: ProxyMetrics,
+    private readonly policy: ReleasePolicy = DEFAULT_RELEASE_POLICY,
+  ) {}
 
   /**
    * Releases `transferId` on each daemon now, retrying a failed release a bounded number
@@ -54,7 +66,7 @@ export class Releaser {
       if (!this.#late.delete(fire)) return;
       this.#run(transferId, links, after, log);
     };
-    const timer = setTimeout(fire, LATE_RELEASE_MS);
+    const timer = setTimeout(fire, this.policy.lateReleaseMs);
     timer.unref();
     this.#late.add(fire);
   }
@@ -75,7 +87,7 @@ export class Releaser {
 
   async #releaseOn(daemon: DaemonLink, transferId: string, after: ReleaseAfter, log: Logger): Promise<void> {
     for (let tries = 1; ; tries++) {
-      const r = await daemon.release(transferId, this.#stopping ? SHUTDOWN_RELEASE_MS : RELEASE_TIMEOUT_MS);
+      const r = await daemon.release(transferId, this.#stopping ? this.policy.shutdownTimeoutMs : this.policy.timeoutMs);
       this.metrics.releases.inc({ after, result: r.result });
       const fields = { daemon: daemon.address };
       if (r.result === "released") {
@@ -84,12 +96,13 @@ export class Releaser {
         return;
       }
       if (r.result === "absent") return;
-      if (tries >= RELEASE_TRIES || this.#stopping) {
+      const delays = this.policy.retryDelaysMs;
+      if (tries > delays.length || this.#stopping) {
         log.warn({ ...fields, tries, err: r.error }, "gave up releasing a transfer id: the daemon's lease will expire the entry");
         return;
       }
       log.debug({ ...fields, tries, err: r.error }, "release failed: trying again");
-      await this.#pause(RETRY_DELAYS_MS[Math.min(tries, RETRY_DELAYS_MS.length) - 1]!);
+      await this.#pause(delays[tries - 1]!);
     }
   }
 

@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NotFoundError } from "../../src/errors.js";
 import { DaemonDirectory } from "../../src/proxy/daemons.js";
 import { ProxyMetrics } from "../../src/proxy/metrics.js";
-import { RELEASE_TRIES, Releaser } from "../../src/proxy/releases.js";
+import { DEFAULT_RELEASE_POLICY, Releaser } from "../../src/proxy/releases.js";
 import { sleep } from "../helpers/daemon.js";
 import { freePort } from "../helpers/ports.js";
 import {
@@ -259,19 +259,22 @@ describe("releases a daemon cannot take (in process: the proxy's Releaser, real 
     }
   });
 
-  it(`gives up after ${RELEASE_TRIES} tries with a warning, and shutdown (settle) cuts the waits short`, async () => {
+  it("gives up after a bounded number of tries with a warning (4 by default), and shutdown (settle) cuts the waits short", async () => {
+    expect(DEFAULT_RELEASE_POLICY.retryDelaysMs).toHaveLength(3);
     const port = await freePort();
     const metrics = new ProxyMetrics();
     const { log, lines } = capturingLogger();
     const directory = new DaemonDirectory(log);
-    const releaser = new Releaser(metrics);
+    // Short pauses between the 4 tries; the late release far off, until settle runs it.
+    const releaser = new Releaser(metrics, { ...DEFAULT_RELEASE_POLICY, retryDelaysMs: [100, 200, 300], lateReleaseMs: 600_000 });
+    const TRIES = 4;
     try {
       const link = directory.get(`127.0.0.1:${port}`);
       releaser.release("kvf-never", [link], "ok", log);
       expect(await eventually(() => lines.some((l) => l.msg === "gave up releasing a transfer id: the daemon's lease will expire the entry"), 20_000)).toBe(true);
-      expect(failures(metrics, "ok")).toBe(RELEASE_TRIES);
+      expect(failures(metrics, "ok")).toBe(TRIES);
       await sleep(1000);
-      expect(failures(metrics, "ok")).toBe(RELEASE_TRIES);
+      expect(failures(metrics, "ok")).toBe(TRIES);
 
       // A failed request's release waits between tries and for its late run; settle ends
       // both waits: one more try each (the try in flight, if any, is the last of its run),
