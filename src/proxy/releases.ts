@@ -6,11 +6,10 @@
 // the KV) ends it. A release that fails (the daemon is down or slow) is tried again after
 // each of retryDelaysMs (4 tries by default, 0.5, 2 and 5 s apart), then given up with a
 // warning: the entry's lease (the daemon's --lease-ttl-ms) expires it. An id of something
-// that failed is
-// released once more a little later (lateReleaseMs), for KV stored after the proxy gave up
-// on it (an engine that answered too late, a put the daemon was still taking in). At
-// shutdown the waits are cut short: late releases and pending retries run at once, each
-// bounded by shutdownTimeoutMs, and settle() resolves when every one has ended.
+// that failed is released once more a little later (lateReleaseMs), for KV stored after
+// the proxy gave up on it (an engine that answered too late, a put the daemon was still
+// taking in). At shutdown the waits are cut short: late releases and pending retries run
+// at once, each bounded by shutdownTimeoutMs, and settle() resolves when every one has ended.
 import type { Logger } from "pino";
 import type { DaemonLink } from "./daemons.js";
 import type { ProxyMetrics } from "./metrics.js";
