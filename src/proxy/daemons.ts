@@ -69,15 +69,14 @@ export class DaemonLink {
     return result;
   }
 
-  /** Frees the entry if it is still here. Never throws. */
-  async release(transferId: string, timeoutMs = 5000): Promise<ReleaseResult> {
+  /** Frees the entry if it is still here; says why when the call failed. Never throws. */
+  async release(transferId: string, timeoutMs = 5000): Promise<{ result: ReleaseResult; error?: string }> {
     try {
       await this.client.release(transferId, { timeoutMs });
-      return "released";
+      return { result: "released" };
     } catch (err) {
-      if (err instanceof NotFoundError) return "absent";
-      this.log.warn({ daemon: this.address, transferId, err: (err as Error).message }, "release failed");
-      return "failed";
+      if (err instanceof NotFoundError) return { result: "absent" };
+      return { result: "failed", error: (err as Error).message };
     }
   }
 

@@ -21,7 +21,7 @@ export class ProxyMetrics {
   readonly transfers = new Counter("kvferry_proxy_kv_transfers_total", "KV transfers the proxy asked for, by mode and result code.");
   readonly healthy = new Gauge("kvferry_proxy_instance_healthy", "1 when the instance passed its last health check, else 0.");
   readonly outstanding = new Gauge("kvferry_proxy_instance_outstanding_requests", "Requests in flight on the instance.");
-  readonly releases = new Counter("kvferry_proxy_kv_releases_total", "Releases of transfer ids at the end of requests, by how the request ended (ok, failed) and the result (released, absent, failed).");
+  readonly releases = new Counter("kvferry_proxy_kv_releases_total", "Release calls for transfer ids requests or abandoned prefill attempts may have left behind (each try counted), by how what left it ended (ok, failed) and the result (released, absent, failed).");
 
   readonly #all: Metric[] = [
     this.requests, this.inFlight, this.ttft, this.latency, this.prefillLatency, this.transferBytes,

@@ -18,20 +18,31 @@
 //
 // source_node is the prefill node's daemon peer address and source_node_id its node id,
 // sent whenever the prefill instance has a daemon (under push the decode daemon finds the
-// entry already local and pulls nothing). An instance that refuses the connection never
-// saw the request: it is marked down and another instance of its role is tried (for the
-// decode, after moving the KV on to that one's node); 503 when every one refuses.
+// entry already local and pulls nothing). An instance that refuses the connection is
+// marked down and another instance of its role is tried (for the decode, after moving the
+// KV on to that one's node); 503 when every one refuses.
 //
-// The transfer id lives as long as its request. When the request ends, the proxy releases
-// it on the daemons it touched (Release; NOT_FOUND, the usual answer after a decode that
-// consumed its KV, is fine): an engine that did not consume it, or a request that did not
-// end well (an error answer, a timeout, the client gone), leaves nothing behind. A prefill
-// that answered 4xx stored nothing and is not asked. A request that failed is released
-// once more a little later (or at shutdown, whichever comes first), for an engine that
-// stored the KV after the proxy gave up on it. A push in flight is waited for (up to its
-// deadline) even when the client has gone, so that the release finds the entry where the
-// push put it. The client always gets a status and a body: the upstream's, or the proxy's
-// OpenAI-style error.
+// Nothing is left behind. A transfer id is released (releases.ts: Release on each daemon
+// that may hold its KV; NOT_FOUND, the usual answer after a decode consumed it, is fine)
+// once nothing will use it any more:
+//   - a prefill attempt that failed and may have reached its engine: at once, on the
+//     prefill's daemon and the decode's. Only a try that provably never reached the engine
+//     (a fresh connection refused, nothing written) is exempt; a request sent on a
+//     kept-alive connection that was then reset, and whose second try was refused, may
+//     have been prefilled by an engine that died before answering. Each prefill attempt
+//     mints its own transfer id, so that another instance's attempt never shares the id
+//     (two engines on one daemon would collide on it) and a late release of the abandoned
+//     one can never remove the KV the request goes on with.
+//   - the request's own id (the last prefill attempt's): when the request ends, on every
+//     daemon it touched, whatever the end (an engine that did not consume the KV, an error
+//     answer, a timeout, the client gone). A prefill that answered 4xx stored nothing and
+//     is not asked. Decode attempts share this id (it names the KV they continue from), so
+//     a decode instance that may have seen it is released only at the end.
+// What failed is released once more a little later (or at shutdown, whichever comes
+// first), for KV stored after the proxy gave up on it. A push in flight is waited for (up
+// to its deadline) even when the client has gone, so that the release finds the entry
+// where the push put it. Releases never hold up the client's answer. The client always
+// gets a status and a body: the upstream's, or the proxy's OpenAI-style error.
 import { randomUUID } from "node:crypto";
 import type { ServerResponse } from "node:http";
 import { status as grpcStatus } from "@grpc/grpc-js";
@@ -52,6 +63,7 @@ import {
 } from "./openai-errors.js";
 import { withMembers } from "./json-members.js";
 import { relay } from "./relay.js";
+import { Releaser } from "./releases.js";
 import { writeError, writeUpstream } from "./respond.js";
 import { fetchAll, send, UpstreamError } from "./upstream.js";
 
@@ -82,11 +94,18 @@ export interface FlowResult {
 
 /** Largest prefill answer read (it holds one token). */
 const PREFILL_ANSWER_LIMIT = 16 << 20;
-/** When the second, late release of a failed request's transfer id happens. */
-const LATE_RELEASE_MS = 10_000;
-/** How long each release run at shutdown may take. */
-const SHUTDOWN_RELEASE_MS = 2000;
 const CLIENT_GONE = 499;
+
+/** A fresh transfer id. */
+function mintTransferId(): string {
+  return `kvf-${randomUUID()}`;
+}
+
+/** The transfer id a request stands on now (its latest prefill attempt's), and the daemons that may hold its KV. */
+interface Held {
+  transferId: string | undefined;
+  daemons: Set<DaemonLink>;
+}
 
 /** Whether two daemon links are one node (one daemon may be named by two addresses). */
 export function sameNode(a: DaemonLink | undefined, b: DaemonLink | undefined): boolean {
@@ -101,27 +120,27 @@ export interface SourceNode {
 }
 
 export class RequestFlow {
-  /** Releases not yet done (shutdown waits for them). */
-  readonly #cleanups = new Set<Promise<unknown>>();
-  /** Late releases not yet due, each with what runs it (shutdown runs them at once). */
-  readonly #late = new Map<NodeJS.Timeout, (timeoutMs: number) => void>();
+  readonly #releases: Releaser;
 
   constructor(
     private readonly config: ProxyConfig,
     private readonly pool: InstancePool,
     private readonly metrics: ProxyMetrics,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.#releases = new Releaser(metrics);
+  }
 
   /** Serves one completion to its end. Never throws. */
   async run(x: Exchange): Promise<FlowResult> {
-    const transferId = `kvf-${randomUUID()}`;
-    const log = this.log.child({ requestId: x.requestId, transferId });
-    const touched = new Set<DaemonLink>();
+    const held: Held = { transferId: undefined, daemons: new Set() };
+    const requestLog = this.log.child({ requestId: x.requestId });
+    const idLog = () => (held.transferId === undefined ? requestLog : requestLog.child({ transferId: held.transferId }));
     let result: FlowResult;
     try {
-      result = await this.#serve(x, transferId, touched, log);
+      result = await this.#serve(x, held, requestLog);
     } catch (err) {
+      const log = idLog();
       if (x.signal.aborted) {
         result = { status: CLIENT_GONE, outcome: "aborted" };
       } else {
@@ -132,11 +151,13 @@ export class RequestFlow {
         result = { status: e.status, outcome: e.outcome };
       }
     }
-    this.#release(transferId, touched, result.outcome === "ok", log);
+    if (held.transferId !== undefined) {
+      this.#releases.release(held.transferId, held.daemons, result.outcome === "ok" ? "ok" : "failed", idLog());
+    }
     return result;
   }
 
-  async #serve(x: Exchange, transferId: string, touched: Set<DaemonLink>, log: Logger): Promise<FlowResult> {
+  async #serve(x: Exchange, held: Held, requestLog: Logger): Promise<FlowResult> {
     // 1. The decode side first: when none can be had, no prefill computes KV for nobody.
     const decodesTried = new Set<Instance>();
     let decode = this.#pick("decode", decodesTried);
@@ -144,9 +165,12 @@ export class RequestFlow {
     try {
       // 2. Prefill.
       const headers = this.#headers(x);
-      const prefilled = await this.#prefill(x, transferId, headers, touched, log);
+      const prefilled = await this.#prefill(x, headers, held, decode, requestLog);
       if ("passed" in prefilled) return prefilled.passed;
       const { prefill, returned } = prefilled;
+      const transferId = held.transferId!;
+      const touched = held.daemons;
+      const log = requestLog.child({ transferId });
       const source = sourceOf(prefill);
       /** The daemon that holds the KV now. */
       let kvAt = prefill.daemon;
@@ -178,7 +202,9 @@ export class RequestFlow {
           });
         } catch (err) {
           if (err instanceof UpstreamError && err.kind === "refused") {
-            // It never saw the request: another decode instance gets it (and the KV).
+            // It takes no requests now: another decode instance gets it (and the KV). One
+            // that may have seen it before it died (err.reached) is in `touched` already:
+            // the id is released there when the request ends.
             this.pool.requestFailed(decode, "refused", err.message);
             decodesTried.add(decode);
             const next = this.#pick("decode", decodesTried);
@@ -211,16 +237,24 @@ export class RequestFlow {
   }
 
   /**
-   * Sends the prefill (to another instance when one refuses the connection). Resolves to
-   * the instance and the kv_transfer_params it returned, or to the result of passing its
-   * non-2xx answer through.
+   * Sends the prefill (to another instance when one refuses the connection), each attempt
+   * under a fresh transfer id, which `held` follows. Resolves to the instance and the
+   * kv_transfer_params it returned, or to the result of passing its non-2xx answer through.
    */
   async #prefill(
-    x: Exchange, transferId: string, headers: Record<string, string>, touched: Set<DaemonLink>, log: Logger,
+    x: Exchange, headers: Record<string, string>, held: Held, decode: Instance, requestLog: Logger,
   ): Promise<{ prefill: Instance; returned: Record<string, unknown> } | { passed: FlowResult }> {
     const tried = new Set<Instance>();
     for (;;) {
       const prefill = this.#pick("prefill", tried);
+      const transferId = mintTransferId();
+      held.transferId = transferId;
+      held.daemons = new Set();
+      const log = requestLog.child({ transferId });
+      // Where KV of an attempt that reached the engine may be: the prefill's node, and the
+      // decode's (an engine's own connector may move KV there).
+      const mayHold = new Set<DaemonLink>();
+      for (const d of [prefill.daemon, decode.daemon]) if (d !== undefined) touch(mayHold, d);
       const body = Buffer.from(prefillRequest(x, transferId, sourceOf(prefill)));
       const started = performance.now();
       const end = this.pool.begin(prefill);
@@ -231,21 +265,27 @@ export class RequestFlow {
           signal: x.signal, timeoutMs: this.config.prefillTimeoutMs, limit: PREFILL_ANSWER_LIMIT,
         });
       } catch (err) {
+        // Unless it provably never reached the engine, the attempt may have left KV.
+        const reached = !(err instanceof UpstreamError) || err.reached;
         if (err instanceof UpstreamError && err.kind === "refused") {
           this.pool.requestFailed(prefill, "refused", err.message);
           tried.add(prefill);
-          log.warn({ prefill: prefill.url, err: err.message }, "prefill instance refused the connection: trying another");
+          log.warn({ prefill: prefill.url, err: err.message, reached }, "prefill instance refused the connection: trying another");
+          if (reached) {
+            // Nothing uses this id any more: the next attempt runs under its own.
+            this.#releases.release(transferId, mayHold, "failed", log);
+            held.transferId = undefined;
+          }
           continue;
         }
-        // It saw the request: it may have stored KV before it failed.
-        if (prefill.daemon !== undefined) touch(touched, prefill.daemon);
+        for (const d of mayHold) touch(held.daemons, d);
         throw this.#upstreamFailure(prefill, err, this.config.prefillTimeoutMs);
       } finally {
         end();
       }
       this.metrics.prefillLatency.observe({ url: prefill.url }, (performance.now() - started) / 1000);
       // A prefill that refused the request (4xx) stored nothing; any other answer may have.
-      if (prefill.daemon !== undefined && !(answer.status >= 400 && answer.status <= 499)) touch(touched, prefill.daemon);
+      if (!(answer.status >= 400 && answer.status <= 499)) for (const d of mayHold) touch(held.daemons, d);
       if (answer.status < 200 || answer.status > 299) {
         log.info({ status: answer.status, prefill: prefill.url }, "prefill refused the request: passed through");
         writeUpstream(x.res, answer.status, answer.headers, answer.body);
@@ -257,43 +297,9 @@ export class RequestFlow {
     }
   }
 
-  /** Releases the transfer id on the daemons the request touched: now, and once later if it failed. */
-  #release(transferId: string, daemons: Set<DaemonLink>, succeeded: boolean, log: Logger): void {
-    if (daemons.size === 0) return;
-    const after = succeeded ? "ok" : "failed";
-    const releaseAll = (timeoutMs?: number) => {
-      const done = Promise.all(
-        [...daemons].map(async (d) => {
-          const r = await d.release(transferId, timeoutMs);
-          this.metrics.releases.inc({ after, result: r });
-          if (r === "released") {
-            const fields = { daemon: d.address };
-            if (succeeded) log.debug(fields, "released a transfer id the engines left behind");
-            else log.info(fields, "released the transfer id of a failed request");
-          }
-        }),
-      );
-      this.#cleanups.add(done);
-      void done.finally(() => this.#cleanups.delete(done));
-    };
-    releaseAll();
-    if (succeeded) return;
-    const late = setTimeout(() => {
-      this.#late.delete(late);
-      releaseAll();
-    }, LATE_RELEASE_MS);
-    late.unref();
-    this.#late.set(late, releaseAll);
-  }
-
   /** At shutdown: runs the late releases now (each bounded), and waits for every release in flight. */
-  async settle(): Promise<void> {
-    for (const [timer, releaseAll] of this.#late) {
-      clearTimeout(timer);
-      releaseAll(SHUTDOWN_RELEASE_MS);
-    }
-    this.#late.clear();
-    await Promise.all([...this.#cleanups]);
+  settle(): Promise<void> {
+    return this.#releases.settle();
   }
 
   /** An instance of the role (healthy first, never one that is down, none of `tried`). @throws 503 */

@@ -4,14 +4,21 @@
 // can be streamed on; the body is the caller's to read (`readBody`) or relay. Every call
 // has a deadline for the headers and follows an AbortSignal (the client went away, or the
 // proxy is stopping). Failures come back as an UpstreamError whose `kind` tells the caller
-// what to answer: `refused` (no connection could be made: the request never reached the
-// instance, so another one may be tried), `unreachable` (reset or closed before the
+// what to answer: `refused` (no connection could be made: the instance is not taking
+// requests now, so another one may be tried), `unreachable` (reset or closed before the
 // headers: 502, and the instance is suspect), `timeout` (504), `aborted` (nobody is
 // waiting any more).
 //
+// Whether the request may have reached the instance is a separate fact (`reached`): it is
+// false only when no byte of it was ever written, i.e. every try was a fresh connection
+// that could not be made. A caller that only skips cleaning up after requests that never
+// arrived must look at `reached`, not at the kind.
+//
 // Connections are kept alive. A kept-alive socket the server closed while it sat idle
 // fails the next request with ECONNRESET before anything was answered; such a request is
-// sent once more on a new connection (the request never reached the server).
+// sent once more on a new connection. That reset says nothing certain, though: an
+// instance that died while working on the request resets the connection the same way. So
+// when the second try fails too (even refused), the error says the request may have reached it.
 import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
 
@@ -21,7 +28,12 @@ export type UpstreamErrorKind = "refused" | "unreachable" | "timeout" | "aborted
 const CONNECT_FAILURES = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "EADDRNOTAVAIL"]);
 
 export class UpstreamError extends Error {
-  constructor(readonly kind: UpstreamErrorKind, message: string) {
+  constructor(
+    readonly kind: UpstreamErrorKind,
+    message: string,
+    /** Whether the request may have reached the instance: false only when none of it was ever written. */
+    readonly reached = true,
+  ) {
     super(message);
     this.name = "UpstreamError";
   }
@@ -45,13 +57,14 @@ export interface UpstreamRequest {
 
 /** Sends the request; resolves on the response headers. @throws UpstreamError */
 export function send(o: UpstreamRequest): Promise<IncomingMessage> {
-  return attempt(o, true);
+  return attempt(o, true, false);
 }
 
-function attempt(o: UpstreamRequest, mayRetry: boolean): Promise<IncomingMessage> {
+/** One try; `reachedBefore`: an earlier try of this request may have reached the instance. */
+function attempt(o: UpstreamRequest, mayRetry: boolean, reachedBefore: boolean): Promise<IncomingMessage> {
   return new Promise<IncomingMessage>((resolve, reject) => {
     if (o.signal.aborted) {
-      reject(new UpstreamError("aborted", "the request was abandoned"));
+      reject(new UpstreamError("aborted", "the request was abandoned", reachedBefore));
       return;
     }
     const url = new URL(o.url);
@@ -89,12 +102,17 @@ function attempt(o: UpstreamRequest, mayRetry: boolean): Promise<IncomingMessage
     req.on("error", (err: NodeJS.ErrnoException) => {
       if (settled) return;
       if (mayRetry && req.reusedSocket && err.code === "ECONNRESET") {
+        // An idle connection the server had closed, or a server that died with the
+        // request in hand: the second try (on a fresh connection) tells them apart only
+        // when it succeeds.
         settle();
-        attempt(o, false).then(resolve, reject);
+        attempt(o, false, true).then(resolve, reject);
         return;
       }
-      const kind = err.code !== undefined && CONNECT_FAILURES.has(err.code) && !req.reusedSocket ? "refused" : "unreachable";
-      fail(new UpstreamError(kind, err.code ? `${err.code} (${err.message})` : err.message));
+      const connectFailed = err.code !== undefined && CONNECT_FAILURES.has(err.code) && !req.reusedSocket;
+      const what = err.code ? `${err.code} (${err.message})` : err.message;
+      const message = reachedBefore ? `the kept-alive connection was reset, then a new one failed: ${what}` : what;
+      fail(new UpstreamError(connectFailed ? "refused" : "unreachable", message, reachedBefore || !connectFailed));
     });
     req.end(o.body);
   });
