@@ -99,6 +99,7 @@ describe("defaults", () => {
       clusterToken: "",
       connectionsPerPeer: 4,
       transferDeadlineMs: 30000,
+      dataHandshakeTimeoutMs: 1000,
       warnings: [],
     });
   });
@@ -523,6 +524,20 @@ describe("sizes", () => {
       { numRuns: 200 },
     );
   });
+});
+
+describe("data_handshake_timeout_ms", () => {
+  it("reads it from the file and from KVFERRY_DATA_HANDSHAKE_TIMEOUT_MS", () => {
+    expect(loadFile({ data_handshake_timeout_ms: 250 }).dataHandshakeTimeoutMs).toBe(250);
+    expect(load({}, { KVFERRY_DATA_HANDSHAKE_TIMEOUT_MS: "2000" }).dataHandshakeTimeoutMs).toBe(2000);
+  });
+
+  it.each<[string, unknown]>([["zero", 0], ["more than a minute", 60_001], ["a fraction", 0.5]])(
+    "refuses %s, naming the key and the range",
+    (_what, value) => {
+      expectFileValueRefused("data_handshake_timeout_ms", value, "a whole number of milliseconds from 1 to 60000");
+    },
+  );
 });
 
 describe("millisecond durations", () => {

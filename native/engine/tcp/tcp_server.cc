@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -120,16 +121,7 @@ void TcpServer::AcceptLoop() {
     for (auto it = pending_.begin(); rc > 0 && i < fds.size(); ++i) {
       auto cur = it++;
       if (fds[i].revents == 0) continue;
-      const Advance outcome = AdvanceHandshake(&*cur);
-      if (outcome == Advance::kKeep) continue;
-      if (outcome == Advance::kAccepted) {
-        const int fd = cur->fd;
-        cur->fd = -1;
-        DropPending(cur, false);
-        StartServing(fd);
-      } else {
-        DropPending(cur, outcome == Advance::kRefused);
-      }
+      Settle(cur, AdvanceHandshake(&*cur));
     }
     const auto now = Clock::now();
     while (!pending_.empty() && pending_.front().deadline <= now) DropPending(pending_.begin(), true);
@@ -182,6 +174,9 @@ void TcpServer::AcceptReady(std::chrono::steady_clock::time_point now) {
     pending_by_address_[address] += 1;
     pending_.emplace_back(fd, std::move(address), now + std::chrono::milliseconds(options_.handshake_timeout_ms), key_,
                           options_.slice_bytes, nonce);
+    // A real peer sent its HELLO right after connecting: answer it now, not a poll later.
+    const auto added = std::prev(pending_.end());
+    Settle(added, AdvanceHandshake(&*added));
   }
 }
 
@@ -216,6 +211,18 @@ TcpServer::Advance TcpServer::AdvanceHandshake(Pending* p) {
     // refused anything.
     return hs.received_any() ? Advance::kRefused : Advance::kGone;
   }
+}
+
+void TcpServer::Settle(std::list<Pending>::iterator it, Advance outcome) {
+  if (outcome == Advance::kKeep) return;
+  if (outcome == Advance::kAccepted) {
+    const int fd = it->fd;
+    it->fd = -1;
+    DropPending(it, false);
+    StartServing(fd);
+    return;
+  }
+  DropPending(it, outcome == Advance::kRefused);
 }
 
 void TcpServer::DropPending(std::list<Pending>::iterator it, bool refused) {

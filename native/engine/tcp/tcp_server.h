@@ -14,7 +14,10 @@
 // (max_pending): a new connection over either bound makes room by closing the OLDEST
 // pending one (of its address, or overall), counted in connections_shed. So a flood of
 // idle connections costs no thread, bounded memory and fds, and cannot lock out a real
-// peer, whose handshake takes one round trip while an idle one waits out its deadline.
+// peer, whose handshake takes one round trip while an idle one waits out its deadline
+// (to push it out, a flood would have to open max_pending_per_address connections from
+// its address within that round trip). A newly accepted connection's HELLO is read at
+// once, so a real peer's CHALLENGE leaves in the same acceptor turn.
 // Authenticated connections are never counted against these bounds. A wrong proof gets
 // HELLO_REFUSED; that, a malformed frame, a deadline passed, or a peer that leaves
 // mid-handshake counts in handshakes_refused (one that leaves before its first byte, a
@@ -68,8 +71,10 @@ struct TcpServerOptions {
   int io_timeout_ms = 10000;
   int handshake_timeout_ms = 1000;
   /** Connections accepted and not yet authenticated, in total and per source address. */
-  size_t max_pending = 128;
-  size_t max_pending_per_address = 16;
+  // Large enough for a legitimate burst from one host (several daemons on a node, each
+  // opening connections_per_peer connections at once), small enough to stay cheap.
+  size_t max_pending = 256;
+  size_t max_pending_per_address = 64;
 };
 
 class TcpServer {
@@ -123,7 +128,9 @@ class TcpServer {
   void AcceptReady(std::chrono::steady_clock::time_point now);
   /** Moves one pending handshake on as far as its socket allows. */
   Advance AdvanceHandshake(Pending* p);
-  /** Closes a pending connection (erased by the caller); `refused` counts it. */
+  /** Acts on AdvanceHandshake's outcome: keeps, serves or drops the connection. */
+  void Settle(std::list<Pending>::iterator it, Advance outcome);
+  /** Closes a pending connection and erases it; `refused` counts it. */
   void DropPending(std::list<Pending>::iterator it, bool refused);
   /** Hands an authenticated socket to a serving thread (or closes it when full). */
   void StartServing(int fd);
