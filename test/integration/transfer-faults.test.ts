@@ -420,7 +420,8 @@ describe("garbage on the data port", () => {
       await sleep(20);
       most = Math.max(most, threads());
     }
-    expect(most, "threads of the daemon while 600 connections wait").toBeLessThanOrEqual(before + 4);
+    // (a few threads of slack: Node starts its libuv pool of 4 on first use; before the fix: ~500)
+    expect(most, "threads of the daemon while 600 connections wait").toBeLessThanOrEqual(before + 8);
 
     const spec = entrySpec("idle-flood-push", [16 * MiB]);
     const hashes = await putEntry(s.client, spec);
