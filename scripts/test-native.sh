@@ -2,6 +2,9 @@
 # The native engine's own tests (GoogleTest), built without Node.js: cmake + g++.
 # Installs cmake and libgtest-dev with apt when run as root and they are missing.
 # Writes the GoogleTest JSON report to $1 (default native/build/gtest.json).
+# The suite includes the data plane's fuzz run (native/test/fuzz/, built with ASan + UBSan):
+# WireFuzz.* fuzzes from native/test/fuzz/corpus for $KVFERRY_FUZZ_SECONDS (default 25;
+# 0 replays the corpus only) and fails on a crash, saving the input next to the binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 report="${1:-native/build/gtest.json}"

@@ -114,7 +114,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        });
   }
 
-  // new Engine({ poolSize, token, listenHost, listenPort, connectionsPerPeer, sliceBytes, ioTimeoutMs }, onCompletions)
+  // new Engine({ poolSize, token, listenHost, listenPort, connectionsPerPeer, sliceBytes, ioTimeoutMs, handshakeTimeoutMs }, onCompletions)
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
     Napi::Env env = info.Env();
     if (!info[0].IsObject() || !info[1].IsFunction()) {
@@ -131,6 +131,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     if (o.Has("sliceBytes")) options.slice_bytes = ToU64(o.Get("sliceBytes"), "sliceBytes");
     if (o.Has("ioTimeoutMs")) options.io_timeout_ms = static_cast<int>(ToU64(o.Get("ioTimeoutMs"), "ioTimeoutMs"));
+    if (o.Has("handshakeTimeoutMs")) {
+      options.handshake_timeout_ms = static_cast<int>(ToU64(o.Get("handshakeTimeoutMs"), "handshakeTimeoutMs"));
+    }
 
     std::unique_ptr<Engine> engine;
     Status status = Engine::Create(options, &engine);
@@ -350,6 +353,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("opsFailed", static_cast<double>(s.ops_failed));
     o.Set("handshakesRefused", static_cast<double>(s.handshakes_refused));
     o.Set("framesRefused", static_cast<double>(s.frames_refused));
+    o.Set("connectionsShed", static_cast<double>(s.connections_shed));
     o.Set("peersConnected", static_cast<double>(s.peers_connected));
     return o;
   }

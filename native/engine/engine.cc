@@ -22,6 +22,7 @@ namespace {
 constexpr int kMaxConnectionsPerPeer = 64;
 constexpr uint64_t kMinSliceBytes = 1024;
 constexpr uint64_t kMaxSliceBytes = 1ull << 30;
+constexpr int kMaxHandshakeTimeoutMs = 60000;
 
 Status ValidateOptions(const EngineOptions& o) {
   auto invalid = [](const std::string& what) { return Status(Code::kInvalidArgument, what); };
@@ -39,6 +40,10 @@ Status ValidateOptions(const EngineOptions& o) {
   }
   if (o.max_queued_ops == 0) return invalid("max_queued_ops must be positive");
   if (o.io_timeout_ms <= 0) return invalid("io_timeout_ms must be positive, got " + std::to_string(o.io_timeout_ms));
+  if (o.handshake_timeout_ms <= 0 || o.handshake_timeout_ms > kMaxHandshakeTimeoutMs) {
+    return invalid("handshake_timeout_ms must be in [1, " + std::to_string(kMaxHandshakeTimeoutMs) + "], got " +
+                   std::to_string(o.handshake_timeout_ms));
+  }
   return Status::Ok();
 }
 
@@ -68,6 +73,7 @@ class EngineImpl final : public Engine {
     t.connections_per_peer = options_.connections_per_peer;
     t.slice_bytes = options_.slice_bytes;
     t.io_timeout_ms = options_.io_timeout_ms;
+    t.handshake_timeout_ms = options_.handshake_timeout_ms;
     transport_ = std::make_unique<tcp::TcpTransport>(context, t);
     return transport_->Start();
   }
@@ -150,6 +156,7 @@ class EngineImpl final : public Engine {
     s.ops_failed = ops_failed_.load(std::memory_order_relaxed);
     s.handshakes_refused = counters_.handshakes_refused.load(std::memory_order_relaxed);
     s.frames_refused = counters_.frames_refused.load(std::memory_order_relaxed);
+    s.connections_shed = counters_.connections_shed.load(std::memory_order_relaxed);
     s.peers_connected = transport_->connected_peers();
     return s;
   }

@@ -32,7 +32,10 @@ namespace kvferry {
 
 struct EngineOptions {
   uint64_t pool_size = 0;
-  /** Shared cluster token; a peer that does not present it is refused at the handshake. */
+  /**
+   * Shared cluster token; a peer that cannot prove it (challenge-response, see
+   * tcp/wire.h) is refused at the handshake. The token itself never crosses the wire.
+   */
   std::string token;
   /** Data port; host "" or port 0 are allowed (port 0 picks a free one). */
   std::string listen_host = "127.0.0.1";
@@ -45,6 +48,8 @@ struct EngineOptions {
   uint64_t max_queued_ops = 1 << 16;
   /** An incoming connection that stalls mid-frame this long is closed. */
   int io_timeout_ms = 10000;
+  /** An incoming connection must finish its handshake within this long of its accept. */
+  int handshake_timeout_ms = 1000;
 };
 
 struct PoolStats {
@@ -107,6 +112,8 @@ struct EngineStats {
   uint64_t ops_failed = 0;
   uint64_t handshakes_refused = 0;
   uint64_t frames_refused = 0;
+  /** Connections closed before their handshake because too many were pending. */
+  uint64_t connections_shed = 0;
   uint64_t peers_connected = 0;
 };
 

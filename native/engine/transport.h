@@ -59,6 +59,8 @@ struct TransportCounters {
   std::atomic<uint64_t> bytes_received{0};
   std::atomic<uint64_t> handshakes_refused{0};
   std::atomic<uint64_t> frames_refused{0};
+  /** Unauthenticated connections closed because too many were pending (see tcp_server.h). */
+  std::atomic<uint64_t> connections_shed{0};
 };
 
 /** What a transport may use of its engine; everything here outlives the transport. */

@@ -35,6 +35,7 @@ using test::WaitClosed;
 
 constexpr uint64_t kSlice = 1 << 20;
 constexpr int kIoTimeoutMs = 1000;
+constexpr int kHandshakeTimeoutMs = 500;
 
 class HostilePeer : public ::testing::Test {
  protected:
@@ -42,6 +43,7 @@ class HostilePeer : public ::testing::Test {
     server_ = MakeEngine(64 << 20, [](EngineOptions& o) {
       o.slice_bytes = kSlice;
       o.io_timeout_ms = kIoTimeoutMs;
+      o.handshake_timeout_ms = kHandshakeTimeoutMs;
     });
     client_ = MakeEngine(64 << 20);
     ASSERT_TRUE(server_ && client_);
@@ -84,17 +86,18 @@ TEST_F(HostilePeer, RandomBytesInsteadOfAHelloAreRefusedAndClosed) {
   EXPECT_EQ(server_->stats().handshakes_refused, 1u);
 }
 
-TEST_F(HostilePeer, AConnectionThatNeverSaysHelloIsClosedAfterTheIoTimeout) {
+TEST_F(HostilePeer, AConnectionThatNeverFinishesItsHelloIsClosedAtTheHandshakeDeadline) {
   int fd = RawConnect(server_->data_port());
   ASSERT_GE(fd, 0);
   const auto start = std::chrono::steady_clock::now();
   ASSERT_TRUE(RawSend(fd, "KV", 2));  // a trickle, never a whole HELLO
-  EXPECT_TRUE(WaitClosed(fd, 3 * kIoTimeoutMs + 2000));
-  EXPECT_GE(std::chrono::steady_clock::now() - start, milliseconds(kIoTimeoutMs - 100));
+  EXPECT_TRUE(WaitClosed(fd, 3 * kHandshakeTimeoutMs + 2000));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, milliseconds(kHandshakeTimeoutMs - 100));
   close(fd);
+  EXPECT_EQ(server_->stats().handshakes_refused, 1u);
 }
 
-TEST_F(HostilePeer, AHelloWithAnOversizedTokenIsRefused) {
+TEST_F(HostilePeer, AHelloWithAPayloadOtherThanANonceIsRefused) {
   int fd = RawConnect(server_->data_port());
   FrameHeader h;
   h.type = FrameType::kHello;

@@ -11,6 +11,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include "engine/crypto/random.h"
+#include "engine/tcp/handshake.h"
+
 namespace kvferry {
 namespace test {
 
@@ -170,13 +173,44 @@ bool RawRecvHeader(int fd, tcp::FrameHeader* h) {
 }
 
 int RawHello(int fd, const std::string& token) {
+  // The client's side of the handshake, except that the server's proof is not checked:
+  // the proof for `token` goes out whatever the server proved (to test the server).
+  const tcp::HandshakeKey key = tcp::DeriveDataPlaneKey(token);
+  tcp::Nonce nonce_c;
+  if (!crypto::RandomBytes(nonce_c.data(), nonce_c.size()).ok()) return 0;
+  tcp::ClientHandshake client(key, 1 << 20, nonce_c);
+  const std::vector<uint8_t> hello = client.Hello();
+  if (!RawSend(fd, hello.data(), hello.size())) return 0;
+  tcp::FrameHeader challenge;
+  if (!RawRecvHeader(fd, &challenge)) return 0;
+  if (challenge.type != tcp::FrameType::kChallenge || challenge.length != 64) return static_cast<int>(challenge.type);
+  uint8_t payload[64];
+  if (!RawRecv(fd, payload, sizeof(payload))) return 0;
+  tcp::Nonce nonce_s;
+  std::memcpy(nonce_s.data(), payload, nonce_s.size());
+  const crypto::Digest proof = tcp::ClientProof(key, nonce_s, nonce_c);
   tcp::FrameHeader h;
-  h.type = tcp::FrameType::kHello;
-  h.length = token.size();
-  if (!RawSendHeader(fd, h) || !RawSend(fd, token.data(), token.size())) return 0;
+  h.type = tcp::FrameType::kProof;
+  h.length = proof.size();
+  if (!RawSendHeader(fd, h) || !RawSend(fd, proof.data(), proof.size())) return 0;
   tcp::FrameHeader reply;
   if (!RawRecvHeader(fd, &reply)) return 0;
   return static_cast<int>(reply.type);
+}
+
+bool RawServeHandshake(int fd, const std::string& token, uint64_t slice_bytes) {
+  tcp::Nonce nonce_s;
+  if (!crypto::RandomBytes(nonce_s.data(), nonce_s.size()).ok()) return false;
+  tcp::ServerHandshake server(tcp::DeriveDataPlaneKey(token), slice_bytes, nonce_s);
+  uint8_t buf[128];
+  while (server.state() == tcp::ServerHandshake::State::kRunning) {
+    if (!RawRecv(fd, buf, server.want())) return false;
+    server.Feed(buf, server.want());
+    std::vector<uint8_t>& out = server.outbox();
+    if (!out.empty() && !RawSend(fd, out.data(), out.size())) return false;
+    out.clear();
+  }
+  return server.state() == tcp::ServerHandshake::State::kAccepted;
 }
 
 bool WaitClosed(int fd, int timeout_ms) {
@@ -223,14 +257,7 @@ SilentPeer::SilentPeer() {
 }
 
 void SilentPeer::Serve(int fd) {
-  tcp::FrameHeader hello;
-  if (!RawRecvHeader(fd, &hello)) return;
-  std::string token(hello.length, '\0');
-  if (!RawRecv(fd, &token[0], token.size())) return;
-  tcp::FrameHeader ok;
-  ok.type = tcp::FrameType::kHelloOk;
-  ok.offset = 1 << 20;
-  if (!RawSendHeader(fd, ok)) return;
+  if (!RawServeHandshake(fd, kToken, 1 << 20)) return;
   std::vector<uint8_t> sink(1 << 16);
   while (recv(fd, sink.data(), sink.size(), 0) > 0) {
   }

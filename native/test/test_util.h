@@ -70,8 +70,13 @@ bool RawSendHeader(int fd, const tcp::FrameHeader& h);
 /** Receives one header; false on EOF, error or timeout. */
 bool RawRecvHeader(int fd, tcp::FrameHeader* h);
 bool RawRecv(int fd, void* data, size_t n);
-/** Sends HELLO with `token` and returns the reply type (or 0 when none came). */
+/**
+ * Runs the client's side of the handshake proving `token` (sent whatever the server
+ * proved) and returns the verdict's frame type (or 0 when none came).
+ */
 int RawHello(int fd, const std::string& token);
+/** Runs the server's side of the handshake on a blocking socket; true once accepted. */
+bool RawServeHandshake(int fd, const std::string& token, uint64_t slice_bytes);
 /** True when the server closes the connection within `timeout_ms` (bytes are skipped). */
 bool WaitClosed(int fd, int timeout_ms);
 

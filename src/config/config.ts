@@ -99,6 +99,8 @@ export interface Config {
   connectionsPerPeer: number;
   /** Default deadline of a BatchTransfer, and of a Get that pulls from a peer. */
   transferDeadlineMs: number;
+  /** An incoming data-plane connection must prove the cluster token within this long. */
+  dataHandshakeTimeoutMs: number;
   /** Things worth telling the operator that are not errors, e.g. unknown keys in the file. */
   warnings: string[];
 }
@@ -174,6 +176,7 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
     clusterToken: settings.get("cluster_token")?.value ?? "",
     connectionsPerPeer: settings.value("connections_per_peer"),
     transferDeadlineMs: settings.value("transfer_deadline_ms"),
+    dataHandshakeTimeoutMs: settings.value("data_handshake_timeout_ms"),
     warnings,
   };
 }

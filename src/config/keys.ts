@@ -169,6 +169,11 @@ export const KEYS = {
   cluster_token: spec<string>({ parse: text, flag: "clusterToken", env: "KVFERRY_CLUSTER_TOKEN" }),
   connections_per_peer: spec<number>({ parse: integer(1, 64), default: 4, flag: "connectionsPerPeer" }),
   transfer_deadline_ms: spec<number>({ parse: durationMs, default: 30_000, flag: "transferDeadlineMs" }),
+  // An incoming data-plane connection must finish its handshake within this long (the
+  // native engine refuses more than 60 s: unauthenticated connections stay short-lived).
+  data_handshake_timeout_ms: spec<number>({
+    parse: integer(1, 60_000, "milliseconds"), default: 1_000, env: "KVFERRY_DATA_HANDSHAKE_TIMEOUT_MS",
+  }),
 
   // the node registry (src/metadata/)
   metadata_prefix: spec<string>({ parse: keyPrefix, default: "kvferry/v1/", flag: "metadataPrefix" }),

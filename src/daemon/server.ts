@@ -84,6 +84,7 @@ export class Daemon {
         listenHost: config.dataListen.host,
         listenPort: config.dataListen.port,
         connectionsPerPeer: config.connectionsPerPeer,
+        handshakeTimeoutMs: config.dataHandshakeTimeoutMs,
       },
       log,
     );

@@ -11,6 +11,7 @@ export interface NativeOptions {
   connectionsPerPeer: number;
   sliceBytes: number;
   ioTimeoutMs: number;
+  handshakeTimeoutMs: number;
 }
 
 /** Ops to one peer, as columns (one element per op). kinds: 1 write, 2 read. */
@@ -64,7 +65,7 @@ export interface NativeEngine {
   disconnect(peer: string): void;
   stats(): {
     poolUsed: number; poolCapacity: number; bytesSent: number; bytesReceived: number; opsCompleted: number;
-    opsFailed: number; handshakesRefused: number; framesRefused: number; peersConnected: number;
+    opsFailed: number; handshakesRefused: number; framesRefused: number; connectionsShed: number; peersConnected: number;
   };
   shutdown(): void;
 }

@@ -30,6 +30,8 @@ export interface TransferEngineOptions {
   /** Largest slice of an op on the wire. */
   sliceBytes?: number;
   ioTimeoutMs?: number;
+  /** An incoming data-plane connection must finish its handshake within this long. */
+  handshakeTimeoutMs?: number;
 }
 
 export interface OpSpec {
@@ -103,6 +105,7 @@ export class TransferEngine {
       connectionsPerPeer: options.connectionsPerPeer,
       sliceBytes: options.sliceBytes ?? 4 << 20,
       ioTimeoutMs: options.ioTimeoutMs ?? 10_000,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 1_000,
     };
     try {
       return new Engine(settings, onBatch);

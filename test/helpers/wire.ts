@@ -1,12 +1,14 @@
-// A raw client of the native data plane (native/engine/tcp/wire.h, version 1), for tests
+// A raw client of the native data plane (native/engine/tcp/wire.h, version 2), for tests
 // that send it what no real engine would: 48-byte little-endian headers built field by
-// field, and a connection that reports exactly what came back and when it closed.
+// field, the challenge-response handshake written independently of the engine's (with
+// node:crypto), and a connection that reports exactly what came back and when it closed.
+import { createHmac, randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 
 export const HEADER = 48;
 export const MAGIC = 0x5246564b;
-export const VERSION = 1;
-export const MAX_TOKEN_BYTES = 4096;
+export const VERSION = 2;
+export const NONCE_BYTES = 32;
 
 export const FrameType = {
   HELLO: 1,
@@ -16,6 +18,8 @@ export const FrameType = {
   WRITE_ACK: 5,
   READ: 6,
   READ_DATA: 7,
+  CHALLENGE: 8,
+  PROOF: 9,
 } as const;
 
 /** kvferry::Code of native/engine/status.h (the status of a reply frame). */
@@ -29,6 +33,7 @@ export const WireCode = {
   CANCELLED: 6,
   DEADLINE_EXCEEDED: 7,
   PERMISSION_DENIED: 8,
+  NOT_SUPPORTED: 9,
 } as const;
 
 export interface Frame {
@@ -79,10 +84,41 @@ export function decodeHeader(b: Buffer): Frame {
   };
 }
 
-/** HELLO carrying `token`; `offset` is the client's slice size. */
-export function hello(token: string, sliceBytes = 4n << 20n): Buffer {
-  const t = Buffer.from(token, "utf8");
-  return Buffer.concat([header({ type: FrameType.HELLO, offset: sliceBytes, length: BigInt(t.length) }), t]);
+/** HELLO carrying the client's nonce; `offset` is the client's slice size. */
+export function hello(nonce: Buffer = randomBytes(NONCE_BYTES), sliceBytes = 4n << 20n): Buffer {
+  return Buffer.concat([header({ type: FrameType.HELLO, offset: sliceBytes, length: BigInt(nonce.length) }), nonce]);
+}
+
+/** K = HMAC-SHA256(key = token, "kvferry/v1 data-plane"). */
+export function dataPlaneKey(token: string): Buffer {
+  return createHmac("sha256", Buffer.from(token, "utf8")).update("kvferry/v1 data-plane").digest();
+}
+
+/** HMAC(K, label || first || second): "server" proves with (nonce_c, nonce_s), "client" with (nonce_s, nonce_c). */
+export function proof(key: Buffer, label: "server" | "client", first: Buffer, second: Buffer): Buffer {
+  return createHmac("sha256", key).update(label).update(first).update(second).digest();
+}
+
+/**
+ * The client's side of the handshake, proving `token`: HELLO, the server's CHALLENGE,
+ * PROOF (sent whether or not the server's own proof holds, to test the server), and the
+ * verdict's header. `serverProved` says whether the server proved `token`.
+ */
+export async function authenticate(
+  c: RawDataConnection,
+  token: string,
+): Promise<{ verdict: Frame | "closed"; serverProved: boolean }> {
+  const nonceC = randomBytes(NONCE_BYTES);
+  c.send(hello(nonceC));
+  const challenge = await c.frame();
+  if (challenge === "closed" || challenge.type !== FrameType.CHALLENGE) return { verdict: challenge, serverProved: false };
+  const payload = await c.read(2 * NONCE_BYTES);
+  if (payload === "closed") return { verdict: "closed", serverProved: false };
+  const key = dataPlaneKey(token);
+  const nonceS = payload.subarray(0, NONCE_BYTES);
+  const serverProved = proof(key, "server", nonceC, nonceS).equals(payload.subarray(NONCE_BYTES));
+  c.send(header({ type: FrameType.PROOF, length: 32n }), proof(key, "client", nonceS, nonceC));
+  return { verdict: await c.frame(), serverProved };
 }
 
 /** One TCP connection to a data port. Never throws on the server's resets or closes. */

@@ -3,6 +3,7 @@
 // peer killed with SIGKILL in the middle of a PUSH or a PULL. What must hold: the right
 // status per id, within the deadline; no half-written entry; every pool byte accounted
 // for on the survivor; and the survivor keeps serving.
+import { readdirSync } from "node:fs";
 import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { PermissionDeniedError, NotFoundError } from "../../src/errors.js";
@@ -31,7 +32,7 @@ import {
   type EntrySpec,
   type PeerDaemon,
 } from "../helpers/transfer.js";
-import { FrameType, MAX_TOKEN_BYTES, RawDataConnection, WireCode, header, hello, type Frame } from "../helpers/wire.js";
+import { FrameType, RawDataConnection, WireCode, authenticate, header, hello, type Frame } from "../helpers/wire.js";
 
 const KiB = 1024;
 /** Grace a reservation keeps past its deadline when the other daemon vanished (src/daemon/transfers.ts). */
@@ -176,9 +177,9 @@ describe("garbage on the data port", () => {
   }
 
   async function handshake(c: RawDataConnection): Promise<Frame> {
-    c.send(hello(TOKEN));
-    const f = await c.frame();
-    if (f === "closed") throw new Error("the data port closed a HELLO with the right token");
+    const { verdict: f, serverProved } = await authenticate(c, TOKEN);
+    if (f === "closed") throw new Error("the data port closed a handshake with the right token");
+    expect(serverProved, "the server proved the token").toBe(true);
     expect(f.type, "HELLO_OK").toBe(FrameType.HELLO_OK);
     expect(f.status).toBe(0);
     expect(f.offset, "the server's slice size").toBeGreaterThan(0n);
@@ -211,27 +212,37 @@ describe("garbage on the data port", () => {
     );
     // A truncated header, then EOF.
     await probe(async (c) => {
-      c.send(hello(TOKEN).subarray(0, 20));
+      c.send(hello().subarray(0, 20));
       c.end();
       await expectDropped(c, "a truncated HELLO header");
     });
-    // Well-formed HELLO headers whose token length is out of range: never read, never allocated.
-    for (const length of [BigInt(MAX_TOKEN_BYTES) + 1n, 1n << 40n, (1n << 64n) - 1n]) {
+    // Well-formed HELLO headers whose payload is not a 32-byte nonce: never read, never allocated.
+    for (const length of [0n, 31n, 33n, 4097n, 1n << 40n, (1n << 64n) - 1n]) {
       await probe(async (c) => {
         c.send(header({ type: FrameType.HELLO, offset: 4n << 20n, length }), Buffer.alloc(64));
-        await expectDropped(c, `a HELLO announcing ${length} token bytes`);
+        await expectDropped(c, `a HELLO announcing ${length} nonce bytes`);
       });
     }
+    // A HELLO of wire version 1 (it carried the token itself): refused as NOT_SUPPORTED.
+    await probe(async (c) => {
+      const token = Buffer.from(TOKEN);
+      c.send(header({ type: FrameType.HELLO, version: 1, offset: 4n << 20n, length: BigInt(token.length) }), token);
+      const f = await c.frame();
+      expect(f, "a version-1 HELLO").not.toBe("closed");
+      expect([(f as Frame).type, (f as Frame).status]).toEqual([FrameType.HELLO_REFUSED, WireCode.NOT_SUPPORTED]);
+      expect((await c.outcome(3_000)).state, "closed after HELLO_REFUSED").toBe("closed");
+    });
     // A first frame that is not a HELLO.
     await probe(async (c) => {
       c.send(header({ type: FrameType.WRITE, handle: 1n, length: 8n }), Buffer.alloc(8));
       await expectDropped(c, "a WRITE before any HELLO");
     });
-    // A wrong token: HELLO_REFUSED with PERMISSION_DENIED, then the server closes.
+    // A wrong token: the server's proof does not check out for it, and our proof gets
+    // HELLO_REFUSED with PERMISSION_DENIED, then the server closes.
     for (const token of ["wrong-token", TOKEN.slice(0, -1), `${TOKEN}x`, ""]) {
       await probe(async (c) => {
-        c.send(hello(token));
-        const f = await c.frame();
+        const { verdict: f, serverProved } = await authenticate(c, token);
+        expect(serverProved, `token ${JSON.stringify(token)}: the server's proof fits it`).toBe(false);
         expect(f, `token ${JSON.stringify(token)}`).not.toBe("closed");
         expect((f as Frame).type).toBe(FrameType.HELLO_REFUSED);
         expect((f as Frame).status).toBe(WireCode.PERMISSION_DENIED);
@@ -256,11 +267,11 @@ describe("garbage on the data port", () => {
       ["a WRITE of 2^64-1 bytes", () => header({ type: FrameType.WRITE, handle: 1n, length: (1n << 64n) - 1n })],
       ["a READ longer than the slice size", (slice) => header({ type: FrameType.READ, handle: 1n, length: slice * 4n })],
       ["a wrong magic", () => header({ type: FrameType.WRITE, magic: 0x12345678, length: 0n })],
-      ["a wrong version", () => header({ type: FrameType.WRITE, version: 2, length: 0n })],
+      ["a wrong version", () => header({ type: FrameType.WRITE, version: 1, length: 0n })],
       ["non-zero flags", () => header({ type: FrameType.READ, flags: 1, length: 0n })],
       ["a non-zero reserved field", () => header({ type: FrameType.READ, reserved: 1, length: 0n })],
       ["a request with a status", () => header({ type: FrameType.READ, status: 3, length: 0n })],
-      ["a second HELLO", () => hello(TOKEN)],
+      ["a second HELLO", () => hello()],
       ["a reply type from the client", () => header({ type: FrameType.WRITE_ACK })],
       ["an unknown type", () => header({ type: 99 })],
     ];
@@ -361,8 +372,7 @@ describe("garbage on the data port", () => {
 
     const c = await RawDataConnection.open(t.dataAddress);
     onTestFinished(() => c.destroy());
-    c.send(hello(TOKEN));
-    expect(((await c.frame()) as Frame).type).toBe(FrameType.HELLO_OK);
+    expect(((await authenticate(c, TOKEN)).verdict as Frame).type).toBe(FrameType.HELLO_OK);
     const write = async (id: bigint, offset: bigint, payload: Buffer, length = BigInt(payload.length)) => {
       c.send(header({ type: FrameType.WRITE, requestId: id, handle, offset, length }), payload);
       const f = await c.frame();
@@ -395,6 +405,34 @@ describe("garbage on the data port", () => {
     expect(digest(got.parts.get("p")!)).toBe(digest(data));
     expect((await t.client.serverInfo()).bytesUsed).toBe(before + size);
     await t.client.release("bounds");
+    expect(alive(t)).toBe(true);
+  });
+
+  it("600 connections that never finish a handshake start no thread in the daemon, do not keep a real PUSH out, and are closed by the handshake deadline", async () => {
+    const threads = () => readdirSync(`/proc/${t.proc.child.pid}/task`).length;
+    const before = threads();
+    const idle = await Promise.all(Array.from({ length: 600 }, () => RawDataConnection.open(t.dataAddress)));
+    onTestFinished(() => idle.forEach((c) => c.destroy()));
+    // Half of them send a partial HELLO, the others nothing; none of them gets a thread.
+    idle.forEach((c, i) => i % 2 === 0 && c.send(hello().subarray(0, 10)));
+    let most = threads();
+    for (let i = 0; i < 20; i++) {
+      await sleep(20);
+      most = Math.max(most, threads());
+    }
+    // (a few threads of slack: Node starts its libuv pool of 4 on first use; before the fix: ~500)
+    expect(most, "threads of the daemon while 600 connections wait").toBeLessThanOrEqual(before + 8);
+
+    const spec = entrySpec("idle-flood-push", [16 * MiB]);
+    const hashes = await putEntry(s.client, spec);
+    const res = await s.client.batchTransfer([spec.id], t.peerAddress, "push", { timeoutMs: 30_000 });
+    expectAllOk(res.results);
+    expect(await fetchHashes(t.client, spec.id)).toEqual(hashes);
+
+    // Shed at once (more than 64 pending from one address), or closed at the 1 s deadline.
+    const outcomes = await Promise.all(idle.map((c) => c.outcome(5_000)));
+    expect(outcomes.filter((o) => o.state !== "closed" || o.received !== 0)).toEqual([]);
+    await t.client.release(spec.id);
     expect(alive(t)).toBe(true);
   });
 });

@@ -28,7 +28,7 @@ import {
   startPeerDaemon,
   type PeerDaemon,
 } from "../helpers/transfer.js";
-import { FrameType, RawDataConnection, WireCode, header, hello, type Frame } from "../helpers/wire.js";
+import { FrameType, RawDataConnection, WireCode, authenticate, header, type Frame } from "../helpers/wire.js";
 
 const KiB = 1024;
 let a: PeerDaemon;
@@ -133,8 +133,7 @@ describe("transfers that must not hurt their neighbours", () => {
     const handle = BigInt(prep.entries[0]!.parts[0]!.handle);
     const c = await RawDataConnection.open(b.dataAddress);
     onTestFinished(() => c.destroy());
-    c.send(hello(TOKEN));
-    expect(((await c.frame()) as Frame).type).toBe(FrameType.HELLO_OK);
+    expect(((await authenticate(c, TOKEN)).verdict as Frame).type).toBe(FrameType.HELLO_OK);
     c.send(header({ type: FrameType.WRITE, requestId: 1n, handle, offset: 0n, length: 16n }), Buffer.alloc(16, 0xee));
     const f = await c.frame();
     expect(f !== "closed" && [f.type, f.requestId, f.status]).toEqual([FrameType.WRITE_ACK, 1n, WireCode.PERMISSION_DENIED]);
@@ -180,8 +179,7 @@ describe("transfers that must not hurt their neighbours", () => {
     const handle = BigInt(prep.entries[0]!.parts[0]!.handle);
     const conn = await RawDataConnection.open(c.dataAddress);
     onTestFinished(() => conn.destroy());
-    conn.send(hello(TOKEN));
-    expect(((await conn.frame()) as Frame).type).toBe(FrameType.HELLO_OK);
+    expect(((await authenticate(conn, TOKEN)).verdict as Frame).type).toBe(FrameType.HELLO_OK);
     const t0 = Date.now();
     conn.send(header({ type: FrameType.WRITE, requestId: 1n, handle, offset: 0n, length: BigInt(size) }), Buffer.alloc(1));
     // Each byte alone would reset a per-call timeout; the frame's deadline does not move.

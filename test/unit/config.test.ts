@@ -103,6 +103,7 @@ describe("defaults", () => {
       clusterToken: "",
       connectionsPerPeer: 4,
       transferDeadlineMs: 30000,
+      dataHandshakeTimeoutMs: 1000,
       warnings: [],
     });
   });
@@ -568,6 +569,19 @@ describe("store bounds: max_entries, max_parts_per_entry, max_waiting_put_bytes"
       source: "KVFERRY_MAX_WAITING_PUT_BYTES", key: "max_waiting_put_bytes", value: "1.5", expected: "bytes from 0",
     });
   });
+
+describe("data_handshake_timeout_ms", () => {
+  it("reads it from the file and from KVFERRY_DATA_HANDSHAKE_TIMEOUT_MS", () => {
+    expect(loadFile({ data_handshake_timeout_ms: 250 }).dataHandshakeTimeoutMs).toBe(250);
+    expect(load({}, { KVFERRY_DATA_HANDSHAKE_TIMEOUT_MS: "2000" }).dataHandshakeTimeoutMs).toBe(2000);
+  });
+
+  it.each<[string, unknown]>([["zero", 0], ["more than a minute", 60_001], ["a fraction", 0.5]])(
+    "refuses %s, naming the key and the range",
+    (_what, value) => {
+      expectFileValueRefused("data_handshake_timeout_ms", value, "a whole number of milliseconds from 1 to 60000");
+    },
+  );
 });
 
 describe("millisecond durations", () => {

@@ -15,7 +15,7 @@ namespace kvferry {
 namespace tcp {
 
 TcpClient::TcpClient(const TransportContext& context, TcpClientOptions options)
-    : context_(context), options_(std::move(options)) {}
+    : context_(context), options_(std::move(options)), key_(DeriveDataPlaneKey(options_.token)) {}
 
 TcpClient::~TcpClient() { Shutdown(); }
 

@@ -35,8 +35,9 @@
 // Failure
 // - A slice error reported by the peer (unknown handle, out of range, wrong direction)
 //   fails its op; the connection stays. A connection error fails every op with a slice
-//   in its window (kUnavailable; kPermissionDenied for a refused handshake; kCancelled
-//   at Shutdown). If every connection of a peer fails before delivering anything, the
+//   in its window (kUnavailable; kPermissionDenied for a refused handshake or a server
+//   that cannot prove the token, to which nothing but the HELLO's nonce was sent;
+//   kNotSupported for another wire version; kCancelled at Shutdown). If every connection of a peer fails before delivering anything, the
 //   peer's pending ops fail with that error; otherwise pending ops wait for
 //   (re)connected carriers.
 // - Cancel(op): the op stops being sliced; if slices are in flight, the connections
@@ -63,6 +64,7 @@
 
 #include "engine/engine.h"
 #include "engine/status.h"
+#include "engine/tcp/handshake.h"
 #include "engine/transport.h"
 
 namespace kvferry {
@@ -207,6 +209,7 @@ class TcpClient {
 
   const TransportContext context_;
   const TcpClientOptions options_;
+  const HandshakeKey key_;  // derived from options_.token (see handshake.h)
 
   std::mutex shutdown_mu_;  // serialises Shutdown()
   mutable std::mutex mu_;

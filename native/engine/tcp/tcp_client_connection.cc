@@ -14,6 +14,8 @@
 #include <cstring>
 #include <utility>
 
+#include "engine/crypto/random.h"
+#include "engine/tcp/handshake.h"
 #include "engine/tcp/socket_io.h"
 #include "engine/tcp/tcp_client.h"
 #include "engine/tcp/wire.h"
@@ -120,35 +122,40 @@ Status TcpClient::Establish(Conn* c) {
   SetIoTimeouts(fd, options_.io_timeout_ms);
   SetStreamOptions(fd, kClientSocketBuffer);
 
+  // The handshake (wire.h): our proof leaves only after the server has proven the token.
   const std::string& peer = c->peer->key;
-  FrameHeader hello;
-  hello.type = FrameType::kHello;
-  hello.offset = options_.slice_bytes;
-  hello.length = options_.token.size();
-  uint8_t out[kHeaderSize];
-  EncodeHeader(hello, out);
-  struct iovec iov[2];
-  iov[0] = {out, kHeaderSize};
-  iov[1] = {const_cast<char*>(options_.token.data()), options_.token.size()};
-  IoResult r = SendFull(fd, iov, 2);
-  if (r != IoResult::kOk) {
+  auto failed = [&peer](IoResult r) {
     return Status(Code::kUnavailable, "handshake with peer " + peer + ": " + IoResultText(r));
-  }
-  uint8_t in[kHeaderSize];
+  };
+  auto from_peer = [&peer](const Status& s) { return Status(s.code(), "peer " + peer + " " + s.message()); };
+  Nonce nonce;
+  Status random = crypto::RandomBytes(nonce.data(), nonce.size());
+  if (!random.ok()) return random;
+  ClientHandshake handshake(key_, options_.slice_bytes, nonce);
+  std::vector<uint8_t> out = handshake.Hello();
+  struct iovec iov = {out.data(), out.size()};
+  IoResult r = SendFull(fd, &iov, 1);
+  if (r != IoResult::kOk) return failed(r);
+  uint8_t in[kHeaderSize + ClientHandshake::kChallengeBytes];
   size_t got = 0;
   r = RecvFull(fd, in, kHeaderSize, &got);
-  if (r != IoResult::kOk) {
-    return Status(Code::kUnavailable, "handshake with peer " + peer + ": " + IoResultText(r));
-  }
-  FrameHeader reply = DecodeHeader(in);
-  if (IsWellFormed(reply) && reply.type == FrameType::kHelloRefused) {
-    return Status(Code::kPermissionDenied, "peer " + peer + " refused the handshake (token mismatch)");
-  }
-  if (!IsWellFormed(reply) || reply.type != FrameType::kHelloOk || reply.length != 0 || reply.offset == 0) {
-    return Status(Code::kUnavailable, "peer " + peer + " answered the handshake with a malformed frame");
-  }
+  if (r != IoResult::kOk) return failed(r);
+  s = handshake.OnChallengeHeader(in);
+  if (!s.ok()) return from_peer(s);
+  r = RecvFull(fd, in + kHeaderSize, ClientHandshake::kChallengeBytes, &got);
+  if (r != IoResult::kOk) return failed(r);
+  s = handshake.OnChallenge(in + kHeaderSize, &out);
+  if (!s.ok()) return from_peer(s);
+  iov = {out.data(), out.size()};
+  r = SendFull(fd, &iov, 1);
+  if (r != IoResult::kOk) return failed(r);
+  r = RecvFull(fd, in, kHeaderSize, &got);
+  if (r != IoResult::kOk) return failed(r);
+  uint64_t server_slice = 0;
+  s = handshake.OnVerdict(in, &server_slice);
+  if (!s.ok()) return from_peer(s);
   std::lock_guard<std::mutex> lock(mu_);
-  c->max_payload = std::min(options_.slice_bytes, reply.offset);
+  c->max_payload = std::min(options_.slice_bytes, server_slice);
   return Status::Ok();
 }
 

@@ -1,16 +1,20 @@
 #include "engine/tcp/tcp_server.h"
 
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <utility>
 
+#include "engine/crypto/random.h"
 #include "engine/tcp/socket_io.h"
 
 namespace kvferry {
@@ -30,13 +34,15 @@ constexpr size_t kMaxHeldAcks = 32;
 }  // namespace
 
 TcpServer::TcpServer(const TransportContext& context, TcpServerOptions options)
-    : context_(context), options_(std::move(options)) {}
+    : context_(context), options_(std::move(options)), key_(DeriveDataPlaneKey(options_.token)) {}
 
 TcpServer::~TcpServer() { Stop(); }
 
 Status TcpServer::Start() {
   Status s = ListenTcp(options_.host, options_.port, &listen_fd_, &port_);
   if (!s.ok()) return s;
+  // The acceptor drains the queue until EAGAIN and never blocks in accept.
+  fcntl(listen_fd_, F_SETFL, fcntl(listen_fd_, F_GETFL) | O_NONBLOCK);
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) {
     close(listen_fd_);
@@ -89,108 +95,170 @@ void TcpServer::ReapLocked(std::vector<std::unique_ptr<Connection>>* finished) {
 }
 
 void TcpServer::AcceptLoop() {
+  using Clock = std::chrono::steady_clock;
+  std::vector<struct pollfd> fds;
   for (;;) {
-    struct pollfd fds[2];
-    fds[0] = {listen_fd_, POLLIN, 0};
-    fds[1] = {wake_fd_, POLLIN, 0};
-    int rc = poll(fds, 2, -1);
-    if (rc < 0) {
-      if (errno == EINTR) continue;
-      return;
+    fds.clear();
+    fds.push_back({listen_fd_, POLLIN, 0});
+    fds.push_back({wake_fd_, POLLIN, 0});
+    for (const Pending& p : pending_) {
+      fds.push_back({p.fd, static_cast<short>(p.handshake.has_output() ? POLLOUT : POLLIN), 0});
     }
-    if (fds[1].revents != 0) return;  // Stop()
-    if ((fds[0].revents & POLLIN) == 0) continue;
-    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    int timeout = -1;
+    if (!pending_.empty()) {
+      // The oldest pending connection has the earliest deadline (rounded up, so the
+      // wake-up is never early).
+      const auto left = pending_.front().deadline - Clock::now();
+      timeout = static_cast<int>(std::max<int64_t>(
+          0, std::chrono::duration_cast<std::chrono::milliseconds>(left + std::chrono::microseconds(999)).count()));
+    }
+    int rc = poll(fds.data(), fds.size(), timeout);
+    if (rc < 0 && errno != EINTR) break;
+    if (rc > 0 && fds[1].revents != 0) break;  // Stop()
+    // Handshakes with events, in the order they were polled (accepts come after, so the
+    // list and the poll array still line up here).
+    size_t i = 2;
+    for (auto it = pending_.begin(); rc > 0 && i < fds.size(); ++i) {
+      auto cur = it++;
+      if (fds[i].revents == 0) continue;
+      Settle(cur, AdvanceHandshake(&*cur));
+    }
+    const auto now = Clock::now();
+    while (!pending_.empty() && pending_.front().deadline <= now) DropPending(pending_.begin(), true);
+    if (rc > 0 && (fds[0].revents & POLLIN) != 0) AcceptReady(now);
+  }
+  while (!pending_.empty()) DropPending(pending_.begin(), false);
+}
+
+void TcpServer::AcceptReady(std::chrono::steady_clock::time_point now) {
+  // A bounded batch per wake-up, so pending handshakes are served between batches.
+  for (int n = 0; n < 64; ++n) {
+    struct sockaddr_storage from;
+    socklen_t from_len = sizeof(from);
+    int fd = accept4(listen_fd_, reinterpret_cast<struct sockaddr*>(&from), &from_len, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
       // EMFILE and friends: back off briefly instead of spinning.
-      if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED) {
+      if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
+      return;
+    }
+    std::string address;
+    if (from.ss_family == AF_INET) {
+      const auto* v4 = reinterpret_cast<const struct sockaddr_in*>(&from);
+      address.assign(reinterpret_cast<const char*>(&v4->sin_addr), sizeof(v4->sin_addr));
+    } else if (from.ss_family == AF_INET6) {
+      const auto* v6 = reinterpret_cast<const struct sockaddr_in6*>(&from);
+      address.assign(reinterpret_cast<const char*>(&v6->sin6_addr), sizeof(v6->sin6_addr));
+    }
+    Nonce nonce;
+    if (!crypto::RandomBytes(nonce.data(), nonce.size()).ok()) {
+      close(fd);
       continue;
     }
-    std::vector<std::unique_ptr<Connection>> finished;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ReapLocked(&finished);
-      if (stopping_ || connections_.size() >= kMaxConnections) {
-        close(fd);
-      } else {
-        SetIoTimeouts(fd, options_.io_timeout_ms);
-        SetStreamOptions(fd, kServerSocketBuffer);
-        auto conn = std::make_unique<Connection>();
-        Connection* raw = conn.get();
-        raw->fd = fd;
-        raw->thread = std::thread([this, raw, fd] { Serve(raw, fd); });
-        connections_.push_back(std::move(conn));
+    // Make room: the oldest pending connection of this address, else the oldest of all.
+    auto known = pending_by_address_.find(address);
+    const size_t from_here = known == pending_by_address_.end() ? 0 : known->second;
+    if (from_here >= options_.max_pending_per_address) {
+      for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+        if (it->address == address) {
+          context_.counters->connections_shed.fetch_add(1, std::memory_order_relaxed);
+          DropPending(it, false);
+          break;
+        }
       }
+    } else if (pending_.size() >= options_.max_pending) {
+      context_.counters->connections_shed.fetch_add(1, std::memory_order_relaxed);
+      DropPending(pending_.begin(), false);
     }
-    for (auto& c : finished) c->thread.join();
+    pending_by_address_[address] += 1;
+    pending_.emplace_back(fd, std::move(address), now + std::chrono::milliseconds(options_.handshake_timeout_ms), key_,
+                          options_.slice_bytes, nonce);
+    // A real peer sent its HELLO right after connecting: answer it now, not a poll later.
+    const auto added = std::prev(pending_.end());
+    Settle(added, AdvanceHandshake(&*added));
   }
 }
 
-TcpServer::HandshakeResult TcpServer::Handshake(int fd) {
-  using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + std::chrono::milliseconds(options_.io_timeout_ms);
-  size_t total = 0;
-  // The HELLO must be complete by the deadline, however slowly its bytes trickle in.
-  auto recv_by_deadline = [&](uint8_t* dst, size_t n) {
-    size_t done = 0;
-    while (done < n) {
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      if (left <= 0) return false;
-      struct pollfd pfd = {fd, POLLIN, 0};
-      int rc = poll(&pfd, 1, static_cast<int>(left));
-      if (rc < 0 && errno == EINTR) continue;
-      if (rc <= 0) return false;
-      ssize_t r = recv(fd, dst + done, n - done, MSG_DONTWAIT);
-      if (r > 0) {
-        done += static_cast<size_t>(r);
-        total += static_cast<size_t>(r);
+TcpServer::Advance TcpServer::AdvanceHandshake(Pending* p) {
+  ServerHandshake& hs = p->handshake;
+  for (;;) {
+    std::vector<uint8_t>& out = hs.outbox();
+    while (p->sent < out.size()) {
+      ssize_t n = send(p->fd, out.data() + p->sent, out.size() - p->sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        p->sent += static_cast<size_t>(n);
         continue;
       }
-      if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
-      return false;  // EOF, reset, or shut down by Stop()
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Advance::kKeep;
+      return Advance::kRefused;  // it left mid-handshake
     }
-    return true;
-  };
-  uint8_t buf[kHeaderSize];
-  if (!recv_by_deadline(buf, kHeaderSize)) {
-    // A peer that connects and leaves without a byte (a port probe, a client shutting
-    // down mid-connect) was not refused anything.
-    return total == 0 ? HandshakeResult::kGone : HandshakeResult::kRefused;
+    out.clear();
+    p->sent = 0;
+    if (hs.state() == ServerHandshake::State::kAccepted) return Advance::kAccepted;
+    if (hs.state() == ServerHandshake::State::kRefused) return Advance::kRefused;
+    // Exactly what the handshake needs next: bytes after it stay in the socket.
+    uint8_t buf[kHeaderSize + kNonceBytes];
+    ssize_t n = recv(p->fd, buf, std::min(hs.want(), sizeof(buf)), MSG_DONTWAIT);
+    if (n > 0) {
+      hs.Feed(buf, static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Advance::kKeep;
+    // EOF or reset: a peer that leaves before its first byte (a port probe) was not
+    // refused anything.
+    return hs.received_any() ? Advance::kRefused : Advance::kGone;
   }
-  FrameHeader h = DecodeHeader(buf);
-  if (!IsWellFormed(h) || h.type != FrameType::kHello || h.length > kMaxTokenBytes) {
-    return HandshakeResult::kRefused;
-  }
-  std::string token(h.length, '\0');
-  if (h.length > 0 && !recv_by_deadline(reinterpret_cast<uint8_t*>(&token[0]), h.length)) {
-    return HandshakeResult::kRefused;
-  }
+}
 
-  FrameHeader reply;
-  const bool accepted = ConstantTimeEquals(options_.token, token);
-  if (accepted) {
-    reply.type = FrameType::kHelloOk;
-    reply.offset = options_.slice_bytes;
-  } else {
-    reply.type = FrameType::kHelloRefused;
-    reply.status = static_cast<uint32_t>(Code::kPermissionDenied);
+void TcpServer::Settle(std::list<Pending>::iterator it, Advance outcome) {
+  if (outcome == Advance::kKeep) return;
+  if (outcome == Advance::kAccepted) {
+    const int fd = it->fd;
+    it->fd = -1;
+    DropPending(it, false);
+    StartServing(fd);
+    return;
   }
-  uint8_t out[kHeaderSize];
-  EncodeHeader(reply, out);
-  struct iovec iov = {out, kHeaderSize};
-  IoResult sent = SendFull(fd, &iov, 1);
-  if (!accepted) return HandshakeResult::kRefused;
-  return sent == IoResult::kOk ? HandshakeResult::kAccepted : HandshakeResult::kGone;
+  DropPending(it, outcome == Advance::kRefused);
+}
+
+void TcpServer::DropPending(std::list<Pending>::iterator it, bool refused) {
+  if (refused) context_.counters->handshakes_refused.fetch_add(1, std::memory_order_relaxed);
+  if (it->fd >= 0) close(it->fd);
+  auto count = pending_by_address_.find(it->address);
+  if (count != pending_by_address_.end() && --count->second == 0) pending_by_address_.erase(count);
+  pending_.erase(it);
+}
+
+void TcpServer::StartServing(int fd) {
+  // From here on the connection is served with blocking I/O and the I/O timeouts.
+  const int flags = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  SetIoTimeouts(fd, options_.io_timeout_ms);
+  SetStreamOptions(fd, kServerSocketBuffer);
+  std::vector<std::unique_ptr<Connection>> finished;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ReapLocked(&finished);
+    if (stopping_ || connections_.size() >= kMaxConnections) {
+      close(fd);
+      context_.counters->connections_shed.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      auto conn = std::make_unique<Connection>();
+      Connection* raw = conn.get();
+      raw->fd = fd;
+      raw->thread = std::thread([this, raw, fd] { Serve(raw, fd); });
+      connections_.push_back(std::move(conn));
+    }
+  }
+  for (auto& c : finished) c->thread.join();
 }
 
 void TcpServer::Serve(Connection* conn, int fd) {
-  HandshakeResult hello = Handshake(fd);
-  if (hello == HandshakeResult::kRefused) {
-    context_.counters->handshakes_refused.fetch_add(1, std::memory_order_relaxed);
-  } else if (hello == HandshakeResult::kAccepted) {
+  {
     Session session(fd, options_.io_timeout_ms);
     for (;;) {
       // Wait for the next header. A timeout before its first byte is an idle peer, which
@@ -236,8 +304,7 @@ void TcpServer::Serve(Connection* conn, int fd) {
       }
       if (r != IoResult::kOk) break;
       FrameHeader h = DecodeHeader(buf);
-      const bool request = h.type == FrameType::kWrite || h.type == FrameType::kRead;
-      if (!IsWellFormed(h) || !request || h.status != 0 || h.length > options_.slice_bytes) {
+      if (!IsAcceptableRequest(h, options_.slice_bytes)) {
         context_.counters->frames_refused.fetch_add(1, std::memory_order_relaxed);
         break;
       }

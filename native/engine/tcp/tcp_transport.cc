@@ -14,6 +14,7 @@ TcpServerOptions ServerOptions(const TcpTransportOptions& o) {
   s.port = o.listen_port;
   s.slice_bytes = o.slice_bytes;
   s.io_timeout_ms = o.io_timeout_ms;
+  s.handshake_timeout_ms = o.handshake_timeout_ms;
   return s;
 }
 

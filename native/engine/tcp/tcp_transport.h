@@ -24,6 +24,7 @@ struct TcpTransportOptions {
   int connections_per_peer = 4;
   uint64_t slice_bytes = 4 << 20;
   int io_timeout_ms = 10000;
+  int handshake_timeout_ms = 1000;
 };
 
 class TcpTransport final : public Transport {

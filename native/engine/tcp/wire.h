@@ -1,11 +1,11 @@
-// The kvferry TCP data-plane wire format (version 1).
+// The kvferry TCP data-plane wire format (version 2).
 //
 // A connection carries frames. Every frame starts with a fixed 48-byte header, all
 // integers little-endian:
 //
 //   off size field
 //     0    4 magic       0x5246564B ("KVFR" as bytes)
-//     4    1 version     1
+//     4    1 version     2
 //     5    1 type        FrameType below
 //     6    2 flags       0 (reserved)
 //     8    4 status      kvferry::Code of a reply (0 in requests)
@@ -15,12 +15,29 @@
 //    32    8 offset      byte offset inside the handle's range (WRITE, READ); see HELLO*
 //    40    8 length      bytes of the transfer, see per type
 //
-// Frames, in the order a connection uses them:
-//   HELLO          client → server, first frame: `length` token bytes follow
-//                  (length ≤ kMaxTokenBytes); `offset` = the client's slice size.
-//   HELLO_OK       server → client: `offset` = the largest payload the server accepts
-//                  (its slice size); the client cuts slices to min(its own, this).
-//   HELLO_REFUSED  server → client, status kPermissionDenied; the server then closes.
+// The handshake (version 2): mutual challenge-response; the cluster token never crosses
+// the wire. Both sides derive K = HMAC-SHA256(key = token, "kvferry/v1 data-plane").
+//   HELLO          client → server, first frame: `length` = 32, payload nonce_c (32
+//                  fresh random bytes); `offset` = the client's slice size.
+//   CHALLENGE      server → client: `length` = 64, payload nonce_s (32 fresh random
+//                  bytes) then server_proof = HMAC(K, "server" || nonce_c || nonce_s).
+//                  The client checks server_proof before it sends anything else: a
+//                  server that cannot prove the token gets nothing from it (the client
+//                  closes, kPermissionDenied).
+//   PROOF          client → server: `length` = 32, payload
+//                  client_proof = HMAC(K, "client" || nonce_s || nonce_c).
+//   HELLO_OK       server → client, the proof checked (in constant time): `offset` = the
+//                  largest payload the server accepts (its slice size); the client cuts
+//                  slices to min(its own, this).
+//   HELLO_REFUSED  server → client, status kPermissionDenied (wrong proof) or
+//                  kNotSupported (a HELLO of another wire version; this reply carries
+//                  the server's version); the server then closes.
+// Nothing a passive observer or a fake server records can be replayed: every proof
+// covers a nonce the verifier has just drawn. A malformed handshake frame closes the
+// connection without a reply. The whole handshake must finish within the server's
+// handshake deadline (see tcp_server.h).
+//
+// After HELLO_OK:
 //   WRITE          header + `length` payload bytes to store at handle+offset.
 //   WRITE_ACK      status of that WRITE; length 0.
 //   READ           ask for `length` bytes at handle+offset; no payload.
@@ -42,9 +59,13 @@ namespace kvferry {
 namespace tcp {
 
 constexpr uint32_t kMagic = 0x5246564Bu;
-constexpr uint8_t kVersion = 1;
+constexpr uint8_t kVersion = 2;
 constexpr size_t kHeaderSize = 48;
+/** The longest cluster token an engine accepts (the token itself never travels). */
 constexpr uint64_t kMaxTokenBytes = 4096;
+/** Handshake nonces and proofs (HMAC-SHA256 outputs) are this long. */
+constexpr size_t kNonceBytes = 32;
+constexpr size_t kProofBytes = 32;
 
 enum class FrameType : uint8_t {
   kHello = 1,
@@ -54,6 +75,8 @@ enum class FrameType : uint8_t {
   kWriteAck = 5,
   kRead = 6,
   kReadData = 7,
+  kChallenge = 8,
+  kProof = 9,
 };
 
 struct FrameHeader {
@@ -118,7 +141,16 @@ inline FrameHeader DecodeHeader(const uint8_t in[kHeaderSize]) {
 inline bool IsWellFormed(const FrameHeader& h) {
   const uint8_t t = static_cast<uint8_t>(h.type);
   return h.magic == kMagic && h.version == kVersion && h.flags == 0 && h.reserved == 0 &&
-         t >= static_cast<uint8_t>(FrameType::kHello) && t <= static_cast<uint8_t>(FrameType::kReadData);
+         t >= static_cast<uint8_t>(FrameType::kHello) && t <= static_cast<uint8_t>(FrameType::kProof);
+}
+
+/**
+ * A request the server serves after the handshake: well-formed, WRITE or READ, status 0,
+ * and a payload of at most `max_payload` bytes. Anything else is a protocol violation.
+ */
+inline bool IsAcceptableRequest(const FrameHeader& h, uint64_t max_payload) {
+  const bool request = h.type == FrameType::kWrite || h.type == FrameType::kRead;
+  return IsWellFormed(h) && request && h.status == 0 && h.length <= max_payload;
 }
 
 }  // namespace tcp
