@@ -3,7 +3,7 @@
 // relays every stream to a real daemon and records the paths. Plus the handshake of a
 // token holder, for fakes that must pass as a peer.
 import { randomBytes } from "node:crypto";
-import { connect, createServer, type Http2Server, type IncomingHttpHeaders, type OutgoingHttpHeaders } from "node:http2";
+import { connect, createServer, type Http2Server, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Session } from "node:http2";
 import type { AddressInfo } from "node:net";
 import type { sendUnaryData, ServerUnaryCall } from "@grpc/grpc-js";
 import { PEER_API_PURPOSE, purposeKey } from "../../src/daemon/peer-auth.js";
@@ -154,11 +154,23 @@ export function handshakeHandlers(token: string) {
   };
 }
 
+const sessions = new WeakMap<Http2Server, Set<ServerHttp2Session>>();
+
 async function listen(server: Http2Server): Promise<string> {
+  const open = new Set<ServerHttp2Session>();
+  sessions.set(server, open);
+  server.on("session", (session: ServerHttp2Session) => {
+    open.add(session);
+    session.on("close", () => open.delete(session));
+    session.on("error", () => {});
+  });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   return `127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
+/** Closes the listener and every connection to it (a daemon's channel would hold it open). */
 function closeServer(server: Http2Server): Promise<void> {
-  return new Promise((resolve) => server.close(() => resolve()));
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  for (const session of sessions.get(server) ?? []) session.destroy();
+  return closed;
 }
