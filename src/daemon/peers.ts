@@ -10,7 +10,7 @@
 // leaves it greeted (the next call retries the channel); Forget drops what Hello said.
 // Its channel is replaced (revive) or closed (eviction, close) only once no call is on it.
 import { Client, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
-import { errorFromStatus, InternalError, InvalidArgumentError, PermissionDeniedError, UnauthenticatedError, UnavailableError } from "../errors.js";
+import { DeadlineExceededError, errorFromStatus, InternalError, InvalidArgumentError, PermissionDeniedError, UnauthenticatedError, UnavailableError } from "../errors.js";
 import {
   ConfirmSessionRequest,
   ConfirmSessionResponse,
@@ -43,6 +43,8 @@ import {
 const CHANNEL_OPTIONS = { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 1_000 };
 /** Peers with an open channel at once; the oldest is closed beyond this. */
 const MAX_PEERS = 1024;
+/** A handshake (two round trips) gives up after this; callers stop waiting at their own deadlines. */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 /** The peer API's methods that need a session (all but the handshake's two). */
 export type PeerMethod = Exclude<keyof typeof KvFerryPeerService, "openSession" | "confirmSession">;
@@ -154,11 +156,17 @@ export class Peer {
     this.#channel?.retire();
   }
 
+  /** The open session, after a handshake if needed; a caller waits for one no longer than its own deadline. */
   #authenticated(deadline: number): Promise<Session> {
     const s = this.#session;
     if (s.state === "open") return Promise.resolve(s.session);
-    if (s.state === "opening") return s.done;
-    const done = this.#handshake(deadline).then(
+    const done = s.state === "opening" ? s.done : this.#startHandshake();
+    return untilDeadline(done, deadline, () => new DeadlineExceededError(`peer ${this.address}: the handshake did not finish within the call's deadline`));
+  }
+
+  /** One handshake at a time, on its own deadline: a caller with a short one does not fail the others. */
+  #startHandshake(): Promise<Session> {
+    const done = this.#handshake(Date.now() + HANDSHAKE_TIMEOUT_MS).then(
       (session) => {
         this.#session = { state: "open", session };
         return session;
@@ -263,4 +271,13 @@ export class PeerDirectory {
     for (const peer of this.#peers.values()) peer.close();
     this.#peers.clear();
   }
+}
+
+/** `p`, or `timeout()` once `deadline` (ms since the epoch) has passed. */
+function untilDeadline<T>(p: Promise<T>, deadline: number, timeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(timeout()), Math.max(0, deadline - Date.now()));
+  });
+  return Promise.race([p, expired]).finally(() => clearTimeout(timer));
 }

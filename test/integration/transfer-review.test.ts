@@ -223,6 +223,9 @@ describe("transfers that must not hurt their neighbours", () => {
         return r;
       },
     });
+    // First contact (two handshakes: a with the fake, the fake with b) before the clock that matters starts.
+    const warm = await a.client.batchTransfer(["late-none"], source, "pull", { deadlineMs: 10_000 });
+    expect(describeResult(warm.results[0]!)).toMatch(/^NOT_FOUND/);
     const res = await a.client.batchTransfer([bad.id, big.id], source, "pull", { deadlineMs: 150, keepSource: true });
     expect(status[res.results[0]!.code], describeResult(res.results[0]!)).toBe("NOT_FOUND");
     expect(["OK", "DEADLINE_EXCEEDED"]).toContain(status[res.results[1]!.code]);
