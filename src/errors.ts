@@ -63,8 +63,14 @@ export class UnavailableError extends KvferryError {
 /** The metadata backend could not be reached at start-up. The CLI exits with code 3. */
 export class MetadataUnavailableError extends UnavailableError {}
 
-/** A peer presented no token or the wrong one. */
+/** A peer failed to prove the cluster token (a wrong proof or call MAC), or could not prove its own. */
 export class PermissionDeniedError extends KvferryError {}
+
+/**
+ * A peer API call without a valid session (none, unknown, expired, or a call counter seen
+ * before): the caller authenticates again (OpenSession, ConfirmSession) and retries.
+ */
+export class UnauthenticatedError extends KvferryError {}
 
 /** The caller went away or the daemon is shutting down. */
 export class CancelledError extends KvferryError {}
@@ -105,6 +111,7 @@ const STATUS_OF = new Map<Function, GrpcStatus>([
   [AbortedError, GrpcStatus.ABORTED],
   [CancelledError, GrpcStatus.CANCELLED],
   [PermissionDeniedError, GrpcStatus.PERMISSION_DENIED],
+  [UnauthenticatedError, GrpcStatus.UNAUTHENTICATED],
   [ConfigError, GrpcStatus.INVALID_ARGUMENT],
   [InternalError, GrpcStatus.INTERNAL],
 ]);
@@ -136,6 +143,7 @@ export function errorFromStatus(code: GrpcStatus, message: string): KvferryError
     case GrpcStatus.ABORTED: return new AbortedError(message);
     case GrpcStatus.CANCELLED: return new CancelledError(message);
     case GrpcStatus.PERMISSION_DENIED: return new PermissionDeniedError(message);
+    case GrpcStatus.UNAUTHENTICATED: return new UnauthenticatedError(message);
     default: return new InternalError(message);
   }
 }

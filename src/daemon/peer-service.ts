@@ -1,12 +1,13 @@
-// The peer API: kvferry.v1.KvFerryPeer handlers, each behind the cluster-token check.
-import { createHash, timingSafeEqual } from "node:crypto";
-import type { Metadata, sendUnaryData, ServerUnaryCall } from "@grpc/grpc-js";
+// The peer API: kvferry.v1.KvFerryPeer handlers. OpenSession and ConfirmSession are the
+// handshake (peer-auth.ts, peer-sessions.ts); every other call is acted on only once its
+// session, counter and MAC check out. A refused caller learns nothing of this daemon.
+import { status, type sendUnaryData, type ServerUnaryCall } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import { PermissionDeniedError } from "../errors.js";
 import type { NodeInfo } from "../gen/kvferry/v1/node.js";
-import type { KvFerryPeerServer } from "../gen/kvferry/v1/peer.js";
+import { KvFerryPeerService, type KvFerryPeerServer } from "../gen/kvferry/v1/peer.js";
 import { LogLimiter } from "./log-limiter.js";
-import { TOKEN_METADATA } from "./peers.js";
+import { COUNTER_METADATA, MAC_METADATA, PEER_API_PURPOSE, SESSION_METADATA, bodyDigest, purposeKey } from "./peer-auth.js";
+import { PeerSessions } from "./peer-sessions.js";
 import { toGrpcError } from "./status.js";
 import type { Transfers } from "./transfers.js";
 
@@ -26,41 +27,74 @@ export interface PeerContext {
   learn(node: NodeInfo, from: string): Promise<void>;
 }
 
-const digest = (s: string) => createHash("sha256").update(s).digest();
+/** sha256 of each request's bytes as they arrived, for the call MAC (keyed by the decoded request). */
+const received = new WeakMap<object, Buffer>();
 
-/** Throws unless the call presents the cluster token (compared in constant time). */
-export function checkToken(metadata: Metadata, expected: Buffer): void {
-  const given = metadata.get(TOKEN_METADATA)[0];
-  if (typeof given !== "string" || !timingSafeEqual(digest(given), expected)) {
-    throw new PermissionDeniedError("this peer API needs the cluster token in the kvferry-token metadata");
-  }
-}
+type Definition = typeof KvFerryPeerService;
 
-export function peerService(ctx: PeerContext): KvFerryPeerServer {
-  const expected = digest(ctx.token);
+/** The peer service's definition, whose decoders keep the digest of what they decoded. */
+export const PeerServiceDefinition: Definition = Object.fromEntries(
+  Object.entries(KvFerryPeerService).map(([name, method]) => [
+    name,
+    {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        const request = (method.requestDeserialize as (b: Buffer) => object)(bytes);
+        received.set(request, bodyDigest(bytes));
+        return request;
+      },
+    },
+  ]),
+) as unknown as Definition;
+
+const first = (call: ServerUnaryCall<unknown, unknown>, key: string): string | undefined => {
+  const v = call.metadata.get(key)[0];
+  return typeof v === "string" ? v : undefined;
+};
+
+export function peerService(ctx: PeerContext, sessions = new PeerSessions(purposeKey(ctx.token, PEER_API_PURPOSE))): KvFerryPeerServer {
   const refused = new LogLimiter();
-  const warnRefused = (peer: string, path: string) =>
-    refused.report(peer, () => ctx.log.warn({ peer, path }, "peer refused: bad token (logged once a minute per peer)"));
-  const authed = <Req, Res>(handler: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res) =>
-    (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
-      Promise.resolve()
-        .then(() => {
-          checkToken(call.metadata, expected);
-          return handler(call.request, call);
-        })
-        .then(
-          (res) => callback(null, res),
-          (err) => {
-            const e = toGrpcError(err);
-            if (e.code === 7 /* PERMISSION_DENIED */) warnRefused(call.getPeer().replace(/:\d+$/, ""), call.getPath());
-            else if (e.code === 13) ctx.log.error({ err, path: call.getPath() }, "internal error");
-            callback(e);
-          },
-        );
-    };
+  const warnRefused = (peer: string, path: string, code: status, why: string) =>
+    refused.report(`${peer} ${code}`, () =>
+      ctx.log.warn({ peer, path, code: status[code], why }, "peer refused: it did not prove the cluster token (logged once a minute per peer)"),
+    );
+  const answer = <Req, Res>(call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>, run: () => Promise<Res> | Res) => {
+    Promise.resolve()
+      .then(run)
+      .then(
+        (res) => callback(null, res),
+        (err) => {
+          const e = toGrpcError(err);
+          if (e.code === status.PERMISSION_DENIED || e.code === status.UNAUTHENTICATED) {
+            warnRefused(call.getPeer().replace(/:\d+$/, ""), call.getPath(), e.code, e.details);
+          } else if (e.code === status.INTERNAL) ctx.log.error({ err, path: call.getPath() }, "internal error");
+          callback(e);
+        },
+      );
+  };
+  /** A handler run only for a call of an authenticated session. */
+  const authed = <Req, Res>(path: string, handler: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res) =>
+    (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) =>
+      answer(call, callback, () => {
+        const body = received.get(call.request as object);
+        if (body === undefined) throw new Error(`${path}: no digest of the request (decoded outside PeerServiceDefinition)`);
+        sessions.verify(first(call, SESSION_METADATA), first(call, COUNTER_METADATA), first(call, MAC_METADATA), path, body);
+        return handler(call.request, call);
+      });
+  const s = KvFerryPeerService;
 
   return {
-    hello: authed(async (req, call) => {
+    openSession: (call, callback) =>
+      answer(call, callback, () => {
+        const c = sessions.open(call.request.clientNonce);
+        return { sessionId: c.sessionId, serverNonce: c.serverNonce, serverProof: c.serverProof };
+      }),
+    confirmSession: (call, callback) =>
+      answer(call, callback, () => {
+        sessions.confirm(call.request.sessionId, call.request.clientProof);
+        return { lifetimeMs: sessions.limits.lifetimeMs };
+      }),
+    hello: authed(s.hello.path, async (req, call) => {
       if (req.node !== undefined) await ctx.learn(req.node, call.getPeer());
       return {
         nodeId: ctx.nodeId(),
@@ -70,14 +104,14 @@ export function peerService(ctx: PeerContext): KvFerryPeerServer {
         node: ctx.self(),
       };
     }),
-    prepareReceive: authed((req) => ctx.transfers.prepareReceive(req)),
-    commitReceive: authed((req) => ctx.transfers.commitReceive(req.ids)),
-    abortReceive: authed(async (req) => {
+    prepareReceive: authed(s.prepareReceive.path, (req) => ctx.transfers.prepareReceive(req)),
+    commitReceive: authed(s.commitReceive.path, (req) => ctx.transfers.commitReceive(req.ids)),
+    abortReceive: authed(s.abortReceive.path, async (req) => {
       await ctx.transfers.abortReceive(req.ids);
       return {};
     }),
-    prepareSend: authed((req) => ctx.transfers.prepareSend(req)),
-    finishSend: authed(async (req) => {
+    prepareSend: authed(s.prepareSend.path, (req) => ctx.transfers.prepareSend(req)),
+    finishSend: authed(s.finishSend.path, async (req) => {
       await ctx.transfers.finishSend(req.completed, req.failed, req.releaseSource);
       return {};
     }),

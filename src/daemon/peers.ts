@@ -1,13 +1,41 @@
 // Clients of other daemons' peer APIs, one per address, each knowing (after Hello)
 // where that daemon's data plane listens.
 //
-// A peer is: unknown → greeted (Hello answered: node id, data address) ; a failed call
-// leaves it greeted (the next call retries the channel); Forget drops it.
-import { credentials, Metadata, type ServiceError } from "@grpc/grpc-js";
-import { errorFromStatus, InvalidArgumentError, UnavailableError } from "../errors.js";
-import { KvFerryPeerClient, type HelloRequest, type HelloResponse } from "../gen/kvferry/v1/peer.js";
+// A peer's session: none → opening (the handshake of peer-auth.ts) → open; a call the
+// server answers UNAUTHENTICATED (it forgot the session) drops it, and the call is made
+// once more after a fresh handshake. The handshake stops, sending nothing more, when the
+// server cannot prove the cluster token: a listener that is no daemon of this cluster
+// learns a random nonce and nothing else.
+// A peer is: unknown → greeted (Hello answered: node id, data address); a failed call
+// leaves it greeted (the next call retries the channel); Forget drops what Hello said.
+// Its channel is replaced (revive) or closed (eviction, close) only once no call is on it.
+import { Client, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
+import { DeadlineExceededError, errorFromStatus, InternalError, InvalidArgumentError, PermissionDeniedError, UnauthenticatedError, UnavailableError } from "../errors.js";
+import {
+  ConfirmSessionRequest,
+  ConfirmSessionResponse,
+  KvFerryPeerService,
+  OpenSessionRequest,
+  OpenSessionResponse,
+  type HelloRequest,
+  type HelloResponse,
+} from "../gen/kvferry/v1/peer.js";
+import {
+  COUNTER_METADATA,
+  MAC_METADATA,
+  NONCE_BYTES,
+  PEER_API_PURPOSE,
+  SESSION_METADATA,
+  bodyDigest,
+  callMac,
+  clientProof,
+  newNonce,
+  purposeKey,
+  sameProof,
+  serverProof,
+  sessionKey,
+} from "./peer-auth.js";
 
-export const TOKEN_METADATA = "kvferry-token";
 /**
  * A peer that was down (not started yet, restarting) is retried within a second:
  * grpc-js's default backoff grows to two minutes, during which every call fails at once.
@@ -15,6 +43,11 @@ export const TOKEN_METADATA = "kvferry-token";
 const CHANNEL_OPTIONS = { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 1_000 };
 /** Peers with an open channel at once; the oldest is closed beyond this. */
 const MAX_PEERS = 1024;
+/** A handshake (two round trips) gives up after this; callers stop waiting at their own deadlines. */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** The peer API's methods that need a session (all but the handshake's two). */
+export type PeerMethod = Exclude<keyof typeof KvFerryPeerService, "openSession" | "confirmSession">;
 
 /** "host:port" with a port; the only form a peer address takes. */
 export function checkPeerAddress(address: string, field: string): string {
@@ -24,26 +57,158 @@ export function checkPeerAddress(address: string, field: string): string {
   return address;
 }
 
-export class Peer {
-  readonly client: KvFerryPeerClient;
-  hello: HelloResponse | undefined;
+/** One gRPC channel and the calls on it; once retired it closes when its last call ends. */
+class Channel {
+  readonly #client: Client;
+  #inFlight = 0;
+  #retired = false;
+  closed = false;
 
-  constructor(readonly address: string, private readonly token: string) {
-    this.client = new KvFerryPeerClient(address, credentials.createInsecure(), CHANNEL_OPTIONS);
+  constructor(address: string, retired: boolean) {
+    this.#client = new Client(address, credentials.createInsecure(), CHANNEL_OPTIONS);
+    this.#retired = retired;
   }
 
-  /** Calls one unary method with the cluster token and a deadline; errors come back typed. */
-  call<Req, Res>(method: string, request: Req, timeoutMs: number): Promise<Res> {
-    const metadata = new Metadata();
-    metadata.set(TOKEN_METADATA, this.token);
-    const fn = (this.client as unknown as Record<string, Function>)[method]!;
+  unary<Res>(path: string, bytes: Buffer, decode: (b: Buffer) => Res, metadata: Metadata, deadline: number): Promise<Res> {
+    this.#inFlight++;
     return new Promise<Res>((resolve, reject) => {
-      fn.call(this.client, request, metadata, { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, res: Res) => {
-        if (!err) return resolve(res);
-        const typed = errorFromStatus(err.code, `peer ${this.address}: ${err.details}`);
-        reject(typed);
+      const identity = (b: Buffer) => b;
+      this.#client.makeUnaryRequest(path, identity, decode, bytes, metadata, { deadline }, (err: ServiceError | null, res?: Res) => {
+        this.#inFlight--;
+        this.#closeIfDone();
+        if (err) reject(err);
+        else resolve(res!);
       });
     });
+  }
+
+  retire(): void {
+    this.#retired = true;
+    this.#closeIfDone();
+  }
+
+  #closeIfDone(): void {
+    if (!this.#retired || this.#inFlight > 0 || this.closed) return;
+    this.closed = true;
+    this.#client.close();
+  }
+}
+
+interface Session {
+  id: string;
+  key: Buffer;
+  /** The last call counter used. */
+  counter: number;
+}
+
+type SessionState = { state: "none" } | { state: "opening"; done: Promise<Session> } | { state: "open"; session: Session };
+
+export class Peer {
+  hello: HelloResponse | undefined;
+  readonly #k: Buffer;
+  #channel: Channel | undefined;
+  #session: SessionState = { state: "none" };
+  /** Some call on this peer got an answer: its address reaches a gRPC server. */
+  #answered = false;
+  /** Out of the directory: every channel closes once its calls are done. */
+  #detached = false;
+
+  constructor(readonly address: string, token: string) {
+    this.#k = purposeKey(token, PEER_API_PURPOSE);
+  }
+
+  /**
+   * Calls one unary method within an authenticated session, with a deadline; errors come
+   * back typed. A session the server forgot is re-established once, transparently.
+   */
+  async call<Req, Res>(method: PeerMethod, request: Req, timeoutMs: number): Promise<Res> {
+    const def = KvFerryPeerService[method];
+    const deadline = Date.now() + timeoutMs;
+    const bytes = (def.requestSerialize as (r: Req) => Buffer)(request);
+    const body = bodyDigest(bytes);
+    for (let attempt = 0; ; attempt++) {
+      const session = await this.#authenticated(deadline);
+      const counter = ++session.counter;
+      const metadata = new Metadata();
+      metadata.set(SESSION_METADATA, session.id);
+      metadata.set(COUNTER_METADATA, String(counter));
+      metadata.set(MAC_METADATA, callMac(session.key, def.path, counter, body).toString("hex"));
+      try {
+        return await this.#unary(def.path, bytes, def.responseDeserialize as (b: Buffer) => Res, metadata, deadline);
+      } catch (err) {
+        if (!(err instanceof UnauthenticatedError) || attempt > 0) throw err;
+        // The server forgot the session (restarted, expired, too many): authenticate again.
+        if (this.#session.state === "open" && this.#session.session === session) this.#session = { state: "none" };
+      }
+    }
+  }
+
+  /** Replaces a channel that never got an answer (it may sit in reconnect backoff); calls on it finish there. */
+  revive(): void {
+    if (this.#answered || this.#channel === undefined) return;
+    this.#channel.retire();
+    this.#channel = undefined;
+  }
+
+  /** Closes the channel once its calls are done; a later call opens one that closes after it. */
+  close(): void {
+    this.#detached = true;
+    this.#channel?.retire();
+  }
+
+  /** The open session, after a handshake if needed; a caller waits for one no longer than its own deadline. */
+  #authenticated(deadline: number): Promise<Session> {
+    const s = this.#session;
+    if (s.state === "open") return Promise.resolve(s.session);
+    const done = s.state === "opening" ? s.done : this.#startHandshake();
+    return untilDeadline(done, deadline, () => new DeadlineExceededError(`peer ${this.address}: the handshake did not finish within the call's deadline`));
+  }
+
+  /** One handshake at a time, on its own deadline: a caller with a short one does not fail the others. */
+  #startHandshake(): Promise<Session> {
+    const done = this.#handshake(Date.now() + HANDSHAKE_TIMEOUT_MS).then(
+      (session) => {
+        this.#session = { state: "open", session };
+        return session;
+      },
+      (err) => {
+        this.#session = { state: "none" };
+        throw err;
+      },
+    );
+    this.#session = { state: "opening", done };
+    return done;
+  }
+
+  /** OpenSession, check the server's proof, and only then ConfirmSession with ours. */
+  async #handshake(deadline: number): Promise<Session> {
+    const nonceC = newNonce();
+    const open = KvFerryPeerService.openSession;
+    const opened = await this.#unary(open.path, open.requestSerialize(OpenSessionRequest.create({ clientNonce: nonceC })), open.responseDeserialize, new Metadata(), deadline);
+    const nonceS = Buffer.from(opened.serverNonce);
+    if (nonceS.length !== NONCE_BYTES || !sameProof(opened.serverProof, serverProof(this.#k, nonceC, nonceS))) {
+      throw new PermissionDeniedError(
+        `peer ${this.address} could not prove that it holds the cluster token (another token, or not a kvferry daemon): nothing more was sent to it`,
+      );
+    }
+    const confirm = KvFerryPeerService.confirmSession;
+    const request = ConfirmSessionRequest.create({ sessionId: opened.sessionId, clientProof: clientProof(this.#k, nonceC, nonceS) });
+    await this.#unary<ConfirmSessionResponse>(confirm.path, confirm.requestSerialize(request), confirm.responseDeserialize, new Metadata(), deadline);
+    return { id: opened.sessionId, key: sessionKey(this.#k, nonceC, nonceS), counter: 0 };
+  }
+
+  async #unary<Res>(path: string, bytes: Buffer, decode: (b: Buffer) => Res, metadata: Metadata, deadline: number): Promise<Res> {
+    if (this.#channel === undefined || this.#channel.closed) this.#channel = new Channel(this.address, this.#detached);
+    try {
+      const res = await this.#channel.unary(path, bytes, decode, metadata, deadline);
+      this.#answered = true;
+      return res;
+    } catch (err) {
+      const e = err as ServiceError;
+      if (typeof e.code !== "number") throw new InternalError(`peer ${this.address}: ${e.message}`, { cause: err });
+      if (e.code !== status.UNAVAILABLE && e.code !== status.DEADLINE_EXCEEDED) this.#answered = true;
+      throw errorFromStatus(e.code, `peer ${this.address}: ${e.details}`);
+    }
   }
 }
 
@@ -76,9 +241,9 @@ export class PeerDirectory {
     let peer = this.#peers.get(address);
     if (peer === undefined) {
       if (this.#peers.size >= MAX_PEERS) {
-        // Least recently added first: its channel closes, a later call re-creates it.
+        // Least recently added first: its channel closes once idle, a later call re-creates it.
         const [oldest, gone] = this.#peers.entries().next().value!;
-        gone.client.close();
+        gone.close();
         this.#peers.delete(oldest);
       }
       this.#peers.set(address, (peer = new Peer(address, this.token)));
@@ -88,13 +253,12 @@ export class PeerDirectory {
 
   /**
    * The peer at `address` just showed it is up (it greeted us). If our channel to it has
-   * never worked, it may sit in reconnect backoff: start afresh so the next call connects.
+   * never worked, it may sit in reconnect backoff: the next call starts on a fresh one.
+   * Calls in flight finish on the old channel (closing it under them failed them INTERNAL
+   * "Channel has been shut down" when two daemons first greeted each other at once).
    */
   revive(address: string): void {
-    const peer = this.#peers.get(address);
-    if (peer === undefined || peer.hello !== undefined) return;
-    peer.client.close();
-    this.#peers.delete(address);
+    this.#peers.get(address)?.revive();
   }
 
   /** Drops what is known of a peer (its data address may have changed). */
@@ -104,7 +268,16 @@ export class PeerDirectory {
   }
 
   close(): void {
-    for (const peer of this.#peers.values()) peer.client.close();
+    for (const peer of this.#peers.values()) peer.close();
     this.#peers.clear();
   }
+}
+
+/** `p`, or `timeout()` once `deadline` (ms since the epoch) has passed. */
+function untilDeadline<T>(p: Promise<T>, deadline: number, timeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(timeout()), Math.max(0, deadline - Date.now()));
+  });
+  return Promise.race([p, expired]).finally(() => clearTimeout(timer));
 }

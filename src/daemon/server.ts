@@ -1,5 +1,5 @@
 // The daemon: the client API (127.0.0.1 by default), the peer API (the node's
-// address, token-authenticated) and the native engine's data plane.
+// address, authenticated by proof of the cluster token) and the native engine's data plane.
 //
 // Lifecycle: starting → serving → draining → stopped. Draining stops accepting
 // calls, reports NOT_SERVING, lets in-flight calls finish within the grace period,
@@ -13,7 +13,6 @@ import { formatHostPort, type Config } from "../config/config.js";
 import { AlreadyExistsError, ConfigError, MetadataUnavailableError, UnavailableError } from "../errors.js";
 import type { ListNodesResponse } from "../gen/kvferry/v1/kvferry.js";
 import type { NodeInfo } from "../gen/kvferry/v1/node.js";
-import { KvFerryPeerService } from "../gen/kvferry/v1/peer.js";
 import { TransferEngine } from "../engine/transfer-engine.js";
 import { EmbeddedRegistry, type Greet } from "../metadata/embedded.js";
 import { byNodeId, type NodeRecord } from "../metadata/node.js";
@@ -25,7 +24,7 @@ import { fromWireNode, toWireNode } from "./convert.js";
 import { bind, drain } from "./grpc-server.js";
 import { widenSessionWindows, widenStreamWindows } from "./http2-windows.js";
 import { kvferryService } from "./kvferry-service.js";
-import { peerService } from "./peer-service.js";
+import { PeerServiceDefinition, peerService } from "./peer-service.js";
 import { nodeResolver } from "./node-resolver.js";
 import { LogLimiter } from "./log-limiter.js";
 import { PeerDirectory } from "./peers.js";
@@ -152,7 +151,7 @@ export class Daemon {
 
     this.#peerServer = new Server();
     this.#peerServer.addService(
-      KvFerryPeerService,
+      PeerServiceDefinition,
       peerService({
         token: config.clusterToken,
         transfers: this.transfers,

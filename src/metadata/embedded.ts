@@ -186,7 +186,7 @@ export class EmbeddedRegistry implements NodeRegistry {
             this.#undecided.add(address);
             return;
           } else if (!this.#unanswered.has(address)) {
-            // Once per address and outage: a seed that is not up yet, or refuses our token.
+            // Once per address and outage: a seed that is not up yet, or holds another token.
             this.log.warn({ peerAddress: address, err: (err as Error).message }, "a peer does not answer our greeting (retried every metadata_ttl_ms / 3)");
           }
           this.#unanswered.add(address);

@@ -40,7 +40,7 @@ export async function nodeIdVerdict(claimant: Claimant, held: NodeRecord | undef
   } catch (err) {
     if (err instanceof AlreadyExistsError) return { verdict: "taken" };
     // Refused: nothing listens there any more, a record left behind. Any other failure (a
-    // timeout, a name that does not resolve here, a token refused) says nothing of the holder.
+    // timeout, a name that does not resolve here, a peer that cannot prove the token) says nothing of the holder.
     if (err instanceof UnavailableError && REFUSED.test(err.message)) return { verdict: "free" };
     return { verdict: "unknown", why: (err as Error).message };
   }

@@ -144,7 +144,7 @@ describe("a wrong cluster token", () => {
         );
         expect(err, `token ${JSON.stringify(token)}: ${err.message}`).toBeInstanceOf(PermissionDeniedError);
       } finally {
-        peer.client.close();
+        peer.close();
       }
     }
     expect((await b.client.serverInfo()).bytesUsed).toBe(before);
@@ -358,7 +358,7 @@ describe("garbage on the data port", () => {
   it("bounds-checks every access to a real handle: offsets and lengths past the part or wrapping around 2^64 are OUT_OF_RANGE, a READ through a receiving handle is PERMISSION_DENIED, and nothing refused is written", async () => {
     const size = 64 * KiB;
     const peer = new Peer(t.peerAddress, TOKEN);
-    onTestFinished(() => peer.client.close());
+    onTestFinished(() => peer.close());
     const before = (await t.client.serverInfo()).bytesUsed;
     const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
       "prepareReceive",
@@ -626,7 +626,7 @@ describe("shutdown while holding reservations for a peer", () => {
   ] as const)("drains and exits 0 on SIGTERM with %s and never finished", async (_what, kind) => {
     const d = await daemon({ bufferSize: "64MiB" });
     const peer = new Peer(d.peerAddress, TOKEN);
-    onTestFinished(() => peer.client.close());
+    onTestFinished(() => peer.close());
     if (kind === "receive") {
       const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
         "prepareReceive",

@@ -28,6 +28,7 @@ import {
   startPeerDaemon,
   type PeerDaemon,
 } from "../helpers/transfer.js";
+import { handshakeHandlers } from "../helpers/peer-auth.js";
 import { FrameType, RawDataConnection, WireCode, authenticate, header, type Frame } from "../helpers/wire.js";
 
 const KiB = 1024;
@@ -54,7 +55,7 @@ function describeResult(r: TransferResult): string {
 type PeerMethod = "hello" | "prepareReceive" | "commitReceive" | "abortReceive" | "prepareSend" | "finishSend";
 
 /**
- * A token-holding peer at its own address that forwards every call to `to`'s peer API;
+ * A token-holding peer at its own address (it passes the handshake) that forwards every call to `to`'s peer API;
  * `mutate` may alter a method's reply on the way back (a peer that lies).
  */
 async function fakePeer(to: PeerDaemon, mutate: Partial<Record<PeerMethod, (reply: any) => unknown>> = {}): Promise<string> {
@@ -67,13 +68,13 @@ async function fakePeer(to: PeerDaemon, mutate: Partial<Record<PeerMethod, (repl
     );
   };
   const methods: PeerMethod[] = ["hello", "prepareReceive", "commitReceive", "abortReceive", "prepareSend", "finishSend"];
-  fake.addService(KvFerryPeerService, Object.fromEntries(methods.map((m) => [m, forward(m)])));
+  fake.addService(KvFerryPeerService, { ...handshakeHandlers(TOKEN), ...Object.fromEntries(methods.map((m) => [m, forward(m)])) });
   const port = await new Promise<number>((resolve, reject) =>
     fake.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
   );
   onTestFinished(() => {
     fake.forceShutdown();
-    real.client.close();
+    real.close();
   });
   return `127.0.0.1:${port}`;
 }
@@ -124,7 +125,7 @@ describe("transfers that must not hurt their neighbours", () => {
     const hashes = await putEntry(b.client, spec);
     onTestFinished(() => releaseEverywhere(spec.id));
     const peer = new Peer(b.peerAddress, TOKEN);
-    onTestFinished(() => peer.client.close());
+    onTestFinished(() => peer.close());
     const prep = await peer.call<PrepareSendRequest, PrepareSendResponse>(
       "prepareSend",
       { transferIds: [spec.id], deadlineMs: 10_000, destinationNode: "it" },
@@ -169,7 +170,7 @@ describe("transfers that must not hurt their neighbours", () => {
       await c.proc.exited;
     });
     const peer = new Peer(c.peerAddress, TOKEN);
-    onTestFinished(() => peer.client.close());
+    onTestFinished(() => peer.close());
     const size = 1 * MiB;
     const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
       "prepareReceive",
@@ -220,6 +221,9 @@ describe("transfers that must not hurt their neighbours", () => {
         return r;
       },
     });
+    // First contact (two handshakes: a with the fake, the fake with b) before the clock that matters starts.
+    const warm = await a.client.batchTransfer(["late-none"], source, "pull", { deadlineMs: 10_000 });
+    expect(describeResult(warm.results[0]!)).toMatch(/^NOT_FOUND/);
     const res = await a.client.batchTransfer([bad.id, big.id], source, "pull", { deadlineMs: 150, keepSource: true });
     expect(status[res.results[0]!.code], describeResult(res.results[0]!)).toBe("NOT_FOUND");
     expect(["OK", "DEADLINE_EXCEEDED"]).toContain(status[res.results[1]!.code]);

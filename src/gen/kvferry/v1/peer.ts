@@ -24,6 +24,34 @@ export const protobufPackage = "kvferry.v1";
 
 export const protobufFileName = "kvferry/v1/peer.proto";
 
+export interface OpenSessionRequest {
+  /** 32 fresh random bytes (nonce_c). */
+  clientNonce: Buffer;
+}
+
+export interface OpenSessionResponse {
+  /** Names the session in ConfirmSession and, once confirmed, in every call's metadata. */
+  sessionId: string;
+  /** 32 fresh random bytes (nonce_s). */
+  serverNonce: Buffer;
+  /**
+   * HMAC-SHA256(K, "server" || nonce_c || nonce_s). The caller verifies it before it sends
+   * anything else; the session key is S = HMAC-SHA256(K, "session" || nonce_c || nonce_s).
+   */
+  serverProof: Buffer;
+}
+
+export interface ConfirmSessionRequest {
+  sessionId: string;
+  /** HMAC-SHA256(K, "client" || nonce_s || nonce_c). */
+  clientProof: Buffer;
+}
+
+export interface ConfirmSessionResponse {
+  /** How long the session lives at most; it may be forgotten sooner (idle, too many). */
+  lifetimeMs: number;
+}
+
 export interface HelloRequest {
   nodeId: string;
   /** The caller's record, so that the embedded metadata learns nodes both ways. */
@@ -144,6 +172,358 @@ export interface FinishSendRequest {
 
 export interface FinishSendResponse {
 }
+
+function createBaseOpenSessionRequest(): OpenSessionRequest {
+  return { clientNonce: Buffer.alloc(0) };
+}
+
+export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
+  encode(message: OpenSessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.clientNonce.length !== 0) {
+      writer.uint32(10).bytes(message.clientNonce);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenSessionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.clientNonce = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenSessionRequest {
+    return {
+      clientNonce: isSet(object.clientNonce)
+        ? Buffer.from(bytesFromBase64(object.clientNonce))
+        : isSet(object.client_nonce)
+        ? Buffer.from(bytesFromBase64(object.client_nonce))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: OpenSessionRequest): unknown {
+    const obj: any = {};
+    if (message.clientNonce.length !== 0) {
+      obj.clientNonce = base64FromBytes(message.clientNonce);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<OpenSessionRequest>): OpenSessionRequest {
+    return OpenSessionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<OpenSessionRequest>): OpenSessionRequest {
+    const message = createBaseOpenSessionRequest();
+    message.clientNonce = object.clientNonce ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseOpenSessionResponse(): OpenSessionResponse {
+  return { sessionId: "", serverNonce: Buffer.alloc(0), serverProof: Buffer.alloc(0) };
+}
+
+export const OpenSessionResponse: MessageFns<OpenSessionResponse> = {
+  encode(message: OpenSessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.serverNonce.length !== 0) {
+      writer.uint32(18).bytes(message.serverNonce);
+    }
+    if (message.serverProof.length !== 0) {
+      writer.uint32(26).bytes(message.serverProof);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): OpenSessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseOpenSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.serverNonce = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.serverProof = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): OpenSessionResponse {
+    return {
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+      serverNonce: isSet(object.serverNonce)
+        ? Buffer.from(bytesFromBase64(object.serverNonce))
+        : isSet(object.server_nonce)
+        ? Buffer.from(bytesFromBase64(object.server_nonce))
+        : Buffer.alloc(0),
+      serverProof: isSet(object.serverProof)
+        ? Buffer.from(bytesFromBase64(object.serverProof))
+        : isSet(object.server_proof)
+        ? Buffer.from(bytesFromBase64(object.server_proof))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: OpenSessionResponse): unknown {
+    const obj: any = {};
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    if (message.serverNonce.length !== 0) {
+      obj.serverNonce = base64FromBytes(message.serverNonce);
+    }
+    if (message.serverProof.length !== 0) {
+      obj.serverProof = base64FromBytes(message.serverProof);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<OpenSessionResponse>): OpenSessionResponse {
+    return OpenSessionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<OpenSessionResponse>): OpenSessionResponse {
+    const message = createBaseOpenSessionResponse();
+    message.sessionId = object.sessionId ?? "";
+    message.serverNonce = object.serverNonce ?? Buffer.alloc(0);
+    message.serverProof = object.serverProof ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseConfirmSessionRequest(): ConfirmSessionRequest {
+  return { sessionId: "", clientProof: Buffer.alloc(0) };
+}
+
+export const ConfirmSessionRequest: MessageFns<ConfirmSessionRequest> = {
+  encode(message: ConfirmSessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.clientProof.length !== 0) {
+      writer.uint32(18).bytes(message.clientProof);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfirmSessionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfirmSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.clientProof = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfirmSessionRequest {
+    return {
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+      clientProof: isSet(object.clientProof)
+        ? Buffer.from(bytesFromBase64(object.clientProof))
+        : isSet(object.client_proof)
+        ? Buffer.from(bytesFromBase64(object.client_proof))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: ConfirmSessionRequest): unknown {
+    const obj: any = {};
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    if (message.clientProof.length !== 0) {
+      obj.clientProof = base64FromBytes(message.clientProof);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfirmSessionRequest>): ConfirmSessionRequest {
+    return ConfirmSessionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfirmSessionRequest>): ConfirmSessionRequest {
+    const message = createBaseConfirmSessionRequest();
+    message.sessionId = object.sessionId ?? "";
+    message.clientProof = object.clientProof ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseConfirmSessionResponse(): ConfirmSessionResponse {
+  return { lifetimeMs: 0 };
+}
+
+export const ConfirmSessionResponse: MessageFns<ConfirmSessionResponse> = {
+  encode(message: ConfirmSessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.lifetimeMs !== 0) {
+      writer.uint32(8).int32(message.lifetimeMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfirmSessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfirmSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.lifetimeMs = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfirmSessionResponse {
+    return {
+      lifetimeMs: isSet(object.lifetimeMs)
+        ? globalThis.Number(object.lifetimeMs)
+        : isSet(object.lifetime_ms)
+        ? globalThis.Number(object.lifetime_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: ConfirmSessionResponse): unknown {
+    const obj: any = {};
+    if (message.lifetimeMs !== 0) {
+      obj.lifetimeMs = Math.round(message.lifetimeMs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfirmSessionResponse>): ConfirmSessionResponse {
+    return ConfirmSessionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfirmSessionResponse>): ConfirmSessionResponse {
+    const message = createBaseConfirmSessionResponse();
+    message.lifetimeMs = object.lifetimeMs ?? 0;
+    return message;
+  },
+};
 
 function createBaseHelloRequest(): HelloRequest {
   return { nodeId: "", node: undefined };
@@ -1800,6 +2180,34 @@ export const FinishSendResponse: MessageFns<FinishSendResponse> = {
 /** buf:lint:ignore SERVICE_SUFFIX */
 export type KvFerryPeerService = typeof KvFerryPeerService;
 export const KvFerryPeerService = {
+  /**
+   * OpenSession, first step of the handshake: the caller's challenge, the server's proof.
+   * Needs no session.
+   */
+  openSession: {
+    path: "/kvferry.v1.KvFerryPeer/OpenSession" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: OpenSessionRequest): Buffer => Buffer.from(OpenSessionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): OpenSessionRequest => OpenSessionRequest.decode(value),
+    responseSerialize: (value: OpenSessionResponse): Buffer => Buffer.from(OpenSessionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): OpenSessionResponse => OpenSessionResponse.decode(value),
+  },
+  /**
+   * ConfirmSession, second step: the caller's proof. Needs no session; on success the
+   * session id names an authenticated session.
+   */
+  confirmSession: {
+    path: "/kvferry.v1.KvFerryPeer/ConfirmSession" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConfirmSessionRequest): Buffer =>
+      Buffer.from(ConfirmSessionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConfirmSessionRequest => ConfirmSessionRequest.decode(value),
+    responseSerialize: (value: ConfirmSessionResponse): Buffer =>
+      Buffer.from(ConfirmSessionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConfirmSessionResponse => ConfirmSessionResponse.decode(value),
+  },
   /** Hello tells a peer who this daemon is and where its data plane listens. */
   hello: {
     path: "/kvferry.v1.KvFerryPeer/Hello" as const,
@@ -1870,6 +2278,16 @@ export const KvFerryPeerService = {
 } as const;
 
 export interface KvFerryPeerServer extends UntypedServiceImplementation {
+  /**
+   * OpenSession, first step of the handshake: the caller's challenge, the server's proof.
+   * Needs no session.
+   */
+  openSession: handleUnaryCall<OpenSessionRequest, OpenSessionResponse>;
+  /**
+   * ConfirmSession, second step: the caller's proof. Needs no session; on success the
+   * session id names an authenticated session.
+   */
+  confirmSession: handleUnaryCall<ConfirmSessionRequest, ConfirmSessionResponse>;
   /** Hello tells a peer who this daemon is and where its data plane listens. */
   hello: handleUnaryCall<HelloRequest, HelloResponse>;
   /**
@@ -1888,6 +2306,44 @@ export interface KvFerryPeerServer extends UntypedServiceImplementation {
 }
 
 export interface KvFerryPeerClient extends Client {
+  /**
+   * OpenSession, first step of the handshake: the caller's challenge, the server's proof.
+   * Needs no session.
+   */
+  openSession(
+    request: OpenSessionRequest,
+    callback: (error: ServiceError | null, response: OpenSessionResponse) => void,
+  ): ClientUnaryCall;
+  openSession(
+    request: OpenSessionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: OpenSessionResponse) => void,
+  ): ClientUnaryCall;
+  openSession(
+    request: OpenSessionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: OpenSessionResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ConfirmSession, second step: the caller's proof. Needs no session; on success the
+   * session id names an authenticated session.
+   */
+  confirmSession(
+    request: ConfirmSessionRequest,
+    callback: (error: ServiceError | null, response: ConfirmSessionResponse) => void,
+  ): ClientUnaryCall;
+  confirmSession(
+    request: ConfirmSessionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConfirmSessionResponse) => void,
+  ): ClientUnaryCall;
+  confirmSession(
+    request: ConfirmSessionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConfirmSessionResponse) => void,
+  ): ClientUnaryCall;
   /** Hello tells a peer who this daemon is and where its data plane listens. */
   hello(
     request: HelloRequest,
@@ -1997,6 +2453,14 @@ export const KvFerryPeerClient = makeGenericClientConstructor(
   service: typeof KvFerryPeerService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
