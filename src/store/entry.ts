@@ -50,6 +50,8 @@ export class Entry {
   consuming = false;
   removed: RemovalReason | undefined;
   bytes = 0;
+  /** Memory its parts take (their blocks' footprints: sizes rounded to the allocation unit). */
+  footprint = 0;
   readonly createdAtMs: number;
   lastAccessMs: number;
   leaseEndsAtMs = 0;
