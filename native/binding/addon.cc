@@ -98,6 +98,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        {
                            InstanceMethod<&EngineWrap::PoolBuffer>("poolBuffer"),
                            InstanceMethod<&EngineWrap::Allocate>("allocate"),
+                           InstanceMethod<&EngineWrap::AllocateScattered>("allocateScattered"),
                            InstanceMethod<&EngineWrap::Free>("free"),
                            InstanceMethod<&EngineWrap::PoolStats>("poolStats"),
                            InstanceMethod<&EngineWrap::Expose>("expose"),
@@ -211,6 +212,22 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (s.code() == Code::kResourceExhausted) return Napi::Number::New(info.Env(), -1);
     if (!s.ok()) ThrowStatus(info.Env(), s);
     return Napi::Number::New(info.Env(), static_cast<double>(offset));
+  }
+
+  // allocateScattered(size, maxExtents) → Float64Array [offset0, size0, offset1, size1, …]
+  // (sizes rounded), or null when the bytes are not free in at most maxExtents extents.
+  Napi::Value AllocateScattered(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::vector<kvferry::PoolExtent> extents;
+    Status s = engine(env).AllocateScattered(ToU64(info[0], "size"), ToU64(info[1], "maxExtents"), &extents);
+    if (s.code() == Code::kResourceExhausted) return env.Null();
+    if (!s.ok()) ThrowStatus(env, s);
+    Napi::Float64Array out = Napi::Float64Array::New(env, extents.size() * 2);
+    for (size_t i = 0; i < extents.size(); ++i) {
+      out[2 * i] = static_cast<double>(extents[i].offset);
+      out[2 * i + 1] = static_cast<double>(extents[i].size);
+    }
+    return out;
   }
 
   Napi::Value Free(const Napi::CallbackInfo& info) {

@@ -83,6 +83,12 @@ class EngineImpl final : public Engine {
   uint64_t pool_size() const override { return pool_->size(); }
   int pool_fd() const override { return pool_->fd(); }
   Status Allocate(uint64_t size, uint64_t* offset) override { return pool_->Allocate(size, offset); }
+  Status AllocateScattered(uint64_t size, size_t max_extents, std::vector<PoolExtent>* out) override {
+    std::vector<ExtentAllocator::Extent> extents;
+    Status s = pool_->AllocateScattered(size, max_extents, &extents);
+    for (const auto& e : extents) out->push_back({e.offset, e.size});
+    return s;
+  }
   Status Free(uint64_t offset) override { return pool_->Free(offset); }
   PoolStats pool_stats() const override {
     ExtentAllocator::Stats s = pool_->stats();

@@ -52,6 +52,12 @@ struct EngineOptions {
   int handshake_timeout_ms = 1000;
 };
 
+/** One extent of the pool: where it starts and its size. */
+struct PoolExtent {
+  uint64_t offset = 0;
+  uint64_t size = 0;
+};
+
 struct PoolStats {
   uint64_t capacity = 0;
   uint64_t used = 0;
@@ -132,6 +138,12 @@ class Engine {
   virtual int pool_fd() const = 0;
   /** An extent of `size` bytes (aligned to 64), or kResourceExhausted when none fits. */
   virtual Status Allocate(uint64_t size, uint64_t* offset) = 0;
+  /**
+   * `size` bytes as one or more extents (offset, rounded size) appended to `*out`, when
+   * no single extent holds them: see ExtentAllocator::AllocateScattered. Each extent is
+   * freed on its own.
+   */
+  virtual Status AllocateScattered(uint64_t size, size_t max_extents, std::vector<PoolExtent>* out) = 0;
   /** Returns an extent; `offset` must be the start of a live allocation. */
   virtual Status Free(uint64_t offset) = 0;
   virtual PoolStats pool_stats() const = 0;

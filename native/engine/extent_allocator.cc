@@ -49,13 +49,52 @@ Status ExtentAllocator::Allocate(uint64_t size, uint64_t* offset) {
                       std::to_string(free_by_size_.empty() ? 0 : free_by_size_.rbegin()->first) +
                       ")");
   }
+  *offset = TakeFree(fit, rounded);
+  return Status::Ok();
+}
+
+uint64_t ExtentAllocator::TakeFree(std::set<std::pair<uint64_t, uint64_t>>::iterator fit, uint64_t size) {
   const uint64_t extent_size = fit->first;
   const uint64_t extent_offset = fit->second;
   EraseFree(free_by_offset_.find(extent_offset));
-  if (extent_size > rounded) InsertFree(extent_offset + rounded, extent_size - rounded);
-  live_.emplace(extent_offset, rounded);
-  used_ += rounded;
-  *offset = extent_offset;
+  if (extent_size > size) InsertFree(extent_offset + size, extent_size - size);
+  live_.emplace(extent_offset, size);
+  used_ += size;
+  return extent_offset;
+}
+
+Status ExtentAllocator::AllocateScattered(uint64_t size, size_t max_extents, std::vector<Extent>* out) {
+  uint64_t rounded = 0;
+  if (!RoundUp(size, &rounded) || rounded > capacity_ - used_) {
+    return Status(Code::kResourceExhausted,
+                  "no room for " + std::to_string(size) + " bytes (" + std::to_string(capacity_ - used_) +
+                      " bytes free in total)");
+  }
+  // Count the extents first, so that a refusal changes nothing. Taking the largest free
+  // extents whole until the rest fits in one gives the fewest; the free extents add up
+  // to capacity_ - used_ >= rounded, so the walk ends inside the set.
+  size_t needed = 0;
+  uint64_t left = rounded;
+  for (auto it = free_by_size_.rbegin(); it != free_by_size_.rend() && left > 0; ++it) {
+    ++needed;
+    left = it->first >= left ? 0 : left - it->first;
+  }
+  if (left > 0) return Status(Code::kInternal, "free extents add up to less than the free byte count");
+  if (needed > max_extents) {
+    return Status(Code::kResourceExhausted,
+                  "no room for " + std::to_string(size) + " bytes in at most " + std::to_string(max_extents) +
+                      " extents (" + std::to_string(needed) + " would be needed; " +
+                      std::to_string(free_by_offset_.size()) + " free extents)");
+  }
+  left = rounded;
+  while (left > 0) {
+    auto fit = free_by_size_.lower_bound({left, 0});
+    // The last piece best fit; before it, the largest free extent whole.
+    const uint64_t take = fit != free_by_size_.end() ? left : free_by_size_.rbegin()->first;
+    if (fit == free_by_size_.end()) fit = std::prev(free_by_size_.end());
+    out->push_back({TakeFree(fit, take), take});
+    left -= take;
+  }
   return Status::Ok();
 }
 

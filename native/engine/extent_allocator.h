@@ -6,6 +6,8 @@
 // - Allocate(0) is allowed and consumes one unit, so every live allocation has a unique
 //   offset and Free works the same for it.
 // - Best fit: the smallest free extent that holds the request, lowest offset on ties.
+// - AllocateScattered serves a request no single free extent holds with several live
+//   allocations whose sizes add up to exactly the rounded request (no extra rounding).
 //   Free coalesces with both neighbours at once, so free extents never touch.
 // - Not thread-safe; MemoryPool serialises access with its mutex.
 #pragma once
@@ -14,6 +16,7 @@
 #include <map>
 #include <set>
 #include <utility>
+#include <vector>
 
 #include "engine/status.h"
 
@@ -31,6 +34,12 @@ class ExtentAllocator {
     uint64_t allocations = 0;
   };
 
+  /** One live allocation: where it starts and its (rounded) size. */
+  struct Extent {
+    uint64_t offset = 0;
+    uint64_t size = 0;
+  };
+
   /** Manages [0, capacity rounded down to kAlignment). */
   explicit ExtentAllocator(uint64_t capacity);
 
@@ -39,6 +48,15 @@ class ExtentAllocator {
 
   /** kResourceExhausted when no free extent holds the rounded size. */
   [[nodiscard]] Status Allocate(uint64_t size, uint64_t* offset);
+  /**
+   * `size` bytes (rounded) as one or more live allocations, appended to `*out` in order
+   * (the request's first bytes go to the first extent). One extent, best fit, when one
+   * free extent holds it; otherwise the largest free extents whole and the rest best fit,
+   * which needs the fewest extents possible. The extents' sizes add up to exactly the
+   * rounded size. Each is freed on its own (Free of its offset). kResourceExhausted, with
+   * nothing allocated, when fewer bytes are free or more than `max_extents` would be needed.
+   */
+  [[nodiscard]] Status AllocateScattered(uint64_t size, size_t max_extents, std::vector<Extent>* out);
   /** kInvalidArgument unless `offset` is the start of a live allocation. */
   [[nodiscard]] Status Free(uint64_t offset);
 
@@ -57,6 +75,8 @@ class ExtentAllocator {
  private:
   void InsertFree(uint64_t offset, uint64_t size);
   void EraseFree(std::map<uint64_t, uint64_t>::iterator it);
+  /** Makes the first `size` bytes of the free extent `fit` (by size) a live allocation. */
+  uint64_t TakeFree(std::set<std::pair<uint64_t, uint64_t>>::iterator fit, uint64_t size);
 
   uint64_t capacity_;
   uint64_t used_ = 0;

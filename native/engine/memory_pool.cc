@@ -66,6 +66,12 @@ Status MemoryPool::Allocate(uint64_t size, uint64_t* offset) {
   return allocator_.Allocate(size, offset);
 }
 
+Status MemoryPool::AllocateScattered(uint64_t size, size_t max_extents,
+                                     std::vector<ExtentAllocator::Extent>* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return allocator_.AllocateScattered(size, max_extents, out);
+}
+
 Status MemoryPool::Free(uint64_t offset) {
   std::lock_guard<std::mutex> lock(mu_);
   return allocator_.Free(offset);

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "engine/extent_allocator.h"
 #include "engine/status.h"
@@ -35,6 +36,8 @@ class MemoryPool {
   }
 
   [[nodiscard]] Status Allocate(uint64_t size, uint64_t* offset);
+  /** ExtentAllocator::AllocateScattered under the pool's lock. */
+  [[nodiscard]] Status AllocateScattered(uint64_t size, size_t max_extents, std::vector<ExtentAllocator::Extent>* out);
   [[nodiscard]] Status Free(uint64_t offset);
   ExtentAllocator::Stats stats() const;
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -172,6 +173,128 @@ TEST(ExtentAllocator, KeepsEveryInvariantThroughOneHundredThousandRandomOps) {
   EXPECT_EQ(s.free_extents, 1u);
   EXPECT_EQ(s.largest_free, capacity);
   EXPECT_TRUE(a.CheckInvariants().ok());
+}
+
+// A pool of `holes` free extents of `hole` units each, separated by one-unit allocations.
+ExtentAllocator* Fragmented(std::unique_ptr<ExtentAllocator>* keep, uint64_t holes, uint64_t hole) {
+  *keep = std::make_unique<ExtentAllocator>(holes * (hole + 1) * kUnit);
+  ExtentAllocator* a = keep->get();
+  std::vector<uint64_t> gaps;
+  for (uint64_t i = 0; i < holes; ++i) {
+    uint64_t gap = 0, sep = 0;
+    EXPECT_TRUE(a->Allocate(hole * kUnit, &gap).ok());
+    EXPECT_TRUE(a->Allocate(kUnit, &sep).ok());
+    gaps.push_back(gap);
+  }
+  for (uint64_t g : gaps) EXPECT_TRUE(a->Free(g).ok());
+  return a;
+}
+
+TEST(ExtentAllocator, ScatteredAllocationIsOneBestFitExtentWhenOneHoldsIt) {
+  ExtentAllocator a(16 * kUnit);
+  std::vector<ExtentAllocator::Extent> got;
+  ASSERT_TRUE(a.AllocateScattered(100, 8, &got).ok());
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].size, 2 * kUnit);
+  EXPECT_EQ(a.AllocationSize(got[0].offset), 2 * kUnit);
+  EXPECT_TRUE(a.CheckInvariants().ok());
+}
+
+TEST(ExtentAllocator, ScatteredAllocationFillsSmallHolesWhenNoSingleExtentHoldsTheRequest) {
+  std::unique_ptr<ExtentAllocator> keep;
+  ExtentAllocator* a = Fragmented(&keep, 8, 4);  // 8 holes of 4 units: 32 units free
+  uint64_t one = 0;
+  EXPECT_EQ(a->Allocate(5 * kUnit, &one).code(), Code::kResourceExhausted);
+  std::vector<ExtentAllocator::Extent> got;
+  // 30 units and a byte: 31 units, the whole free space but one unit.
+  ASSERT_TRUE(a->AllocateScattered(30 * kUnit + 1, 100, &got).ok());
+  ASSERT_EQ(got.size(), 8u);
+  uint64_t total = 0;
+  for (const auto& e : got) {
+    EXPECT_EQ(a->AllocationSize(e.offset), e.size);
+    total += e.size;
+  }
+  EXPECT_EQ(total, 31 * kUnit) << "exactly the rounded size, nothing more";
+  EXPECT_EQ(got.back().size, 3 * kUnit) << "the last piece is the rest";
+  EXPECT_EQ(a->stats().used, 8 * kUnit + 31 * kUnit);
+  EXPECT_TRUE(a->CheckInvariants().ok());
+  // Each piece is freed on its own, and everything coalesces back.
+  for (const auto& e : got) ASSERT_TRUE(a->Free(e.offset).ok());
+  EXPECT_EQ(a->stats().used, 8 * kUnit);
+  EXPECT_EQ(a->stats().free_extents, 8u);
+  EXPECT_TRUE(a->CheckInvariants().ok());
+}
+
+TEST(ExtentAllocator, ScatteredAllocationTakesTheFewestExtentsLargestFirstAndTheLastBestFit) {
+  // Holes of 1, 2, 3, 6 and 9 units (separated by live units).
+  ExtentAllocator a(64 * kUnit);
+  std::vector<uint64_t> holes;
+  for (uint64_t units : {1, 2, 3, 6, 9}) {
+    uint64_t h = 0, sep = 0;
+    ASSERT_TRUE(a.Allocate(units * kUnit, &h).ok());
+    ASSERT_TRUE(a.Allocate(kUnit, &sep).ok());
+    holes.push_back(h);
+  }
+  uint64_t rest = 0;
+  ASSERT_TRUE(a.Allocate(a.capacity() - a.stats().used, &rest).ok());
+  for (uint64_t h : holes) ASSERT_TRUE(a.Free(h).ok());
+  std::vector<ExtentAllocator::Extent> got;
+  // 11 units: the 9-unit hole whole, then 2 units best fit (the 2-unit hole, not the 6).
+  ASSERT_TRUE(a.AllocateScattered(11 * kUnit, 100, &got).ok());
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].offset, holes[4]);
+  EXPECT_EQ(got[0].size, 9 * kUnit);
+  EXPECT_EQ(got[1].offset, holes[1]);
+  EXPECT_EQ(got[1].size, 2 * kUnit);
+  EXPECT_TRUE(a.CheckInvariants().ok());
+}
+
+TEST(ExtentAllocator, ScatteredAllocationRefusesWithoutAllocatingAnything) {
+  std::unique_ptr<ExtentAllocator> keep;
+  ExtentAllocator* a = Fragmented(&keep, 8, 4);
+  const auto before = a->stats();
+  std::vector<ExtentAllocator::Extent> got;
+  // More than is free.
+  EXPECT_EQ(a->AllocateScattered(32 * kUnit + 1, 100, &got).code(), Code::kResourceExhausted);
+  // Free, but only in more extents than allowed.
+  EXPECT_EQ(a->AllocateScattered(13 * kUnit, 3, &got).code(), Code::kResourceExhausted);
+  EXPECT_EQ(a->AllocateScattered(UINT64_MAX, 100, &got).code(), Code::kResourceExhausted);
+  EXPECT_TRUE(got.empty());
+  EXPECT_EQ(a->stats().used, before.used);
+  EXPECT_EQ(a->stats().free_extents, before.free_extents);
+  ASSERT_TRUE(a->AllocateScattered(12 * kUnit, 3, &got).ok());
+  EXPECT_EQ(got.size(), 3u);
+  EXPECT_TRUE(a->CheckInvariants().ok());
+}
+
+TEST(ExtentAllocator, ScatteredAllocationSucceedsWheneverTheFreeBytesSufficeThroughRandomOps) {
+  const uint64_t capacity = 4ull << 20;
+  ExtentAllocator a(capacity);
+  std::mt19937_64 rng(777);
+  std::vector<std::vector<ExtentAllocator::Extent>> live;
+  for (int step = 0; step < 20000; ++step) {
+    if (live.empty() || rng() % 100 < 55) {
+      const uint64_t size = rng() % 2 ? rng() % 4096 : rng() % (256 << 10);
+      const uint64_t free = a.capacity() - a.stats().used;
+      std::vector<ExtentAllocator::Extent> got;
+      Status s = a.AllocateScattered(size, SIZE_MAX, &got);
+      ASSERT_EQ(s.ok(), Rounded(size) <= free) << "step " << step << ": " << s.ToString();
+      if (s.ok()) {
+        uint64_t total = 0;
+        for (const auto& e : got) total += e.size;
+        ASSERT_EQ(total, Rounded(size));
+        live.push_back(std::move(got));
+      }
+    } else {
+      auto it = live.begin() + static_cast<long>(rng() % live.size());
+      for (const auto& e : *it) ASSERT_TRUE(a.Free(e.offset).ok());
+      live.erase(it);
+    }
+    if (step % 64 == 0) {
+      Status inv = a.CheckInvariants();
+      ASSERT_TRUE(inv.ok()) << "step " << step << ": " << inv.ToString();
+    }
+  }
 }
 
 }  // namespace

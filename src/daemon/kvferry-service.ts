@@ -139,7 +139,8 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
           );
         }
         // Copies: the bytes are serialized after this handler returns, when the lease is gone.
-        const parts = lease.parts.map((p) => ({ name: p.name, data: Buffer.from(p.view()) }));
+        // One copy, whether the part lies in one extent of the pool or several.
+        const parts = lease.parts.map((p) => ({ name: p.name, data: Buffer.concat(p.segments(), p.size) }));
         delivered = true;
         return { entry: toWireEntry(lease.entry), parts, consumeToken: lease.consumeToken ?? "" };
       } finally {
@@ -256,18 +257,20 @@ async function getStream(ctx: ServiceContext, call: ServerWritableStream<GetStre
     for (const part of lease.parts) {
       let offset = 0;
       do {
-        const length = Math.min(chunkSize, part.size - offset);
+        // A chunk also ends where a segment of the part's memory ends (a part the pool
+        // scattered over several extents), so that it stays a view.
+        const view = part.segments(offset, Math.min(chunkSize, part.size - offset))[0]!;
         const msg: GetStreamResponse = {
           entry: first ? toWireEntry(lease.entry) : undefined,
           part: part.name,
           partSize: part.size,
           offset,
           // A view, not a copy: the lease is held until every message is serialized ('finish').
-          chunk: asBuffer(part.view(offset, length)),
+          chunk: asBuffer(view),
           consumeToken: first ? (lease.consumeToken ?? "") : "",
         };
         first = false;
-        offset += length;
+        offset += view.length;
         if (lease.lapsed?.aborted) throw lapsedError();
         if (signal.aborted) return;
         if (!call.write(msg)) await drained(call, stop);

@@ -37,6 +37,7 @@ import type { OpSpec, TransferEngine } from "../engine/transfer-engine.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
 import { checkLeaseTtl, checkPartName, checkTransferId } from "../store/validate.js";
 import type { ResolvePeer } from "./node-resolver.js";
+import { remoteSegments, segmentOps, toExposedPart } from "./part-segments.js";
 import type { Peer, PeerDirectory } from "./peers.js";
 
 export const MAX_BATCH = 4096;
@@ -249,13 +250,9 @@ export class Transfers {
           reserved.set(id, reservation.id);
           const exposed = exposedByName(reservation.parts);
           // All of an entry's ops, or none: a half-planned entry must not write anything.
-          const ops = leases.get(id)!.parts.filter((part) => part.size > 0).map((part): OpSpec => ({
-            kind: "write",
-            localOffset: (part.block as PoolBlock).offset,
-            remoteHandle: handleOf(exposed, part.name, part.size),
-            remoteOffset: 0,
-            length: part.size,
-          }));
+          const ops = leases.get(id)!.parts.filter((part) => part.size > 0).flatMap((part): OpSpec[] =>
+            segmentOps("write", (part.block as PoolBlock).extents, segmentsOf(exposed, part.name, part.size)),
+          );
           for (const op of ops) plan.add(id, op);
         } catch (err) {
           out.fail(id, err);
@@ -334,15 +331,7 @@ export class Transfers {
         try {
           // All of an entry's ops, or none.
           const ops = parts.flatMap((part, i): OpSpec[] =>
-            part.size === 0
-              ? []
-              : [{
-                  kind: "read",
-                  localOffset: (writers.get(id)![i]!.block as PoolBlock).offset,
-                  remoteHandle: parseHandle(part.handle),
-                  remoteOffset: 0,
-                  length: part.size,
-                }],
+            part.size === 0 ? [] : segmentOps("read", (writers.get(id)![i]!.block as PoolBlock).extents, remoteSegments(part)),
           );
           for (const op of ops) plan.add(id, op);
         } catch (err) {
@@ -392,14 +381,14 @@ export class Transfers {
     const batchId = randomUUID();
     const ids: string[] = [];
     const reserve = (entry: IncomingEntry, index: number, writers: PartWriter[]): Reservation => {
-      const handles = writers.map((w) => (w.size > 0 ? this.o.engine.expose(w.block as PoolBlock, "write") : 0n));
+      const handles = writers.map((w) => (w.size > 0 ? this.o.engine.exposeSegments(w.block as PoolBlock, "write") : []));
       const id = `${batchId}/${index}`;
-      this.#incoming.set(id, { transferId: entry.transferId, writers, handles });
+      this.#incoming.set(id, { transferId: entry.transferId, writers, handles: handles.flat() });
       ids.push(id);
       return {
         transferId: entry.transferId,
         id,
-        parts: writers.map((w, i) => ({ name: entry.parts[i]!.name, size: w.size, handle: handles[i]!.toString() })),
+        parts: writers.map((w, i) => toExposedPart(entry.parts[i]!.name, w.size, (w.block as PoolBlock).extents, handles[i]!)),
       };
     };
     const refuse = (entry: IncomingEntry, writers: PartWriter[], err: unknown): Reservation => {
@@ -501,14 +490,14 @@ export class Transfers {
           const waitMs = this.o.store.has(transferId) ? Math.min(holdMs, req.deadlineMs) : 0;
           // To be dropped after the pull: held exclusively, so no consumer here gets it too.
           const lease = await this.o.store.get({ transferId, waitMs, exclusive: req.releaseSource });
-          const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.expose(p.block as PoolBlock, "read") : 0n));
+          const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.exposeSegments(p.block as PoolBlock, "read") : []));
           const id = `${batchId}/${index}`;
-          this.#outgoing.set(id, { transferId, lease, handles });
+          this.#outgoing.set(id, { transferId, lease, handles: handles.flat() });
           ids.push(id);
           return {
             transferId,
             id,
-            parts: lease.parts.map((p, i) => ({ name: p.name, size: p.size, handle: handles[i]!.toString() })),
+            parts: lease.parts.map((p, i) => toExposedPart(p.name, p.size, (p.block as PoolBlock).extents, handles[i]!)),
           };
         } catch (err) {
           return { transferId: requested, error: toEntryError(err), id: "", parts: [] };
@@ -672,16 +661,8 @@ function exposedByName(parts: ExposedPart[]): Map<string, ExposedPart> {
   return new Map(parts.map((p) => [p.name, p]));
 }
 
-function handleOf(byName: Map<string, ExposedPart>, name: string, size: number): bigint {
+function segmentsOf(byName: Map<string, ExposedPart>, name: string, size: number) {
   const part = byName.get(name);
   if (part === undefined || part.size !== size) throw new UnavailableError(`peer exposed no part ${name} of ${size} bytes`);
-  return parseHandle(part.handle);
-}
-
-const MAX_HANDLE = (1n << 64n) - 1n;
-
-function parseHandle(text: string): bigint {
-  const handle = /^\d{1,20}$/.test(text) ? BigInt(text) : -1n;
-  if (handle <= 0n || handle > MAX_HANDLE) throw new UnavailableError(`peer sent a malformed handle ${JSON.stringify(text)}`);
-  return handle;
+  return remoteSegments(part);
 }

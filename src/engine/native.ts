@@ -50,6 +50,12 @@ export interface NativeEngine {
   poolBuffer(): ArrayBuffer;
   /** An offset, or -1 when no extent fits now. */
   allocate(size: number): number;
+  /**
+   * Several extents holding `size` bytes when no single one does, as [offset, size, …]
+   * (sizes rounded; they add up to the rounded size), or null when the bytes are not free
+   * in at most `maxExtents` extents (then nothing was allocated). Each extent is freed alone.
+   */
+  allocateScattered(size: number, maxExtents: number): Float64Array | null;
   free(offset: number): void;
   poolStats(): { capacity: number; used: number; freeExtents: number; largestFree: number; allocations: number };
   expose(offset: number, length: number, access: "read" | "write"): bigint;

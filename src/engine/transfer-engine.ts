@@ -127,9 +127,19 @@ export class TransferEngine {
     return this.#native.stats();
   }
 
-  /** Lets peers reach exactly this block, through a fresh handle, to read it or to write it. */
-  expose(block: PoolBlock, access: "read" | "write"): bigint {
-    return this.#native.expose(block.offset, block.size, access);
+  /**
+   * Lets peers reach exactly this block, to read it or to write it: a fresh handle per
+   * segment (one for a block of one extent), each naming that segment's bytes only.
+   */
+  exposeSegments(block: PoolBlock, access: "read" | "write"): bigint[] {
+    const handles: bigint[] = [];
+    try {
+      for (const e of block.extents) handles.push(this.#native.expose(e.offset, e.length, access));
+    } catch (err) {
+      for (const h of handles) this.#native.revoke(h); // never exposed to anyone: nothing in flight
+      throw err;
+    }
+    return handles;
   }
 
   /** Resolves once no peer access to any of the handles is in flight; then their blocks may be freed. */

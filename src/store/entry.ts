@@ -57,6 +57,8 @@ export class Entry {
   hold: ExclusiveHold | undefined;
   removed: RemovalReason | undefined;
   bytes = 0;
+  /** Memory its parts take (their blocks' footprints: sizes rounded to the allocation unit). */
+  footprint = 0;
   readonly createdAtMs: number;
   lastAccessMs: number;
   leaseEndsAtMs = 0;

@@ -1,8 +1,12 @@
 // The lookup buffer: entries by transfer id, bounded by the memory's capacity.
 //
 // Invariants (checked by the property test):
-// - memory.used equals the sum of the sizes of every part of every entry that is
-//   indexed or retired (removed but still held by a reader or writer);
+// - memory.used equals the sum of the footprints (sizes rounded to the memory's unit)
+//   of every part of every entry that is indexed or retired (removed but still held by
+//   a reader or writer);
+// - a put whose footprint fits in the free plus the evictable bytes gets its room, and
+//   eviction (least recently used first) stops as soon as the free bytes cover it: it
+//   frees at most what is missing plus one entry (see #allocateEvicting);
 // - at most maxEntries entries are indexed and no entry has more than maxPartsPerEntry
 //   parts (stored or pending); a new entry evicts least-recently-used sealed, unheld
 //   entries to stay within maxEntries;
@@ -140,7 +144,7 @@ export class LookupBuffer {
   readonly #room: RoomQueue;
   readonly #getWaiters = new Map<string, Set<GetWaiter>>();
   #getWaiterCount = 0;
-  /** Bytes of blocks allocated for puts that have not attached them to their entry yet. */
+  /** Footprint of blocks allocated for puts that have not attached them to their entry yet. */
   #unattached = 0;
   readonly #waitingPuts: WaitingPutBudget;
   #closed = false;
@@ -172,13 +176,13 @@ export class LookupBuffer {
   }
 
   /**
-   * Sum of the parts of indexed and retired entries, plus room granted to puts that are
-   * about to attach it; equals bytesUsed at every moment.
+   * Footprint of the parts of indexed and retired entries, plus room granted to puts
+   * that are about to attach it; equals bytesUsed at every moment.
    */
   accountedBytes(): number {
     let sum = this.#unattached;
-    for (const e of this.#entries.values()) sum += e.bytes;
-    for (const e of this.#retired) sum += e.bytes;
+    for (const e of this.#entries.values()) sum += e.footprint;
+    for (const e of this.#retired) sum += e.footprint;
     return sum;
   }
 
@@ -283,7 +287,7 @@ export class LookupBuffer {
   /** Gives a granted block to its part; fails if the entry went away meanwhile. */
   #attach(entry: Entry, name: string, block: Block, seal: boolean): PartWriter {
     entry.pending.delete(name);
-    this.#unattached -= block.size;
+    this.#unattached -= block.footprint;
     if (entry.removed !== undefined) {
       this.#memory.free(block);
       this.#room.wake();
@@ -293,6 +297,7 @@ export class LookupBuffer {
     const part: Part = { name, size: block.size, block, written: 0, committed: false };
     entry.parts.set(name, part);
     entry.bytes += block.size;
+    entry.footprint += block.footprint;
     this.#touch(entry);
     return new PartWriter(this, entry, part, seal);
   }
@@ -499,6 +504,7 @@ export class LookupBuffer {
     if (entry.removed === undefined && entry.parts.get(part.name) === part) {
       entry.parts.delete(part.name);
       entry.bytes -= part.size;
+      entry.footprint -= part.block.footprint;
       this.#memory.free(part.block);
       this.#room.wake();
     }
@@ -578,8 +584,10 @@ export class LookupBuffer {
       if (err instanceof DeadlineExceededError) {
         this.counters.putTimeouts++;
         const free = this.#memory.capacity - this.#memory.used;
+        const need = this.#memory.footprintOf(size);
+        const rounding = need === size ? "" : ` (${need} in the pool)`;
         throw new ResourceExhaustedError(
-          `no room for ${what}: needs ${size} bytes, ${free} free of ${this.#memory.capacity} ` +
+          `no room for ${what}: needs ${size} bytes${rounding}, ${free} free of ${this.#memory.capacity} ` +
             `and nothing more can be evicted (waited ${deadlineMs} ms)`,
         );
       }
@@ -590,17 +598,27 @@ export class LookupBuffer {
   /** Allocates (counted as unattached until the put attaches it), evicting if that can make room. */
   #tryAllocate(size: number): Block | undefined {
     const block = this.#allocateEvicting(size);
-    if (block !== undefined) this.#unattached += block.size;
+    if (block !== undefined) this.#unattached += block.footprint;
     return block;
   }
 
+  /**
+   * A block of `size` bytes, evicting least-recently-used evictable entries only while
+   * the free bytes fall short of its footprint: the memory gathers free room from
+   * several holes, so the last eviction is the one that makes the bytes suffice. Only a
+   * memory too fragmented for one block (more holes than a block may span) makes it
+   * evict further. Evicts nothing when even evicting everything evictable would not do.
+   */
   #allocateEvicting(size: number): Block | undefined {
     const block = this.#memory.allocate(size);
     if (block !== undefined) return block;
-    if (this.#memory.capacity - this.#memory.used + this.#evictableBytes() < size) return undefined;
+    const need = this.#memory.footprintOf(size);
+    const free = () => this.#memory.capacity - this.#memory.used;
+    if (free() + this.#evictableFootprint() < need) return undefined;
     for (const entry of this.#entries.values()) {
       if (!entry.evictable) continue;
       this.#remove(entry, "evicted");
+      if (free() < need) continue;
       const block = this.#memory.allocate(size);
       if (block !== undefined) return block;
     }
@@ -619,9 +637,9 @@ export class LookupBuffer {
     throw tooManyEntries(transferId, max);
   }
 
-  #evictableBytes(): number {
+  #evictableFootprint(): number {
     let sum = 0;
-    for (const entry of this.#entries.values()) if (entry.evictable) sum += entry.bytes;
+    for (const entry of this.#entries.values()) if (entry.evictable) sum += entry.footprint;
     return sum;
   }
 
@@ -655,6 +673,7 @@ export class LookupBuffer {
     for (const part of entry.parts.values()) this.#memory.free(part.block);
     entry.parts.clear();
     entry.bytes = 0;
+    entry.footprint = 0;
     this.#retired.delete(entry);
     this.#room.wake();
   }

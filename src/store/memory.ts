@@ -1,22 +1,41 @@
 // The store's memory: fixed capacity, blocks handed out and taken back.
 //
 // The lookup buffer owns byte accounting and eviction policy; a Memory only says
-// yes or no to an allocation. Today blocks are Node Buffers; the native engine's
-// pool implements the same interface with extents of one memfd-backed region.
+// yes or no to an allocation. HeapMemory's blocks are Node Buffers; the native engine's
+// pool (src/engine/pool-memory.ts) implements the same interface with extents of one
+// memfd-backed region, where a block may span several extents (segments).
 
 /** One allocation. Its bytes stay valid until it is given back with `free`. */
 export interface Block {
   readonly size: number;
+  /** Bytes of the memory it takes: `size` rounded up to the memory's allocation unit. */
+  readonly footprint: number;
   /** Copies `src` into the block at `offset`. Throws RangeError past the end. */
   write(offset: number, src: Uint8Array): void;
-  /** A view (not a copy) of `length` bytes at `offset`; valid until the block is freed. */
+  /**
+   * Views (not copies) of the `length` bytes at `offset`, in order, one per segment of
+   * the block the range crosses (one for a block of one segment; at least one, maybe
+   * empty). Valid until the block is freed. Throws RangeError past the end.
+   */
+  segments(offset?: number, length?: number): Uint8Array[];
+  /**
+   * The `length` bytes at `offset`: a view when they lie in one segment (always, for a
+   * block of one segment), else a copy. Prefer `segments` on paths that move many bytes.
+   */
   view(offset: number, length: number): Uint8Array;
 }
 
 export interface Memory {
   readonly capacity: number;
+  /** Bytes the live blocks take: the sum of their footprints. */
   readonly used: number;
-  /** A block of `size` bytes, or undefined when there is no room for it now. */
+  /** The footprint a block of `size` bytes would have. */
+  footprintOf(size: number): number;
+  /**
+   * A block of `size` bytes, or undefined when there is no room for it now. A memory
+   * whose free bytes (capacity - used) cover footprintOf(size) grants it unless that
+   * room is split into more pieces than one block may span.
+   */
   allocate(size: number): Block | undefined;
   free(block: Block): void;
 }
@@ -24,6 +43,9 @@ export interface Memory {
 class HeapBlock implements Block {
   constructor(readonly bytes: Buffer) {}
   get size(): number {
+    return this.bytes.length;
+  }
+  get footprint(): number {
     return this.bytes.length;
   }
   write(offset: number, src: Uint8Array): void {
@@ -38,6 +60,9 @@ class HeapBlock implements Block {
     }
     return this.bytes.subarray(offset, offset + length);
   }
+  segments(offset = 0, length = this.bytes.length - offset): Uint8Array[] {
+    return [this.view(offset, length)];
+  }
 }
 
 /** Blocks on the JavaScript heap, bounded by `capacity` bytes in total. */
@@ -49,6 +74,10 @@ export class HeapMemory implements Memory {
 
   get used(): number {
     return this.#used;
+  }
+
+  footprintOf(size: number): number {
+    return size;
   }
 
   allocate(size: number): Block | undefined {

@@ -10,8 +10,13 @@ export interface ReadPart {
   readonly size: number;
   /** The part's memory, for the engine to send from. Valid until the lease is released. */
   readonly block: Block;
-  /** A view of the part's bytes, valid until the lease is released. */
+  /**
+   * The part's bytes, valid until the lease is released: a view when they lie in one
+   * segment of the block (the common case), else a copy. See `segments`.
+   */
   view(offset?: number, length?: number): Uint8Array;
+  /** Views of the part's bytes, one per segment of its block; valid until the lease is released. */
+  segments(offset?: number, length?: number): Uint8Array[];
 }
 
 export interface ReadLease {
@@ -56,6 +61,7 @@ export function createReadLease(
       size: p.size,
       block: p.block,
       view: (offset = 0, length = p.size - offset) => p.block.view(offset, length),
+      segments: (offset = 0, length = p.size - offset) => p.block.segments(offset, length),
     }),
   );
   let info: EntryInfo | undefined; // built on first use: transfers never look

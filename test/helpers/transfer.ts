@@ -5,6 +5,7 @@ import { status } from "@grpc/grpc-js";
 import { expect } from "vitest";
 import type { KvferryClient } from "../../src/client/client.js";
 import { EntryState, type TransferResult } from "../../src/gen/kvferry/v1/kvferry.js";
+import { poolFootprint } from "../../src/engine/pool-memory.js";
 import { listAll, startDaemon, type StartOptions, type TestDaemon } from "./daemon.js";
 
 export const TOKEN = "kvferry-it-token";
@@ -74,6 +75,11 @@ export function entryBytes(spec: EntrySpec): number {
   return spec.parts.reduce((sum, p) => sum + p.size, 0);
 }
 
+/** Pool bytes the entry takes: its parts' sizes rounded up to the pool's allocation unit (bytesUsed counts these). */
+export function entryFootprint(spec: { parts: readonly { size: number }[] }): number {
+  return spec.parts.reduce((sum, p) => sum + poolFootprint(p.size), 0);
+}
+
 /** Stores the entry's parts one by one (streamed above 4 MiB) and seals it with the last one. */
 export async function putEntry(client: KvferryClient, spec: EntrySpec): Promise<Map<string, string>> {
   const hashes = new Map<string, string>();
@@ -104,12 +110,17 @@ export async function expectSealedLike(client: KvferryClient, spec: EntrySpec): 
   );
 }
 
-/** bytesUsed equals the sum of the listed entries' bytes (call it when nothing is in flight). */
+/**
+ * bytesUsed equals the listed entries' parts rounded to the pool's unit (call it when
+ * nothing is in flight). Returns the entries' bytes (unrounded).
+ */
 export async function expectExactAccounting(d: TestDaemon, label = d.address): Promise<number> {
   const entries = await listAll(d.client);
   const sum = entries.reduce((s, e) => s + e.bytes, 0);
   const info = await d.client.serverInfo();
-  expect(info.bytesUsed, `${label}: bytesUsed vs the sum of ${entries.length} listed entries`).toBe(sum);
+  expect(info.bytesUsed, `${label}: bytesUsed vs the rounded parts of ${entries.length} listed entries`).toBe(
+    entries.reduce((s, e) => s + entryFootprint(e), 0),
+  );
   expect(info.entries, `${label}: entries`).toBe(entries.length);
   return sum;
 }

@@ -3,6 +3,7 @@
 import { randomBytes } from "node:crypto";
 import { Metadata, status, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { poolFootprint } from "../../src/engine/pool-memory.js";
 import {
   EntryState,
   GetRequest,
@@ -347,7 +348,7 @@ describe("after all of it", () => {
       const info = await fresh.serverInfo();
       const entries = await listAll(fresh);
       expect(info.entries).toBe(entries.length);
-      expect(info.bytesUsed).toBe(entries.reduce((s, e) => s + e.bytes, 0));
+      expect(info.bytesUsed).toBe(entries.reduce((s, e) => s + e.parts.reduce((t, p) => t + poolFootprint(p.size), 0), 0));
       expect(entries.every((e) => e.readers === 0 && e.writers === 0)).toBe(true);
     });
   }

@@ -569,6 +569,7 @@ describe("store bounds: max_entries, max_parts_per_entry, max_waiting_put_bytes"
       source: "KVFERRY_MAX_WAITING_PUT_BYTES", key: "max_waiting_put_bytes", value: "1.5", expected: "bytes from 0",
     });
   });
+});
 
 describe("data_handshake_timeout_ms", () => {
   it("reads it from the file and from KVFERRY_DATA_HANDSHAKE_TIMEOUT_MS", () => {

@@ -74,11 +74,31 @@ export interface PartSize {
   size: number;
 }
 
+/**
+ * A part lent to a peer. Most parts lie in one extent of the pool: `handle` names it and
+ * `segments` is empty. A part the pool had to scatter over several extents leaves `handle`
+ * empty and lists its segments in order; their sizes add up to `size`, and byte k of the
+ * part is in the first segment whose sizes so far exceed k. (A peer that knows only
+ * `handle` refuses such a part as malformed rather than touching the wrong bytes.)
+ */
 export interface ExposedPart {
   name: string;
   size: number;
-  /** The engine handle of the part's extent, a 64-bit id in decimal. */
+  /**
+   * The engine handle of the part's one extent, a 64-bit id in decimal; empty when
+   * `segments` is set.
+   */
   handle: string;
+  segments: ExposedSegment[];
+}
+
+/**
+ * One extent of a scattered part: an engine handle (a 64-bit id in decimal) and how many
+ * of the part's bytes it holds.
+ */
+export interface ExposedSegment {
+  handle: string;
+  size: number;
 }
 
 /** One entry's part of a batch that failed while the others went on. */
@@ -841,7 +861,7 @@ export const PartSize: MessageFns<PartSize> = {
 };
 
 function createBaseExposedPart(): ExposedPart {
-  return { name: "", size: 0, handle: "" };
+  return { name: "", size: 0, handle: "", segments: [] };
 }
 
 export const ExposedPart: MessageFns<ExposedPart> = {
@@ -854,6 +874,9 @@ export const ExposedPart: MessageFns<ExposedPart> = {
     }
     if (message.handle !== "") {
       writer.uint32(26).string(message.handle);
+    }
+    for (const v of message.segments) {
+      ExposedSegment.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -895,6 +918,14 @@ export const ExposedPart: MessageFns<ExposedPart> = {
             message.handle = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.segments.push(ExposedSegment.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -912,6 +943,9 @@ export const ExposedPart: MessageFns<ExposedPart> = {
       name: isSet(object.name) ? globalThis.String(object.name) : "",
       size: isSet(object.size) ? globalThis.Number(object.size) : 0,
       handle: isSet(object.handle) ? globalThis.String(object.handle) : "",
+      segments: globalThis.Array.isArray(object?.segments)
+        ? object.segments.map((e: any) => ExposedSegment.fromJSON(e))
+        : [],
     };
   },
 
@@ -926,6 +960,9 @@ export const ExposedPart: MessageFns<ExposedPart> = {
     if (message.handle !== "") {
       obj.handle = message.handle;
     }
+    if (message.segments?.length) {
+      obj.segments = message.segments.map((e) => ExposedSegment.toJSON(e));
+    }
     return obj;
   },
 
@@ -937,6 +974,92 @@ export const ExposedPart: MessageFns<ExposedPart> = {
     message.name = object.name ?? "";
     message.size = object.size ?? 0;
     message.handle = object.handle ?? "";
+    message.segments = object.segments?.map((e) => ExposedSegment.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseExposedSegment(): ExposedSegment {
+  return { handle: "", size: 0 };
+}
+
+export const ExposedSegment: MessageFns<ExposedSegment> = {
+  encode(message: ExposedSegment, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.handle !== "") {
+      writer.uint32(10).string(message.handle);
+    }
+    if (message.size !== 0) {
+      writer.uint32(16).uint64(message.size);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExposedSegment {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExposedSegment();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.handle = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.size = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExposedSegment {
+    return {
+      handle: isSet(object.handle) ? globalThis.String(object.handle) : "",
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+    };
+  },
+
+  toJSON(message: ExposedSegment): unknown {
+    const obj: any = {};
+    if (message.handle !== "") {
+      obj.handle = message.handle;
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExposedSegment>): ExposedSegment {
+    return ExposedSegment.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExposedSegment>): ExposedSegment {
+    const message = createBaseExposedSegment();
+    message.handle = object.handle ?? "";
+    message.size = object.size ?? 0;
     return message;
   },
 };
