@@ -32,11 +32,16 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   out(`kvferry demo: disaggregated prefill/decode on 127.0.0.1 with engine simulators (no GPU)`);
   const demo = new DemoCluster();
   // Any way of being stopped stops the children first (they were tracked from their spawn).
+  // A stop by signal exits 128 + n, also when the run fails because of it (a start-up that the
+  // signal cut short reaches the finally block below before this handler's stop is done).
+  let stoppedBy: NodeJS.Signals | undefined;
+  const signalExit = (signal: NodeJS.Signals) => 128 + (signal === "SIGINT" ? 2 : signal === "SIGHUP" ? 1 : 15);
   const stopOnSignal = (signal: NodeJS.Signals) => {
+    stoppedBy = signal;
     out(`\n${signal}: stopping the demo's processes`);
     void demo.stop().then((codes) => {
       out(`stopped ${codes.length} processes`);
-      process.exit(128 + (signal === "SIGINT" ? 2 : signal === "SIGHUP" ? 1 : 15));
+      process.exit(signalExit(signal));
     });
   };
   const SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
@@ -113,6 +118,10 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const clean = codes.every((c) => c.code === 0);
     out(`\nstopped ${codes.length} processes: ${codes.map((c) => `${c.name} ${c.code}`).join(", ")}`);
     ok &&= clean;
+  }
+  if (stoppedBy !== undefined) {
+    out(`demo: stopped by ${stoppedBy}`);
+    return signalExit(stoppedBy);
   }
   out(ok ? "demo: OK" : "demo: FAILED");
   return ok ? 0 : 1;
