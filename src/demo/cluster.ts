@@ -6,7 +6,7 @@
 // then SIGKILL after a bound) and reports its exit code; a process exit kills any left.
 import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { spawnDaemon, type SpawnedDaemon } from "../cli/spawn-daemon.js";
+import { spawnDaemon, type SpawnedDaemon } from "../launch/spawn-daemon.js";
 import { spawnProxy, type SpawnedProxy } from "../proxy/spawn.js";
 import { spawnSimulator, type SpawnedSimulator } from "../simulator/spawn.js";
 

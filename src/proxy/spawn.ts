@@ -1,6 +1,6 @@
 // Starts `kvferry proxy` as a child process (spawn-service.ts) and learns its URL. Used by
 // the tests, the demo and the benchmarks: the proxy as a real process.
-import { spawnService, type SpawnedService, type SpawnOptions } from "../cli/spawn-service.js";
+import { spawnService, type SpawnedService, type SpawnOptions } from "../launch/spawn-service.js";
 
 /** The message of the proxy's readiness line; its `listen` field is the bound address. */
 export const PROXY_SERVING = "kvferry proxy serving";

@@ -1,6 +1,6 @@
 // Starts `kvferry simulate` as a child process (spawn-service.ts) and learns its URL.
 // Used by the tests and the demo: a simulated engine as a real process.
-import { spawnService, type SpawnedService, type SpawnOptions } from "../cli/spawn-service.js";
+import { spawnService, type SpawnedService, type SpawnOptions } from "../launch/spawn-service.js";
 
 /** The message of the simulator's readiness line; its `listen` field is the bound address. */
 export const SIMULATOR_SERVING = "kvferry simulator serving";

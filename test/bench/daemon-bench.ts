@@ -10,7 +10,7 @@
 import { randomBytes } from "node:crypto";
 import { createServer, connect, type AddressInfo } from "node:net";
 import { KvferryClient } from "../../src/client/client.js";
-import { spawnDaemon } from "../../src/cli/spawn-daemon.js";
+import { spawnDaemon } from "../../src/launch/spawn-daemon.js";
 
 const MiB = 1 << 20;
 const LAT_N = Number(process.env.BENCH_LAT_N ?? 2000);

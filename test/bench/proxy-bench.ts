@@ -8,7 +8,7 @@
 // already in the decode node's daemon. Sequential requests, p50 and p99, for a short and
 // a long prompt; the difference is what disaggregating through kvferry costs per request.
 import { randomBytes } from "node:crypto";
-import { spawnDaemon } from "../../src/cli/spawn-daemon.js";
+import { spawnDaemon } from "../../src/launch/spawn-daemon.js";
 import { spawnProxy } from "../../src/proxy/spawn.js";
 import { metricSum, percentile } from "../../src/demo/report.js";
 import { spawnSimulator } from "../../src/simulator/spawn.js";

@@ -8,7 +8,7 @@
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { KvferryClient } from "../../src/client/client.js";
-import { spawnDaemon, type SpawnedDaemon } from "../../src/cli/spawn-daemon.js";
+import { spawnDaemon, type SpawnedDaemon } from "../../src/launch/spawn-daemon.js";
 
 const MiB = 1 << 20;
 const TOKEN = "bench-token";

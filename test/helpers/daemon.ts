@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { expect } from "vitest";
-import { spawnDaemon, type SpawnedDaemon } from "../../src/cli/spawn-daemon.js";
+import { spawnDaemon, type SpawnedDaemon } from "../../src/launch/spawn-daemon.js";
 import { KvferryClient } from "../../src/client/client.js";
 import { PutStreamRequest, type EntryInfo, type KvFerryClient, type PutStreamHeader } from "../../src/gen/kvferry/v1/kvferry.js";
 

@@ -3,7 +3,7 @@
 // (empty: it keeps everything in memory). Also the raw protocol calls a test checks with.
 import { spawn } from "node:child_process";
 import { expect } from "vitest";
-import { BIN, spawnService, type SpawnedService } from "../../src/cli/spawn-service.js";
+import { BIN, spawnService, type SpawnedService } from "../../src/launch/spawn-service.js";
 
 /** How long the flag-error runs may take. */
 const RUN_TIMEOUT_MS = 10_000;

@@ -4,7 +4,7 @@
 // wait, when told to — while it cannot be reached.
 import { spawn } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
-import { spawnDaemon } from "../../src/cli/spawn-daemon.js";
+import { spawnDaemon } from "../../src/launch/spawn-daemon.js";
 import { NotFoundError } from "../../src/errors.js";
 import { BIN, runCli, sleep } from "../helpers/daemon.js";
 import { freePort } from "../helpers/ports.js";

@@ -16,7 +16,7 @@ import {
 } from "@grpc/grpc-js";
 import { service as healthService } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
-import { spawnDaemon } from "../../src/cli/spawn-daemon.js";
+import { spawnDaemon } from "../../src/launch/spawn-daemon.js";
 import { startEtcd } from "../helpers/etcd-server.js";
 import { freePorts } from "../helpers/ports.js";
 import type { KvferryClient } from "../../src/client/client.js";
