@@ -18,10 +18,9 @@ import type {
   PutStreamRequest,
 } from "../gen/kvferry/v1/kvferry.js";
 import { TransferMode } from "../gen/kvferry/v1/kvferry.js";
-import { grpcStatusOf } from "../errors.js";
+import { grpcStatusOf, toGrpcError } from "../grpc-errors.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
 import { fromWireState, toWireEntry } from "./convert.js";
-import { toGrpcError } from "./status.js";
 import type { Transfers } from "./transfers.js";
 
 export const DEFAULT_CHUNK_SIZE = 1 << 20;

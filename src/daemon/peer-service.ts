@@ -8,7 +8,7 @@ import { KvFerryPeerService, type KvFerryPeerServer } from "../gen/kvferry/v1/pe
 import { LogLimiter } from "./log-limiter.js";
 import { COUNTER_METADATA, MAC_METADATA, PEER_API_PURPOSE, SESSION_METADATA, bodyDigest, purposeKey } from "./peer-auth.js";
 import { PeerSessions } from "./peer-sessions.js";
-import { toGrpcError } from "./status.js";
+import { toGrpcError } from "../grpc-errors.js";
 import type { Transfers } from "./transfers.js";
 
 export interface PeerContext {

@@ -10,7 +10,8 @@
 // leaves it greeted (the next call retries the channel); Forget drops what Hello said.
 // Its channel is replaced (revive) or closed (eviction, close) only once no call is on it.
 import { Client, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
-import { DeadlineExceededError, errorFromStatus, InternalError, InvalidArgumentError, PermissionDeniedError, UnauthenticatedError, UnavailableError } from "../errors.js";
+import { DeadlineExceededError, InternalError, InvalidArgumentError, PermissionDeniedError, UnauthenticatedError, UnavailableError } from "../errors.js";
+import { errorFromStatus } from "../grpc-errors.js";
 import {
   ConfirmSessionRequest,
   ConfirmSessionResponse,

@@ -14,13 +14,12 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import {
   DeadlineExceededError,
-  errorFromStatus,
-  grpcStatusOf,
   InvalidArgumentError,
   type KvferryError,
   NotFoundError,
   UnavailableError,
 } from "../errors.js";
+import { errorFromStatus, grpcStatusOf } from "../grpc-errors.js";
 import type {
   CommitReceiveResponse,
   EntryError,
