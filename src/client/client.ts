@@ -1,9 +1,7 @@
 // A typed, promise-based client of one daemon's client API, used by the demo, the
 // proxy and the tests. Errors come back as the classes of src/errors.ts.
 import { credentials, Metadata, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
-import {
-  DeadlineExceededError, UnavailableError,
-} from "../errors.js";
+import { DeadlineExceededError, UnavailableError } from "../errors.js";
 import { errorFromServiceError } from "../grpc-errors.js";
 import {
   KvFerryClient,

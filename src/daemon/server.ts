@@ -20,7 +20,7 @@ import { nodeIdTaken, nodeIdVerdict, type WhoIs } from "../metadata/node-id.js";
 import { openRegistry, registerWithRetry } from "../metadata/open.js";
 import type { NodeRegistry } from "../metadata/registry.js";
 import { LookupBuffer } from "../store/lookup-buffer.js";
-import { fromWireNode, toWireNode } from "./convert.js";
+import { fromWireNode, toWireNode } from "../metadata/wire-node.js";
 import { bind, drain } from "./grpc-server.js";
 import { widenSessionWindows, widenStreamWindows } from "./http2-windows.js";
 import { kvferryService } from "./kvferry-service.js";
