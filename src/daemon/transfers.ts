@@ -31,7 +31,6 @@ import type {
   PrepareSendResponse,
   Reservation,
 } from "../gen/kvferry/v1/peer.js";
-import type { PoolBlock } from "../engine/pool-memory.js";
 import type { OpSpec, TransferEngine } from "../engine/transfer-engine.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
 import { checkLeaseTtl, checkPartName, checkTransferId } from "../store/validate.js";
@@ -250,7 +249,7 @@ export class Transfers {
           const exposed = exposedByName(reservation.parts);
           // All of an entry's ops, or none: a half-planned entry must not write anything.
           const ops = leases.get(id)!.parts.filter((part) => part.size > 0).flatMap((part): OpSpec[] =>
-            segmentOps("write", (part.block as PoolBlock).extents, segmentsOf(exposed, part.name, part.size)),
+            segmentOps("write", this.o.engine.extentsOf(part.block), segmentsOf(exposed, part.name, part.size)),
           );
           for (const op of ops) plan.add(id, op);
         } catch (err) {
@@ -330,7 +329,7 @@ export class Transfers {
         try {
           // All of an entry's ops, or none.
           const ops = parts.flatMap((part, i): OpSpec[] =>
-            part.size === 0 ? [] : segmentOps("read", (writers.get(id)![i]!.block as PoolBlock).extents, remoteSegments(part)),
+            part.size === 0 ? [] : segmentOps("read", this.o.engine.extentsOf(writers.get(id)![i]!.block), remoteSegments(part)),
           );
           for (const op of ops) plan.add(id, op);
         } catch (err) {
@@ -380,14 +379,14 @@ export class Transfers {
     const batchId = randomUUID();
     const ids: string[] = [];
     const reserve = (entry: IncomingEntry, index: number, writers: PartWriter[]): Reservation => {
-      const handles = writers.map((w) => (w.size > 0 ? this.o.engine.exposeSegments(w.block as PoolBlock, "write") : []));
+      const handles = writers.map((w) => (w.size > 0 ? this.o.engine.exposeSegments(w.block, "write") : []));
       const id = `${batchId}/${index}`;
       this.#incoming.set(id, { transferId: entry.transferId, writers, handles: handles.flat() });
       ids.push(id);
       return {
         transferId: entry.transferId,
         id,
-        parts: writers.map((w, i) => toExposedPart(entry.parts[i]!.name, w.size, (w.block as PoolBlock).extents, handles[i]!)),
+        parts: writers.map((w, i) => toExposedPart(entry.parts[i]!.name, w.size, this.o.engine.extentsOf(w.block), handles[i]!)),
       };
     };
     const refuse = (entry: IncomingEntry, writers: PartWriter[], err: unknown): Reservation => {
@@ -489,14 +488,14 @@ export class Transfers {
           const waitMs = this.o.store.has(transferId) ? Math.min(holdMs, req.deadlineMs) : 0;
           // To be dropped after the pull: held exclusively, so no consumer here gets it too.
           const lease = await this.o.store.get({ transferId, waitMs, exclusive: req.releaseSource });
-          const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.exposeSegments(p.block as PoolBlock, "read") : []));
+          const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.exposeSegments(p.block, "read") : []));
           const id = `${batchId}/${index}`;
           this.#outgoing.set(id, { transferId, lease, handles: handles.flat() });
           ids.push(id);
           return {
             transferId,
             id,
-            parts: lease.parts.map((p, i) => toExposedPart(p.name, p.size, (p.block as PoolBlock).extents, handles[i]!)),
+            parts: lease.parts.map((p, i) => toExposedPart(p.name, p.size, this.o.engine.extentsOf(p.block), handles[i]!)),
           };
         } catch (err) {
           return { transferId: requested, error: toEntryError(err), id: "", parts: [] };
