@@ -5,16 +5,7 @@
 import type { Logger } from "pino";
 import { InvalidArgumentError, type KvferryError, UnavailableError } from "../errors.js";
 import { errorFromStatus } from "../grpc-errors.js";
-import type {
-  CommitReceiveResponse,
-  EntryError,
-  ExposedPart,
-  PrepareReceiveRequest,
-  PrepareReceiveResponse,
-  PrepareSendRequest,
-  PrepareSendResponse,
-  Reservation,
-} from "../gen/kvferry/v1/peer.js";
+import { KvFerryPeerService, type EntryError, type ExposedPart, type Reservation } from "../gen/kvferry/v1/peer.js";
 import type { OpSpec, TransferEngine } from "../engine/transfer-engine.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
 import { checkLeaseTtl, checkTransferId } from "../store/validate.js";
@@ -191,8 +182,8 @@ export class TransferInitiator {
       const live = ids.filter((id) => leases.has(id));
       if (live.length === 0) return;
 
-      const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
-        "prepareReceive",
+      const prep = await peer.call(
+        KvFerryPeerService.prepareReceive,
         {
           entries: live.map((id) => ({ transferId: id, parts: leases.get(id)!.parts.map((p) => ({ name: p.name, size: p.size })) })),
           deadlineMs: remaining(deadlineAt),
@@ -224,13 +215,13 @@ export class TransferInitiator {
       if (abandoned.length > 0) {
         // Awaited, so that a caller retrying on our answer finds the target clean.
         const ids = abandoned.map(([, rid]) => rid);
-        await peer.call("abortReceive", { ids, reason: "transfer failed" }, CLEANUP_TIMEOUT_MS).catch(() => {});
+        await peer.call(KvFerryPeerService.abortReceive, { ids, reason: "transfer failed" }, CLEANUP_TIMEOUT_MS).catch(() => {});
       }
       if (reserved.size === 0) return;
 
       const committing = [...reserved];
-      const commit = await peer.call<{ ids: string[] }, CommitReceiveResponse>(
-        "commitReceive",
+      const commit = await peer.call(
+        KvFerryPeerService.commitReceive,
         { ids: committing.map(([, rid]) => rid) },
         remaining(deadlineAt),
       );
@@ -251,8 +242,8 @@ export class TransferInitiator {
   async #pull(
     ids: readonly string[], peer: Peer, deadlineAt: number, keep: boolean, leaseTtlMs: number | undefined, out: Outcomes,
   ): Promise<void> {
-    const prep = await peer.call<PrepareSendRequest, PrepareSendResponse>(
-      "prepareSend",
+    const prep = await peer.call(
+      KvFerryPeerService.prepareSend,
       { transferIds: [...ids], deadlineMs: remaining(deadlineAt), destinationNode: this.o.nodeId(), releaseSource: !keep },
       remaining(deadlineAt),
     );
@@ -319,7 +310,7 @@ export class TransferInitiator {
       // Awaited: when the batch answers, the source has dropped (or kept) its copies.
       await peer
         .call(
-          "finishSend",
+          KvFerryPeerService.finishSend,
           {
             completed: completed.map((id) => held.get(id)!),
             failed: [...held].filter(([id]) => !done.has(id)).map(([, rid]) => rid),
