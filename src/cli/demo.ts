@@ -14,6 +14,7 @@ import { DEFAULT_START_TIMEOUT_MS, describeExit } from "../launch/spawn-service.
 import { bytes, metricSum, percentile, progressBar, table } from "../demo/report.js";
 import { makeRequests, runAll, type DemoResult } from "../demo/workload.js";
 import { KvferryClient } from "../client/client.js";
+import { stopWithNpm } from "./lifecycle.js";
 import { flagHelp, HELP_FLAG, type Command, type FlagValues, type Flags } from "./command.js";
 
 export interface DemoOptions {
@@ -49,6 +50,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   };
   const SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   for (const signal of SIGNALS) process.once(signal, stopOnSignal);
+  stopWithNpm((message) => out(`\n${message}`));
   let ok = true;
   try {
     const c = await demo.start({

@@ -7,6 +7,29 @@
 // stop, 1 if stopping failed; a second signal while stopping exits 1 at once.
 import type { Logger } from "pino";
 
+/** How often a command started by npm checks that npm is still there. */
+const LAUNCHER_CHECK_MS = 1_000;
+
+/**
+ * A command started by `npx kvferry …` or `npm run …` runs as npm → sh → node, and a signal
+ * sent to npm's pid does not reach node: npm passes it to the shell, which dies of it and
+ * leaves node running, orphaned. So under npm (it sets npm_command) a command whose parent
+ * goes away stops as if it had been sent SIGTERM. Elsewhere a parent may go on purpose
+ * (`nohup kvferry daemon &` from a shell that exits) and nothing is watched.
+ */
+export function stopWithNpm(say: (message: string) => void): void {
+  const launcher = process.env.npm_command;
+  if (launcher !== "exec" && launcher !== "run-script") return;
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(timer);
+    say(`the npm ${launcher} process that started this one (pid ${parent}) is gone: stopping as on SIGTERM`);
+    process.kill(process.pid, "SIGTERM");
+  }, LAUNCHER_CHECK_MS);
+  timer.unref();
+}
+
 export class ShutdownSignals {
   /** A signal that came before until() was called. */
   #early: NodeJS.Signals | undefined;
@@ -31,6 +54,7 @@ export class ShutdownSignals {
   constructor(private readonly log: Logger) {
     process.on("SIGTERM", this.#handler);
     process.on("SIGINT", this.#handler);
+    stopWithNpm((message) => log.warn(message));
   }
 
   /** Serves until the first signal (or at once, if one came already), then stops. */
