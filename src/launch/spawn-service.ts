@@ -61,20 +61,36 @@ export interface SpawnOptions {
   name?: string;
   /** How long to wait for the readiness line (default DEFAULT_START_TIMEOUT_MS). */
   startTimeoutMs?: number;
-  /** Told every START_PROGRESS_EVERY_MS while it has not served yet, with the time waited so far. */
+  /** Told every progressEveryMs while it has not served yet, with the time waited so far. */
   onWaiting?: (waitedMs: number) => void;
+  /** How often onWaiting is told (default START_PROGRESS_EVERY_MS). */
+  progressEveryMs?: number;
   /** Extra node flags, e.g. ["--cpu-prof"] for profiling. */
   nodeArgs?: string[];
   /** Told of the child as soon as it exists (before it is ready), e.g. to stop it on any exit path. */
   onSpawn?: (child: ChildProcess) => void;
 }
 
+const LEVELS: Record<number, string> = { 10: "TRACE", 20: "DEBUG", 30: "INFO", 40: "WARN", 50: "ERROR", 60: "FATAL" };
+
+/** A pino JSON line as "WARN msg {the other fields}" (its message first, so a cut line keeps it); other text as is. */
+function readable(line: string): string {
+  try {
+    const { level, msg, time: _time, pid: _pid, name: _name, hostname: _hostname, ...rest } = JSON.parse(line) as Record<string, unknown>;
+    if (typeof msg !== "string") return line;
+    return `${LEVELS[Number(level)] ?? level} ${msg}${Object.keys(rest).length > 0 ? ` ${JSON.stringify(rest)}` : ""}`;
+  } catch {
+    return line;
+  }
+}
+
 /** The last `max` lines written, tagged by stream. */
 class Tail {
   readonly #lines: string[] = [];
   constructor(private readonly max: number) {}
-  add(stream: "stdout" | "stderr", line: string): void {
-    if (line.trim() === "") return;
+  add(stream: "stdout" | "stderr", raw: string): void {
+    if (raw.trim() === "") return;
+    const line = stream === "stdout" ? readable(raw) : raw;
     this.#lines.push(`${stream} | ${line.length > LINE_CHARS ? `${line.slice(0, LINE_CHARS)}…` : line}`);
     if (this.#lines.length > this.max) this.#lines.shift();
   }
@@ -108,7 +124,7 @@ export function spawnService(command: string, args: string[], ready: string, opt
       const shown = lines.length === 0 ? "it wrote nothing" : `its last ${lines.length} lines of output:\n${lines.map((l) => `    ${l}`).join("\n")}`;
       reject(new ServiceStartError(name, timedOut, exit, lines, `${who} ${summary}; ${shown}`));
     };
-    const progress = options.onWaiting === undefined ? undefined : setInterval(() => options.onWaiting!(Date.now() - t0), START_PROGRESS_EVERY_MS);
+    const progress = options.onWaiting === undefined ? undefined : setInterval(() => options.onWaiting!(Date.now() - t0), options.progressEveryMs ?? START_PROGRESS_EVERY_MS);
     const settled = () => {
       clearTimeout(timer);
       clearInterval(progress);
