@@ -137,7 +137,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
 async function info(address: string) {
   const client = new KvferryClient(address);
   try {
-    return await client.serverInfo({ timeoutMs: 5_000 });
+    // Generous: on a busy machine the channel's first connection alone can take seconds.
+    return await client.serverInfo({ timeoutMs: 30_000 });
   } finally {
     client.close();
   }
