@@ -5,7 +5,6 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -16,11 +15,6 @@ namespace {
 
 std::string ErrnoText(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
-#ifdef MADV_POPULATE_WRITE
-constexpr int kMadvPopulateWrite = MADV_POPULATE_WRITE;
-#else
-constexpr int kMadvPopulateWrite = 23;  // Linux 5.14's value; older kernels answer EINVAL
-#endif
 
 }  // namespace
 
@@ -44,7 +38,7 @@ Status MemoryPool::Create(uint64_t size, std::unique_ptr<MemoryPool>* out) {
   }
   // Mapped without MAP_POPULATE: mapping 1 GiB page by page costs about a second of CPU
   // (several on a busy machine), which held every daemon's start-up. The pages are
-  // reserved above; the prefault thread maps them in the background (see Prefault).
+  // reserved above; a background thread maps them (Prefault).
   void* base = MAP_FAILED;
   if (fd >= 0) {
     base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -76,22 +70,18 @@ MemoryPool::~MemoryPool() {
 }
 
 void MemoryPool::Prefault() {
-  // Maps the reserved pages a slice at a time, so that the first transfers through an
-  // extent do not pay its first-touch faults. MADV_POPULATE_WRITE (Linux 5.14) leaves the
-  // contents alone; on older kernels a read of one byte per page maps the (already
-  // allocated) page. Neither writes, so a transfer using the pool meanwhile is unaffected.
-  // At the lowest priority: on a busy machine it must not slow the start-up it left.
+  // Maps the reserved pages into the page tables, so that the first transfers through an
+  // extent take fewer faults. A read of one byte per page does it (the fault maps the
+  // page, already allocated by fallocate, and its neighbours) without writing, so a
+  // transfer using the pool meanwhile is unaffected; each fault holds the memory map's
+  // locks for one fault only, never for a whole range (as MAP_POPULATE or
+  // MADV_POPULATE_WRITE would): a thread this far down the priorities must not hold a
+  // lock that the process's other threads wait for. Stops early when the pool goes.
   (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);
-  constexpr uint64_t kSlice = 16ull << 20;
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  bool madvise_works = true;
-  for (uint64_t offset = 0; offset < size_ && !stop_prefault_.load(std::memory_order_relaxed); offset += kSlice) {
-    const uint64_t length = std::min(kSlice, size_ - offset);
-    if (madvise_works && madvise(base_ + offset, length, kMadvPopulateWrite) == 0) continue;
-    madvise_works = false;
-    for (uint64_t at = offset; at < offset + length; at += page) {
-      (void)*static_cast<volatile uint8_t*>(base_ + at);
-    }
+  for (uint64_t at = 0; at < size_; at += page) {
+    if ((at & ((1u << 20) - 1)) == 0 && stop_prefault_.load(std::memory_order_relaxed)) return;
+    (void)*static_cast<volatile uint8_t*>(base_ + at);
   }
 }
 
