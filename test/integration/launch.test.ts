@@ -2,12 +2,15 @@
 // (src/launch/spawn-service.ts): a start that fails names the process by its role, says
 // how it ended (exit code or signal) and shows its last lines of output; a slow start is
 // reported while it lasts; and a daemon started through `npx` stops when npx is signalled.
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ServiceStartError } from "../../src/errors.js";
 import { spawnDaemon } from "../../src/launch/spawn-daemon.js";
 import { freePort } from "../helpers/ports.js";
-import { REPO, sleep } from "../helpers/daemon.js";
+import { BIN, REPO, sleep } from "../helpers/daemon.js";
 
 /** A daemon that cannot serve yet: it keeps retrying an etcd that nobody runs, logging each try. */
 async function waitingDaemonArgs(): Promise<string[]> {
@@ -125,4 +128,34 @@ describe("a daemon started through npx", () => {
       if (daemonPid !== undefined && alive(daemonPid)) process.kill(daemonPid, "SIGKILL");
     }
   }, 200_000);
+
+  it("but a daemon whose parent (not npm) exits on purpose keeps serving, npm's variables notwithstanding", async () => {
+    // As `nohup kvferry daemon &` from a shell script that ends, run under `npx vitest`.
+    const dir = mkdtempSync(join(tmpdir(), "kvferry-launch-"));
+    const log = join(dir, "daemon.log");
+    const args = "--listen 127.0.0.1:0 --data-listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 --kv-buffer-size 8MiB";
+    const sh = spawnSync("sh", ["-c", `"${process.execPath}" "${BIN}" daemon ${args} > "${log}" 2>&1 &`], {
+      env: { ...process.env, NO_PRETTY: "1", npm_command: "exec" },
+    });
+    expect(sh.status).toBe(0);
+    const records = () =>
+      readFileSync(log, "utf8").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, unknown>);
+    let daemonPid: number | undefined;
+    try {
+      const deadline = Date.now() + 60_000;
+      while (daemonPid === undefined && Date.now() < deadline) {
+        await sleep(200);
+        const serving = records().find((r) => r.msg === "kvferry daemon serving");
+        if (serving !== undefined) daemonPid = Number(serving.pid);
+      }
+      expect(daemonPid, "the daemon served").toBeDefined();
+      // Several of its once-a-second checks later, it still serves.
+      await sleep(3_000);
+      expect(alive(daemonPid!)).toBe(true);
+      expect(records().map((r) => r.msg)).not.toContain("shutting down");
+    } finally {
+      if (daemonPid !== undefined && alive(daemonPid)) process.kill(daemonPid, "SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 90_000);
 });
