@@ -76,6 +76,24 @@ export class CancelledError extends KvferryError {}
 /** A daemon-side failure that is not the caller's fault. */
 export class InternalError extends KvferryError {}
 
+/**
+ * A child service (a daemon, simulator or proxy that a launcher started) did not come to
+ * serve: it exited first (`exit` says how: "exit code 1", "killed by SIGKILL") or the wait
+ * ran out (`timedOut`). `service` names it by its role ("prefill daemon"); `lastLines` are
+ * its last lines of output, stdout and stderr, oldest first (also in the message).
+ */
+export class ServiceStartError extends KvferryError {
+  constructor(
+    readonly service: string,
+    readonly timedOut: boolean,
+    readonly exit: string,
+    readonly lastLines: readonly string[],
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /** A configuration value is wrong. Raised at start-up; the CLI exits with code 2. */
 export class ConfigError extends KvferryError {
   constructor(
