@@ -14,13 +14,13 @@ const SRC = fileURLToPath(new URL("../../src", import.meta.url));
  * its place in the table (and in the README's).
  */
 const MAY_IMPORT: Record<string, readonly string[]> = {
-  cli: ["demo", "launch", "daemon", "proxy", "simulator", "client", "metrics", "store", "engine", "metadata", "config", "grpc-errors", "errors", "gen"],
-  demo: ["launch", "proxy", "simulator", "client", "metrics", "metadata", "config", "grpc-errors", "errors", "gen"],
-  daemon: ["metrics", "store", "engine", "metadata", "config", "grpc-errors", "errors", "gen"],
-  proxy: ["launch", "client", "metrics", "metadata", "config", "grpc-errors", "errors", "gen"],
-  simulator: ["launch", "client", "metrics", "metadata", "config", "grpc-errors", "errors", "gen"],
-  client: ["config", "grpc-errors", "errors", "gen"],
-  launch: [],
+  cli: ["demo", "launch", "daemon", "proxy", "simulator", "client", "metrics", "store", "engine", "metadata", "config", "grpc-errors", "errors", "version", "gen"],
+  demo: ["launch", "proxy", "simulator", "client", "metrics", "metadata", "config", "grpc-errors", "errors", "version", "gen"],
+  daemon: ["metrics", "store", "engine", "metadata", "config", "grpc-errors", "errors", "version", "gen"],
+  proxy: ["launch", "client", "metrics", "metadata", "config", "grpc-errors", "errors", "version", "gen"],
+  simulator: ["launch", "client", "metrics", "metadata", "config", "grpc-errors", "errors", "version", "gen"],
+  client: ["config", "grpc-errors", "errors", "version", "gen"],
+  launch: ["errors"],
   metrics: [],
   engine: ["store", "config", "errors"],
   store: ["config", "errors"],
@@ -28,6 +28,7 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   config: ["errors"],
   "grpc-errors": ["errors"],
   errors: [],
+  version: [],
   gen: [],
 };
 
