@@ -16,13 +16,13 @@ const CANNOT_INSTALL = 3;
 
 export type MooncakePython = { python: string } | { skip: string } | { error: string };
 
-/** Runs scripts/mooncake-venv.sh: the venv's python, a reason to skip, or what went wrong. */
+/** Runs scripts/mooncake-venv.sh: the venv's python, a reason to skip (its last line), or what went wrong. */
 export function mooncakePython(): Promise<MooncakePython> {
   return new Promise((resolve) => {
     execFile("bash", [VENV_SCRIPT], { timeout: VENV_TIMEOUT_MS }, (err, stdout, stderr) => {
       if (err === null) return resolve({ python: stdout.trim() });
-      const why = `scripts/mooncake-venv.sh: ${stderr.trim() || err.message}`;
-      resolve(err.code === CANNOT_INSTALL ? { skip: why } : { error: why });
+      if (err.code === CANNOT_INSTALL) return resolve({ skip: stderr.trim().split("\n").at(-1)! });
+      resolve({ error: `scripts/mooncake-venv.sh: ${stderr.trim() || err.message}` });
     });
   });
 }
