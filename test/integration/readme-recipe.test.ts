@@ -162,4 +162,14 @@ async function checkWhileRunning(sh: ShellSession, stdout: string): Promise<void
   const metrics = await (await fetch("http://127.0.0.1:8000/metrics", { signal: AbortSignal.timeout(10_000) })).text();
   const pushed = /^kvferry_proxy_kv_transfers_total\{(?=[^}]*mode="push")(?=[^}]*code="OK")[^}]*\} (\d+)/m.exec(metrics);
   expect(pushed?.[1], metrics.slice(0, 3000)).toBe("1");
+
+  // A request naming another model gets the simulators' 404, vLLM's body, through the proxy.
+  const other = await fetch("http://127.0.0.1:8000/v1/completions", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ ...body, model: "gpt-4" }),
+    signal: AbortSignal.timeout(30_000),
+  });
+  expect(other.status).toBe(404);
+  expect(((await other.json()) as any).error).toMatchObject({ type: "NotFoundError", param: "model", code: 404 });
 }
