@@ -5,8 +5,9 @@
 // etcd-server), started by the recipe itself. The recipe's ports are fixed (2379, 8000, …):
 // the test fails, naming the port, if one stays taken for 30 s; no other test names them.
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
 import { spawnSimulator } from "../../src/simulator/spawn.js";
@@ -51,8 +52,12 @@ const ports = recipePorts(section);
 
 let shell: ShellSession | undefined;
 
+// After a failure half-way: the jobs still running are killed and the recipe's files removed.
 afterAll(async () => {
-  await shell?.close();
+  if (shell === undefined) return;
+  const dir = await shell.run('echo "$RECIPE"', 5000).then((r) => r.stdout.trim(), () => "");
+  await shell.close();
+  if (dir.startsWith("/tmp/") || dir.startsWith(tmpdir())) rmSync(dir, { recursive: true, force: true });
 });
 
 describe(`README.md: "${HEADING}"`, () => {
