@@ -2,8 +2,9 @@
 // Brings a checkout to a runnable state, doing only what is missing or stale:
 //   1. npm packages (npm ci when node_modules is missing or older than the lockfile);
 //   2. system packages (apt, when run as root and missing): a C++ toolchain for the native
-//      engine; with --test also etcd and redis, whose servers the tests start, and
-//      libibverbs1, which Mooncake's own transfer engine loads (test/integration/mooncake-*);
+//      engine; with --test also etcd and redis, whose servers the tests start,
+//      libibverbs1, which Mooncake's own transfer engine loads (test/integration/mooncake-*),
+//      and grpcurl (go install, when Go is present);
 //   3. the build: the native engine → build/Release/, TypeScript → dist/, descriptor sets.
 // `npm test` and `npm run demo` run it first, so a fresh clone needs nothing else.
 // Uses only Node's built-ins: it runs before any package is installed.
@@ -55,6 +56,20 @@ if (missing.length > 0) {
   say(`installing ${missing.join(", ")} (apt)`);
   run("apt-get", ["update", "-qq"]);
   run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", ...missing]);
+}
+
+// 2b. With --test, grpcurl for the README's grpcurl examples (test/integration/ops.test.ts runs
+//     them): not packaged by Debian or npm, so from the Go module proxy when Go is here (a few
+//     minutes, once). Without Go those tests are skipped, saying so. Keep the version in step
+//     with test/helpers/grpcurl.ts.
+if (process.argv.includes("--test") && spawnSync("sh", ["-c", "command -v go"]).status === 0) {
+  const gopath = execFileSync("go", ["env", "GOPATH"], { encoding: "utf8" }).trim().split(":")[0];
+  const onPath = spawnSync("sh", ["-c", "command -v grpcurl"]).status === 0;
+  if (!onPath && gopath && !existsSync(join(gopath, "bin", "grpcurl"))) {
+    say("installing grpcurl (go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4)");
+    const r = spawnSync("go", ["install", "github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4"], { cwd: root, stdio: ["ignore", "inherit", "inherit"] });
+    if (r.status !== 0) say("grpcurl could not be installed: its tests will be skipped");
+  }
 }
 
 // 3. Build what is stale.

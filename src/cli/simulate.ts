@@ -163,7 +163,7 @@ const FLAGS = {
   role: { type: "string", help: "ROLE", doc: "prefill | decode | both (required): which instance this simulator plays" },
   listen: { type: "string", help: "HOST:PORT", doc: "HTTP address (default 127.0.0.1:8100; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
   daemon: { type: "string", help: "HOST:PORT", doc: "the local kvferry daemon's client API (required for prefill and decode; unused for both)" },
-  model: { type: "string", help: "NAME", doc: "the model name served and required in requests (default kvferry-sim-7b)" },
+  model: { type: "string", help: "NAME", doc: "the model it serves, as vLLM's --model (default kvferry-sim-7b): listed in /v1/models; a request naming another gets a 404 as vLLM answers" },
   layers: { type: "string", help: "N", doc: "layers of the simulated model: one KV part per layer (default 32)" },
   "kv-heads": { type: "string", help: "N", doc: "KV heads (default 8)" },
   "head-dim": { type: "string", help: "N", doc: "head dimension (default 128)" },

@@ -266,7 +266,7 @@ export class SimulatorServer {
       if (controller.signal.aborted) log.info(fields, "client went away before the answer");
       else {
         this.#sendError(res, apiErr);
-        if (status >= 500) log.error(fields, apiErr.code?.startsWith("kv_") ? "KV transfer failed" : "request failed");
+        if (status >= 500) log.error(fields, typeof apiErr.code === "string" && apiErr.code.startsWith("kv_") ? "KV transfer failed" : "request failed");
         else log.warn(fields, "request refused");
       }
     } finally {

@@ -9,20 +9,23 @@
 // field at fault, in `param` and at the start of the message.
 import { chatPrompt, type ChatMessage } from "./tokenizer.js";
 
-/** An error answered to the HTTP client as `{"error": {message, type, param, code}}`. */
+/**
+ * An error answered to the HTTP client as `{"error": {message, type, param, code}}`. `code` is
+ * OpenAI's string (`invalid_value`, …), or a number where vLLM answers its HTTP status there.
+ */
 export class ApiError extends Error {
   constructor(
     readonly status: number,
     message: string,
     readonly type: string = status >= 500 ? "server_error" : "invalid_request_error",
     readonly param: string | null = null,
-    readonly code: string | null = null,
+    readonly code: string | number | null = null,
   ) {
     super(message);
     this.name = "ApiError";
   }
 
-  body(): { error: { message: string; type: string; param: string | null; code: string | null } } {
+  body(): { error: { message: string; type: string; param: string | null; code: string | number | null } } {
     return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
   }
 }
@@ -126,23 +129,27 @@ function parseMaxTokens(body: Record<string, unknown>, endpoint: Endpoint): numb
 }
 
 /**
- * Validates a request body for `endpoint`. `model` is the served model's name: a request
- * naming another answers 404, as OpenAI's API does; a request naming none gets this one.
+ * The model check, as vLLM (0.33) makes it: a request naming no model gets the served one; a
+ * request naming another is a 404 with vLLM's body (`type` "NotFoundError", `param` "model",
+ * `code` 404), the message naming the field first as every refusal here does.
  */
+function checkModel(requested: unknown, served: string): void {
+  if (requested === undefined || requested === null || requested === "") return;
+  if (typeof requested !== "string") throw invalidField("model", "expected a string");
+  if (requested === served) return;
+  throw new ApiError(
+    404,
+    `model: the model ${JSON.stringify(requested)} does not exist; this simulator serves ${JSON.stringify(served)} (start it with --model NAME to serve another)`,
+    "NotFoundError",
+    "model",
+    404,
+  );
+}
+
+/** Validates a request body for `endpoint`. `model` is the served model's name (see checkModel). */
 export function parseRequest(endpoint: Endpoint, body: unknown, model: string): CompletionRequest {
   if (!isObject(body)) throw invalidField("body", "expected a JSON object");
-  if (body.model !== undefined && body.model !== null) {
-    if (typeof body.model !== "string") throw invalidField("model", "expected a string");
-    if (body.model !== model) {
-      throw new ApiError(
-        404,
-        `model: the model ${JSON.stringify(body.model)} does not exist; this simulator serves ${JSON.stringify(model)}`,
-        "invalid_request_error",
-        "model",
-        "model_not_found",
-      );
-    }
-  }
+  checkModel(body.model, model);
   let prompt: string;
   let messages: ChatMessage[] | undefined;
   if (endpoint === "chat") {

@@ -18,7 +18,9 @@ import { service as healthService } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { spawnDaemon } from "../../src/launch/spawn-daemon.js";
 import { startEtcd } from "../helpers/etcd-server.js";
+import { findGrpcurl, GRPCURL_VERSION } from "../helpers/grpcurl.js";
 import { freePorts } from "../helpers/ports.js";
+import { readmeSection, shellBlocks, shellCommands } from "../helpers/readme.js";
 import type { KvferryClient } from "../../src/client/client.js";
 import { GetStreamRequest, PutStreamRequest, type GetStreamResponse } from "../../src/gen/kvferry/v1/kvferry.js";
 import {
@@ -167,6 +169,91 @@ describe("reflection through buf curl", () => {
     const missing = await bufCurl(["-d", '{"transferId":"no-such-entry"}', url("/kvferry.v1.KvFerry/Stat")]);
     expect(missing.code).not.toBe(0);
     expect(missing.stdout + missing.stderr).toMatch(/not_found/);
+  });
+});
+
+// grpcurl (Go, `go install`) is the tool users elsewhere point at the daemon; scripts/setup.mjs
+// --test installs it when Go is present. Without either, these tests are skipped, saying why.
+const GRPCURL = findGrpcurl();
+if (GRPCURL === undefined) {
+  console.warn(`grpcurl not found (PATH, $KVFERRY_GRPCURL, $(go env GOPATH)/bin): its tests are skipped; go install github.com/fullstorydev/grpcurl/cmd/grpcurl@${GRPCURL_VERSION}`);
+}
+
+describe.skipIf(GRPCURL === undefined)("reflection through grpcurl", () => {
+  const run = promisify(execFile);
+  async function grpcurl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+    try {
+      const { stdout, stderr } = await run(GRPCURL!, ["-plaintext", ...args], { timeout: 15_000 });
+      return { code: 0, stdout, stderr };
+    } catch (err) {
+      const e = err as { code?: number; stdout?: string; stderr?: string };
+      return { code: typeof e.code === "number" ? e.code : -1, stdout: e.stdout ?? "", stderr: e.stderr ?? String(err) };
+    }
+  }
+
+  it("lists kvferry.v1.KvFerry and grpc.health.v1.Health, and every method of kvferry.v1.KvFerry", async () => {
+    const services = await grpcurl([d.address, "list"]);
+    expect(services.code, services.stderr).toBe(0);
+    expect(services.stdout.trim().split("\n")).toEqual(expect.arrayContaining(["kvferry.v1.KvFerry", "grpc.health.v1.Health"]));
+    const methods = await grpcurl([d.address, "list", "kvferry.v1.KvFerry"]);
+    expect(methods.code, methods.stderr).toBe(0);
+    for (const m of ["Put", "PutStream", "Seal", "Release", "Stat", "List", "Get", "GetStream", "ConfirmConsume", "GetServerInfo", "BatchTransfer", "ListNodes"]) {
+      expect(methods.stdout).toContain(`kvferry.v1.KvFerry.${m}\n`);
+    }
+  });
+
+  it("puts, stats and lists through grpcurl what the TypeScript client reads back, and reports NotFound", async () => {
+    const put = await grpcurl([
+      "-d",
+      JSON.stringify({ transfer_id: "from-grpcurl", part: "layer.0", data: Buffer.from("hello").toString("base64"), seal: true }),
+      d.address,
+      "kvferry.v1.KvFerry/Put",
+    ]);
+    expect(put.code, put.stderr).toBe(0);
+    expect(JSON.parse(put.stdout).entry).toMatchObject({ transfer_id: "from-grpcurl", state: "ENTRY_STATE_SEALED" });
+    const stat = await grpcurl(["-d", '{"transfer_id":"from-grpcurl"}', d.address, "kvferry.v1.KvFerry/Stat"]);
+    expect(stat.code, stat.stderr).toBe(0);
+    expect(JSON.parse(stat.stdout).entry).toMatchObject({ transfer_id: "from-grpcurl", bytes: "5", parts: [{ name: "layer.0", size: "5" }] });
+    const list = await grpcurl(["-d", '{"page_size":1000}', d.address, "kvferry.v1.KvFerry/List"]);
+    expect(list.code, list.stderr).toBe(0);
+    expect(JSON.parse(list.stdout).entries.map((e: { transfer_id: string }) => e.transfer_id)).toContain("from-grpcurl");
+    const got = await d.client.get("from-grpcurl", { waitMs: 0 });
+    expect(got.parts.get("layer.0")?.toString()).toBe("hello");
+
+    const missing = await grpcurl(["-d", '{"transfer_id":"no-such-entry"}', d.address, "kvferry.v1.KvFerry/Stat"]);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toMatch(/Code: NotFound/);
+  });
+
+  it("runs the README's buf curl and grpcurl examples as written, against this daemon", async () => {
+    // buf curl answers in JSON names (transferId), grpcurl in the proto's (transfer_id).
+    const named = (o: Record<string, unknown>, name: string) => o[name] ?? o[name.replace(/_(\w)/g, (_, c: string) => c.toUpperCase())];
+    const block = shellBlocks(readmeSection("From the command line: buf curl and grpcurl"));
+    expect(block).toHaveLength(1);
+    const commands = shellCommands(block[0]);
+    expect(commands.filter((c) => c.text.startsWith("grpcurl ")).map((c) => / kvferry\.v1\.KvFerry\/(\w+)$/.exec(c.text)?.[1])).toEqual(
+      expect.arrayContaining(["Put", "Stat", "List", "Get", "ListNodes", "GetServerInfo"]),
+    );
+    for (const command of commands) {
+      // The only changes: this daemon's address, and the tools' paths.
+      const text = command.text.replaceAll("127.0.0.1:50051", d.address).replace(/^npx buf /, `'${BUF}' `).replace(/^grpcurl /, `'${GRPCURL}' `);
+      const r = await run("bash", ["-c", text], { timeout: 15_000 }).then(
+        ({ stdout }) => ({ code: 0, stdout, stderr: "" }),
+        (err: { code?: number; stdout?: string; stderr?: string }) => ({ code: err.code ?? -1, stdout: err.stdout ?? "", stderr: err.stderr ?? "" }),
+      );
+      expect(r.code, `${command.text}\n${r.stderr}`).toBe(0);
+      const method = /\/(\w+)$/.exec(command.text)?.[1];
+      const answer = r.stdout.trim().startsWith("{") ? JSON.parse(r.stdout) : undefined;
+      if (method === "Put") expect(answer.entry.state).toBe("ENTRY_STATE_SEALED");
+      if (method === "Stat") expect(answer.entry.parts).toEqual([expect.objectContaining({ name: "layer.0", size: "5" })]);
+      if (method === "List") expect(answer.entries.map((e: Record<string, unknown>) => named(e, "transfer_id"))).toEqual(expect.arrayContaining(["t1", "t2"]));
+      if (method === "Get") expect(answer.parts).toEqual([expect.objectContaining({ name: "layer.0", data: "aGVsbG8=" })]);
+      if (method === "ListNodes") {
+        expect(answer.backend).toBe("embedded");
+        expect(answer.nodes.map((n: Record<string, unknown>) => named(n, "node_id"))).toEqual([expect.stringMatching(new RegExp(`:${d.port}$`))]);
+      }
+      if (method === "Check") expect(answer).toEqual({ status: "SERVING" });
+    }
   });
 });
 

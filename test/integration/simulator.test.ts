@@ -400,6 +400,36 @@ describe("kvferry simulate", () => {
     }
   });
 
+  it("serves the model it is started with (--model): listed in /v1/models, answered by name or with none, any other a 404 as vLLM answers", async () => {
+    const name = "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4";
+    const sim = await spawnSimulator(["--listen", "127.0.0.1:0", "--role", "both", "--model", name]);
+    try {
+      const models = await getJson(sim, "/v1/models");
+      expect(models.json.data.map((m: Json) => m.id)).toEqual([name]);
+      const body = { prompt: "San Francisco is a", max_tokens: 3 };
+      const named = await post(sim, "/v1/completions", { ...body, model: name });
+      const unnamed = await post(sim, "/v1/completions", body);
+      expect(named.status, JSON.stringify(named.json)).toBe(200);
+      expect(unnamed.status, JSON.stringify(unnamed.json)).toBe(200);
+      expect(named.json.model).toBe(name);
+      expect(unnamed.json.model).toBe(name);
+      expect(unnamed.json.choices[0].text).toBe(named.json.choices[0].text);
+      // vLLM 0.33's body for an unknown model: 404, type NotFoundError, param model, code 404.
+      for (const [endpoint, other] of [["/v1/completions", { ...body, model: "kvferry-sim-7b" }], ["/v1/chat/completions", { model: "Qwen/Qwen2.5-7B", messages: [{ role: "user", content: "hi" }] }]] as const) {
+        const r = await post(sim, endpoint, other);
+        expect(r.status, JSON.stringify(r.json)).toBe(404);
+        expect(r.json.error).toEqual({
+          message: `model: the model ${JSON.stringify(other.model)} does not exist; this simulator serves ${JSON.stringify(name)} (start it with --model NAME to serve another)`,
+          type: "NotFoundError",
+          param: "model",
+          code: 404,
+        });
+      }
+    } finally {
+      expect(await sim.stop(5000)).toBe(0);
+    }
+  });
+
   it("serves /v1/models owned by kvferry-simulator, /health, and echoes X-Request-Id", async () => {
     const models = await getJson(both, "/v1/models");
     expect(models.json).toMatchObject({ object: "list", data: [{ id: "kvferry-sim-7b", object: "model", owned_by: "kvferry-simulator" }] });
