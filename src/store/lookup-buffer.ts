@@ -86,6 +86,8 @@ export interface Counters {
   consumed: number;
   transferred: number;
   putTimeouts: number;
+  /** Puts (parts) that found no room at once and waited for it. */
+  putWaits: number;
   consumeReturns: number;
   consumeLapses: number;
   incomplete: number;
@@ -150,7 +152,7 @@ export class LookupBuffer {
   #closed = false;
   readonly counters: Counters = {
     puts: 0, gets: 0, evictions: 0, bytesEvicted: 0, expiries: 0, releases: 0, consumed: 0, transferred: 0,
-    putTimeouts: 0, consumeReturns: 0, consumeLapses: 0, incomplete: 0,
+    putTimeouts: 0, putWaits: 0, consumeReturns: 0, consumeLapses: 0, incomplete: 0,
   };
   readonly #consumeLeaseMs: number;
 
@@ -173,6 +175,13 @@ export class LookupBuffer {
 
   get entryCount(): number {
     return this.#entries.size;
+  }
+
+  /** Indexed entries by state (a walk over them all: for scrapes, not hot paths). */
+  entriesByState(): Record<EntryState, number> {
+    const count: Record<EntryState, number> = { open: 0, sealed: 0 };
+    for (const e of this.#entries.values()) count[e.state]++;
+    return count;
   }
 
   /**
@@ -577,6 +586,7 @@ export class LookupBuffer {
   /** Waits in the room queue (after an immediate attempt failed) up to the put deadline. */
   async #reserve(size: number, what: string, signal?: AbortSignal): Promise<Block> {
     this.#checkWaiterRoom();
+    this.counters.putWaits++;
     const deadlineMs = this.#options.putDeadlineMs;
     try {
       return await this.#room.wait(size, deadlineMs, signal);
