@@ -7,6 +7,7 @@ import { ResourceExhaustedError } from "../../src/errors.js";
 import { MiB, pattern, rejection, runCli, sleep } from "../helpers/daemon.js";
 import { parseExposition, sampleOf, sumOf, type Sample } from "../helpers/metrics.js";
 import { eventually } from "../helpers/proxy.js";
+import { startRedis } from "../helpers/redis-server.js";
 import { codeCounts, startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
 
 const PART = 3 * MiB;
@@ -194,6 +195,36 @@ describe("the daemon's /health", () => {
       await d.stop();
     }
   }, 30_000);
+});
+
+describe("the metadata backend's state", () => {
+  it("shows a lost redis in the metrics and the body of /health, which stays 200, and its return", async () => {
+    const redis = await startRedis();
+    const d = await startPeerDaemon({
+      bufferSize: "8MiB",
+      args: ["--metrics-listen", "127.0.0.1:0", "--metadata-server", redis.url, "--metadata-ttl-ms", "1500", "--metadata-prefix", "it-metrics/"],
+    });
+    const state = async () => {
+      const m = await scrape(d);
+      return [sampleOf(m, 'kvferry_daemon_metadata_connected{backend="redis"}'), sampleOf(m, 'kvferry_daemon_metadata_registered{backend="redis"}')];
+    };
+    const health = async () => {
+      const r = await fetch(`http://${metricsAddress(d)}/health`);
+      return { code: r.status, body: await r.json() };
+    };
+    try {
+      expect(await state()).toEqual([1, 1]);
+      await redis.kill();
+      expect(await eventually(async () => (await state())[0] === 0, 10_000)).toBe(true);
+      expect(await health()).toEqual({ code: 200, body: { status: "serving", metadata: { backend: "redis", connected: false, registered: false } } });
+      await redis.restart();
+      expect(await eventually(async () => (await state()).join() === "1,1", 15_000)).toBe(true);
+      expect((await health()).body.metadata).toEqual({ backend: "redis", connected: true, registered: true });
+    } finally {
+      await d.stop();
+      await redis.stop();
+    }
+  }, 60_000);
 });
 
 describe("--metrics-listen", () => {
