@@ -61,6 +61,7 @@ const FLAGS = {
   "metadata-prefix": { type: "string", help: "PREFIX", doc: "key prefix in the backend (default kvferry/v1/)" },
   "metadata-ttl-ms": { type: "string", help: "MS", doc: "a node's record lapses this long after its last refresh (default 10000)" },
   "metadata-retry-ms": { type: "string", help: "MS", doc: "keep retrying an unreachable backend at start-up this long (default 0: exit 3 at once)" },
+  "metrics-listen": { type: "string", help: "HOST:PORT", doc: "serve Prometheus /metrics and /health over HTTP here (default: off; PORT alone means 127.0.0.1:PORT)" },
   peer: { type: "string", multiple: true, help: "HOST:PORT", doc: "a peer API to greet at start-up (embedded metadata; repeatable)" },
   "log-level": LOG_LEVEL_FLAG,
   help: HELP_FLAG,
@@ -109,6 +110,7 @@ function daemonInputs(v: FlagValues): ConfigInputs {
     metadataPrefix: s("metadata-prefix"),
     metadataTtlMs: s("metadata-ttl-ms"),
     metadataRetryMs: s("metadata-retry-ms"),
+    metricsListen: s("metrics-listen"),
     peers: Array.isArray(v.peer) ? v.peer.join(",") : undefined,
   };
 }

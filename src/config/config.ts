@@ -101,6 +101,8 @@ export interface Config {
   transferDeadlineMs: number;
   /** An incoming data-plane connection must prove the cluster token within this long. */
   dataHandshakeTimeoutMs: number;
+  /** Where Prometheus /metrics and /health are served over HTTP; absent: nowhere. */
+  metricsListen?: HostPort;
   /** Things worth telling the operator that are not errors, e.g. unknown keys in the file. */
   warnings: string[];
 }
@@ -133,6 +135,7 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
   const listen = settings.value("listen");
   const kvConnector = settings.get("kv_connector")?.value;
   const deviceName = settings.get("device_name")?.value || undefined;
+  const metricsListen = settings.get("metrics_listen")?.value;
   const dataListen = settings.get("data_listen")?.value ?? (dataAddress ? { ...dataAddress } : { host: "127.0.0.1", port: 0 });
   const peerListen = settings.get("peer_listen")?.value ?? {
     host: dataListen.host,
@@ -177,6 +180,7 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
     connectionsPerPeer: settings.value("connections_per_peer"),
     transferDeadlineMs: settings.value("transfer_deadline_ms"),
     dataHandshakeTimeoutMs: settings.value("data_handshake_timeout_ms"),
+    ...(metricsListen !== undefined && { metricsListen }),
     warnings,
   };
 }

@@ -50,6 +50,7 @@ export interface ConfigInputs {
   metadataTtlMs?: string;     // --metadata-ttl-ms
   metadataRetryMs?: string;   // --metadata-retry-ms
   peers?: string;             // --peer HOST:PORT (repeatable; joined with commas)
+  metricsListen?: string;     // --metrics-listen HOST:PORT (Prometheus /metrics and /health)
 }
 
 /** The flags that set a key: every ConfigInputs field but the two that name whole sources. */
@@ -174,6 +175,9 @@ export const KEYS = {
   data_handshake_timeout_ms: spec<number>({
     parse: integer(1, 60_000, "milliseconds"), default: 1_000, env: "KVFERRY_DATA_HANDSHAKE_TIMEOUT_MS",
   }),
+
+  // Prometheus /metrics and /health over HTTP; absent: not served.
+  metrics_listen: spec<HostPort>({ parse: listenAddress(DEFAULT_LISTEN_HOST), flag: "metricsListen", env: "KVFERRY_METRICS_LISTEN" }),
 
   // the node registry (src/metadata/)
   metadata_prefix: spec<string>({ parse: keyPrefix, default: "kvferry/v1/", flag: "metadataPrefix" }),

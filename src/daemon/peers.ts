@@ -222,6 +222,11 @@ export class PeerDirectory {
   /** `hello` is what this daemon says of itself when it greets a peer. */
   constructor(private readonly token: string, private readonly hello: () => HelloRequest) {}
 
+  /** Peers held (greeted, or being greeted). */
+  get size(): number {
+    return this.#peers.size;
+  }
+
   /** The peer at `address`, greeted: its data address is known. */
   async get(address: string, timeoutMs: number): Promise<Peer & { hello: HelloResponse }> {
     const peer = this.#peer(address);

@@ -27,6 +27,8 @@ import { kvferryService } from "./kvferry-service.js";
 import { PeerServiceDefinition, peerService } from "./peer-service.js";
 import { nodeResolver } from "./node-resolver.js";
 import { LogLimiter } from "./log-limiter.js";
+import { DaemonMetrics } from "./metrics.js";
+import { MetricsServer } from "./metrics-server.js";
 import { PeerDirectory } from "./peers.js";
 import { addReflection } from "./reflection.js";
 import { Transfers } from "./transfers.js";
@@ -56,8 +58,12 @@ export class Daemon {
   readonly #server: Server;
   readonly #peerServer: Server;
   readonly #health: HealthImplementation;
+  /** Both present when metrics_listen is set. */
+  readonly #metrics: DaemonMetrics | undefined;
+  readonly #metricsServer: MetricsServer | undefined;
   #port = 0;
   #peerPort = 0;
+  #metricsPort = 0;
   readonly #startedAt = Date.now();
   /** Open from start() until shutdown(). */
   #registry: NodeRegistry | undefined;
@@ -107,6 +113,18 @@ export class Daemon {
         log[level]({ transferId: e.transferId, cause: e.cause, heldMs: e.heldMs }, "consume not confirmed: entry given back");
       },
     });
+    if (config.metricsListen !== undefined) {
+      const sources = {
+        state: () => this.state,
+        backend: config.metadata.backend,
+        metadata: () => this.#registry?.health(),
+      };
+      this.#metrics = new DaemonMetrics(
+        { ...sources, store: this.store, engine: this.engine, peersKnown: () => this.#peers.size },
+        { version: VERSION, nodeId: () => this.nodeId },
+      );
+      this.#metricsServer = new MetricsServer(this.#metrics, sources);
+    }
     this.#peers = new PeerDirectory(config.clusterToken, () => ({ nodeId: this.nodeId, node: this.#selfInfo() }));
     this.transfers = new Transfers({
       store: this.store,
@@ -116,12 +134,14 @@ export class Daemon {
       nodeId: () => this.nodeId,
       transferDeadlineMs: config.transferDeadlineMs,
       resolve: nodeResolver(() => this.#registry),
+      onBatch: this.#metrics && ((mode, outcomes, seconds) => this.#metrics!.batchDone(mode, outcomes, seconds)),
     });
 
     const maxMessage = config.maxMessageBytes + MESSAGE_OVERHEAD;
     this.#server = new Server({
       "grpc.max_receive_message_length": maxMessage,
       "grpc.max_send_message_length": maxMessage,
+      ...(this.#metrics && { interceptors: [this.#metrics.interceptor] }),
     });
     this.#server.addService(
       KvFerryServiceDefinition,
@@ -146,7 +166,7 @@ export class Daemon {
     this.#health.addToServer(this.#server);
     addReflection(this.#server, [SERVICE_NAME, "grpc.health.v1.Health"]);
 
-    this.#peerServer = new Server();
+    this.#peerServer = new Server(this.#metrics && { interceptors: [this.#metrics.interceptor] });
     this.#peerServer.addService(
       PeerServiceDefinition,
       peerService({
@@ -174,13 +194,20 @@ export class Daemon {
 
   /** Binds, starts the engine and registers; `abort` (a signal during start-up) gives up waiting for the metadata backend. */
   async start(abort?: AbortSignal): Promise<void> {
-    this.#port = await bind(this.#server, this.config.listen, "client API (listen)");
-    this.#peerPort = await bind(this.#peerServer, this.config.peerListen, "peer API (peer_listen; by default the data port + 1)");
-    widenSessionWindows(this.#server, SESSION_WINDOW, this.log);
-    if (this.config.listen.port === 0 && this.nodeId.endsWith(":0")) {
-      this.nodeId = `${this.nodeId.slice(0, -2)}:${this.#port}`;
+    try {
+      // First: /health answers "starting" while the rest binds and registers.
+      if (this.#metricsServer !== undefined) this.#metricsPort = await this.#metricsServer.listen(this.config.metricsListen!);
+      this.#port = await bind(this.#server, this.config.listen, "client API (listen)");
+      this.#peerPort = await bind(this.#peerServer, this.config.peerListen, "peer API (peer_listen; by default the data port + 1)");
+      widenSessionWindows(this.#server, SESSION_WINDOW, this.log);
+      if (this.config.listen.port === 0 && this.nodeId.endsWith(":0")) {
+        this.nodeId = `${this.nodeId.slice(0, -2)}:${this.#port}`;
+      }
+      await this.#register(abort);
+    } catch (err) {
+      await this.#metricsServer?.close();
+      throw err;
     }
-    await this.#register(abort);
     this.#setHealth("SERVING");
     this.state = "serving";
     this.log.info(
@@ -188,6 +215,7 @@ export class Daemon {
         listen: formatHostPort({ host: this.config.listen.host, port: this.#port }),
         peer: formatHostPort({ host: this.config.peerListen.host, port: this.#peerPort }),
         data: this.dataAddress,
+        ...(this.config.metricsListen && { metrics: formatHostPort({ host: this.config.metricsListen.host, port: this.#metricsPort }) }),
         nodeId: this.nodeId,
         metadata: this.#registry?.where,
         kvBufferSize: this.config.kvBufferSize,
@@ -228,6 +256,7 @@ export class Daemon {
     this.#peers.close();
     this.engine.shutdown();
     this.state = "stopped"; // the command logs "stopped" (cli/lifecycle.ts), once, as for every command
+    await this.#metricsServer?.close();
   }
 
   /**

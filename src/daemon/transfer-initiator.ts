@@ -40,6 +40,8 @@ export interface InitiatorOptions {
   transferDeadlineMs: number;
   /** A target or source (node id or peer address) → the peer API address to call. */
   resolve: ResolvePeer;
+  /** Each batch this daemon initiated, once every entry has its outcome (metrics). */
+  onBatch?: (mode: Mode, outcomes: readonly TransferOutcome[], seconds: number) => void;
 }
 
 /** Per-entry outcomes of one batch, filled in as the steps go. */
@@ -106,6 +108,7 @@ export class TransferInitiator {
       throw new InvalidArgumentError("deadline_ms", `${options.deadlineMs} must be a positive number of milliseconds`);
     }
     const deadlineAt = Date.now() + deadlineMs;
+    const startedAt = performance.now();
     const outcomes = new Outcomes(ids);
     try {
       const peer = await this.o.peers.get(address, deadlineMs);
@@ -130,6 +133,7 @@ export class TransferInitiator {
       outcomes.failRest(err);
     }
     const results = outcomes.list();
+    this.o.onBatch?.(mode, results, (performance.now() - startedAt) / 1000);
     const failed = results.filter((r) => r.error);
     if (failed.some((r) => r.error instanceof UnavailableError || r.error instanceof InvalidArgumentError)) {
       // The peer may have restarted with another data address: greet it afresh next time.

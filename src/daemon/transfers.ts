@@ -14,7 +14,6 @@
 // The roles live apart: transfer-initiator.ts runs a batch, transfer-reservations.ts holds
 // room or copies for a peer's batch, op-plan.ts maps engine ops back to entries. This is
 // the daemon's one handle on both sides.
-import type { Logger } from "pino";
 import type {
   CommitReceiveResponse,
   PrepareReceiveRequest,
@@ -22,26 +21,14 @@ import type {
   PrepareSendRequest,
   PrepareSendResponse,
 } from "../gen/kvferry/v1/peer.js";
-import type { TransferEngine } from "../engine/transfer-engine.js";
-import type { LookupBuffer } from "../store/lookup-buffer.js";
-import type { ResolvePeer } from "./node-resolver.js";
-import type { PeerDirectory } from "./peers.js";
-import { TransferInitiator, type TransferOutcome } from "./transfer-initiator.js";
+import { TransferInitiator, type InitiatorOptions, type TransferOutcome } from "./transfer-initiator.js";
 import { Reservations } from "./transfer-reservations.js";
 
 export type { Mode, TransferOutcome } from "./transfer-initiator.js";
 export { MAX_BATCH } from "./transfer-reservations.js";
 
-export interface TransfersOptions {
-  store: LookupBuffer;
-  engine: TransferEngine;
-  peers: PeerDirectory;
-  log: Logger;
-  nodeId: () => string;
-  transferDeadlineMs: number;
-  /** A target or source (node id or peer address) → the peer API address to call. */
-  resolve: ResolvePeer;
-}
+/** What the initiator needs is what both halves need (the reservations use a part of it). */
+export type TransfersOptions = InitiatorOptions;
 
 export class Transfers {
   readonly #initiator: TransferInitiator;

@@ -13,7 +13,7 @@ import { AlreadyExistsError, FailedPreconditionError } from "../errors.js";
 import { NodeCache } from "./node-cache.js";
 import { nodeIdTaken, nodeIdVerdict, type WhoIs } from "./node-id.js";
 import type { NodeRecord } from "./node.js";
-import type { NodeEvent, NodeRegistry, RegistryOptions } from "./registry.js";
+import type { NodeEvent, NodeRegistry, RegistryHealth, RegistryOptions } from "./registry.js";
 
 /** A claimant waits for undecided seeds at most the TTL plus this (by then a silent holder is forgotten). */
 const UNDECIDED_MARGIN_MS = 1_000;
@@ -78,6 +78,11 @@ export class EmbeddedRegistry implements NodeRegistry {
     }
     this.#timer = setInterval(() => void this.#heartbeat(), Math.max(1, Math.floor(this.options.ttlMs / 3)));
     this.#timer.unref();
+  }
+
+  /** No server to lose: connected always; registered from register() to close(). */
+  health(): RegistryHealth {
+    return { connected: true, registered: this.#timer !== undefined && !this.#closed };
   }
 
   update(patch: Partial<Omit<NodeRecord, "nodeId">>): void {

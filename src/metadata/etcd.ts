@@ -32,7 +32,7 @@ import { EtcdClient, etcdEndpoints } from "./etcd-client.js";
 import { NodeCache } from "./node-cache.js";
 import { contentOf, decodeNode, encodeNode, type NodeRecord } from "./node.js";
 import { BadValues, within } from "./refreshing-registry.js";
-import { nodeKey, nodesPrefix, type NodeEvent, type NodeRegistry, type RegistryOptions } from "./registry.js";
+import { nodeKey, nodesPrefix, type NodeEvent, type NodeRegistry, type RegistryHealth, type RegistryOptions } from "./registry.js";
 
 export { etcdEndpoints } from "./etcd-client.js";
 
@@ -148,6 +148,12 @@ export class EtcdRegistry implements NodeRegistry {
   }
 
   /** Changes fields of this node's record; etcd sees them with the next refresh (within ttl/3). */
+  /** Connected while the lease is kept alive and the watch (if any) streams. */
+  health(): RegistryHealth {
+    const alive = this.#reg.state === "alive";
+    return { connected: alive && this.#feed.state !== "resyncing", registered: alive };
+  }
+
   update(patch: Partial<Omit<NodeRecord, "nodeId">>): void {
     if (this.#self === undefined) return;
     this.#self = { ...this.#self, ...patch, nodeId: this.#self.nodeId };

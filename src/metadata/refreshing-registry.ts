@@ -31,7 +31,7 @@ import type { MetadataBackend } from "../config/metadata.js";
 import { FailedPreconditionError, UnavailableError } from "../errors.js";
 import { NodeCache } from "./node-cache.js";
 import { byNodeId, contentOf, decodeNode, type NodeRecord } from "./node.js";
-import { nodeKey, type NodeEvent, type NodeRegistry, type RegistryOptions } from "./registry.js";
+import { nodeKey, type NodeEvent, type NodeRegistry, type RegistryHealth, type RegistryOptions } from "./registry.js";
 
 /** idle → registering → registered → closed; a failed register() goes back to idle. */
 type State = "idle" | "registering" | "registered" | "closed";
@@ -167,6 +167,11 @@ export abstract class RefreshingRegistry implements NodeRegistry {
   }
 
   /** Changes fields of this node's record; written with the next refresh. */
+  health(): RegistryHealth {
+    const connected = this.#state !== "closed" && !this.#outage && this.reachable;
+    return { connected, registered: this.#state === "registered" && !this.#outage };
+  }
+
   update(patch: Partial<Omit<NodeRecord, "nodeId">>): void {
     const self = this.#self;
     if (self === undefined || this.#state === "closed") return;

@@ -43,8 +43,18 @@ export interface NodeRegistry {
   /** Calls `listener` on joins, updates and leaves; returns the unsubscribe function. */
   watch(listener: (event: NodeEvent) => void): () => void;
 
+  /** Where this node stands with the backend now (metrics, /health). */
+  health(): RegistryHealth;
+
   /** Deregisters this node (best effort, bounded in time) and closes connections. Idempotent. */
   close(): Promise<void>;
+}
+
+export interface RegistryHealth {
+  /** The backend answers (embedded: always; it has no server). */
+  connected: boolean;
+  /** This node's record is published and kept alive (not lost, not closed). */
+  registered: boolean;
 }
 
 /** What every backend is given besides its server address. */

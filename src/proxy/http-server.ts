@@ -16,6 +16,7 @@ import { randomUUID } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
+import { sendMetrics } from "../metrics/registry.js";
 import type { ProxyConfig } from "./config.js";
 import type { Instance, InstancePool } from "./instances.js";
 import type { ProxyMetrics } from "./metrics.js";
@@ -130,7 +131,7 @@ async function handle(deps: FrontDoorDeps, req: IncomingMessage, res: ServerResp
   const route: RouteName =
     completion ?? (path === "/v1/models" ? "models" : path === "/health" ? "health" : path === "/metrics" ? "metrics" : "other");
   const { metrics } = deps;
-  metrics.inFlight.add({ route }, 1);
+  metrics.inFlight.inc({ route });
   let result: FlowResult;
   try {
     result = await dispatch(deps, req, res, { route, path, requestId, startedAt });
@@ -142,7 +143,7 @@ async function handle(deps: FrontDoorDeps, req: IncomingMessage, res: ServerResp
     writeError(res, e);
     result = { status: e.status, outcome: e.outcome };
   } finally {
-    metrics.inFlight.add({ route }, -1);
+    metrics.inFlight.dec({ route });
   }
   metrics.requests.inc({ route, status: String(result.status), outcome: result.outcome });
   metrics.latency.observe({ route, outcome: result.outcome }, (performance.now() - startedAt) / 1000);
@@ -209,9 +210,7 @@ async function dispatch(deps: FrontDoorDeps, req: IncomingMessage, res: ServerRe
     case "metrics": {
       if (req.method !== "GET") throw allow("GET");
       drain(req);
-      const text = deps.metrics.render();
-      res.writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8", "content-length": Buffer.byteLength(text) });
-      res.end(text);
+      await sendMetrics(res, deps.metrics.registry);
       return ok(200);
     }
     case "other":

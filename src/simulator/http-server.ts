@@ -16,6 +16,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
 import { formatHostPort, type HostPort } from "../config/config.js";
+import { sendMetrics } from "../metrics/registry.js";
 import { generate } from "./generation.js";
 import type { KvLayout } from "./kv.js";
 import { outcomeOf, type SimulatorMetrics } from "./metrics.js";
@@ -207,8 +208,7 @@ export class SimulatorServer {
         else this.#sendJson(res, 503, { status: this.state });
         return;
       case "/metrics":
-        res.writeHead(200, { "Content-Type": "text/plain; version=0.0.4; charset=utf-8" });
-        res.end(this.o.metrics.render());
+        await sendMetrics(res, this.o.metrics.registry);
         return;
       case "/v1/models":
         this.#sendJson(res, 200, {

@@ -1,10 +1,11 @@
-// The simulator's counters, served as Prometheus text on GET /metrics.
+// The simulator's counters, served as Prometheus text on GET /metrics from a registry of
+// its own (src/metrics/registry.ts).
 //
 // Requests are counted by role, endpoint and outcome (ok, aborted by the client,
 // rejected with a 4xx, kv_timeout, failed with another 5xx); tokens generated and prompt
 // tokens by role; KV bytes put into and got from the local daemon.
-import { Counter, type Labels } from "../metrics/prometheus.js";
-import type { RoleName } from "./roles.js";
+import { Counter, Registry } from "../metrics/registry.js";
+import type { KvCounters, RoleName } from "./roles.js";
 
 export type Outcome = "ok" | "aborted" | "rejected" | "kv_timeout" | "failed";
 
@@ -16,55 +17,57 @@ export function outcomeOf(status: number, aborted: boolean): Outcome {
   return status === 504 ? "kv_timeout" : "failed";
 }
 
-export class SimulatorMetrics {
-  readonly #requests = new Counter("kvferry_simulator_requests_total", "Completion requests by endpoint and outcome.", ["role", "endpoint", "outcome"]);
-  readonly #tokensGenerated = new Counter("kvferry_simulator_tokens_generated_total", "Completion tokens generated.");
-  readonly #promptTokens = new Counter("kvferry_simulator_prompt_tokens_total", "Prompt tokens processed.");
-  readonly #kvBytesPut = new Counter("kvferry_simulator_kv_bytes_put_total", "KV bytes put into the local daemon (prefill).");
-  readonly #kvBytesGot = new Counter("kvferry_simulator_kv_bytes_got_total", "KV bytes got from the local daemon (decode).");
-  readonly #kvEntriesPut = new Counter("kvferry_simulator_kv_entries_put_total", "KV entries put and sealed (prefill).");
-  readonly #kvEntriesGot = new Counter("kvferry_simulator_kv_entries_got_total", "KV entries got and verified (decode).");
-  readonly #role: Labels;
+export class SimulatorMetrics implements KvCounters {
+  readonly registry = new Registry();
+  readonly #requests = new Counter({
+    name: "kvferry_simulator_requests_total",
+    help: "Completion requests by endpoint and outcome.",
+    labelNames: ["role", "endpoint", "outcome"] as const,
+    registers: [this.registry],
+  });
+  readonly #tokensGenerated = this.#byRole("kvferry_simulator_tokens_generated_total", "Completion tokens generated.");
+  readonly #promptTokens = this.#byRole("kvferry_simulator_prompt_tokens_total", "Prompt tokens processed.");
+  readonly #kvBytesPut = this.#byRole("kvferry_simulator_kv_bytes_put_total", "KV bytes put into the local daemon (prefill).");
+  readonly #kvBytesGot = this.#byRole("kvferry_simulator_kv_bytes_got_total", "KV bytes got from the local daemon (decode).");
+  readonly #kvEntriesPut = this.#byRole("kvferry_simulator_kv_entries_put_total", "KV entries put and sealed (prefill).");
+  readonly #kvEntriesGot = this.#byRole("kvferry_simulator_kv_entries_got_total", "KV entries got and verified (decode).");
 
   constructor(readonly role: RoleName) {
-    this.#role = { role };
     // Present from the start at 0, as before any request.
     for (const c of [this.#tokensGenerated, this.#promptTokens, this.#kvBytesPut, this.#kvBytesGot, this.#kvEntriesPut, this.#kvEntriesGot]) {
-      c.inc(this.#role, 0);
+      c.inc({ role }, 0);
     }
   }
 
+  #byRole(name: string, help: string): Counter<"role"> {
+    return new Counter({ name, help, labelNames: ["role"] as const, registers: [this.registry] });
+  }
+
   request(endpoint: string, outcome: Outcome): void {
-    this.#requests.inc({ ...this.#role, endpoint, outcome });
+    this.#requests.inc({ role: this.role, endpoint, outcome });
   }
 
   prompt(tokens: number): void {
-    this.#promptTokens.inc(this.#role, tokens);
+    this.#promptTokens.inc({ role: this.role }, tokens);
   }
 
   generated(tokens: number): void {
-    this.#tokensGenerated.inc(this.#role, tokens);
+    this.#tokensGenerated.inc({ role: this.role }, tokens);
   }
 
   kvPut(bytes: number): void {
-    this.#kvBytesPut.inc(this.#role, bytes);
+    this.#kvBytesPut.inc({ role: this.role }, bytes);
   }
 
   kvGot(bytes: number): void {
-    this.#kvBytesGot.inc(this.#role, bytes);
+    this.#kvBytesGot.inc({ role: this.role }, bytes);
   }
 
   entryPut(): void {
-    this.#kvEntriesPut.inc(this.#role);
+    this.#kvEntriesPut.inc({ role: this.role });
   }
 
   entryGot(): void {
-    this.#kvEntriesGot.inc(this.#role);
-  }
-
-  /** Prometheus text exposition format, version 0.0.4. */
-  render(): string {
-    const all = [this.#requests, this.#tokensGenerated, this.#promptTokens, this.#kvBytesPut, this.#kvBytesGot, this.#kvEntriesPut, this.#kvEntriesGot];
-    return `${all.map((m) => m.render()).join("\n")}\n`;
+    this.#kvEntriesGot.inc({ role: this.role });
   }
 }

@@ -22,7 +22,6 @@ import {
 import type { DaemonLink } from "./daemon-link.js";
 import { KvDigest } from "./generation.js";
 import { firstDifference, layerBytes, layerSize, locate, partName, type KvLayout } from "./kv.js";
-import type { SimulatorMetrics } from "./metrics.js";
 import { ApiError, invalidField } from "./openai.js";
 
 export type RoleName = "prefill" | "decode" | "both";
@@ -50,13 +49,21 @@ export interface RoleOutcome {
   kvTransferParams?: Record<string, unknown>;
 }
 
+/** What the KV roles report as they move bytes (SimulatorMetrics counts them). */
+export interface KvCounters {
+  kvPut(bytes: number): void;
+  kvGot(bytes: number): void;
+  entryPut(): void;
+  entryGot(): void;
+}
+
 export interface RoleOptions {
   layout: KvLayout;
   /** The local daemon; required by prefill and decode. */
   daemon?: DaemonLink;
   /** How long a decode waits for the KV to arrive. */
   kvWaitMs: number;
-  metrics: SimulatorMetrics;
+  metrics: KvCounters;
 }
 
 export interface Role {

@@ -31,7 +31,7 @@ import {
   InvalidArgumentError,
   type KvferryError,
 } from "../errors.js";
-import { Entry, isComplete, type EntryInfo, type Part } from "./entry.js";
+import { Entry, isComplete, type EntryInfo, type EntryState, type Part } from "./entry.js";
 import { tooManyParts, WaitingPutBudget, type StoreLimits } from "./limits.js";
 import { DEFAULT_CONSUME_LEASE_MS, ExclusiveHold, type HoldPurpose, type ReturnCause } from "./exclusive-hold.js";
 import { Eviction } from "./eviction.js";
@@ -92,6 +92,8 @@ export interface Counters {
   consumed: number;
   transferred: number;
   putTimeouts: number;
+  /** Puts (parts) that found no room at once and waited for it. */
+  putWaits: number;
   consumeReturns: number;
   consumeLapses: number;
   incomplete: number;
@@ -141,7 +143,7 @@ export class LookupBuffer implements PartOwner {
   #closed = false;
   readonly counters: Counters = {
     puts: 0, gets: 0, evictions: 0, bytesEvicted: 0, expiries: 0, releases: 0, consumed: 0, transferred: 0,
-    putTimeouts: 0, consumeReturns: 0, consumeLapses: 0, incomplete: 0,
+    putTimeouts: 0, putWaits: 0, consumeReturns: 0, consumeLapses: 0, incomplete: 0,
   };
   readonly #consumeLeaseMs: number;
 
@@ -165,6 +167,13 @@ export class LookupBuffer implements PartOwner {
 
   get entryCount(): number {
     return this.#entries.size;
+  }
+
+  /** Indexed entries by state (a walk over them all: for scrapes, not hot paths). */
+  entriesByState(): Record<EntryState, number> {
+    const count: Record<EntryState, number> = { open: 0, sealed: 0 };
+    for (const e of this.#entries.values()) count[e.state]++;
+    return count;
   }
 
   /**
@@ -507,6 +516,7 @@ export class LookupBuffer implements PartOwner {
   /** Waits in the room queue (after an immediate attempt failed) up to the put deadline. */
   async #reserve(size: number, what: string, signal?: AbortSignal): Promise<Block> {
     this.#checkWaiterRoom();
+    this.counters.putWaits++;
     const deadlineMs = this.#options.putDeadlineMs;
     try {
       return await this.#room.wait(size, deadlineMs, signal);

@@ -5,6 +5,7 @@ import { expect } from "vitest";
 import { spawnProxy as spawnProxyProcess, type SpawnedProxy } from "../../src/proxy/spawn.js";
 import { spawnSimulator, type SpawnedSimulator } from "../../src/simulator/spawn.js";
 import { sleep } from "./daemon.js";
+import { parseExposition, sampleOf } from "./metrics.js";
 import { startPeerDaemon, type PeerDaemon } from "./transfer.js";
 
 export type { SpawnedProxy };
@@ -171,8 +172,12 @@ export async function eventually(check: () => Promise<boolean> | boolean, timeou
   }
 }
 
-/** One sample of a Prometheus text exposition (the first series whose line starts with `prefix`). */
-export function metricValue(text: string, prefix: string): number | undefined {
-  const line = text.split("\n").find((l) => l.startsWith(prefix));
-  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(" ") + 1));
+/**
+ * One sample of a Prometheus text exposition. `selector` is `name{a="1",b="2"}` (the series
+ * with exactly these labels, in any order), `name` (the series without labels) or `name{`
+ * (the first series of that name with labels).
+ */
+export function metricValue(text: string, selector: string): number | undefined {
+  return sampleOf(parseExposition(text), selector);
 }
+

@@ -233,8 +233,8 @@ describe("releases a daemon cannot take (in process: the proxy's Releaser, real 
     });
     return { log: pino({ level: "debug" }, sink), lines };
   }
-  const failures = (metrics: ProxyMetrics, after: "ok" | "failed") =>
-    metricValue(metrics.render(), `kvferry_proxy_kv_releases_total{after="${after}",result="failed"}`) ?? 0;
+  const failures = async (metrics: ProxyMetrics, after: "ok" | "failed") =>
+    metricValue(await metrics.render(), `kvferry_proxy_kv_releases_total{after="${after}",result="failed"}`) ?? 0;
 
   it("tries again while the daemon is down, and frees the entry once the daemon is up", async () => {
     const port = await freePort();
@@ -246,7 +246,7 @@ describe("releases a daemon cannot take (in process: the proxy's Releaser, real 
     try {
       // Nothing listens there yet: the first try fails at once.
       releaser.release("kvf-down-then-up", [directory.get(`127.0.0.1:${port}`)], "failed", log);
-      expect(await eventually(() => failures(metrics, "failed") >= 1, 10_000)).toBe(true);
+      expect(await eventually(async () => (await failures(metrics, "failed")) >= 1, 10_000)).toBe(true);
       daemon = await startPeerDaemon({ bufferSize: "16MiB", args: ["--listen", `127.0.0.1:${port}`] });
       await daemon.client.put("kvf-down-then-up", "layer.0", Buffer.alloc(4096, 3), { seal: true });
       let reason: string | undefined;
@@ -272,21 +272,21 @@ describe("releases a daemon cannot take (in process: the proxy's Releaser, real 
       const link = directory.get(`127.0.0.1:${port}`);
       releaser.release("kvf-never", [link], "ok", log);
       expect(await eventually(() => lines.some((l) => l.msg === "gave up releasing a transfer id: the daemon's lease will expire the entry"), 20_000)).toBe(true);
-      expect(failures(metrics, "ok")).toBe(TRIES);
+      expect(await failures(metrics, "ok")).toBe(TRIES);
       await sleep(1000);
-      expect(failures(metrics, "ok")).toBe(TRIES);
+      expect(await failures(metrics, "ok")).toBe(TRIES);
 
       // A failed request's release waits between tries and for its late run; settle ends
       // both waits: one more try each (the try in flight, if any, is the last of its run),
       // then nothing is left pending.
       releaser.release("kvf-at-shutdown", [link], "failed", log);
-      expect(await eventually(() => failures(metrics, "failed") >= 1, 10_000)).toBe(true);
-      const beforeSettle = failures(metrics, "failed");
+      expect(await eventually(async () => (await failures(metrics, "failed")) >= 1, 10_000)).toBe(true);
+      const beforeSettle = await failures(metrics, "failed");
       await releaser.settle();
-      const afterSettle = failures(metrics, "failed");
+      const afterSettle = await failures(metrics, "failed");
       expect(afterSettle).toBe(beforeSettle + 2);
       await sleep(1000);
-      expect(failures(metrics, "failed")).toBe(afterSettle);
+      expect(await failures(metrics, "failed")).toBe(afterSettle);
     } finally {
       directory.close();
     }

@@ -119,6 +119,16 @@ describe("defaults", () => {
     expect(load({ config: file, dataListen: "127.0.0.1:0", peerListen: "127.0.0.1:7001" }).peerListen.port).toBe(7001);
   });
 
+  it("serves metrics nowhere by default, and where metrics_listen says from a flag, the environment or the file", () => {
+    expect(load().metricsListen).toBeUndefined();
+    expect(load({ metricsListen: "0.0.0.0:9400" }).metricsListen).toEqual({ host: "0.0.0.0", port: 9400 });
+    expect(load({ metricsListen: "9400" }).metricsListen).toEqual({ host: "127.0.0.1", port: 9400 });
+    expect(load({}, { KVFERRY_METRICS_LISTEN: "127.0.0.1:0" }).metricsListen).toEqual({ host: "127.0.0.1", port: 0 });
+    expect(loadFile({ metrics_listen: 9401 }).metricsListen).toEqual({ host: "127.0.0.1", port: 9401 });
+    expect(() => load({ metricsListen: "127.0.0.1:70000" })).toThrow(/--metrics-listen: metrics_listen: got "127.0.0.1:70000", expected HOST:PORT/);
+    expect(() => load({}, { KVFERRY_METRICS_LISTEN: "nowhere" })).toThrow(/KVFERRY_METRICS_LISTEN: metrics_listen: got "nowhere"/);
+  });
+
   it("derives the default node id from the host name and the listen port", () => {
     expect(load({ listen: "0.0.0.0:6123" }).nodeId).toBe(`${hostname()}:6123`);
   });

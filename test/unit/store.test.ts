@@ -69,6 +69,8 @@ describe("put and get", () => {
     expect(buf.bytesUsed).toBe(500);
     expect(buf.counters.puts).toBe(2);
     expect(buf.counters.gets).toBe(1);
+    expect(buf.counters.putWaits).toBe(0);
+    expect(buf.entriesByState()).toEqual({ open: 0, sealed: 1 });
   });
 
   it("returns only the named parts, in the order asked for", async () => {
@@ -356,6 +358,8 @@ describe("put deadline", () => {
     expect(message).toContain("needs 500 bytes");
     expect(message).toContain("400 free");
     expect(buf.counters.putTimeouts).toBe(1);
+    expect(buf.counters.putWaits).toBe(1);
+    expect(buf.entriesByState()).toEqual({ open: 1, sealed: 0 });
     expect(buf.bytesUsed).toBe(600);
     expect((thrownBy(() => buf.stat("big")) as NotFoundError).reason).toBeUndefined();
   });
@@ -370,6 +374,7 @@ describe("put deadline", () => {
     await flushMicrotasks();
     expect(put.fulfilled).toBe(true);
     expect(buf.counters.putTimeouts).toBe(0);
+    expect(buf.counters.putWaits).toBe(1);
     expect(buf.bytesUsed).toBe(600);
   });
 
