@@ -1,8 +1,9 @@
 // Store types ↔ wire types. The store knows nothing of protobuf; this is the seam.
 import { InvalidArgumentError } from "../errors.js";
 import { EntryState as WireState, type EntryInfo as WireEntryInfo } from "../gen/kvferry/v1/kvferry.js";
-import { EngineRole as WireEngineRole, type NodeInfo as WireNodeInfo } from "../gen/kvferry/v1/node.js";
-import { decodeNode, type EngineRole, type NodeRecord } from "../metadata/node.js";
+import type { NodeInfo as WireNodeInfo } from "../gen/kvferry/v1/node.js";
+import { fromWireEngineRole, toWireEngineRole } from "../metadata/engine-wire.js";
+import { decodeNode, type NodeRecord } from "../metadata/node.js";
 import type { EntryInfo, EntryState } from "../store/entry.js";
 
 export function toWireEntry(info: EntryInfo): WireEntryInfo {
@@ -50,20 +51,6 @@ export function toWireNode(node: NodeRecord): WireNodeInfo {
   };
 }
 
-const WIRE_ROLES: Record<EngineRole, WireEngineRole> = {
-  prefill: WireEngineRole.ENGINE_ROLE_PREFILL,
-  decode: WireEngineRole.ENGINE_ROLE_DECODE,
-  both: WireEngineRole.ENGINE_ROLE_BOTH,
-};
-
-export function toWireEngineRole(role: EngineRole): WireEngineRole {
-  return WIRE_ROLES[role];
-}
-
-/** An engine role off the wire; undefined for UNSPECIFIED or a value this version does not know. */
-export function fromWireEngineRole(role: WireEngineRole): EngineRole | undefined {
-  return (Object.keys(WIRE_ROLES) as EngineRole[]).find((r) => WIRE_ROLES[r] === role);
-}
 
 /** A peer's NodeInfo as a registry record; its ids and addresses are checked like a stored record's. */
 export function fromWireNode(info: WireNodeInfo): NodeRecord | Error {

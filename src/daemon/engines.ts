@@ -11,7 +11,7 @@ import type { EngineInfo } from "../gen/kvferry/v1/node.js";
 import {
   engineUrlProblem, isModelName, MAX_ENGINES_PER_NODE, MAX_MODELS_PER_ENGINE, normalEngineUrl, type EngineRecord,
 } from "../metadata/node.js";
-import { fromWireEngineRole } from "./convert.js";
+import { fromWireEngineRole } from "../metadata/engine-wire.js";
 
 /** Why an announcement ended: the daemon says so to its stream. */
 export type EndReason = "replaced" | "draining";

@@ -59,6 +59,11 @@ export class Gauge implements Metric {
     this.#values.set(key, (this.#values.get(key) ?? 0) + by);
   }
 
+  /** Drops the series of `labels` (an instance that went away). */
+  remove(labels: Labels): void {
+    this.#values.delete(labelKey(labels));
+  }
+
   render(): string {
     const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} gauge`];
     for (const [key, v] of this.#values) lines.push(`${this.name}${key} ${v}`);
