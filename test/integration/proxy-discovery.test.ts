@@ -6,13 +6,16 @@ import { Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EngineRole } from "../../src/gen/kvferry/v1/node.js";
 import { spawnSimulator, type SpawnedSimulator } from "../../src/simulator/spawn.js";
-import { sleep } from "../helpers/daemon.js";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runCli, sleep } from "../helpers/daemon.js";
 import { startEtcd, type EtcdServer } from "../helpers/etcd-server.js";
 import {
   eventually, generatedText, mapConcurrent, mixedCases, sendCase, spawnProxy, startNode, startReference, stopNodes,
   SMALL_LAYOUT, type SimNode, type SpawnedProxy,
 } from "../helpers/proxy.js";
-import type { PeerDaemon } from "../helpers/transfer.js";
+import { startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
 
 const TTL_MS = 3_000;
 const PREFIX = "it-discovery/";
@@ -187,4 +190,41 @@ describe("AnnounceEngine", () => {
       return self.engines.every((e) => !e.url.startsWith("http://127.0.0.1:2"));
     }, 10_000)).toBe(true);
   }, 30_000);
+});
+
+describe("kvferry status on etcd", () => {
+  it("reads the backend that MOONCAKE_CONFIG_PATH names when no daemon is asked, with SEEN from the last heartbeat and the engines", async () => {
+    // A node whose record does not change: etcd rewrites it only every 60 s, its lease every second.
+    const quiet = await startPeerDaemon({ bufferSize: "64MiB", args: [...daemonArgs(), "--node-id", "quiet-node"] });
+    try {
+      const dir = mkdtempSync(join(tmpdir(), "kvferry-status-"));
+      const mooncake = join(dir, "mooncake.json");
+      writeFileSync(mooncake, JSON.stringify({
+        prefill_url: "127.0.0.1:13003", decode_url: "127.0.0.1:13103", metadata_server: etcd.endpoint, metadata_backend: "etcd",
+        metadata_prefix: PREFIX, protocol: "tcp",
+      }));
+      await sleep(TTL_MS + 4_000); // longer than the TTL: a SEEN taken from the record's write would say so
+      // The default client address (127.0.0.1:50051) is not asked: the file names a backend.
+      const json = await runCli(["status", "--json"], { MOONCAKE_CONFIG_PATH: mooncake }, 20_000);
+      expect(json.code, json.stderr).toBe(0);
+      const listing = JSON.parse(json.stdout) as { backend: string; nodes: { nodeId: string; updatedAtMs: number; engines: { url: string; role: string }[] }[] };
+      expect(listing.backend).toBe("etcd");
+      const q = listing.nodes.find((n) => n.nodeId === "quiet-node");
+      expect(q, json.stdout).toBeDefined();
+      // Its lease was renewed within the TTL (it would have lapsed otherwise), to the second.
+      expect(Date.now() - q!.updatedAtMs).toBeLessThanOrEqual(TTL_MS + 2_000);
+      expect(q!.engines).toEqual([]);
+      const withPrefill = listing.nodes.find((n) => n.engines.some((e) => e.url === prefill!.sim.url));
+      expect(withPrefill?.engines).toEqual([{ url: prefill!.sim.url, role: "prefill", models: ["kvferry-sim-7b"] }]);
+
+      const text = await runCli(["status", "--config", mooncake], {}, 20_000);
+      expect(text.code, text.stderr).toBe(0);
+      const lines = text.stdout.split("\n");
+      expect(lines[0]).toMatch(/SEEN\s+ENGINES$/);
+      expect(lines.find((l) => l.includes(prefill!.sim.url))).toMatch(new RegExp(`prefill ${prefill!.sim.url}$`));
+      expect(lines.find((l) => l.startsWith("quiet-node"))).toMatch(/ [0-4]s ago\s+-$/);
+    } finally {
+      await quiet.stop();
+    }
+  }, 60_000);
 });
