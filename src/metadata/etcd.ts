@@ -181,6 +181,8 @@ export class EtcdRegistry implements NodeRegistry {
    * later; a record whose lease cannot be asked keeps its own.
    */
   async #heartbeats(nodes: NodeRecord[]): Promise<NodeRecord[]> {
+    // etcd not answering (the watch broke): the cache answers at once, as it is.
+    if (this.#feed.state !== "live") return nodes;
     return Promise.all(
       nodes.map(async (node) => {
         const lease = this.#leases.get(node.nodeId);
