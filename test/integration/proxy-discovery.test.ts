@@ -132,6 +132,27 @@ describe("kvferry proxy --metadata-server", () => {
   }, 90_000);
 });
 
+describe("kvferry proxy --daemon (embedded metadata)", () => {
+  it("discovers the instances a daemon's ListNodes lists, its own and its greeted peers'", async () => {
+    const p = await startNode("prefill", SMALL_LAYOUT);
+    // The decode daemon greets the prefill daemon, which so learns of it (and of its engine).
+    const d = await startNode("decode", SMALL_LAYOUT, ["--peer", p.daemon.peerAddress, "--metadata-ttl-ms", String(TTL_MS)]);
+    const proxy = await spawnProxy(["--daemon", p.daemon.address, "--health-interval-ms", "500"]);
+    try {
+      expect(await eventually(async () => (await health(proxy)).status === "ok", 20_000)).toBe(true);
+      const h = await health(proxy);
+      expect(urls(h.prefill)).toEqual([p.sim.url]);
+      expect(urls(h.decode)).toEqual([d.sim.url]);
+      const c = mixedCases(1, 11)[0]!;
+      const [via, ref] = await Promise.all([sendCase(proxy.url, c), sendCase(reference!.url, c)]);
+      expect(generatedText(c.endpoint, c.body.stream === true, via)).toBe(generatedText(c.endpoint, c.body.stream === true, ref));
+    } finally {
+      await proxy.stop();
+      await stopNodes([p, d]);
+    }
+  }, 90_000);
+});
+
 describe("AnnounceEngine", () => {
   const announce = (d: PeerDaemon, engine: unknown): Promise<{ code: number; details: string }> =>
     new Promise((resolve) => {
