@@ -5,6 +5,7 @@
 import { Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EngineRole } from "../../src/gen/kvferry/v1/node.js";
+import { loadProxyConfig } from "../../src/proxy/config.js";
 import { spawnSimulator, type SpawnedSimulator } from "../../src/simulator/spawn.js";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -130,6 +131,35 @@ describe("kvferry proxy --metadata-server", () => {
       await stopNodes([second]);
     }
   }, 90_000);
+});
+
+describe("the proxy's discovery settings", () => {
+  const file = (object: unknown) => {
+    const path = join(mkdtempSync(join(tmpdir(), "kvferry-proxy-")), "mooncake.json");
+    writeFileSync(path, JSON.stringify(object));
+    return path;
+  };
+  const seed = { prefill_url: "127.0.0.1:13003", decode_url: "127.0.0.1:13103", metadata_server: "127.0.0.1:2379", metadata_backend: "etcd", protocol: "tcp", device_name: "" };
+
+  it("reads mooncake.json as --config or $MOONCAKE_CONFIG_PATH: its metadata names the registry, the daemon's other keys are left alone", () => {
+    const path = file(seed);
+    const c = loadProxyConfig({}, path, {});
+    expect(c.discovery).toMatchObject({ kind: "registry", metadata: { backend: "etcd", server: "127.0.0.1:2379", prefix: "kvferry/v1/" } });
+    expect(c.prefill).toEqual([]);
+    expect(loadProxyConfig({}, undefined, { MOONCAKE_CONFIG_PATH: path }).discovery).toMatchObject({ kind: "registry" });
+    // Flags win over the file; --daemon wins over any registry.
+    expect(loadProxyConfig({ metadataServer: "redis://127.0.0.1:6379", metadataBackend: "redis" }, path, {}).discovery).toMatchObject({ metadata: { backend: "redis" } });
+    expect(loadProxyConfig({ daemon: "127.0.0.1:50051" }, path, {}).discovery).toEqual({ kind: "daemon", address: "127.0.0.1:50051" });
+  });
+
+  it("refuses a typo, a backend that disagrees and a bad --daemon, naming the key or flag; without discovery both roles are required", () => {
+    expect(() => loadProxyConfig({}, file({ ...seed, metadata_servr: "x" }), {})).toThrow(/mooncake\.json: metadata_servr: .*expected one of the keys/);
+    expect(() => loadProxyConfig({ metadataServer: "redis://127.0.0.1:6379", metadataBackend: "etcd" }, undefined, {})).toThrow(/metadata_backend|metadata-backend/);
+    expect(() => loadProxyConfig({ daemon: "nowhere" }, undefined, {})).toThrow(/--daemon: daemon: got "nowhere", expected HOST:PORT/);
+    expect(() => loadProxyConfig({ decode: ["http://d:1=127.0.0.1:3"] }, file({ ...seed, metadata_server: "P2PHANDSHAKE", metadata_backend: "p2p" }), {})).toThrow(
+      /prefill.*at least one prefill instance.*--metadata-server URL, or --daemon HOST:PORT/,
+    );
+  });
 });
 
 describe("kvferry proxy --daemon (embedded metadata)", () => {
