@@ -223,7 +223,8 @@ function announceEngine(ctx: ServiceContext, call: ServerWritableStream<Announce
   });
   call.on("cancelled", () => release?.());
   call.on("close", () => release?.());
-  call.write({ nodeId: ctx.nodeId() });
+  if (call.cancelled) release(); // gone before it was held: no 'cancelled' will come
+  else call.write({ nodeId: ctx.nodeId() });
 }
 
 /** Header first, then chunks into the reserved part; the stream's end commits it. */
