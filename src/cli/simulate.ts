@@ -228,6 +228,11 @@ transfers through kvferry daemons:
   both     computes the KV itself and generates: the non-disaggregated reference. Its
            output equals a decode's after a prefill of the same prompt.
 
+With --daemon it announces itself to that daemon (AnnounceEngine: its URL, role and
+model), which publishes it in its node record for \`kvferry proxy --metadata-server\`;
+the announcement ends when the simulator stops or dies, and is made again when the
+daemon restarts.
+
 Logs "kvferry simulator serving" with its listen address once ready.
 
 Flags:
