@@ -16,6 +16,7 @@ import {
   eventually, generatedText, mapConcurrent, mixedCases, sendCase, spawnProxy, startNode, startReference, stopNodes,
   SMALL_LAYOUT, type SimNode, type SpawnedProxy,
 } from "../helpers/proxy.js";
+import { freePort } from "../helpers/ports.js";
 import { startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
 
 const TTL_MS = 3_000;
@@ -216,6 +217,27 @@ describe("AnnounceEngine", () => {
     const self = (await d.client.listNodes()).nodes.find((n) => n.clientAddress === d.address);
     expect(self?.engines.map((e) => e.url)).toEqual([prefill!.sim.url]);
   });
+
+  it("is made again by the simulator when its daemon drains and another starts at the same address", async () => {
+    const port = await freePort();
+    const first = await startPeerDaemon({ bufferSize: "64MiB", args: ["--listen", `127.0.0.1:${port}`] });
+    let second: PeerDaemon | undefined;
+    const sim = await spawnSimulator(["--role", "decode", "--listen", "127.0.0.1:0", "--daemon", first.address, ...SMALL_LAYOUT]);
+    const engines = async (d: PeerDaemon) => (await d.client.listNodes()).nodes.flatMap((n) => n.engines.map((e) => e.url));
+    try {
+      expect(await engines(first)).toEqual([sim.url]);
+      expect(await first.stop()).toBe(0); // the drain ends the announcement: it does not hold the drain up
+      second = await startPeerDaemon({ bufferSize: "64MiB", args: ["--listen", `127.0.0.1:${port}`] });
+      expect(await eventually(async () => (await engines(second!)).join() === sim.url, 15_000)).toBe(true);
+      expect(sim.logs.some((l) => l.msg === "announcement ended: announcing again")).toBe(true);
+      // A simulator that stops withdraws its engine.
+      expect(await sim.stop()).toBe(0);
+      expect(await eventually(async () => (await engines(second!)).length === 0, 10_000)).toBe(true);
+    } finally {
+      await sim.stop();
+      await second?.stop();
+    }
+  }, 60_000);
 
   it("holds at most 64 engines per daemon and names the limit", async () => {
     const d = decode!.daemon;
