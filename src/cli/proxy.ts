@@ -30,8 +30,9 @@ export async function runProxy(inputs: ProxyInputs, configFile?: string): Promis
       listen,
       transfer: config.transfer,
       policy: config.policy,
-      prefill: config.prefill.map((i) => i.url),
-      decode: config.decode.map((i) => i.url),
+      prefill: proxy.pool.prefill.map((i) => i.url),
+      decode: proxy.pool.decode.map((i) => i.url),
+      discovery: proxy.discovery?.where,
       healthy: proxy.pool.report(),
     },
     PROXY_SERVING,
@@ -40,10 +41,14 @@ export async function runProxy(inputs: ProxyInputs, configFile?: string): Promis
 }
 
 const FLAGS = {
-  config: { type: "string", help: "FILE", doc: "JSON with any of these settings under their names in snake_case (prefill/decode as arrays); flags override it" },
+  config: { type: "string", help: "FILE", doc: "JSON with any of these settings under their names in snake_case (prefill/decode as arrays), and/or mooncake.json's keys (its metadata_* are used, the rest left to the daemon); flags override it (default $KVFERRY_CONFIG, else $MOONCAKE_CONFIG_PATH)" },
   listen: { type: "string", help: "HOST:PORT", doc: "where to listen (default 127.0.0.1:8000; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
-  prefill: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a prefill instance's base URL, = the client API HOST:PORT of its node's kvferry daemon (repeatable, at least one)" },
-  decode: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a decode instance, the same way (repeatable, at least one)" },
+  prefill: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a prefill instance's base URL, = the client API HOST:PORT of its node's kvferry daemon (repeatable; at least one unless discovered); given, discovered prefill instances are ignored" },
+  decode: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a decode instance, the same way (repeatable; at least one unless discovered); given, discovered decode instances are ignored" },
+  "metadata-server": { type: "string", help: "URL", doc: "discover instances in this node registry (etcd HOST:PORT or etcd://…, redis://…, http://…/metadata): the engines the daemons publish; also the --config file's metadata_server, $KVFERRY_METADATA_SERVER" },
+  "metadata-backend": { type: "string", help: "NAME", doc: "etcd | redis | http | p2p, as the daemons' (must agree with --metadata-server)" },
+  "metadata-prefix": { type: "string", help: "PREFIX", doc: "the daemons' key prefix in the registry (default kvferry/v1/)" },
+  daemon: { type: "string", help: "HOST:PORT", doc: "discover instances through this daemon's ListNodes, polled every health interval (the way with embedded metadata); wins over --metadata-server" },
   policy: { type: "string", help: "NAME", doc: "round-robin | least-outstanding (default least-outstanding)" },
   transfer: { type: "string", help: "MODE", doc: "push (the prefill daemon pushes the KV) | pull (the decode side pulls it) | none (the engines move it) (default push)" },
   "health-interval-ms": { type: "string", help: "MS", doc: "how often every instance and daemon is checked (default 2000)" },
@@ -58,6 +63,7 @@ const FLAGS = {
 } satisfies Flags;
 
 const USAGE = `Usage: kvferry proxy --prefill URL[=DAEMON]... --decode URL[=DAEMON]... [flags]
+       kvferry proxy --metadata-server URL [flags]      (discovers the instances)
 
 Serves OpenAI's API (POST /v1/completions and /v1/chat/completions, streaming or
 not; GET /v1/models, /health, /metrics) in front of prefill and decode instances.
@@ -66,6 +72,11 @@ max_tokens 1 and kv_transfer_params {transfer_id, do_remote_decode: true,
 source_node}; its KV then moves to the decode instance's node (--transfer), and the
 original request goes to the decode instance with kv_transfer_params {transfer_id,
 do_remote_prefill: true, source_node, ...}; its answer streams back unchanged.
+Discovery: with --metadata-server (or a config naming etcd, redis or http) the
+instances are the engines that announced themselves to their daemons (kvferry
+simulate does; AnnounceEngine), added and removed as they come and go; --daemon
+asks one daemon's ListNodes instead (embedded metadata). A role given by --prefill
+or --decode (or the file's prefill/decode) keeps exactly those: flags win per role.
 Instances: healthy ones first; one that failed a health check only when no healthy
 one is left; one that refuses connections never (its request goes to another).
 Upstream errors pass through with their status and body; the proxy's own are
@@ -94,6 +105,8 @@ export const proxyCommand: Command = {
         decodeTimeoutMs: text(values, "decode-timeout-ms"), transferDeadlineMs: text(values, "transfer-deadline-ms"),
         forwardAuthorization: values["forward-authorization"] === true, maxBodyBytes: text(values, "max-body-bytes"),
         drainMs: text(values, "drain-ms"), logLevel: text(values, "log-level"),
+        metadataServer: text(values, "metadata-server"), metadataBackend: text(values, "metadata-backend"),
+        metadataPrefix: text(values, "metadata-prefix"), daemon: text(values, "daemon"),
       },
       text(values, "config"),
     ),

@@ -4,7 +4,10 @@
 // `kvferry daemon` logs "kvferry daemon serving"), serves until SIGTERM or SIGINT, drains,
 // and exits 0. A bad flag exits 2 with the flag, the value and what was expected; a daemon
 // it cannot reach or a port it cannot bind exits 1.
+import { hostname } from "node:os";
 import { ShutdownSignals } from "./lifecycle.js";
+import type { EngineAnnouncement } from "../client/client.js";
+import { engineUrlProblem } from "../metadata/node.js";
 import type { Logger } from "pino";
 import type { LogLevel } from "../config/config.js";
 import { DEFAULT_LISTEN_HOST } from "../config/keys.js";
@@ -32,6 +35,8 @@ export interface SimulateSettings {
   role: RoleName;
   listen: HostPort;
   daemon?: string;
+  /** The URL announced to the daemon (AnnounceEngine); undefined: the listen address; "none": not announced. */
+  announce?: string;
   model: string;
   layout: KvLayout;
   kvWaitMs: number;
@@ -87,6 +92,7 @@ export function simulateSettings(values: Record<string, unknown>): SimulateSetti
     role,
     listen,
     daemon: daemon === undefined ? undefined : formatHostPort(daemon),
+    announce: flag<string | undefined>("announce", announceUrl, undefined),
     model: flag("model", stringMatching(/^[\x21-\x7e]{1,256}$/, "a model name of 1-256 printable characters without spaces"), DEFAULT_SIMULATOR_MODEL),
     layout,
     kvWaitMs: flag("kv-wait-ms", integer(0, INT32_MAX, "milliseconds"), DEFAULT_KV_WAIT_MS),
@@ -97,6 +103,18 @@ export function simulateSettings(values: Record<string, unknown>): SimulateSetti
       "info",
     ),
   };
+}
+
+const announceUrl: Parser<string | undefined> = (raw) => {
+  if (raw === "none") return { ok: true, value: "none" };
+  const problem = typeof raw === "string" ? engineUrlProblem(raw) : "expected a URL";
+  return problem === undefined ? { ok: true, value: raw as string } : { ok: false, expected: `"none" or ${problem.replace(/^expected /, "")}` };
+};
+
+/** The URL others reach the simulator at: its listen address, a wildcard host replaced by this host's name. */
+function ownUrl(listen: HostPort, port: number): string {
+  const wildcard = listen.host === "0.0.0.0" || listen.host === "::";
+  return `http://${formatHostPort({ host: wildcard ? hostname() : listen.host, port })}`;
 }
 
 /** Runs `kvferry simulate` with main.ts's parsed flags; resolves to the exit code. */
@@ -138,6 +156,19 @@ export async function runSimulate(values: Record<string, unknown>): Promise<numb
     signals.dispose();
     return 1;
   }
+  // Published through the daemon's node record, where `kvferry proxy --metadata-server` finds it.
+  let announcement: EngineAnnouncement | undefined;
+  if (link !== undefined && s.announce !== "none") {
+    const url = s.announce ?? ownUrl(s.listen, server.port);
+    announcement = link.client.announceEngine(
+      { url, role: s.role, models: [s.model] },
+      {
+        onAnnounced: (node) => log.info({ url, node }, "announced to the daemon"),
+        onError: (err, final) => log[final ? "error" : "warn"]({ url, err: err.message }, final ? "the daemon refused the announcement" : "announcement ended: announcing again"),
+      },
+    );
+    await Promise.race([announcement.announced.catch(() => undefined), new Promise((r) => setTimeout(r, DAEMON_CONNECT_MS).unref())]);
+  }
   log.info(
     {
       listen: server.address,
@@ -154,6 +185,7 @@ export async function runSimulate(values: Record<string, unknown>): Promise<numb
     SIMULATOR_SERVING,
   );
   return signals.until(async () => {
+    announcement?.close();
     await server.shutdown(SHUTDOWN_GRACE_MS);
     link?.close();
   });
@@ -163,6 +195,7 @@ const FLAGS = {
   role: { type: "string", help: "ROLE", doc: "prefill | decode | both (required): which instance this simulator plays" },
   listen: { type: "string", help: "HOST:PORT", doc: "HTTP address (default 127.0.0.1:8100; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
   daemon: { type: "string", help: "HOST:PORT", doc: "the local kvferry daemon's client API (required for prefill and decode; unused for both)" },
+  announce: { type: "string", help: "URL|none", doc: "the URL announced to the daemon, which publishes it for proxies that discover engines (default http://LISTEN; none: not announced)" },
   model: { type: "string", help: "NAME", doc: "the model it serves, as vLLM's --model (default kvferry-sim-7b): listed in /v1/models; a request naming another gets a 404 as vLLM answers" },
   layers: { type: "string", help: "N", doc: "layers of the simulated model: one KV part per layer (default 32)" },
   "kv-heads": { type: "string", help: "N", doc: "KV heads (default 8)" },
@@ -194,6 +227,11 @@ transfers through kvferry daemons:
            out) that names the transfer id: never a silent recompute.
   both     computes the KV itself and generates: the non-disaggregated reference. Its
            output equals a decode's after a prefill of the same prompt.
+
+With --daemon it announces itself to that daemon (AnnounceEngine: its URL, role and
+model), which publishes it in its node record for \`kvferry proxy --metadata-server\`;
+the announcement ends when the simulator stops or dies, and is made again when the
+daemon restarts.
 
 Logs "kvferry simulator serving" with its listen address once ready.
 

@@ -7,7 +7,7 @@ import pino from "pino";
 import { loadConfig, type Config } from "../config/config.js";
 import { KvferryClient } from "../client/client.js";
 import type { ListNodesResponse } from "../gen/kvferry/v1/kvferry.js";
-import type { NodeInfo } from "../gen/kvferry/v1/node.js";
+import { EngineRole, type NodeInfo } from "../gen/kvferry/v1/node.js";
 import { toWireNode } from "../metadata/wire-node.js";
 import { openRegistry } from "../metadata/open.js";
 import { EXIT_METADATA } from "./exit-codes.js";
@@ -31,7 +31,7 @@ export async function runStatus(o: StatusOptions): Promise<number> {
     process.stderr.write(`kvferry status: ${(err as Error).message}\n`);
     return askDaemon ? 1 : EXIT_METADATA;
   }
-  process.stdout.write(o.json ? `${JSON.stringify(listing, null, 2)}\n` : table(listing, Date.now()));
+  process.stdout.write(o.json ? `${JSON.stringify(forJson(listing), null, 2)}\n` : table(listing, Date.now()));
   return 0;
 }
 
@@ -82,9 +82,21 @@ function transports(n: NodeInfo): string {
   return n.transports.map((t) => t.name).join(",") || "-";
 }
 
+/** The listing as --json prints it: engine roles as words ("prefill"), not enum numbers. */
+function forJson(listing: ListNodesResponse): unknown {
+  return { ...listing, nodes: listing.nodes.map((n) => ({ ...n, engines: n.engines.map((e) => ({ ...e, role: ROLE_WORDS[e.role] ?? "unknown" })) })) };
+}
+
+const ROLE_WORDS: Record<number, string> = { [EngineRole.ENGINE_ROLE_PREFILL]: "prefill", [EngineRole.ENGINE_ROLE_DECODE]: "decode", [EngineRole.ENGINE_ROLE_BOTH]: "both" };
+
+/** "prefill http://h:8100, decode http://h:8200" (the engines that announced themselves), or "-". */
+function engines(n: NodeInfo): string {
+  return n.engines.map((e) => `${ROLE_WORDS[e.role] ?? "?"} ${e.url}`).join(", ") || "-";
+}
+
 /** A fixed-width table, one node a line, then a line naming the backend. */
 export function table(listing: ListNodesResponse, now: number): string {
-  const header = ["NODE", "CLIENT", "PEER", "DATA", "TRANSPORTS", "POOL USED / CAPACITY", "VERSION", "AGE", "SEEN"];
+  const header = ["NODE", "CLIENT", "PEER", "DATA", "TRANSPORTS", "POOL USED / CAPACITY", "VERSION", "AGE", "SEEN", "ENGINES"];
   const rows = listing.nodes.map((n) => [
     n.nodeId,
     n.clientAddress || "-",
@@ -95,6 +107,7 @@ export function table(listing: ListNodesResponse, now: number): string {
     n.version || "-",
     n.startedAtMs ? age(now - n.startedAtMs) : "-",
     n.updatedAtMs ? `${age(now - n.updatedAtMs)} ago` : "-",
+    engines(n),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd();
@@ -114,9 +127,12 @@ const FLAGS = {
 const USAGE = `Usage: kvferry status [flags]
 
 Lists the nodes the metadata backend knows: id, addresses, transports, pool used and
-capacity, version, age, and how long ago the node's record was refreshed. With etcd,
-redis or http metadata the backend is read directly; with the embedded default the
-local daemon is asked (it knows the nodes it greeted and was greeted by).
+capacity, version, age, how long ago the node was last heard from (SEEN: its record's
+refresh, or with etcd its lease's keepalive), and the inference engines that announced
+themselves to it (ENGINES). With etcd, redis or http metadata (--metadata-server, or
+the metadata_server of --config / $KVFERRY_CONFIG / $MOONCAKE_CONFIG_PATH) the backend
+is read directly, no daemon needed; with the embedded default the local daemon is
+asked (it knows the nodes it greeted and was greeted by).
 
 Flags:
 ${flagHelp(FLAGS)}

@@ -13,6 +13,10 @@ import {
   type ListRequest,
   type ListResponse,
 } from "../gen/kvferry/v1/kvferry.js";
+import { EngineAnnouncement, type AnnouncementEvents, type EngineToAnnounce } from "./engine-announcement.js";
+
+export type { AnnouncementEvents, AnnouncementState, EngineToAnnounce } from "./engine-announcement.js";
+export { EngineAnnouncement } from "./engine-announcement.js";
 
 /** Parts at or below this size go in one unary Put; larger ones are streamed. */
 export const STREAM_THRESHOLD = 4 << 20;
@@ -252,6 +256,15 @@ export class KvferryClient {
   /** The nodes the daemon's metadata backend knows, this one included. */
   listNodes(o: CallOptions = {}): Promise<ListNodesResponse> {
     return call<ListNodesResponse>((cb) => this.raw.listNodes({}, new Metadata(), this.#opts(o), cb));
+  }
+
+  /**
+   * Announces an inference engine on this daemon's node (AnnounceEngine): the daemon
+   * publishes it in its node record while the returned announcement is open, and it is made
+   * again whenever the daemon restarts or drains. `close()` it when the engine stops.
+   */
+  announceEngine(engine: EngineToAnnounce, events: AnnouncementEvents = {}): EngineAnnouncement {
+    return new EngineAnnouncement(this.raw, engine, events);
   }
 
   /** Resolves when the channel is connected, or rejects after timeoutMs. */

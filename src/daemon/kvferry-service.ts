@@ -3,6 +3,8 @@ import { status, type ServerReadableStream, type ServerUnaryCall, type ServerWri
 import type { Logger } from "pino";
 import { AbortedError, DeadlineExceededError, InvalidArgumentError, OutOfRangeError, UnavailableError } from "../errors.js";
 import type {
+  AnnounceEngineRequest,
+  AnnounceEngineResponse,
   GetRequest,
   GetResponse,
   GetServerInfoResponse,
@@ -17,6 +19,8 @@ import { grpcStatusOf } from "../grpc-errors.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
 import { fromWireState, toWireEntry } from "./convert.js";
 import { failure, unary, type OnFailure } from "./grpc-server.js";
+import { validateEngine, type EngineDirectory } from "./engines.js";
+import { toGrpcError } from "../grpc-errors.js";
 import type { Transfers } from "./transfers.js";
 
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
@@ -38,6 +42,8 @@ export interface ServiceContext {
   dataPlane(): { bytesSent: number; bytesReceived: number };
   /** The nodes the metadata backend knows. */
   listNodes(): Promise<ListNodesResponse>;
+  /** The engines announced to this daemon (AnnounceEngine). */
+  engines: EngineDirectory;
 }
 
 /** For a Get that names a source: pulls the entry here first unless it already is. */
@@ -172,7 +178,37 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
     })),
 
     listNodes: unary(report, () => ctx.listNodes()),
+
+    announceEngine: (call) => {
+      try {
+        announceEngine(ctx, call);
+      } catch (err) {
+        call.emit("error", failure(report, call, err));
+      }
+    },
   };
+}
+
+/**
+ * Publishes the engine while the call is open: one answer at once, then nothing until the
+ * engine goes (cancel, or its connection closes) or the daemon ends it (a newer
+ * announcement of its URL: ABORTED; a drain: OK).
+ */
+function announceEngine(ctx: ServiceContext, call: ServerWritableStream<AnnounceEngineRequest, AnnounceEngineResponse>): void {
+  const engine = validateEngine(call.request.engine);
+  let release: (() => void) | undefined;
+  release = ctx.engines.add({
+    engine,
+    end: (reason) => {
+      release?.();
+      if (reason === "replaced") call.emit("error", toGrpcError(new AbortedError(`engine.url: ${engine.url} was announced again on another call`)));
+      else call.end();
+    },
+  });
+  call.on("cancelled", () => release?.());
+  call.on("close", () => release?.());
+  if (call.cancelled) release(); // gone before it was held: no 'cancelled' will come
+  else call.write({ nodeId: ctx.nodeId() });
 }
 
 /** Header first, then chunks into the reserved part; the stream's end commits it. */

@@ -21,6 +21,7 @@ import type { NodeRegistry } from "../metadata/registry.js";
 import { LookupBuffer } from "../store/lookup-buffer.js";
 import { VERSION } from "../version.js";
 import { fromWireNode, toWireNode } from "../metadata/wire-node.js";
+import { EngineDirectory } from "./engines.js";
 import { bind, drain } from "./grpc-server.js";
 import { widenSessionWindows, widenStreamWindows } from "./http2-windows.js";
 import { kvferryService } from "./kvferry-service.js";
@@ -52,6 +53,8 @@ export class Daemon {
   readonly store: LookupBuffer;
   readonly engine: TransferEngine;
   readonly transfers: Transfers;
+  /** Inference engines on this node that announced themselves; published in the record. */
+  readonly engines: EngineDirectory;
   readonly #peers: PeerDirectory;
   /** Daemons that claimed this one's node id, logged once a minute each. */
   readonly #conflicts = new LogLimiter();
@@ -125,6 +128,7 @@ export class Daemon {
       );
       this.#metricsServer = new MetricsServer(this.#metrics, sources);
     }
+    this.engines = new EngineDirectory(log, (engines) => this.#registry?.update({ engines }));
     this.#peers = new PeerDirectory(config.clusterToken, () => ({ nodeId: this.nodeId, node: this.#selfInfo() }));
     this.transfers = new Transfers({
       store: this.store,
@@ -159,6 +163,7 @@ export class Daemon {
           return { bytesSent: s.bytesSent, bytesReceived: s.bytesReceived };
         },
         listNodes: () => this.#listNodes(),
+        engines: this.engines,
       }),
     );
     widenStreamWindows(this.#server, STREAM_WINDOW, log);
@@ -231,7 +236,9 @@ export class Daemon {
     this.state = "draining";
     this.#setHealth("NOT_SERVING");
     this.log.info({ graceMs }, "draining");
-    // Leave the registry first, so that no node picks this one while it drains.
+    // Leave the registry first, so that no node picks this one while it drains; the
+    // engines' announcements end (they announce again to the next daemon).
+    this.engines.close();
     clearInterval(this.#refresh);
     await this.#registry?.close().catch((err) => this.log.warn({ err }, "leaving the metadata backend failed"));
     const onForce = () => {
@@ -287,6 +294,8 @@ export class Daemon {
       throw new MetadataUnavailableError(`${(err as Error).message}${retried}`);
     }
     this.#registry = registry;
+    // Engines announced while registering are in the record from now on.
+    registry.update({ engines: this.engines.list() });
     // The record's changing part: what the pool holds.
     this.#refresh = setInterval(
       () => registry.update({ poolUsedBytes: this.store.bytesUsed }),
@@ -393,6 +402,7 @@ export class Daemon {
       version: VERSION,
       startedAt: this.#startedAt,
       updatedAt: Date.now(),
+      engines: this.engines.list(),
     };
   }
 

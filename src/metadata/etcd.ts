@@ -102,6 +102,8 @@ export class EtcdRegistry implements NodeRegistry {
   #watchTrouble = false;
   /** Watchers given up on: whatever they still deliver is ignored. */
   readonly #dropped = new WeakSet<Watcher>();
+  /** The lease each known record lives under (its node's heartbeat: list()). */
+  #leases = new Map<string, string>();
 
   constructor(
     server: string,
@@ -169,12 +171,42 @@ export class EtcdRegistry implements NodeRegistry {
   }
 
   /**
-   * Every live node, this one included, ordered by id (from the cache, as lookup()).
+   * Every live node, this one included, ordered by id (from the cache, as lookup()), each
+   * with its last heartbeat as updatedAt (#heartbeats).
    * @throws UnavailableError when the first read cannot reach etcd within min(ttl, 5 s).
    */
   async list(): Promise<NodeRecord[]> {
     await this.#ready();
-    return this.#cache.list();
+    return this.#heartbeats(this.#cache.list());
+  }
+
+  /**
+   * An unchanged record is rewritten only every max(ttl, 60 s), but its lease is kept alive
+   * every ttl/3: that keepalive is the node's heartbeat. Each record's updatedAt becomes the
+   * lease's last renewal (granted TTL minus remaining TTL ago, to the second) when that is
+   * later; a record whose lease cannot be asked keeps its own.
+   */
+  async #heartbeats(nodes: NodeRecord[]): Promise<NodeRecord[]> {
+    // etcd not answering (the watch broke): the cache answers at once, as it is.
+    if (this.#feed.state !== "live") return nodes;
+    return Promise.all(
+      nodes.map(async (node) => {
+        const lease = this.#leases.get(node.nodeId);
+        if (lease === undefined || lease === "0") return node;
+        try {
+          const asked = Date.now();
+          const r = await within(this.#callTimeoutMs, this.#etcd.client.leaseClient.leaseTimeToLive({ ID: lease }), "asking a lease");
+          const remaining = Number(r.TTL);
+          const granted = Number(r.grantedTTL);
+          if (!(remaining >= 0 && granted > 0 && remaining <= granted)) return node;
+          const renewedAt = asked - (granted - remaining) * 1000;
+          return renewedAt > node.updatedAt ? { ...node, updatedAt: renewedAt } : node;
+        } catch (err) {
+          this.log.debug({ err, nodeId: node.nodeId }, "cannot ask a record's lease: its updatedAt stands");
+          return node;
+        }
+      }),
+    );
   }
 
   /**
@@ -417,6 +449,7 @@ export class EtcdRegistry implements NodeRegistry {
       }
       const keys = new Set(read.kvs.map((kv) => kv.key.toString()));
       this.#badValues.keepOnly((key) => keys.has(key));
+      this.#leases = new Map(read.kvs.map((kv) => [this.#nodeIdOf(kv), kv.lease]));
       this.#cache.replace(nodes);
       // Changes made after the read, whenever the watch gets connected, arrive through it.
       const from = (BigInt(read.header.revision) + 1n).toString();
@@ -425,6 +458,7 @@ export class EtcdRegistry implements NodeRegistry {
       const current = () => !abandoned && !this.#closed && !this.#dropped.has(w);
       w.on("put", (kv) => {
         if (!current()) return;
+        this.#leases.set(this.#nodeIdOf(kv), kv.lease);
         const node = this.#decode(kv);
         if (node !== undefined) this.#cache.set(node);
         else this.#cache.delete(this.#nodeIdOf(kv));
@@ -432,6 +466,7 @@ export class EtcdRegistry implements NodeRegistry {
       w.on("delete", (kv) => {
         if (!current()) return;
         this.#badValues.clear(kv.key.toString());
+        this.#leases.delete(this.#nodeIdOf(kv));
         this.#cache.delete(this.#nodeIdOf(kv));
       });
       // Until connected, a broken stream is retried by etcd3 itself, on another endpoint

@@ -11,6 +11,52 @@ export interface TransportInfo {
   params: Record<string, string | number | boolean>;
 }
 
+export type EngineRole = "prefill" | "decode" | "both";
+export const ENGINE_ROLES: readonly EngineRole[] = ["prefill", "decode", "both"];
+
+/** An inference engine on the node that announced itself to its daemon (AnnounceEngine). */
+export interface EngineRecord {
+  /** Its OpenAI-compatible base URL without a trailing slash (engineUrlProblem says what passes). */
+  url: string;
+  role: EngineRole;
+  /** The model names it serves (possibly none). */
+  models: string[];
+}
+
+/** Engines one node publishes at most: a daemon refuses more, a reader drops the rest. */
+export const MAX_ENGINES_PER_NODE = 64;
+/** Model names per engine at most. */
+export const MAX_MODELS_PER_ENGINE = 16;
+const URL_MAX = 1024;
+
+/**
+ * What is wrong with `text` as an engine's base URL, or undefined when it is one: http(s),
+ * a host that others can dial (not a wildcard), no query, fragment or credentials, at most
+ * 1024 characters.
+ */
+export function engineUrlProblem(text: string): string | undefined {
+  const expected = `expected an http(s) base URL such as "http://10.0.0.5:8100" (no query, fragment or credentials, at most ${URL_MAX} characters)`;
+  if (text.length === 0 || text.length > URL_MAX) return expected;
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return expected;
+  }
+  if ((url.protocol !== "http:" && url.protocol !== "https:") || url.hostname === "") return expected;
+  if (url.search !== "" || url.hash !== "" || url.username !== "" || url.password !== "") return expected;
+  if (url.hostname === "0.0.0.0" || url.hostname === "[::]") return `${expected}; ${url.hostname} is a wildcard, not an address to dial`;
+  return undefined;
+}
+
+/** The URL as engines are compared and published: no trailing slash. */
+export function normalEngineUrl(text: string): string {
+  const url = new URL(text);
+  return `${url.protocol}//${url.host}${url.pathname.replace(/\/+$/, "")}`;
+}
+
+export const isModelName = (v: unknown): v is string => typeof v === "string" && /^[\x21-\x7e]{1,256}$/.test(v);
+
 export interface NodeRecord {
   nodeId: string;
   hostname: string;
@@ -26,8 +72,13 @@ export interface NodeRecord {
   version: string;
   /** When the daemon started (ms since the epoch). */
   startedAt: number;
-  /** When the record was last written (ms since the epoch). */
+  /**
+   * The node's last sign of life (ms since the epoch): when its record was last written,
+   * or (etcd, when listed) when its lease was last kept alive.
+   */
   updatedAt: number;
+  /** Inference engines on this node, as they announced themselves (at most MAX_ENGINES_PER_NODE). */
+  engines: EngineRecord[];
 }
 
 export function encodeNode(node: NodeRecord): string {
@@ -58,6 +109,21 @@ function paramsOf(raw: unknown): TransportInfo["params"] {
   return Object.fromEntries(scalars.slice(0, MAX_PARAMS)) as TransportInfo["params"];
 }
 const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+
+/** Good engine entries of a record, at most MAX_ENGINES_PER_NODE; anything else is dropped. */
+function enginesOf(raw: unknown): EngineRecord[] {
+  if (!Array.isArray(raw)) return [];
+  const out: EngineRecord[] = [];
+  for (const e of raw.slice(0, MAX_ENGINES_PER_NODE)) {
+    if (typeof e !== "object" || e === null) continue;
+    const { url, role, models } = e as Record<string, unknown>;
+    if (typeof url !== "string" || engineUrlProblem(url) !== undefined) continue;
+    if (!ENGINE_ROLES.includes(role as EngineRole)) continue;
+    const names = Array.isArray(models) ? models.slice(0, MAX_MODELS_PER_ENGINE).filter(isModelName) : [];
+    out.push({ url: normalEngineUrl(url), role: role as EngineRole, models: names });
+  }
+  return out;
+}
 
 /**
  * The record in `text`, or an Error saying what is wrong with it (the caller logs it and
@@ -98,5 +164,6 @@ export function decodeNode(text: string): NodeRecord | Error {
     version: isText(o.version) ? o.version : "",
     startedAt: isCount(o.startedAt) ? o.startedAt : 0,
     updatedAt: isCount(o.updatedAt) ? o.updatedAt : 0,
+    engines: enginesOf(o.engines),
   };
 }

@@ -1,6 +1,7 @@
 // Node records ↔ the wire's NodeInfo (Hello, ListNodes, `kvferry status`). The message
 // type is generated code with no gRPC in it; the daemon and the CLI both convert here.
 import type { NodeInfo as WireNodeInfo } from "../gen/kvferry/v1/node.js";
+import { fromWireEngineRole, toWireEngineRole } from "./engine-wire.js";
 import { decodeNode, type NodeRecord } from "./node.js";
 
 /** A registry record as the wire's NodeInfo (Hello, ListNodes). */
@@ -20,6 +21,7 @@ export function toWireNode(node: NodeRecord): WireNodeInfo {
     version: node.version,
     startedAtMs: node.startedAt,
     updatedAtMs: node.updatedAt,
+    engines: node.engines.map((e) => ({ url: e.url, role: toWireEngineRole(e.role), models: e.models })),
   };
 }
 
@@ -29,6 +31,7 @@ export function fromWireNode(info: WireNodeInfo): NodeRecord | Error {
     JSON.stringify({
       ...info,
       transports: info.transports.map((t) => ({ name: t.name, params: Object.fromEntries(t.params.map((p) => [p.key, p.value])) })),
+      engines: info.engines.map((e) => ({ ...e, role: fromWireEngineRole(e.role) })),
       startedAt: info.startedAtMs,
       updatedAt: info.updatedAtMs,
     }),

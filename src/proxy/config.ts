@@ -2,11 +2,15 @@
 //
 // Every refusal is a ConfigError whose source is the flag (`--prefill`, `--listen`, ...),
 // so the CLI prints the flag, the value and what was expected, and exits 2. Nothing is
-// hard-coded: instances and their daemons come only from the command line.
+// hard-coded: instances and their daemons come from the command line (or its --config
+// file), or are discovered (discovery.ts) in the node registry that the metadata settings
+// name (--metadata-server, or the file's metadata_server as in mooncake.json) or from a
+// daemon's ListNodes (--daemon).
 import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
 import { durationMs, formatHostPort, hostPortFromText, integer, listenAddress, size, type HostPort } from "../config/parse.js";
-import type { LogLevel } from "../config/config.js";
+import { loadConfig, type LogLevel, type MetadataSettings } from "../config/config.js";
+import { isKey } from "../config/keys.js";
 
 export type Role = "prefill" | "decode";
 export type PolicyName = "round-robin" | "least-outstanding";
@@ -26,8 +30,18 @@ export interface InstanceSpec {
   daemon?: string;
 }
 
+/**
+ * Where the proxy discovers instances: the node registry (etcd, redis, http), or a daemon's
+ * ListNodes (the way with embedded metadata), polled every health interval.
+ */
+export type DiscoverySource =
+  | { kind: "registry"; metadata: MetadataSettings }
+  | { kind: "daemon"; address: string };
+
 export interface ProxyConfig {
   listen: HostPort;
+  /** Absent: only the configured instances. A role with configured instances ignores discovered ones. */
+  discovery?: DiscoverySource;
   prefill: InstanceSpec[];
   decode: InstanceSpec[];
   policy: PolicyName;
@@ -67,6 +81,10 @@ export interface ProxyInputs {
   maxBodyBytes?: string;
   drainMs?: string;
   logLevel?: string;
+  metadataServer?: string;
+  metadataBackend?: string;
+  metadataPrefix?: string;
+  daemon?: string;
 }
 
 export const PROXY_DEFAULTS = {
@@ -131,16 +149,25 @@ const FLAGS: Record<keyof ProxyInputs, string> = {
   healthIntervalMs: "--health-interval-ms", prefillTimeoutMs: "--prefill-timeout-ms", decodeTimeoutMs: "--decode-timeout-ms",
   transferDeadlineMs: "--transfer-deadline-ms", forwardAuthorization: "--forward-authorization",
   maxBodyBytes: "--max-body-bytes", drainMs: "--drain-ms", logLevel: "--log-level",
+  metadataServer: "--metadata-server", metadataBackend: "--metadata-backend", metadataPrefix: "--metadata-prefix",
+  daemon: "--daemon",
 };
+
+/** Read from the file by the daemon's configuration (metadata keys), not as proxy settings. */
+const METADATA_FIELDS: ReadonlySet<keyof ProxyInputs> = new Set(["metadataServer", "metadataBackend", "metadataPrefix"]);
 
 /** Its key in a --config file: the flag's name in snake_case. */
 const FILE_KEYS = Object.fromEntries(
   Object.entries(FLAGS).map(([field, flag]) => [field, flag.slice(2).replace(/-/g, "_")]),
 ) as Record<keyof ProxyInputs, string>;
 
-function instances(role: Role, list: string[] | undefined, transfer: TransferMode, origins: Origins): InstanceSpec[] {
+function instances(role: Role, list: string[] | undefined, transfer: TransferMode, origins: Origins, discovering: boolean): InstanceSpec[] {
   if (list === undefined || list.length === 0) {
-    throw origins.refuse(role, undefined, `at least one ${role} instance: --${role} ${INSTANCE_EXPECTED}`);
+    if (discovering) return [];
+    throw origins.refuse(
+      role, undefined,
+      `at least one ${role} instance: --${role} ${INSTANCE_EXPECTED} (or discover them: --metadata-server URL, or --daemon HOST:PORT)`,
+    );
   }
   const out: InstanceSpec[] = [];
   const seen = new Set<string>();
@@ -164,7 +191,9 @@ function instances(role: Role, list: string[] | undefined, transfer: TransferMod
 /**
  * A --config file: a JSON object whose keys are the flags' names in snake_case
  * (`prefill`, `decode` as arrays of "URL[=DAEMON]", `health_interval_ms`, ...). Numbers may
- * be JSON numbers; unknown keys are refused (a typo must not pass unnoticed).
+ * be JSON numbers. The daemon's keys (mooncake.json's, config/keys.ts) are left to the
+ * daemon's configuration, which reads the metadata settings from them, so one mooncake.json
+ * serves both; any other key is refused (a typo must not pass unnoticed).
  */
 export function proxyInputsFromFile(path: string): { inputs: ProxyInputs; keys: Set<keyof ProxyInputs> } {
   let raw: unknown;
@@ -179,6 +208,7 @@ export function proxyInputsFromFile(path: string): { inputs: ProxyInputs; keys: 
   const keys = new Set<keyof ProxyInputs>();
   for (const [key, value] of Object.entries(raw)) {
     const field = byKey.get(key);
+    if ((field === undefined || METADATA_FIELDS.has(field)) && isKey(key)) continue; // the daemon's key
     if (field === undefined) throw new ConfigError(path, key, value, `one of the keys ${[...byKey.keys()].join(", ")}`);
     if (field === "prefill" || field === "decode") {
       if (!Array.isArray(value) || !value.every((v) => typeof v === "string")) {
@@ -212,10 +242,12 @@ function ms(field: keyof ProxyInputs, raw: string | undefined, fallback: number,
 }
 
 /**
- * Validates the settings: flags over the --config file (`file`) over the defaults.
+ * Validates the settings: flags over the --config file (`file`, else $KVFERRY_CONFIG, else
+ * $MOONCAKE_CONFIG_PATH) over the defaults.
  * @throws ConfigError naming the flag, or the file and its key (the CLI exits 2).
  */
-export function loadProxyConfig(flags: ProxyInputs, file?: string): ProxyConfig {
+export function loadProxyConfig(flags: ProxyInputs, configFile?: string, env: NodeJS.ProcessEnv = process.env): ProxyConfig {
+  const file = configFile ?? (env.KVFERRY_CONFIG || undefined) ?? (env.MOONCAKE_CONFIG_PATH || undefined);
   const fromFile = file === undefined ? { inputs: {} as ProxyInputs, keys: new Set<keyof ProxyInputs>() } : proxyInputsFromFile(file);
   const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined && v !== false)) as ProxyInputs;
   const inputs: ProxyInputs = { ...fromFile.inputs, ...given };
@@ -234,10 +266,12 @@ export function loadProxyConfig(flags: ProxyInputs, file?: string): ProxyConfig 
     maxBodyBytes = parsed.value;
   }
   const healthIntervalMs = ms("healthIntervalMs", inputs.healthIntervalMs, PROXY_DEFAULTS.healthIntervalMs, origins, MIN_HEALTH_INTERVAL_MS);
+  const discovery = discoverySource(inputs, file, env, origins);
   return {
     listen: listen.value,
-    prefill: instances("prefill", inputs.prefill, transfer, origins),
-    decode: instances("decode", inputs.decode, transfer, origins),
+    discovery,
+    prefill: instances("prefill", inputs.prefill, transfer, origins, discovery !== undefined),
+    decode: instances("decode", inputs.decode, transfer, origins, discovery !== undefined),
     policy,
     transfer,
     healthIntervalMs,
@@ -250,4 +284,22 @@ export function loadProxyConfig(flags: ProxyInputs, file?: string): ProxyConfig 
     drainMs: ms("drainMs", inputs.drainMs, PROXY_DEFAULTS.drainMs, origins),
     logLevel,
   };
+}
+
+/**
+ * --daemon wins (its ListNodes, the way with embedded metadata); else the node registry the
+ * metadata settings name (flags over the file's mooncake.json keys over the environment's
+ * KVFERRY_METADATA_SERVER, validated as the daemon validates them); embedded: none.
+ */
+function discoverySource(inputs: ProxyInputs, file: string | undefined, env: NodeJS.ProcessEnv, origins: Origins): DiscoverySource | undefined {
+  if (inputs.daemon !== undefined) {
+    const hp = hostPortFromText(inputs.daemon);
+    if (hp === undefined) throw origins.refuse("daemon", inputs.daemon, "HOST:PORT, the client API of a kvferry daemon whose ListNodes lists the nodes");
+    return { kind: "daemon", address: formatHostPort(hp) };
+  }
+  const { metadata } = loadConfig(
+    { config: file, metadataServer: inputs.metadataServer, metadataBackend: inputs.metadataBackend, metadataPrefix: inputs.metadataPrefix },
+    env,
+  );
+  return metadata.backend === "embedded" ? undefined : { kind: "registry", metadata };
 }

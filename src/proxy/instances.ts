@@ -64,8 +64,9 @@ export interface InstanceReport {
 }
 
 export class InstancePool {
-  readonly prefill: Instance[];
-  readonly decode: Instance[];
+  /** The instances of each role: the configured ones, or (discovery.ts) the discovered ones. */
+  prefill: Instance[];
+  decode: Instance[];
   readonly #policies: Record<Role, Policy>;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -74,7 +75,7 @@ export class InstancePool {
 
   constructor(
     private readonly config: ProxyConfig,
-    daemons: DaemonDirectory,
+    private readonly daemons: DaemonDirectory,
     private readonly metrics: ProxyMetrics,
     private readonly log: Logger,
   ) {
@@ -87,6 +88,41 @@ export class InstancePool {
 
   all(): Instance[] {
     return [...this.prefill, ...this.decode];
+  }
+
+  /**
+   * Makes `specs` the instances of `role` (discovery): instances kept by URL and daemon keep
+   * their state; new ones start unknown and are checked at once; gone ones leave (a request
+   * in flight on one finishes).
+   */
+  replace(role: Role, specs: readonly InstanceSpec[]): void {
+    const current = role === "prefill" ? this.prefill : this.decode;
+    const key = (s: InstanceSpec) => `${s.url}=${s.daemon ?? ""}`;
+    const kept = new Map(current.map((i) => [key(i.spec), i]));
+    const next: Instance[] = [];
+    const fresh: Instance[] = [];
+    for (const spec of specs) {
+      let instance = kept.get(key(spec));
+      kept.delete(key(spec));
+      if (instance === undefined) {
+        instance = new Instance(spec, spec.daemon === undefined ? undefined : this.daemons.get(spec.daemon));
+        fresh.push(instance);
+        this.log.info({ role, url: spec.url, daemon: spec.daemon }, "instance discovered");
+      }
+      next.push(instance);
+    }
+    for (const gone of kept.values()) {
+      const labels = { role, url: gone.url };
+      this.metrics.healthy.remove(labels);
+      this.metrics.outstanding.remove(labels);
+      this.log.info({ role, url: gone.url, daemon: gone.spec.daemon }, "instance gone");
+    }
+    if (role === "prefill") this.prefill = next;
+    else this.decode = next;
+    for (const instance of fresh) {
+      this.#gauges(instance);
+      if (!this.#stopped) void this.#check(instance);
+    }
   }
 
   /** Runs the first round of checks, then one every health interval. */
@@ -193,6 +229,7 @@ export class InstancePool {
   }
 
   #gauges(instance: Instance): void {
+    if (!(instance.role === "prefill" ? this.prefill : this.decode).includes(instance)) return; // gone (replace())
     const labels = { role: instance.role, url: instance.url };
     this.metrics.healthy.set(labels, instance.health === "healthy" ? 1 : 0);
     this.metrics.outstanding.set(labels, instance.outstanding);

@@ -2,7 +2,8 @@
 //
 //   starting ──start()──▶ serving ──shutdown()──▶ draining ──▶ stopped
 //
-// start() learns every daemon's identity and checks every instance once (an instance that
+// start() reads the discovered instances (discovery.ts) when the config names a source,
+// learns every daemon's identity and checks every instance once (an instance that
 // is down is not fatal: health checks bring it in later), then listens. shutdown() stops
 // accepting, answers /health 503 and new completions on open connections 503 (each answer
 // closing its connection), lets the requests in flight finish for up to the drain period,
@@ -14,6 +15,7 @@ import type { Logger } from "pino";
 import { formatHostPort } from "../config/parse.js";
 import type { ProxyConfig } from "./config.js";
 import { DaemonDirectory } from "./daemons.js";
+import { Discovery } from "./discovery.js";
 import { createFrontDoor, InFlight } from "./http-server.js";
 import { InstancePool } from "./instances.js";
 import { ProxyMetrics } from "./metrics.js";
@@ -27,6 +29,8 @@ export class Proxy {
   readonly metrics = new ProxyMetrics();
   readonly daemons: DaemonDirectory;
   readonly pool: InstancePool;
+  /** Present when instances are discovered (config.discovery). */
+  readonly discovery: Discovery | undefined;
   readonly #flow: RequestFlow;
   readonly #inFlight = new InFlight();
   readonly #server: Server;
@@ -34,13 +38,23 @@ export class Proxy {
   constructor(readonly config: ProxyConfig, private readonly log: Logger) {
     this.daemons = new DaemonDirectory(log);
     this.pool = new InstancePool(config, this.daemons, this.metrics, log);
+    this.discovery =
+      config.discovery === undefined
+        ? undefined
+        : new Discovery(
+            config.discovery,
+            this.pool,
+            { needsDaemon: config.transfer !== "none", intervalMs: config.healthIntervalMs, timeoutMs: config.healthTimeoutMs },
+            log,
+          );
     this.#flow = new RequestFlow(config, this.pool, this.metrics, log);
     const draining = () => this.state === "draining" || this.state === "stopped";
     this.#server = createFrontDoor({ config, pool: this.pool, flow: this.#flow, metrics: this.metrics, log, draining }, this.#inFlight);
   }
 
-  /** Checks the instances once, then listens. Resolves to the address it listens on. */
+  /** Discovers the instances (when asked to), checks them once, then listens. Resolves to the address it listens on. */
   async start(): Promise<string> {
+    await this.discovery?.start();
     await this.pool.start();
     await new Promise<void>((resolve, reject) => {
       this.#server.once("error", reject);
@@ -74,6 +88,7 @@ export class Proxy {
     await Promise.race([this.#inFlight.idle(), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
     await closed;
     this.pool.stop();
+    await this.discovery?.stop();
     await this.#flow.settle();
     this.daemons.close();
     closeIdleConnections();

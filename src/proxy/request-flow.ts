@@ -307,6 +307,7 @@ export class RequestFlow {
     const instance = this.pool.pick(role, tried);
     if (instance !== undefined) return instance;
     const all = role === "prefill" ? this.pool.prefill : this.pool.decode;
+    if (all.length === 0) throw noHealthyInstance(role, "none is known (discovery has not found one, or every one left)");
     const down = all.find((i) => i.health === "down");
     throw noHealthyInstance(role, `every one is down (${down?.url}: ${down?.lastError ?? "connection refused"})`);
   }

@@ -73,6 +73,7 @@ export function node(nodeId: string, extra: Partial<NodeRecord> = {}): NodeRecor
     version: "0.1.0",
     startedAt: Date.now(),
     updatedAt: 0,
+    engines: [],
     ...extra,
   };
 }

@@ -215,7 +215,7 @@ describe("kvferry status", () => {
     const text = await runCli(["status", "--address", a.address]);
     expect(text.code, text.stderr).toBe(0);
     const lines = text.stdout.split("\n");
-    expect(lines[0]).toMatch(/^NODE\s+CLIENT\s+PEER\s+DATA\s+TRANSPORTS\s+POOL USED \/ CAPACITY\s+VERSION\s+AGE\s+SEEN$/);
+    expect(lines[0]).toMatch(/^NODE\s+CLIENT\s+PEER\s+DATA\s+TRANSPORTS\s+POOL USED \/ CAPACITY\s+VERSION\s+AGE\s+SEEN\s+ENGINES$/);
     const row = lines.find((l) => l.startsWith("emb-b5 "))!;
     expect(row).toContain(b.peerAddress);
     expect(row).toContain(b.dataAddress);

@@ -59,6 +59,7 @@ function node(nodeId: string, extra: Partial<NodeRecord> = {}): NodeRecord {
     version: "0.1.0-test",
     startedAt: Date.now(),
     updatedAt: 0,
+    engines: [],
     ...extra,
   };
 }

@@ -5,7 +5,7 @@ import type { NodeRecord } from "../../src/metadata/node.js";
 
 const record = (peer: string, data: string): NodeRecord => ({
   nodeId: "n1", hostname: "h", clientAddress: "127.0.0.1:1", peerAddress: peer, dataAddress: data,
-  transports: [], poolBytes: 1, poolUsedBytes: 0, version: "0", startedAt: 1, updatedAt: 1,
+  transports: [], poolBytes: 1, poolUsedBytes: 0, version: "0", startedAt: 1, updatedAt: 1, engines: [],
 });
 const claimant = { nodeId: "n1", peerAddress: "127.0.0.1:200", dataAddress: "127.0.0.1:199" };
 const held = record("127.0.0.1:100", "127.0.0.1:99");

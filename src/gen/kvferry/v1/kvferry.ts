@@ -22,7 +22,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { NodeInfo } from "./node.js";
+import { EngineInfo, NodeInfo } from "./node.js";
 
 export const protobufPackage = "kvferry.v1";
 
@@ -110,6 +110,15 @@ export function transferModeToJSON(object: TransferMode): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+export interface AnnounceEngineRequest {
+  engine?: EngineInfo | undefined;
+}
+
+export interface AnnounceEngineResponse {
+  /** The node the engine is now published under. */
+  nodeId: string;
 }
 
 export interface PutRequest {
@@ -392,6 +401,148 @@ export interface ListNodesResponse {
   /** Ordered by node id. */
   nodes: NodeInfo[];
 }
+
+function createBaseAnnounceEngineRequest(): AnnounceEngineRequest {
+  return { engine: undefined };
+}
+
+export const AnnounceEngineRequest: MessageFns<AnnounceEngineRequest> = {
+  encode(message: AnnounceEngineRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.engine !== undefined) {
+      EngineInfo.encode(message.engine, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AnnounceEngineRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAnnounceEngineRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.engine = EngineInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AnnounceEngineRequest {
+    return { engine: isSet(object.engine) ? EngineInfo.fromJSON(object.engine) : undefined };
+  },
+
+  toJSON(message: AnnounceEngineRequest): unknown {
+    const obj: any = {};
+    if (message.engine !== undefined) {
+      obj.engine = EngineInfo.toJSON(message.engine);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AnnounceEngineRequest>): AnnounceEngineRequest {
+    return AnnounceEngineRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AnnounceEngineRequest>): AnnounceEngineRequest {
+    const message = createBaseAnnounceEngineRequest();
+    message.engine = (object.engine !== undefined && object.engine !== null)
+      ? EngineInfo.fromPartial(object.engine)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAnnounceEngineResponse(): AnnounceEngineResponse {
+  return { nodeId: "" };
+}
+
+export const AnnounceEngineResponse: MessageFns<AnnounceEngineResponse> = {
+  encode(message: AnnounceEngineResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nodeId !== "") {
+      writer.uint32(10).string(message.nodeId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AnnounceEngineResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAnnounceEngineResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.nodeId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AnnounceEngineResponse {
+    return {
+      nodeId: isSet(object.nodeId)
+        ? globalThis.String(object.nodeId)
+        : isSet(object.node_id)
+        ? globalThis.String(object.node_id)
+        : "",
+    };
+  },
+
+  toJSON(message: AnnounceEngineResponse): unknown {
+    const obj: any = {};
+    if (message.nodeId !== "") {
+      obj.nodeId = message.nodeId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AnnounceEngineResponse>): AnnounceEngineResponse {
+    return AnnounceEngineResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AnnounceEngineResponse>): AnnounceEngineResponse {
+    const message = createBaseAnnounceEngineResponse();
+    message.nodeId = object.nodeId ?? "";
+    return message;
+  },
+};
 
 function createBasePutRequest(): PutRequest {
   return { transferId: "", part: "", data: Buffer.alloc(0), seal: false, leaseTtlMs: undefined };
@@ -4013,6 +4164,28 @@ export const KvFerryService = {
     responseSerialize: (value: ListNodesResponse): Buffer => Buffer.from(ListNodesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListNodesResponse => ListNodesResponse.decode(value),
   },
+  /**
+   * AnnounceEngine: an inference engine on this node (an OpenAI-compatible server and its
+   * role) tells its daemon where it serves; the daemon publishes it in its node record
+   * (NodeInfo.engines), where the proxy discovers it. The announcement holds while the
+   * call is open: the daemon answers once (accepted), then keeps the stream open; when
+   * the engine cancels the call or its process dies, the engine leaves the record. When
+   * the daemon drains it ends the stream (OK): announce again to the next daemon. A newer
+   * announcement of the same URL replaces the older one (whose stream ends ABORTED).
+   * Errors: INVALID_ARGUMENT naming the field (engine.url, engine.role, engine.models),
+   * RESOURCE_EXHAUSTED when the daemon holds its maximum of engines (named in the message).
+   */
+  announceEngine: {
+    path: "/kvferry.v1.KvFerry/AnnounceEngine" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: AnnounceEngineRequest): Buffer =>
+      Buffer.from(AnnounceEngineRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AnnounceEngineRequest => AnnounceEngineRequest.decode(value),
+    responseSerialize: (value: AnnounceEngineResponse): Buffer =>
+      Buffer.from(AnnounceEngineResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AnnounceEngineResponse => AnnounceEngineResponse.decode(value),
+  },
 } as const;
 
 export interface KvFerryServer extends UntypedServiceImplementation {
@@ -4106,6 +4279,18 @@ export interface KvFerryServer extends UntypedServiceImplementation {
   batchTransfer: handleUnaryCall<BatchTransferRequest, BatchTransferResponse>;
   /** ListNodes: the nodes this daemon's metadata backend knows, this one included. */
   listNodes: handleUnaryCall<ListNodesRequest, ListNodesResponse>;
+  /**
+   * AnnounceEngine: an inference engine on this node (an OpenAI-compatible server and its
+   * role) tells its daemon where it serves; the daemon publishes it in its node record
+   * (NodeInfo.engines), where the proxy discovers it. The announcement holds while the
+   * call is open: the daemon answers once (accepted), then keeps the stream open; when
+   * the engine cancels the call or its process dies, the engine leaves the record. When
+   * the daemon drains it ends the stream (OK): announce again to the next daemon. A newer
+   * announcement of the same URL replaces the older one (whose stream ends ABORTED).
+   * Errors: INVALID_ARGUMENT naming the field (engine.url, engine.role, engine.models),
+   * RESOURCE_EXHAUSTED when the daemon holds its maximum of engines (named in the message).
+   */
+  announceEngine: handleServerStreamingCall<AnnounceEngineRequest, AnnounceEngineResponse>;
 }
 
 export interface KvFerryClient extends Client {
@@ -4344,6 +4529,26 @@ export interface KvFerryClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListNodesResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * AnnounceEngine: an inference engine on this node (an OpenAI-compatible server and its
+   * role) tells its daemon where it serves; the daemon publishes it in its node record
+   * (NodeInfo.engines), where the proxy discovers it. The announcement holds while the
+   * call is open: the daemon answers once (accepted), then keeps the stream open; when
+   * the engine cancels the call or its process dies, the engine leaves the record. When
+   * the daemon drains it ends the stream (OK): announce again to the next daemon. A newer
+   * announcement of the same URL replaces the older one (whose stream ends ABORTED).
+   * Errors: INVALID_ARGUMENT naming the field (engine.url, engine.role, engine.models),
+   * RESOURCE_EXHAUSTED when the daemon holds its maximum of engines (named in the message).
+   */
+  announceEngine(
+    request: AnnounceEngineRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<AnnounceEngineResponse>;
+  announceEngine(
+    request: AnnounceEngineRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<AnnounceEngineResponse>;
 }
 
 export const KvFerryClient = makeGenericClientConstructor(KvFerryService, "kvferry.v1.KvFerry") as unknown as {

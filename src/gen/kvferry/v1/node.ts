@@ -11,6 +11,54 @@ export const protobufPackage = "kvferry.v1";
 
 export const protobufFileName = "kvferry/v1/node.proto";
 
+export enum EngineRole {
+  ENGINE_ROLE_UNSPECIFIED = 0,
+  /** ENGINE_ROLE_PREFILL - Computes the KV of prompts (vLLM's kv_producer). */
+  ENGINE_ROLE_PREFILL = 1,
+  /** ENGINE_ROLE_DECODE - Continues from KV computed elsewhere (kv_consumer). */
+  ENGINE_ROLE_DECODE = 2,
+  /** ENGINE_ROLE_BOTH - Either (kv_both). */
+  ENGINE_ROLE_BOTH = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function engineRoleFromJSON(object: any): EngineRole {
+  switch (object) {
+    case 0:
+    case "ENGINE_ROLE_UNSPECIFIED":
+      return EngineRole.ENGINE_ROLE_UNSPECIFIED;
+    case 1:
+    case "ENGINE_ROLE_PREFILL":
+      return EngineRole.ENGINE_ROLE_PREFILL;
+    case 2:
+    case "ENGINE_ROLE_DECODE":
+      return EngineRole.ENGINE_ROLE_DECODE;
+    case 3:
+    case "ENGINE_ROLE_BOTH":
+      return EngineRole.ENGINE_ROLE_BOTH;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return EngineRole.UNRECOGNIZED;
+  }
+}
+
+export function engineRoleToJSON(object: EngineRole): string {
+  switch (object) {
+    case EngineRole.ENGINE_ROLE_UNSPECIFIED:
+      return "ENGINE_ROLE_UNSPECIFIED";
+    case EngineRole.ENGINE_ROLE_PREFILL:
+      return "ENGINE_ROLE_PREFILL";
+    case EngineRole.ENGINE_ROLE_DECODE:
+      return "ENGINE_ROLE_DECODE";
+    case EngineRole.ENGINE_ROLE_BOTH:
+      return "ENGINE_ROLE_BOTH";
+    case EngineRole.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A node as the metadata backend knows it. */
 export interface NodeInfo {
   nodeId: string;
@@ -29,6 +77,17 @@ export interface NodeInfo {
   startedAtMs: number;
   /** When its record was last written, ms since the epoch. */
   updatedAtMs: number;
+  /** The inference engines on this node that announced themselves (AnnounceEngine). */
+  engines: EngineInfo[];
+}
+
+/** An inference engine served next to a daemon: what a proxy needs to send it requests. */
+export interface EngineInfo {
+  /** Its OpenAI-compatible base URL, "http(s)://host:port[/path]" (no query, no credentials). */
+  url: string;
+  role: EngineRole;
+  /** The model names it serves (at most 16; may be empty). */
+  models: string[];
 }
 
 export interface TransportInfo {
@@ -59,6 +118,7 @@ function createBaseNodeInfo(): NodeInfo {
     version: "",
     startedAtMs: 0,
     updatedAtMs: 0,
+    engines: [],
   };
 }
 
@@ -96,6 +156,9 @@ export const NodeInfo: MessageFns<NodeInfo> = {
     }
     if (message.updatedAtMs !== 0) {
       writer.uint32(88).int64(message.updatedAtMs);
+    }
+    for (const v of message.engines) {
+      EngineInfo.encode(v!, writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -201,6 +264,14 @@ export const NodeInfo: MessageFns<NodeInfo> = {
             message.updatedAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.engines.push(EngineInfo.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -260,6 +331,9 @@ export const NodeInfo: MessageFns<NodeInfo> = {
         : isSet(object.updated_at_ms)
         ? globalThis.Number(object.updated_at_ms)
         : 0,
+      engines: globalThis.Array.isArray(object?.engines)
+        ? object.engines.map((e: any) => EngineInfo.fromJSON(e))
+        : [],
     };
   },
 
@@ -298,6 +372,9 @@ export const NodeInfo: MessageFns<NodeInfo> = {
     if (message.updatedAtMs !== 0) {
       obj.updatedAtMs = Math.round(message.updatedAtMs);
     }
+    if (message.engines?.length) {
+      obj.engines = message.engines.map((e) => EngineInfo.toJSON(e));
+    }
     return obj;
   },
 
@@ -317,6 +394,108 @@ export const NodeInfo: MessageFns<NodeInfo> = {
     message.version = object.version ?? "";
     message.startedAtMs = object.startedAtMs ?? 0;
     message.updatedAtMs = object.updatedAtMs ?? 0;
+    message.engines = object.engines?.map((e) => EngineInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseEngineInfo(): EngineInfo {
+  return { url: "", role: 0, models: [] };
+}
+
+export const EngineInfo: MessageFns<EngineInfo> = {
+  encode(message: EngineInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.url !== "") {
+      writer.uint32(10).string(message.url);
+    }
+    if (message.role !== 0) {
+      writer.uint32(16).int32(message.role);
+    }
+    for (const v of message.models) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EngineInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEngineInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.role = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.models.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EngineInfo {
+    return {
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      role: isSet(object.role) ? engineRoleFromJSON(object.role) : 0,
+      models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: EngineInfo): unknown {
+    const obj: any = {};
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.role !== 0) {
+      obj.role = engineRoleToJSON(message.role);
+    }
+    if (message.models?.length) {
+      obj.models = message.models;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<EngineInfo>): EngineInfo {
+    return EngineInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<EngineInfo>): EngineInfo {
+    const message = createBaseEngineInfo();
+    message.url = object.url ?? "";
+    message.role = object.role ?? 0;
+    message.models = object.models?.map((e) => e) || [];
     return message;
   },
 };
