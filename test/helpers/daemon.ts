@@ -44,8 +44,9 @@ export async function startDaemon(args: string[], options: StartOptions = {}): P
     writeFileSync(file, JSON.stringify(options.config));
     extra.push("--config", file);
   }
-  // Generous: a daemon maps and faults in its whole pool at start, slow on a busy 2-core machine.
-  const proc = await spawnDaemon(["--listen", "127.0.0.1:0", ...extra, ...args], { env: options.env, startTimeoutMs: 30_000 });
+  // Generous: a daemon maps and faults in its whole pool at start, slow on a busy 2-core machine
+  // (one 2 GiB pool took 16 s there while other daemons were starting too).
+  const proc = await spawnDaemon(["--listen", "127.0.0.1:0", ...extra, ...args], { env: options.env, startTimeoutMs: 120_000 });
   const clients: KvferryClient[] = [];
   const newClient = () => {
     const c = new KvferryClient(proc.address);
@@ -53,7 +54,7 @@ export async function startDaemon(args: string[], options: StartOptions = {}): P
     return c;
   };
   const client = newClient();
-  await client.waitForReady(5000);
+  await client.waitForReady(30_000);
   return {
     proc,
     address: proc.address,
@@ -160,7 +161,7 @@ export interface CliResult {
 }
 
 /** Runs `node bin/kvferry.js ...args` to its end (killed after timeoutMs). */
-export function runCli(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 10_000): Promise<CliResult> {
+export function runCli(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], {
       env: { ...process.env, NO_PRETTY: "1", ...env },

@@ -3,6 +3,7 @@
 // by node id, survive the backend being killed and restarted, and refuse to start — or
 // wait, when told to — while it cannot be reached.
 import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { spawnDaemon } from "../../src/launch/spawn-daemon.js";
 import { NotFoundError } from "../../src/errors.js";
@@ -152,16 +153,24 @@ describe("an unreachable backend at start-up", () => {
     const late = await startEtcd();
     onTestFinished(() => late.stop());
     await late.kill();
+    // etcd comes back once the daemon has found it down and said it retries, however long its start takes.
+    let retrying!: () => void;
+    const saidRetrying = new Promise<void>((resolve) => (retrying = resolve));
     const daemon = spawnDaemon(
       ["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--kv-buffer-size", "64MiB",
-        "--metadata-server", late.endpoint, "--metadata-ttl-ms", "2000", "--metadata-retry-ms", "30000", "--node-id", "etcd-late"],
-      { env: { KVFERRY_CLUSTER_TOKEN: TOKEN }, startTimeoutMs: 30_000 },
+        "--metadata-server", late.endpoint, "--metadata-ttl-ms", "2000", "--metadata-retry-ms", "90000", "--node-id", "etcd-late"],
+      {
+        env: { KVFERRY_CLUSTER_TOKEN: TOKEN },
+        startTimeoutMs: 120_000,
+        onSpawn: (child) => createInterface({ input: child.stdout! }).on("line", (l) => l.includes("metadata backend unreachable: retrying") && retrying()),
+      },
     );
-    await sleep(2_000);
+    const before = await Promise.race([saidRetrying.then(() => "retrying"), daemon.then(() => "served", () => "failed")]);
+    expect(before, "the daemon waits for the backend instead of serving without it").toBe("retrying");
     await late.restart();
     const d = await daemon;
     onTestFinished(() => d.stop().then(() => undefined));
     expect(d.logs.some((l) => l.msg === "metadata backend unreachable: retrying")).toBe(true);
     expect(await late.ctl("get", "--keys-only", "kvferry/v1/nodes/etcd-late")).toContain("kvferry/v1/nodes/etcd-late");
-  }, 45_000);
+  }, 180_000);
 });
