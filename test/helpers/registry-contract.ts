@@ -116,8 +116,8 @@ const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 export interface Registries<R extends NodeRegistry> {
   /** A fresh prefix per test, so that tests do not see each other's records. */
   readonly prefix: string;
-  /** A registry closed after the test; on `server` (the default one) and the test's prefix unless told. */
-  open(options?: { prefix?: string; log?: Logger; server?: string }): R;
+  /** A registry closed after the test; on `server` (the default one), the test's prefix and TTL_MS unless told. */
+  open(options?: { prefix?: string; log?: Logger; server?: string; ttlMs?: number }): R;
 }
 
 let prefixCount = 0;
@@ -140,7 +140,7 @@ export function useRegistries<R extends NodeRegistry>(
       return prefix;
     },
     open(options = {}) {
-      const r = open(options.server ?? server(), { prefix: options.prefix ?? prefix, ttlMs: TTL_MS }, options.log ?? pino({ level: "silent" }));
+      const r = open(options.server ?? server(), { prefix: options.prefix ?? prefix, ttlMs: options.ttlMs ?? TTL_MS }, options.log ?? pino({ level: "silent" }));
       opened.push(r);
       return r;
     },
@@ -171,7 +171,8 @@ export function spawnRegistry(
   let stderr = "";
   proc.stderr!.on("data", (d) => (stderr += d));
   const registered = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`child registry did not register within 10 s: ${stderr}`)), 10_000);
+    // A bound on a hang: node compiling the registry's modules with tsx takes 10 s and more on a busy machine.
+    const timer = setTimeout(() => reject(new Error(`child registry did not register within 90 s: ${stderr}`)), 90_000);
     proc.once("exit", (code) => reject(new Error(`child registry exited with ${code}: ${stderr}`)));
     createInterface({ input: proc.stdout! }).on("line", (line) => {
       if (line === "registered") {
