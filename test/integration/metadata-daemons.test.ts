@@ -25,10 +25,10 @@ afterAll(async () => {
   await etcd?.stop();
 });
 
-async function node(id: string, server = `etcd://${etcd.endpoint}`): Promise<PeerDaemon> {
+async function node(id: string, server = `etcd://${etcd.endpoint}`, ttlMs = TTL_MS): Promise<PeerDaemon> {
   const d = await startPeerDaemon({
     bufferSize: "128MiB",
-    args: ["--node-id", id, "--metadata-server", server, "--metadata-ttl-ms", String(TTL_MS), "--metadata-prefix", "it-daemons/"],
+    args: ["--node-id", id, "--metadata-server", server, "--metadata-ttl-ms", String(ttlMs), "--metadata-prefix", "it-daemons/"],
   });
   started.push(d);
   return d;
@@ -102,11 +102,14 @@ describe("two daemons on etcd", () => {
   }, 30_000);
 
   it("a daemon that stops leaves at once: naming it is NOT_FOUND", async () => {
-    const c = await node("etcd-c");
-    await until("a sees c", async () => (await ids(a)).includes("etcd-c"), 3_000);
+    // A long TTL: had c's record lapsed rather than been revoked, it would be listed for 10 s
+    // and more after the stop (its last refresh came at most ttl/3 before it).
+    const ttlMs = 15_000;
+    const c = await node("etcd-c", `etcd://${etcd.endpoint}`, ttlMs);
+    await until("a sees c", async () => (await ids(a)).includes("etcd-c"), 10_000);
     await c.stop();
-    const left = await until("a no longer lists c", async () => !(await ids(a)).includes("etcd-c"), TTL_MS);
-    expect(left).toBeLessThan(TTL_MS);
+    const left = await until("a no longer lists c", async () => !(await ids(a)).includes("etcd-c"), (2 * ttlMs) / 3);
+    expect(left).toBeLessThan((2 * ttlMs) / 3);
     const spec = entrySpec("etcd-to-gone", [4096]);
     await putEntry(a.client, spec);
     const err = await a.client.batchTransfer([spec.id], "etcd-c", "push").then(() => undefined, (e: Error) => e);
