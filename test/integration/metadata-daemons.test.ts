@@ -126,10 +126,11 @@ describe("an unreachable backend at start-up", () => {
       ["daemon", "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--kv-buffer-size", "64MiB",
         "--metadata-server", `etcd://127.0.0.1:${dead}`, "--metadata-ttl-ms", "2000"],
       { KVFERRY_CLUSTER_TOKEN: TOKEN },
-      20_000,
+      60_000,
     );
     expect(r.code).toBe(3);
-    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(r.stdout).not.toContain("metadata backend unreachable: retrying");
+    expect(Date.now() - t0).toBeLessThan(30_000); // a start (seconds on a busy machine) and one bounded attempt
     expect(r.stdout).toContain(`etcd at 127.0.0.1:${dead}`);
     expect(r.stdout).toContain("cannot register");
   });
@@ -142,15 +143,16 @@ describe("an unreachable backend at start-up", () => {
     let out = "";
     child.stdout.on("data", (d) => (out += d));
     const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-    await until("the first retry", async () => out.includes("metadata backend unreachable: retrying"), 10_000);
+    await until("the first retry", async () => out.includes("metadata backend unreachable: retrying"), 60_000);
     const t0 = Date.now();
     child.kill("SIGTERM");
-    const code = await Promise.race([exited, sleep(10_000).then(() => "still running")]);
+    // Well under the 60 s it would retry for, with seconds to spare for a busy machine.
+    const code = await Promise.race([exited, sleep(30_000).then(() => "still running")]);
     if (code === "still running") child.kill("SIGKILL");
     expect(code).toBe(3);
-    expect(Date.now() - t0).toBeLessThan(8_000);
+    expect(Date.now() - t0).toBeLessThan(30_000);
     expect(out).toContain("interrupted by SIGTERM during start-up");
-  }, 30_000);
+  }, 120_000);
 
   it("with metadata_retry_ms, keeps trying with backoff and serves once the backend comes up", async () => {
     const late = await startEtcd();
