@@ -36,7 +36,10 @@ let a: PeerDaemon;
 let b: PeerDaemon;
 
 beforeAll(async () => {
-  [a, b] = await Promise.all([startPeerDaemon({ bufferSize: "2GiB" }), startPeerDaemon({ bufferSize: "2GiB" })]);
+  const started = await Promise.allSettled([startPeerDaemon({ bufferSize: "2GiB" }), startPeerDaemon({ bufferSize: "2GiB" })]);
+  [a, b] = started.map((r) => (r.status === "fulfilled" ? r.value : undefined!));
+  const failed = started.find((r) => r.status === "rejected");
+  if (failed) throw failed.reason; // afterAll stops the one that started
 });
 
 afterAll(async () => {
