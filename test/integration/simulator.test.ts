@@ -6,10 +6,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EntryState } from "../../src/gen/kvferry/v1/kvferry.js";
 import { NotFoundError } from "../../src/errors.js";
 import { DEFAULT_LAYOUT, layerBytes, layerSize, partName, tokenLayerBytes } from "../../src/simulator/kv.js";
-import { spawnSimulator, type SpawnedSimulator } from "../../src/simulator/spawn.js";
+import { spawnSimulator as spawnSimulatorProcess, type SpawnedSimulator } from "../../src/simulator/spawn.js";
 import { chatPrompt, tokenize } from "../../src/simulator/tokenizer.js";
 import { expectSameBytes, rejection, runCli, sleep, startDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
+
+/** `kvferry simulate ...args`, with a start limit that bounds a hang, generous for a busy machine. */
+const spawnSimulator = (args: string[]) => spawnSimulatorProcess(args, { startTimeoutMs: 60_000 });
 
 const KV_WAIT_MS = 1500;
 const LAYERS = DEFAULT_LAYOUT.layers;
