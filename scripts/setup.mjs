@@ -2,7 +2,8 @@
 // Brings a checkout to a runnable state, doing only what is missing or stale:
 //   1. npm packages (npm ci when node_modules is missing or older than the lockfile);
 //   2. system packages (apt, when run as root and missing): a C++ toolchain for the native
-//      engine; with --test also etcd and redis, whose servers the tests start;
+//      engine; with --test also etcd and redis, whose servers the tests start, and
+//      libibverbs1, which Mooncake's own transfer engine loads (test/integration/mooncake-*);
 //   3. the build: the native engine → build/Release/, TypeScript → dist/, descriptor sets.
 // `npm test` and `npm run demo` run it first, so a fresh clone needs nothing else.
 // Uses only Node's built-ins: it runs before any package is installed.
@@ -35,12 +36,17 @@ if (!existsSync(installed) || statSync(installed).mtimeMs < statSync(at("package
 }
 
 // 2. System packages: the C++ toolchain always; with --test, the servers the tests start
-//    (etcd and redis on loopback ports of their own; apt starts nothing by itself here).
+//    (etcd and redis on loopback ports of their own; apt starts nothing by itself here) and
+//    the library Mooncake's transfer engine needs. Each is [shell check, Debian package].
+const command = (tool) => `command -v ${tool}`;
+const library = (soname) => `ldconfig -p | grep -qF ${soname}`;
 const needed = [
-  ["g++", "g++"], ["make", "make"], ["python3", "python3"],
-  ...(process.argv.includes("--test") ? [["etcd", "etcd-server"], ["etcdctl", "etcd-client"], ["redis-server", "redis-server"]] : []),
+  [command("g++"), "g++"], [command("make"), "make"], [command("python3"), "python3"],
+  ...(process.argv.includes("--test")
+    ? [[command("etcd"), "etcd-server"], [command("etcdctl"), "etcd-client"], [command("redis-server"), "redis-server"], [library("libibverbs.so.1"), "libibverbs1"]]
+    : []),
 ];
-const missing = needed.filter(([tool]) => spawnSync("sh", ["-c", `command -v ${tool}`]).status !== 0).map(([, pkg]) => pkg);
+const missing = needed.filter(([check]) => spawnSync("sh", ["-c", check]).status !== 0).map(([, pkg]) => pkg);
 if (missing.length > 0) {
   if (process.getuid?.() !== 0) {
     console.error(`setup: missing packages ${missing.join(", ")}: install them (apt-get install ${missing.join(" ")}) and run again`);

@@ -1,8 +1,6 @@
-// Every error kvferry raises, and the one table from error to gRPC status.
-//
-// Layers below the daemon (store, config, engine) throw these classes and know
-// nothing of gRPC; src/daemon/ maps them onto status codes with `grpcStatusOf`.
-import { status as GrpcStatus } from "@grpc/grpc-js";
+// Every error kvferry raises. No gRPC here: the layers below the daemon (store, config,
+// engine, metadata) throw these classes and know nothing of it; the one table between
+// these classes and gRPC status codes is src/grpc-errors.ts.
 
 /** Base of every kvferry error. `retryable` marks failures a caller may retry as is. */
 export abstract class KvferryError extends Error {
@@ -78,6 +76,24 @@ export class CancelledError extends KvferryError {}
 /** A daemon-side failure that is not the caller's fault. */
 export class InternalError extends KvferryError {}
 
+/**
+ * A child service (a daemon, simulator or proxy that a launcher started) did not come to
+ * serve: it exited first (`exit` says how: "exit code 1", "killed by SIGKILL") or the wait
+ * ran out (`timedOut`). `service` names it by its role ("prefill daemon"); `lastLines` are
+ * its last lines of output, stdout and stderr, oldest first (also in the message).
+ */
+export class ServiceStartError extends KvferryError {
+  constructor(
+    readonly service: string,
+    readonly timedOut: boolean,
+    readonly exit: string,
+    readonly lastLines: readonly string[],
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /** A configuration value is wrong. Raised at start-up; the CLI exits with code 2. */
 export class ConfigError extends KvferryError {
   constructor(
@@ -96,54 +112,5 @@ function describeValue(value: unknown): string {
     return JSON.stringify(value) ?? String(value);
   } catch {
     return String(value);
-  }
-}
-
-const STATUS_OF = new Map<Function, GrpcStatus>([
-  [InvalidArgumentError, GrpcStatus.INVALID_ARGUMENT],
-  [NotFoundError, GrpcStatus.NOT_FOUND],
-  [AlreadyExistsError, GrpcStatus.ALREADY_EXISTS],
-  [FailedPreconditionError, GrpcStatus.FAILED_PRECONDITION],
-  [ResourceExhaustedError, GrpcStatus.RESOURCE_EXHAUSTED],
-  [OutOfRangeError, GrpcStatus.OUT_OF_RANGE],
-  [DeadlineExceededError, GrpcStatus.DEADLINE_EXCEEDED],
-  [UnavailableError, GrpcStatus.UNAVAILABLE],
-  [AbortedError, GrpcStatus.ABORTED],
-  [CancelledError, GrpcStatus.CANCELLED],
-  [PermissionDeniedError, GrpcStatus.PERMISSION_DENIED],
-  [UnauthenticatedError, GrpcStatus.UNAUTHENTICATED],
-  [ConfigError, GrpcStatus.INVALID_ARGUMENT],
-  [InternalError, GrpcStatus.INTERNAL],
-]);
-
-/** The gRPC status for an error; anything that is not a KvferryError is INTERNAL. */
-export function grpcStatusOf(err: unknown): GrpcStatus {
-  if (err instanceof KvferryError) {
-    return STATUS_OF.get(err.constructor) ?? GrpcStatus.INTERNAL;
-  }
-  return GrpcStatus.INTERNAL;
-}
-
-/** The KvferryError class for a gRPC status, for clients that want typed errors back. */
-export function errorFromStatus(code: GrpcStatus, message: string): KvferryError {
-  switch (code) {
-    case GrpcStatus.INVALID_ARGUMENT: {
-      const colon = message.indexOf(": ");
-      return colon > 0
-        ? new InvalidArgumentError(message.slice(0, colon), message.slice(colon + 2))
-        : new InvalidArgumentError("request", message);
-    }
-    case GrpcStatus.NOT_FOUND: return new NotFoundError(message);
-    case GrpcStatus.ALREADY_EXISTS: return new AlreadyExistsError(message);
-    case GrpcStatus.FAILED_PRECONDITION: return new FailedPreconditionError(message);
-    case GrpcStatus.RESOURCE_EXHAUSTED: return new ResourceExhaustedError(message);
-    case GrpcStatus.OUT_OF_RANGE: return new OutOfRangeError(message);
-    case GrpcStatus.DEADLINE_EXCEEDED: return new DeadlineExceededError(message);
-    case GrpcStatus.UNAVAILABLE: return new UnavailableError(message);
-    case GrpcStatus.ABORTED: return new AbortedError(message);
-    case GrpcStatus.CANCELLED: return new CancelledError(message);
-    case GrpcStatus.PERMISSION_DENIED: return new PermissionDeniedError(message);
-    case GrpcStatus.UNAUTHENTICATED: return new UnauthenticatedError(message);
-    default: return new InternalError(message);
   }
 }

@@ -3,13 +3,18 @@
 // The mapping is a memfd (so a local connector can map the same pages) mapped
 // MAP_SHARED; if memfd_create is unavailable it falls back to anonymous shared memory
 // and fd() is -1. The mapping and the fd live exactly as long as the pool object.
+// The memfd's pages are reserved (fallocate) in Create and mapped into the page tables by a
+// background thread (Prefault), so that creating a large pool returns in a fraction of a
+// second; the destructor stops and joins that thread before unmapping.
 // Allocate/Free/stats are thread-safe (one mutex around an ExtentAllocator); base() and
 // size() never change after Create.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "engine/extent_allocator.h"
@@ -43,12 +48,15 @@ class MemoryPool {
 
  private:
   MemoryPool(uint8_t* base, uint64_t size, int fd);
+  void Prefault();
 
   uint8_t* const base_;
   const uint64_t size_;
   const int fd_;
   mutable std::mutex mu_;
   ExtentAllocator allocator_;  // guarded by mu_
+  std::atomic<bool> stop_prefault_{false};
+  std::thread prefault_;  // last: started once every other member is constructed
 };
 
 }  // namespace kvferry

@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <string>
 
 #include "engine/engine.h"
 
@@ -27,6 +29,38 @@ TEST(MemoryPool, IsBackedByAMemfdThatMapsTheSameBytes) {
   ASSERT_NE(view, MAP_FAILED);
   EXPECT_STREQ(static_cast<const char*>(view) + off, "kv-cache bytes");
   munmap(view, 1 << 20);
+}
+
+// This process's mapped shared-memory pages, in KiB (RssShmem in /proc/self/status).
+long ShmemResidentKib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("RssShmem:", 0) == 0) return std::stol(line.substr(9));
+  }
+  return -1;
+}
+
+TEST(MemoryPool, MapsItsPagesInTheBackgroundAfterCreateReturns) {
+  const long before = ShmemResidentKib();
+  ASSERT_GE(before, 0);
+  std::unique_ptr<MemoryPool> pool;
+  ASSERT_TRUE(MemoryPool::Create(64 << 20, &pool).ok());
+  const long want = (64 << 10) - 1024;  // nearly all of it (other mappings may come and go)
+  // The thread runs at the lowest priority: a bounded wait, generous for a busy machine.
+  for (int i = 0; i < 1200 && ShmemResidentKib() - before < want; i++) usleep(50 * 1000);
+  EXPECT_GE(ShmemResidentKib() - before, want);
+}
+
+TEST(MemoryPool, GoesWhileStillMappingItsPagesAndANewPoolWorks) {
+  for (int i = 0; i < 3; i++) {
+    std::unique_ptr<MemoryPool> pool;
+    ASSERT_TRUE(MemoryPool::Create(256 << 20, &pool).ok());
+    uint64_t off = 0;
+    ASSERT_TRUE(pool->Allocate(4096, &off).ok());
+    std::memcpy(pool->base() + off, "written while mapping", 22);
+    EXPECT_STREQ(reinterpret_cast<const char*>(pool->base() + off), "written while mapping");
+  }  // each destroyed at once: the mapping thread stops and is joined before the unmap
 }
 
 TEST(MemoryPool, RefusesAZeroSize) {

@@ -9,10 +9,12 @@
 // every request succeeded with the reference's output and every process stopped cleanly.
 import { DemoCluster } from "../demo/cluster.js";
 import { MiB, size } from "../config/parse.js";
-import { ConfigError } from "../errors.js";
+import { ConfigError, ServiceStartError } from "../errors.js";
+import { DEFAULT_START_TIMEOUT_MS, describeExit } from "../launch/spawn-service.js";
 import { bytes, metricSum, percentile, progressBar, table } from "../demo/report.js";
 import { makeRequests, runAll, type DemoResult } from "../demo/workload.js";
 import { KvferryClient } from "../client/client.js";
+import { stopWithNpm } from "./lifecycle.js";
 import { flagHelp, HELP_FLAG, type Command, type FlagValues, type Flags } from "./command.js";
 
 export interface DemoOptions {
@@ -21,9 +23,11 @@ export interface DemoOptions {
   maxPromptWords: number;
   transfer: "push" | "pull";
   kvBufferSize: string;
+  /** How long each of its processes may take to serve. */
+  startTimeoutMs: number;
 }
 
-export const DEMO_DEFAULTS: DemoOptions = { requests: 48, concurrency: 4, maxPromptWords: 512, transfer: "push", kvBufferSize: "1GiB" };
+export const DEMO_DEFAULTS: DemoOptions = { requests: 48, concurrency: 4, maxPromptWords: 512, transfer: "push", kvBufferSize: "1GiB", startTimeoutMs: DEFAULT_START_TIMEOUT_MS };
 
 const MODEL = "kvferry-sim-7b";
 
@@ -46,11 +50,13 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   };
   const SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   for (const signal of SIGNALS) process.once(signal, stopOnSignal);
+  stopWithNpm((message) => out(`\n${message}`));
   let ok = true;
   try {
     const c = await demo.start({
       bufferSize: o.kvBufferSize,
       transfer: o.transfer,
+      startTimeoutMs: o.startTimeoutMs,
       simulatorArgs: ["--model", MODEL],
       say: (line) => out(`  ${line}`),
     });
@@ -111,12 +117,13 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     ok = failures.length === 0 && reference.every((r) => r.ok) && left === 0;
   } catch (err) {
     out(`demo failed: ${(err as Error).message}`);
+    if (err instanceof ServiceStartError && err.timedOut) out(`(a busy machine? --start-timeout-ms raises the ${o.startTimeoutMs} ms limit)`);
     ok = false;
   } finally {
     for (const signal of SIGNALS) process.off(signal, stopOnSignal);
     const codes = await demo.stop();
     const clean = codes.every((c) => c.code === 0);
-    out(`\nstopped ${codes.length} processes: ${codes.map((c) => `${c.name} ${c.code}`).join(", ")}`);
+    out(`\nstopped ${codes.length} processes: ${codes.map((c) => `${c.name} ${c.code === 0 ? 0 : describeExit(c)}`).join(", ")}`);
     ok &&= clean;
   }
   if (stoppedBy !== undefined) {
@@ -130,7 +137,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
 async function info(address: string) {
   const client = new KvferryClient(address);
   try {
-    return await client.serverInfo({ timeoutMs: 5_000 });
+    // Generous: on a busy machine the channel's first connection alone can take seconds.
+    return await client.serverInfo({ timeoutMs: 30_000 });
   } finally {
     client.close();
   }
@@ -159,6 +167,7 @@ const FLAGS = {
   "max-prompt-words": { type: "string", help: "N", doc: `longest prompt, in words ≈ tokens (default ${DEMO_DEFAULTS.maxPromptWords}; 128 KiB of KV each)` },
   transfer: { type: "string", help: "MODE", doc: "push (the prefill daemon pushes the KV) | pull (the decode daemon pulls it) (default push)" },
   "kv-buffer-size": { type: "string", help: "BYTES", doc: `lookup buffer of each daemon (default ${DEMO_DEFAULTS.kvBufferSize})` },
+  "start-timeout-ms": { type: "string", help: "MS", doc: `how long each process may take to start serving (default ${DEMO_DEFAULTS.startTimeoutMs})` },
   help: HELP_FLAG,
 } satisfies Flags;
 
@@ -204,6 +213,7 @@ function demoOptions(v: FlagValues): DemoOptions {
     maxPromptWords: count("max-prompt-words", DEMO_DEFAULTS.maxPromptWords, 8_192),
     transfer,
     kvBufferSize: bufferSize(v["kv-buffer-size"]),
+    startTimeoutMs: count("start-timeout-ms", DEMO_DEFAULTS.startTimeoutMs, 3_600_000),
   };
 }
 

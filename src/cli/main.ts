@@ -9,6 +9,7 @@ import { metadataServerCommand } from "./metadata-server.js";
 import { proxyCommand } from "./proxy.js";
 import { simulateCommand } from "./simulate.js";
 import { statusCommand } from "./status.js";
+import { VERSION } from "../version.js";
 
 /** Exit codes: 0 fine, 1 failure at run time, 2 bad usage or bad configuration, 3 metadata backend unreachable. */
 export { EXIT_METADATA, EXIT_USAGE } from "./exit-codes.js";
@@ -21,7 +22,7 @@ const USAGE = `kvferry — KV-cache transfer service for disaggregated LLM servi
 Usage: kvferry <command> [flags]
 
 Commands:
-${[...COMMANDS, { name: "help", summary: "show this help, or `kvferry help <command>`" }]
+${[...COMMANDS, { name: "version", summary: "print kvferry's version (also `kvferry --version`)" }, { name: "help", summary: "show this help, or `kvferry help <command>`" }]
   .map((c) => `  ${c.name.padEnd(16)} ${c.summary}`)
   .join("\n")}
 
@@ -38,6 +39,10 @@ export async function run(argv: string[]): Promise<number> {
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
     const topic = COMMANDS.find((c) => c.name === rest[0]);
     process.stdout.write(topic?.usage ?? FULL_USAGE);
+    return 0;
+  }
+  if (name === "version" || name === "--version" || name === "-V") {
+    process.stdout.write(`kvferry ${VERSION}\n`);
     return 0;
   }
   const command = COMMANDS.find((c) => c.name === name);

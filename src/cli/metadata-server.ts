@@ -61,7 +61,10 @@ const FLAGS = {
 const USAGE = `Usage: kvferry metadata-server [flags]
 
 Serves an in-memory key-value store over Mooncake's http metadata protocol
-(GET / PUT / DELETE PATH?key=KEY) for daemons whose metadata_server is its URL.
+(GET / PUT / DELETE PATH?key=KEY, GET /health) for daemons and Mooncake transfer
+engines whose metadata_server is its URL, answering as Mooncake's own server does:
+a key containing "rpc_meta" (an engine's address) is refused (400) a different
+value while it exists, so a second engine under a name in use fails to start.
 Nothing is persisted: after a restart the daemons write their records again.
 Logs "kvferry metadata-server serving" with the URL once listening.
 

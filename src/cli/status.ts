@@ -8,7 +8,7 @@ import { loadConfig, type Config } from "../config/config.js";
 import { KvferryClient } from "../client/client.js";
 import type { ListNodesResponse } from "../gen/kvferry/v1/kvferry.js";
 import type { NodeInfo } from "../gen/kvferry/v1/node.js";
-import { toWireNode } from "../daemon/convert.js";
+import { toWireNode } from "../metadata/wire-node.js";
 import { openRegistry } from "../metadata/open.js";
 import { EXIT_METADATA } from "./exit-codes.js";
 import { flagHelp, HELP_FLAG, text, type Command, type Flags } from "./command.js";

@@ -1,9 +1,8 @@
 // A typed, promise-based client of one daemon's client API, used by the demo, the
 // proxy and the tests. Errors come back as the classes of src/errors.ts.
 import { credentials, Metadata, type ClientOptions, type ServiceError } from "@grpc/grpc-js";
-import {
-  DeadlineExceededError, errorFromStatus, type KvferryError, NotFoundError, type RemovalReason, UnavailableError,
-} from "../errors.js";
+import { DeadlineExceededError, UnavailableError } from "../errors.js";
+import { errorFromServiceError } from "../grpc-errors.js";
 import {
   KvFerryClient,
   TransferMode,
@@ -53,19 +52,10 @@ export interface GotEntry {
 const CONFIRM_ATTEMPTS = 3;
 const CONFIRM_TIMEOUT_MS = 10_000;
 
-function typed(err: ServiceError): KvferryError {
-  const e = errorFromStatus(err.code, err.details);
-  const reason = err.metadata?.get("kvferry-reason")[0];
-  if (e instanceof NotFoundError && typeof reason === "string") {
-    return new NotFoundError(err.details, reason as RemovalReason);
-  }
-  return e;
-}
-
 /** Converts a grpc-js callback call into a promise with a typed error. */
 function call<T>(start: (cb: (err: ServiceError | null, res?: T) => void) => unknown): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    start((err, res) => (err ? reject(typed(err)) : resolve(res as T)));
+    start((err, res) => (err ? reject(errorFromServiceError(err)) : resolve(res as T)));
   });
 }
 
@@ -211,7 +201,7 @@ export class KvferryClient {
         if (buf === undefined) parts.set(msg.part, (buf = Buffer.allocUnsafe(msg.partSize)));
         msg.chunk.copy(buf, msg.offset);
       });
-      stream.on("error", (err: ServiceError) => reject(typed(err)));
+      stream.on("error", (err: ServiceError) => reject(errorFromServiceError(err)));
       stream.on("end", () => (entry ? resolve({ entry, parts }) : reject(new Error("GetStream ended without an entry"))));
     });
     // 'end' comes after the status OK: every byte is here.

@@ -1,8 +1,38 @@
-// Binding and draining one grpc-js server: shared by the client API and the peer API.
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+// Binding and draining one grpc-js server, and the one adapter from a handler that
+// returns or throws to a grpc-js unary handler: shared by the client API and the peer API.
+import { Server, ServerCredentials, type handleUnaryCall, type ServerUnaryCall } from "@grpc/grpc-js";
 import type { HostPort } from "../config/config.js";
 import { formatHostPort } from "../config/config.js";
 import { UnavailableError } from "../errors.js";
+import { toGrpcError, type GrpcError } from "../grpc-errors.js";
+
+/** What a failed call's report sees of it (unary and streaming calls alike). */
+export type FailedCall = Pick<ServerUnaryCall<unknown, unknown>, "getPath" | "getPeer">;
+
+/** How a service reports a failed call (it is answered with `status` whatever the report does). */
+export type OnFailure = (call: FailedCall, status: GrpcError, err: unknown) => void;
+
+/** The status that answers a call that threw `err`, reported first. */
+export function failure(onFailure: OnFailure, call: FailedCall, err: unknown): GrpcError {
+  const status = toGrpcError(err);
+  onFailure(call, status, err);
+  return status;
+}
+
+/** A grpc-js unary handler that answers with what `handler` returns, or with the status of what it throws. */
+export function unary<Req, Res>(
+  onFailure: OnFailure,
+  handler: (call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res,
+): handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    Promise.resolve()
+      .then(() => handler(call))
+      .then(
+        (res) => callback(null, res),
+        (err) => callback(failure(onFailure, call, err)),
+      );
+  };
+}
 
 /** Binds `address`; a failure names `what` (the API and the setting that chose the address) and the OS's reason. */
 export function bind(server: Server, address: HostPort, what: string): Promise<number> {

@@ -1,10 +1,5 @@
 // The client API: grpc-js handlers of kvferry.v1.KvFerry mapped onto the lookup buffer.
-import type {
-  sendUnaryData,
-  ServerReadableStream,
-  ServerUnaryCall,
-  ServerWritableStream,
-} from "@grpc/grpc-js";
+import { status, type ServerReadableStream, type ServerUnaryCall, type ServerWritableStream } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { AbortedError, DeadlineExceededError, InvalidArgumentError, OutOfRangeError, UnavailableError } from "../errors.js";
 import type {
@@ -18,10 +13,10 @@ import type {
   PutStreamRequest,
 } from "../gen/kvferry/v1/kvferry.js";
 import { TransferMode } from "../gen/kvferry/v1/kvferry.js";
-import { grpcStatusOf } from "../errors.js";
+import { grpcStatusOf } from "../grpc-errors.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
 import { fromWireState, toWireEntry } from "./convert.js";
-import { toGrpcError } from "./status.js";
+import { failure, unary, type OnFailure } from "./grpc-server.js";
 import type { Transfers } from "./transfers.js";
 
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
@@ -63,33 +58,21 @@ function cancelSignal(call: { on(event: "cancelled", fn: () => void): unknown })
   return controller.signal;
 }
 
-/** Runs a unary handler and maps whatever it throws onto a status. */
-function unary<Req, Res>(
-  log: Logger,
-  handler: (call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res,
-): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
-  return (call, callback) => {
-    Promise.resolve()
-      .then(() => handler(call))
-      .then(
-        (res) => callback(null, res),
-        (err) => callback(reportError(log, call.getPath(), err)),
-      );
+/** A failed call is logged: INTERNAL as an error, the caller's own failures at debug. */
+function logFailure(log: Logger): OnFailure {
+  return (call, e, err) => {
+    const path = call.getPath();
+    if (e.code === status.INTERNAL) log.error({ err, path }, "internal error");
+    else log.debug({ path, code: e.code, details: e.details }, "call failed");
   };
-}
-
-function reportError(log: Logger, path: string, err: unknown) {
-  const grpcErr = toGrpcError(err);
-  if (grpcErr.code === 13 /* INTERNAL */) log.error({ err, path }, "internal error");
-  else log.debug({ path, code: grpcErr.code, details: grpcErr.details }, "call failed");
-  return grpcErr;
 }
 
 export function kvferryService(ctx: ServiceContext): KvFerryServer {
   const { store, log } = ctx;
+  const report = logFailure(log);
 
   return {
-    put: unary(log, async (call) => {
+    put: unary(report, async (call) => {
       const r = call.request;
       const info = await store.put(
         { transferId: r.transferId, part: r.part, seal: r.seal, leaseTtlMs: r.leaseTtlMs, signal: cancelSignal(call) },
@@ -101,27 +84,27 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
     putStream: (call, callback) => {
       putStream(ctx, call).then(
         (info) => callback(null, { entry: toWireEntry(info) }),
-        (err) => callback(reportError(log, call.getPath(), err)),
+        (err) => callback(failure(report, call, err)),
       );
     },
 
-    seal: unary(log, (call) => ({ entry: toWireEntry(store.seal(call.request.transferId)) })),
+    seal: unary(report, (call) => ({ entry: toWireEntry(store.seal(call.request.transferId)) })),
 
-    release: unary(log, (call) => {
+    release: unary(report, (call) => {
       const bytesFreed = store.release(call.request.transferId);
       log.info({ transferId: call.request.transferId, bytes: bytesFreed }, "released by client");
       return { bytesFreed };
     }),
 
-    stat: unary(log, (call) => ({ entry: toWireEntry(store.stat(call.request.transferId)) })),
+    stat: unary(report, (call) => ({ entry: toWireEntry(store.stat(call.request.transferId)) })),
 
-    list: unary(log, (call) => {
+    list: unary(report, (call) => {
       const r = call.request;
       const page = store.list({ pageSize: r.pageSize, pageToken: r.pageToken, state: fromWireState(r.state) });
       return { entries: page.entries.map(toWireEntry), nextPageToken: page.nextPageToken };
     }),
 
-    get: unary(log, async (call: ServerUnaryCall<GetRequest, GetResponse>) => {
+    get: unary(report, async (call: ServerUnaryCall<GetRequest, GetResponse>) => {
       const r = call.request;
       await pullIfAbsent(ctx, r.transferId, r.source);
       const lease = await store.get({
@@ -148,17 +131,17 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
       }
     }),
 
-    confirmConsume: unary(log, (call) => {
+    confirmConsume: unary(report, (call) => {
       const r = call.request;
       return { bytesFreed: store.confirmConsume(r.transferId, r.consumeToken) };
     }),
 
     getStream: (call) => {
       // grpc-js turns an 'error' event on a server stream into the call's status.
-      getStream(ctx, call).catch((err) => call.emit("error", reportError(log, call.getPath(), err)));
+      getStream(ctx, call).catch((err) => call.emit("error", failure(report, call, err)));
     },
 
-    batchTransfer: unary(log, async (call) => {
+    batchTransfer: unary(report, async (call) => {
       const r = call.request;
       const mode = r.mode === TransferMode.TRANSFER_MODE_PUSH ? "push" : r.mode === TransferMode.TRANSFER_MODE_PULL ? "pull" : undefined;
       if (mode === undefined) throw new InvalidArgumentError("mode", "must be TRANSFER_MODE_PUSH or TRANSFER_MODE_PULL");
@@ -178,7 +161,7 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
       };
     }),
 
-    getServerInfo: unary(log, (): GetServerInfoResponse => ({
+    getServerInfo: unary(report, (): GetServerInfoResponse => ({
       version: ctx.version,
       uptimeMs: Date.now() - ctx.startedAt,
       poolCapacity: store.capacity,
@@ -188,7 +171,7 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
       nodeId: ctx.nodeId(),
     })),
 
-    listNodes: unary(log, () => ctx.listNodes()),
+    listNodes: unary(report, () => ctx.listNodes()),
   };
 }
 

@@ -1,14 +1,14 @@
 // The peer API: kvferry.v1.KvFerryPeer handlers. OpenSession and ConfirmSession are the
 // handshake (peer-auth.ts, peer-sessions.ts); every other call is acted on only once its
 // session, counter and MAC check out. A refused caller learns nothing of this daemon.
-import { status, type sendUnaryData, type ServerUnaryCall } from "@grpc/grpc-js";
+import { status, type ServerUnaryCall } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type { NodeInfo } from "../gen/kvferry/v1/node.js";
 import { KvFerryPeerService, type KvFerryPeerServer } from "../gen/kvferry/v1/peer.js";
+import { unary, type OnFailure } from "./grpc-server.js";
 import { LogLimiter } from "./log-limiter.js";
 import { COUNTER_METADATA, MAC_METADATA, PEER_API_PURPOSE, SESSION_METADATA, bodyDigest, purposeKey } from "./peer-auth.js";
 import { PeerSessions } from "./peer-sessions.js";
-import { toGrpcError } from "./status.js";
 import type { Transfers } from "./transfers.js";
 
 export interface PeerContext {
@@ -58,42 +58,30 @@ export function peerService(ctx: PeerContext, sessions = new PeerSessions(purpos
     refused.report(`${peer} ${code}`, () =>
       ctx.log.warn({ peer, path, code: status[code], why }, "peer refused: it did not prove the cluster token (logged once a minute per peer)"),
     );
-  const answer = <Req, Res>(call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>, run: () => Promise<Res> | Res) => {
-    Promise.resolve()
-      .then(run)
-      .then(
-        (res) => callback(null, res),
-        (err) => {
-          const e = toGrpcError(err);
-          if (e.code === status.PERMISSION_DENIED || e.code === status.UNAUTHENTICATED) {
-            warnRefused(call.getPeer().replace(/:\d+$/, ""), call.getPath(), e.code, e.details);
-          } else if (e.code === status.INTERNAL) ctx.log.error({ err, path: call.getPath() }, "internal error");
-          callback(e);
-        },
-      );
+  const report: OnFailure = (call, e, err) => {
+    if (e.code === status.PERMISSION_DENIED || e.code === status.UNAUTHENTICATED) {
+      warnRefused(call.getPeer().replace(/:\d+$/, ""), call.getPath(), e.code, e.details);
+    } else if (e.code === status.INTERNAL) ctx.log.error({ err, path: call.getPath() }, "internal error");
   };
   /** A handler run only for a call of an authenticated session. */
   const authed = <Req, Res>(path: string, handler: (req: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res> | Res) =>
-    (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) =>
-      answer(call, callback, () => {
-        const body = received.get(call.request as object);
-        if (body === undefined) throw new Error(`${path}: no digest of the request (decoded outside PeerServiceDefinition)`);
-        sessions.verify(first(call, SESSION_METADATA), first(call, COUNTER_METADATA), first(call, MAC_METADATA), path, body);
-        return handler(call.request, call);
-      });
+    unary<Req, Res>(report, (call) => {
+      const body = received.get(call.request as object);
+      if (body === undefined) throw new Error(`${path}: no digest of the request (decoded outside PeerServiceDefinition)`);
+      sessions.verify(first(call, SESSION_METADATA), first(call, COUNTER_METADATA), first(call, MAC_METADATA), path, body);
+      return handler(call.request, call);
+    });
   const s = KvFerryPeerService;
 
   return {
-    openSession: (call, callback) =>
-      answer(call, callback, () => {
-        const c = sessions.open(call.request.clientNonce);
-        return { sessionId: c.sessionId, serverNonce: c.serverNonce, serverProof: c.serverProof };
-      }),
-    confirmSession: (call, callback) =>
-      answer(call, callback, () => {
-        sessions.confirm(call.request.sessionId, call.request.clientProof);
-        return { lifetimeMs: sessions.limits.lifetimeMs };
-      }),
+    openSession: unary(report, (call) => {
+      const c = sessions.open(call.request.clientNonce);
+      return { sessionId: c.sessionId, serverNonce: c.serverNonce, serverProof: c.serverProof };
+    }),
+    confirmSession: unary(report, (call) => {
+      sessions.confirm(call.request.sessionId, call.request.clientProof);
+      return { lifetimeMs: sessions.limits.lifetimeMs };
+    }),
     hello: authed(s.hello.path, async (req, call) => {
       if (req.node !== undefined) await ctx.learn(req.node, call.getPeer());
       return {

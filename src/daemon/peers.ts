@@ -10,13 +10,13 @@
 // leaves it greeted (the next call retries the channel); Forget drops what Hello said.
 // Its channel is replaced (revive) or closed (eviction, close) only once no call is on it.
 import { Client, connectivityState, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
-import { DeadlineExceededError, errorFromStatus, InternalError, InvalidArgumentError, PermissionDeniedError, UnauthenticatedError, UnavailableError } from "../errors.js";
+import { DeadlineExceededError, InternalError, InvalidArgumentError, PermissionDeniedError, UnauthenticatedError, UnavailableError } from "../errors.js";
+import { errorFromStatus } from "../grpc-errors.js";
 import {
   ConfirmSessionRequest,
   ConfirmSessionResponse,
   KvFerryPeerService,
   OpenSessionRequest,
-  OpenSessionResponse,
   type HelloRequest,
   type HelloResponse,
 } from "../gen/kvferry/v1/peer.js";
@@ -53,8 +53,13 @@ const MAX_PEERS = 1024;
 /** A handshake (two round trips) gives up after this; callers stop waiting at their own deadlines. */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 
-/** The peer API's methods that need a session (all but the handshake's two). */
-export type PeerMethod = Exclude<keyof typeof KvFerryPeerService, "openSession" | "confirmSession">;
+/**
+ * A method of the peer API that needs a session (all but the handshake's two), as its
+ * generated definition: `peer.call(KvFerryPeerService.hello, request, ms)`.
+ */
+export type PeerMethod = (typeof KvFerryPeerService)[Exclude<keyof typeof KvFerryPeerService, "openSession" | "confirmSession">];
+type RequestOf<M extends PeerMethod> = Parameters<M["requestSerialize"]>[0];
+type ResponseOf<M extends PeerMethod> = ReturnType<M["responseDeserialize"]>;
 
 /** "host:port" with a port; the only form a peer address takes. */
 export function checkPeerAddress(address: string, field: string): string {
@@ -132,10 +137,9 @@ export class Peer {
    * Calls one unary method within an authenticated session, with a deadline; errors come
    * back typed. A session the server forgot is re-established once, transparently.
    */
-  async call<Req, Res>(method: PeerMethod, request: Req, timeoutMs: number): Promise<Res> {
-    const def = KvFerryPeerService[method];
+  async call<M extends PeerMethod>(method: M, request: RequestOf<M>, timeoutMs: number): Promise<ResponseOf<M>> {
     const deadline = Date.now() + timeoutMs;
-    const bytes = (def.requestSerialize as (r: Req) => Buffer)(request);
+    const bytes = (method.requestSerialize as (r: RequestOf<M>) => Buffer)(request);
     const body = bodyDigest(bytes);
     for (let attempt = 0; ; attempt++) {
       const session = await this.#authenticated(deadline);
@@ -143,9 +147,9 @@ export class Peer {
       const metadata = new Metadata();
       metadata.set(SESSION_METADATA, session.id);
       metadata.set(COUNTER_METADATA, String(counter));
-      metadata.set(MAC_METADATA, callMac(session.key, def.path, counter, body).toString("hex"));
+      metadata.set(MAC_METADATA, callMac(session.key, method.path, counter, body).toString("hex"));
       try {
-        return await this.#unary(def.path, bytes, def.responseDeserialize as (b: Buffer) => Res, metadata, deadline);
+        return await this.#unary(method.path, bytes, method.responseDeserialize as (b: Buffer) => ResponseOf<M>, metadata, deadline);
       } catch (err) {
         if (!(err instanceof UnauthenticatedError) || attempt > 0) throw err;
         // The server forgot the session (restarted, expired, too many): authenticate again.
@@ -238,7 +242,7 @@ export class PeerDirectory {
   /** Says Hello to the peer at `address` (again, if it was greeted before) and keeps its answer. */
   async greet(address: string, timeoutMs: number): Promise<Peer & { hello: HelloResponse }> {
     const peer = this.#peer(address);
-    const hello = await peer.call<HelloRequest, HelloResponse>("hello", this.hello(), timeoutMs);
+    const hello = await peer.call(KvFerryPeerService.hello, this.hello(), timeoutMs);
     try {
       checkPeerAddress(hello.dataAddress, "data_address");
     } catch {

@@ -4,7 +4,6 @@
 // Lifecycle: starting → serving → draining → stopped. Draining stops accepting
 // calls, reports NOT_SERVING, lets in-flight calls finish within the grace period,
 // cancels what is left, undoes reservations made for peers, and stops the engine.
-import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { Server } from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
@@ -20,7 +19,8 @@ import { nodeIdTaken, nodeIdVerdict, type WhoIs } from "../metadata/node-id.js";
 import { openRegistry, registerWithRetry } from "../metadata/open.js";
 import type { NodeRegistry } from "../metadata/registry.js";
 import { LookupBuffer } from "../store/lookup-buffer.js";
-import { fromWireNode, toWireNode } from "./convert.js";
+import { VERSION } from "../version.js";
+import { fromWireNode, toWireNode } from "../metadata/wire-node.js";
 import { bind, drain } from "./grpc-server.js";
 import { widenSessionWindows, widenStreamWindows } from "./http2-windows.js";
 import { kvferryService } from "./kvferry-service.js";
@@ -42,9 +42,6 @@ const LAPSE_MARGIN_MS = 1_000;
 const STREAM_WINDOW = 16 << 20;
 const SESSION_WINDOW = 64 << 20;
 
-export const VERSION: string = JSON.parse(
-  readFileSync(new URL("../../package.json", import.meta.url), "utf8"),
-).version;
 
 export type DaemonState = "starting" | "serving" | "draining" | "stopped";
 
@@ -230,8 +227,7 @@ export class Daemon {
     this.store.close();
     this.#peers.close();
     this.engine.shutdown();
-    this.state = "stopped";
-    this.log.info("stopped");
+    this.state = "stopped"; // the command logs "stopped" (cli/lifecycle.ts), once, as for every command
   }
 
   /**

@@ -7,6 +7,7 @@
 import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { spawnDaemon, type SpawnedDaemon } from "../launch/spawn-daemon.js";
+import type { ExitStatus, SpawnOptions } from "../launch/spawn-service.js";
 import { spawnProxy, type SpawnedProxy } from "../proxy/spawn.js";
 import { spawnSimulator, type SpawnedSimulator } from "../simulator/spawn.js";
 
@@ -17,7 +18,9 @@ export interface ClusterOptions {
   transfer: "push" | "pull";
   /** Simulator flags (model layout, token delay). */
   simulatorArgs: string[];
-  /** Told what starts, one line each. */
+  /** How long each process may take to serve (its launcher's default when undefined). */
+  startTimeoutMs?: number;
+  /** Told what starts, one line each, and of a start that is slow. */
   say: (line: string) => void;
 }
 
@@ -56,24 +59,24 @@ class Processes {
 
   /**
    * SIGTERM to each still running (newest first, so the proxy goes before what it calls),
-   * SIGKILL after 10 s; their exit codes by name (null: killed by a signal). A child that
-   * a start-up still in progress spawns meanwhile is stopped too.
+   * SIGKILL after 10 s; how each ended (exit code or signal), by name. A child that a
+   * start-up still in progress spawns meanwhile is stopped too.
    */
-  async stopAll(): Promise<{ name: string; code: number | null }[]> {
+  async stopAll(): Promise<({ name: string } & ExitStatus)[]> {
     this.#stopping = true;
-    const codes = new Map<ChildProcess, { name: string; code: number | null }>();
+    const codes = new Map<ChildProcess, { name: string } & ExitStatus>();
     for (;;) {
       const left = this.#all.filter(({ child }) => !codes.has(child)).reverse();
       if (left.length === 0) break;
-      for (const { name, child } of left) codes.set(child, { name, code: await stop(child) });
+      for (const { name, child } of left) codes.set(child, { name, ...(await stop(child)) });
     }
     return this.#all.map(({ child }) => codes.get(child)!);
   }
 }
 
-async function stop(child: ChildProcess): Promise<number | null> {
-  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+async function stop(child: ChildProcess): Promise<ExitStatus> {
+  if (child.exitCode !== null || child.signalCode !== null) return { code: child.exitCode, signal: child.signalCode };
+  const exited = new Promise<ExitStatus>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
   child.kill("SIGTERM");
   const kill = setTimeout(() => child.kill("SIGKILL"), 10_000);
   const code = await exited;
@@ -100,15 +103,22 @@ export class DemoCluster {
       "--kv-buffer-size", o.bufferSize, "--node-id", id,
     ];
     const p = this.#processes;
+    // Each child by its role: tracked from its spawn, named in a failure, reported while slow.
+    const as = (name: string, env?: NodeJS.ProcessEnv): SpawnOptions => ({
+      name,
+      env,
+      onSpawn: p.track(name),
+      startTimeoutMs: o.startTimeoutMs,
+      onWaiting: (ms) => o.say(`waiting for ${name} (${Math.round(ms / 1000)} s)…`),
+    });
+    // Both at once: a daemon reserves its pool at start (fast) and maps it in the background.
     const [prefillDaemon, decodeDaemon] = await all<[SpawnedDaemon, SpawnedDaemon]>([
-      spawnDaemon(daemonArgs("prefill-node"), { env, onSpawn: p.track("prefill daemon") }),
-      spawnDaemon(daemonArgs("decode-node"), { env, onSpawn: p.track("decode daemon") }),
+      spawnDaemon(daemonArgs("prefill-node"), as("prefill daemon", env)),
+      spawnDaemon(daemonArgs("decode-node"), as("decode daemon", env)),
     ]);
     o.say(`daemons        prefill-node ${prefillDaemon.address} (data ${prefillDaemon.dataAddress}), decode-node ${decodeDaemon.address} (data ${decodeDaemon.dataAddress}), ${o.bufferSize} pools`);
     const sim = (role: string, name: string, daemon?: SpawnedDaemon) =>
-      spawnSimulator(["--role", role, "--listen", "127.0.0.1:0", ...(daemon ? ["--daemon", daemon.address] : []), ...o.simulatorArgs], {
-        onSpawn: p.track(name),
-      });
+      spawnSimulator(["--role", role, "--listen", "127.0.0.1:0", ...(daemon ? ["--daemon", daemon.address] : []), ...o.simulatorArgs], as(name));
     const [prefill, decode, reference] = await all<[SpawnedSimulator, SpawnedSimulator, SpawnedSimulator]>([
       sim("prefill", "prefill simulator", prefillDaemon),
       sim("decode", "decode simulator", decodeDaemon),
@@ -120,7 +130,7 @@ export class DemoCluster {
         "--listen", "127.0.0.1:0", "--transfer", o.transfer,
         "--prefill", `${prefill.url}=${prefillDaemon.address}`, "--decode", `${decode.url}=${decodeDaemon.address}`,
       ],
-      { onSpawn: p.track("proxy") },
+      as("proxy"),
     );
     const proxyUrl = proxy.url;
     o.say(`proxy          ${proxyUrl} (KV moves by ${o.transfer.toUpperCase()})`);
@@ -128,7 +138,7 @@ export class DemoCluster {
     return this.cluster;
   }
 
-  stop(): Promise<{ name: string; code: number | null }[]> {
+  stop(): Promise<({ name: string } & ExitStatus)[]> {
     return this.#processes.stopAll();
   }
 }

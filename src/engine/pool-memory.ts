@@ -6,6 +6,7 @@
 // spans several extents (its segments, at most MAX_SEGMENTS): free room is usable room.
 // Sizes are rounded up to the allocator's unit; `used` and each block's `footprint`
 // count the rounded bytes, so the pool's figures match the allocator's.
+import { InternalError } from "../errors.js";
 import type { Block, Memory } from "../store/memory.js";
 import type { NativeEngine } from "./native.js";
 
@@ -156,6 +157,12 @@ export class PoolMemory implements Memory {
     this.#used += footprint;
     this.#live.add(block);
     return block;
+  }
+
+  /** Where a block of this pool lies in it: its segments in order (what the data plane addresses). */
+  extentsOf(block: Block): readonly PoolExtent[] {
+    if (!(block instanceof PoolBlock)) throw new InternalError("a block that is not in the engine's pool reached the data plane");
+    return block.extents;
   }
 
   free(block: Block): void {

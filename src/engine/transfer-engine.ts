@@ -19,7 +19,8 @@ import {
   UnavailableError,
 } from "../errors.js";
 import { loadAddon, NATIVE_CODES, type NativeCode, type NativeCompletions, type NativeEngine } from "./native.js";
-import { PoolMemory, type PoolBlock } from "./pool-memory.js";
+import type { Block } from "../store/memory.js";
+import { PoolMemory, type PoolExtent } from "./pool-memory.js";
 
 export interface TransferEngineOptions {
   poolSize: number;
@@ -127,14 +128,19 @@ export class TransferEngine {
     return this.#native.stats();
   }
 
+  /** The pool extents of a block of the store (a block of this engine's pool), in order. */
+  extentsOf(block: Block): readonly PoolExtent[] {
+    return this.memory.extentsOf(block);
+  }
+
   /**
    * Lets peers reach exactly this block, to read it or to write it: a fresh handle per
    * segment (one for a block of one extent), each naming that segment's bytes only.
    */
-  exposeSegments(block: PoolBlock, access: "read" | "write"): bigint[] {
+  exposeSegments(block: Block, access: "read" | "write"): bigint[] {
     const handles: bigint[] = [];
     try {
-      for (const e of block.extents) handles.push(this.#native.expose(e.offset, e.length, access));
+      for (const e of this.extentsOf(block)) handles.push(this.#native.expose(e.offset, e.length, access));
     } catch (err) {
       for (const h of handles) this.#native.revoke(h); // never exposed to anyone: nothing in flight
       throw err;

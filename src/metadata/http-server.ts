@@ -1,9 +1,17 @@
 // `kvferry metadata-server`: an in-memory key-value server speaking Mooncake's simple http
-// metadata protocol, for clusters without etcd or redis (and for tests):
+// metadata protocol, for clusters without etcd or redis (and for tests). It answers as
+// Mooncake's own http metadata server does (the one mooncake_master serves), status and body:
 //
-//   GET    <path>?key=K            200 with the value as body, 404 when absent
-//   PUT    <path>?key=K  (value)   200
-//   DELETE <path>?key=K            200, 404 when absent
+//   GET    <path>?key=K            200 with the value (application/json), 404 "metadata not found"
+//   PUT    <path>?key=K  (value)   200 "metadata updated"
+//   DELETE <path>?key=K            200 "metadata deleted", 404 "metadata not found"
+//   GET    /health                 200 "OK"
+//
+// A key containing "rpc_meta" (a transfer engine's RPC address, mooncake/rpc_meta/NAME) is
+// written once: a PUT of a different value while it exists answers 400 "Duplicate rpc_meta
+// key not allowed", so a second engine under a name in use fails to start instead of taking
+// the first one's address; the same value again answers 200 "metadata unchanged" (an engine
+// republishing its own address), and after a DELETE (the engine's exit) the name is free.
 //
 // Values are opaque bytes. Nothing is persisted: a restarted server is empty, and the
 // registries that use it (http.ts) write their records again at their next refresh.
@@ -39,10 +47,21 @@ const MAX_KEY_CHARS = 4096;
 /** A request must arrive whole within this (headers and body). */
 const REQUEST_TIMEOUT_MS = 10_000;
 const ALLOW = "GET, PUT, DELETE";
+/** Where the health check is served, as Mooncake serves it. */
+const HEALTH_PATH = "/health";
+/** Keys holding a transfer engine's RPC address: written once (see above). */
+const WRITE_ONCE_MARK = "rpc_meta";
+
+// Mooncake's answers, word for word (its clients log them).
+const NOT_FOUND = "metadata not found";
+const UPDATED = "metadata updated";
+const UNCHANGED = "metadata unchanged";
+const DUPLICATE = "Duplicate rpc_meta key not allowed";
+const DELETED = "metadata deleted";
 
 function reply(res: ServerResponse, status: number, message: string, headers: Record<string, string> = {}): void {
   res.writeHead(status, { "content-type": "text/plain; charset=utf-8", ...headers });
-  res.end(`${message}\n`);
+  res.end(message);
 }
 
 /** Starts the server; resolves once it listens. */
@@ -56,6 +75,11 @@ export function startMetadataServer(options: MetadataServerOptions, log: Logger)
 
   const put = (key: string, value: Buffer, res: ServerResponse) => {
     const old = store.get(key);
+    if (old !== undefined && key.includes(WRITE_ONCE_MARK)) {
+      if (old.equals(value)) return reply(res, 200, UNCHANGED);
+      log.warn({ key }, "refused a second rpc_meta record under a name in use (another transfer engine with the same name?)");
+      return reply(res, 400, DUPLICATE);
+    }
     if (old === undefined && store.size >= maxKeys) {
       reply(res, 507, `the server holds its maximum of ${maxKeys} keys: delete some first`);
       return;
@@ -66,7 +90,7 @@ export function startMetadataServer(options: MetadataServerOptions, log: Logger)
     }
     totalBytes += value.length - (old?.length ?? 0);
     store.set(key, value);
-    reply(res, 200, "stored");
+    reply(res, 200, UPDATED);
   };
 
   /** Reads a PUT's body up to the limit; answers 413 (and drops the connection) beyond it. */
@@ -106,8 +130,9 @@ export function startMetadataServer(options: MetadataServerOptions, log: Logger)
       // A request target no URL parser accepts ("//[" …): the client's mistake, not a crash.
       return reply(res, 400, `malformed request target ${JSON.stringify(req.url)}`);
     }
-    if (url.pathname !== path) return reply(res, 404, `no such path: the metadata is served at ${path}?key=KEY`);
     const method = req.method ?? "";
+    if (url.pathname === HEALTH_PATH && path !== HEALTH_PATH && method === "GET") return reply(res, 200, "OK");
+    if (url.pathname !== path) return reply(res, 404, `no such path: the metadata is served at ${path}?key=KEY`);
     if (method !== "GET" && method !== "PUT" && method !== "DELETE") {
       return reply(res, 405, `method ${method} not allowed: use ${ALLOW}`, { allow: ALLOW });
     }
@@ -118,8 +143,8 @@ export function startMetadataServer(options: MetadataServerOptions, log: Logger)
     switch (method) {
       case "GET": {
         const value = store.get(key);
-        if (value === undefined) return reply(res, 404, "no such key");
-        res.writeHead(200, { "content-type": "application/octet-stream", "content-length": value.length });
+        if (value === undefined) return reply(res, 404, NOT_FOUND);
+        res.writeHead(200, { "content-type": "application/json", "content-length": value.length });
         res.end(value);
         return;
       }
@@ -127,10 +152,10 @@ export function startMetadataServer(options: MetadataServerOptions, log: Logger)
         return readValue(req, res, expectsContinue, (value) => put(key, value, res));
       case "DELETE": {
         const value = store.get(key);
-        if (value === undefined) return reply(res, 404, "no such key");
+        if (value === undefined) return reply(res, 404, NOT_FOUND);
         store.delete(key);
         totalBytes -= value.length;
-        return reply(res, 200, "deleted");
+        return reply(res, 200, DELETED);
       }
     }
   };

@@ -12,6 +12,6 @@ export interface SpawnedProxy extends SpawnedService {
 
 /** Runs `kvferry proxy ...args` (add `--listen 127.0.0.1:0` for a free port). */
 export async function spawnProxy(args: string[], options: SpawnOptions = {}): Promise<SpawnedProxy> {
-  const s = await spawnService("proxy", args, PROXY_SERVING, { startTimeoutMs: 15_000, ...options });
+  const s = await spawnService("proxy", args, PROXY_SERVING, options);
   return Object.assign(s, { url: `http://${s.address}` });
 }

@@ -6,7 +6,7 @@
 //   a reader or writer);
 // - a put whose footprint fits in the free plus the evictable bytes gets its room, and
 //   eviction (least recently used first) stops as soon as the free bytes cover it: it
-//   frees at most what is missing plus one entry (see #allocateEvicting);
+//   frees at most what is missing plus one entry (see eviction.ts);
 // - at most maxEntries entries are indexed and no entry has more than maxPartsPerEntry
 //   parts (stored or pending); a new entry evicts least-recently-used sealed, unheld
 //   entries to stay within maxEntries;
@@ -31,10 +31,14 @@ import {
   InvalidArgumentError,
   type KvferryError,
 } from "../errors.js";
-import { Entry, isComplete, type EntryInfo, type EntryState, type Part } from "./entry.js";
-import { tooManyEntries, tooManyParts, WaitingPutBudget, type StoreLimits } from "./limits.js";
+import { Entry, isComplete, type EntryInfo, type Part } from "./entry.js";
+import { tooManyParts, WaitingPutBudget, type StoreLimits } from "./limits.js";
 import { DEFAULT_CONSUME_LEASE_MS, ExclusiveHold, type HoldPurpose, type ReturnCause } from "./exclusive-hold.js";
+import { Eviction } from "./eviction.js";
+import { GetWaiters } from "./get-waiters.js";
+import { listPage, type ListOptions } from "./list-page.js";
 import type { Block, Memory } from "./memory.js";
+import { PartWriter, type PartOwner } from "./part-writer.js";
 import { createReadLease, type ReadLease } from "./read-lease.js";
 import { RecentlyRemoved } from "./recently-removed.js";
 import { RoomQueue } from "./room-queue.js";
@@ -42,6 +46,8 @@ import {
   checkConsumeLease, checkLeaseTtl, checkPartList, checkPartName, checkTransferId, checkWait,
 } from "./validate.js";
 
+export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, type ListOptions } from "./list-page.js";
+export { PartWriter } from "./part-writer.js";
 export type { ReadLease, ReadPart } from "./read-lease.js";
 
 export interface LookupBufferOptions extends StoreLimits {
@@ -118,22 +124,7 @@ export interface GetOptions {
   signal?: AbortSignal;
 }
 
-export interface ListOptions {
-  pageSize?: number;
-  pageToken?: string;
-  state?: EntryState;
-}
-
-export const DEFAULT_PAGE_SIZE = 100;
-export const MAX_PAGE_SIZE = 1000;
-
-interface GetWaiter {
-  /** Re-checks the entry; settles the waiter when it is readable or never will be. */
-  attempt(): void;
-  cancel(err: Error): void;
-}
-
-export class LookupBuffer {
+export class LookupBuffer implements PartOwner {
   readonly #memory: Memory;
   readonly #options: LookupBufferOptions;
   /** Indexed entries in least-recently-used order: first is the eviction candidate. */
@@ -142,8 +133,8 @@ export class LookupBuffer {
   readonly #retired = new Set<Entry>();
   readonly #recent: RecentlyRemoved;
   readonly #room: RoomQueue;
-  readonly #getWaiters = new Map<string, Set<GetWaiter>>();
-  #getWaiterCount = 0;
+  readonly #eviction: Eviction;
+  readonly #getWaiters = new GetWaiters();
   /** Footprint of blocks allocated for puts that have not attached them to their entry yet. */
   #unattached = 0;
   readonly #waitingPuts: WaitingPutBudget;
@@ -158,6 +149,7 @@ export class LookupBuffer {
     this.#options = options;
     this.#memory = options.memory;
     this.#recent = new RecentlyRemoved(options.recentlyRemoved);
+    this.#eviction = new Eviction(this.#entries, this.#memory, (entry) => this.#remove(entry, "evicted"));
     this.#room = new RoomQueue((size) => this.#tryAllocate(size));
     this.#waitingPuts = new WaitingPutBudget(options.maxWaitingPutBytes);
     this.#consumeLeaseMs = options.consumeLeaseMs ?? DEFAULT_CONSUME_LEASE_MS;
@@ -267,7 +259,7 @@ export class LookupBuffer {
     }
     let entry = this.#entries.get(transferId);
     if (entry === undefined) {
-      this.#makeRoomForEntry(transferId);
+      this.#eviction.makeRoomForEntry(transferId, this.#options.maxEntries);
       entry = new Entry(transferId, Date.now());
       this.#entries.set(transferId, entry);
       this.#recent.forget(transferId);
@@ -338,33 +330,7 @@ export class LookupBuffer {
   }
 
   list(options: ListOptions = {}): { entries: EntryInfo[]; nextPageToken: string } {
-    const pageSize = options.pageSize || DEFAULT_PAGE_SIZE;
-    if (!Number.isInteger(pageSize) || pageSize < 0 || pageSize > MAX_PAGE_SIZE) {
-      throw new InvalidArgumentError("page_size", `${options.pageSize} must be from 0 to ${MAX_PAGE_SIZE}`);
-    }
-    let after = "";
-    if (options.pageToken) {
-      // A token is the base64url of the last id of the previous page; anything else is refused.
-      after = Buffer.from(options.pageToken, "base64url").toString("utf8");
-      const reissued = Buffer.from(after, "utf8").toString("base64url");
-      if (after.length === 0 || reissued !== options.pageToken || !/^[\x21-\x7e]+$/.test(after)) {
-        throw new InvalidArgumentError("page_token", `${JSON.stringify(options.pageToken)} is not a token this daemon issued`);
-      }
-    }
-    const ids = [...this.#entries.keys()].filter((id) => id > after).sort();
-    const now = Date.now();
-    const entries: EntryInfo[] = [];
-    let last = "";
-    for (const id of ids) {
-      const entry = this.#entries.get(id)!;
-      if (options.state !== undefined && entry.state !== options.state) continue;
-      if (entries.length === pageSize) {
-        return { entries, nextPageToken: Buffer.from(last, "utf8").toString("base64url") };
-      }
-      entries.push(entry.info(now));
-      last = id;
-    }
-    return { entries, nextPageToken: "" };
+    return listPage(this.#entries, options);
   }
 
   /** Waits (bounded) until the named parts, or the seal, are there, then holds the entry for reading. */
@@ -390,48 +356,14 @@ export class LookupBuffer {
     if (options.signal?.aborted) return Promise.reject(new CancelledError(`get of ${transferId} cancelled`));
     this.#checkWaiterRoom();
 
-    return new Promise<ReadLease>((resolve, reject) => {
-      let set = this.#getWaiters.get(transferId);
-      if (set === undefined) this.#getWaiters.set(transferId, (set = new Set()));
-      const waiters = set;
-      const settle = () => {
-        clearTimeout(timer);
-        options.signal?.removeEventListener("abort", onAbort);
-        waiters.delete(waiter);
-        this.#getWaiterCount--;
-        if (waiters.size === 0 && this.#getWaiters.get(transferId) === waiters) this.#getWaiters.delete(transferId);
-      };
-      const waiter: GetWaiter = {
-        attempt: () => {
-          try {
-            const entry = this.#readable(transferId, names);
-            if (entry === undefined) return;
-            settle();
-            resolve(lease(entry));
-          } catch (err) {
-            settle();
-            reject(err);
-          }
-        },
-        cancel: (err) => {
-          settle();
-          reject(err);
-        },
-      };
-      const timer = setTimeout(() => {
-        settle();
-        const missing = this.#notReadyError(transferId, names).message;
-        reject(new DeadlineExceededError(`waited ${waitMs} ms for ${transferId}: ${missing}`));
-      }, waitMs);
-      timer.unref();
-      const onAbort = () => {
-        settle();
-        reject(new CancelledError(`get of ${transferId} cancelled`));
-      };
-      options.signal?.addEventListener("abort", onAbort, { once: true });
-      waiters.add(waiter);
-      this.#getWaiterCount++;
-    });
+    return this.#getWaiters.wait(
+      transferId,
+      waitMs,
+      options.signal,
+      () => this.#readable(transferId, names),
+      lease,
+      () => new DeadlineExceededError(`waited ${waitMs} ms for ${transferId}: ${this.#notReadyError(transferId, names).message}`),
+    );
   }
 
   /**
@@ -469,9 +401,7 @@ export class LookupBuffer {
     this.#closed = true;
     const err = new CancelledError("the daemon is shutting down");
     this.#room.rejectAll(err);
-    for (const waiters of [...this.#getWaiters.values()]) {
-      for (const w of [...waiters]) w.cancel(err);
-    }
+    this.#getWaiters.cancelAll(err);
     for (const entry of this.#entries.values()) {
       clearTimeout(entry.leaseTimer);
       clearTimeout(entry.hold?.timer);
@@ -519,7 +449,7 @@ export class LookupBuffer {
   }
 
   #checkWaiterRoom(): void {
-    if (this.#room.length + this.#getWaiterCount >= this.#options.maxWaiters) {
+    if (this.#room.length + this.#getWaiters.count >= this.#options.maxWaiters) {
       throw new ResourceExhaustedError(`${this.#options.maxWaiters} calls are already waiting; try again later`);
     }
   }
@@ -597,50 +527,9 @@ export class LookupBuffer {
 
   /** Allocates (counted as unattached until the put attaches it), evicting if that can make room. */
   #tryAllocate(size: number): Block | undefined {
-    const block = this.#allocateEvicting(size);
+    const block = this.#eviction.allocate(size);
     if (block !== undefined) this.#unattached += block.footprint;
     return block;
-  }
-
-  /**
-   * A block of `size` bytes, evicting least-recently-used evictable entries only while
-   * the free bytes fall short of its footprint: the memory gathers free room from
-   * several holes, so the last eviction is the one that makes the bytes suffice. Only a
-   * memory too fragmented for one block (more holes than a block may span) makes it
-   * evict further. Evicts nothing when even evicting everything evictable would not do.
-   */
-  #allocateEvicting(size: number): Block | undefined {
-    const block = this.#memory.allocate(size);
-    if (block !== undefined) return block;
-    const need = this.#memory.footprintOf(size);
-    const free = () => this.#memory.capacity - this.#memory.used;
-    if (free() + this.#evictableFootprint() < need) return undefined;
-    for (const entry of this.#entries.values()) {
-      if (!entry.evictable) continue;
-      this.#remove(entry, "evicted");
-      if (free() < need) continue;
-      const block = this.#memory.allocate(size);
-      if (block !== undefined) return block;
-    }
-    return undefined;
-  }
-
-  /** Evicts least-recently-used evictable entries until a new one fits under maxEntries. */
-  #makeRoomForEntry(transferId: string): void {
-    const max = this.#options.maxEntries;
-    if (max === undefined || this.#entries.size < max) return;
-    for (const entry of this.#entries.values()) {
-      if (!entry.evictable) continue;
-      this.#remove(entry, "evicted");
-      if (this.#entries.size < max) return;
-    }
-    throw tooManyEntries(transferId, max);
-  }
-
-  #evictableFootprint(): number {
-    let sum = 0;
-    for (const entry of this.#entries.values()) if (entry.evictable) sum += entry.footprint;
-    return sum;
   }
 
   #remove(entry: Entry, reason: RemovalReason, note: { token?: string; detail?: string } = {}): void {
@@ -707,9 +596,7 @@ export class LookupBuffer {
   }
 
   #notify(transferId: string): void {
-    const waiters = this.#getWaiters.get(transferId);
-    if (waiters === undefined) return;
-    for (const w of [...waiters]) w.attempt();
+    this.#getWaiters.notify(transferId);
   }
 
   /** The entry if it can be read now, undefined to keep waiting; throws when it never will be. */
@@ -794,70 +681,5 @@ export class LookupBuffer {
     }
     this.#notify(entry.transferId);
     if (entry.evictable) this.#room.wake();
-  }
-}
-
-/** Writes one reserved part. Exactly one of commit or abort must end it. */
-export class PartWriter {
-  #done = false;
-
-  constructor(
-    private readonly buffer: LookupBuffer,
-    private readonly entry: Entry,
-    private readonly part: Part,
-    private readonly seal: boolean,
-  ) {}
-
-  get size(): number {
-    return this.part.size;
-  }
-
-  get written(): number {
-    return this.part.written;
-  }
-
-  write(chunk: Uint8Array): void {
-    if (this.#done) throw new FailedPreconditionError(`part ${this.part.name} is already finished`);
-    if (this.entry.removed !== undefined) {
-      throw new NotFoundError(`entry ${this.entry.transferId} was ${this.entry.removed}`, this.entry.removed);
-    }
-    if (this.part.written + chunk.length > this.part.size) {
-      throw new InvalidArgumentError(
-        "chunk",
-        `${this.part.written + chunk.length} bytes is more than the declared size of ${this.part.size}`,
-      );
-    }
-    this.part.block.write(this.part.written, chunk);
-    this.part.written += chunk.length;
-  }
-
-  /** Every byte was written into the block by someone else (the engine, from a peer). */
-  landed(): void {
-    if (this.#done) throw new FailedPreconditionError(`part ${this.part.name} is already finished`);
-    this.part.written = this.part.size;
-  }
-
-  /** The block the part's bytes go to. */
-  get block(): Block {
-    return this.part.block;
-  }
-
-  /** The part is complete: it becomes readable. Throws (and aborts) if bytes are missing. */
-  commit(): EntryInfo {
-    if (this.#done) throw new FailedPreconditionError(`part ${this.part.name} is already finished`);
-    if (this.part.written !== this.part.size) {
-      const written = this.part.written;
-      this.abort();
-      throw new InvalidArgumentError("size", `declared ${this.part.size} bytes but ${written} arrived`);
-    }
-    this.#done = true;
-    return this.buffer.partLanded(this.entry, this.part, this.seal);
-  }
-
-  /** Gives the part's bytes back. Safe to call more than once, and after commit (no-op). */
-  abort(): void {
-    if (this.#done) return;
-    this.#done = true;
-    this.buffer.partAbandoned(this.entry, this.part);
   }
 }

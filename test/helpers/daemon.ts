@@ -44,9 +44,7 @@ export async function startDaemon(args: string[], options: StartOptions = {}): P
     writeFileSync(file, JSON.stringify(options.config));
     extra.push("--config", file);
   }
-  // Generous: a daemon maps and faults in its whole pool at start, slow on a busy 2-core machine
-  // (one 2 GiB pool took 16 s there while other daemons were starting too).
-  const proc = await spawnDaemon(["--listen", "127.0.0.1:0", ...extra, ...args], { env: options.env, startTimeoutMs: 120_000 });
+  const proc = await spawnDaemon(["--listen", "127.0.0.1:0", ...extra, ...args], { env: options.env });
   const clients: KvferryClient[] = [];
   const newClient = () => {
     const c = new KvferryClient(proc.address);

@@ -5,7 +5,7 @@ import { spawn } from "node:child_process";
 import { expect } from "vitest";
 import { BIN, spawnService, type SpawnedService } from "../../src/launch/spawn-service.js";
 
-/** How long the flag-error runs and a start may take: bounds on a hang, generous for a busy machine. */
+/** How long the flag-error runs may take: a bound on a hang, generous for a busy machine. */
 const RUN_TIMEOUT_MS = 60_000;
 
 export interface MetadataServerProcess {
@@ -20,7 +20,7 @@ export interface MetadataServerProcess {
   restart(): Promise<void>;
 }
 
-const launch = (args: string[]): Promise<SpawnedService> => spawnService("metadata-server", args, "kvferry metadata-server serving", { startTimeoutMs: RUN_TIMEOUT_MS });
+const launch = (args: string[]): Promise<SpawnedService> => spawnService("metadata-server", args, "kvferry metadata-server serving");
 
 /**
  * Runs `kvferry metadata-server ...args` and waits for its "serving" line. restart() runs

@@ -8,7 +8,7 @@ import type { AddressInfo } from "node:net";
 import type { sendUnaryData, ServerUnaryCall } from "@grpc/grpc-js";
 import { PEER_API_PURPOSE, purposeKey } from "../../src/daemon/peer-auth.js";
 import { PeerSessions } from "../../src/daemon/peer-sessions.js";
-import { toGrpcError } from "../../src/daemon/status.js";
+import { toGrpcError } from "../../src/grpc-errors.js";
 import {
   OpenSessionResponse,
   type ConfirmSessionRequest,

@@ -9,12 +9,9 @@ import { startPeerDaemon, type PeerDaemon } from "./transfer.js";
 
 export type { SpawnedProxy };
 
-/** How long a proxy or a simulator may take to start: a bound on a hang, generous for a busy machine. */
-export const START_TIMEOUT_MS = 60_000;
-
 /** Runs `kvferry proxy --listen 127.0.0.1:0 ...args` and waits for its readiness line. */
 export function spawnProxy(args: string[]): Promise<SpawnedProxy> {
-  return spawnProxyProcess(["--listen", "127.0.0.1:0", ...args], { startTimeoutMs: START_TIMEOUT_MS });
+  return spawnProxyProcess(["--listen", "127.0.0.1:0", ...args]);
 }
 
 /** A small KV layout (4 KiB per token) for tests that need many requests more than big KV. */
@@ -32,7 +29,7 @@ export interface SimNode {
 export async function startNode(role: "prefill" | "decode", simArgs: string[] = [], daemonArgs: string[] = []): Promise<SimNode> {
   const daemon = await startPeerDaemon({ bufferSize: "256MiB", args: daemonArgs });
   try {
-    const sim = await spawnSimulator(["--role", role, "--listen", "127.0.0.1:0", "--daemon", daemon.address, ...simArgs], { startTimeoutMs: START_TIMEOUT_MS });
+    const sim = await spawnSimulator(["--role", role, "--listen", "127.0.0.1:0", "--daemon", daemon.address, ...simArgs]);
     return { daemon, sim, flag: `${sim.url}=${daemon.address}` };
   } catch (err) {
     await daemon.stop();
@@ -42,7 +39,7 @@ export async function startNode(role: "prefill" | "decode", simArgs: string[] = 
 
 /** The non-disaggregated reference. */
 export function startReference(simArgs: string[] = []): Promise<SpawnedSimulator> {
-  return spawnSimulator(["--role", "both", "--listen", "127.0.0.1:0", ...simArgs], { startTimeoutMs: START_TIMEOUT_MS });
+  return spawnSimulator(["--role", "both", "--listen", "127.0.0.1:0", ...simArgs]);
 }
 
 /** Stops nodes in parallel; returns every exit code (simulators, then daemons). */

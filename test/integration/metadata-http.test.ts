@@ -50,26 +50,55 @@ describe("kvferry metadata-server", () => {
     expect(await (await fetch(keyUrl(server.url, "survivor"))).text()).toBe("still here");
   });
 
-  it("answers GET / PUT / DELETE with ?key=, 404 for an absent key", async () => {
+  it("answers GET / PUT / DELETE with ?key=, 404 for an absent key, with Mooncake's words", async () => {
     const key = "a key/with ?&=+ and é";
     const value = JSON.stringify({ text: "värde ✓", n: 1 });
     const get = () => fetch(keyUrl(server.url, key));
-    expect((await get()).status).toBe(404);
-    const put = await fetch(keyUrl(server.url, key), { method: "PUT", body: value });
-    expect(put.status).toBe(200);
+    const answer = async (res: Response | Promise<Response>) => {
+      const r = await res;
+      return [r.status, await r.text()];
+    };
+    expect(await answer(get())).toEqual([404, "metadata not found"]);
+    expect(await answer(fetch(keyUrl(server.url, key), { method: "PUT", body: value }))).toEqual([200, "metadata updated"]);
     const got = await get();
-    expect(got.status).toBe(200);
-    expect(await got.text()).toBe(value);
-    // Overwritten in place.
-    expect((await fetch(keyUrl(server.url, key), { method: "PUT", body: "second" })).status).toBe(200);
+    expect([got.status, got.headers.get("content-type"), await got.text()]).toEqual([200, "application/json", value]);
+    // Overwritten in place (no "rpc_meta" in the key).
+    expect(await answer(fetch(keyUrl(server.url, key), { method: "PUT", body: "second" }))).toEqual([200, "metadata updated"]);
     expect(await (await get()).text()).toBe("second");
     // An empty value is a value.
     expect((await fetch(keyUrl(server.url, "empty"), { method: "PUT", body: "" })).status).toBe(200);
     const empty = await fetch(keyUrl(server.url, "empty"));
     expect([empty.status, await empty.text()]).toEqual([200, ""]);
-    expect((await fetch(keyUrl(server.url, key), { method: "DELETE" })).status).toBe(200);
-    expect((await fetch(keyUrl(server.url, key), { method: "DELETE" })).status).toBe(404);
+    expect(await answer(fetch(keyUrl(server.url, key), { method: "DELETE" }))).toEqual([200, "metadata deleted"]);
+    expect(await answer(fetch(keyUrl(server.url, key), { method: "DELETE" }))).toEqual([404, "metadata not found"]);
     expect((await get()).status).toBe(404);
+  });
+
+  it("writes a key containing rpc_meta once: a different value is refused until a DELETE, the same one is no change", async () => {
+    const put = async (key: string, body: string) => {
+      const res = await fetch(keyUrl(server.url, key), { method: "PUT", body });
+      return [res.status, await res.text()];
+    };
+    const key = "mooncake/rpc_meta/127.0.0.1:20001";
+    const first = JSON.stringify({ ip_or_host_name: "127.0.0.1", rpc_port: 15001 });
+    const second = JSON.stringify({ ip_or_host_name: "127.0.0.1", rpc_port: 15002 });
+    expect(await put(key, first)).toEqual([200, "metadata updated"]);
+    expect(await put(key, second)).toEqual([400, "Duplicate rpc_meta key not allowed"]);
+    expect(await rawGet(server.url, key)).toBe(first); // the first engine's address stays
+    expect(await put(key, first)).toEqual([200, "metadata unchanged"]); // an engine republishing
+    expect((await fetch(keyUrl(server.url, key), { method: "DELETE" })).status).toBe(200);
+    expect(await put(key, second)).toEqual([200, "metadata updated"]); // the name is free again
+    expect(await rawGet(server.url, key)).toBe(second);
+    // Anywhere in the key, as Mooncake matches it; other keys are overwritten.
+    expect(await put("custom/rpc_meta_x", "a")).toEqual([200, "metadata updated"]);
+    expect((await put("custom/rpc_meta_x", "b"))[0]).toBe(400);
+    expect(await put("mooncake/ram/127.0.0.1:20001", "a")).toEqual([200, "metadata updated"]);
+    expect(await put("mooncake/ram/127.0.0.1:20001", "b")).toEqual([200, "metadata updated"]);
+  });
+
+  it("answers GET /health with 200 OK, as Mooncake's server does", async () => {
+    const res = await fetch(new URL("/health", server.url));
+    expect([res.status, await res.text()]).toEqual([200, "OK"]);
   });
 
   it("refuses a missing or empty key (400), other methods (405 with Allow) and other paths (404)", async () => {

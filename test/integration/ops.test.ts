@@ -315,7 +315,7 @@ describe("ports already taken", () => {
     expect(r.stderr).toBe("");
   });
 
-  it("exits 1 naming the peer API's setting, the address and the reason; grpc-js's own complaint is a log line, not bare stderr", async () => {
+  it("exits 1 naming the peer API's setting, the address and the reason; grpc-js's own \"No address added\" complaint is not shown", async () => {
     const base = await freePorts([0, 1]);
     await occupy(base + 1);
     const r = await runCli(["daemon", "--listen", "127.0.0.1:0", "--data-listen", `127.0.0.1:${base}`, "--kv-buffer-size", "8MiB"]);
@@ -323,7 +323,27 @@ describe("ports already taken", () => {
     expect(fatalMessage(r.stdout)).toBe(
       `cannot listen for the peer API (peer_listen; by default the data port + 1) on 127.0.0.1:${base + 1}: address already in use (EADDRINUSE)`,
     );
+    expect(r.stdout).not.toContain("No address added");
     expect(r.stderr).toBe("");
+  });
+
+  it("exits 1 naming the client API's setting, the address and the reason, as its only complaint; grpc-js's own line is left for --log-level debug", async () => {
+    const port = await freePorts([0]);
+    await occupy(port);
+    const args = ["daemon", "--listen", `127.0.0.1:${port}`, "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--kv-buffer-size", "8MiB"];
+    const r = await runCli(args);
+    expect(r.code).toBe(1);
+    expect(fatalMessage(r.stdout)).toBe(`cannot listen for the client API (listen) on 127.0.0.1:${port}: address already in use (EADDRINUSE)`);
+    const complaints = r.stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)).filter((rec) => rec.level >= 40);
+    expect(complaints.filter((rec) => rec.component === "grpc-js")).toEqual([]);
+    expect(complaints.at(-1)?.msg).toBe("cannot start");
+    expect(r.stdout).not.toContain("No address added");
+    expect(r.stderr).toBe("");
+    // Not lost: a debug line of grpc-js's, for whoever asks.
+    const debug = await runCli([...args, "--log-level", "debug"]);
+    expect(debug.code).toBe(1);
+    const grpcLine = debug.stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)).find((rec) => rec.component === "grpc-js");
+    expect(grpcLine).toMatchObject({ level: 20, msg: expect.stringContaining("No address added") });
   });
 
   it("a launcher waiting for the daemon to serve is told at once why it exited, in the daemon's words", async () => {
@@ -338,6 +358,28 @@ describe("ports already taken", () => {
     );
     expect(err?.message).toContain(`exited with code 1 before serving (cannot start the data plane (data_listen, or prefill_url / decode_url by role): cannot listen on 127.0.0.1:${base}`);
     expect(Date.now() - t0).toBeLessThan(startTimeoutMs / 2);
+  });
+});
+
+describe("stopping", () => {
+  it.each(["SIGTERM", "SIGINT"] as const)('logs "shutting down" and "stopped" once each on %s, and exits 0', async (signal) => {
+    const d = await startDaemon(["--kv-buffer-size", "8MiB"]);
+    d.client.close();
+    d.proc.child.kill(signal);
+    expect(await d.proc.exited).toBe(0);
+    const msgs = d.proc.logs.map((l) => l.msg);
+    expect(msgs.filter((m) => m === "shutting down")).toHaveLength(1);
+    expect(msgs.filter((m) => m === "stopped")).toHaveLength(1);
+    expect(msgs.at(-1)).toBe("stopped");
+  });
+});
+
+describe("version", () => {
+  it.each([["--version"], ["version"]])("kvferry %s prints package.json's version and exits 0", async (arg) => {
+    const { version } = JSON.parse(readFileSync(join(REPO, "package.json"), "utf8")) as { version: string };
+    const r = await runCli([arg]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`kvferry ${version}\n`);
   });
 });
 

@@ -24,6 +24,7 @@ import {
   ConfirmSessionResponse,
   HelloRequest,
   KvFerryPeerClient,
+  KvFerryPeerService,
   OpenSessionRequest,
   OpenSessionResponse,
   PrepareReceiveRequest,
@@ -229,7 +230,7 @@ describe("a session's calls", () => {
     const first = await startPeerDaemon({ bufferSize: "64MiB" });
     const peer = new Peer(first.peerAddress, TOKEN);
     onTestFinished(() => peer.close());
-    const before = await peer.call<HelloRequest, HelloResponse>("hello", { nodeId: "it" }, 5_000);
+    const before = await peer.call(KvFerryPeerService.hello, { nodeId: "it" }, 5_000);
     expect(before.dataAddress).toBe(first.dataAddress);
     expect(await first.stop()).toBe(0);
     const port = first.peerAddress.split(":").pop()!;
@@ -237,7 +238,7 @@ describe("a session's calls", () => {
     onTestFinished(() => second.stop());
     expect(second.peerAddress).toBe(first.peerAddress);
 
-    const after = await peer.call<HelloRequest, HelloResponse>("hello", { nodeId: "it" }, 10_000);
+    const after = await peer.call(KvFerryPeerService.hello, { nodeId: "it" }, 10_000);
 
     expect(after.dataAddress).toBe(second.dataAddress);
   });

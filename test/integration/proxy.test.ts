@@ -29,7 +29,6 @@ import {
   post,
   sendCase,
   spawnProxy,
-  START_TIMEOUT_MS,
   sseData,
   startNode,
   startReference,
@@ -220,7 +219,7 @@ describe("one prefill, one decode (default KV layout: 128 KiB per token)", () =>
 
   it("moves no KV when the prefill and decode daemons are one node named two ways (127.0.0.1:P and localhost:P)", async () => {
     // A decode instance on the prefill's node, its daemon named by another address.
-    const local = await spawnSimulator(["--role", "decode", "--listen", "127.0.0.1:0", "--daemon", prefill.daemon.address], { startTimeoutMs: START_TIMEOUT_MS });
+    const local = await spawnSimulator(["--role", "decode", "--listen", "127.0.0.1:0", "--daemon", prefill.daemon.address]);
     const port = prefill.daemon.address.slice(prefill.daemon.address.lastIndexOf(":") + 1);
     let proxy: SpawnedProxy | undefined;
     try {

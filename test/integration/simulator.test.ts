@@ -6,13 +6,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EntryState } from "../../src/gen/kvferry/v1/kvferry.js";
 import { NotFoundError } from "../../src/errors.js";
 import { DEFAULT_LAYOUT, layerBytes, layerSize, partName, tokenLayerBytes } from "../../src/simulator/kv.js";
-import { spawnSimulator as spawnSimulatorProcess, type SpawnedSimulator } from "../../src/simulator/spawn.js";
+import { spawnSimulator, type SpawnedSimulator } from "../../src/simulator/spawn.js";
 import { chatPrompt, tokenize } from "../../src/simulator/tokenizer.js";
 import { expectSameBytes, rejection, runCli, sleep, startDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
-
-/** `kvferry simulate ...args`, with a start limit that bounds a hang, generous for a busy machine. */
-const spawnSimulator = (args: string[]) => spawnSimulatorProcess(args, { startTimeoutMs: 60_000 });
 
 const KV_WAIT_MS = 1500;
 const LAYERS = DEFAULT_LAYOUT.layers;
@@ -400,6 +397,36 @@ describe("kvferry simulate", () => {
       expect(slow.child.exitCode).toBeNull();
     } finally {
       expect(await slow.stop(5000)).toBe(0);
+    }
+  });
+
+  it("serves the model it is started with (--model): listed in /v1/models, answered by name or with none, any other a 404 as vLLM answers", async () => {
+    const name = "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4";
+    const sim = await spawnSimulator(["--listen", "127.0.0.1:0", "--role", "both", "--model", name]);
+    try {
+      const models = await getJson(sim, "/v1/models");
+      expect(models.json.data.map((m: Json) => m.id)).toEqual([name]);
+      const body = { prompt: "San Francisco is a", max_tokens: 3 };
+      const named = await post(sim, "/v1/completions", { ...body, model: name });
+      const unnamed = await post(sim, "/v1/completions", body);
+      expect(named.status, JSON.stringify(named.json)).toBe(200);
+      expect(unnamed.status, JSON.stringify(unnamed.json)).toBe(200);
+      expect(named.json.model).toBe(name);
+      expect(unnamed.json.model).toBe(name);
+      expect(unnamed.json.choices[0].text).toBe(named.json.choices[0].text);
+      // vLLM 0.33's body for an unknown model: 404, type NotFoundError, param model, code 404.
+      for (const [endpoint, other] of [["/v1/completions", { ...body, model: "kvferry-sim-7b" }], ["/v1/chat/completions", { model: "Qwen/Qwen2.5-7B", messages: [{ role: "user", content: "hi" }] }]] as const) {
+        const r = await post(sim, endpoint, other);
+        expect(r.status, JSON.stringify(r.json)).toBe(404);
+        expect(r.json.error).toEqual({
+          message: `model: the model ${JSON.stringify(other.model)} does not exist; this simulator serves ${JSON.stringify(name)} (start it with --model NAME to serve another)`,
+          type: "NotFoundError",
+          param: "model",
+          code: 404,
+        });
+      }
+    } finally {
+      expect(await sim.stop(5000)).toBe(0);
     }
   });
 

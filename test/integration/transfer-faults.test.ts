@@ -10,11 +10,12 @@ import { PermissionDeniedError, NotFoundError } from "../../src/errors.js";
 import { Peer } from "../../src/daemon/peers.js";
 import { poolFootprint } from "../../src/engine/pool-memory.js";
 import { EntryState } from "../../src/gen/kvferry/v1/kvferry.js";
-import type {
-  PrepareReceiveRequest,
-  PrepareReceiveResponse,
-  PrepareSendRequest,
-  PrepareSendResponse,
+import {
+  KvFerryPeerService,
+  type PrepareReceiveRequest,
+  type PrepareReceiveResponse,
+  type PrepareSendRequest,
+  type PrepareSendResponse,
 } from "../../src/gen/kvferry/v1/peer.js";
 import { MiB, rejection, sleep } from "../helpers/daemon.js";
 import {
@@ -37,7 +38,7 @@ import {
 import { FrameType, RawDataConnection, WireCode, authenticate, header, hello, type Frame } from "../helpers/wire.js";
 
 const KiB = 1024;
-/** Grace a reservation keeps past its deadline when the other daemon vanished (src/daemon/transfers.ts). */
+/** Grace a reservation keeps past its deadline when the other daemon vanished (src/daemon/transfer-reservations.ts). */
 const RESERVATION_GRACE_MS = 5_000;
 
 /** Every daemon a test started, stopped (or reaped, if it was killed) when the file ends. */
@@ -138,8 +139,8 @@ describe("a wrong cluster token", () => {
       const peer = new Peer(b.peerAddress, token);
       try {
         const err = await rejection(
-          peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
-            "prepareReceive",
+          peer.call(
+            KvFerryPeerService.prepareReceive,
             { entries: [{ transferId: "tok-direct", parts: [{ name: "p", size: MiB }] }], deadlineMs: 5_000, sourceNode: "it" },
             5_000,
           ),
@@ -362,8 +363,8 @@ describe("garbage on the data port", () => {
     const peer = new Peer(t.peerAddress, TOKEN);
     onTestFinished(() => peer.close());
     const before = (await t.client.serverInfo()).bytesUsed;
-    const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
-      "prepareReceive",
+    const prep = await peer.call(
+      KvFerryPeerService.prepareReceive,
       { entries: [{ transferId: "bounds", parts: [{ name: "p", size }] }], deadlineMs: 10_000, sourceNode: "it" },
       5_000,
     );
@@ -402,7 +403,7 @@ describe("garbage on the data port", () => {
     expect(await write(9n, BigInt(size / 2), data.subarray(size / 2))).toBe(WireCode.OK);
 
     // Committed through the peer API, the entry holds exactly those bytes: no refused write touched it.
-    await peer.call("commitReceive", { ids: [reservation.id] }, 5_000);
+    await peer.call(KvFerryPeerService.commitReceive, { ids: [reservation.id] }, 5_000);
     const got = await t.client.get("bounds", { waitMs: 0 });
     expect(digest(got.parts.get("p")!)).toBe(digest(data));
     expect((await t.client.serverInfo()).bytesUsed).toBe(before + poolFootprint(size));
@@ -630,16 +631,16 @@ describe("shutdown while holding reservations for a peer", () => {
     const peer = new Peer(d.peerAddress, TOKEN);
     onTestFinished(() => peer.close());
     if (kind === "receive") {
-      const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
-        "prepareReceive",
+      const prep = await peer.call(
+        KvFerryPeerService.prepareReceive,
         { entries: [{ transferId: "held-in", parts: [{ name: "p", size: MiB }] }], deadlineMs: 60_000, sourceNode: "it" },
         5_000,
       );
       expect(prep.entries[0]!.error, JSON.stringify(prep.entries[0]!.error)).toBeUndefined();
     } else {
       await d.client.put("held-out", "p", seededBytes(MiB, "held-out"), { seal: true });
-      const prep = await peer.call<PrepareSendRequest, PrepareSendResponse>(
-        "prepareSend",
+      const prep = await peer.call(
+        KvFerryPeerService.prepareSend,
         { transferIds: ["held-out"], deadlineMs: 60_000, destinationNode: "it" },
         5_000,
       );

@@ -65,7 +65,7 @@ async function fakePeer(to: PeerDaemon, mutate: Partial<Record<PeerMethod, (repl
   const real = new Peer(to.peerAddress, TOKEN);
   const fake = new Server();
   const forward = (method: PeerMethod) => (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => {
-    real.call<unknown, unknown>(method, call.request, 5_000).then(
+    real.call(KvFerryPeerService[method], call.request as never, 5_000).then(
       (reply) => cb(null, mutate[method] ? mutate[method]!(reply) : reply),
       (e: Error) => cb(e),
     );
@@ -129,8 +129,8 @@ describe("transfers that must not hurt their neighbours", () => {
     onTestFinished(() => releaseEverywhere(spec.id));
     const peer = new Peer(b.peerAddress, TOKEN);
     onTestFinished(() => peer.close());
-    const prep = await peer.call<PrepareSendRequest, PrepareSendResponse>(
-      "prepareSend",
+    const prep = await peer.call(
+      KvFerryPeerService.prepareSend,
       { transferIds: [spec.id], deadlineMs: 10_000, destinationNode: "it" },
       5_000,
     );
@@ -146,7 +146,7 @@ describe("transfers that must not hurt their neighbours", () => {
     const r = await c.frame();
     expect(r !== "closed" && [r.type, r.status, r.length]).toEqual([FrameType.READ_DATA, WireCode.OK, 16n]);
     await c.read(16);
-    await peer.call("finishSend", { completed: [], failed: [prep.entries[0]!.id], releaseSource: false }, 5_000);
+    await peer.call(KvFerryPeerService.finishSend, { completed: [], failed: [prep.entries[0]!.id], releaseSource: false }, 5_000);
     expect(await fetchHashes(b.client, spec.id)).toEqual(hashes);
   });
 
@@ -175,8 +175,8 @@ describe("transfers that must not hurt their neighbours", () => {
     const peer = new Peer(c.peerAddress, TOKEN);
     onTestFinished(() => peer.close());
     const size = 1 * MiB;
-    const prep = await peer.call<PrepareReceiveRequest, PrepareReceiveResponse>(
-      "prepareReceive",
+    const prep = await peer.call(
+      KvFerryPeerService.prepareReceive,
       { entries: [{ transferId: "trickled", parts: [{ name: "p", size }] }], deadlineMs: 600_000, sourceNode: "it" },
       5_000,
     );

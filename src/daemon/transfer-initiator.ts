@@ -1,0 +1,373 @@
+// The initiator's side of a BatchTransfer (push, pull) over the native engine. The
+// control plane is batched: one round trip per step for a whole chunk of entries, so
+// thousands of small entries cost a few RPCs, not thousands; a few chunks are in flight
+// at once. Each entry succeeds or fails on its own; one failure never fails the batch.
+import type { Logger } from "pino";
+import { InvalidArgumentError, type KvferryError, UnavailableError } from "../errors.js";
+import { errorFromStatus } from "../grpc-errors.js";
+import { KvFerryPeerService, type EntryError, type ExposedPart, type Reservation } from "../gen/kvferry/v1/peer.js";
+import type { OpSpec, TransferEngine } from "../engine/transfer-engine.js";
+import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
+import { checkLeaseTtl, checkTransferId } from "../store/validate.js";
+import type { ResolvePeer } from "./node-resolver.js";
+import { OpPlan, remaining } from "./op-plan.js";
+import { remoteSegments, segmentOps } from "./part-segments.js";
+import type { Peer, PeerDirectory } from "./peers.js";
+import { MAX_BATCH } from "./transfer-reservations.js";
+
+/** A batch moves in chunks of at most this many entries or bytes, a few in flight at once. */
+const CHUNK_ENTRIES = 256;
+const CHUNK_BYTES = 256 << 20;
+const CHUNKS_IN_FLIGHT = 3;
+/** Cleanup calls to a peer that may be gone. */
+const CLEANUP_TIMEOUT_MS = 5_000;
+
+export type Mode = "push" | "pull";
+
+export interface TransferOutcome {
+  transferId: string;
+  error?: KvferryError;
+  bytes: number;
+  micros: number;
+}
+
+export interface InitiatorOptions {
+  store: LookupBuffer;
+  engine: TransferEngine;
+  peers: PeerDirectory;
+  log: Logger;
+  nodeId: () => string;
+  transferDeadlineMs: number;
+  /** A target or source (node id or peer address) → the peer API address to call. */
+  resolve: ResolvePeer;
+}
+
+/** Per-entry outcomes of one batch, filled in as the steps go. */
+class Outcomes {
+  readonly #t0 = performance.now();
+  readonly #done = new Map<string, TransferOutcome>();
+
+  constructor(private readonly ids: readonly string[]) {}
+
+  has(id: string): boolean {
+    return this.#done.has(id);
+  }
+
+  fail(transferId: string, error: unknown): void {
+    if (this.#done.has(transferId)) return;
+    this.#done.set(transferId, { transferId, error: error as KvferryError, bytes: 0, micros: this.#micros() });
+  }
+
+  succeed(transferId: string, bytes: number): void {
+    this.#done.set(transferId, { transferId, bytes, micros: this.#micros() });
+  }
+
+  /** Every id not settled yet fails with `error`. */
+  failRest(error: unknown): void {
+    for (const id of this.ids) this.fail(id, error);
+  }
+
+  list(): TransferOutcome[] {
+    return this.ids.map((id) => this.#done.get(id)!);
+  }
+
+  #micros(): number {
+    return Math.round((performance.now() - this.#t0) * 1000);
+  }
+}
+
+export class TransferInitiator {
+  /** Pulls in flight for Gets, by transfer id. */
+  readonly #pulls = new Map<string, Promise<void>>();
+
+  constructor(private readonly o: InitiatorOptions) {}
+
+  /** Runs a batch; each id succeeds or fails on its own. Throws only for a bad request. */
+  async batch(
+    ids: readonly string[],
+    target: string,
+    mode: Mode,
+    options: { deadlineMs?: number; keepSource?: boolean; leaseTtlMs?: number; targetField?: string } = {},
+  ): Promise<TransferOutcome[]> {
+    if (ids.length === 0 || ids.length > MAX_BATCH) {
+      throw new InvalidArgumentError("transfer_ids", `${ids.length} ids; a batch holds 1 to ${MAX_BATCH}`);
+    }
+    const seen = new Set<string>();
+    ids.forEach((id, i) => {
+      checkTransferId(id, `transfer_ids[${i}]`);
+      if (seen.has(id)) throw new InvalidArgumentError(`transfer_ids[${i}]`, `${JSON.stringify(id)} is named twice`);
+      seen.add(id);
+    });
+    const field = options.targetField ?? "target";
+    const { address, nodeId } = await this.o.resolve(target, field);
+    const leaseTtlMs = checkLeaseTtl(options.leaseTtlMs);
+    const deadlineMs = options.deadlineMs || this.o.transferDeadlineMs;
+    if (!Number.isInteger(deadlineMs) || deadlineMs < 0) {
+      throw new InvalidArgumentError("deadline_ms", `${options.deadlineMs} must be a positive number of milliseconds`);
+    }
+    const deadlineAt = Date.now() + deadlineMs;
+    const outcomes = new Outcomes(ids);
+    try {
+      const peer = await this.o.peers.get(address, deadlineMs);
+      if (nodeId !== undefined && peer.hello.nodeId !== nodeId) {
+        // A stale record: another daemon now listens where the named node was.
+        throw new UnavailableError(`${field}: node ${JSON.stringify(nodeId)} is no longer at ${address} (node ${JSON.stringify(peer.hello.nodeId)} answers there)`);
+      }
+      const keep = options.keepSource === true;
+      // Chunks in flight together: one chunk's bytes move while the next is being
+      // reserved and the previous committed.
+      const chunks = chunk(ids, (id) => (mode === "push" ? this.o.store.bytesOf(id) : 0));
+      await inParallel(chunks, CHUNKS_IN_FLIGHT, (ids) =>
+        (mode === "push"
+          ? this.#push(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes)
+          : this.#pull(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes)
+        ).catch((err) => {
+          // A chunk-wide failure (the peer's reply never came) fails that chunk only.
+          for (const id of ids) outcomes.fail(id, err);
+        }),
+      );
+    } catch (err) {
+      outcomes.failRest(err);
+    }
+    const results = outcomes.list();
+    const failed = results.filter((r) => r.error);
+    if (failed.some((r) => r.error instanceof UnavailableError || r.error instanceof InvalidArgumentError)) {
+      // The peer may have restarted with another data address: greet it afresh next time.
+      this.o.peers.forget(address);
+    }
+    const moved = results.reduce((sum, r) => sum + r.bytes, 0);
+    (failed.length ? this.o.log.warn.bind(this.o.log) : this.o.log.info.bind(this.o.log))(
+      { target, ...(address !== target && { address }), mode, entries: ids.length, failed: failed.length, bytes: moved, firstError: failed[0]?.error?.message },
+      "batch transfer",
+    );
+    return results;
+  }
+
+  /**
+   * Pulls one entry (for a Get that names a source); throws on failure. Concurrent
+   * calls for the same id share one pull, so several readers of an entry that is not
+   * here yet all get it.
+   */
+  pullOnce(transferId: string, source: string): Promise<void> {
+    let pulling = this.#pulls.get(transferId);
+    if (pulling === undefined) {
+      pulling = this.batch([transferId], source, "pull", { targetField: "source" }).then(([outcome]) => {
+        if (outcome!.error) throw outcome!.error;
+      });
+      const forget = () => this.#pulls.delete(transferId);
+      pulling.then(forget, forget);
+      this.#pulls.set(transferId, pulling);
+    }
+    return pulling;
+  }
+
+  async #push(
+    ids: readonly string[], peer: Peer, deadlineAt: number, keep: boolean, leaseTtlMs: number | undefined, out: Outcomes,
+  ): Promise<void> {
+    const leases = new Map<string, ReadLease>();
+    try {
+      await Promise.all(
+        ids.map(async (id) => {
+          try {
+            // An entry still being written is waited for (up to the deadline); an absent
+            // one fails NOT_FOUND at once instead of holding its chunk back. Moved away
+            // (not kept), the entry is held exclusively: no consumer here gets it meanwhile.
+            const waitMs = this.o.store.has(id) ? remaining(deadlineAt) : 0;
+            leases.set(id, await this.o.store.get({ transferId: id, waitMs, exclusive: !keep }));
+          } catch (err) {
+            out.fail(id, err);
+          }
+        }),
+      );
+      const live = ids.filter((id) => leases.has(id));
+      if (live.length === 0) return;
+
+      const prep = await peer.call(
+        KvFerryPeerService.prepareReceive,
+        {
+          entries: live.map((id) => ({ transferId: id, parts: leases.get(id)!.parts.map((p) => ({ name: p.name, size: p.size })) })),
+          deadlineMs: remaining(deadlineAt),
+          leaseTtlMs,
+          sourceNode: this.o.nodeId(),
+        },
+        remaining(deadlineAt),
+      );
+      const reserved = new Map<string, string>(); // transfer id → reservation id
+      const plan = new OpPlan();
+      live.forEach((id, i) => {
+        try {
+          const reservation = checkReservation(prep.entries[i], id);
+          reserved.set(id, reservation.id);
+          const exposed = exposedByName(reservation.parts);
+          // All of an entry's ops, or none: a half-planned entry must not write anything.
+          const ops = leases.get(id)!.parts.filter((part) => part.size > 0).flatMap((part): OpSpec[] =>
+            segmentOps("write", this.o.engine.extentsOf(part.block), segmentsOf(exposed, part.name, part.size)),
+          );
+          for (const op of ops) plan.add(id, op);
+        } catch (err) {
+          out.fail(id, err);
+        }
+      });
+      await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt, out, reserved.keys());
+      // Whatever failed gives its reservation back now rather than at the peer's timeout.
+      const abandoned = [...reserved].filter(([id]) => out.has(id));
+      for (const [id] of abandoned) reserved.delete(id);
+      if (abandoned.length > 0) {
+        // Awaited, so that a caller retrying on our answer finds the target clean.
+        const ids = abandoned.map(([, rid]) => rid);
+        await peer.call(KvFerryPeerService.abortReceive, { ids, reason: "transfer failed" }, CLEANUP_TIMEOUT_MS).catch(() => {});
+      }
+      if (reserved.size === 0) return;
+
+      const committing = [...reserved];
+      const commit = await peer.call(
+        KvFerryPeerService.commitReceive,
+        { ids: committing.map(([, rid]) => rid) },
+        remaining(deadlineAt),
+      );
+      committing.forEach(([id], i) => {
+        const result = commit.results[i];
+        if (result === undefined) return out.fail(id, new UnavailableError(`peer ${peer.address} did not answer for ${id}`));
+        if (result.error) return out.fail(id, fromEntryError(result.error, peer.address));
+        const lease = leases.get(id)!;
+        if (keep) lease.release(false);
+        else lease.releaseAndDrop("transferred");
+        out.succeed(id, result.bytes);
+      });
+    } finally {
+      for (const lease of leases.values()) lease.release(false); // no-op for the released
+    }
+  }
+
+  async #pull(
+    ids: readonly string[], peer: Peer, deadlineAt: number, keep: boolean, leaseTtlMs: number | undefined, out: Outcomes,
+  ): Promise<void> {
+    const prep = await peer.call(
+      KvFerryPeerService.prepareSend,
+      { transferIds: [...ids], deadlineMs: remaining(deadlineAt), destinationNode: this.o.nodeId(), releaseSource: !keep },
+      remaining(deadlineAt),
+    );
+    const held = new Map<string, string>(); // transfer id → the peer's reservation id
+    const writers = new Map<string, PartWriter[]>();
+    const completed: string[] = [];
+    try {
+      const exposedParts = new Map<string, ExposedPart[]>();
+      ids.forEach((id, i) => {
+        try {
+          const reservation = checkReservation(prep.entries[i], id);
+          held.set(id, reservation.id);
+          exposedParts.set(id, reservation.parts);
+        } catch (err) {
+          out.fail(id, err);
+        }
+      });
+      // Room here, entry by entry (each may wait for eviction or room).
+      await Promise.all(
+        [...exposedParts].map(async ([id, parts]) => {
+          const opened: PartWriter[] = [];
+          writers.set(id, opened);
+          try {
+            for (const part of parts) {
+              opened.push(await this.o.store.openPart({ transferId: id, part: part.name, leaseTtlMs }, part.size));
+            }
+          } catch (err) {
+            out.fail(id, err);
+          }
+        }),
+      );
+      const plan = new OpPlan();
+      for (const [id, parts] of exposedParts) {
+        if (out.has(id)) continue;
+        try {
+          // All of an entry's ops, or none.
+          const ops = parts.flatMap((part, i): OpSpec[] =>
+            part.size === 0 ? [] : segmentOps("read", this.o.engine.extentsOf(writers.get(id)![i]!.block), remoteSegments(part)),
+          );
+          for (const op of ops) plan.add(id, op);
+        } catch (err) {
+          out.fail(id, err);
+        }
+      }
+      await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt, out, exposedParts.keys());
+      for (const [id, opened] of writers) {
+        if (out.has(id)) continue;
+        try {
+          for (const w of opened) {
+            w.landed();
+            w.commit();
+          }
+          this.o.store.seal(id);
+          completed.push(id);
+          out.succeed(id, opened.reduce((sum, w) => sum + w.size, 0));
+        } catch (err) {
+          out.fail(id, err);
+        }
+      }
+    } finally {
+      // Whatever did not complete gives its room back (after the engine let go of it).
+      for (const [id, opened] of writers) if (!completed.includes(id)) for (const w of opened) w.abort();
+      const done = new Set(completed);
+      // Awaited: when the batch answers, the source has dropped (or kept) its copies.
+      await peer
+        .call(
+          KvFerryPeerService.finishSend,
+          {
+            completed: completed.map((id) => held.get(id)!),
+            failed: [...held].filter(([id]) => !done.has(id)).map(([, rid]) => rid),
+            releaseSource: !keep,
+          },
+          CLEANUP_TIMEOUT_MS,
+        )
+        .catch((err) => this.o.log.warn({ peer: peer.address, err: (err as Error).message }, "finishSend failed"));
+    }
+  }
+}
+
+/** Splits ids into chunks of at most CHUNK_ENTRIES entries and (about) CHUNK_BYTES bytes. */
+function chunk(ids: readonly string[], bytesOf: (id: string) => number): string[][] {
+  const chunks: string[][] = [];
+  let current: string[] = [];
+  let bytes = 0;
+  for (const id of ids) {
+    current.push(id);
+    bytes += bytesOf(id);
+    if (current.length === CHUNK_ENTRIES || bytes >= CHUNK_BYTES) {
+      chunks.push(current);
+      current = [];
+      bytes = 0;
+    }
+  }
+  if (current.length > 0) chunks.push(current);
+  return chunks;
+}
+
+/** Runs `work` over the items with at most `limit` running at once. */
+async function inParallel<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await work(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+function fromEntryError(e: EntryError, peer: string): KvferryError {
+  return errorFromStatus(e.code, `peer ${peer}: ${e.message}`);
+}
+
+function checkReservation(r: Reservation | undefined, transferId: string): Reservation {
+  if (r === undefined || r.transferId !== transferId) {
+    throw new UnavailableError(`the peer answered out of order for ${transferId}`);
+  }
+  if (r.error) throw errorFromStatus(r.error.code, `peer: ${r.error.message}`);
+  return r;
+}
+
+function exposedByName(parts: ExposedPart[]): Map<string, ExposedPart> {
+  return new Map(parts.map((p) => [p.name, p]));
+}
+
+function segmentsOf(byName: Map<string, ExposedPart>, name: string, size: number) {
+  const part = byName.get(name);
+  if (part === undefined || part.size !== size) throw new UnavailableError(`peer exposed no part ${name} of ${size} bytes`);
+  return remoteSegments(part);
+}

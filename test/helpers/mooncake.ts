@@ -1,0 +1,105 @@
+// Mooncake's own transfer engine (PyPI: mooncake-transfer-engine-non-cuda) as a real client,
+// one engine per Python process (mooncake-engine.py beside this file), in the virtual
+// environment scripts/mooncake-venv.sh makes once and caches.
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+const VENV_SCRIPT = fileURLToPath(new URL("../../scripts/mooncake-venv.sh", import.meta.url));
+const ENGINE_SCRIPT = fileURLToPath(new URL("./mooncake-engine.py", import.meta.url));
+/** Creating the environment the first time (a download of ~60 MB and an install). */
+const VENV_TIMEOUT_MS = 600_000;
+/** One answer of an engine (its start included): generous for a busy 2-core machine. */
+const ANSWER_TIMEOUT_MS = 30_000;
+/** mooncake-venv.sh's status for "the package cannot be installed". */
+const CANNOT_INSTALL = 3;
+
+export type MooncakePython = { python: string } | { skip: string } | { error: string };
+
+/** Runs scripts/mooncake-venv.sh: the venv's python, a reason to skip (its last line), or what went wrong. */
+export function mooncakePython(): Promise<MooncakePython> {
+  return new Promise((resolve) => {
+    execFile("bash", [VENV_SCRIPT], { timeout: VENV_TIMEOUT_MS }, (err, stdout, stderr) => {
+      if (err === null) return resolve({ python: stdout.trim() });
+      if (err.code === CANNOT_INSTALL) return resolve({ skip: stderr.trim().split("\n").at(-1)! });
+      resolve({ error: `scripts/mooncake-venv.sh: ${stderr.trim() || err.message}` });
+    });
+  });
+}
+
+export interface MooncakeEngine {
+  /** Its first line: {"initialized": true, "rpc_port": N} or {"initialized": false, "rc": RC}. */
+  readonly started: Record<string, unknown>;
+  /** Sends a command line, resolves to its JSON answer. */
+  ask(command: string): Promise<Record<string, unknown>>;
+  /** What Mooncake logged so far (glog, on stderr). */
+  stderr(): string;
+  /** Ends its stdin (the engine's clean-up removes its records) and resolves to its exit code. */
+  quit(): Promise<number | null>;
+  kill(): void;
+}
+
+/**
+ * Starts `mooncake-engine.py NAME METADATA_URL SIZE` and waits for its first line. Its
+ * published RPC address is 127.0.0.1 (MC_TCP_BIND_ADDRESS), so its peers reach it over
+ * loopback; Mooncake's own listening sockets take the wildcard address, which it does not
+ * let a caller choose.
+ */
+export async function startMooncakeEngine(python: string, name: string, metadataUrl: string, size: number): Promise<MooncakeEngine> {
+  const child: ChildProcess = spawn(python, [ENGINE_SCRIPT, name, metadataUrl, String(size)], {
+    stdio: ["pipe", "pipe", "pipe"],
+    env: { ...process.env, MC_TCP_BIND_ADDRESS: "127.0.0.1", PYTHONUNBUFFERED: "1" },
+  });
+  let stderr = "";
+  child.stderr!.on("data", (d) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const lines: string[] = [];
+  const waiting: ((line: string | undefined) => void)[] = [];
+  let closed = false;
+  const reader = createInterface({ input: child.stdout! });
+  reader.on("line", (line) => (waiting.length > 0 ? waiting.shift()!(line) : lines.push(line)));
+  reader.on("close", () => {
+    closed = true;
+    for (const wake of waiting.splice(0)) wake(undefined);
+  });
+  const next = (what: string) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const fail = (why: string) => reject(new Error(`mooncake engine ${name}: ${why} (${what}); stderr:\n${stderr}`));
+      const take = (line: string | undefined) => {
+        clearTimeout(timer);
+        if (line === undefined) return fail(`exited (code ${child.exitCode}) before answering`);
+        try {
+          resolve(JSON.parse(line) as Record<string, unknown>);
+        } catch {
+          fail(`answered ${JSON.stringify(line)}, not JSON`);
+        }
+      };
+      const timer = setTimeout(() => {
+        waiting.splice(waiting.indexOf(take), 1);
+        fail(`no answer within ${ANSWER_TIMEOUT_MS} ms`);
+      }, ANSWER_TIMEOUT_MS);
+      if (lines.length > 0) take(lines.shift());
+      else if (closed) take(undefined);
+      else waiting.push(take);
+    });
+  const started = await next("start").catch((err: unknown) => {
+    child.kill("SIGKILL");
+    throw err;
+  });
+  return {
+    started,
+    ask(command) {
+      child.stdin!.write(`${command}\n`);
+      return next(command);
+    },
+    stderr: () => stderr,
+    quit() {
+      child.stdin!.end();
+      const timer = setTimeout(() => child.kill("SIGKILL"), ANSWER_TIMEOUT_MS);
+      return exited.finally(() => clearTimeout(timer));
+    },
+    kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    },
+  };
+}
