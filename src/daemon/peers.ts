@@ -9,7 +9,7 @@
 // A peer is: unknown → greeted (Hello answered: node id, data address); a failed call
 // leaves it greeted (the next call retries the channel); Forget drops what Hello said.
 // Its channel is replaced (revive) or closed (eviction, close) only once no call is on it.
-import { Client, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
+import { Client, connectivityState, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { DeadlineExceededError, InternalError, InvalidArgumentError, PermissionDeniedError, UnauthenticatedError, UnavailableError } from "../errors.js";
 import { errorFromStatus } from "../grpc-errors.js";
 import {
@@ -41,6 +41,13 @@ import {
  * grpc-js's default backoff grows to two minutes, during which every call fails at once.
  */
 const CHANNEL_OPTIONS = { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 1_000 };
+/**
+ * A call on a channel in reconnect backoff first waits this long (within its deadline) for the
+ * channel to reconnect: the longest backoff and a connect. Without it the call fails at once
+ * with the last attempt's error, though the peer may be listening again by now (a daemon that
+ * restarted, or another that took its ports while its start was slow).
+ */
+const RECONNECT_WAIT_MS = 2_000;
 /** Peers with an open channel at once; the oldest is closed beyond this. */
 const MAX_PEERS = 1024;
 /** A handshake (two round trips) gives up after this; callers stop waiting at their own deadlines. */
@@ -74,8 +81,12 @@ class Channel {
     this.#retired = retired;
   }
 
-  unary<Res>(path: string, bytes: Buffer, decode: (b: Buffer) => Res, metadata: Metadata, deadline: number): Promise<Res> {
+  async unary<Res>(path: string, bytes: Buffer, decode: (b: Buffer) => Res, metadata: Metadata, deadline: number): Promise<Res> {
     this.#inFlight++;
+    if (this.#client.getChannel().getConnectivityState(false) === connectivityState.TRANSIENT_FAILURE) {
+      // Still down after the wait: the call below fails at once, with the latest attempt's error.
+      await new Promise<void>((resolve) => this.#client.waitForReady(Math.min(deadline, Date.now() + RECONNECT_WAIT_MS), () => resolve()));
+    }
     return new Promise<Res>((resolve, reject) => {
       const identity = (b: Buffer) => b;
       this.#client.makeUnaryRequest(path, identity, decode, bytes, metadata, { deadline }, (err: ServiceError | null, res?: Res) => {

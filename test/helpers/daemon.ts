@@ -52,7 +52,7 @@ export async function startDaemon(args: string[], options: StartOptions = {}): P
     return c;
   };
   const client = newClient();
-  await client.waitForReady(5000);
+  await client.waitForReady(30_000);
   return {
     proc,
     address: proc.address,
@@ -159,7 +159,7 @@ export interface CliResult {
 }
 
 /** Runs `node bin/kvferry.js ...args` to its end (killed after timeoutMs). */
-export function runCli(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 10_000): Promise<CliResult> {
+export function runCli(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], {
       env: { ...process.env, NO_PRETTY: "1", ...env },

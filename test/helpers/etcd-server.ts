@@ -98,7 +98,7 @@ export async function startEtcd(options: EtcdStartOptions = {}): Promise<EtcdSer
   if (!existsSync(ETCD_BINARY)) {
     throw new Error(`${ETCD_BINARY} is missing: install etcd-server (npm test does it through scripts/setup.mjs --test)`);
   }
-  const startTimeoutMs = options.startTimeoutMs ?? 15_000;
+  const startTimeoutMs = options.startTimeoutMs ?? 60_000;
   const dataDir = mkdtempSync(join(tmpdir(), "kvferry-etcd-"));
   dataDirs.add(dataDir);
   let lastError: unknown;
@@ -215,7 +215,7 @@ class Server implements EtcdServer {
       execFile(
         ETCDCTL_BINARY,
         [`--endpoints=${this.endpoint}`, "--dial-timeout=2s", "--command-timeout=5s", ...args],
-        { env: { ...process.env, ETCDCTL_API: "3" }, timeout: 10_000 },
+        { env: { ...process.env, ETCDCTL_API: "3" }, timeout: 60_000 },
         (err, stdout, stderr) => (err ? reject(new Error(`etcdctl ${args.join(" ")}: ${stderr || err.message}`)) : resolve(stdout)),
       );
     });

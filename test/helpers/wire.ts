@@ -1,9 +1,10 @@
 // A raw client of the native data plane (native/engine/tcp/wire.h, version 2), for tests
 // that send it what no real engine would: 48-byte little-endian headers built field by
 // field, the challenge-response handshake written independently of the engine's (with
-// node:crypto), and a connection that reports exactly what came back and when it closed.
+// node:crypto), a connection that reports exactly what came back and when it closed, and a
+// relay that swallows chosen READs (a source that never answers for some handles).
 import { createHmac, randomBytes } from "node:crypto";
-import { connect, type Socket } from "node:net";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 
 export const HEADER = 48;
 export const MAGIC = 0x5246564b;
@@ -220,4 +221,49 @@ export class RawDataConnection {
     }
     return { state: this.#closed ? "closed" : "open", received: this.#buffered.length };
   }
+}
+
+/**
+ * A relay on a loopback port to the data port at `to`: it forwards both directions byte for byte,
+ * except the client's READ frames that `passes` refuses, which it swallows, so that their replies
+ * never come (a source that stalls on chosen handles, however fast the machine is).
+ */
+export async function stallingRelay(to: string, passes: (read: Frame) => boolean): Promise<{ address: string; close(): void }> {
+  const i = to.lastIndexOf(":");
+  const target = { host: to.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(to.slice(i + 1)) };
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(target);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.setNoDelay(true);
+      s.on("error", () => {});
+      s.on("close", () => {
+        sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    upstream.on("data", (d: Buffer) => client.write(d));
+    let pending = Buffer.alloc(0);
+    client.on("data", (d: Buffer) => {
+      pending = Buffer.concat([pending, d]);
+      for (;;) {
+        if (pending.length < HEADER) return;
+        const f = decodeHeader(pending);
+        const size = HEADER + (f.type === FrameType.READ ? 0 : Number(f.length)); // READ alone has no payload
+        if (pending.length < size) return;
+        if (f.type !== FrameType.READ || passes(f)) upstream.write(pending.subarray(0, size));
+        pending = pending.subarray(size);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
 }

@@ -179,7 +179,7 @@ describe("a node replaced at the same address", () => {
       ["--node-id", "emb-d", "--metadata-ttl-ms", String(ttl), "--cluster-token", TOKEN, "--kv-buffer-size", "128MiB",
         "--peer-listen", `127.0.0.1:${peerPort}`, "--data-listen", `127.0.0.1:${dataPort}`, "--peer", p.peerAddress],
     );
-    await expectNodes(p, ["emb-d", "emb-p"], 3_000);
+    await expectNodes(p, ["emb-d", "emb-p"], 10_000); // d greets p as it starts
     d.proc.child.kill("SIGKILL");
     await d.proc.exited;
     await d.stop();
@@ -204,7 +204,7 @@ describe("a node replaced at the same address", () => {
     expect(await fetchHashes(p.client, spec.id)).toEqual(hashes);
     // And within a heartbeat p learns who answers at that address now.
     await expectNodes(p, ["emb-p", "emb-z"], 10_000);
-  }, 60_000);
+  }, 180_000);
 });
 
 describe("kvferry status", () => {

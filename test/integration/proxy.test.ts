@@ -401,7 +401,7 @@ describe("a client leaving while its KV is being pushed", () => {
       await eventually(async () => {
         id = (await prefill.daemon.client.list({})).entries[0]?.transferId;
         return id !== undefined;
-      }, 5000);
+      }, 30_000);
       expect(id).toMatch(/^kvf-[0-9a-f-]{36}$/);
       await sleep(300);
       controller.abort();
@@ -415,7 +415,7 @@ describe("a client leaving while its KV is being pushed", () => {
         const err = await decode.daemon.client.stat(id!).then(() => undefined, (e: unknown) => e);
         reason = err instanceof NotFoundError ? err.reason : undefined;
         return reason !== undefined;
-      }, 5000);
+      }, 30_000);
       // It reached the decode node (the push completed) and the proxy released it there.
       expect(reason).toBe("released");
       expect(await rejection(prefill.daemon.client.stat(id!))).toBeInstanceOf(NotFoundError);
