@@ -23,6 +23,11 @@ export interface SettingSpec<T> {
   readonly boolean?: true;
 }
 
+/** A table's entry, typed by its parser; it keeps `multiple` and `boolean` for TableInputs. */
+export function setting<T, const S extends { readonly multiple?: true; readonly boolean?: true }>(s: SettingSpec<T> & S): SettingSpec<T> & S {
+  return s;
+}
+
 /** A flag as parseArgs and --help see it. */
 export interface FlagDefinition {
   type: "string" | "boolean";
@@ -79,7 +84,7 @@ export function flagDefinition<T>(setting: SettingSpec<T>): FlagDefinition {
 }
 
 /** The flags of a table keyed by field: `--kebab-field` for each. */
-export function tableFlags(table: Readonly<Record<string, SettingSpec<never>>>): Record<string, FlagDefinition> {
+export function tableFlags(table: Readonly<Record<string, SettingSpec<unknown>>>): Record<string, FlagDefinition> {
   return Object.fromEntries(Object.entries(table).map(([field, setting]) => [kebab(field), flagDefinition(setting)]));
 }
 
@@ -90,7 +95,7 @@ export type FlagText<S> = S extends { readonly boolean: true } ? boolean : S ext
 export type TableInputs<Table> = { [F in keyof Table]?: FlagText<Table[F]> };
 
 /** Reads a table's flags out of parseArgs' values (keyed by flag name) into its inputs. */
-export function tableInputs<Table extends Readonly<Record<string, SettingSpec<never>>>>(
+export function tableInputs<Table extends Readonly<Record<string, SettingSpec<unknown>>>>(
   table: Table,
   values: Readonly<Record<string, unknown>>,
 ): TableInputs<Table> {
