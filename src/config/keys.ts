@@ -206,7 +206,7 @@ export const KEYS = {
     doc: "keep retrying an unreachable backend at start-up this long (0: exit 3 at once)",
   }),
   peers: spec({
-    parse: peerList, default: [], flag: "peers", env: "KVFERRY_PEERS", multiple: true, placeholder: "HOST:PORT",
+    parse: peerList, default: [], defaultDoc: "none", flag: "peers", env: "KVFERRY_PEERS", multiple: true, placeholder: "HOST:PORT",
     doc: "a peer API to greet at start-up (embedded metadata; repeatable)",
   }),
 } as const;

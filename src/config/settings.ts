@@ -52,9 +52,9 @@ function isHostPort(value: unknown): value is HostPort {
   return typeof value === "object" && value !== null && "host" in value && "port" in value;
 }
 
-/** A value as a flag would spell it: "127.0.0.1:50051", "30000", "h1:p1,h2:p2" ("none" for an empty list). */
+/** A value as a flag would spell it: "127.0.0.1:50051", "30000", "h1:p1,h2:p2". */
 export function showValue(value: unknown): string {
-  if (Array.isArray(value)) return value.length === 0 ? "none" : value.map(showValue).join(",");
+  if (Array.isArray(value)) return value.map(showValue).join(",");
   if (isHostPort(value)) return formatHostPort(value);
   return String(value);
 }
