@@ -83,6 +83,20 @@ export function flagDefinition<T>(setting: SettingSpec<T>): FlagDefinition {
   };
 }
 
+/**
+ * A setting's value: `raw` (flag text) parsed, else a fresh copy of the default.
+ * @throws what `refused` makes of the parser's expectation
+ */
+export function settingValue<T>(setting: SettingSpec<T>, raw: unknown, refused: (expected: string) => Error): T {
+  if (raw === undefined) return structuredClone(setting.default) as T;
+  const parsed = setting.parse(raw, true);
+  if (!parsed.ok) throw refused(parsed.expected);
+  return parsed.value;
+}
+
+/** The type of a table's setting's value. */
+export type SettingValue<S> = S extends SettingSpec<infer T> ? T : never;
+
 /** The flags of a table keyed by field: `--kebab-field` for each. */
 export function tableFlags(table: Readonly<Record<string, SettingSpec<unknown>>>): Record<string, FlagDefinition> {
   return Object.fromEntries(Object.entries(table).map(([field, setting]) => [kebab(field), flagDefinition(setting)]));

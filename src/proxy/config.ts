@@ -14,7 +14,7 @@ import {
 } from "../config/parse.js";
 import { loadConfig, type LogLevel, type MetadataSettings } from "../config/config.js";
 import { DEFAULT_LISTEN_HOST, isKey, KEYS } from "../config/keys.js";
-import { kebab, setting, showBytes, snake, type SettingSpec, type TableInputs } from "../config/settings.js";
+import { kebab, setting, settingValue, showBytes, snake, type SettingSpec, type SettingValue, type TableInputs } from "../config/settings.js";
 
 export type Role = "prefill" | "decode";
 export type PolicyName = "round-robin" | "least-outstanding";
@@ -258,13 +258,9 @@ export function proxyInputsFromFile(path: string): { inputs: ProxyInputs; keys: 
 }
 
 /** A setting's value: parsed from its input, else its default. */
-function value<F extends ProxyField>(field: F, inputs: ProxyInputs, origins: Origins): (typeof PROXY_SETTINGS)[F] extends SettingSpec<infer T> ? T : never {
-  const setting = PROXY_SETTINGS[field] as SettingSpec<unknown>;
+function value<F extends ProxyField>(field: F, inputs: ProxyInputs, origins: Origins): SettingValue<(typeof PROXY_SETTINGS)[F]> {
   const raw = inputs[field];
-  if (raw === undefined) return structuredClone(setting.default) as never;
-  const parsed = setting.parse(raw, true);
-  if (!parsed.ok) throw origins.refuse(field, raw, parsed.expected);
-  return parsed.value as never;
+  return settingValue(PROXY_SETTINGS[field] as SettingSpec<SettingValue<(typeof PROXY_SETTINGS)[F]>>, raw, (expected) => origins.refuse(field, raw, expected));
 }
 
 /**

@@ -4,7 +4,7 @@
 import type { LogLevel } from "../config/config.js";
 import { DEFAULT_LISTEN_HOST } from "../config/keys.js";
 import { accept, formatHostPort, hostPort, integer, INT32_MAX, listenAddress, oneOf, refuse, stringMatching, type HostPort, type Parser } from "../config/parse.js";
-import { setting, kebab, tableInputs, type SettingSpec } from "../config/settings.js";
+import { kebab, setting, settingValue, tableInputs, type SettingSpec, type SettingValue } from "../config/settings.js";
 import { engineUrlProblem } from "../metadata/node.js";
 import { DEFAULT_LAYOUT, tokenBytes, type KvLayout } from "./kv.js";
 import { ROLE_NAMES, type RoleName } from "./roles.js";
@@ -88,18 +88,15 @@ export const SIMULATE_SETTINGS = {
 };
 
 type SimulateField = keyof typeof SIMULATE_SETTINGS;
-type SimulateValue<F extends SimulateField> = (typeof SIMULATE_SETTINGS)[F] extends SettingSpec<infer T> ? T : never;
+type SimulateValue<F extends SimulateField> = SettingValue<(typeof SIMULATE_SETTINGS)[F]>;
 
 /** Validates the flags (parseArgs' values, keyed by flag name) into settings; throws SimulateFlagError. */
 export function simulateSettings(values: Record<string, unknown>): SimulateSettings {
   const inputs: Partial<Record<SimulateField, unknown>> = tableInputs(SIMULATE_SETTINGS, values);
   const flag = <F extends SimulateField>(field: F): SimulateValue<F> => {
-    const spec = SIMULATE_SETTINGS[field] as SettingSpec<unknown>;
     const raw = inputs[field];
-    if (raw === undefined) return structuredClone(spec.default) as SimulateValue<F>;
-    const parsed = spec.parse(raw, true);
-    if (!parsed.ok) throw new SimulateFlagError(kebab(field), raw, parsed.expected);
-    return parsed.value as SimulateValue<F>;
+    const spec = SIMULATE_SETTINGS[field] as SettingSpec<SimulateValue<F>>;
+    return settingValue(spec, raw, (expected) => new SimulateFlagError(kebab(field), raw, expected));
   };
   const role = flag("role");
   if (role === undefined) throw new SimulateFlagError("role", undefined, `${ROLES_EXPECTED} (required)`);

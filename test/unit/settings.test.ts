@@ -5,6 +5,7 @@
 // value reaches the setting.
 import { describe, expect, it } from "vitest";
 import { daemonCommand } from "../../src/cli/daemon.js";
+import { DEMO_SETTINGS, demoCommand } from "../../src/cli/demo.js";
 import { proxyCommand } from "../../src/cli/proxy.js";
 import { simulateCommand } from "../../src/cli/simulate.js";
 import { parseFlags, type Command } from "../../src/cli/command.js";
@@ -150,6 +151,24 @@ describe("kvferry simulate: SIMULATE_SETTINGS", () => {
       expect(() => simulateSettings({ role: "both", [kebab(field)]: "not valid" }), field).toThrow(
         new RegExp(`^--${kebab(field)}: got "not valid", expected `),
       );
+    }
+  });
+});
+
+describe("kvferry demo: DEMO_SETTINGS", () => {
+  const entries = Object.entries(DEMO_SETTINGS) as Array<[keyof typeof DEMO_SETTINGS, SettingSpec<unknown>]>;
+
+  it("has a flag and a help line with its default for every setting, --start-timeout-ms among them", () => {
+    for (const [field, setting] of entries) checkHelp(demoCommand, kebab(field), setting);
+    expect(helpLine(demoCommand, "start-timeout-ms")).toMatch(/\(default \d+\)$/);
+    const fromTable = new Set(entries.map(([field]) => kebab(field)));
+    expect(Object.keys(demoCommand.flags).filter((name) => !fromTable.has(name))).toEqual(["help"]);
+  });
+
+  it("refuses each flag's bad value with exit 2's ConfigError naming the flag, before starting anything", () => {
+    for (const [field] of entries) {
+      const name = kebab(field);
+      expect(() => demoCommand.run({ [name]: "0x" }), name).toThrow(new RegExp(`^--${name}: ${name}: got "0x", expected `));
     }
   });
 });
