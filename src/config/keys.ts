@@ -215,7 +215,7 @@ export type Key = keyof typeof KEYS;
 export type ValueOf<K extends Key> = (typeof KEYS)[K] extends KeySpec<infer T> ? T : never;
 
 /** The ConfigInputs fields that set a key: the `flag` of each key that has one. */
-export type SettingFlag = { [K in Key]: (typeof KEYS)[K] extends { readonly flag?: infer F extends string } ? F : never }[Key];
+export type SettingFlag = { [K in Key]: NonNullable<(typeof KEYS)[K]["flag"]> }[Key];
 
 /**
  * What the CLI parsed from flags, every field the flag's text as given: a field per key
