@@ -1,16 +1,11 @@
 // What a `kvferry` command is to main.ts: its flags (parsed strictly by node:util's
 // parseArgs), its help text, and how it runs. Each command's file exports one Command;
-// main.ts only dispatches.
+// main.ts only dispatches. The daemon, the proxy and the simulator derive their flags from
+// their tables of settings (config/settings.ts).
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import type { FlagDefinition } from "../config/settings.js";
 
-export interface Flag {
-  type: "string" | "boolean";
-  short?: string;
-  multiple?: boolean;
-  /** The value's placeholder in the help ("HOST:PORT"), "" for a boolean. */
-  help: string;
-  doc: string;
-}
+export type Flag = FlagDefinition;
 
 export type Flags = Readonly<Record<string, Flag>>;
 export type FlagValues = Record<string, string | boolean | string[] | undefined>;

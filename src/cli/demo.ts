@@ -8,7 +8,8 @@
 // side by side; stops every process and checks they all exited 0. Exit code 0 only if
 // every request succeeded with the reference's output and every process stopped cleanly.
 import { DemoCluster } from "../demo/cluster.js";
-import { MiB, size } from "../config/parse.js";
+import { accept, integer, MiB, refuse, size, type Parser } from "../config/parse.js";
+import { kebab, setting, settingValue, tableFlags, tableInputs, type SettingSpec, type SettingValue } from "../config/settings.js";
 import { ConfigError, ServiceStartError } from "../errors.js";
 import { DEFAULT_START_TIMEOUT_MS, describeExit } from "../launch/spawn-service.js";
 import { bytes, metricSum, percentile, progressBar, table } from "../demo/report.js";
@@ -17,17 +18,33 @@ import { KvferryClient } from "../client/client.js";
 import { stopWithNpm } from "./lifecycle.js";
 import { flagHelp, HELP_FLAG, type Command, type FlagValues, type Flags } from "./command.js";
 
-export interface DemoOptions {
-  requests: number;
-  concurrency: number;
-  maxPromptWords: number;
-  transfer: "push" | "pull";
-  kvBufferSize: string;
-  /** How long each of its processes may take to serve. */
-  startTimeoutMs: number;
-}
+/** The demo's settings, checked: a value per DEMO_SETTINGS entry (startTimeoutMs: how long each process may take to serve). */
+export type DemoOptions = { [F in keyof typeof DEMO_SETTINGS]: SettingValue<(typeof DEMO_SETTINGS)[F]> };
 
-export const DEMO_DEFAULTS: DemoOptions = { requests: 48, concurrency: 4, maxPromptWords: 512, transfer: "push", kvBufferSize: "1GiB", startTimeoutMs: DEFAULT_START_TIMEOUT_MS };
+/** --kv-buffer-size as the daemons will read it (checked here, so a bad one is exit 2 before anything starts). */
+const bufferSize: Parser<string> = (raw) => {
+  const parsed = size(64 * MiB)(raw, true);
+  return parsed.ok ? accept(String(raw)) : parsed;
+};
+
+const transferMode: Parser<"push" | "pull"> = (raw) => (raw === "push" || raw === "pull" ? accept(raw) : refuse("push or pull"));
+
+/** The demo's settings, keyed by DemoOptions field: flags (kebab-case), --help and defaults come from here. */
+export const DEMO_SETTINGS = {
+  requests: setting({ parse: integer(1, 10_000), default: 48, placeholder: "N", doc: "requests to send" }),
+  concurrency: setting({ parse: integer(1, 256), default: 4, placeholder: "N", doc: "requests in flight at once" }),
+  maxPromptWords: setting({
+    parse: integer(1, 8_192), default: 512, placeholder: "N", doc: "longest prompt, in words ≈ tokens (128 KiB of KV each)",
+  }),
+  transfer: setting({
+    parse: transferMode, default: "push", placeholder: "MODE",
+    doc: "push (the prefill daemon pushes the KV) | pull (the decode daemon pulls it)",
+  }),
+  kvBufferSize: setting({ parse: bufferSize, default: "1GiB", placeholder: "BYTES", doc: "lookup buffer of each daemon" }),
+  startTimeoutMs: setting({
+    parse: integer(1, 3_600_000), default: DEFAULT_START_TIMEOUT_MS, placeholder: "MS", doc: "how long each process may take to start serving",
+  }),
+};
 
 const MODEL = "kvferry-sim-7b";
 
@@ -162,12 +179,7 @@ function drawer(total: number, label: string): (done: number) => void {
 }
 
 const FLAGS = {
-  requests: { type: "string", help: "N", doc: `requests to send (default ${DEMO_DEFAULTS.requests})` },
-  concurrency: { type: "string", help: "N", doc: `requests in flight at once (default ${DEMO_DEFAULTS.concurrency})` },
-  "max-prompt-words": { type: "string", help: "N", doc: `longest prompt, in words ≈ tokens (default ${DEMO_DEFAULTS.maxPromptWords}; 128 KiB of KV each)` },
-  transfer: { type: "string", help: "MODE", doc: "push (the prefill daemon pushes the KV) | pull (the decode daemon pulls it) (default push)" },
-  "kv-buffer-size": { type: "string", help: "BYTES", doc: `lookup buffer of each daemon (default ${DEMO_DEFAULTS.kvBufferSize})` },
-  "start-timeout-ms": { type: "string", help: "MS", doc: `how long each process may take to start serving (default ${DEMO_DEFAULTS.startTimeoutMs})` },
+  ...tableFlags(DEMO_SETTINGS),
   help: HELP_FLAG,
 } satisfies Flags;
 
@@ -186,37 +198,15 @@ Flags:
 ${flagHelp(FLAGS)}
 `;
 
-/** --kv-buffer-size as the daemons will read it (checked here, so a bad one is exit 2 before anything starts). */
-function bufferSize(raw: unknown): string {
-  if (raw === undefined) return DEMO_DEFAULTS.kvBufferSize;
-  const parsed = size(64 * MiB)(raw, true);
-  if (!parsed.ok) throw new ConfigError("--kv-buffer-size", "kv-buffer-size", raw, parsed.expected);
-  return String(raw);
-}
-
 /** The demo's flags, checked: a bad one is a ConfigError naming it (exit 2). */
 function demoOptions(v: FlagValues): DemoOptions {
-  const count = (flag: string, fallback: number, max: number) => {
-    const raw = v[flag];
-    if (raw === undefined) return fallback;
-    const n = Number(raw);
-    if (typeof raw !== "string" || !/^\d+$/.test(raw) || n < 1 || n > max) {
-      throw new ConfigError(`--${flag}`, flag, raw, `an integer from 1 to ${max}`);
-    }
-    return n;
-  };
-  const transfer = v.transfer ?? DEMO_DEFAULTS.transfer;
-  if (transfer !== "push" && transfer !== "pull") throw new ConfigError("--transfer", "transfer", transfer, "push or pull");
-  return {
-    requests: count("requests", DEMO_DEFAULTS.requests, 10_000),
-    concurrency: count("concurrency", DEMO_DEFAULTS.concurrency, 256),
-    maxPromptWords: count("max-prompt-words", DEMO_DEFAULTS.maxPromptWords, 8_192),
-    transfer,
-    kvBufferSize: bufferSize(v["kv-buffer-size"]),
-    startTimeoutMs: count("start-timeout-ms", DEMO_DEFAULTS.startTimeoutMs, 3_600_000),
-  };
+  const inputs: Record<string, unknown> = tableInputs(DEMO_SETTINGS, v);
+  const options = Object.entries(DEMO_SETTINGS).map(([field, spec]: [string, SettingSpec<unknown>]) => {
+    const raw = inputs[field];
+    return [field, settingValue(spec, raw, (expected) => new ConfigError(`--${kebab(field)}`, kebab(field), raw, expected))];
+  });
+  return Object.fromEntries(options) as DemoOptions;
 }
-
 
 export const demoCommand: Command = {
   name: "demo",

@@ -3,11 +3,12 @@
 // (HOST:PORT, the real port when 0 was asked), as `kvferry daemon` logs its readiness, so
 // that a spawn helper can wait for that line and read the address from it.
 import { ShutdownSignals } from "./lifecycle.js";
-import { loadProxyConfig, type ProxyInputs } from "../proxy/config.js";
+import { loadProxyConfig, PROXY_SETTINGS, type ProxyInputs } from "../proxy/config.js";
+import { tableFlags, tableInputs } from "../config/settings.js";
 import { Proxy } from "../proxy/proxy.js";
 import { PROXY_SERVING } from "../proxy/spawn.js";
 import { createLogger } from "./logger.js";
-import { flagHelp, HELP_FLAG, LOG_LEVEL_FLAG, list, text, type Command, type Flags } from "./command.js";
+import { flagHelp, HELP_FLAG, text, type Command, type Flags } from "./command.js";
 
 /** Runs the proxy; resolves to the exit code. @throws ConfigError on a bad flag (exit 2). */
 export async function runProxy(inputs: ProxyInputs, configFile?: string): Promise<number> {
@@ -40,25 +41,10 @@ export async function runProxy(inputs: ProxyInputs, configFile?: string): Promis
   return signals.until(() => proxy.shutdown());
 }
 
+// --config, then one flag per setting (proxy/config.ts: its placeholder, doc and default come from there).
 const FLAGS = {
   config: { type: "string", help: "FILE", doc: "JSON with any of these settings under their names in snake_case (prefill/decode as arrays), and/or mooncake.json's keys (its metadata_* are used, the rest left to the daemon); flags override it (default $KVFERRY_CONFIG, else $MOONCAKE_CONFIG_PATH)" },
-  listen: { type: "string", help: "HOST:PORT", doc: "where to listen (default 127.0.0.1:8000; PORT alone means 127.0.0.1:PORT; port 0 picks one)" },
-  prefill: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a prefill instance's base URL, = the client API HOST:PORT of its node's kvferry daemon (repeatable; at least one unless discovered); given, discovered prefill instances are ignored" },
-  decode: { type: "string", multiple: true, help: "URL[=DAEMON]", doc: "a decode instance, the same way (repeatable; at least one unless discovered); given, discovered decode instances are ignored" },
-  "metadata-server": { type: "string", help: "URL", doc: "discover instances in this node registry (etcd HOST:PORT or etcd://…, redis://…, http://…/metadata): the engines the daemons publish; also the --config file's metadata_server, $KVFERRY_METADATA_SERVER" },
-  "metadata-backend": { type: "string", help: "NAME", doc: "etcd | redis | http | p2p, as the daemons' (must agree with --metadata-server)" },
-  "metadata-prefix": { type: "string", help: "PREFIX", doc: "the daemons' key prefix in the registry (default kvferry/v1/)" },
-  daemon: { type: "string", help: "HOST:PORT", doc: "discover instances through this daemon's ListNodes, polled every health interval (the way with embedded metadata); wins over --metadata-server" },
-  policy: { type: "string", help: "NAME", doc: "round-robin | least-outstanding (default least-outstanding)" },
-  transfer: { type: "string", help: "MODE", doc: "push (the prefill daemon pushes the KV) | pull (the decode side pulls it) | none (the engines move it) (default push)" },
-  "health-interval-ms": { type: "string", help: "MS", doc: "how often every instance and daemon is checked (default 2000)" },
-  "prefill-timeout-ms": { type: "string", help: "MS", doc: "the whole prefill call (default 120000)" },
-  "decode-timeout-ms": { type: "string", help: "MS", doc: "decode: time to its first byte, and the longest silence mid-stream (default 120000)" },
-  "transfer-deadline-ms": { type: "string", help: "MS", doc: "deadline of one KV push (default 30000)" },
-  "forward-authorization": { type: "boolean", help: "", doc: "send the client's Authorization header upstream (default: none is sent)" },
-  "max-body-bytes": { type: "string", help: "BYTES", doc: "largest request body, 413 above (default 16MiB)" },
-  "drain-ms": { type: "string", help: "MS", doc: "how long SIGTERM waits for requests in flight (default 30000)" },
-  "log-level": LOG_LEVEL_FLAG,
+  ...tableFlags(PROXY_SETTINGS),
   help: HELP_FLAG,
 } satisfies Flags;
 
@@ -96,18 +82,5 @@ export const proxyCommand: Command = {
   summary: "the disaggregating OpenAI-compatible proxy: prefill, KV transfer, decode",
   flags: FLAGS,
   usage: USAGE,
-  run: (values) =>
-    runProxy(
-      {
-        listen: text(values, "listen"), prefill: list(values, "prefill"), decode: list(values, "decode"),
-        policy: text(values, "policy"), transfer: text(values, "transfer"),
-        healthIntervalMs: text(values, "health-interval-ms"), prefillTimeoutMs: text(values, "prefill-timeout-ms"),
-        decodeTimeoutMs: text(values, "decode-timeout-ms"), transferDeadlineMs: text(values, "transfer-deadline-ms"),
-        forwardAuthorization: values["forward-authorization"] === true, maxBodyBytes: text(values, "max-body-bytes"),
-        drainMs: text(values, "drain-ms"), logLevel: text(values, "log-level"),
-        metadataServer: text(values, "metadata-server"), metadataBackend: text(values, "metadata-backend"),
-        metadataPrefix: text(values, "metadata-prefix"), daemon: text(values, "daemon"),
-      },
-      text(values, "config"),
-    ),
+  run: (values) => runProxy(tableInputs(PROXY_SETTINGS, values), text(values, "config")),
 };

@@ -71,6 +71,14 @@ function describeBytes(n: number): string {
   return String(n);
 }
 
+/** A byte count as `size` reads it back: "1GiB" when a binary unit divides it, else digits. */
+export function formatBytes(n: number): string {
+  for (const [name, size] of [["TiB", 2 ** 40], ["GiB", 2 ** 30], ["MiB", MiB], ["KiB", 1024]] as const) {
+    if (n >= size && n % size === 0) return `${n / size}${name}`;
+  }
+  return String(n);
+}
+
 /**
  * A byte count in [min, max]: a JSON integer, or a string such as "2e9", "512MiB", "4GB".
  * KiB/MiB/GiB/TiB are binary, KB/MB/GB/TB decimal. The result must be a whole number.

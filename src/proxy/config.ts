@@ -1,4 +1,5 @@
-// `kvferry proxy`'s configuration: flags → one validated, typed ProxyConfig.
+// `kvferry proxy`'s configuration: flags → one validated, typed ProxyConfig. Its settings,
+// their flags, --help and defaults are one table, PROXY_SETTINGS.
 //
 // Every refusal is a ConfigError whose source is the flag (`--prefill`, `--listen`, ...),
 // so the CLI prints the flag, the value and what was expected, and exits 2. Nothing is
@@ -8,9 +9,12 @@
 // daemon's ListNodes (--daemon).
 import { readFileSync } from "node:fs";
 import { ConfigError } from "../errors.js";
-import { durationMs, formatHostPort, hostPortFromText, integer, listenAddress, size, type HostPort } from "../config/parse.js";
+import {
+  accept, durationMs, formatHostPort, hostPortFromText, integer, INT32_MAX, listenAddress, MiB, refuse, size, type HostPort, type Parser,
+} from "../config/parse.js";
 import { loadConfig, type LogLevel, type MetadataSettings } from "../config/config.js";
-import { isKey } from "../config/keys.js";
+import { DEFAULT_LISTEN_HOST, isKey, KEYS } from "../config/keys.js";
+import { kebab, setting, settingValue, showBytes, snake, type SettingSpec, type SettingValue, type TableInputs } from "../config/settings.js";
 
 export type Role = "prefill" | "decode";
 export type PolicyName = "round-robin" | "least-outstanding";
@@ -66,40 +70,6 @@ export interface ProxyConfig {
   logLevel: LogLevel;
 }
 
-/** The flags as parsed text (main.ts), every one optional. */
-export interface ProxyInputs {
-  listen?: string;
-  prefill?: string[];
-  decode?: string[];
-  policy?: string;
-  transfer?: string;
-  healthIntervalMs?: string;
-  prefillTimeoutMs?: string;
-  decodeTimeoutMs?: string;
-  transferDeadlineMs?: string;
-  forwardAuthorization?: boolean;
-  maxBodyBytes?: string;
-  drainMs?: string;
-  logLevel?: string;
-  metadataServer?: string;
-  metadataBackend?: string;
-  metadataPrefix?: string;
-  daemon?: string;
-}
-
-export const PROXY_DEFAULTS = {
-  listen: "127.0.0.1:8000",
-  policy: "least-outstanding" as PolicyName,
-  transfer: "push" as TransferMode,
-  healthIntervalMs: 2000,
-  prefillTimeoutMs: 120_000,
-  decodeTimeoutMs: 120_000,
-  transferDeadlineMs: 30_000,
-  maxBodyBytes: 16 << 20,
-  drainMs: 30_000,
-  logLevel: "info" as LogLevel,
-};
-
 /** Health checks more often than this would load the instances for no gain. */
 export const MIN_HEALTH_INTERVAL_MS = 100;
 const POLICIES: readonly PolicyName[] = ["round-robin", "least-outstanding"];
@@ -108,6 +78,80 @@ const LOG_LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warn", "erro
 const INSTANCE_EXPECTED =
   "URL[=DAEMON]: an http(s) base URL such as http://127.0.0.1:8100, optionally followed by " +
   "=HOST:PORT, the client API of the kvferry daemon on that instance's node";
+const DAEMON_EXPECTED = "HOST:PORT, the client API of a kvferry daemon whose ListNodes lists the nodes";
+
+/** One of `choices`, exactly as spelled. */
+function exactly<T extends string>(choices: readonly T[]): Parser<T> {
+  return (raw) => ((choices as readonly unknown[]).includes(raw) ? accept(raw as T) : refuse(`one of ${choices.join(" | ")}`));
+}
+
+/** Checked elsewhere: the instances against --transfer (instances()), the metadata settings by the daemon's configuration. */
+const asGiven: Parser<unknown> = (raw) => accept(raw);
+
+const daemonAddress: Parser<string> = (raw) => {
+  const hp = typeof raw === "string" ? hostPortFromText(raw) : undefined;
+  return hp === undefined ? refuse(DAEMON_EXPECTED) : accept(formatHostPort(hp));
+};
+
+/**
+ * Every proxy setting, keyed by its ProxyInputs field: its flag is the field in kebab-case
+ * (--health-interval-ms), its key in a --config file the field in snake_case
+ * (health_interval_ms). The flags, their --help and the defaults come from here.
+ */
+export const PROXY_SETTINGS = {
+  listen: setting({
+    parse: listenAddress(DEFAULT_LISTEN_HOST), default: { host: DEFAULT_LISTEN_HOST, port: 8000 }, placeholder: "HOST:PORT",
+    doc: `where to listen (PORT alone means ${DEFAULT_LISTEN_HOST}:PORT; port 0 picks one)`,
+  }),
+  prefill: setting({
+    parse: asGiven, multiple: true, placeholder: "URL[=DAEMON]",
+    doc: "a prefill instance's base URL, = the client API HOST:PORT of its node's kvferry daemon (repeatable; at least one unless discovered); given, discovered prefill instances are ignored",
+  }),
+  decode: setting({
+    parse: asGiven, multiple: true, placeholder: "URL[=DAEMON]",
+    doc: "a decode instance, the same way (repeatable; at least one unless discovered); given, discovered decode instances are ignored",
+  }),
+  policy: setting({ parse: exactly(POLICIES), default: "least-outstanding", placeholder: "NAME", doc: POLICIES.join(" | ") }),
+  transfer: setting({
+    parse: exactly(TRANSFERS), default: "push", placeholder: "MODE",
+    doc: "push (the prefill daemon pushes the KV) | pull (the decode side pulls it) | none (the engines move it)",
+  }),
+  healthIntervalMs: setting({
+    parse: integer(MIN_HEALTH_INTERVAL_MS, INT32_MAX, "milliseconds"), default: 2000, placeholder: "MS",
+    doc: "how often every instance and daemon is checked",
+  }),
+  prefillTimeoutMs: setting({ parse: durationMs, default: 120_000, placeholder: "MS", doc: "the whole prefill call" }),
+  decodeTimeoutMs: setting({
+    parse: durationMs, default: 120_000, placeholder: "MS", doc: "decode: time to its first byte, and the longest silence mid-stream",
+  }),
+  transferDeadlineMs: setting({ parse: durationMs, default: 30_000, placeholder: "MS", doc: "deadline of one KV push" }),
+  forwardAuthorization: setting({
+    parse: asGiven, boolean: true, placeholder: "", doc: "send the client's Authorization header upstream", defaultDoc: "none is sent",
+  }),
+  maxBodyBytes: setting({
+    parse: size(1, 1 << 30), default: 16 * MiB, show: showBytes, placeholder: "BYTES", doc: "largest request body, 413 above",
+  }),
+  drainMs: setting({ parse: durationMs, default: 30_000, placeholder: "MS", doc: "how long SIGTERM waits for requests in flight" }),
+  logLevel: setting({ parse: exactly(LOG_LEVELS), default: "info", placeholder: "LEVEL", doc: LOG_LEVELS.join(" | ") }),
+  metadataServer: setting({
+    parse: asGiven, placeholder: "URL",
+    doc: "discover instances in this node registry (etcd HOST:PORT or etcd://…, redis://…, http://…/metadata): the engines the daemons publish; also the --config file's metadata_server, $KVFERRY_METADATA_SERVER",
+  }),
+  metadataBackend: setting({
+    parse: asGiven, placeholder: "NAME", doc: "etcd | redis | http | p2p, as the daemons' (must agree with --metadata-server)",
+  }),
+  metadataPrefix: setting({
+    parse: asGiven, placeholder: "PREFIX", doc: "the daemons' key prefix in the registry", defaultDoc: KEYS.metadata_prefix.default,
+  }),
+  daemon: setting({
+    parse: daemonAddress, placeholder: "HOST:PORT",
+    doc: "discover instances through this daemon's ListNodes, polled every health interval (the way with embedded metadata); wins over --metadata-server",
+  }),
+};
+
+type ProxyField = keyof typeof PROXY_SETTINGS;
+/** The flags as parsed text (main.ts), every one optional; --prefill and --decode repeated. */
+export type ProxyInputs = TableInputs<typeof PROXY_SETTINGS>;
 
 /** Parses `URL[=DAEMON]`; undefined when either half is malformed. */
 export function parseInstance(role: Role, text: string): InstanceSpec | undefined {
@@ -134,32 +178,16 @@ export function parseInstance(role: Role, text: string): InstanceSpec | undefine
 
 /** Where each setting came from, so that a refusal names the flag or the file's key. */
 class Origins {
-  constructor(private readonly file: string | undefined, private readonly fromFile: ReadonlySet<keyof ProxyInputs>) {}
+  constructor(private readonly file: string | undefined, private readonly fromFile: ReadonlySet<ProxyField>) {}
 
-  refuse(field: keyof ProxyInputs, value: unknown, expected: string): ConfigError {
-    if (this.file !== undefined && this.fromFile.has(field)) return new ConfigError(this.file, FILE_KEYS[field], value, expected);
-    const flag = FLAGS[field];
-    return new ConfigError(flag, flag.slice(2), value, expected);
+  refuse(field: ProxyField, value: unknown, expected: string): ConfigError {
+    if (this.file !== undefined && this.fromFile.has(field)) return new ConfigError(this.file, snake(field), value, expected);
+    return new ConfigError(`--${kebab(field)}`, kebab(field), value, expected);
   }
 }
 
-/** The flag of each setting. */
-const FLAGS: Record<keyof ProxyInputs, string> = {
-  listen: "--listen", prefill: "--prefill", decode: "--decode", policy: "--policy", transfer: "--transfer",
-  healthIntervalMs: "--health-interval-ms", prefillTimeoutMs: "--prefill-timeout-ms", decodeTimeoutMs: "--decode-timeout-ms",
-  transferDeadlineMs: "--transfer-deadline-ms", forwardAuthorization: "--forward-authorization",
-  maxBodyBytes: "--max-body-bytes", drainMs: "--drain-ms", logLevel: "--log-level",
-  metadataServer: "--metadata-server", metadataBackend: "--metadata-backend", metadataPrefix: "--metadata-prefix",
-  daemon: "--daemon",
-};
-
 /** Read from the file by the daemon's configuration (metadata keys), not as proxy settings. */
-const METADATA_FIELDS: ReadonlySet<keyof ProxyInputs> = new Set(["metadataServer", "metadataBackend", "metadataPrefix"]);
-
-/** Its key in a --config file: the flag's name in snake_case. */
-const FILE_KEYS = Object.fromEntries(
-  Object.entries(FLAGS).map(([field, flag]) => [field, flag.slice(2).replace(/-/g, "_")]),
-) as Record<keyof ProxyInputs, string>;
+const METADATA_FIELDS: ReadonlySet<ProxyField> = new Set(["metadataServer", "metadataBackend", "metadataPrefix"]);
 
 function instances(role: Role, list: string[] | undefined, transfer: TransferMode, origins: Origins, discovering: boolean): InstanceSpec[] {
   if (list === undefined || list.length === 0) {
@@ -195,7 +223,7 @@ function instances(role: Role, list: string[] | undefined, transfer: TransferMod
  * daemon's configuration, which reads the metadata settings from them, so one mooncake.json
  * serves both; any other key is refused (a typo must not pass unnoticed).
  */
-export function proxyInputsFromFile(path: string): { inputs: ProxyInputs; keys: Set<keyof ProxyInputs> } {
+export function proxyInputsFromFile(path: string): { inputs: ProxyInputs; keys: Set<ProxyField> } {
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(path, "utf8"));
@@ -203,19 +231,20 @@ export function proxyInputsFromFile(path: string): { inputs: ProxyInputs; keys: 
     throw new ConfigError(path, "(file)", undefined, `a readable JSON file (${(err as Error).message})`);
   }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new ConfigError(path, "(file)", raw, "a JSON object");
-  const byKey = new Map(Object.entries(FILE_KEYS).map(([field, key]) => [key, field as keyof ProxyInputs]));
+  const byKey = new Map((Object.keys(PROXY_SETTINGS) as ProxyField[]).map((field) => [snake(field), field]));
   const inputs: Record<string, unknown> = {};
-  const keys = new Set<keyof ProxyInputs>();
+  const keys = new Set<ProxyField>();
   for (const [key, value] of Object.entries(raw)) {
     const field = byKey.get(key);
     if ((field === undefined || METADATA_FIELDS.has(field)) && isKey(key)) continue; // the daemon's key
     if (field === undefined) throw new ConfigError(path, key, value, `one of the keys ${[...byKey.keys()].join(", ")}`);
-    if (field === "prefill" || field === "decode") {
+    const setting: SettingSpec<unknown> = PROXY_SETTINGS[field];
+    if (setting.multiple) {
       if (!Array.isArray(value) || !value.every((v) => typeof v === "string")) {
-        throw new ConfigError(path, key, value, `an array of "${INSTANCE_EXPECTED.split(":")[0]}" strings`);
+        throw new ConfigError(path, key, value, `an array of "${setting.placeholder}" strings`);
       }
       inputs[field] = value;
-    } else if (field === "forwardAuthorization") {
+    } else if (setting.boolean) {
       if (typeof value !== "boolean") throw new ConfigError(path, key, value, "true or false");
       inputs[field] = value;
     } else if (typeof value === "string" || typeof value === "number") {
@@ -228,17 +257,10 @@ export function proxyInputsFromFile(path: string): { inputs: ProxyInputs; keys: 
   return { inputs: inputs as ProxyInputs, keys };
 }
 
-function choice<T extends string>(field: keyof ProxyInputs, raw: string | undefined, choices: readonly T[], fallback: T, origins: Origins): T {
-  if (raw === undefined) return fallback;
-  if ((choices as readonly string[]).includes(raw)) return raw as T;
-  throw origins.refuse(field, raw, `one of ${choices.join(" | ")}`);
-}
-
-function ms(field: keyof ProxyInputs, raw: string | undefined, fallback: number, origins: Origins, min = 1): number {
-  if (raw === undefined) return fallback;
-  const parsed = min === 1 ? durationMs(raw, true) : integer(min, 2 ** 31 - 1, "milliseconds")(raw, true);
-  if (!parsed.ok) throw origins.refuse(field, raw, parsed.expected);
-  return parsed.value;
+/** A setting's value: parsed from its input, else its default. */
+function value<F extends ProxyField>(field: F, inputs: ProxyInputs, origins: Origins): SettingValue<(typeof PROXY_SETTINGS)[F]> {
+  const raw = inputs[field];
+  return settingValue(PROXY_SETTINGS[field] as SettingSpec<SettingValue<(typeof PROXY_SETTINGS)[F]>>, raw, (expected) => origins.refuse(field, raw, expected));
 }
 
 /**
@@ -248,27 +270,20 @@ function ms(field: keyof ProxyInputs, raw: string | undefined, fallback: number,
  */
 export function loadProxyConfig(flags: ProxyInputs, configFile?: string, env: NodeJS.ProcessEnv = process.env): ProxyConfig {
   const file = configFile ?? (env.KVFERRY_CONFIG || undefined) ?? (env.MOONCAKE_CONFIG_PATH || undefined);
-  const fromFile = file === undefined ? { inputs: {} as ProxyInputs, keys: new Set<keyof ProxyInputs>() } : proxyInputsFromFile(file);
+  const fromFile = file === undefined ? { inputs: {} as ProxyInputs, keys: new Set<ProxyField>() } : proxyInputsFromFile(file);
   const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined && v !== false)) as ProxyInputs;
   const inputs: ProxyInputs = { ...fromFile.inputs, ...given };
   const keys = new Set([...fromFile.keys].filter((k) => given[k] === undefined));
   const origins = new Origins(file, keys);
-  const listenText = inputs.listen ?? PROXY_DEFAULTS.listen;
-  const listen = listenAddress("127.0.0.1")(listenText, true);
-  if (!listen.ok) throw origins.refuse("listen", listenText, listen.expected);
-  const transfer = choice("transfer", inputs.transfer, TRANSFERS, PROXY_DEFAULTS.transfer, origins);
-  const policy = choice("policy", inputs.policy, POLICIES, PROXY_DEFAULTS.policy, origins);
-  const logLevel = choice("logLevel", inputs.logLevel, LOG_LEVELS, PROXY_DEFAULTS.logLevel, origins);
-  let maxBodyBytes = PROXY_DEFAULTS.maxBodyBytes;
-  if (inputs.maxBodyBytes !== undefined) {
-    const parsed = size(1, 1 << 30)(inputs.maxBodyBytes, true);
-    if (!parsed.ok) throw origins.refuse("maxBodyBytes", inputs.maxBodyBytes, parsed.expected);
-    maxBodyBytes = parsed.value;
-  }
-  const healthIntervalMs = ms("healthIntervalMs", inputs.healthIntervalMs, PROXY_DEFAULTS.healthIntervalMs, origins, MIN_HEALTH_INTERVAL_MS);
+  const listen = value("listen", inputs, origins);
+  const transfer = value("transfer", inputs, origins);
+  const policy = value("policy", inputs, origins);
+  const logLevel = value("logLevel", inputs, origins);
+  const maxBodyBytes = value("maxBodyBytes", inputs, origins);
+  const healthIntervalMs = value("healthIntervalMs", inputs, origins);
   const discovery = discoverySource(inputs, file, env, origins);
   return {
-    listen: listen.value,
+    listen,
     discovery,
     prefill: instances("prefill", inputs.prefill, transfer, origins, discovery !== undefined),
     decode: instances("decode", inputs.decode, transfer, origins, discovery !== undefined),
@@ -276,12 +291,12 @@ export function loadProxyConfig(flags: ProxyInputs, configFile?: string, env: No
     transfer,
     healthIntervalMs,
     healthTimeoutMs: Math.min(Math.max(healthIntervalMs, 500), 5000),
-    prefillTimeoutMs: ms("prefillTimeoutMs", inputs.prefillTimeoutMs, PROXY_DEFAULTS.prefillTimeoutMs, origins),
-    decodeTimeoutMs: ms("decodeTimeoutMs", inputs.decodeTimeoutMs, PROXY_DEFAULTS.decodeTimeoutMs, origins),
-    transferDeadlineMs: ms("transferDeadlineMs", inputs.transferDeadlineMs, PROXY_DEFAULTS.transferDeadlineMs, origins),
+    prefillTimeoutMs: value("prefillTimeoutMs", inputs, origins),
+    decodeTimeoutMs: value("decodeTimeoutMs", inputs, origins),
+    transferDeadlineMs: value("transferDeadlineMs", inputs, origins),
     forwardAuthorization: inputs.forwardAuthorization === true,
     maxBodyBytes,
-    drainMs: ms("drainMs", inputs.drainMs, PROXY_DEFAULTS.drainMs, origins),
+    drainMs: value("drainMs", inputs, origins),
     logLevel,
   };
 }
@@ -292,11 +307,8 @@ export function loadProxyConfig(flags: ProxyInputs, configFile?: string, env: No
  * KVFERRY_METADATA_SERVER, validated as the daemon validates them); embedded: none.
  */
 function discoverySource(inputs: ProxyInputs, file: string | undefined, env: NodeJS.ProcessEnv, origins: Origins): DiscoverySource | undefined {
-  if (inputs.daemon !== undefined) {
-    const hp = hostPortFromText(inputs.daemon);
-    if (hp === undefined) throw origins.refuse("daemon", inputs.daemon, "HOST:PORT, the client API of a kvferry daemon whose ListNodes lists the nodes");
-    return { kind: "daemon", address: formatHostPort(hp) };
-  }
+  const daemon = value("daemon", inputs, origins);
+  if (daemon !== undefined) return { kind: "daemon", address: daemon };
   const { metadata } = loadConfig(
     { config: file, metadataServer: inputs.metadataServer, metadataBackend: inputs.metadataBackend, metadataPrefix: inputs.metadataPrefix },
     env,
