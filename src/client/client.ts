@@ -72,6 +72,10 @@ export class KvferryClient {
       "grpc.max_send_message_length": 80 << 20,
       // Streamed gets arrive in MiB-sized messages: do not stall every 64 KiB.
       "grpc-node.flow_control_window": 16 << 20,
+      // A daemon back after an outage is dialled again within seconds: gRPC's own backoff
+      // grows to 2 minutes, which kept an engine's announcement (and a proxy's health
+      // checks) away from a restarted daemon that long. Loopback or LAN: retries are cheap.
+      "grpc.max_reconnect_backoff_ms": 2_000,
       ...options,
     });
   }

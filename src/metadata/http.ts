@@ -3,8 +3,10 @@
 // key (`kvferry metadata-server` serves it; so does Mooncake's own metadata server).
 //
 // The protocol has no TTL, no listing and no watch, so the registry builds them:
-//  - liveness: each record carries updatedAt, rewritten every ttl/3; a reader treats a
-//    record older than the TTL as gone (so the nodes' clocks must roughly agree);
+//  - liveness: each record carries updatedAt, rewritten every ttl/3, and its writer's TTL
+//    (ttlMs); a reader treats a record older than that TTL as gone (its own TTL for a
+//    record without one), so a proxy or a node with another TTL does not see a live node
+//    come and go (the nodes' clocks must roughly agree);
 //  - listing: an index key `${prefix}nodes` holds a JSON array of node ids. Every node
 //    re-adds itself at each refresh (read-modify-write: an update lost to a concurrent
 //    writer heals at that node's next refresh) and prunes the ids whose records are
@@ -19,12 +21,15 @@
 // tens of nodes of a serving cluster, not thousands.
 import type { Logger } from "pino";
 import { ConfigError } from "../errors.js";
-import { encodeNode, type NodeRecord } from "./node.js";
+import type { NodeRecord } from "./node.js";
 import { RefreshingRegistry, within } from "./refreshing-registry.js";
 import { nodeKey, type RegistryOptions } from "./registry.js";
 
 /** Records read at once. */
 const READ_CONCURRENCY = 16;
+/** A record's own TTL is believed within metadata_ttl_ms's bounds (1 s to a day here). */
+const MIN_TTL_MS = 1_000;
+const MAX_TTL_MS = 86_400_000;
 /** An error body quoted in a message is cut to this. */
 const QUOTE_CHARS = 200;
 
@@ -61,6 +66,8 @@ export class HttpRegistry extends RefreshingRegistry {
   protected readonly writeReadsAll = true;
   readonly #url: URL;
   readonly #indexKey: string;
+  /** The TTL each decoded record carries (its writer's), when it carries a valid one. */
+  readonly #ttls = new WeakMap<NodeRecord, number>();
 
   constructor(server: string, options: RegistryOptions, log: Logger) {
     const url = parseServer(server);
@@ -92,9 +99,18 @@ export class HttpRegistry extends RefreshingRegistry {
     if (ids.includes(nodeId)) await this.#put(this.#indexKey, JSON.stringify(ids.filter((id) => id !== nodeId)));
   }
 
-  /** Not older than the TTL. */
+  /** Not older than its writer's TTL (this registry's for a record that names none). */
   protected override isLive(node: NodeRecord, now: number): boolean {
-    return now - node.updatedAt <= this.options.ttlMs;
+    return now - node.updatedAt <= (this.#ttls.get(node) ?? this.options.ttlMs);
+  }
+
+  /** The record, with the TTL its writer refreshes it by remembered for isLive(). */
+  protected override decode(key: string, text: string): NodeRecord | undefined {
+    const node = super.decode(key, text);
+    if (node === undefined) return undefined;
+    const ttl = (JSON.parse(text) as { ttlMs?: unknown }).ttlMs; // decoded above: JSON of an object
+    if (typeof ttl === "number" && Number.isSafeInteger(ttl) && ttl >= MIN_TTL_MS && ttl <= MAX_TTL_MS) this.#ttls.set(node, ttl);
+    return node;
   }
 
   protected override reason(err: unknown): string {
@@ -114,7 +130,8 @@ export class HttpRegistry extends RefreshingRegistry {
   async #sync(self: NodeRecord | undefined): Promise<NodeRecord[]> {
     const now = Date.now();
     const prefix = this.options.prefix;
-    if (self !== undefined) await this.#put(nodeKey(prefix, self.nodeId), encodeNode(self));
+    // encodeNode's JSON plus the TTL this node refreshes its record by (see isLive()).
+    if (self !== undefined) await this.#put(nodeKey(prefix, self.nodeId), JSON.stringify({ ...self, ttlMs: this.options.ttlMs }));
     const ids = await this.#readIndex();
     const others = ids.filter((id) => id !== self?.nodeId);
     const texts = await mapLimit(others, READ_CONCURRENCY, (id) => this.#get(nodeKey(prefix, id)));

@@ -60,7 +60,7 @@ export const isModelName = (v: unknown): v is string => typeof v === "string" &&
 export interface NodeRecord {
   nodeId: string;
   hostname: string;
-  /** "host:port" of the client API (kvferry.v1.KvFerry). */
+  /** "host:port" of the client API (kvferry.v1.KvFerry); "" when a record has none that is one. */
   clientAddress: string;
   /** "host:port" of the peer API (kvferry.v1.KvFerryPeer): what BatchTransfer targets. */
   peerAddress: string;
@@ -140,7 +140,8 @@ export function decodeNode(text: string): NodeRecord | Error {
   const o = v as Record<string, unknown>;
   if (!isNodeId(o.nodeId)) return new Error("nodeId is missing or not 1-256 printable characters without spaces");
   // Only "host:port": a record decides where this daemon dials (and sends the cluster
-  // token), so nothing else — a unix: socket, a URL — may come out of a backend.
+  // token), and where a proxy dials its engines' daemon, so nothing else — a unix: socket,
+  // a URL, a name gRPC cannot parse — may come out of a backend.
   for (const key of ["peerAddress", "dataAddress"] as const) {
     if (typeof o[key] !== "string" || hostPortFromText(o[key] as string) === undefined) {
       return new Error(`${key} is missing or not "host:port"`);
@@ -155,7 +156,7 @@ export function decodeNode(text: string): NodeRecord | Error {
   return {
     nodeId: o.nodeId as string,
     hostname: isText(o.hostname) ? o.hostname : "",
-    clientAddress: isText(o.clientAddress) ? o.clientAddress : "",
+    clientAddress: typeof o.clientAddress === "string" && hostPortFromText(o.clientAddress) !== undefined ? o.clientAddress : "",
     peerAddress: o.peerAddress as string,
     dataAddress: o.dataAddress as string,
     transports,

@@ -12,6 +12,7 @@
 // from the first node by id.
 import type { Logger } from "pino";
 import { KvferryClient } from "../client/client.js";
+import { hostPortFromText } from "../config/parse.js";
 import { fromWireEngineRole } from "../metadata/engine-wire.js";
 import { engineUrlProblem, type EngineRecord } from "../metadata/node.js";
 import { openRegistry } from "../metadata/open.js";
@@ -102,7 +103,9 @@ export class Discovery {
           const role = fromWireEngineRole(e.role);
           if (role !== undefined && engineUrlProblem(e.url) === undefined) engines.push({ url: e.url, role, models: e.models });
         }
-        this.#nodes.set(n.nodeId, { clientAddress: n.clientAddress, engines });
+        // A daemon of another version may list what this one's records would not hold.
+        const clientAddress = hostPortFromText(n.clientAddress) === undefined ? "" : n.clientAddress;
+        this.#nodes.set(n.nodeId, { clientAddress, engines });
       }
       if (this.#pollFailing) this.log.info({ daemon: this.#client!.address }, "the discovery daemon answers again");
       this.#pollFailing = false;

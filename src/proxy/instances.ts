@@ -115,6 +115,8 @@ export class InstancePool {
       const labels = { role, url: gone.url };
       this.metrics.healthy.remove(labels);
       this.metrics.outstanding.remove(labels);
+      // Series by URL alone go with the last instance of that URL (engines come back on new ports).
+      if (role === "prefill" && !next.some((i) => i.url === gone.url)) this.metrics.prefillLatency.remove({ url: gone.url });
       this.log.info({ role, url: gone.url, daemon: gone.spec.daemon }, "instance gone");
     }
     if (role === "prefill") this.prefill = next;
