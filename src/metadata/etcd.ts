@@ -149,16 +149,19 @@ export class EtcdRegistry implements NodeRegistry {
     }
   }
 
-  /** Changes fields of this node's record; etcd sees them with the next refresh (within ttl/3). */
   /** Connected while the lease is kept alive and the watch (if any) streams. */
   health(): RegistryHealth {
     const alive = this.#reg.state === "alive";
     return { connected: alive && this.#feed.state !== "resyncing", registered: alive };
   }
 
+  /** Changes fields of this node's record; a change is written at once (an engine announced now is seen now). */
   update(patch: Partial<Omit<NodeRecord, "nodeId">>): void {
     if (this.#self === undefined) return;
-    this.#self = { ...this.#self, ...patch, nodeId: this.#self.nodeId };
+    const next = { ...this.#self, ...patch, nodeId: this.#self.nodeId };
+    if (contentOf(next) === contentOf(this.#self)) return;
+    this.#self = next;
+    if (this.#reg.state === "alive") this.#alive(this.#reg.lease, 0);
   }
 
   /**
@@ -310,8 +313,10 @@ export class EtcdRegistry implements NodeRegistry {
     if (this.#primed && !(decoded instanceof Error)) this.#cache.set(decoded);
   }
 
-  #alive(lease: Lease): void {
-    this.#reg = { state: "alive", lease, timer: this.#timer(() => void this.#refresh(lease), this.#refreshMs) };
+  /** Keeps `lease` alive: the next refresh in `ms` (replacing any refresh already due). */
+  #alive(lease: Lease, ms = this.#refreshMs): void {
+    if (this.#reg.state === "alive") clearTimeout(this.#reg.timer);
+    this.#reg = { state: "alive", lease, timer: this.#timer(() => void this.#refresh(lease), ms) };
   }
 
   #isCurrent(lease: Lease): boolean {

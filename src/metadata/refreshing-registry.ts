@@ -166,12 +166,12 @@ export abstract class RefreshingRegistry implements NodeRegistry {
     this.#schedule(this.period);
   }
 
-  /** Changes fields of this node's record; written with the next refresh. */
   health(): RegistryHealth {
     const connected = this.#state !== "closed" && !this.#outage && this.reachable;
     return { connected, registered: this.#state === "registered" && !this.#outage };
   }
 
+  /** Changes fields of this node's record; a change is written at once (an engine announced now is seen now). */
   update(patch: Partial<Omit<NodeRecord, "nodeId">>): void {
     const self = this.#self;
     if (self === undefined || this.#state === "closed") return;
@@ -179,6 +179,7 @@ export abstract class RefreshingRegistry implements NodeRegistry {
     if (contentOf(next) === contentOf(self)) return;
     this.#self = next;
     this.#changed = true;
+    if (this.#state === "registered" && !this.#outage) this.#schedule(0);
   }
 
   /**

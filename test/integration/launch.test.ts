@@ -92,7 +92,9 @@ describe("a service that does not come to serve", () => {
 describe("a daemon started through npx", () => {
   it("stops cleanly (logs shutting down and stopped, once) when the npx process is sent SIGTERM", async () => {
     // npx runs npm → sh → node: npm's signal kills the shell, not node; node notices npm is gone.
-    const npx = spawn("npx", ["--offline", "kvferry", "daemon", "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--kv-buffer-size", "8MiB"], {
+    // --ignore-scripts: npx's first run in a checkout runs its `prepare` (a full build), which
+    // would relink the native addon and swap dist/ under the daemons of tests running beside.
+    const npx = spawn("npx", ["--offline", "--ignore-scripts", "kvferry", "daemon", "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--kv-buffer-size", "8MiB"], {
       cwd: REPO,
       env: { ...process.env, NO_PRETTY: "1", NO_COLOR: "1" },
       stdio: ["ignore", "pipe", "pipe"],
