@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -75,9 +74,9 @@ void MemoryPool::Prefault() {
   // page, already allocated by fallocate, and its neighbours) without writing, so a
   // transfer using the pool meanwhile is unaffected; each fault holds the memory map's
   // locks for one fault only, never for a whole range (as MAP_POPULATE or
-  // MADV_POPULATE_WRITE would): a thread this far down the priorities must not hold a
-  // lock that the process's other threads wait for. Stops early when the pool goes.
-  (void)setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);
+  // MADV_POPULATE_WRITE would). At the process's own priority: it is a fraction of a
+  // CPU-second per GiB, and a thread niced to 19 made a SIGKILLed daemon take 6 to 15 s to
+  // exit (and free its ports) beside two CPU-bound processes. Stops early when the pool goes.
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   for (uint64_t at = 0; at < size_; at += page) {
     if ((at & ((1u << 20) - 1)) == 0 && stop_prefault_.load(std::memory_order_relaxed)) return;

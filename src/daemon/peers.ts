@@ -128,6 +128,8 @@ export class Peer {
   #answered = false;
   /** Out of the directory: every channel closes once its calls are done. */
   #detached = false;
+  /** Times a never-answered channel was replaced (revive): a handshake begun before is stale. */
+  #revivals = 0;
 
   constructor(readonly address: string, token: string) {
     this.#k = purposeKey(token, PEER_API_PURPOSE);
@@ -163,6 +165,9 @@ export class Peer {
     if (this.#answered || this.#channel === undefined) return;
     this.#channel.retire();
     this.#channel = undefined;
+    // A handshake under way runs on the old channel: callers start or join one on the new.
+    this.#revivals++;
+    if (this.#session.state === "opening") this.#session = { state: "none" };
   }
 
   /** Closes the channel once its calls are done; a later call opens one that closes after it. */
@@ -172,22 +177,31 @@ export class Peer {
   }
 
   /** The open session, after a handshake if needed; a caller waits for one no longer than its own deadline. */
-  #authenticated(deadline: number): Promise<Session> {
-    const s = this.#session;
-    if (s.state === "open") return Promise.resolve(s.session);
-    const done = s.state === "opening" ? s.done : this.#startHandshake();
-    return untilDeadline(done, deadline, () => new DeadlineExceededError(`peer ${this.address}: the handshake did not finish within the call's deadline`));
+  async #authenticated(deadline: number): Promise<Session> {
+    for (;;) {
+      const s = this.#session;
+      if (s.state === "open") return s.session;
+      const revivals = this.#revivals;
+      const done = s.state === "opening" ? s.done : this.#startHandshake();
+      try {
+        return await untilDeadline(done, deadline, () => new DeadlineExceededError(`peer ${this.address}: the handshake did not finish within the call's deadline`));
+      } catch (err) {
+        // It failed on a channel revived meanwhile (the peer greeted us): try the new one.
+        if (this.#revivals === revivals || Date.now() >= deadline) throw err;
+      }
+    }
   }
 
   /** One handshake at a time, on its own deadline: a caller with a short one does not fail the others. */
   #startHandshake(): Promise<Session> {
-    const done = this.#handshake(Date.now() + HANDSHAKE_TIMEOUT_MS).then(
+    const current = () => this.#session.state === "opening" && this.#session.done === done;
+    const done: Promise<Session> = this.#handshake(Date.now() + HANDSHAKE_TIMEOUT_MS).then(
       (session) => {
-        this.#session = { state: "open", session };
+        if (current()) this.#session = { state: "open", session };
         return session;
       },
       (err) => {
-        this.#session = { state: "none" };
+        if (current()) this.#session = { state: "none" };
         throw err;
       },
     );

@@ -85,6 +85,16 @@ export function pattern(size: number, seed: number): Buffer {
   return b;
 }
 
+/** Whether a process with this pid exists (signal 0). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** The error a promise rejects with; fails the test if it resolves. */

@@ -2,16 +2,7 @@
 // reference's output, the summary printed, and no process left behind.
 import { spawn, spawnSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
-import { BIN, runCli, sleep } from "../helpers/daemon.js";
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { BIN, processAlive, runCli, sleep } from "../helpers/daemon.js";
 
 function childrenOf(pid: number): number[] {
   const r = spawnSync("pgrep", ["-P", String(pid)], { encoding: "utf8" });
@@ -57,7 +48,7 @@ describe("kvferry demo", () => {
     const r = await demo(["--requests", "12", "--concurrency", "3", "--max-prompt-words", "96", "--kv-buffer-size", "256MiB"], 90_000);
     expectSuccess(r, 12);
     await sleep(200);
-    expect([...r.seen].filter(alive), "processes left behind").toEqual([]);
+    expect([...r.seen].filter(processAlive), "processes left behind").toEqual([]);
   }, 120_000);
 
   it("succeeds with its default 1 GiB pools while a CPU-bound load that the test starts occupies both cores", async () => {
@@ -69,7 +60,7 @@ describe("kvferry demo", () => {
       expectSuccess(r, 8);
       expect(r.stdout).toMatch(/daemons .* 1GiB pools/);
       await sleep(200);
-      expect([...r.seen].filter(alive), "processes left behind").toEqual([]);
+      expect([...r.seen].filter(processAlive), "processes left behind").toEqual([]);
     } finally {
       for (const p of load) p.kill("SIGKILL");
     }
@@ -99,7 +90,7 @@ describe("kvferry demo", () => {
       }
       expect(await exited, `exit after ${signal} at ${afterMs} ms`).toBe(signal === "SIGINT" ? 130 : 143);
       await sleep(200);
-      expect([...seen].filter(alive), `processes left behind after ${signal} at ${afterMs} ms`).toEqual([]);
+      expect([...seen].filter(processAlive), `processes left behind after ${signal} at ${afterMs} ms`).toEqual([]);
     }
   }, 90_000);
 

@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest";
 import { ServiceStartError } from "../../src/errors.js";
 import { spawnDaemon } from "../../src/launch/spawn-daemon.js";
 import { freePort } from "../helpers/ports.js";
-import { BIN, REPO, sleep } from "../helpers/daemon.js";
+import { BIN, processAlive, REPO, sleep } from "../helpers/daemon.js";
 
 /** A daemon that cannot serve yet: it keeps retrying an etcd that nobody runs, logging each try. */
 async function waitingDaemonArgs(): Promise<string[]> {
@@ -19,15 +19,6 @@ async function waitingDaemonArgs(): Promise<string[]> {
     "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--kv-buffer-size", "8MiB",
     "--metadata-server", `etcd://127.0.0.1:${nobody}`, "--metadata-retry-ms", "120000",
   ];
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 describe("a service that does not come to serve", () => {
@@ -120,14 +111,14 @@ describe("a daemon started through npx", () => {
       expect(daemonPid).not.toBe(npx.pid);
       npx.kill("SIGTERM");
       const gone = Date.now() + 30_000;
-      while (alive(daemonPid!) && Date.now() < gone) await sleep(200);
-      expect(alive(daemonPid!), "the daemon exited after npx was signalled").toBe(false);
+      while (processAlive(daemonPid!) && Date.now() < gone) await sleep(200);
+      expect(processAlive(daemonPid!), "the daemon exited after npx was signalled").toBe(false);
       const msgs = records().filter((r) => r.pid === daemonPid).map((r) => r.msg);
       expect(msgs).toContain("shutting down");
       expect(msgs.filter((m) => m === "stopped")).toHaveLength(1);
     } finally {
       npx.kill("SIGKILL");
-      if (daemonPid !== undefined && alive(daemonPid)) process.kill(daemonPid, "SIGKILL");
+      if (daemonPid !== undefined && processAlive(daemonPid)) process.kill(daemonPid, "SIGKILL");
     }
   }, 200_000);
 
@@ -153,10 +144,10 @@ describe("a daemon started through npx", () => {
       expect(daemonPid, "the daemon served").toBeDefined();
       // Several of its once-a-second checks later, it still serves.
       await sleep(3_000);
-      expect(alive(daemonPid!)).toBe(true);
+      expect(processAlive(daemonPid!)).toBe(true);
       expect(records().map((r) => r.msg)).not.toContain("shutting down");
     } finally {
-      if (daemonPid !== undefined && alive(daemonPid)) process.kill(daemonPid, "SIGKILL");
+      if (daemonPid !== undefined && processAlive(daemonPid)) process.kill(daemonPid, "SIGKILL");
       rmSync(dir, { recursive: true, force: true });
     }
   }, 90_000);

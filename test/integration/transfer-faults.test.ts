@@ -563,7 +563,8 @@ describe("a peer killed mid-transfer", () => {
     const victim = await daemon({ bufferSize: "512MiB" });
     const inHashes = await putAll(victim, incoming);
     const before = await counters(survivor);
-    const deadlineMs = 2_000;
+    // Long enough that a busy machine does not end the victim's batches before the kill.
+    const deadlineMs = 8_000;
 
     const state = async () => {
       const stat = (id: string) => survivor.client.stat(id).then((e) => e, () => undefined);
@@ -575,17 +576,19 @@ describe("a peer killed mid-transfer", () => {
     const t0 = Date.now();
     const pushing = victim.client.batchTransfer(incoming.map((s) => s.id), survivor.peerAddress, "push", { deadlineMs }).catch(() => undefined);
     const pulling = victim.client.batchTransfer(outgoing.map((s) => s.id), survivor.peerAddress, "pull", { deadlineMs }).catch(() => undefined);
-    // Kill as soon as the survivor holds room for an incoming entry and a lease on an outgoing one.
+    // Frozen (SIGSTOP: at once, mid-flight) as soon as the survivor holds room for an incoming
+    // entry and a lease on an outgoing one, then killed.
     const reserved = await until(async () => {
       const now = await state();
       return now.incoming.some((e) => e?.state === EntryState.ENTRY_STATE_OPEN) && now.outgoing.some((e) => (e?.readers ?? 0) > 0);
-    }, 5_000, 1);
+    }, 10_000, 1);
+    victim.proc.child.kill("SIGSTOP");
+    // What the victim finished before it froze is final; calls it sent are handled by now.
+    await sleep(500);
+    const atKill = await state();
     await kill9(victim);
     await Promise.all([pushing, pulling]);
     expect(reserved, "the survivor held reservations both ways when the initiator was killed").toBe(true);
-    // What the victim finished before it died is final; calls it sent are handled by now.
-    await sleep(500);
-    const atKill = await state();
     const undoneIn = incoming.filter((_, i) => atKill.incoming[i]?.state === EntryState.ENTRY_STATE_OPEN);
     const committedIn = incoming.filter((_, i) => atKill.incoming[i]?.state === EntryState.ENTRY_STATE_SEALED);
     const leasedOut = outgoing.filter((_, i) => (atKill.outgoing[i]?.readers ?? 0) > 0);
@@ -596,9 +599,9 @@ describe("a peer killed mid-transfer", () => {
     // The survivor still serves at once, while its reservations wait for their timers.
     expect(alive(survivor)).toBe(true);
     expect((await survivor.client.serverInfo()).version).not.toBe("");
-    // By the deadline + grace (+ slack), every reservation is undone.
+    // By the deadline + grace (+ slack for a busy machine), every reservation is undone.
     const expected = entryFootprint(keep) + [...committedIn, ...presentOut].reduce((sum, s) => sum + entryFootprint(s), 0);
-    const settled = await until(async () => (await survivor.client.serverInfo()).bytesUsed === expected, deadlineMs + RESERVATION_GRACE_MS + 3_000 - (Date.now() - t0), 50);
+    const settled = await until(async () => (await survivor.client.serverInfo()).bytesUsed === expected, deadlineMs + RESERVATION_GRACE_MS + 10_000 - (Date.now() - t0), 50);
     expect(settled, `bytesUsed back to ${expected} by deadline + grace`).toBe(true);
     await expectExactAccounting(survivor);
     for (const s of undoneIn) await expect(survivor.client.stat(s.id), `${s.id}: half-written`).rejects.toBeInstanceOf(NotFoundError);
