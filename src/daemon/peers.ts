@@ -83,15 +83,30 @@ class Channel {
 
   async unary<Res>(path: string, bytes: Buffer, decode: (b: Buffer) => Res, metadata: Metadata, deadline: number): Promise<Res> {
     this.#inFlight++;
-    if (this.#client.getChannel().getConnectivityState(false) === connectivityState.TRANSIENT_FAILURE) {
-      // Still down after the wait: the call below fails at once, with the latest attempt's error.
-      await new Promise<void>((resolve) => this.#client.waitForReady(Math.min(deadline, Date.now() + RECONNECT_WAIT_MS), () => resolve()));
+    try {
+      const giveUpAt = Math.min(deadline, Date.now() + RECONNECT_WAIT_MS);
+      for (;;) {
+        if (this.#client.getChannel().getConnectivityState(false) === connectivityState.TRANSIENT_FAILURE) {
+          // Still down after the wait: the call below fails at once, with the latest attempt's error.
+          await new Promise<void>((resolve) => this.#client.waitForReady(giveUpAt, () => resolve()));
+        }
+        try {
+          return await this.#call(path, bytes, decode, metadata, deadline);
+        } catch (err) {
+          // Never sent (no connection when it was to go): tried again while the wait lasts.
+          if (!notSent(err) || Date.now() >= giveUpAt) throw err;
+        }
+      }
+    } finally {
+      this.#inFlight--;
+      this.#closeIfDone();
     }
+  }
+
+  #call<Res>(path: string, bytes: Buffer, decode: (b: Buffer) => Res, metadata: Metadata, deadline: number): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
       const identity = (b: Buffer) => b;
       this.#client.makeUnaryRequest(path, identity, decode, bytes, metadata, { deadline }, (err: ServiceError | null, res?: Res) => {
-        this.#inFlight--;
-        this.#closeIfDone();
         if (err) reject(err);
         else resolve(res!);
       });
@@ -305,6 +320,12 @@ export class PeerDirectory {
     for (const peer of this.#peers.values()) peer.close();
     this.#peers.clear();
   }
+}
+
+/** grpc-js failed the call when picking a connection for it: nothing of it reached the peer. */
+function notSent(err: unknown): boolean {
+  const e = err as Partial<ServiceError>;
+  return e.code === status.UNAVAILABLE && typeof e.details === "string" && e.details.startsWith("No connection established");
 }
 
 /** `p`, or `timeout()` once `deadline` (ms since the epoch) has passed. */
