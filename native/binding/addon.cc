@@ -17,6 +17,10 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/local/local_socket.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 namespace {
 
@@ -112,6 +116,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod<&EngineWrap::Disconnect>("disconnect"),
                            InstanceMethod<&EngineWrap::Stats>("stats"),
                            InstanceMethod<&EngineWrap::Shutdown>("shutdown"),
+                           InstanceMethod<&EngineWrap::ServeLocal>("serveLocal"),
+                           InstanceMethod<&EngineWrap::LocalStats>("localStats"),
                        });
   }
 
@@ -184,6 +190,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   void Close() {
     if (closed_.exchange(true)) return;
+    local_.reset();
     if (engine_) {
       engine_->SetNotifier(nullptr);
       engine_->Shutdown();
@@ -375,20 +382,84 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return o;
   }
 
+  // serveLocal({ path, mode, header, allowedUids, allowedGids }): hands the pool's memfd to
+  // the clients of this node that the kernel says may have it (engine/local/local_socket.h).
+  Napi::Value ServeLocal(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Engine& e = engine(env);
+    if (!info[0].IsObject()) throw Napi::TypeError::New(env, "serveLocal(options)");
+    Napi::Object o = info[0].As<Napi::Object>();
+    kvferry::LocalSocketOptions options;
+    options.path = o.Get("path").ToString().Utf8Value();
+    options.mode = static_cast<uint32_t>(ToU64(o.Get("mode"), "mode"));
+    options.header = o.Get("header").ToString().Utf8Value();
+    options.fd = e.pool_fd();
+    auto ids = [&](const char* key, auto* out) {
+      if (!o.Has(key)) return;
+      Napi::Array a = o.Get(key).As<Napi::Array>();
+      for (uint32_t i = 0; i < a.Length(); i++) out->push_back(static_cast<typename std::remove_pointer_t<decltype(out)>::value_type>(ToU64(a.Get(i), key)));
+    };
+    ids("allowedUids", &options.allowed_uids);
+    ids("allowedGids", &options.allowed_gids);
+    local_.reset();
+    Status st = kvferry::LocalSocketServer::Start(std::move(options), &local_);
+    if (!st.ok()) ThrowStatus(env, st);
+    return env.Undefined();
+  }
+
+  Napi::Value LocalStats(const Napi::CallbackInfo& info) {
+    Napi::Object o = Napi::Object::New(info.Env());
+    kvferry::LocalSocketStats s = local_ ? local_->stats() : kvferry::LocalSocketStats{};
+    o.Set("admitted", static_cast<double>(s.admitted));
+    o.Set("refused", static_cast<double>(s.refused));
+    return o;
+  }
+
   Napi::Value Shutdown(const Napi::CallbackInfo& info) {
     Close();
     return info.Env().Undefined();
   }
 
   std::shared_ptr<Engine> engine_;
+  std::unique_ptr<kvferry::LocalSocketServer> local_;
   Napi::ThreadSafeFunction tsfn_;
   std::atomic<bool> closed_{false};
   napi_env env_ = nullptr;
   bool env_cleaned_ = false;
 };
 
+// mapLocalPool(path, timeoutMs) → { header, buffer }: the pool of the daemon serving the
+// local socket at `path`, mapped shared (an external ArrayBuffer; unmapped when collected).
+// Throws with the daemon's reason when it refuses.
+Napi::Value MapLocalPool(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = info[0].ToString().Utf8Value();
+  int timeout_ms = static_cast<int>(ToU64(info[1], "timeoutMs"));
+  std::string header;
+  int fd = -1;
+  Status st = kvferry::ReceiveLocalPool(path, timeout_ms, &header, &fd);
+  if (!st.ok()) ThrowStatus(env, st);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("header", header);
+  if (fd < 0) return out;  // refused: the header says why
+  off_t size = lseek(fd, 0, SEEK_END);
+  void* base = size > 0 ? mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+  close(fd);
+  if (base == MAP_FAILED) ThrowStatus(env, Status(kvferry::Code::kInternal, "cannot map the pool passed on " + path));
+  auto* length = new size_t(static_cast<size_t>(size));
+  out.Set("buffer", Napi::ArrayBuffer::New(
+                        env, base, static_cast<size_t>(size),
+                        [](Napi::Env, void* data, size_t* len) {
+                          munmap(data, *len);
+                          delete len;
+                        },
+                        length));
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineWrap::Init(env));
+  exports.Set("mapLocalPool", Napi::Function::New(env, MapLocalPool));
   return exports;
 }
 
