@@ -103,6 +103,10 @@ export interface Config {
   dataHandshakeTimeoutMs: number;
   /** Where Prometheus /metrics and /health are served over HTTP; absent: nowhere. */
   metricsListen?: HostPort;
+  /** The local path's Unix socket: a path, "none", or absent for the default beside the client port. */
+  localSocket?: string;
+  localAllowedUids: number[];
+  localAllowedGids: number[];
   /** Things worth telling the operator that are not errors, e.g. unknown keys in the file. */
   warnings: string[];
 }
@@ -181,6 +185,9 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
     transferDeadlineMs: settings.value("transfer_deadline_ms"),
     dataHandshakeTimeoutMs: settings.value("data_handshake_timeout_ms"),
     ...(metricsListen !== undefined && { metricsListen }),
+    ...(settings.get("local_socket") !== undefined && { localSocket: settings.value("local_socket") }),
+    localAllowedUids: settings.value("local_allowed_uids"),
+    localAllowedGids: settings.value("local_allowed_gids"),
     warnings,
   };
 }

@@ -7,6 +7,7 @@ import {
   durationMs,
   hostPort,
   listenAddress,
+  idList,
   integer,
   INT32_MAX,
   MiB,
@@ -191,6 +192,22 @@ export const KEYS = {
   metrics_listen: spec({
     parse: listenAddress(DEFAULT_LISTEN_HOST), flag: "metricsListen", env: "KVFERRY_METRICS_LISTEN", placeholder: "HOST:PORT",
     doc: `serve Prometheus /metrics and /health over HTTP here (PORT alone means ${DEFAULT_LISTEN_HOST}:PORT)`, defaultDoc: "off",
+  }),
+
+  // The local path (src/daemon/local-path.ts): clients on this node map the pool.
+  local_socket: spec({
+    parse: stringMatching(/^(none|\/[^\x00-\x1f]{1,106})$/, `an absolute path of at most 107 bytes, or "none"`),
+    flag: "localSocket", env: "KVFERRY_LOCAL_SOCKET", placeholder: "PATH",
+    doc: 'Unix socket that hands the pool to clients on this node ("none": no local path)',
+    defaultDoc: "$XDG_RUNTIME_DIR or /tmp, kvferry-PORT.sock",
+  }),
+  local_allowed_uids: spec({
+    parse: idList, default: [], flag: "localAllowedUids", placeholder: "UIDS",
+    doc: "other users whose processes may map the pool (its own user always may)", defaultDoc: "none",
+  }),
+  local_allowed_gids: spec({
+    parse: idList, default: [], flag: "localAllowedGids", placeholder: "GIDS",
+    doc: "groups whose processes may map the pool", defaultDoc: "none",
   }),
 
   // the node registry (src/metadata/)

@@ -168,6 +168,19 @@ export const peerList: Parser<HostPort[]> = (raw, text) => {
  * A listening address: like `hostPort`, but a port alone (a JSON number or digits) means
  * that port on `defaultHost`, and port 0 asks the system for a free one.
  */
+/** Numeric user or group ids: [1000, 1001] in JSON, 1000,1001 in a flag or variable. */
+export const idList: Parser<number[]> = (raw, text) => {
+  const expected = `a list of numeric ids 0-${2 ** 32 - 2}: [1000, 1001] in JSON, 1000,1001 in a flag or variable`;
+  let members: unknown[];
+  if (text && typeof raw === "string") members = raw.split(",").map((m) => m.trim()).filter((m) => m !== "");
+  else if (!text && Array.isArray(raw)) members = raw;
+  else return refuse(expected);
+  const ids = members.map((m) => (typeof m === "string" && /^\d{1,10}$/.test(m) ? Number(m) : m));
+  const bad = ids.find((id) => !Number.isInteger(id) || (id as number) < 0 || (id as number) > 2 ** 32 - 2);
+  if (bad !== undefined || ids.length > 64) return refuse(`${expected}, at most 64${bad === undefined ? "" : `; ${JSON.stringify(bad)} is not one`}`);
+  return accept(ids as number[]);
+};
+
 export function listenAddress(defaultHost: string): Parser<HostPort> {
   const expected = `HOST:PORT with port 0-65535 (0 picks a free port), or PORT alone for ${defaultHost}:PORT (IPv6 as [ADDR]:PORT)`;
   return (raw) => {

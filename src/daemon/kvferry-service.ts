@@ -22,6 +22,7 @@ import { failure, unary, type OnFailure } from "./grpc-server.js";
 import { validateEngine, type EngineDirectory } from "./engines.js";
 import { toGrpcError } from "../grpc-errors.js";
 import type { Transfers } from "./transfers.js";
+import type { LocalPath } from "./local-path.js";
 
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
 export const MAX_CHUNK_SIZE = 4 << 20;
@@ -44,6 +45,15 @@ export interface ServiceContext {
   listNodes(): Promise<ListNodesResponse>;
   /** The engines announced to this daemon (AnnounceEngine). */
   engines: EngineDirectory;
+  /** The local path; absent while the daemon runs without a data plane. */
+  local?: LocalPath;
+  /** Where clients on this node map the pool ("" socket: the local path is off). */
+  localInfo(): { socket: string; poolId: string; poolBytes: number };
+}
+
+function localPath(ctx: ServiceContext): LocalPath {
+  if (ctx.local === undefined || ctx.localInfo().socket === "") throw new UnavailableError("this daemon serves no local path (local_socket is \"none\", or it runs without a data plane)");
+  return ctx.local;
 }
 
 /** For a Get that names a source: pulls the entry here first unless it already is. */
@@ -175,7 +185,44 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
       entries: store.entryCount,
       counters: { ...store.counters, ...ctx.dataPlane() },
       nodeId: ctx.nodeId(),
+      local: ctx.localInfo(),
     })),
+
+    reserve: unary(report, async (call) => {
+      const r = call.request;
+      const local = localPath(ctx);
+      const reserved = await local.reserve({
+        transferId: r.transferId,
+        parts: r.parts.map((p) => ({ name: p.name, size: p.size })),
+        leaseTtlMs: r.leaseTtlMs,
+        reservationTtlMs: r.reservationTtlMs,
+      });
+      return { reservationId: reserved.reservationId, poolId: local.poolId, parts: reserved.parts };
+    }),
+
+    commit: unary(report, (call) => {
+      const r = call.request;
+      return { entry: toWireEntry(localPath(ctx).commit({ reservationId: r.reservationId, parts: r.parts, seal: r.seal })) };
+    }),
+
+    abort: unary(report, (call) => {
+      localPath(ctx).abort(call.request.reservationId);
+      return {};
+    }),
+
+    lend: unary(report, async (call) => {
+      const r = call.request;
+      const local = localPath(ctx);
+      const loan = await local.lend({
+        transferId: r.transferId, parts: r.parts, waitMs: r.waitMs, consume: r.consume, loanTtlMs: r.loanTtlMs, signal: cancelSignal(call),
+      });
+      return { loanId: loan.loanId, poolId: local.poolId, entry: toWireEntry(loan.lease.entry), parts: loan.parts };
+    }),
+
+    returnLoan: unary(report, (call) => {
+      localPath(ctx).returnLoan(call.request.loanId, call.request.consumed);
+      return {};
+    }),
 
     listNodes: unary(report, () => ctx.listNodes()),
 

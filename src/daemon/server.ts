@@ -4,7 +4,8 @@
 // Lifecycle: starting → serving → draining → stopped. Draining stops accepting
 // calls, reports NOT_SERVING, lets in-flight calls finish within the grace period,
 // cancels what is left, undoes reservations made for peers, and stops the engine.
-import { hostname } from "node:os";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
 import { Server } from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
 import type { Logger } from "pino";
@@ -25,6 +26,7 @@ import { EngineDirectory } from "./engines.js";
 import { bind, drain } from "./grpc-server.js";
 import { widenSessionWindows, widenStreamWindows } from "./http2-windows.js";
 import { kvferryService } from "./kvferry-service.js";
+import { LocalPath } from "./local-path.js";
 import { PeerServiceDefinition, peerService } from "./peer-service.js";
 import { nodeResolver } from "./node-resolver.js";
 import { LogLimiter } from "./log-limiter.js";
@@ -53,6 +55,10 @@ export class Daemon {
   readonly store: LookupBuffer;
   readonly engine: TransferEngine;
   readonly transfers: Transfers;
+  /** Clients on this node that map the pool: their reservations and loans. */
+  readonly local: LocalPath;
+  /** The local path's socket; "" while none is served. */
+  #localSocket = "";
   /** Inference engines on this node that announced themselves; published in the record. */
   readonly engines: EngineDirectory;
   readonly #peers: PeerDirectory;
@@ -141,6 +147,14 @@ export class Daemon {
       onBatch: this.#metrics && ((mode, outcomes, seconds) => this.#metrics!.batchDone(mode, outcomes, seconds)),
     });
 
+    this.local = new LocalPath({
+      store: this.store,
+      log,
+      extentsOf: (block) => this.engine.extentsOf(block),
+      reservationTtlMs: config.leaseTtlMs,
+      consumeLeaseMs: config.consumeLeaseMs,
+    });
+
     const maxMessage = config.maxMessageBytes + MESSAGE_OVERHEAD;
     this.#server = new Server({
       "grpc.max_receive_message_length": maxMessage,
@@ -164,6 +178,8 @@ export class Daemon {
         },
         listNodes: () => this.#listNodes(),
         engines: this.engines,
+        local: this.local,
+        localInfo: () => ({ socket: this.#localSocket, poolId: this.local.poolId, poolBytes: this.store.capacity }),
       }),
     );
     widenStreamWindows(this.#server, STREAM_WINDOW, log);
@@ -208,6 +224,7 @@ export class Daemon {
       if (this.config.listen.port === 0 && this.nodeId.endsWith(":0")) {
         this.nodeId = `${this.nodeId.slice(0, -2)}:${this.#port}`;
       }
+      this.#serveLocal();
       await this.#register(abort);
     } catch (err) {
       await this.#metricsServer?.close();
@@ -221,6 +238,7 @@ export class Daemon {
         peer: formatHostPort({ host: this.config.peerListen.host, port: this.#peerPort }),
         data: this.dataAddress,
         ...(this.config.metricsListen && { metrics: formatHostPort({ host: this.config.metricsListen.host, port: this.#metricsPort }) }),
+        local: this.#localSocket || "none",
         nodeId: this.nodeId,
         metadata: this.#registry?.where,
         kvBufferSize: this.config.kvBufferSize,
@@ -228,6 +246,26 @@ export class Daemon {
       },
       "kvferry daemon serving",
     );
+  }
+
+  /**
+   * The local path's socket: local_socket, else kvferry-PORT.sock (PORT: the client API's)
+   * in $XDG_RUNTIME_DIR or the temporary directory; "none" serves none.
+   */
+  #serveLocal(): void {
+    const configured = this.config.localSocket;
+    if (configured === "none") return;
+    const path = configured ?? join(process.env.XDG_RUNTIME_DIR || tmpdir(), `kvferry-${this.#port}.sock`);
+    const open = this.config.localAllowedUids.length > 0 || this.config.localAllowedGids.length > 0;
+    this.engine.serveLocal({
+      path,
+      // Only the kernel's word on the client's uid admits it; others than the daemon's user need to reach the file.
+      mode: open ? 0o666 : 0o600,
+      header: `"poolId":${JSON.stringify(this.local.poolId)},"poolBytes":${this.store.capacity}`,
+      allowedUids: this.config.localAllowedUids,
+      allowedGids: this.config.localAllowedGids,
+    });
+    this.#localSocket = path;
   }
 
   /** Stops accepting calls, waits up to the grace period for in-flight ones, then cancels the rest. */
@@ -246,6 +284,8 @@ export class Daemon {
       this.store.close();
     };
     await Promise.all([drain(this.#server, graceMs, onForce), drain(this.#peerServer, graceMs, onForce)]);
+    // Local clients' reservations are abandoned and their loans given back.
+    this.local.close();
     // Undo reservations held for peers; a peer stuck mid-frame cannot hold this past the
     // grace period: the engine's shutdown below closes its connection either way.
     let undone: NodeJS.Timeout | undefined;

@@ -74,10 +74,24 @@ export interface NativeEngine {
     opsFailed: number; handshakesRefused: number; framesRefused: number; connectionsShed: number; peersConnected: number;
   };
   shutdown(): void;
+  /** Hands the pool's memfd to admitted clients on a Unix socket (stopped by shutdown). */
+  serveLocal(options: LocalSocketOptions): void;
+  localStats(): { admitted: number; refused: number };
+}
+
+export interface LocalSocketOptions {
+  path: string;
+  mode: number;
+  /** JSON members sent to an admitted client beside "ok": true. */
+  header: string;
+  allowedUids: number[];
+  allowedGids: number[];
 }
 
 interface Addon {
   Engine: new (options: NativeOptions, onCompletions: (batch: NativeCompletions) => void) => NativeEngine;
+  /** The pool of the daemon at a local socket: its header line, and the mapping unless refused. */
+  mapLocalPool(path: string, timeoutMs: number): { header: string; buffer?: ArrayBuffer };
 }
 
 const ADDON = fileURLToPath(new URL("../../build/Release/kvferry_native.node", import.meta.url));

@@ -18,7 +18,7 @@ import {
   ResourceExhaustedError,
   UnavailableError,
 } from "../errors.js";
-import { loadAddon, NATIVE_CODES, type NativeCode, type NativeCompletions, type NativeEngine } from "./native.js";
+import { loadAddon, NATIVE_CODES, type LocalSocketOptions, type NativeCode, type NativeCompletions, type NativeEngine } from "./native.js";
 import type { Block } from "../store/memory.js";
 import { PoolMemory, type PoolExtent } from "./pool-memory.js";
 
@@ -122,6 +122,23 @@ export class TransferEngine {
 
   get dataPort(): number {
     return this.#native.dataPort();
+  }
+
+  /**
+   * Serves the local path's socket (native/engine/local/): clients of this node that the
+   * kernel says run as this user (or an allowed uid/gid) receive the pool's memfd.
+   * @throws UnavailableError naming the path when it cannot be served.
+   */
+  serveLocal(options: LocalSocketOptions): void {
+    try {
+      this.#native.serveLocal(options);
+    } catch (err) {
+      throw new UnavailableError(`cannot serve the local socket (local_socket) ${options.path}: ${(err as Error).message}`);
+    }
+  }
+
+  localStats(): { admitted: number; refused: number } {
+    return this.#native.localStats();
   }
 
   stats() {

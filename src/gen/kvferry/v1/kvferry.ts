@@ -112,6 +112,101 @@ export function transferModeToJSON(object: TransferMode): string {
   }
 }
 
+/** Where a client on this node maps the pool. */
+export interface LocalPathInfo {
+  /** The Unix socket that hands out the pool's memfd; "" when the local path is off. */
+  socket: string;
+  /** Changes with every daemon start: extents from another pool are refused. */
+  poolId: string;
+  poolBytes: number;
+}
+
+/** A byte range of the pool. */
+export interface Extent {
+  offset: number;
+  length: number;
+}
+
+/** A part and the pool's extents that hold it, in order. */
+export interface PartExtents {
+  name: string;
+  size: number;
+  extents: Extent[];
+}
+
+/** A part to reserve: its name and size in bytes. */
+export interface PartSpec {
+  name: string;
+  size: number;
+}
+
+export interface ReserveRequest {
+  transferId: string;
+  parts: PartSpec[];
+  /** Lease of the entry (as PutRequest's). Absent: the daemon's default. */
+  leaseTtlMs?:
+    | number
+    | undefined;
+  /** How long the reservation waits for its commits; absent: the daemon's lease_ttl_ms. */
+  reservationTtlMs?: number | undefined;
+}
+
+export interface ReserveResponse {
+  reservationId: string;
+  poolId: string;
+  parts: PartExtents[];
+}
+
+export interface CommitRequest {
+  reservationId: string;
+  parts: CommittedPart[];
+  /** Seal the entry once every committed part has landed. */
+  seal: boolean;
+}
+
+export interface CommittedPart {
+  name: string;
+  /** Bytes written: must be the part's reserved size. */
+  bytes: number;
+}
+
+export interface CommitResponse {
+  entry?: EntryInfo | undefined;
+}
+
+export interface AbortRequest {
+  reservationId: string;
+}
+
+export interface AbortResponse {
+}
+
+export interface LendRequest {
+  transferId: string;
+  /** Parts to lend; empty for all, which waits for the seal. */
+  parts: string[];
+  waitMs?: number | undefined;
+  consume: boolean;
+  /** How long the loan lasts unreturned; absent: the daemon's consume_lease_ms. */
+  loanTtlMs?: number | undefined;
+}
+
+export interface LendResponse {
+  loanId: string;
+  poolId: string;
+  entry?: EntryInfo | undefined;
+  parts: PartExtents[];
+}
+
+export interface ReturnLoanRequest {
+  loanId: string;
+  /** A consuming loan: the reader holds every byte, drop the entry. */
+  consumed: boolean;
+}
+
+export interface ReturnLoanResponse {
+}
+
 export interface AnnounceEngineRequest {
   engine?: EngineInfo | undefined;
 }
@@ -333,6 +428,8 @@ export interface GetServerInfoResponse {
     | undefined;
   /** The node's identity, as given by config. */
   nodeId: string;
+  /** The local path (clients on this node). */
+  local?: LocalPathInfo | undefined;
 }
 
 /** Lifetime counters of a daemon. */
@@ -401,6 +498,1421 @@ export interface ListNodesResponse {
   /** Ordered by node id. */
   nodes: NodeInfo[];
 }
+
+function createBaseLocalPathInfo(): LocalPathInfo {
+  return { socket: "", poolId: "", poolBytes: 0 };
+}
+
+export const LocalPathInfo: MessageFns<LocalPathInfo> = {
+  encode(message: LocalPathInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.socket !== "") {
+      writer.uint32(10).string(message.socket);
+    }
+    if (message.poolId !== "") {
+      writer.uint32(18).string(message.poolId);
+    }
+    if (message.poolBytes !== 0) {
+      writer.uint32(24).uint64(message.poolBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LocalPathInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLocalPathInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.socket = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.poolId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.poolBytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LocalPathInfo {
+    return {
+      socket: isSet(object.socket) ? globalThis.String(object.socket) : "",
+      poolId: isSet(object.poolId)
+        ? globalThis.String(object.poolId)
+        : isSet(object.pool_id)
+        ? globalThis.String(object.pool_id)
+        : "",
+      poolBytes: isSet(object.poolBytes)
+        ? globalThis.Number(object.poolBytes)
+        : isSet(object.pool_bytes)
+        ? globalThis.Number(object.pool_bytes)
+        : 0,
+    };
+  },
+
+  toJSON(message: LocalPathInfo): unknown {
+    const obj: any = {};
+    if (message.socket !== "") {
+      obj.socket = message.socket;
+    }
+    if (message.poolId !== "") {
+      obj.poolId = message.poolId;
+    }
+    if (message.poolBytes !== 0) {
+      obj.poolBytes = Math.round(message.poolBytes);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LocalPathInfo>): LocalPathInfo {
+    return LocalPathInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LocalPathInfo>): LocalPathInfo {
+    const message = createBaseLocalPathInfo();
+    message.socket = object.socket ?? "";
+    message.poolId = object.poolId ?? "";
+    message.poolBytes = object.poolBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseExtent(): Extent {
+  return { offset: 0, length: 0 };
+}
+
+export const Extent: MessageFns<Extent> = {
+  encode(message: Extent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.offset !== 0) {
+      writer.uint32(8).uint64(message.offset);
+    }
+    if (message.length !== 0) {
+      writer.uint32(16).uint64(message.length);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Extent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExtent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.offset = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.length = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Extent {
+    return {
+      offset: isSet(object.offset) ? globalThis.Number(object.offset) : 0,
+      length: isSet(object.length) ? globalThis.Number(object.length) : 0,
+    };
+  },
+
+  toJSON(message: Extent): unknown {
+    const obj: any = {};
+    if (message.offset !== 0) {
+      obj.offset = Math.round(message.offset);
+    }
+    if (message.length !== 0) {
+      obj.length = Math.round(message.length);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Extent>): Extent {
+    return Extent.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Extent>): Extent {
+    const message = createBaseExtent();
+    message.offset = object.offset ?? 0;
+    message.length = object.length ?? 0;
+    return message;
+  },
+};
+
+function createBasePartExtents(): PartExtents {
+  return { name: "", size: 0, extents: [] };
+}
+
+export const PartExtents: MessageFns<PartExtents> = {
+  encode(message: PartExtents, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.size !== 0) {
+      writer.uint32(16).uint64(message.size);
+    }
+    for (const v of message.extents) {
+      Extent.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PartExtents {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePartExtents();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.size = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.extents.push(Extent.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PartExtents {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+      extents: globalThis.Array.isArray(object?.extents) ? object.extents.map((e: any) => Extent.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: PartExtents): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    if (message.extents?.length) {
+      obj.extents = message.extents.map((e) => Extent.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PartExtents>): PartExtents {
+    return PartExtents.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PartExtents>): PartExtents {
+    const message = createBasePartExtents();
+    message.name = object.name ?? "";
+    message.size = object.size ?? 0;
+    message.extents = object.extents?.map((e) => Extent.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePartSpec(): PartSpec {
+  return { name: "", size: 0 };
+}
+
+export const PartSpec: MessageFns<PartSpec> = {
+  encode(message: PartSpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.size !== 0) {
+      writer.uint32(16).uint64(message.size);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PartSpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePartSpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.size = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PartSpec {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+    };
+  },
+
+  toJSON(message: PartSpec): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PartSpec>): PartSpec {
+    return PartSpec.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PartSpec>): PartSpec {
+    const message = createBasePartSpec();
+    message.name = object.name ?? "";
+    message.size = object.size ?? 0;
+    return message;
+  },
+};
+
+function createBaseReserveRequest(): ReserveRequest {
+  return { transferId: "", parts: [], leaseTtlMs: undefined, reservationTtlMs: undefined };
+}
+
+export const ReserveRequest: MessageFns<ReserveRequest> = {
+  encode(message: ReserveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.transferId !== "") {
+      writer.uint32(10).string(message.transferId);
+    }
+    for (const v of message.parts) {
+      PartSpec.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.leaseTtlMs !== undefined) {
+      writer.uint32(24).int32(message.leaseTtlMs);
+    }
+    if (message.reservationTtlMs !== undefined) {
+      writer.uint32(32).int32(message.reservationTtlMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReserveRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReserveRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.transferId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parts.push(PartSpec.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.leaseTtlMs = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.reservationTtlMs = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReserveRequest {
+    return {
+      transferId: isSet(object.transferId)
+        ? globalThis.String(object.transferId)
+        : isSet(object.transfer_id)
+        ? globalThis.String(object.transfer_id)
+        : "",
+      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => PartSpec.fromJSON(e)) : [],
+      leaseTtlMs: isSet(object.leaseTtlMs)
+        ? globalThis.Number(object.leaseTtlMs)
+        : isSet(object.lease_ttl_ms)
+        ? globalThis.Number(object.lease_ttl_ms)
+        : undefined,
+      reservationTtlMs: isSet(object.reservationTtlMs)
+        ? globalThis.Number(object.reservationTtlMs)
+        : isSet(object.reservation_ttl_ms)
+        ? globalThis.Number(object.reservation_ttl_ms)
+        : undefined,
+    };
+  },
+
+  toJSON(message: ReserveRequest): unknown {
+    const obj: any = {};
+    if (message.transferId !== "") {
+      obj.transferId = message.transferId;
+    }
+    if (message.parts?.length) {
+      obj.parts = message.parts.map((e) => PartSpec.toJSON(e));
+    }
+    if (message.leaseTtlMs !== undefined) {
+      obj.leaseTtlMs = Math.round(message.leaseTtlMs);
+    }
+    if (message.reservationTtlMs !== undefined) {
+      obj.reservationTtlMs = Math.round(message.reservationTtlMs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReserveRequest>): ReserveRequest {
+    return ReserveRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReserveRequest>): ReserveRequest {
+    const message = createBaseReserveRequest();
+    message.transferId = object.transferId ?? "";
+    message.parts = object.parts?.map((e) => PartSpec.fromPartial(e)) || [];
+    message.leaseTtlMs = object.leaseTtlMs ?? undefined;
+    message.reservationTtlMs = object.reservationTtlMs ?? undefined;
+    return message;
+  },
+};
+
+function createBaseReserveResponse(): ReserveResponse {
+  return { reservationId: "", poolId: "", parts: [] };
+}
+
+export const ReserveResponse: MessageFns<ReserveResponse> = {
+  encode(message: ReserveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reservationId !== "") {
+      writer.uint32(10).string(message.reservationId);
+    }
+    if (message.poolId !== "") {
+      writer.uint32(18).string(message.poolId);
+    }
+    for (const v of message.parts) {
+      PartExtents.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReserveResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReserveResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reservationId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.poolId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.parts.push(PartExtents.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReserveResponse {
+    return {
+      reservationId: isSet(object.reservationId)
+        ? globalThis.String(object.reservationId)
+        : isSet(object.reservation_id)
+        ? globalThis.String(object.reservation_id)
+        : "",
+      poolId: isSet(object.poolId)
+        ? globalThis.String(object.poolId)
+        : isSet(object.pool_id)
+        ? globalThis.String(object.pool_id)
+        : "",
+      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => PartExtents.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ReserveResponse): unknown {
+    const obj: any = {};
+    if (message.reservationId !== "") {
+      obj.reservationId = message.reservationId;
+    }
+    if (message.poolId !== "") {
+      obj.poolId = message.poolId;
+    }
+    if (message.parts?.length) {
+      obj.parts = message.parts.map((e) => PartExtents.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReserveResponse>): ReserveResponse {
+    return ReserveResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReserveResponse>): ReserveResponse {
+    const message = createBaseReserveResponse();
+    message.reservationId = object.reservationId ?? "";
+    message.poolId = object.poolId ?? "";
+    message.parts = object.parts?.map((e) => PartExtents.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseCommitRequest(): CommitRequest {
+  return { reservationId: "", parts: [], seal: false };
+}
+
+export const CommitRequest: MessageFns<CommitRequest> = {
+  encode(message: CommitRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reservationId !== "") {
+      writer.uint32(10).string(message.reservationId);
+    }
+    for (const v of message.parts) {
+      CommittedPart.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.seal !== false) {
+      writer.uint32(24).bool(message.seal);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CommitRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCommitRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reservationId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parts.push(CommittedPart.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.seal = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CommitRequest {
+    return {
+      reservationId: isSet(object.reservationId)
+        ? globalThis.String(object.reservationId)
+        : isSet(object.reservation_id)
+        ? globalThis.String(object.reservation_id)
+        : "",
+      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => CommittedPart.fromJSON(e)) : [],
+      seal: isSet(object.seal) ? globalThis.Boolean(object.seal) : false,
+    };
+  },
+
+  toJSON(message: CommitRequest): unknown {
+    const obj: any = {};
+    if (message.reservationId !== "") {
+      obj.reservationId = message.reservationId;
+    }
+    if (message.parts?.length) {
+      obj.parts = message.parts.map((e) => CommittedPart.toJSON(e));
+    }
+    if (message.seal !== false) {
+      obj.seal = message.seal;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CommitRequest>): CommitRequest {
+    return CommitRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CommitRequest>): CommitRequest {
+    const message = createBaseCommitRequest();
+    message.reservationId = object.reservationId ?? "";
+    message.parts = object.parts?.map((e) => CommittedPart.fromPartial(e)) || [];
+    message.seal = object.seal ?? false;
+    return message;
+  },
+};
+
+function createBaseCommittedPart(): CommittedPart {
+  return { name: "", bytes: 0 };
+}
+
+export const CommittedPart: MessageFns<CommittedPart> = {
+  encode(message: CommittedPart, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.bytes !== 0) {
+      writer.uint32(16).uint64(message.bytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CommittedPart {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCommittedPart();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CommittedPart {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      bytes: isSet(object.bytes) ? globalThis.Number(object.bytes) : 0,
+    };
+  },
+
+  toJSON(message: CommittedPart): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.bytes !== 0) {
+      obj.bytes = Math.round(message.bytes);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CommittedPart>): CommittedPart {
+    return CommittedPart.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CommittedPart>): CommittedPart {
+    const message = createBaseCommittedPart();
+    message.name = object.name ?? "";
+    message.bytes = object.bytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseCommitResponse(): CommitResponse {
+  return { entry: undefined };
+}
+
+export const CommitResponse: MessageFns<CommitResponse> = {
+  encode(message: CommitResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.entry !== undefined) {
+      EntryInfo.encode(message.entry, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CommitResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCommitResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.entry = EntryInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CommitResponse {
+    return { entry: isSet(object.entry) ? EntryInfo.fromJSON(object.entry) : undefined };
+  },
+
+  toJSON(message: CommitResponse): unknown {
+    const obj: any = {};
+    if (message.entry !== undefined) {
+      obj.entry = EntryInfo.toJSON(message.entry);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CommitResponse>): CommitResponse {
+    return CommitResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CommitResponse>): CommitResponse {
+    const message = createBaseCommitResponse();
+    message.entry = (object.entry !== undefined && object.entry !== null)
+      ? EntryInfo.fromPartial(object.entry)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAbortRequest(): AbortRequest {
+  return { reservationId: "" };
+}
+
+export const AbortRequest: MessageFns<AbortRequest> = {
+  encode(message: AbortRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.reservationId !== "") {
+      writer.uint32(10).string(message.reservationId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AbortRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAbortRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.reservationId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AbortRequest {
+    return {
+      reservationId: isSet(object.reservationId)
+        ? globalThis.String(object.reservationId)
+        : isSet(object.reservation_id)
+        ? globalThis.String(object.reservation_id)
+        : "",
+    };
+  },
+
+  toJSON(message: AbortRequest): unknown {
+    const obj: any = {};
+    if (message.reservationId !== "") {
+      obj.reservationId = message.reservationId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AbortRequest>): AbortRequest {
+    return AbortRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AbortRequest>): AbortRequest {
+    const message = createBaseAbortRequest();
+    message.reservationId = object.reservationId ?? "";
+    return message;
+  },
+};
+
+function createBaseAbortResponse(): AbortResponse {
+  return {};
+}
+
+export const AbortResponse: MessageFns<AbortResponse> = {
+  encode(_: AbortResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AbortResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAbortResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AbortResponse {
+    return {};
+  },
+
+  toJSON(_: AbortResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<AbortResponse>): AbortResponse {
+    return AbortResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<AbortResponse>): AbortResponse {
+    const message = createBaseAbortResponse();
+    return message;
+  },
+};
+
+function createBaseLendRequest(): LendRequest {
+  return { transferId: "", parts: [], waitMs: undefined, consume: false, loanTtlMs: undefined };
+}
+
+export const LendRequest: MessageFns<LendRequest> = {
+  encode(message: LendRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.transferId !== "") {
+      writer.uint32(10).string(message.transferId);
+    }
+    for (const v of message.parts) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.waitMs !== undefined) {
+      writer.uint32(24).int32(message.waitMs);
+    }
+    if (message.consume !== false) {
+      writer.uint32(32).bool(message.consume);
+    }
+    if (message.loanTtlMs !== undefined) {
+      writer.uint32(40).int32(message.loanTtlMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LendRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLendRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.transferId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.parts.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.waitMs = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.consume = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.loanTtlMs = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LendRequest {
+    return {
+      transferId: isSet(object.transferId)
+        ? globalThis.String(object.transferId)
+        : isSet(object.transfer_id)
+        ? globalThis.String(object.transfer_id)
+        : "",
+      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => globalThis.String(e)) : [],
+      waitMs: isSet(object.waitMs)
+        ? globalThis.Number(object.waitMs)
+        : isSet(object.wait_ms)
+        ? globalThis.Number(object.wait_ms)
+        : undefined,
+      consume: isSet(object.consume) ? globalThis.Boolean(object.consume) : false,
+      loanTtlMs: isSet(object.loanTtlMs)
+        ? globalThis.Number(object.loanTtlMs)
+        : isSet(object.loan_ttl_ms)
+        ? globalThis.Number(object.loan_ttl_ms)
+        : undefined,
+    };
+  },
+
+  toJSON(message: LendRequest): unknown {
+    const obj: any = {};
+    if (message.transferId !== "") {
+      obj.transferId = message.transferId;
+    }
+    if (message.parts?.length) {
+      obj.parts = message.parts;
+    }
+    if (message.waitMs !== undefined) {
+      obj.waitMs = Math.round(message.waitMs);
+    }
+    if (message.consume !== false) {
+      obj.consume = message.consume;
+    }
+    if (message.loanTtlMs !== undefined) {
+      obj.loanTtlMs = Math.round(message.loanTtlMs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LendRequest>): LendRequest {
+    return LendRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LendRequest>): LendRequest {
+    const message = createBaseLendRequest();
+    message.transferId = object.transferId ?? "";
+    message.parts = object.parts?.map((e) => e) || [];
+    message.waitMs = object.waitMs ?? undefined;
+    message.consume = object.consume ?? false;
+    message.loanTtlMs = object.loanTtlMs ?? undefined;
+    return message;
+  },
+};
+
+function createBaseLendResponse(): LendResponse {
+  return { loanId: "", poolId: "", entry: undefined, parts: [] };
+}
+
+export const LendResponse: MessageFns<LendResponse> = {
+  encode(message: LendResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.loanId !== "") {
+      writer.uint32(10).string(message.loanId);
+    }
+    if (message.poolId !== "") {
+      writer.uint32(18).string(message.poolId);
+    }
+    if (message.entry !== undefined) {
+      EntryInfo.encode(message.entry, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.parts) {
+      PartExtents.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LendResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLendResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.loanId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.poolId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.entry = EntryInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.parts.push(PartExtents.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LendResponse {
+    return {
+      loanId: isSet(object.loanId)
+        ? globalThis.String(object.loanId)
+        : isSet(object.loan_id)
+        ? globalThis.String(object.loan_id)
+        : "",
+      poolId: isSet(object.poolId)
+        ? globalThis.String(object.poolId)
+        : isSet(object.pool_id)
+        ? globalThis.String(object.pool_id)
+        : "",
+      entry: isSet(object.entry) ? EntryInfo.fromJSON(object.entry) : undefined,
+      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => PartExtents.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: LendResponse): unknown {
+    const obj: any = {};
+    if (message.loanId !== "") {
+      obj.loanId = message.loanId;
+    }
+    if (message.poolId !== "") {
+      obj.poolId = message.poolId;
+    }
+    if (message.entry !== undefined) {
+      obj.entry = EntryInfo.toJSON(message.entry);
+    }
+    if (message.parts?.length) {
+      obj.parts = message.parts.map((e) => PartExtents.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LendResponse>): LendResponse {
+    return LendResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LendResponse>): LendResponse {
+    const message = createBaseLendResponse();
+    message.loanId = object.loanId ?? "";
+    message.poolId = object.poolId ?? "";
+    message.entry = (object.entry !== undefined && object.entry !== null)
+      ? EntryInfo.fromPartial(object.entry)
+      : undefined;
+    message.parts = object.parts?.map((e) => PartExtents.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseReturnLoanRequest(): ReturnLoanRequest {
+  return { loanId: "", consumed: false };
+}
+
+export const ReturnLoanRequest: MessageFns<ReturnLoanRequest> = {
+  encode(message: ReturnLoanRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.loanId !== "") {
+      writer.uint32(10).string(message.loanId);
+    }
+    if (message.consumed !== false) {
+      writer.uint32(16).bool(message.consumed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReturnLoanRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReturnLoanRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.loanId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.consumed = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReturnLoanRequest {
+    return {
+      loanId: isSet(object.loanId)
+        ? globalThis.String(object.loanId)
+        : isSet(object.loan_id)
+        ? globalThis.String(object.loan_id)
+        : "",
+      consumed: isSet(object.consumed) ? globalThis.Boolean(object.consumed) : false,
+    };
+  },
+
+  toJSON(message: ReturnLoanRequest): unknown {
+    const obj: any = {};
+    if (message.loanId !== "") {
+      obj.loanId = message.loanId;
+    }
+    if (message.consumed !== false) {
+      obj.consumed = message.consumed;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReturnLoanRequest>): ReturnLoanRequest {
+    return ReturnLoanRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReturnLoanRequest>): ReturnLoanRequest {
+    const message = createBaseReturnLoanRequest();
+    message.loanId = object.loanId ?? "";
+    message.consumed = object.consumed ?? false;
+    return message;
+  },
+};
+
+function createBaseReturnLoanResponse(): ReturnLoanResponse {
+  return {};
+}
+
+export const ReturnLoanResponse: MessageFns<ReturnLoanResponse> = {
+  encode(_: ReturnLoanResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReturnLoanResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReturnLoanResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ReturnLoanResponse {
+    return {};
+  },
+
+  toJSON(_: ReturnLoanResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReturnLoanResponse>): ReturnLoanResponse {
+    return ReturnLoanResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ReturnLoanResponse>): ReturnLoanResponse {
+    const message = createBaseReturnLoanResponse();
+    return message;
+  },
+};
 
 function createBaseAnnounceEngineRequest(): AnnounceEngineRequest {
   return { engine: undefined };
@@ -2944,7 +4456,16 @@ export const GetServerInfoRequest: MessageFns<GetServerInfoRequest> = {
 };
 
 function createBaseGetServerInfoResponse(): GetServerInfoResponse {
-  return { version: "", uptimeMs: 0, poolCapacity: 0, bytesUsed: 0, entries: 0, counters: undefined, nodeId: "" };
+  return {
+    version: "",
+    uptimeMs: 0,
+    poolCapacity: 0,
+    bytesUsed: 0,
+    entries: 0,
+    counters: undefined,
+    nodeId: "",
+    local: undefined,
+  };
 }
 
 export const GetServerInfoResponse: MessageFns<GetServerInfoResponse> = {
@@ -2969,6 +4490,9 @@ export const GetServerInfoResponse: MessageFns<GetServerInfoResponse> = {
     }
     if (message.nodeId !== "") {
       writer.uint32(58).string(message.nodeId);
+    }
+    if (message.local !== undefined) {
+      LocalPathInfo.encode(message.local, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -3042,6 +4566,14 @@ export const GetServerInfoResponse: MessageFns<GetServerInfoResponse> = {
             message.nodeId = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.local = LocalPathInfo.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3079,6 +4611,7 @@ export const GetServerInfoResponse: MessageFns<GetServerInfoResponse> = {
         : isSet(object.node_id)
         ? globalThis.String(object.node_id)
         : "",
+      local: isSet(object.local) ? LocalPathInfo.fromJSON(object.local) : undefined,
     };
   },
 
@@ -3105,6 +4638,9 @@ export const GetServerInfoResponse: MessageFns<GetServerInfoResponse> = {
     if (message.nodeId !== "") {
       obj.nodeId = message.nodeId;
     }
+    if (message.local !== undefined) {
+      obj.local = LocalPathInfo.toJSON(message.local);
+    }
     return obj;
   },
 
@@ -3122,6 +4658,9 @@ export const GetServerInfoResponse: MessageFns<GetServerInfoResponse> = {
       ? Counters.fromPartial(object.counters)
       : undefined;
     message.nodeId = object.nodeId ?? "";
+    message.local = (object.local !== undefined && object.local !== null)
+      ? LocalPathInfo.fromPartial(object.local)
+      : undefined;
     return message;
   },
 };
@@ -4186,6 +5725,77 @@ export const KvFerryService = {
       Buffer.from(AnnounceEngineResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): AnnounceEngineResponse => AnnounceEngineResponse.decode(value),
   },
+  /**
+   * The local path. A client on this node maps the daemon's pool (the memfd handed out on
+   * the Unix socket GetServerInfo.local names) and writes and reads entries in place;
+   * these calls say where. Extents are byte ranges of that pool, valid for the pool_id
+   * they come with. Every store rule holds as for Put and Get (room, eviction, leases,
+   * exactly-once consume, BatchTransfer of the entries).
+   *
+   * Reserve makes room for an entry's parts (as PutStream's header does) and answers with
+   * the extents to write them to. Parts not committed within reservation_ttl_ms are
+   * abandoned.
+   * Errors as Put's, and ALREADY_EXISTS for a part the entry has.
+   */
+  reserve: {
+    path: "/kvferry.v1.KvFerry/Reserve" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReserveRequest): Buffer => Buffer.from(ReserveRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReserveRequest => ReserveRequest.decode(value),
+    responseSerialize: (value: ReserveResponse): Buffer => Buffer.from(ReserveResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReserveResponse => ReserveResponse.decode(value),
+  },
+  /**
+   * Commit makes written parts of a reservation readable; a part committed with fewer
+   * bytes than reserved is abandoned instead (INVALID_ARGUMENT naming it), and with seal
+   * the entry is sealed once its last part lands (an abandoned part drops it, as Seal).
+   */
+  commit: {
+    path: "/kvferry.v1.KvFerry/Commit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CommitRequest): Buffer => Buffer.from(CommitRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CommitRequest => CommitRequest.decode(value),
+    responseSerialize: (value: CommitResponse): Buffer => Buffer.from(CommitResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CommitResponse => CommitResponse.decode(value),
+  },
+  /** Abort abandons a reservation's uncommitted parts and drops its entry unless sealed. */
+  abort: {
+    path: "/kvferry.v1.KvFerry/Abort" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AbortRequest): Buffer => Buffer.from(AbortRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AbortRequest => AbortRequest.decode(value),
+    responseSerialize: (value: AbortResponse): Buffer => Buffer.from(AbortResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AbortResponse => AbortResponse.decode(value),
+  },
+  /**
+   * Lend holds an entry's parts for reading in place (as Get, with consume as Get's)
+   * until ReturnLoan or the loan's lease lapses; their extents are not reused before.
+   */
+  lend: {
+    path: "/kvferry.v1.KvFerry/Lend" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LendRequest): Buffer => Buffer.from(LendRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LendRequest => LendRequest.decode(value),
+    responseSerialize: (value: LendResponse): Buffer => Buffer.from(LendResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LendResponse => LendResponse.decode(value),
+  },
+  /**
+   * ReturnLoan ends a loan. For a consuming loan, consumed = true drops the entry (the
+   * reader holds every byte: Get's ConfirmConsume), false gives it back.
+   */
+  returnLoan: {
+    path: "/kvferry.v1.KvFerry/ReturnLoan" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReturnLoanRequest): Buffer => Buffer.from(ReturnLoanRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReturnLoanRequest => ReturnLoanRequest.decode(value),
+    responseSerialize: (value: ReturnLoanResponse): Buffer => Buffer.from(ReturnLoanResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReturnLoanResponse => ReturnLoanResponse.decode(value),
+  },
 } as const;
 
 export interface KvFerryServer extends UntypedServiceImplementation {
@@ -4291,6 +5901,37 @@ export interface KvFerryServer extends UntypedServiceImplementation {
    * RESOURCE_EXHAUSTED when the daemon holds its maximum of engines (named in the message).
    */
   announceEngine: handleServerStreamingCall<AnnounceEngineRequest, AnnounceEngineResponse>;
+  /**
+   * The local path. A client on this node maps the daemon's pool (the memfd handed out on
+   * the Unix socket GetServerInfo.local names) and writes and reads entries in place;
+   * these calls say where. Extents are byte ranges of that pool, valid for the pool_id
+   * they come with. Every store rule holds as for Put and Get (room, eviction, leases,
+   * exactly-once consume, BatchTransfer of the entries).
+   *
+   * Reserve makes room for an entry's parts (as PutStream's header does) and answers with
+   * the extents to write them to. Parts not committed within reservation_ttl_ms are
+   * abandoned.
+   * Errors as Put's, and ALREADY_EXISTS for a part the entry has.
+   */
+  reserve: handleUnaryCall<ReserveRequest, ReserveResponse>;
+  /**
+   * Commit makes written parts of a reservation readable; a part committed with fewer
+   * bytes than reserved is abandoned instead (INVALID_ARGUMENT naming it), and with seal
+   * the entry is sealed once its last part lands (an abandoned part drops it, as Seal).
+   */
+  commit: handleUnaryCall<CommitRequest, CommitResponse>;
+  /** Abort abandons a reservation's uncommitted parts and drops its entry unless sealed. */
+  abort: handleUnaryCall<AbortRequest, AbortResponse>;
+  /**
+   * Lend holds an entry's parts for reading in place (as Get, with consume as Get's)
+   * until ReturnLoan or the loan's lease lapses; their extents are not reused before.
+   */
+  lend: handleUnaryCall<LendRequest, LendResponse>;
+  /**
+   * ReturnLoan ends a loan. For a consuming loan, consumed = true drops the entry (the
+   * reader holds every byte: Get's ConfirmConsume), false gives it back.
+   */
+  returnLoan: handleUnaryCall<ReturnLoanRequest, ReturnLoanResponse>;
 }
 
 export interface KvFerryClient extends Client {
@@ -4549,6 +6190,104 @@ export interface KvFerryClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<AnnounceEngineResponse>;
+  /**
+   * The local path. A client on this node maps the daemon's pool (the memfd handed out on
+   * the Unix socket GetServerInfo.local names) and writes and reads entries in place;
+   * these calls say where. Extents are byte ranges of that pool, valid for the pool_id
+   * they come with. Every store rule holds as for Put and Get (room, eviction, leases,
+   * exactly-once consume, BatchTransfer of the entries).
+   *
+   * Reserve makes room for an entry's parts (as PutStream's header does) and answers with
+   * the extents to write them to. Parts not committed within reservation_ttl_ms are
+   * abandoned.
+   * Errors as Put's, and ALREADY_EXISTS for a part the entry has.
+   */
+  reserve(
+    request: ReserveRequest,
+    callback: (error: ServiceError | null, response: ReserveResponse) => void,
+  ): ClientUnaryCall;
+  reserve(
+    request: ReserveRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReserveResponse) => void,
+  ): ClientUnaryCall;
+  reserve(
+    request: ReserveRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReserveResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Commit makes written parts of a reservation readable; a part committed with fewer
+   * bytes than reserved is abandoned instead (INVALID_ARGUMENT naming it), and with seal
+   * the entry is sealed once its last part lands (an abandoned part drops it, as Seal).
+   */
+  commit(
+    request: CommitRequest,
+    callback: (error: ServiceError | null, response: CommitResponse) => void,
+  ): ClientUnaryCall;
+  commit(
+    request: CommitRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CommitResponse) => void,
+  ): ClientUnaryCall;
+  commit(
+    request: CommitRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CommitResponse) => void,
+  ): ClientUnaryCall;
+  /** Abort abandons a reservation's uncommitted parts and drops its entry unless sealed. */
+  abort(
+    request: AbortRequest,
+    callback: (error: ServiceError | null, response: AbortResponse) => void,
+  ): ClientUnaryCall;
+  abort(
+    request: AbortRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AbortResponse) => void,
+  ): ClientUnaryCall;
+  abort(
+    request: AbortRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AbortResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Lend holds an entry's parts for reading in place (as Get, with consume as Get's)
+   * until ReturnLoan or the loan's lease lapses; their extents are not reused before.
+   */
+  lend(request: LendRequest, callback: (error: ServiceError | null, response: LendResponse) => void): ClientUnaryCall;
+  lend(
+    request: LendRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LendResponse) => void,
+  ): ClientUnaryCall;
+  lend(
+    request: LendRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LendResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ReturnLoan ends a loan. For a consuming loan, consumed = true drops the entry (the
+   * reader holds every byte: Get's ConfirmConsume), false gives it back.
+   */
+  returnLoan(
+    request: ReturnLoanRequest,
+    callback: (error: ServiceError | null, response: ReturnLoanResponse) => void,
+  ): ClientUnaryCall;
+  returnLoan(
+    request: ReturnLoanRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReturnLoanResponse) => void,
+  ): ClientUnaryCall;
+  returnLoan(
+    request: ReturnLoanRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReturnLoanResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const KvFerryClient = makeGenericClientConstructor(KvFerryService, "kvferry.v1.KvFerry") as unknown as {
