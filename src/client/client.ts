@@ -9,10 +9,14 @@ import {
   type BatchTransferResponse,
   type EntryInfo,
   type GetServerInfoResponse,
+  type LendResponse,
   type ListNodesResponse,
   type ListRequest,
   type ListResponse,
+  type ReserveResponse,
 } from "../gen/kvferry/v1/kvferry.js";
+import { call } from "./call.js";
+import { LocalLoan, LocalPool, LocalWriter } from "./local-path.js";
 import { EngineAnnouncement, type AnnouncementEvents, type EngineToAnnounce } from "./engine-announcement.js";
 
 export type { AnnouncementEvents, AnnouncementState, EngineToAnnounce } from "./engine-announcement.js";
@@ -56,15 +60,10 @@ export interface GotEntry {
 const CONFIRM_ATTEMPTS = 3;
 const CONFIRM_TIMEOUT_MS = 10_000;
 
-/** Converts a grpc-js callback call into a promise with a typed error. */
-function call<T>(start: (cb: (err: ServiceError | null, res?: T) => void) => unknown): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    start((err, res) => (err ? reject(errorFromServiceError(err)) : resolve(res as T)));
-  });
-}
 
 export class KvferryClient {
   readonly raw: KvFerryClient;
+  #local: Promise<LocalPool> | undefined;
 
   constructor(readonly address: string, options: Partial<ClientOptions> = {}) {
     this.raw = new KvFerryClient(address, credentials.createInsecure(), {
@@ -239,6 +238,88 @@ export class KvferryClient {
         cb,
       ),
     );
+  }
+
+  /**
+   * The daemon's pool mapped into this process (once; later calls reuse it).
+   * @throws UnavailableError saying why there is no local path (another host, refused, off).
+   */
+  localPool(): Promise<LocalPool> {
+    this.#local ??= LocalPool.open(this).catch((err) => {
+      this.#local = undefined; // tried again next time (the daemon may have restarted)
+      throw err;
+    });
+    return this.#local;
+  }
+
+  /** The local pool, or undefined when there is no local path (then callers go inline). */
+  async #localOrInline(): Promise<LocalPool | undefined> {
+    return this.localPool().catch((err) => {
+      if (err instanceof UnavailableError) return undefined;
+      throw err;
+    });
+  }
+
+  /** Reserves an entry's parts in the local pool: write their views, then commit. Needs the local path. */
+  async reserveLocal(
+    transferId: string,
+    parts: readonly { name: string; size: number }[],
+    o: CallOptions & { leaseTtlMs?: number; reservationTtlMs?: number } = {},
+  ): Promise<LocalWriter> {
+    const pool = await this.localPool();
+    const r = await call<ReserveResponse>((cb) =>
+      this.raw.reserve({ transferId, parts: [...parts], leaseTtlMs: o.leaseTtlMs, reservationTtlMs: o.reservationTtlMs }, new Metadata(), this.#opts(o), cb),
+    );
+    pool.checkPool(r.poolId);
+    return new LocalWriter(this, pool, transferId, r.reservationId, r.parts);
+  }
+
+  /**
+   * Puts an entry's parts: written straight into the daemon's pool on its node, else
+   * inline (Put per part). Seals it with `seal`.
+   */
+  async putLocal(transferId: string, parts: ReadonlyMap<string, Uint8Array>, o: CallOptions & { seal?: boolean; leaseTtlMs?: number } = {}): Promise<EntryInfo> {
+    if ((await this.#localOrInline()) === undefined) {
+      let info: EntryInfo | undefined;
+      const list = [...parts];
+      for (const [i, [name, data]] of list.entries()) {
+        info = await this.put(transferId, name, data, { ...o, seal: o.seal === true && i === list.length - 1 });
+      }
+      return info ?? this.stat(transferId, o);
+    }
+    const writer = await this.reserveLocal(transferId, [...parts].map(([name, data]) => ({ name, size: data.length })), o);
+    try {
+      for (const [name, data] of parts) writer.write(name, data);
+    } catch (err) {
+      await writer.abort().catch(() => {});
+      throw err;
+    }
+    return writer.commit(undefined, { seal: o.seal });
+  }
+
+  /**
+   * Reads an entry in place from the daemon's pool on its node (a loan: return it when
+   * done), else inline (a Get; a consuming one is confirmed at once).
+   */
+  async getLocal(transferId: string, o: CallOptions & { parts?: string[]; consume?: boolean; waitMs?: number; loanTtlMs?: number } = {}): Promise<LocalLoan> {
+    const pool = await this.#localOrInline();
+    if (pool === undefined) {
+      const got = await this.get(transferId, o);
+      return new LocalLoan(got.entry, new Map([...got.parts].map(([name, data]) => [name, [data]])), async () => {});
+    }
+    const consume = o.consume ?? false;
+    const r = await call<LendResponse>((cb) =>
+      this.raw.lend({ transferId, parts: o.parts ?? [], waitMs: o.waitMs, consume, loanTtlMs: o.loanTtlMs }, new Metadata(), this.#opts(o), cb),
+    );
+    const end = (consumed: boolean) =>
+      call<unknown>((cb) => this.raw.returnLoan({ loanId: r.loanId, consumed: consumed && consume }, new Metadata(), cb)).then(() => {});
+    try {
+      pool.checkPool(r.poolId);
+    } catch (err) {
+      await end(false).catch(() => {});
+      throw err;
+    }
+    return new LocalLoan(r.entry!, new Map(r.parts.map((p) => [p.name, pool.views(p)])), end);
   }
 
   serverInfo(o: CallOptions = {}): Promise<GetServerInfoResponse> {

@@ -19,7 +19,8 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   daemon: ["metrics", "store", "engine", "metadata", "config", "grpc-errors", "errors", "version", "gen"],
   proxy: ["launch", "client", "metrics", "metadata", "config", "grpc-errors", "errors", "version", "gen"],
   simulator: ["launch", "client", "metrics", "metadata", "config", "grpc-errors", "errors", "version", "gen"],
-  client: ["config", "grpc-errors", "errors", "version", "gen"],
+  // engine: its native addon maps the daemon's pool for the local path (client/local-path.ts).
+  client: ["engine", "config", "grpc-errors", "errors", "version", "gen"],
   launch: ["errors"],
   metrics: [],
   engine: ["store", "config", "errors"],
