@@ -123,8 +123,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
         ["  mean: the rest, streamed (decode gets and checks the KV; proxy)", ms(restMs), "—"],
       ]),
     );
-    out("The simulators move KV into and out of their daemons over gRPC on localhost; that, not the");
-    out("transfer between the daemons, is most of the gap to one engine.");
+    out("The simulators write and read the KV in their daemons' pools in place (the local path);");
+    out("computing, checking and streaming it is most of the rest of the gap to one engine.");
     const failures = disaggregated.filter((r) => !r.ok || r.text !== reference[r.request.index]!.text);
     for (const f of failures.slice(0, 5)) {
       out(`  request ${f.request.index}: ${f.ok ? "output differs from the reference" : `HTTP ${f.status} ${f.error ?? ""}`}`);

@@ -253,7 +253,7 @@ export class KvferryClient {
   }
 
   /** The local pool, or undefined when there is no local path (then callers go inline). */
-  async #localOrInline(): Promise<LocalPool | undefined> {
+  async localPoolIfAny(): Promise<LocalPool | undefined> {
     return this.localPool().catch((err) => {
       if (err instanceof UnavailableError) return undefined;
       throw err;
@@ -279,7 +279,7 @@ export class KvferryClient {
    * inline (Put per part). Seals it with `seal`.
    */
   async putLocal(transferId: string, parts: ReadonlyMap<string, Uint8Array>, o: CallOptions & { seal?: boolean; leaseTtlMs?: number } = {}): Promise<EntryInfo> {
-    if ((await this.#localOrInline()) === undefined) {
+    if ((await this.localPoolIfAny()) === undefined) {
       let info: EntryInfo | undefined;
       const list = [...parts];
       for (const [i, [name, data]] of list.entries()) {
@@ -302,7 +302,7 @@ export class KvferryClient {
    * done), else inline (a Get; a consuming one is confirmed at once).
    */
   async getLocal(transferId: string, o: CallOptions & { parts?: string[]; consume?: boolean; waitMs?: number; loanTtlMs?: number } = {}): Promise<LocalLoan> {
-    const pool = await this.#localOrInline();
+    const pool = await this.localPoolIfAny();
     if (pool === undefined) {
       const got = await this.get(transferId, o);
       return new LocalLoan(got.entry, new Map([...got.parts].map(([name, data]) => [name, [data]])), async () => {});

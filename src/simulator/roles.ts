@@ -19,6 +19,7 @@ import {
   ResourceExhaustedError,
   UnavailableError,
 } from "../errors.js";
+import type { LocalWriter } from "../client/local-path.js";
 import type { DaemonLink } from "./daemon-link.js";
 import { KvDigest } from "./generation.js";
 import { firstDifference, layerBytes, layerSize, locate, partName, type KvLayout } from "./kv.js";
@@ -131,21 +132,29 @@ async function prefill(o: RoleOptions, req: RoleRequest): Promise<RoleOutcome> {
   const tokens = req.tokens;
   const digest = new KvDigest();
   let stored = 0;
+  let writer: LocalWriter | undefined;
   try {
+    // On the daemon's node the layers are written straight into its pool (the local path),
+    // else sent inline, a Put per layer.
+    if ((await daemon.client.localPoolIfAny()) !== undefined) {
+      const parts = Array.from({ length: layout.layers }, (_, i) => ({ name: partName(i), size: layerSize(layout, tokens.length) }));
+      writer = await daemon.client.reserveLocal(transferId, parts, { timeoutMs: 60_000 });
+    }
     for (let i = 0; i < layout.layers; i++) {
       if (req.signal.aborted) throw new ApiError(499, `transfer ${transferId}: the client went away during prefill`);
       const bytes = layerBytes(layout, tokens, i);
       digest.update(bytes);
-      await daemon.client.put(transferId, partName(i), bytes, { seal: i === layout.layers - 1, timeoutMs: 60_000 });
+      if (writer !== undefined) writer.write(partName(i), bytes);
+      else await daemon.client.put(transferId, partName(i), bytes, { seal: i === layout.layers - 1, timeoutMs: 60_000 });
       o.metrics.kvPut(bytes.length);
       stored++;
     }
+    await writer?.commit(undefined, { seal: true });
   } catch (err) {
     // Undo a half-written entry, but only one this request created: a first put that
     // fails (the id is in use) leaves someone else's entry alone.
-    if (stored > 0) {
-      daemon.client.release(transferId, { timeoutMs: 5000 }).catch(() => undefined);
-    }
+    if (writer !== undefined) writer.abort().catch(() => undefined);
+    else if (stored > 0) daemon.client.release(transferId, { timeoutMs: 5000 }).catch(() => undefined);
     if (err instanceof ApiError) throw err;
     throw putFailure(daemon, transferId, err);
   }
@@ -234,30 +243,48 @@ async function decode(o: RoleOptions, req: RoleRequest): Promise<RoleOutcome> {
   // The entry is already here when the prefill ran on this node: no pull.
   if (source === identity.nodeId || source === identity.peerAddress) source = undefined;
 
-  const parts = await fetchEntry(o, daemon, transferId, source);
-  const digest = await checkKv(o.layout, req.tokens, transferId, parts);
+  const fetched = await fetchEntry(o, daemon, transferId, source);
+  let digest: Buffer;
+  try {
+    digest = await checkKv(o.layout, req.tokens, transferId, fetched.parts);
+  } finally {
+    await fetched.done();
+  }
   o.metrics.entryGot();
   return { kvDigest: digest, transferId };
 }
 
-/** Gets (consuming) the sealed entry, waiting up to kvWaitMs; pulls from `source` when given. */
-async function fetchEntry(o: RoleOptions, daemon: DaemonLink, transferId: string, source: string | undefined): Promise<Map<string, Buffer>> {
+function sizeOf(parts: ReadonlyMap<string, Buffer>): number {
+  let bytes = 0;
+  for (const b of parts.values()) bytes += b.length;
+  return bytes;
+}
+
+/**
+ * Gets (consuming) the sealed entry, waiting up to kvWaitMs; pulls from `source` when given.
+ * The entry is consumed once `done` resolves (a local read holds it until then).
+ */
+async function fetchEntry(
+  o: RoleOptions, daemon: DaemonLink, transferId: string, source: string | undefined,
+): Promise<{ parts: Map<string, Buffer>; done: () => Promise<void> }> {
   const deadline = Date.now() + o.kvWaitMs;
   const from = source === undefined ? `the daemon at ${daemon.address}` : `node ${source} (through the daemon at ${daemon.address})`;
   for (;;) {
     const waitMs = Math.max(0, deadline - Date.now());
     try {
-      const got = await daemon.client.getStream(transferId, {
-        consume: true,
-        waitMs,
-        source,
-        // The daemon answers when its wait runs out; this only bounds a daemon that hangs.
-        timeoutMs: waitMs + 60_000,
-      });
-      let bytes = 0;
-      for (const b of got.parts.values()) bytes += b.length;
-      o.metrics.kvGot(bytes);
-      return got.parts;
+      // The daemon answers when its wait runs out; timeoutMs only bounds a daemon that hangs.
+      // On the daemon's node (and with the entry here) the layers are read in place: lent
+      // until `done`, which consumes the entry.
+      const local = source === undefined ? await daemon.client.localPoolIfAny() : undefined;
+      if (local !== undefined) {
+        const loan = await daemon.client.getLocal(transferId, { consume: true, waitMs, timeoutMs: waitMs + 60_000 });
+        const parts = new Map([...loan.parts.keys()].map((name) => [name, loan.bytes(name)]));
+        o.metrics.kvGot(sizeOf(parts));
+        return { parts, done: () => loan.return() };
+      }
+      const got = await daemon.client.getStream(transferId, { consume: true, waitMs, source, timeoutMs: waitMs + 60_000 });
+      o.metrics.kvGot(sizeOf(got.parts));
+      return { parts: got.parts, done: async () => {} };
     } catch (err) {
       const why = (err as Error).message;
       if (err instanceof DeadlineExceededError) {
