@@ -104,6 +104,8 @@ describe("defaults", () => {
       connectionsPerPeer: 4,
       transferDeadlineMs: 30000,
       dataHandshakeTimeoutMs: 1000,
+      localAllowedUids: [],
+      localAllowedGids: [],
       warnings: [],
     });
   });
@@ -127,6 +129,17 @@ describe("defaults", () => {
     expect(loadFile({ metrics_listen: 9401 }).metricsListen).toEqual({ host: "127.0.0.1", port: 9401 });
     expect(() => load({ metricsListen: "127.0.0.1:70000" })).toThrow(/--metrics-listen: metrics_listen: got "127.0.0.1:70000", expected HOST:PORT/);
     expect(() => load({}, { KVFERRY_METRICS_LISTEN: "nowhere" })).toThrow(/KVFERRY_METRICS_LISTEN: metrics_listen: got "nowhere"/);
+  });
+
+  it("reads the local path's socket and allowed ids from flags, the environment or the file, refusing bad ones by name", () => {
+    expect(load().localSocket).toBeUndefined();
+    expect(load({ localSocket: "none" }).localSocket).toBe("none");
+    expect(load({}, { KVFERRY_LOCAL_SOCKET: "/run/kvferry.sock" }).localSocket).toBe("/run/kvferry.sock");
+    expect(load({ localAllowedUids: "1000, 1001" }).localAllowedUids).toEqual([1000, 1001]);
+    expect(loadFile({ local_allowed_gids: [4242] }).localAllowedGids).toEqual([4242]);
+    expect(() => load({ localSocket: "relative.sock" })).toThrow(/--local-socket: local_socket: got "relative.sock", expected an absolute path/);
+    expect(() => load({ localAllowedUids: "root" })).toThrow(/--local-allowed-uids: local_allowed_uids: got "root", expected a list of numeric ids.*"root" is not one/);
+    expect(() => loadFile({ local_allowed_gids: [-1] })).toThrow(/local_allowed_gids: got \[-1\], expected a list of numeric ids/);
   });
 
   it("derives the default node id from the host name and the listen port", () => {
