@@ -75,6 +75,16 @@ describe("round trips through the local path", () => {
     expect(info.local?.poolId).toBe(pool.poolId);
   });
 
+  it("512 MiB in one part, written in place and read in place, by hash", async () => {
+    const d = await daemon({ bufferSize: "640MiB" });
+    const data = seededBytes(512 * MiB, "big");
+    await d.client.putLocal("big", new Map([["kv", data]]), { seal: true });
+    const loan = await d.client.getLocal("big", { consume: true });
+    expect(digest(loan.bytes("kv"))).toBe(digest(data));
+    await loan.return();
+    expect((await d.client.serverInfo()).bytesUsed).toBe(0);
+  });
+
   it("writes and commits part by part; a reader never sees a part not committed, or committed short", async () => {
     const d = await daemon();
     const w = await d.client.reserveLocal("pbp", [{ name: "layer.0", size: 1000 }, { name: "layer.1", size: 2000 }, { name: "layer.2", size: 10 }]);
