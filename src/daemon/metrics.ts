@@ -37,6 +37,8 @@ export interface DaemonMetricSources {
   metadata(): RegistryHealth | undefined;
   /** Peers the peer API has greeted (channels held). */
   peersKnown(): number;
+  /** The local path's reservations and loans held now. */
+  localOpen(): { reservations: number; loans: number };
 }
 
 export class DaemonMetrics {
@@ -158,6 +160,12 @@ export class DaemonMetrics {
     counter("kvferry_daemon_data_handshakes_refused_total", "Incoming data-plane connections refused at the handshake (a wrong or missing cluster token, a timeout).", () => stats().handshakesRefused);
     counter("kvferry_daemon_data_connections_shed_total", "Incoming data-plane connections closed because too many were open.", () => stats().connectionsShed);
     gauge("kvferry_daemon_peers_known", "Peer APIs this daemon holds a channel to (greeted peers).", () => s.peersKnown());
+
+    // The local path (clients on this node that map the pool).
+    counter("kvferry_daemon_local_clients_admitted_total", "Clients on this node handed the pool on the local socket.", () => engine.localStats().admitted);
+    counter("kvferry_daemon_local_clients_refused_total", "Clients refused on the local socket (another uid, not allowed).", () => engine.localStats().refused);
+    gauge("kvferry_daemon_local_reservations", "Local reservations open now (room reserved, not yet committed).", () => s.localOpen().reservations);
+    gauge("kvferry_daemon_local_loans", "Local loans open now (entries lent for reading in place).", () => s.localOpen().loans);
 
     // The metadata backend.
     const health = (pick: keyof RegistryHealth) =>

@@ -129,7 +129,7 @@ export class Daemon {
         metadata: () => this.#registry?.health(),
       };
       this.#metrics = new DaemonMetrics(
-        { ...sources, store: this.store, engine: this.engine, peersKnown: () => this.#peers.size },
+        { ...sources, store: this.store, engine: this.engine, peersKnown: () => this.#peers.size, localOpen: () => this.local.open },
         { version: VERSION, nodeId: () => this.nodeId },
       );
       this.#metricsServer = new MetricsServer(this.#metrics, sources);

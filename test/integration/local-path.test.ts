@@ -154,7 +154,7 @@ describe("clients that die or do not belong", () => {
 
   it("a client of another uid is refused with the reason, unless the daemon allows its uid", async () => {
     // 0666 socket (some ids allowed), so that the refusal is the daemon's, by SO_PEERCRED.
-    const d = await daemon({ args: ["--local-allowed-gids", "4242"] });
+    const d = await daemon({ args: ["--local-allowed-gids", "4242", "--metrics-listen", "127.0.0.1:0"] });
     const socket = (await d.client.serverInfo()).local!.socket;
     const probe = `
       import { createRequire } from "node:module";
@@ -167,11 +167,14 @@ describe("clients that die or do not belong", () => {
     expect(await nobody.line("header ")).toMatch(/"ok":false,"reason":"uid 65534 \(gid 65534\) is not the daemon's uid 0/);
     expect(await nobody.line("mapped ")).toBe("0");
 
-    const allowed = await daemon({ args: ["--local-allowed-uids", "65534"] });
+    const allowed = await daemon({ args: ["--local-allowed-uids", "65534", "--metrics-listen", "127.0.0.1:0"] });
     const socket2 = (await allowed.client.serverInfo()).local!.socket;
     const ok = child(probe.replace(JSON.stringify(socket), JSON.stringify(socket2)), { uid: 65534, gid: 65534 });
     expect(await ok.line("header ")).toMatch(/"ok":true/);
     expect(await ok.line("mapped ")).toBe(String(256 * MiB));
+    // Both counted on the daemons' /metrics.
+    expect(await metric(d, "kvferry_daemon_local_clients_refused_total")).toBe(1);
+    expect(await metric(allowed, "kvferry_daemon_local_clients_admitted_total")).toBe(1);
   });
 
   it("a daemon with local_socket none serves no local path: the client goes inline", async () => {
@@ -236,6 +239,13 @@ describe("the local path and the rest of the store", () => {
     expect((await d.client.serverInfo()).bytesUsed).toBe(0);
   });
 });
+
+/** A metric's value (no labels) on the daemon's /metrics. */
+async function metric(d: PeerDaemon, name: string): Promise<number> {
+  const text = await (await fetch(`http://${String(d.proc.ready.metrics)}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return Number(line?.split(" ")[1]);
+}
 
 /** Calls a raw client method with `request` and returns the typed error it failed with. */
 async function rejectionOf(method: (req: unknown, cb: (err: unknown) => void) => unknown, request: unknown): Promise<Error> {
