@@ -301,7 +301,10 @@ export class KvferryClient {
    * Reads an entry in place from the daemon's pool on its node (a loan: return it when
    * done), else inline (a Get; a consuming one is confirmed at once).
    */
-  async getLocal(transferId: string, o: CallOptions & { parts?: string[]; consume?: boolean; waitMs?: number; loanTtlMs?: number } = {}): Promise<LocalLoan> {
+  async getLocal(
+    transferId: string,
+    o: CallOptions & { parts?: string[]; consume?: boolean; waitMs?: number; loanTtlMs?: number; source?: string } = {},
+  ): Promise<LocalLoan> {
     const pool = await this.localPoolIfAny();
     if (pool === undefined) {
       const got = await this.get(transferId, o);
@@ -309,7 +312,12 @@ export class KvferryClient {
     }
     const consume = o.consume ?? false;
     const r = await call<LendResponse>((cb) =>
-      this.raw.lend({ transferId, parts: o.parts ?? [], waitMs: o.waitMs, consume, loanTtlMs: o.loanTtlMs }, new Metadata(), this.#opts(o), cb),
+      this.raw.lend(
+        { transferId, parts: o.parts ?? [], waitMs: o.waitMs, consume, loanTtlMs: o.loanTtlMs, source: o.source ?? "" },
+        new Metadata(),
+        this.#opts(o),
+        cb,
+      ),
     );
     const end = (consumed: boolean) =>
       call<unknown>((cb) => this.raw.returnLoan({ loanId: r.loanId, consumed: consumed && consume }, new Metadata(), cb)).then(() => {});

@@ -213,6 +213,7 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
     lend: unary(report, async (call) => {
       const r = call.request;
       const local = localPath(ctx);
+      await pullIfAbsent(ctx, r.transferId, r.source);
       const loan = await local.lend({
         transferId: r.transferId, parts: r.parts, waitMs: r.waitMs, consume: r.consume, loanTtlMs: r.loanTtlMs, signal: cancelSignal(call),
       });

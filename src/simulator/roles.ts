@@ -273,11 +273,10 @@ async function fetchEntry(
     const waitMs = Math.max(0, deadline - Date.now());
     try {
       // The daemon answers when its wait runs out; timeoutMs only bounds a daemon that hangs.
-      // On the daemon's node (and with the entry here) the layers are read in place: lent
-      // until `done`, which consumes the entry.
-      const local = source === undefined ? await daemon.client.localPoolIfAny() : undefined;
-      if (local !== undefined) {
-        const loan = await daemon.client.getLocal(transferId, { consume: true, waitMs, timeoutMs: waitMs + 60_000 });
+      // On the daemon's node the layers are read in place (pulled from `source` first when
+      // not here): lent until `done`, which consumes the entry.
+      if ((await daemon.client.localPoolIfAny()) !== undefined) {
+        const loan = await daemon.client.getLocal(transferId, { consume: true, waitMs, source, timeoutMs: waitMs + 60_000 });
         const parts = new Map([...loan.parts.keys()].map((name) => [name, loan.bytes(name)]));
         o.metrics.kvGot(sizeOf(parts));
         return { parts, done: () => loan.return() };

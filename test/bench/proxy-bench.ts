@@ -86,7 +86,7 @@ async function main() {
       console.log(`    ${row("through the proxy (prefill + push + decode)", through)}`);
       console.log(`    ${row("straight to decode, KV already local       ", direct)}`);
       console.log(`    overhead p50 ${(percentile(through, 50) - percentile(direct, 50)).toFixed(1)} ms; per request on average: ` +
-        `prefill call ${prefillMs.toFixed(1)} ms (KV computed and Put into its daemon over gRPC), push ${pushMs.toFixed(1)} ms, ` +
+        `prefill call ${prefillMs.toFixed(1)} ms (KV computed and written into its daemon: the local path unless KVFERRY_LOCAL_SOCKET=none), push ${pushMs.toFixed(1)} ms, ` +
         `the rest (the proxy's own hops, within noise) ${(mean(through) - mean(direct) - prefillMs - pushMs).toFixed(1)} ms`);
     }
   } finally {

@@ -189,7 +189,7 @@ describe("clients that die or do not belong", () => {
 });
 
 describe("the local path and the rest of the store", () => {
-  it("an entry written locally is pushed to a second daemon and read there in place", async () => {
+  it("an entry written locally is pushed to a second daemon and read there in place, and pulled back by a loan naming its source", async () => {
     const [a, b] = await Promise.all([daemon(), daemon()]);
     const data = seededBytes(24 * MiB + 3, "moved");
     await a.client.putLocal("moved", new Map([["layer.0", data], ["layer.1", data.subarray(0, 1000)]]), { seal: true });
@@ -199,6 +199,14 @@ describe("the local path and the rest of the store", () => {
     expect(digest(loan.bytes("layer.1"))).toBe(digest(data.subarray(0, 1000)));
     await loan.return();
     expect((await b.client.serverInfo()).entries).toBe(0);
+
+    // And the other way: a loan naming a source pulls the entry here first, then lends it.
+    const back = seededBytes(5 * MiB, "pulled");
+    await a.client.putLocal("pulled", new Map([["p", back]]), { seal: true });
+    const pulled = await b.client.getLocal("pulled", { consume: true, source: a.peerAddress });
+    expect(digest(pulled.bytes("p"))).toBe(digest(back));
+    await pulled.return();
+    await expect(a.client.stat("pulled")).rejects.toMatchObject({ reason: "transferred" });
   });
 
   it("a client that overwrites the whole mapping damages entry bytes only: the daemon's bookkeeping is not in it", async () => {
@@ -229,7 +237,7 @@ describe("the local path and the rest of the store", () => {
       [raw.reserve.bind(raw), { transferId: "x", parts: [{ name: "p", size: 1 }], reservationTtlMs: 0 }, /reservation_ttl_ms/],
       [raw.commit.bind(raw), { reservationId: "nope", parts: [], seal: false }, /reservation_id/],
       [raw.returnLoan.bind(raw), { loanId: "nope", consumed: true }, /loan_id/],
-      [raw.lend.bind(raw), { transferId: "absent", parts: [], waitMs: 0, consume: false }, /absent/],
+      [raw.lend.bind(raw), { transferId: "absent", parts: [], waitMs: 0, consume: false, source: "" }, /absent/],
     ] as const;
     for (const [method, request, field] of bad) {
       const err = await rejectionOf(method as never, request);

@@ -188,7 +188,11 @@ export interface LendRequest {
   waitMs?: number | undefined;
   consume: boolean;
   /** How long the loan lasts unreturned; absent: the daemon's consume_lease_ms. */
-  loanTtlMs?: number | undefined;
+  loanTtlMs?:
+    | number
+    | undefined;
+  /** As GetRequest.source: an entry not here is pulled from this node first. */
+  source: string;
 }
 
 export interface LendResponse {
@@ -1502,7 +1506,7 @@ export const AbortResponse: MessageFns<AbortResponse> = {
 };
 
 function createBaseLendRequest(): LendRequest {
-  return { transferId: "", parts: [], waitMs: undefined, consume: false, loanTtlMs: undefined };
+  return { transferId: "", parts: [], waitMs: undefined, consume: false, loanTtlMs: undefined, source: "" };
 }
 
 export const LendRequest: MessageFns<LendRequest> = {
@@ -1521,6 +1525,9 @@ export const LendRequest: MessageFns<LendRequest> = {
     }
     if (message.loanTtlMs !== undefined) {
       writer.uint32(40).int32(message.loanTtlMs);
+    }
+    if (message.source !== "") {
+      writer.uint32(50).string(message.source);
     }
     return writer;
   },
@@ -1578,6 +1585,14 @@ export const LendRequest: MessageFns<LendRequest> = {
             message.loanTtlMs = reader.int32();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.source = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1609,6 +1624,7 @@ export const LendRequest: MessageFns<LendRequest> = {
         : isSet(object.loan_ttl_ms)
         ? globalThis.Number(object.loan_ttl_ms)
         : undefined,
+      source: isSet(object.source) ? globalThis.String(object.source) : "",
     };
   },
 
@@ -1629,6 +1645,9 @@ export const LendRequest: MessageFns<LendRequest> = {
     if (message.loanTtlMs !== undefined) {
       obj.loanTtlMs = Math.round(message.loanTtlMs);
     }
+    if (message.source !== "") {
+      obj.source = message.source;
+    }
     return obj;
   },
 
@@ -1642,6 +1661,7 @@ export const LendRequest: MessageFns<LendRequest> = {
     message.waitMs = object.waitMs ?? undefined;
     message.consume = object.consume ?? false;
     message.loanTtlMs = object.loanTtlMs ?? undefined;
+    message.source = object.source ?? "";
     return message;
   },
 };
