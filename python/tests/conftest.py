@@ -44,6 +44,20 @@ def peers() -> Iterator[tuple[SpawnedDaemon, SpawnedDaemon]]:
 
 
 @pytest.fixture
+def source(peers) -> Iterator[kvferry.Client]:
+    """A client of the first of `peers`."""
+    with kvferry.Client(peers[0].address, timeout=CALL_TIMEOUT_S) as c:
+        yield c
+
+
+@pytest.fixture
+def target(peers) -> Iterator[kvferry.Client]:
+    """A client of the second of `peers`."""
+    with kvferry.Client(peers[1].address, timeout=CALL_TIMEOUT_S) as c:
+        yield c
+
+
+@pytest.fixture
 def tid() -> str:
     """A fresh transfer id."""
     return f"py-{uuid.uuid4().hex}"
