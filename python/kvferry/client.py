@@ -3,6 +3,7 @@ with the semantics of the TypeScript client (src/client/client.ts): consuming re
 before they return, confirmations retried when their reply was lost, typed errors."""
 from __future__ import annotations
 
+import builtins
 from typing import Iterator, Literal, Mapping, Sequence
 
 import grpc
@@ -11,6 +12,7 @@ from ._gen import kvferry_pb2 as pb
 from ._rpc import Rpc
 from .consume import confirm_consume
 from .datapath import BytesLike, DataPath
+from .errors import UnavailableError
 from .inline import InlinePath
 from .types import Entry, EntryInfo, EntryPage, EntryState, NodeInfo, Nodes, ServerInfo, TransferResult
 
@@ -52,8 +54,11 @@ class Client:
         self._channel.close()
 
     def wait_for_ready(self, timeout: float = 30.0) -> None:
-        """Returns once the channel is connected; raises grpc.FutureTimeoutError after `timeout` s."""
-        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        """Returns once the channel is connected; raises UnavailableError after `timeout` s."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise UnavailableError(f"no connection to the daemon at {self.address} within {timeout} s") from None
 
     # -- data -----------------------------------------------------------------------------
 
@@ -123,7 +128,7 @@ class Client:
         self, transfer_ids: Sequence[str], target: str, mode: Literal["push", "pull"] = "push", *,
         deadline_ms: int = 0, keep_source: bool = False, lease_ttl_ms: int | None = None,
         timeout: float | None = None,
-    ) -> list[TransferResult]:
+    ) -> builtins.list[TransferResult]:
         """Moves sealed entries to (push) or from (pull) the daemon `target` (a node id or its
         peer API address). One result per id, in order; the call itself fails only on a bad
         request. deadline_ms 0: the daemon's transfer_deadline_ms."""

@@ -43,11 +43,10 @@ class InlinePath:
             req = pb.SealRequest(transfer_id=transfer_id)
             with typed_errors():
                 return EntryInfo.from_pb(self._rpc.stub.Seal(req, timeout=deadline.remaining()).entry)
-        entry = None
-        for i, (name, data) in enumerate(items):
-            last = i == len(items) - 1
-            entry = self._put_part(transfer_id, name, _flat(data), seal and last, lease_ttl_ms, deadline)
-        return EntryInfo.from_pb(entry)
+        *first, (last_name, last_data) = items
+        for name, data in first:
+            self._put_part(transfer_id, name, _flat(data), False, lease_ttl_ms, deadline)
+        return EntryInfo.from_pb(self._put_part(transfer_id, last_name, _flat(last_data), seal, lease_ttl_ms, deadline))
 
     def _put_part(
         self, transfer_id: str, name: str, view: memoryview, seal: bool,

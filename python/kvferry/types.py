@@ -19,6 +19,10 @@ class EntryState(enum.Enum):
     OPEN = pb.ENTRY_STATE_OPEN
     SEALED = pb.ENTRY_STATE_SEALED
 
+    @classmethod
+    def _missing_(cls, value: object) -> EntryState:
+        return cls.UNSPECIFIED  # a state a newer daemon added
+
 
 @dataclass(frozen=True)
 class PartInfo:
@@ -61,10 +65,11 @@ class EntryInfo:
 
 @dataclass(frozen=True)
 class Entry:
-    """What a get returns: the entry and the bytes of the parts read, by name."""
+    """What a get returns: the entry and the bytes of the parts read, by name (each a
+    bytearray the part's chunks were received into; it compares equal to bytes)."""
 
     info: EntryInfo
-    parts: Mapping[str, bytes]
+    parts: Mapping[str, bytearray]
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ class EntryPage:
 
     entries: tuple[EntryInfo, ...]
     next_page_token: str
+
+
+_STATUS_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 
 
 @dataclass(frozen=True)
@@ -91,8 +99,7 @@ class TransferResult:
 
     @classmethod
     def from_pb(cls, m: pb.TransferResult) -> TransferResult:
-        codes = {c.value[0]: c for c in grpc.StatusCode}
-        return cls(m.transfer_id, codes.get(m.code, grpc.StatusCode.UNKNOWN), m.message, m.bytes, m.micros)
+        return cls(m.transfer_id, _STATUS_BY_NUMBER.get(m.code, grpc.StatusCode.UNKNOWN), m.message, m.bytes, m.micros)
 
 
 @dataclass(frozen=True)
