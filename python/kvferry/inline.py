@@ -54,7 +54,10 @@ class InlinePath:
     ) -> pb.EntryInfo:
         with typed_errors():
             if view.nbytes <= STREAM_THRESHOLD:
-                req = pb.PutRequest(transfer_id=transfer_id, part=name, data=view.tobytes(), seal=seal,
+                # protobuf takes bytes: a bytes part goes as is, any other buffer is copied once.
+                obj = view.obj
+                data = obj if isinstance(obj, bytes) and len(obj) == view.nbytes else view.tobytes()
+                req = pb.PutRequest(transfer_id=transfer_id, part=name, data=data, seal=seal,
                                     lease_ttl_ms=lease_ttl_ms)
                 return self._rpc.stub.Put(req, timeout=deadline.remaining()).entry
             header = pb.PutStreamHeader(transfer_id=transfer_id, part=name, size=view.nbytes, seal=seal,
