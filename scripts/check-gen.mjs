@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// Fails when src/gen/ is not what `buf generate` makes of proto/ today, or when
-// `buf lint` finds fault with the protos. Run by `npm test`.
-import { execFileSync } from "node:child_process";
+// Fails when src/gen/ is not what `buf generate` makes of proto/ today, when the Python
+// client's stubs (python/kvferry/_gen/) are not what scripts/gen-python.py makes of it, or
+// when `buf lint` finds fault with the protos. Run by `npm test`.
+import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -35,3 +36,8 @@ try {
 } finally {
   rmSync(out, { recursive: true, force: true });
 }
+
+// The Python client's stubs, with the generator pinned in the Python venv (made once).
+const python = execFileSync("bash", [join(root, "scripts/python-venv.sh")], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }).trim();
+const pyCheck = spawnSync(python, [join(root, "scripts/gen-python.py"), "--check"], { cwd: root, stdio: "inherit" });
+if (pyCheck.status !== 0) process.exit(1);

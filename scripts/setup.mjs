@@ -4,7 +4,8 @@
 //   2. system packages (apt, when run as root and missing): a C++ toolchain for the native
 //      engine; with --test also etcd and redis, whose servers the tests start,
 //      libibverbs1, which Mooncake's own transfer engine loads (test/integration/mooncake-*),
-//      and grpcurl (go install, when Go is present);
+//      python3-venv for the Python client's tests (python/), and grpcurl (go install, when
+//      Go is present);
 //   3. the build: the native engine → build/Release/, TypeScript → dist/, descriptor sets.
 // `npm test` and `npm run demo` run it first, so a fresh clone needs nothing else.
 // Uses only Node's built-ins: it runs before any package is installed.
@@ -44,7 +45,9 @@ const library = (soname) => `ldconfig -p | grep -qF ${soname}`;
 const needed = [
   [command("g++"), "g++"], [command("make"), "make"], [command("python3"), "python3"],
   ...(process.argv.includes("--test")
-    ? [[command("etcd"), "etcd-server"], [command("etcdctl"), "etcd-client"], [command("redis-server"), "redis-server"], [library("libibverbs.so.1"), "libibverbs1"]]
+    ? [[command("etcd"), "etcd-server"], [command("etcdctl"), "etcd-client"], [command("redis-server"), "redis-server"], [library("libibverbs.so.1"), "libibverbs1"],
+       // The Python client's test environment (scripts/python-venv.sh) is a venv.
+       ["python3 -c 'import ensurepip, venv'", "python3-venv"]]
     : []),
 ];
 const missing = needed.filter(([check]) => spawnSync("sh", ["-c", check]).status !== 0).map(([, pkg]) => pkg);
