@@ -13,12 +13,14 @@ cd "$(dirname "$0")/.."
 # stubs: run `npm run gen:python` and commit them) and with pyproject.toml's lower bounds.
 GRPC_TOOLS=1.85.1
 PYTEST=9.2.0
+# The local path's zero-copy arrays are tested with numpy.
+NUMPY=2.2.6
 VENV=${KVFERRY_PYTHON_VENV:-$PWD/python/.venv}
 PYTHON=${PYTHON:-python3}
 INSTALL_LIMIT_S=300
 say() { echo "python-venv: $*" >&2; }
 
-stamp="grpcio-tools==$GRPC_TOOLS pytest==$PYTEST $(sha256sum python/pyproject.toml | cut -c1-16) $PWD"
+stamp="grpcio-tools==$GRPC_TOOLS pytest==$PYTEST numpy==$NUMPY $(sha256sum python/pyproject.toml | cut -c1-16) $PWD"
 if [[ -x "$VENV/bin/python" && -f "$VENV/.kvferry-stamp" && "$(cat "$VENV/.kvferry-stamp")" == "$stamp" ]]; then
   echo "$VENV/bin/python"
   exit 0
@@ -31,13 +33,13 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     exit 1
   fi
 fi
-say "installing kvferry (editable), pytest==$PYTEST, grpcio-tools==$GRPC_TOOLS into $VENV"
+say "installing kvferry (editable), pytest==$PYTEST, grpcio-tools==$GRPC_TOOLS, numpy==$NUMPY into $VENV"
 if ! timeout "$INSTALL_LIMIT_S" "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    --timeout 30 --retries 1 -e ./python "pytest==$PYTEST" "grpcio-tools==$GRPC_TOOLS" >&2; then
+    --timeout 30 --retries 1 -e ./python "pytest==$PYTEST" "grpcio-tools==$GRPC_TOOLS" "numpy==$NUMPY" >&2; then
   say "cannot install the packages from the package registry (within ${INSTALL_LIMIT_S} s)"
   exit 3
 fi
-if ! error=$("$VENV/bin/python" -c 'import kvferry, grpc_tools, pytest' 2>&1); then
+if ! error=$("$VENV/bin/python" -c 'import kvferry, grpc_tools, pytest, numpy' 2>&1); then
   say "the environment in $VENV does not import: $error"
   exit 1
 fi

@@ -12,10 +12,11 @@ from .errors import (
     InternalError, InvalidArgumentError, KvferryError, NotFoundError, OutOfRangeError,
     PermissionDeniedError, ResourceExhaustedError, UnauthenticatedError, UnavailableError,
 )
+from .local import LocalLoan, LocalPool, LocalWriter
 from .types import Entry, EntryInfo, EntryPage, EntryState, NodeInfo, Nodes, PartInfo, ServerInfo, TransferResult
 
 __all__ = [
-    "Client",
+    "Client", "LocalLoan", "LocalPool", "LocalWriter",
     "Entry", "EntryInfo", "EntryPage", "EntryState", "NodeInfo", "Nodes", "PartInfo", "ServerInfo", "TransferResult",
     "KvferryError", "AbortedError", "AlreadyExistsError", "CancelledError", "DeadlineExceededError",
     "FailedPreconditionError", "InternalError", "InvalidArgumentError", "NotFoundError", "OutOfRangeError",

@@ -14,6 +14,7 @@ from .consume import confirm_consume
 from .datapath import BytesLike, DataPath
 from .errors import UnavailableError
 from .inline import InlinePath
+from .local import LocalLoan, LocalPool, LocalWriter
 from .types import Entry, EntryInfo, EntryPage, EntryState, NodeInfo, Nodes, ServerInfo, TransferResult
 
 #: Channel options: room for inline parts up to the daemon's limits (as the TypeScript client),
@@ -41,8 +42,8 @@ class Client:
         self._channel = grpc.insecure_channel(address, options=[*CHANNEL_OPTIONS, *options])
         self._rpc = Rpc(self._channel, timeout)
         self._inline: DataPath = InlinePath(self._rpc)
-        # SEAM: the local zero-copy path (kvferry/local.py). put_local / get_local will hold
-        # `connect_local(self._rpc, socket_path)` here and delegate to it as put / get do.
+        #: The daemon's pool mapped here (the local path), once asked for.
+        self._local: LocalPool | None = None
 
     def __enter__(self) -> Client:
         return self
@@ -51,6 +52,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+            self._local = None
         self._channel.close()
 
     def wait_for_ready(self, timeout: float = 30.0) -> None:
@@ -85,6 +89,79 @@ class Client:
             transfer_id, parts=parts, consume=consume, wait_ms=wait_ms, source=source,
             consume_lease_ms=consume_lease_ms, timeout=timeout,
         )
+
+    # -- the local path (README "The local path") -----------------------------------------
+
+    def local_pool(self, *, timeout: float | None = None) -> LocalPool:
+        """The daemon's pool mapped into this process (once). Raises UnavailableError saying
+        why there is no local path: the daemon serves none, runs elsewhere, refuses this uid."""
+        if self._local is None:
+            self._local = LocalPool.open(self._rpc, self.address, timeout)
+        return self._local
+
+    def _local_or_none(self) -> LocalPool | None:
+        try:
+            return self.local_pool()
+        except UnavailableError:
+            return None
+
+    def reserve_local(
+        self, transfer_id: str, parts: Mapping[str, int], *, lease_ttl_ms: int | None = None,
+        reservation_ttl_ms: int | None = None, timeout: float | None = None,
+    ) -> LocalWriter:
+        """Reserves the parts (name → size in bytes) in the local pool: write their views (or
+        numpy/torch arrays over them), then commit. Needs the local path (UnavailableError)."""
+        pool = self.local_pool(timeout=timeout)
+        req = pb.ReserveRequest(
+            transfer_id=transfer_id, parts=[pb.PartSpec(name=n, size=size) for n, size in parts.items()],
+            lease_ttl_ms=lease_ttl_ms, reservation_ttl_ms=reservation_ttl_ms,
+        )
+        res = self._rpc.unary(self._rpc.stub.Reserve, req, timeout)
+        pool.check_pool(res.pool_id)
+        return LocalWriter(self._rpc, pool, transfer_id, res.reservation_id, res.parts)
+
+    def put_local(
+        self, transfer_id: str, parts: Mapping[str, BytesLike], *, seal: bool = True,
+        lease_ttl_ms: int | None = None, timeout: float | None = None,
+    ) -> EntryInfo:
+        """put, written straight into the daemon's pool when it is on this node (else inline)."""
+        if self._local_or_none() is None:
+            return self.put(transfer_id, parts, seal=seal, lease_ttl_ms=lease_ttl_ms, timeout=timeout)
+        writer = self.reserve_local(
+            transfer_id, {n: memoryview(d).nbytes for n, d in parts.items()}, lease_ttl_ms=lease_ttl_ms, timeout=timeout,
+        )
+        try:
+            for name, data in parts.items():
+                writer.write(name, data)
+        except BaseException:
+            writer.abort(timeout=timeout)
+            raise
+        return writer.commit(seal=seal, timeout=timeout)
+
+    def get_local(
+        self, transfer_id: str, *, parts: Sequence[str] = (), consume: bool = False, wait_ms: int | None = None,
+        source: str = "", loan_ttl_ms: int | None = None, timeout: float | None = None,
+    ) -> LocalLoan:
+        """get, read in place from the daemon's pool when it is on this node: a loan (release
+        it, or use it as a context manager). Else inline (a consuming get is confirmed at once)."""
+        pool = self._local_or_none()
+        if pool is None:
+            got = self.get(transfer_id, parts=parts, consume=consume, wait_ms=wait_ms, source=source, timeout=timeout)
+            return LocalLoan(got.info, {n: [memoryview(b)] for n, b in got.parts.items()}, lambda consumed: None)
+        req = pb.LendRequest(
+            transfer_id=transfer_id, parts=list(parts), wait_ms=wait_ms, consume=consume, loan_ttl_ms=loan_ttl_ms, source=source,
+        )
+        res = self._rpc.unary(self._rpc.stub.Lend, req, timeout)
+
+        def end(consumed: bool) -> None:
+            self._rpc.unary(self._rpc.stub.ReturnLoan, pb.ReturnLoanRequest(loan_id=res.loan_id, consumed=consumed and consume), timeout)
+
+        try:
+            pool.check_pool(res.pool_id)
+        except BaseException:
+            end(False)
+            raise
+        return LocalLoan(EntryInfo.from_pb(res.entry), {p.name: pool.views(p) for p in res.parts}, end)
 
     def confirm_consume(self, transfer_id: str, consume_token: str, *, timeout: float | None = None) -> int:
         """One ConfirmConsume (get(consume=True) does it for you); returns the bytes freed."""

@@ -27,6 +27,138 @@ TRANSFER_MODE_UNSPECIFIED: TransferMode
 TRANSFER_MODE_PUSH: TransferMode
 TRANSFER_MODE_PULL: TransferMode
 
+class LocalPathInfo(_message.Message):
+    __slots__ = ("socket", "pool_id", "pool_bytes")
+    SOCKET_FIELD_NUMBER: _ClassVar[int]
+    POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    POOL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    socket: str
+    pool_id: str
+    pool_bytes: int
+    def __init__(self, socket: _Optional[str] = ..., pool_id: _Optional[str] = ..., pool_bytes: _Optional[int] = ...) -> None: ...
+
+class Extent(_message.Message):
+    __slots__ = ("offset", "length")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    length: int
+    def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class PartExtents(_message.Message):
+    __slots__ = ("name", "size", "extents")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    extents: _containers.RepeatedCompositeFieldContainer[Extent]
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ...) -> None: ...
+
+class PartSpec(_message.Message):
+    __slots__ = ("name", "size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("transfer_id", "parts", "lease_ttl_ms", "reservation_ttl_ms")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    parts: _containers.RepeatedCompositeFieldContainer[PartSpec]
+    lease_ttl_ms: int
+    reservation_ttl_ms: int
+    def __init__(self, transfer_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[PartSpec, _Mapping]]] = ..., lease_ttl_ms: _Optional[int] = ..., reservation_ttl_ms: _Optional[int] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("reservation_id", "pool_id", "parts")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    pool_id: str
+    parts: _containers.RepeatedCompositeFieldContainer[PartExtents]
+    def __init__(self, reservation_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[PartExtents, _Mapping]]] = ...) -> None: ...
+
+class CommitRequest(_message.Message):
+    __slots__ = ("reservation_id", "parts", "seal")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    SEAL_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    parts: _containers.RepeatedCompositeFieldContainer[CommittedPart]
+    seal: bool
+    def __init__(self, reservation_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[CommittedPart, _Mapping]]] = ..., seal: _Optional[bool] = ...) -> None: ...
+
+class CommittedPart(_message.Message):
+    __slots__ = ("name", "bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    bytes: int
+    def __init__(self, name: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class CommitResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: EntryInfo
+    def __init__(self, entry: _Optional[_Union[EntryInfo, _Mapping]] = ...) -> None: ...
+
+class AbortRequest(_message.Message):
+    __slots__ = ("reservation_id",)
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+
+class AbortResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LendRequest(_message.Message):
+    __slots__ = ("transfer_id", "parts", "wait_ms", "consume", "loan_ttl_ms", "source")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    CONSUME_FIELD_NUMBER: _ClassVar[int]
+    LOAN_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    parts: _containers.RepeatedScalarFieldContainer[str]
+    wait_ms: int
+    consume: bool
+    loan_ttl_ms: int
+    source: str
+    def __init__(self, transfer_id: _Optional[str] = ..., parts: _Optional[_Iterable[str]] = ..., wait_ms: _Optional[int] = ..., consume: _Optional[bool] = ..., loan_ttl_ms: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+
+class LendResponse(_message.Message):
+    __slots__ = ("loan_id", "pool_id", "entry", "parts")
+    LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    loan_id: str
+    pool_id: str
+    entry: EntryInfo
+    parts: _containers.RepeatedCompositeFieldContainer[PartExtents]
+    def __init__(self, loan_id: _Optional[str] = ..., pool_id: _Optional[str] = ..., entry: _Optional[_Union[EntryInfo, _Mapping]] = ..., parts: _Optional[_Iterable[_Union[PartExtents, _Mapping]]] = ...) -> None: ...
+
+class ReturnLoanRequest(_message.Message):
+    __slots__ = ("loan_id", "consumed")
+    LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    loan_id: str
+    consumed: bool
+    def __init__(self, loan_id: _Optional[str] = ..., consumed: _Optional[bool] = ...) -> None: ...
+
+class ReturnLoanResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class AnnounceEngineRequest(_message.Message):
     __slots__ = ("engine",)
     ENGINE_FIELD_NUMBER: _ClassVar[int]
@@ -262,7 +394,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "uptime_ms", "pool_capacity", "bytes_used", "entries", "counters", "node_id")
+    __slots__ = ("version", "uptime_ms", "pool_capacity", "bytes_used", "entries", "counters", "node_id", "local")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_MS_FIELD_NUMBER: _ClassVar[int]
     POOL_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +402,7 @@ class GetServerInfoResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
     version: str
     uptime_ms: int
     pool_capacity: int
@@ -277,7 +410,8 @@ class GetServerInfoResponse(_message.Message):
     entries: int
     counters: Counters
     node_id: str
-    def __init__(self, version: _Optional[str] = ..., uptime_ms: _Optional[int] = ..., pool_capacity: _Optional[int] = ..., bytes_used: _Optional[int] = ..., entries: _Optional[int] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
+    local: LocalPathInfo
+    def __init__(self, version: _Optional[str] = ..., uptime_ms: _Optional[int] = ..., pool_capacity: _Optional[int] = ..., bytes_used: _Optional[int] = ..., entries: _Optional[int] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., node_id: _Optional[str] = ..., local: _Optional[_Union[LocalPathInfo, _Mapping]] = ...) -> None: ...
 
 class Counters(_message.Message):
     __slots__ = ("puts", "gets", "evictions", "bytes_evicted", "expiries", "releases", "consumed", "put_timeouts", "transferred", "bytes_sent", "bytes_received", "consume_returns", "consume_lapses", "incomplete")

@@ -102,6 +102,31 @@ class KvFerryStub:
                 request_serializer=kvferry_dot_v1_dot_kvferry__pb2.AnnounceEngineRequest.SerializeToString,
                 response_deserializer=kvferry_dot_v1_dot_kvferry__pb2.AnnounceEngineResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/kvferry.v1.KvFerry/Reserve',
+                request_serializer=kvferry_dot_v1_dot_kvferry__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_kvferry__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/kvferry.v1.KvFerry/Commit',
+                request_serializer=kvferry_dot_v1_dot_kvferry__pb2.CommitRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_kvferry__pb2.CommitResponse.FromString,
+                _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/kvferry.v1.KvFerry/Abort',
+                request_serializer=kvferry_dot_v1_dot_kvferry__pb2.AbortRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_kvferry__pb2.AbortResponse.FromString,
+                _registered_method=True)
+        self.Lend = channel.unary_unary(
+                '/kvferry.v1.KvFerry/Lend',
+                request_serializer=kvferry_dot_v1_dot_kvferry__pb2.LendRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_kvferry__pb2.LendResponse.FromString,
+                _registered_method=True)
+        self.ReturnLoan = channel.unary_unary(
+                '/kvferry.v1.KvFerry/ReturnLoan',
+                request_serializer=kvferry_dot_v1_dot_kvferry__pb2.ReturnLoanRequest.SerializeToString,
+                response_deserializer=kvferry_dot_v1_dot_kvferry__pb2.ReturnLoanResponse.FromString,
+                _registered_method=True)
 
 
 class KvFerryServicer:
@@ -260,6 +285,54 @@ class KvFerryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """The local path. A client on this node maps the daemon's pool (the memfd handed out on
+        the Unix socket GetServerInfo.local names) and writes and reads entries in place;
+        these calls say where. Extents are byte ranges of that pool, valid for the pool_id
+        they come with. Every store rule holds as for Put and Get (room, eviction, leases,
+        exactly-once consume, BatchTransfer of the entries).
+
+        Reserve makes room for an entry's parts (as PutStream's header does) and answers with
+        the extents to write them to. Parts not committed within reservation_ttl_ms are
+        abandoned.
+        Errors as Put's, and ALREADY_EXISTS for a part the entry has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Commit makes written parts of a reservation readable; a part committed with fewer
+        bytes than reserved is abandoned instead (INVALID_ARGUMENT naming it), and with seal
+        the entry is sealed once its last part lands (an abandoned part drops it, as Seal).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Abort(self, request, context):
+        """Abort abandons a reservation's uncommitted parts and drops its entry unless sealed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Lend(self, request, context):
+        """Lend holds an entry's parts for reading in place (as Get, with consume as Get's)
+        until ReturnLoan or the loan's lease lapses; their extents are not reused before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReturnLoan(self, request, context):
+        """ReturnLoan ends a loan. For a consuming loan, consumed = true drops the entry (the
+        reader holds every byte: Get's ConfirmConsume), false gives it back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KvFerryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +400,31 @@ def add_KvFerryServicer_to_server(servicer, server):
                     servicer.AnnounceEngine,
                     request_deserializer=kvferry_dot_v1_dot_kvferry__pb2.AnnounceEngineRequest.FromString,
                     response_serializer=kvferry_dot_v1_dot_kvferry__pb2.AnnounceEngineResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=kvferry_dot_v1_dot_kvferry__pb2.ReserveRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_kvferry__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=kvferry_dot_v1_dot_kvferry__pb2.CommitRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_kvferry__pb2.CommitResponse.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=kvferry_dot_v1_dot_kvferry__pb2.AbortRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_kvferry__pb2.AbortResponse.SerializeToString,
+            ),
+            'Lend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lend,
+                    request_deserializer=kvferry_dot_v1_dot_kvferry__pb2.LendRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_kvferry__pb2.LendResponse.SerializeToString,
+            ),
+            'ReturnLoan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnLoan,
+                    request_deserializer=kvferry_dot_v1_dot_kvferry__pb2.ReturnLoanRequest.FromString,
+                    response_serializer=kvferry_dot_v1_dot_kvferry__pb2.ReturnLoanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -682,6 +780,141 @@ class KvFerry:
             '/kvferry.v1.KvFerry/AnnounceEngine',
             kvferry_dot_v1_dot_kvferry__pb2.AnnounceEngineRequest.SerializeToString,
             kvferry_dot_v1_dot_kvferry__pb2.AnnounceEngineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.KvFerry/Reserve',
+            kvferry_dot_v1_dot_kvferry__pb2.ReserveRequest.SerializeToString,
+            kvferry_dot_v1_dot_kvferry__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.KvFerry/Commit',
+            kvferry_dot_v1_dot_kvferry__pb2.CommitRequest.SerializeToString,
+            kvferry_dot_v1_dot_kvferry__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.KvFerry/Abort',
+            kvferry_dot_v1_dot_kvferry__pb2.AbortRequest.SerializeToString,
+            kvferry_dot_v1_dot_kvferry__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.KvFerry/Lend',
+            kvferry_dot_v1_dot_kvferry__pb2.LendRequest.SerializeToString,
+            kvferry_dot_v1_dot_kvferry__pb2.LendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnLoan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvferry.v1.KvFerry/ReturnLoan',
+            kvferry_dot_v1_dot_kvferry__pb2.ReturnLoanRequest.SerializeToString,
+            kvferry_dot_v1_dot_kvferry__pb2.ReturnLoanResponse.FromString,
             options,
             channel_credentials,
             insecure,
