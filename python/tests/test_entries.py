@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 
 import kvferry
-from kvferry.local import LocalPathUnavailable, connect_local
 
 
 def test_stat_describes_the_entry_and_every_part(client: kvferry.Client, tid: str) -> None:
@@ -75,8 +74,3 @@ def test_list_nodes_names_this_daemon_with_its_peer_address(client: kvferry.Clie
     assert len(me) == 1
     assert me[0].peer_address == daemon.peer_address
     assert me[0].client_address == daemon.address
-
-
-def test_the_local_path_is_refused_until_it_exists(client: kvferry.Client) -> None:
-    with pytest.raises(LocalPathUnavailable):
-        connect_local(client._rpc, "/nonexistent.sock")
