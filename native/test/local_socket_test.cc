@@ -56,6 +56,8 @@ TEST_F(MemfdFixture, AnAdmittedClientMapsTheSamePages) {
   munmap(theirs, kSize);
   munmap(ours, kSize);
   close(got);
+  // Counted by the server's thread once its send returned: it may come a moment after ours.
+  for (int i = 0; i < 500 && server->stats().admitted == 0; i++) usleep(10'000);
   EXPECT_EQ(server->stats().admitted, 1u);
   server.reset();
   EXPECT_NE(access(o.path.c_str(), F_OK), 0) << "the socket file goes with the server";

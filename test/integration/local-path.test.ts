@@ -8,7 +8,7 @@
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from "../../src/errors.js";
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError } from "../../src/errors.js";
 import { MiB, REPO, sleep } from "../helpers/daemon.js";
 import { digest, expectAllOk, seededBytes, startPeerDaemon, type PeerDaemon, type PeerDaemonOptions } from "../helpers/transfer.js";
 
@@ -207,6 +207,22 @@ describe("the local path and the rest of the store", () => {
     expect(digest(pulled.bytes("p"))).toBe(digest(back));
     await pulled.return();
     await expect(a.client.stat("pulled")).rejects.toMatchObject({ reason: "transferred" });
+  });
+
+  it("a lent entry is not evicted while lent, nor room reserved for a writer given to another; returned, it is evictable", async () => {
+    const d = await daemon({ bufferSize: "16MiB", args: ["--put-deadline-ms", "500"] });
+    const lent = seededBytes(6 * MiB, "lent");
+    await d.client.putLocal("lent", new Map([["p", lent]]), { seal: true });
+    const loan = await d.client.getLocal("lent");
+    // 12 MiB more fit only by evicting "lent": refused while it is lent, its bytes untouched.
+    await expect(d.client.reserveLocal("big", [{ name: "p", size: 12 * MiB }])).rejects.toBeInstanceOf(ResourceExhaustedError);
+    expect(digest(loan.bytes("p"))).toBe(digest(lent));
+    await loan.return();
+    const big = await d.client.reserveLocal("big", [{ name: "p", size: 12 * MiB }]);
+    await expect(d.client.stat("lent")).rejects.toMatchObject({ reason: "evicted" });
+    // The reservation's room is its own: a second writer cannot take it either.
+    await expect(d.client.reserveLocal("big2", [{ name: "p", size: 8 * MiB }])).rejects.toBeInstanceOf(ResourceExhaustedError);
+    await big.abort();
   });
 
   it("a client that overwrites the whole mapping damages entry bytes only: the daemon's bookkeeping is not in it", async () => {
