@@ -32,6 +32,8 @@ export interface LocalPathOptions {
 
 interface Reservation {
   transferId: string;
+  /** When its entry was created: an entry of the same id made since is another one. */
+  createdAtMs: number;
   writers: Map<string, PartWriter>;
   timer: NodeJS.Timeout;
 }
@@ -78,7 +80,8 @@ export class LocalPath {
     const reservationId = randomBytes(12).toString("hex");
     const timer = setTimeout(() => this.#lapse("reservation", reservationId), ttlMs);
     timer.unref();
-    this.#reservations.set(reservationId, { transferId, writers, timer });
+    const { createdAtMs } = this.o.store.stat(transferId);
+    this.#reservations.set(reservationId, { transferId, createdAtMs, writers, timer });
     return { reservationId, parts: [...writers].map(([name, w]) => this.#extents(name, w.size, w.block)) };
   }
 
@@ -189,7 +192,9 @@ export class LocalPath {
     for (const w of reservation.writers.values()) w.abort();
     reservation.writers.clear();
     try {
-      if (this.o.store.stat(reservation.transferId).state !== "sealed") this.o.store.release(reservation.transferId);
+      // Never another entry that took the id since (this one was released, then reused).
+      const now = this.o.store.stat(reservation.transferId);
+      if (now.state !== "sealed" && now.createdAtMs === reservation.createdAtMs) this.o.store.release(reservation.transferId);
     } catch {
       // gone already (dropped as incomplete when a part was abandoned after its seal)
     }

@@ -225,6 +225,17 @@ describe("the local path and the rest of the store", () => {
     await big.abort();
   });
 
+  it("aborting (or the lapse of) a reservation whose entry was released never drops a newer entry of the same id", async () => {
+    const d = await daemon();
+    const old = await d.client.reserveLocal("reused", [{ name: "p", size: MiB }]);
+    await d.client.release("reused");
+    const fresh = seededBytes(MiB, "fresh-reused");
+    await d.client.put("reused", "q", fresh, { seal: true });
+    await old.abort().catch(() => {});
+    const got = await d.client.get("reused");
+    expect(digest(got.parts.get("q")!)).toBe(digest(fresh));
+  });
+
   it("a client that overwrites the whole mapping damages entry bytes only: the daemon's bookkeeping is not in it", async () => {
     const d = await daemon({ bufferSize: "64MiB" });
     await d.client.putLocal("victim", new Map([["p", seededBytes(MiB, "v")]]), { seal: true });
