@@ -1,6 +1,8 @@
 """How part bytes travel between a client and its daemon. Client.put / Client.get go through
 a DataPath; today the only one is InlinePath (kvferry.inline: bytes inside gRPC messages).
-The local zero-copy path (kvferry.local) will be a second implementation of this protocol."""
+The local path (kvferry.local) has an API of its own, writers and loans, because its bytes are
+views of the daemon's pool with a lifetime, not copies; Client.put_local / get_local fall back to
+this one when there is no local path."""
 from __future__ import annotations
 
 from typing import Mapping, Protocol, Sequence, Union
