@@ -41,6 +41,9 @@ describe("a commit that fails part-way", () => {
     });
     expect(err).toBeInstanceOf(NotFoundError);
     expect(err.message).toMatch(/parts\[1\]\.name/);
+    // Refused whole: a is still reserved, and commits now.
+    await expect(d.client.get("pw-1", { parts: ["a"], waitMs: 0 })).rejects.toBeInstanceOf(Error);
+    await w.commit(["a"]);
     // Second reservation of the entry: one part committed, the other committed short.
     const w2 = await d.client.reserveLocal("pw-2", [{ name: "a", size: 100 }, { name: "b", size: 50 }], { reservationTtlMs: 1500 });
     w2.write("a", seededBytes(100, "a2"));
@@ -78,6 +81,8 @@ describe("odd requests never crash the daemon", () => {
     const t = await d.client.reserveLocal("twice", [{ name: "p", size: 4 }, { name: "q", size: 4 }]);
     const dup = await rejectionOf(d.client.raw.commit.bind(d.client.raw), { reservationId: t.reservationId, parts: [{ name: "p", bytes: 4 }, { name: "p", bytes: 4 }], seal: false });
     expect(dup.message).toMatch(/parts\[1\]\.name/);
+    // (refused whole: p is still uncommitted)
+    await t.commit(["p"]);
     const again = await rejectionOf(d.client.raw.commit.bind(d.client.raw), { reservationId: t.reservationId, parts: [{ name: "p", bytes: 4 }], seal: false });
     expect(again).toBeInstanceOf(NotFoundError);
     // The same part reserved by a second reservation while the first holds it.
