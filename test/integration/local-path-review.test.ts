@@ -96,3 +96,26 @@ describe("odd requests never crash the daemon", () => {
     expect(await openReservations(d)).toBe(0);
   });
 });
+
+describe("a client whose daemon restarted", () => {
+  it("maps the new pool instead of failing for good, and leaves no reservation or loan behind", async () => {
+    const { KvferryClient } = await import("../../src/client/client.js");
+    const first = await daemon();
+    const port = first.port;
+    const client = new KvferryClient(first.address);
+    try {
+      await client.putLocal("before", new Map([["p", seededBytes(1000, "before")]]), { seal: true });
+      await first.stop();
+      // The same address (and so the same default socket path), a new pool.
+      const second = await daemon({ args: ["--listen", `127.0.0.1:${port}`, "--metrics-listen", "127.0.0.1:0"] });
+      await client.waitForReady(30_000);
+      await client.putLocal("after", new Map([["p", seededBytes(1000, "after")]]), { seal: true });
+      const loan = await client.getLocal("after");
+      expect(digest(loan.bytes("p"))).toBe(digest(seededBytes(1000, "after")));
+      await loan.return();
+      expect(await openReservations(second)).toBe(0);
+    } finally {
+      client.close();
+    }
+  });
+});
