@@ -103,19 +103,25 @@ describe("a client whose daemon restarted", () => {
     const first = await daemon();
     const port = first.port;
     const client = new KvferryClient(first.address);
+    const reader = new KvferryClient(first.address);
     try {
       await client.putLocal("before", new Map([["p", seededBytes(1000, "before")]]), { seal: true });
+      await (await reader.getLocal("before")).return();
       await first.stop();
       // The same address (and so the same default socket path), a new pool.
       const second = await daemon({ args: ["--listen", `127.0.0.1:${port}`, "--metrics-listen", "127.0.0.1:0"] });
       await client.waitForReady(30_000);
       await client.putLocal("after", new Map([["p", seededBytes(1000, "after")]]), { seal: true });
-      const loan = await client.getLocal("after");
+      // A reader that mapped the old pool maps the new one too.
+      await reader.waitForReady(30_000);
+      const loan = await reader.getLocal("after", { consume: true });
       expect(digest(loan.bytes("p"))).toBe(digest(seededBytes(1000, "after")));
       await loan.return();
+      await expect(client.stat("after")).rejects.toBeInstanceOf(NotFoundError);
       expect(await openReservations(second)).toBe(0);
     } finally {
       client.close();
+      reader.close();
     }
   });
 });
