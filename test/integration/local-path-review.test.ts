@@ -125,3 +125,18 @@ describe("a client whose daemon restarted", () => {
     }
   });
 });
+
+describe("a Reserve whose caller gave up while it waited for room", () => {
+  it("holds no room once room comes: its wait ends with the call", async () => {
+    const d = await daemon({ bufferSize: "16MiB", args: ["--put-deadline-ms", "8000", "--metrics-listen", "127.0.0.1:0"] });
+    // The pool full of an open (not evictable) entry.
+    await d.client.putLocal("filler", new Map([["p", Buffer.alloc(12 << 20)]]), { seal: false });
+    const gaveUp = d.client.reserveLocal("late", [{ name: "p", size: 8 << 20 }], { timeoutMs: 1000 });
+    await expect(gaveUp).rejects.toBeInstanceOf(Error);
+    // Room comes back while the daemon would still wait (put_deadline_ms 8 s).
+    await d.client.release("filler");
+    await sleep(3000);
+    expect(await openReservations(d)).toBe(0);
+    expect((await d.client.serverInfo()).bytesUsed).toBe(0);
+  });
+});
