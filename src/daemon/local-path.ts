@@ -7,7 +7,7 @@
 // reuse a block while a writer or a reader holds it.
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
-import { InvalidArgumentError, NotFoundError, ResourceExhaustedError } from "../errors.js";
+import { CancelledError, InvalidArgumentError, NotFoundError, ResourceExhaustedError } from "../errors.js";
 import type { PartExtents } from "../gen/kvferry/v1/kvferry.js";
 import type { Block } from "../store/memory.js";
 import type { EntryInfo } from "../store/entry.js";
@@ -55,6 +55,8 @@ export class LocalPath {
     parts: readonly { name: string; size: number }[];
     leaseTtlMs?: number;
     reservationTtlMs?: number;
+    /** The caller went away: a wait for room ends, and no reservation is made for nobody. */
+    signal?: AbortSignal;
   }): Promise<{ reservationId: string; parts: PartExtents[] }> {
     const transferId = checkTransferId(r.transferId);
     if (r.parts.length === 0) throw new InvalidArgumentError("parts", "name at least one part to reserve");
@@ -70,7 +72,10 @@ export class LocalPath {
     this.#checkRoomForOne();
     const writers = new Map<string, PartWriter>();
     try {
-      for (const p of r.parts) writers.set(p.name, await this.o.store.openPart({ transferId, part: p.name, leaseTtlMs }, p.size));
+      for (const p of r.parts) {
+        writers.set(p.name, await this.o.store.openPart({ transferId, part: p.name, leaseTtlMs, signal: r.signal }, p.size));
+        if (r.signal?.aborted) throw new CancelledError(`reserve of ${transferId} cancelled`);
+      }
     } catch (err) {
       for (const w of writers.values()) w.abort();
       throw err;
