@@ -5,11 +5,15 @@
 
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <string>
+#include <vector>
 
 namespace kvferry {
 namespace {
@@ -61,6 +65,49 @@ TEST_F(MemfdFixture, AnAdmittedClientMapsTheSamePages) {
   EXPECT_EQ(server->stats().admitted, 1u);
   server.reset();
   EXPECT_NE(access(o.path.c_str(), F_OK), 0) << "the socket file goes with the server";
+}
+
+// A process out of fds cannot accept: the accept thread must back off, not spin on a
+// listening socket that stays readable (a core burnt for as long as the fds are short).
+TEST_F(MemfdFixture, OutOfFdsTheAcceptThreadDoesNotSpin) {
+  LocalSocketOptions o;
+  o.path = SocketPath("emfile");
+  o.fd = fd_;
+  std::unique_ptr<LocalSocketServer> server;
+  ASSERT_TRUE(LocalSocketServer::Start(o, &server).ok());
+  int client = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(client, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, o.path.data(), o.path.size());
+  // Every fd taken (under a low limit), then the connection the server cannot accept.
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  rlimit low = old;
+  low.rlim_cur = 256;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> taken;
+  for (int f; (f = dup(0)) >= 0;) taken.push_back(f);
+  ASSERT_EQ(connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  rusage before{}, after{};
+  getrusage(RUSAGE_SELF, &before);
+  sleep(2);
+  getrusage(RUSAGE_SELF, &after);
+  auto cpu_us = [](const rusage& r) {
+    return (r.ru_utime.tv_sec + r.ru_stime.tv_sec) * 1'000'000LL + r.ru_utime.tv_usec + r.ru_stime.tv_usec;
+  };
+  long long burnt_us = cpu_us(after) - cpu_us(before);
+  // Fds back: the waiting client is served.
+  for (int f : taken) close(f);
+  setrlimit(RLIMIT_NOFILE, &old);
+  char buf[256];
+  timeval tv{10, 0};
+  setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  EXPECT_GT(recv(client, buf, sizeof(buf), 0), 0) << "the client is served once fds are free";
+  close(client);
+  // A spinning thread burns ~2 s of CPU in those 2 s; a waiting one next to nothing.
+  EXPECT_LT(burnt_us, 500'000) << "the accept thread spun while out of fds";
+  server.reset();
 }
 
 TEST(LocalSocketAdmits, SameUidOrAllowedIdsOnly) {

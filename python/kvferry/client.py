@@ -12,7 +12,7 @@ from ._gen import kvferry_pb2 as pb
 from ._rpc import Rpc
 from .consume import confirm_consume
 from .datapath import BytesLike, DataPath
-from .errors import UnavailableError
+from .errors import KvferryError, UnavailableError
 from .inline import InlinePath
 from .local import LocalLoan, LocalPool, LocalWriter
 from .types import Entry, EntryInfo, EntryPage, EntryState, NodeInfo, Nodes, ServerInfo, TransferResult
@@ -111,14 +111,24 @@ class Client:
     ) -> LocalWriter:
         """Reserves the parts (name → size in bytes) in the local pool: write their views (or
         numpy/torch arrays over them), then commit. Needs the local path (UnavailableError)."""
-        pool = self.local_pool(timeout=timeout)
         req = pb.ReserveRequest(
             transfer_id=transfer_id, parts=[pb.PartSpec(name=n, size=size) for n, size in parts.items()],
             lease_ttl_ms=lease_ttl_ms, reservation_ttl_ms=reservation_ttl_ms,
         )
-        res = self._rpc.unary(self._rpc.stub.Reserve, req, timeout)
-        pool.check_pool(res.pool_id)
-        return LocalWriter(self._rpc, pool, transfer_id, res.reservation_id, res.parts)
+        for attempt in range(2):
+            pool = self.local_pool(timeout=timeout)
+            res = self._rpc.unary(self._rpc.stub.Reserve, req, timeout)
+            if res.pool_id == pool.pool_id:
+                return LocalWriter(self._rpc, pool, transfer_id, res.reservation_id, res.parts)
+            # The daemon restarted: its room goes back, and the new pool is mapped (once).
+            try:
+                self._rpc.unary(self._rpc.stub.Abort, pb.AbortRequest(reservation_id=res.reservation_id), timeout)
+            except KvferryError:
+                pass
+            self._local = None
+            if attempt > 0:
+                pool.check_pool(res.pool_id)
+        raise AssertionError("unreachable")
 
     def put_local(
         self, transfer_id: str, parts: Mapping[str, BytesLike], *, seal: bool = True,
@@ -151,17 +161,21 @@ class Client:
         req = pb.LendRequest(
             transfer_id=transfer_id, parts=list(parts), wait_ms=wait_ms, consume=consume, loan_ttl_ms=loan_ttl_ms, source=source,
         )
-        res = self._rpc.unary(self._rpc.stub.Lend, req, timeout)
+        for attempt in range(2):
+            res = self._rpc.unary(self._rpc.stub.Lend, req, timeout)
 
-        def end(consumed: bool) -> None:
-            self._rpc.unary(self._rpc.stub.ReturnLoan, pb.ReturnLoanRequest(loan_id=res.loan_id, consumed=consumed and consume), timeout)
+            def end(consumed: bool, loan_id: str = res.loan_id) -> None:
+                self._rpc.unary(self._rpc.stub.ReturnLoan, pb.ReturnLoanRequest(loan_id=loan_id, consumed=consumed and consume), timeout)
 
-        try:
-            pool.check_pool(res.pool_id)
-        except BaseException:
+            if res.pool_id == pool.pool_id:
+                return LocalLoan(EntryInfo.from_pb(res.entry), {p.name: pool.views(p) for p in res.parts}, end)
+            # The daemon restarted: the loan goes back, and the new pool is mapped (once).
             end(False)
-            raise
-        return LocalLoan(EntryInfo.from_pb(res.entry), {p.name: pool.views(p) for p in res.parts}, end)
+            self._local = None
+            if attempt > 0:
+                pool.check_pool(res.pool_id)
+            pool = self.local_pool(timeout=timeout)
+        raise AssertionError("unreachable")
 
     def confirm_consume(self, transfer_id: str, consume_token: str, *, timeout: float | None = None) -> int:
         """One ConfirmConsume (get(consume=True) does it for you); returns the bytes freed."""

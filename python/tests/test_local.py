@@ -72,7 +72,11 @@ def test_part_by_part_and_a_short_commit(client: kvferry.Client) -> None:
     assert "parts[0].bytes" in str(short.value)
     with pytest.raises(FailedPreconditionError):  # never sealed, layer.1 never readable
         client.get_local(tid, wait_ms=0)
-    w.abort()
+    # No part left: the reservation ended with that commit (its lapse will not drop layer.0).
+    with pytest.raises(NotFoundError):
+        w.abort()
+    assert sha(client.get(tid, parts=["layer.0"], wait_ms=0).parts["layer.0"]) == sha(seeded(1000, "l0"))
+    client.release(tid)
     with pytest.raises(NotFoundError):
         client.stat(tid)
 
@@ -177,3 +181,30 @@ def test_pushed_to_another_daemon_and_read_there_in_place(source: kvferry.Client
     assert [r.ok for r in results] == [True], results
     with target.get_local(tid, consume=True) as loan:
         assert sha(loan.bytes("layer.0")) == sha(data)
+
+
+def test_daemon_restarted_at_the_same_address_maps_the_new_pool() -> None:
+    """A client that mapped a daemon's pool, after that daemon restarted on the same port
+    (the same default socket path), maps the new pool: no reservation or loan left behind."""
+    first = SpawnedDaemon(daemon_args(), name="first daemon")
+    port = first.address.rsplit(":", 1)[1]
+    second = None
+    try:
+        with kvferry.Client(first.address, timeout=CALL_TIMEOUT_S) as writer, \
+                kvferry.Client(first.address, timeout=CALL_TIMEOUT_S) as reader:
+            writer.put_local("py-before", {"p": b"before"})
+            reader.get_local("py-before").release()
+            first.stop()
+            args = daemon_args()
+            args[args.index("--listen") + 1] = f"127.0.0.1:{port}"
+            second = SpawnedDaemon(args, name="second daemon")
+            writer.put_local("py-after", {"p": b"after"})
+            with reader.get_local("py-after", consume=True) as loan:
+                assert bytes(loan.bytes("p")) == b"after"
+            with pytest.raises(NotFoundError):
+                writer.stat("py-after")
+            assert writer.server_info().bytes_used == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

@@ -266,12 +266,22 @@ export class KvferryClient {
     parts: readonly { name: string; size: number }[],
     o: CallOptions & { leaseTtlMs?: number; reservationTtlMs?: number } = {},
   ): Promise<LocalWriter> {
-    const pool = await this.localPool();
-    const r = await call<ReserveResponse>((cb) =>
-      this.raw.reserve({ transferId, parts: [...parts], leaseTtlMs: o.leaseTtlMs, reservationTtlMs: o.reservationTtlMs }, new Metadata(), this.#opts(o), cb),
-    );
-    pool.checkPool(r.poolId);
-    return new LocalWriter(this, pool, transferId, r.reservationId, r.parts);
+    for (let attempt = 0; ; attempt++) {
+      const pool = await this.localPool();
+      const r = await call<ReserveResponse>((cb) =>
+        this.raw.reserve({ transferId, parts: [...parts], leaseTtlMs: o.leaseTtlMs, reservationTtlMs: o.reservationTtlMs }, new Metadata(), this.#opts(o), cb),
+      );
+      if (r.poolId === pool.poolId) return new LocalWriter(this, pool, transferId, r.reservationId, r.parts);
+      // The daemon restarted: its room goes back, and the new pool is mapped (once).
+      await call((cb) => this.raw.abort({ reservationId: r.reservationId }, new Metadata(), cb)).catch(() => {});
+      this.#forgetPool(pool);
+      if (attempt > 0) pool.checkPool(r.poolId);
+    }
+  }
+
+  /** Drops the cached mapping of a pool the daemon no longer serves (it restarted). */
+  #forgetPool(_pool: LocalPool): void {
+    this.#local = undefined; // (a caller that remapped meanwhile only costs one more mapping)
   }
 
   /**
@@ -311,23 +321,25 @@ export class KvferryClient {
       return new LocalLoan(got.entry, new Map([...got.parts].map(([name, data]) => [name, [data]])), async () => {});
     }
     const consume = o.consume ?? false;
-    const r = await call<LendResponse>((cb) =>
-      this.raw.lend(
-        { transferId, parts: o.parts ?? [], waitMs: o.waitMs, consume, loanTtlMs: o.loanTtlMs, source: o.source ?? "" },
-        new Metadata(),
-        this.#opts(o),
-        cb,
-      ),
-    );
-    const end = (consumed: boolean) =>
-      call<unknown>((cb) => this.raw.returnLoan({ loanId: r.loanId, consumed: consumed && consume }, new Metadata(), cb)).then(() => {});
-    try {
-      pool.checkPool(r.poolId);
-    } catch (err) {
+    let mapped = pool;
+    for (let attempt = 0; ; attempt++) {
+      const r = await call<LendResponse>((cb) =>
+        this.raw.lend(
+          { transferId, parts: o.parts ?? [], waitMs: o.waitMs, consume, loanTtlMs: o.loanTtlMs, source: o.source ?? "" },
+          new Metadata(),
+          this.#opts(o),
+          cb,
+        ),
+      );
+      const end = (consumed: boolean) =>
+        call<unknown>((cb) => this.raw.returnLoan({ loanId: r.loanId, consumed: consumed && consume }, new Metadata(), cb)).then(() => {});
+      if (r.poolId === mapped.poolId) return new LocalLoan(r.entry!, new Map(r.parts.map((p) => [p.name, mapped.views(p)])), end);
+      // The daemon restarted: the loan goes back, and the new pool is mapped (once).
       await end(false).catch(() => {});
-      throw err;
+      this.#forgetPool(mapped);
+      if (attempt > 0) mapped.checkPool(r.poolId);
+      mapped = await this.localPool();
     }
-    return new LocalLoan(r.entry!, new Map(r.parts.map((p) => [p.name, pool.views(p)])), end);
   }
 
   serverInfo(o: CallOptions = {}): Promise<GetServerInfoResponse> {

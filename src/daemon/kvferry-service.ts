@@ -196,6 +196,7 @@ export function kvferryService(ctx: ServiceContext): KvFerryServer {
         parts: r.parts.map((p) => ({ name: p.name, size: p.size })),
         leaseTtlMs: r.leaseTtlMs,
         reservationTtlMs: r.reservationTtlMs,
+        signal: cancelSignal(call),
       });
       return { reservationId: reserved.reservationId, poolId: local.poolId, parts: reserved.parts };
     }),

@@ -7,7 +7,7 @@
 // reuse a block while a writer or a reader holds it.
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
-import { InvalidArgumentError, NotFoundError, ResourceExhaustedError } from "../errors.js";
+import { CancelledError, InvalidArgumentError, NotFoundError, ResourceExhaustedError } from "../errors.js";
 import type { PartExtents } from "../gen/kvferry/v1/kvferry.js";
 import type { Block } from "../store/memory.js";
 import type { EntryInfo } from "../store/entry.js";
@@ -57,6 +57,8 @@ export class LocalPath {
     parts: readonly { name: string; size: number }[];
     leaseTtlMs?: number;
     reservationTtlMs?: number;
+    /** The caller went away: a wait for room ends, and no reservation is made for nobody. */
+    signal?: AbortSignal;
   }): Promise<{ reservationId: string; parts: PartExtents[] }> {
     const transferId = checkTransferId(r.transferId);
     if (r.parts.length === 0) throw new InvalidArgumentError("parts", "name at least one part to reserve");
@@ -72,7 +74,10 @@ export class LocalPath {
     this.#checkRoomForOne();
     const writers = new Map<string, PartWriter>();
     try {
-      for (const p of r.parts) writers.set(p.name, await this.o.store.openPart({ transferId, part: p.name, leaseTtlMs }, p.size));
+      for (const p of r.parts) {
+        writers.set(p.name, await this.o.store.openPart({ transferId, part: p.name, leaseTtlMs, signal: r.signal }, p.size));
+        if (r.signal?.aborted) throw new CancelledError(`reserve of ${transferId} cancelled`);
+      }
     } catch (err) {
       for (const w of writers.values()) w.abort();
       throw err;
@@ -88,22 +93,32 @@ export class LocalPath {
   /** Written parts become readable; one with fewer bytes than reserved is abandoned. */
   commit(r: { reservationId: string; parts: readonly { name: string; bytes: number }[]; seal: boolean }): EntryInfo {
     const reservation = this.#reservation(r.reservationId);
-    let info: EntryInfo | undefined;
+    // Every name first: a commit naming a part that is not (or no longer) reserved commits none.
+    const named = new Set<string>();
     r.parts.forEach((p, i) => {
-      const writer = reservation.writers.get(p.name);
-      if (writer === undefined) {
+      if (!reservation.writers.has(p.name) || named.has(p.name)) {
         throw new NotFoundError(`parts[${i}].name: ${JSON.stringify(p.name)} is not an uncommitted part of reservation ${r.reservationId}`);
       }
-      reservation.writers.delete(p.name);
-      if (p.bytes !== writer.size) {
-        writer.abort();
-        throw new InvalidArgumentError(`parts[${i}].bytes`, `part ${p.name}: ${p.bytes} bytes written of the ${writer.size} reserved; the part is abandoned`);
-      }
-      writer.landed();
-      info = writer.commit();
+      named.add(p.name);
     });
-    if (r.seal) info = this.o.store.seal(reservation.transferId);
-    if (reservation.writers.size === 0) this.#endReservation(r.reservationId);
+    let info: EntryInfo | undefined;
+    try {
+      r.parts.forEach((p, i) => {
+        const writer = reservation.writers.get(p.name)!;
+        reservation.writers.delete(p.name);
+        if (p.bytes !== writer.size) {
+          writer.abort();
+          throw new InvalidArgumentError(`parts[${i}].bytes`, `part ${p.name}: ${p.bytes} bytes written of the ${writer.size} reserved; the part is abandoned`);
+        }
+        writer.landed();
+        info = writer.commit();
+      });
+      if (r.seal) info = this.o.store.seal(reservation.transferId);
+    } finally {
+      // No part left (even after a failure): the reservation is over; a lapse must not
+      // drop the entry with the parts that were committed.
+      if (reservation.writers.size === 0) this.#endReservation(r.reservationId);
+    }
     return info ?? this.o.store.stat(reservation.transferId);
   }
 

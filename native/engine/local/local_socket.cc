@@ -19,6 +19,8 @@ namespace {
 constexpr size_t kMaxLine = 4096;
 /** A client that does not take its line within this is dropped. */
 constexpr int kSendTimeoutMs = 1000;
+/** How long the accept thread waits before trying again when the process is out of fds. */
+constexpr int kAcceptBackoffMs = 100;
 
 std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
 
@@ -154,7 +156,15 @@ void LocalSocketServer::Run() {
     if (fds[1].revents != 0) return;
     if ((fds[0].revents & POLLIN) == 0) continue;
     int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (client < 0) continue;
+    if (client < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of fds or memory: the connection stays in the backlog and the listening socket
+        // stays readable; back off instead of spinning (a stop still wakes this at once).
+        pollfd wake{wake_fd_, POLLIN, 0};
+        (void)poll(&wake, 1, kAcceptBackoffMs);
+      }
+      continue;
+    }
     Serve(client);
     close(client);
   }
