@@ -257,14 +257,22 @@ export class Daemon {
     if (configured === "none") return;
     const path = configured ?? join(process.env.XDG_RUNTIME_DIR || tmpdir(), `kvferry-${this.#port}.sock`);
     const open = this.config.localAllowedUids.length > 0 || this.config.localAllowedGids.length > 0;
-    this.engine.serveLocal({
-      path,
-      // Only the kernel's word on the client's uid admits it; others than the daemon's user need to reach the file.
-      mode: open ? 0o666 : 0o600,
-      header: `"poolId":${JSON.stringify(this.local.poolId)},"poolBytes":${this.store.capacity}`,
-      allowedUids: this.config.localAllowedUids,
-      allowedGids: this.config.localAllowedGids,
-    });
+    try {
+      this.engine.serveLocal({
+        path,
+        // Only the kernel's word on the client's uid admits it; others than the daemon's user need to reach the file.
+        mode: open ? 0o666 : 0o600,
+        header: `"poolId":${JSON.stringify(this.local.poolId)},"poolBytes":${this.store.capacity}`,
+        allowedUids: this.config.localAllowedUids,
+        allowedGids: this.config.localAllowedGids,
+      });
+    } catch (err) {
+      // The default path may be taken (another user's file in a shared /tmp): no local path
+      // then, and clients go inline — GetServerInfo names no socket, so none maps a stranger's.
+      if (configured !== undefined) throw err;
+      this.log.warn({ err: (err as Error).message, path }, "cannot serve the local path at its default socket: clients of this node go inline (set local_socket)");
+      return;
+    }
     this.#localSocket = path;
   }
 

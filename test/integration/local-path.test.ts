@@ -6,10 +6,13 @@
 // a locally written entry moves to another daemon and is read there in place; and a client
 // that scribbles over the whole mapping damages entry bytes only, never the daemon.
 import { spawn } from "node:child_process";
+import { rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError } from "../../src/errors.js";
 import { MiB, REPO, sleep } from "../helpers/daemon.js";
+import { freePort } from "../helpers/ports.js";
 import { digest, expectAllOk, seededBytes, startPeerDaemon, type PeerDaemon, type PeerDaemonOptions } from "../helpers/transfer.js";
 
 const started: PeerDaemon[] = [];
@@ -175,6 +178,27 @@ describe("clients that die or do not belong", () => {
     // Both counted on the daemons' /metrics.
     expect(await metric(d, "kvferry_daemon_local_clients_refused_total")).toBe(1);
     expect(await metric(allowed, "kvferry_daemon_local_clients_admitted_total")).toBe(1);
+  });
+
+  it("a default socket path that is taken (another user's file in /tmp) leaves the daemon serving inline; a configured one fails its start, named", async () => {
+    const port = await freePort();
+    const taken = join(process.env.XDG_RUNTIME_DIR || tmpdir(), `kvferry-${port}.sock`);
+    writeFileSync(taken, "not a socket");
+    try {
+      const d = await daemon({ args: ["--listen", `127.0.0.1:${port}`] });
+      expect((await d.client.serverInfo()).local?.socket).toBe("");
+      await expect(d.client.localPool()).rejects.toBeInstanceOf(UnavailableError);
+      const data = seededBytes(MiB, "taken");
+      await d.client.putLocal("taken", new Map([["p", data]]), { seal: true });
+      expect(digest((await d.client.getLocal("taken")).bytes("p"))).toBe(digest(data));
+      const err = await startPeerDaemon({ bufferSize: "16MiB", args: ["--local-socket", taken] }).then(
+        (d2) => (started.push(d2), undefined),
+        (e: Error) => e,
+      );
+      expect(err?.message).toMatch(/local_socket.*not a socket/);
+    } finally {
+      rmSync(taken, { force: true });
+    }
   });
 
   it("a daemon with local_socket none serves no local path: the client goes inline", async () => {
