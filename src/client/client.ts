@@ -60,7 +60,6 @@ export interface GotEntry {
 const CONFIRM_ATTEMPTS = 3;
 const CONFIRM_TIMEOUT_MS = 10_000;
 
-
 export class KvferryClient {
   readonly raw: KvFerryClient;
   #local: Promise<LocalPool> | undefined;
@@ -274,14 +273,9 @@ export class KvferryClient {
       if (r.poolId === pool.poolId) return new LocalWriter(this, pool, transferId, r.reservationId, r.parts);
       // The daemon restarted: its room goes back, and the new pool is mapped (once).
       await call((cb) => this.raw.abort({ reservationId: r.reservationId }, new Metadata(), cb)).catch(() => {});
-      this.#forgetPool(pool);
+      this.#local = undefined;
       if (attempt > 0) pool.checkPool(r.poolId);
     }
-  }
-
-  /** Drops the cached mapping of a pool the daemon no longer serves (it restarted). */
-  #forgetPool(_pool: LocalPool): void {
-    this.#local = undefined; // (a caller that remapped meanwhile only costs one more mapping)
   }
 
   /**
@@ -309,7 +303,7 @@ export class KvferryClient {
 
   /**
    * Reads an entry in place from the daemon's pool on its node (a loan: return it when
-   * done), else inline (a Get; a consuming one is confirmed at once).
+   * done), else inline (a streamed Get, any size; a consuming one is confirmed at once).
    */
   async getLocal(
     transferId: string,
@@ -317,7 +311,7 @@ export class KvferryClient {
   ): Promise<LocalLoan> {
     const pool = await this.localPoolIfAny();
     if (pool === undefined) {
-      const got = await this.get(transferId, o);
+      const got = await this.getStream(transferId, o);
       return new LocalLoan(got.entry, new Map([...got.parts].map(([name, data]) => [name, [data]])), async () => {});
     }
     const consume = o.consume ?? false;
@@ -336,7 +330,7 @@ export class KvferryClient {
       if (r.poolId === mapped.poolId) return new LocalLoan(r.entry!, new Map(r.parts.map((p) => [p.name, mapped.views(p)])), end);
       // The daemon restarted: the loan goes back, and the new pool is mapped (once).
       await end(false).catch(() => {});
-      this.#forgetPool(mapped);
+      this.#local = undefined;
       if (attempt > 0) mapped.checkPool(r.poolId);
       mapped = await this.localPool();
     }

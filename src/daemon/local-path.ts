@@ -83,7 +83,7 @@ export class LocalPath {
       throw err;
     }
     const reservationId = randomBytes(12).toString("hex");
-    const timer = setTimeout(() => this.#lapse("reservation", reservationId), ttlMs);
+    const timer = setTimeout(() => this.#lapseReservation(reservationId), ttlMs);
     timer.unref();
     const { createdAtMs } = this.o.store.stat(transferId);
     this.#reservations.set(reservationId, { transferId, createdAtMs, writers, timer });
@@ -141,14 +141,13 @@ export class LocalPath {
     const transferId = checkTransferId(r.transferId);
     const parts = checkPartList(r.parts);
     const waitMs = checkWait(r.waitMs);
-    const max = r.consume ? this.o.consumeLeaseMs : MAX_TTL_MS;
     const ttlMs = r.consume
       ? checkConsumeLease(r.loanTtlMs, this.o.consumeLeaseMs, "loan_ttl_ms")
-      : this.#ttl(r.loanTtlMs, "loan_ttl_ms", this.o.consumeLeaseMs, max);
+      : this.#ttl(r.loanTtlMs, "loan_ttl_ms", this.o.consumeLeaseMs, MAX_TTL_MS);
     this.#checkRoomForOne();
     const lease = await this.o.store.get({ transferId, parts, waitMs, consume: r.consume, consumeLeaseMs: ttlMs, signal: r.signal });
     const loanId = randomBytes(12).toString("hex");
-    const timer = setTimeout(() => this.#lapse("loan", loanId), ttlMs);
+    const timer = setTimeout(() => this.#lapseLoan(loanId), ttlMs);
     timer.unref();
     this.#loans.set(loanId, { lease, timer });
     return { loanId, lease, parts: lease.parts.map((p) => this.#extents(p.name, p.size, p.block)) };
@@ -156,10 +155,8 @@ export class LocalPath {
 
   /** Ends a loan; a consuming one drops its entry when `consumed`, else gives it back. */
   returnLoan(loanId: string, consumed: boolean): void {
-    const loan = this.#loans.get(loanId);
+    const loan = this.#takeLoan(loanId);
     if (loan === undefined) throw new NotFoundError(`loan_id: no loan ${JSON.stringify(loanId)} (returned already, or its lease lapsed)`);
-    this.#loans.delete(loanId);
-    clearTimeout(loan.timer);
     const token = loan.lease.consumeToken;
     if (token === undefined) {
       loan.lease.release();
@@ -177,11 +174,7 @@ export class LocalPath {
   /** Ends every reservation (abandoned) and loan (given back): the daemon stops. */
   close(): void {
     for (const id of [...this.#reservations.keys()]) this.abort(id);
-    for (const [id, loan] of [...this.#loans]) {
-      this.#loans.delete(id);
-      clearTimeout(loan.timer);
-      loan.lease.release(false);
-    }
+    for (const id of [...this.#loans.keys()]) this.#takeLoan(id)!.lease.release(false);
   }
 
   #extents(name: string, size: number, block: Block): PartExtents {
@@ -196,11 +189,22 @@ export class LocalPath {
     return reservation;
   }
 
-  #endReservation(reservationId: string): void {
+  /** The reservation, out of the table with its timer stopped; undefined when it is over. */
+  #endReservation(reservationId: string): Reservation | undefined {
     const reservation = this.#reservations.get(reservationId);
-    if (reservation === undefined) return;
+    if (reservation === undefined) return undefined;
     clearTimeout(reservation.timer);
     this.#reservations.delete(reservationId);
+    return reservation;
+  }
+
+  /** The loan, out of the table with its timer stopped; undefined when it is over. */
+  #takeLoan(loanId: string): Loan | undefined {
+    const loan = this.#loans.get(loanId);
+    if (loan === undefined) return undefined;
+    clearTimeout(loan.timer);
+    this.#loans.delete(loanId);
+    return loan;
   }
 
   #abandon(reservation: Reservation): void {
@@ -215,18 +219,16 @@ export class LocalPath {
     }
   }
 
-  #lapse(kind: "reservation" | "loan", id: string): void {
-    if (kind === "reservation") {
-      const reservation = this.#reservations.get(id);
-      if (reservation === undefined) return;
-      this.#reservations.delete(id);
-      this.o.log.warn({ transferId: reservation.transferId, parts: [...reservation.writers.keys()] }, "a local reservation lapsed uncommitted: its parts are abandoned");
-      this.#abandon(reservation);
-      return;
-    }
-    const loan = this.#loans.get(id);
+  #lapseReservation(reservationId: string): void {
+    const reservation = this.#endReservation(reservationId);
+    if (reservation === undefined) return;
+    this.o.log.warn({ transferId: reservation.transferId, parts: [...reservation.writers.keys()] }, "a local reservation lapsed uncommitted: its parts are abandoned");
+    this.#abandon(reservation);
+  }
+
+  #lapseLoan(loanId: string): void {
+    const loan = this.#takeLoan(loanId);
     if (loan === undefined) return;
-    this.#loans.delete(id);
     this.o.log.warn({ transferId: loan.lease.entry.transferId }, "a local loan lapsed unreturned: the entry's parts are free again");
     loan.lease.release(false);
   }

@@ -254,12 +254,6 @@ async function decode(o: RoleOptions, req: RoleRequest): Promise<RoleOutcome> {
   return { kvDigest: digest, transferId };
 }
 
-function sizeOf(parts: ReadonlyMap<string, Buffer>): number {
-  let bytes = 0;
-  for (const b of parts.values()) bytes += b.length;
-  return bytes;
-}
-
 /**
  * Gets (consuming) the sealed entry, waiting up to kvWaitMs; pulls from `source` when given.
  * The entry is consumed once `done` resolves (a local read holds it until then).
@@ -274,16 +268,13 @@ async function fetchEntry(
     try {
       // The daemon answers when its wait runs out; timeoutMs only bounds a daemon that hangs.
       // On the daemon's node the layers are read in place (pulled from `source` first when
-      // not here): lent until `done`, which consumes the entry.
-      if ((await daemon.client.localPoolIfAny()) !== undefined) {
-        const loan = await daemon.client.getLocal(transferId, { consume: true, waitMs, source, timeoutMs: waitMs + 60_000 });
-        const parts = new Map([...loan.parts.keys()].map((name) => [name, loan.bytes(name)]));
-        o.metrics.kvGot(sizeOf(parts));
-        return { parts, done: () => loan.return() };
-      }
-      const got = await daemon.client.getStream(transferId, { consume: true, waitMs, source, timeoutMs: waitMs + 60_000 });
-      o.metrics.kvGot(sizeOf(got.parts));
-      return { parts: got.parts, done: async () => {} };
+      // not here), lent until `done`, which consumes the entry; elsewhere they are streamed.
+      const loan = await daemon.client.getLocal(transferId, { consume: true, waitMs, source, timeoutMs: waitMs + 60_000 });
+      const parts = new Map([...loan.parts.keys()].map((name) => [name, loan.bytes(name)]));
+      let bytes = 0;
+      for (const b of parts.values()) bytes += b.length;
+      o.metrics.kvGot(bytes);
+      return { parts, done: () => loan.return() };
     } catch (err) {
       const why = (err as Error).message;
       if (err instanceof DeadlineExceededError) {

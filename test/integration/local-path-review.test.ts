@@ -5,6 +5,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { InvalidArgumentError, NotFoundError, OutOfRangeError } from "../../src/errors.js";
 import { sleep } from "../helpers/daemon.js";
+import { metricValue, rejectionOf } from "../helpers/local-path.js";
 import { digest, seededBytes, startPeerDaemon, type PeerDaemon, type PeerDaemonOptions } from "../helpers/transfer.js";
 
 const started: PeerDaemon[] = [];
@@ -16,19 +17,6 @@ async function daemon(o: PeerDaemonOptions = {}): Promise<PeerDaemon> {
 afterAll(async () => {
   await Promise.all(started.map((d) => d.stop()));
 });
-
-async function rejectionOf(method: (req: unknown, cb: (err: unknown) => void) => unknown, request: unknown): Promise<Error> {
-  const { errorFromServiceError } = await import("../../src/grpc-errors.js");
-  return new Promise<Error>((resolve, reject) => {
-    method(request, (err) => (err ? resolve(errorFromServiceError(err as never)) : reject(new Error("it succeeded"))));
-  });
-}
-
-async function openReservations(d: PeerDaemon): Promise<number> {
-  const text = await (await fetch(`http://${String(d.proc.ready.metrics)}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith("kvferry_daemon_local_reservations "));
-  return Number(line?.split(" ")[1]);
-}
 
 describe("a commit that fails part-way", () => {
   it("ends the reservation once no part is left: its lapse does not drop the parts committed", async () => {
@@ -51,7 +39,7 @@ describe("a commit that fails part-way", () => {
     const short = await rejectionOf(d.client.raw.commit.bind(d.client.raw), { reservationId: w2.reservationId, parts: [{ name: "b", bytes: 49 }], seal: false });
     expect(short).toBeInstanceOf(InvalidArgumentError);
     // Neither reservation has a part left: both are over.
-    expect(await openReservations(d)).toBe(0);
+    expect(await metricValue(d, "kvferry_daemon_local_reservations")).toBe(0);
     // Well past both reservations' leases (the entries' own lease is the daemon's default, minutes).
     await sleep(4000);
     const got = await d.client.get("pw-1", { parts: ["a"], waitMs: 0 });
@@ -93,7 +81,7 @@ describe("odd requests never crash the daemon", () => {
     expect(await rejectionOf(d.client.raw.returnLoan.bind(d.client.raw), { loanId: "", consumed: true })).toBeInstanceOf(NotFoundError);
     const info = await d.client.serverInfo();
     expect(info.bytesUsed).toBe(0);
-    expect(await openReservations(d)).toBe(0);
+    expect(await metricValue(d, "kvferry_daemon_local_reservations")).toBe(0);
   });
 });
 
@@ -118,7 +106,7 @@ describe("a client whose daemon restarted", () => {
       expect(digest(loan.bytes("p"))).toBe(digest(seededBytes(1000, "after")));
       await loan.return();
       await expect(client.stat("after")).rejects.toBeInstanceOf(NotFoundError);
-      expect(await openReservations(second)).toBe(0);
+      expect(await metricValue(second, "kvferry_daemon_local_reservations")).toBe(0);
     } finally {
       client.close();
       reader.close();
@@ -136,7 +124,7 @@ describe("a Reserve whose caller gave up while it waited for room", () => {
     // Room comes back while the daemon would still wait (put_deadline_ms 8 s).
     await d.client.release("filler");
     await sleep(3000);
-    expect(await openReservations(d)).toBe(0);
+    expect(await metricValue(d, "kvferry_daemon_local_reservations")).toBe(0);
     expect((await d.client.serverInfo()).bytesUsed).toBe(0);
   });
 });

@@ -13,6 +13,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError } from "../../src/errors.js";
 import { MiB, REPO, sleep } from "../helpers/daemon.js";
 import { freePort } from "../helpers/ports.js";
+import { metricValue, rejectionOf } from "../helpers/local-path.js";
 import { digest, expectAllOk, seededBytes, startPeerDaemon, type PeerDaemon, type PeerDaemonOptions } from "../helpers/transfer.js";
 
 const started: PeerDaemon[] = [];
@@ -176,8 +177,8 @@ describe("clients that die or do not belong", () => {
     expect(await ok.line("header ")).toMatch(/"ok":true/);
     expect(await ok.line("mapped ")).toBe(String(256 * MiB));
     // Both counted on the daemons' /metrics.
-    expect(await metric(d, "kvferry_daemon_local_clients_refused_total")).toBe(1);
-    expect(await metric(allowed, "kvferry_daemon_local_clients_admitted_total")).toBe(1);
+    expect(await metricValue(d, "kvferry_daemon_local_clients_refused_total")).toBe(1);
+    expect(await metricValue(allowed, "kvferry_daemon_local_clients_admitted_total")).toBe(1);
   });
 
   it("a default socket path that is taken (another user's file in /tmp) leaves the daemon serving inline; a configured one fails its start, named", async () => {
@@ -298,18 +299,3 @@ describe("the local path and the rest of the store", () => {
     expect((await d.client.serverInfo()).bytesUsed).toBe(0);
   });
 });
-
-/** A metric's value (no labels) on the daemon's /metrics. */
-async function metric(d: PeerDaemon, name: string): Promise<number> {
-  const text = await (await fetch(`http://${String(d.proc.ready.metrics)}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return Number(line?.split(" ")[1]);
-}
-
-/** Calls a raw client method with `request` and returns the typed error it failed with. */
-async function rejectionOf(method: (req: unknown, cb: (err: unknown) => void) => unknown, request: unknown): Promise<Error> {
-  const { errorFromServiceError } = await import("../../src/grpc-errors.js");
-  return new Promise<Error>((resolve, reject) => {
-    method(request, (err) => (err ? resolve(errorFromServiceError(err as never)) : reject(new Error("it succeeded"))));
-  });
-}
