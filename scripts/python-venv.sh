@@ -11,7 +11,10 @@ cd "$(dirname "$0")/.."
 
 # Keep GRPC_TOOLS in step with the versions python/kvferry/_gen/ names (a new one changes the
 # stubs: run `npm run gen:python` and commit them) and with pyproject.toml's lower bounds.
-GRPC_TOOLS=1.85.1
+# 1.80.1 makes protobuf 6.31.1 gencode: the stubs must import inside vLLM's environment, whose
+# dependencies (nvidia-cutlass-dsl) hold protobuf below 7, and a runtime may not be older than
+# the gencode (a newer major is fine).
+GRPC_TOOLS=1.80.1
 PYTEST=9.2.0
 # The local path's zero-copy arrays are tested with numpy.
 NUMPY=2.2.6

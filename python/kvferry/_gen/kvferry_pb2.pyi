@@ -93,7 +93,7 @@ class CommitRequest(_message.Message):
     reservation_id: str
     parts: _containers.RepeatedCompositeFieldContainer[CommittedPart]
     seal: bool
-    def __init__(self, reservation_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[CommittedPart, _Mapping]]] = ..., seal: _Optional[bool] = ...) -> None: ...
+    def __init__(self, reservation_id: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[CommittedPart, _Mapping]]] = ..., seal: bool = ...) -> None: ...
 
 class CommittedPart(_message.Message):
     __slots__ = ("name", "bytes")
@@ -133,7 +133,7 @@ class LendRequest(_message.Message):
     consume: bool
     loan_ttl_ms: int
     source: str
-    def __init__(self, transfer_id: _Optional[str] = ..., parts: _Optional[_Iterable[str]] = ..., wait_ms: _Optional[int] = ..., consume: _Optional[bool] = ..., loan_ttl_ms: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+    def __init__(self, transfer_id: _Optional[str] = ..., parts: _Optional[_Iterable[str]] = ..., wait_ms: _Optional[int] = ..., consume: bool = ..., loan_ttl_ms: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class LendResponse(_message.Message):
     __slots__ = ("loan_id", "pool_id", "entry", "parts")
@@ -153,7 +153,7 @@ class ReturnLoanRequest(_message.Message):
     CONSUMED_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     consumed: bool
-    def __init__(self, loan_id: _Optional[str] = ..., consumed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, loan_id: _Optional[str] = ..., consumed: bool = ...) -> None: ...
 
 class ReturnLoanResponse(_message.Message):
     __slots__ = ()
@@ -183,7 +183,7 @@ class PutRequest(_message.Message):
     data: bytes
     seal: bool
     lease_ttl_ms: int
-    def __init__(self, transfer_id: _Optional[str] = ..., part: _Optional[str] = ..., data: _Optional[bytes] = ..., seal: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, transfer_id: _Optional[str] = ..., part: _Optional[str] = ..., data: _Optional[bytes] = ..., seal: bool = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
 
 class PutResponse(_message.Message):
     __slots__ = ("entry",)
@@ -211,7 +211,7 @@ class PutStreamHeader(_message.Message):
     size: int
     seal: bool
     lease_ttl_ms: int
-    def __init__(self, transfer_id: _Optional[str] = ..., part: _Optional[str] = ..., size: _Optional[int] = ..., seal: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, transfer_id: _Optional[str] = ..., part: _Optional[str] = ..., size: _Optional[int] = ..., seal: bool = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
 
 class PutStreamResponse(_message.Message):
     __slots__ = ("entry",)
@@ -287,7 +287,7 @@ class GetRequest(_message.Message):
     wait_ms: int
     source: str
     consume_lease_ms: int
-    def __init__(self, transfer_id: _Optional[str] = ..., parts: _Optional[_Iterable[str]] = ..., consume: _Optional[bool] = ..., wait_ms: _Optional[int] = ..., source: _Optional[str] = ..., consume_lease_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, transfer_id: _Optional[str] = ..., parts: _Optional[_Iterable[str]] = ..., consume: bool = ..., wait_ms: _Optional[int] = ..., source: _Optional[str] = ..., consume_lease_ms: _Optional[int] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("entry", "parts", "consume_token")
@@ -337,7 +337,7 @@ class GetStreamRequest(_message.Message):
     chunk_size: int
     source: str
     consume_lease_ms: int
-    def __init__(self, transfer_id: _Optional[str] = ..., parts: _Optional[_Iterable[str]] = ..., consume: _Optional[bool] = ..., wait_ms: _Optional[int] = ..., chunk_size: _Optional[int] = ..., source: _Optional[str] = ..., consume_lease_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, transfer_id: _Optional[str] = ..., parts: _Optional[_Iterable[str]] = ..., consume: bool = ..., wait_ms: _Optional[int] = ..., chunk_size: _Optional[int] = ..., source: _Optional[str] = ..., consume_lease_ms: _Optional[int] = ...) -> None: ...
 
 class GetStreamResponse(_message.Message):
     __slots__ = ("entry", "part", "part_size", "offset", "chunk", "consume_token")
@@ -387,7 +387,7 @@ class PartInfo(_message.Message):
     name: str
     size: int
     complete: bool
-    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., complete: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., complete: bool = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
@@ -459,7 +459,7 @@ class BatchTransferRequest(_message.Message):
     deadline_ms: int
     keep_source: bool
     lease_ttl_ms: int
-    def __init__(self, transfer_ids: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., mode: _Optional[_Union[TransferMode, str]] = ..., deadline_ms: _Optional[int] = ..., keep_source: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, transfer_ids: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ..., mode: _Optional[_Union[TransferMode, str]] = ..., deadline_ms: _Optional[int] = ..., keep_source: bool = ..., lease_ttl_ms: _Optional[int] = ...) -> None: ...
 
 class BatchTransferResponse(_message.Message):
     __slots__ = ("results",)

@@ -6,7 +6,7 @@ import warnings
 
 from . import kvferry_pb2 as kvferry_dot_v1_dot_kvferry__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class KvFerryStub:
+class KvFerryStub(object):
     """The daemon's client API. Served on 127.0.0.1 by default.
     buf:lint:ignore SERVICE_SUFFIX
     """
@@ -129,7 +129,7 @@ class KvFerryStub:
                 _registered_method=True)
 
 
-class KvFerryServicer:
+class KvFerryServicer(object):
     """The daemon's client API. Served on 127.0.0.1 by default.
     buf:lint:ignore SERVICE_SUFFIX
     """
@@ -434,7 +434,7 @@ def add_KvFerryServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class KvFerry:
+class KvFerry(object):
     """The daemon's client API. Served on 127.0.0.1 by default.
     buf:lint:ignore SERVICE_SUFFIX
     """
