@@ -26,7 +26,8 @@ class DaemonLink:
         self.source: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name="kvferry-daemon-link", daemon=True)
         self._thread.start()
-        self.submit(self._learn_source)
+        self._learning = False
+        self.learn_source()
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._idle:
@@ -58,7 +59,15 @@ class DaemonLink:
         self._thread.join(self.settings.call_timeout_s)
         self.client.close()
 
+    def learn_source(self) -> None:
+        """Asks the daemon who this node is (in the background), unless known or being asked."""
+        if self.source or self._learning:
+            return
+        self._learning = True
+        self.submit(self._learn_source)
+
     def _learn_source(self) -> None:
+        self._learning = False
         try:
             info = self.client.server_info()
             nodes = self.client.list_nodes()

@@ -169,6 +169,7 @@ class SchedulerSide:
         rid = request.request_id
         save = self._saves.pop(rid, None)
         if save is not None:
+            self.link.learn_source()  # for the next ones, if the daemon was down at the start
             if save.sent and request.status in _HANDED_ON:
                 return False, {
                     "transfer_id": save.transfer_id, "do_remote_prefill": True, "do_remote_decode": False, **self.link.source,

@@ -20,6 +20,9 @@ class Link:
         self.released: list[str] = []
         self.source = {"source_node": "127.0.0.1:7001", "source_node_id": "node-a"}
 
+    def learn_source(self) -> None:
+        pass
+
     def release_later(self, transfer_id: str, why: str) -> None:
         self.released.append(transfer_id)
 
