@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -50,6 +51,24 @@ class _Saving:
     writer: kvferry.LocalWriter | None
     ids: torch.Tensor
     failed: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Stats:
+    """What this worker moved, for logs and benches: bytes and the wall time from the first
+    layer's copy to the sealing commit (saves) / from the loan to the last copy (loads)."""
+
+    saves: int = 0
+    save_bytes: int = 0
+    save_s: float = 0.0
+    loads: int = 0
+    load_bytes: int = 0
+    load_s: float = 0.0
+
+    def gbps(self, what: str) -> float:
+        n, s = (self.save_bytes, self.save_s) if what == "save" else (self.load_bytes, self.load_s)
+        return n / s / 1e9 if s > 0 else 0.0
 
 
 @dataclass
@@ -81,6 +100,7 @@ class WorkerSide:
         self._step_sync: list[_Loading] = []
         self._finished_recving: set[str] = set()
         self._load_errors: set[int] = set()
+        self.stats = Stats()
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -179,10 +199,24 @@ class WorkerSide:
                 if event is not None:
                     event.synchronize()
                 s.writer.commit(names, seal=seal)
+                if seal:
+                    self._saved(s)
             except Exception as err:
                 self._save_failed(s, f"committing {names[0]}: {err}")
             finally:
                 self._commits.task_done()
+
+    def _saved(self, s: _Saving) -> None:
+        g = self.geometry
+        assert g is not None
+        n = len(s.spec.block_ids) * g.block_bytes * len(g.layers)
+        took = time.perf_counter() - s.started
+        with self._lock:
+            self.stats.saves += 1
+            self.stats.save_bytes += n
+            self.stats.save_s += took
+        log.info("kvferry: saved %s: %d tokens, %.1f MiB in %.1f ms (%.2f GB/s)", s.spec.transfer_id, s.spec.num_tokens,
+                 n / 2**20, took * 1e3, n / took / 1e9 if took else 0)
 
     def wait_for_save(self) -> None:
         if self._saving:
@@ -228,12 +262,21 @@ class WorkerSide:
             loan = self.link.client.get_local(
                 spec.transfer_id, consume=True, wait_ms=self.link.settings.load_wait_ms, source=spec.source,
             )
+            started = time.perf_counter()
             try:
                 self._copy_in(job, g, loan)
             except BaseException:
                 loan.release(consumed=False)
                 raise
+            took = time.perf_counter() - started
             loan.release(consumed=True)
+            n = len(spec.block_ids) * g.block_bytes * len(g.layers)
+            with self._lock:
+                self.stats.loads += 1
+                self.stats.load_bytes += n
+                self.stats.load_s += took
+            log.info("kvferry: loaded %s: %d tokens, %.1f MiB in %.1f ms (%.2f GB/s)", spec.transfer_id, spec.num_tokens,
+                     n / 2**20, took * 1e3, n / took / 1e9 if took else 0)
         except _Cancelled:
             log.info("kvferry: load of %s (request %s) cancelled", spec.transfer_id, spec.req_id)
             self.link.release_later(spec.transfer_id, "its load was cancelled")
