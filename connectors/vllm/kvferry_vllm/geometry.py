@@ -121,7 +121,25 @@ def gather(kv: torch.Tensor, g: Geometry, ids: torch.Tensor) -> torch.Tensor:
 
 def scatter(kv: torch.Tensor, g: Geometry, ids: torch.Tensor, blocks: torch.Tensor) -> None:
     """Writes `blocks` ([n, *block_shape], on kv's device) into the blocks `ids` of one layer."""
+    if kv.device.type == "cpu":
+        # A copy per run of consecutive ids: index_copy_ manages a third of that on a CPU.
+        at = 0
+        for start, n in runs(ids.tolist()):
+            kv.narrow(g.block_dim, start, n).copy_(blocks[at:at + n] if g.block_dim == 0 else blocks[at:at + n].movedim(0, g.block_dim))
+            at += n
+        return
     kv.index_copy_(g.block_dim, ids, blocks if g.block_dim == 0 else blocks.movedim(0, g.block_dim))
+
+
+def runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """(first id, count) of each run of consecutive ids, in order."""
+    out: list[tuple[int, int]] = []
+    for i in ids:
+        if out and out[-1][0] + out[-1][1] == i:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((i, 1))
+    return out
 
 
 def host_views(views: Sequence[memoryview]) -> list[torch.Tensor]:

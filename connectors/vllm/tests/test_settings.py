@@ -105,3 +105,9 @@ def test_geometry_refusals_name_the_difference():
         assert fragment in str(e.value)
     with pytest.raises(GeometryError, match="hybrid"):
         Geometry.of({"a": torch.zeros(4, 2, 16, 32), "b": torch.zeros(4, 1, 16, 32)}, 4, 16)
+
+
+def test_runs_of_consecutive_block_ids():
+    from kvferry_vllm.geometry import runs
+
+    assert runs([3, 4, 5, 9, 1, 2]) == [(3, 3), (9, 1), (1, 2)] and runs([]) == []
