@@ -88,7 +88,8 @@ class LocalPool:
         try:
             if header.get("poolId") != local.pool_id:
                 raise UnavailableError(f"{local.socket} serves another daemon's pool than the one at {address} (on another host?)")
-            mapping = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            # MAP_POPULATE: the pool's pages are mapped now, not faulted in one by one by the first copies.
+            mapping = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)
         return cls(local.pool_id, local.socket, mapping)
