@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-REQS=connectors/vllm/requirements-test.txt
+# KVFERRY_VLLM_REQUIREMENTS picks another vLLM (connectors/vllm/requirements-test-0.33.txt).
+REQS=${KVFERRY_VLLM_REQUIREMENTS:-connectors/vllm/requirements-test.txt}
 hash=$(sha256sum "$REQS" | cut -c1-12)
 VENV=${KVFERRY_VLLM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/kvferry/vllm-venv-$hash}
 PYTHON=${PYTHON:-python3}

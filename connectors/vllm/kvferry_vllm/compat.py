@@ -2,7 +2,8 @@
 
 vLLM's connector API (KVConnectorBase_V1 with the 3-argument constructor, a `None` from
 get_num_new_matched_tokens, get_block_ids_with_load_errors, KVCacheBlocks'
-get_unhashed_block_ids) is the same from 0.26 to 0.34; older releases differ (a 2-argument
+get_unhashed_block_ids) is the same from 0.26 to 0.34 (the tests run against 0.26.0 and 0.33.0;
+0.34.0 was read, not run: it cannot be installed from PyPI); older releases differ (a 2-argument
 constructor) and newer ones are unknown. Importing this module with another vLLM raises
 UnsupportedVllmError saying which versions work."""
 from __future__ import annotations

@@ -79,6 +79,14 @@ def kv_caches(num_blocks: int, layer_names: list[str], layout: str) -> dict[str,
     return out
 
 
+def kv_cache_tensor(page: int, num_blocks: int, name: str) -> KVCacheTensor:
+    """One layer's own allocation, in the version's terms (0.33 placed layers by strides)."""
+    fields = KVCacheTensor.__dataclass_fields__
+    if "shared_by" in fields:  # 0.26
+        return KVCacheTensor(size=page * num_blocks, shared_by=[name])
+    return KVCacheTensor(size=page * num_blocks, layers=[name], layer_stride=page * num_blocks, block_stride=page)
+
+
 @dataclass
 class Instance:
     """One vLLM instance: its scheduler, its worker's connector, its KV cache."""
@@ -124,7 +132,7 @@ class Instance:
         page = spec.page_size_bytes
         kv_config = KVCacheConfig(
             num_blocks=num_blocks,
-            kv_cache_tensors=[KVCacheTensor(size=page * num_blocks, shared_by=[n]) for n in names],
+            kv_cache_tensors=[kv_cache_tensor(page, num_blocks, n) for n in names],
             kv_cache_groups=[KVCacheGroupSpec(names, spec)],
         )
         config.cache_config.num_gpu_blocks = num_blocks
