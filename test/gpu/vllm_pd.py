@@ -9,10 +9,11 @@
      proxy and to the reference: the token ids must be equal; the daemons must end empty;
   4. time to first token through the proxy vs the reference, and where the time goes.
 
-    python3 test/gpu/vllm_pd.py --out DIR [--node PATH] [--prompts 50]
+    python3 test/gpu/vllm_pd.py --out DIR [--work DIR] [--node PATH] [--prompts 50]
 
-Everything listens on 127.0.0.1. Logs of every process land in --out. Exit status 0 when every
-output matched and nothing was left, 1 otherwise."""
+Everything listens on 127.0.0.1. The model and every process's log live in --work; --out gets
+results.json and logs.tgz (the device tool brings back a few files only). Exit status 0 when
+every output matched and nothing was left, 1 otherwise."""
 from __future__ import annotations
 
 import argparse
@@ -160,6 +161,7 @@ def metric_sum_count(text: str, name: str) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/kvf-pd"))
     ap.add_argument("--node", default=os.environ.get("KVFERRY_NODE", "node"))
     ap.add_argument("--prompts", type=int, default=50)
     ap.add_argument("--max-tokens", type=int, default=24)
@@ -168,7 +170,9 @@ def main() -> int:
     ap.add_argument("--transfer", default="push")
     ap.add_argument("--vllm-args", default="--enforce-eager")
     args = ap.parse_args()
-    out: Path = args.out
+    final: Path = args.out
+    final.mkdir(parents=True, exist_ok=True)
+    out: Path = args.work
     out.mkdir(parents=True, exist_ok=True)
     model = out / "model"
     t0 = time.perf_counter()
@@ -184,7 +188,7 @@ def main() -> int:
         for i, (client, peer, data, metrics) in enumerate([(50051, 50061, 50071, 50081), (50052, 50062, 50072, 50082)]):
             procs.start(f"daemon-{'ab'[i]}", kvf + [
                 "daemon", "--listen", f"127.0.0.1:{client}", "--peer-listen", f"127.0.0.1:{peer}", "--data-listen", f"127.0.0.1:{data}",
-                "--kv-buffer-size", "8GiB", "--cluster-token", "kvferry-gpu-run", "--metrics-listen", f"127.0.0.1:{metrics}",
+                "--kv-buffer-size", "2GiB", "--cluster-token", "kvferry-gpu-run", "--metrics-listen", f"127.0.0.1:{metrics}",
                 "--node-id", f"node-{'ab'[i]}",
             ])
         for port in (50081, 50082):
@@ -266,9 +270,18 @@ def main() -> int:
                 "load": statistics.mean(loads) if loads else None,
             },
         }
+    except Exception as err:
+        results = {"error": str(err)}
+        raise
     finally:
         procs.stop()
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+        (final / "results.json").write_text(json.dumps(results, indent=1))
+        subprocess.run(["tar", "czf", str(final / "logs.tgz"), "-C", str(out), *[p.name for p in out.iterdir() if p.suffix in (".log", ".metrics")]])
+        for name in ("vllm-producer", "vllm-consumer", "proxy"):
+            f = out / f"{name}.log"
+            if f.exists():
+                lines = [ln for ln in f.read_text(errors="replace").splitlines() if "kvferry" in ln or "Error" in ln or "error" in ln][-8:]
+                print(f"--- {name}: {len(lines)} lines with kvferry/error (last)\n  " + "\n  ".join(ln[:300] for ln in lines), flush=True)
     print(json.dumps(results, indent=1))
     return 0 if results and results["matched"] == results["cases"] and not any(results["entries_left"].values()) else 1
 
