@@ -168,6 +168,7 @@ def main() -> int:
     ap.add_argument("--gpu-share", type=float, default=0.25)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--transfer", default="push")
+    ap.add_argument("--dtype", default="float32", help="of every instance: in bfloat16 a random model's near-tied logits flip with the kernels' rounding")
     ap.add_argument("--vllm-args", default="--enforce-eager")
     args = ap.parse_args()
     final: Path = args.out
@@ -182,7 +183,9 @@ def main() -> int:
     procs = Procs(out)
     kvf = [args.node, str(REPO / "bin" / "kvferry.js")]
     env_py = {"PYTHONPATH": os.pathsep.join([str(REPO / "python"), str(REPO / "connectors" / "vllm"), os.environ.get("PYTHONPATH", "")]),
-              "HF_HUB_OFFLINE": "1", "NO_PRETTY": "1", "PYTHONUNBUFFERED": "1"}
+              "HF_HUB_OFFLINE": "1", "NO_PRETTY": "1", "PYTHONUNBUFFERED": "1",
+              # FlashInfer is not shipped (scripts/gpu): its sampler would import it.
+              "VLLM_USE_FLASHINFER_SAMPLER": "0"}
     results: dict = {}
     try:
         for i, (client, peer, data, metrics) in enumerate([(50051, 50061, 50071, 50081), (50052, 50062, 50072, 50082)]):
@@ -193,7 +196,7 @@ def main() -> int:
             ])
         for port in (50081, 50082):
             wait_http(f"http://127.0.0.1:{port}/health", procs, 120, "daemon")
-        vllm = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--dtype", "bfloat16",
+        vllm = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--dtype", args.dtype,
                 "--max-model-len", "8192", "--gpu-memory-utilization", str(args.gpu_share), "--seed", "0",
                 "--attention-backend", "TRITON_ATTN", *args.vllm_args.split()]
 

@@ -28,9 +28,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvferry_vllm")
 
 
+def _log_where_vllm_logs() -> None:
+    """The connector's records go to vLLM's handlers, at vLLM's level (vLLM configures only its
+    own logger; records still propagate, as pytest's caplog expects)."""
+    vllm_log = logging.getLogger("vllm")
+    if log.handlers or not vllm_log.handlers:
+        return
+    for h in vllm_log.handlers:
+        log.addHandler(h)
+    log.setLevel(vllm_log.getEffectiveLevel())
+
+
 class KvferryConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole, kv_cache_config: KVCacheConfig | None = None) -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        _log_where_vllm_logs()
         transfer = vllm_config.kv_transfer_config
         parallel = vllm_config.parallel_config
         for what, size in (("tensor_parallel_size", parallel.tensor_parallel_size), ("pipeline_parallel_size", parallel.pipeline_parallel_size)):
