@@ -89,6 +89,17 @@ class Procs:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
 
+    def stop_one(self, name: str) -> None:
+        for n, p in self.procs:
+            if n == name and p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        self.procs = [(n, p) for n, p in self.procs if n != name]
+
     def check(self) -> None:
         for name, p in self.procs:
             if p.poll() is not None:
@@ -167,7 +178,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--gpu-share", type=float, default=0.25)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--transfer", default="push")
+    ap.add_argument("--transfer", default="push,pull", help="the proxy's transfer modes, run one after the other")
     ap.add_argument("--dtype", default="float32", help="of every instance: in bfloat16 a random model's near-tied logits flip with the kernels' rounding")
     ap.add_argument("--vllm-args", default="--enforce-eager")
     args = ap.parse_args()
@@ -186,7 +197,7 @@ def main() -> int:
               "HF_HUB_OFFLINE": "1", "NO_PRETTY": "1", "PYTHONUNBUFFERED": "1",
               # FlashInfer is not shipped (scripts/gpu): its sampler would import it.
               "VLLM_USE_FLASHINFER_SAMPLER": "0"}
-    results: dict = {}
+    results: dict = {"dtype": args.dtype}
     try:
         for i, (client, peer, data, metrics) in enumerate([(50051, 50061, 50071, 50081), (50052, 50062, 50072, 50082)]):
             procs.start(f"daemon-{'ab'[i]}", kvf + [
@@ -213,66 +224,72 @@ def main() -> int:
             procs.start(name, vllm + ["--port", str(port), *extra], env_py)
             wait_http(f"http://127.0.0.1:{port}/health", procs, 600, name)
             print(f"{name} up in {time.perf_counter() - t:.0f} s", flush=True)
-        procs.start("proxy", kvf + ["proxy", "--listen", "127.0.0.1:8000", "--prefill", "http://127.0.0.1:8100=127.0.0.1:50051",
-                                    "--decode", "http://127.0.0.1:8200=127.0.0.1:50052", "--transfer", args.transfer])
-        wait_http("http://127.0.0.1:8000/health", procs, 60, "proxy")
+        done_saves = done_loads = 0
+        for k, mode in enumerate(args.transfer.split(",")):
+            rng = random.Random(2 + k)  # other prompts per mode: no prefix-cache hits from the last
+            lengths = [16, 4000] + [int(16 * (250 ** rng.random())) for _ in range(args.prompts - 2)]
+            cases = []
+            for i, n in enumerate(lengths):
+                text = " ".join(rng.choice(words) for _ in range(n))
+                chat, streamed = i % 2 == 1, (i // 2) % 2 == 1
+                cases.append((i, n, chat, streamed, text))
+            procs.start(f"proxy-{mode}", kvf + ["proxy", "--listen", "127.0.0.1:8000", "--prefill", "http://127.0.0.1:8100=127.0.0.1:50051",
+                                        "--decode", "http://127.0.0.1:8200=127.0.0.1:50052", "--transfer", mode])
+            wait_http("http://127.0.0.1:8000/health", procs, 60, "proxy")
 
-        rng = random.Random(2)
-        lengths = [16, 4000] + [int(16 * (250 ** rng.random())) for _ in range(args.prompts - 2)]
-        cases = []
-        for i, n in enumerate(lengths):
-            text = " ".join(rng.choice(words) for _ in range(n))
-            chat, streamed = i % 2 == 1, (i // 2) % 2 == 1
-            cases.append((i, n, chat, streamed, text))
-        matched = 0
-        mismatches = []
-        ttft = {"proxy": [], "reference": []}
-        for i, n, chat, streamed, text in cases:
-            common = {"model": str(model), "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
-            if chat:
-                path, body = "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": text}]}
-            else:
-                path, body = "/v1/completions", {**common, "prompt": text}
-            got = {}
-            for who, base in (("reference", "http://127.0.0.1:8300"), ("proxy", "http://127.0.0.1:8000")):
-                if streamed:
-                    ids, _, first = stream(base + path, {**body, "stream": True})
-                    ttft[who].append(first)
+            matched = 0
+            mismatches = []
+            ttft = {"proxy": [], "reference": []}
+            for i, n, chat, streamed, text in cases:
+                common = {"model": str(model), "max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
+                if chat:
+                    path, body = "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": text}]}
                 else:
-                    data, _ = post(base + path, body)
-                    ids = ids_of(data)
-                got[who] = ids
-            ok = got["proxy"] == got["reference"] and len(got["reference"]) == args.max_tokens
-            matched += ok
-            if not ok:
-                mismatches.append({"case": i, "tokens": n, "chat": chat, "stream": streamed, "proxy": got["proxy"], "reference": got["reference"]})
-            print(f"case {i:2d} {n:5d} words {'chat' if chat else 'completion':10s} {'stream' if streamed else 'whole':6s} {'ok' if ok else 'DIFFERENT'}", flush=True)
+                    path, body = "/v1/completions", {**common, "prompt": text}
+                got = {}
+                for who, base in (("reference", "http://127.0.0.1:8300"), ("proxy", "http://127.0.0.1:8000")):
+                    if streamed:
+                        ids, _, first = stream(base + path, {**body, "stream": True})
+                        ttft[who].append(first)
+                    else:
+                        data, _ = post(base + path, body)
+                        ids = ids_of(data)
+                    got[who] = ids
+                ok = got["proxy"] == got["reference"] and len(got["reference"]) == args.max_tokens
+                matched += ok
+                if not ok:
+                    mismatches.append({"case": i, "tokens": n, "chat": chat, "stream": streamed, "proxy": got["proxy"], "reference": got["reference"]})
+                print(f"case {i:2d} {n:5d} words {'chat' if chat else 'completion':10s} {'stream' if streamed else 'whole':6s} {'ok' if ok else 'DIFFERENT'}", flush=True)
 
-        time.sleep(2)  # releases are not waited for by the proxy's answer
-        entries = {}
-        for name, port in (("a", 50081), ("b", 50082)):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-                text = r.read().decode()
-            m = re.findall(r"^kvferry_daemon_entries(?:\{[^}]*\})? (\S+)$", text, re.M)
-            entries[name] = sum(float(x) for x in m)
-            (out / f"daemon-{name}.metrics").write_text(text)
-        with urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=10) as r:
-            proxy_metrics = r.read().decode()
-        (out / "proxy.metrics").write_text(proxy_metrics)
-        prefill_s, prefill_n = metric_sum_count(proxy_metrics, "kvferry_proxy_prefill_duration_seconds")
-        push_s, push_n = metric_sum_count(proxy_metrics, "kvferry_proxy_kv_transfer_seconds")
-        saves = [float(x) for x in re.findall(r"kvferry: saved \S+: \d+ tokens, \S+ MiB in (\S+) ms", (out / "vllm-producer.log").read_text())]
-        loads = [float(x) for x in re.findall(r"kvferry: loaded \S+: \d+ tokens, \S+ MiB in (\S+) ms", (out / "vllm-consumer.log").read_text())]
-        results = {
-            "cases": len(cases), "matched": matched, "mismatches": mismatches[:5], "entries_left": entries,
-            "ttft_ms": {who: {"p50": pct(v, 0.5) * 1e3, "p99": pct(v, 0.99) * 1e3} for who, v in ttft.items() if v},
-            "mean_ms": {
-                "prefill_call": prefill_s / prefill_n * 1e3 if prefill_n else None,
-                "push": push_s / push_n * 1e3 if push_n else None,
-                "save_first_layer_to_seal": statistics.mean(saves) if saves else None,
-                "load": statistics.mean(loads) if loads else None,
-            },
-        }
+            time.sleep(2)  # releases are not waited for by the proxy's answer
+            entries = {}
+            for name, port in (("a", 50081), ("b", 50082)):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    text = r.read().decode()
+                m = re.findall(r"^kvferry_daemon_entries(?:\{[^}]*\})? (\S+)$", text, re.M)
+                entries[name] = sum(float(x) for x in m)
+                (out / f"daemon-{name}-{mode}.metrics").write_text(text)
+            with urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=10) as r:
+                proxy_metrics = r.read().decode()
+            (out / f"proxy-{mode}.metrics").write_text(proxy_metrics)
+            prefill_s, prefill_n = metric_sum_count(proxy_metrics, "kvferry_proxy_prefill_duration_seconds")
+            push_s, push_n = metric_sum_count(proxy_metrics, "kvferry_proxy_kv_transfer_seconds")
+            saves = [float(x) for x in re.findall(r"kvferry: saved \S+: \d+ tokens, \S+ MiB in (\S+) ms", (out / "vllm-producer.log").read_text())]
+            loads = [float(x) for x in re.findall(r"kvferry: loaded \S+: \d+ tokens, \S+ MiB in (\S+) ms", (out / "vllm-consumer.log").read_text())]
+            seen_saves, seen_loads = len(saves), len(loads)
+            saves, loads = saves[done_saves:], loads[done_loads:]
+            done_saves, done_loads = seen_saves, seen_loads
+            results[mode] = {
+                "cases": len(cases), "matched": matched, "mismatches": mismatches[:5], "entries_left": entries,
+                "ttft_ms": {who: {"p50": pct(v, 0.5) * 1e3, "p99": pct(v, 0.99) * 1e3} for who, v in ttft.items() if v},
+                "mean_ms": {
+                    "prefill_call": prefill_s / prefill_n * 1e3 if prefill_n else None,
+                    "push": push_s / push_n * 1e3 if push_n else None,
+                    "save_first_layer_to_seal": statistics.mean(saves) if saves else None,
+                    "load": statistics.mean(loads) if loads else None,
+                },
+            }
+            procs.stop_one(f"proxy-{mode}")
     except Exception as err:
         results = {"error": str(err)}
         raise
@@ -280,13 +297,14 @@ def main() -> int:
         procs.stop()
         (final / "results.json").write_text(json.dumps(results, indent=1))
         subprocess.run(["tar", "czf", str(final / "logs.tgz"), "-C", str(out), *[p.name for p in out.iterdir() if p.suffix in (".log", ".metrics")]])
-        for name in ("vllm-producer", "vllm-consumer", "proxy"):
+        for name in ("vllm-producer", "vllm-consumer"):
             f = out / f"{name}.log"
             if f.exists():
                 lines = [ln for ln in f.read_text(errors="replace").splitlines() if "kvferry" in ln or "Error" in ln or "error" in ln][-8:]
                 print(f"--- {name}: {len(lines)} lines with kvferry/error (last)\n  " + "\n  ".join(ln[:300] for ln in lines), flush=True)
     print(json.dumps(results, indent=1))
-    return 0 if results and results["matched"] == results["cases"] and not any(results["entries_left"].values()) else 1
+    modes = [v for v in results.values() if isinstance(v, dict)]
+    return 0 if modes and all(m["matched"] == m["cases"] and not any(m["entries_left"].values()) for m in modes) else 1
 
 
 if __name__ == "__main__":
