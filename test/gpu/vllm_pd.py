@@ -291,7 +291,7 @@ def main() -> int:
             }
             procs.stop_one(f"proxy-{mode}")
     except Exception as err:
-        results = {"error": str(err)}
+        results["error"] = str(err)
         raise
     finally:
         procs.stop()
