@@ -95,6 +95,8 @@ export PATH=$DEST/bin:$DEST/node/bin:\$PATH
 export PYTHONPATH=$DEST/site:$DEST/app/python:$DEST/app/connectors/vllm\${PYTHONPATH:+:\$PYTHONPATH}
 export KVFERRY_NODE=$DEST/node/bin/node
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+# FlashInfer is not carried: its sampler would import it (vLLM then uses its PyTorch sampler).
+export VLLM_USE_FLASHINFER_SAMPLER=0
 EOF
 if ((CHECK)); then
   say "checking (scripts/gpu/check.py)"
