@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 
 import kvferry
-from spawned_daemon import SpawnedDaemon, daemon_args
+from spawned_daemon import SpawnedDaemon, daemon_args, daemon_pair
 
 #: The cluster token of the daemons that transfer between each other.
 TOKEN = "kvferry-pytest-token"
@@ -32,15 +32,8 @@ def client(daemon: SpawnedDaemon) -> Iterator[kvferry.Client]:
 @pytest.fixture(scope="module")
 def peers() -> Iterator[tuple[SpawnedDaemon, SpawnedDaemon]]:
     """Two daemons with the same cluster token: a source and a target."""
-    a = SpawnedDaemon(daemon_args(TOKEN), name="source daemon")
-    try:
-        b = SpawnedDaemon(daemon_args(TOKEN), name="target daemon")
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    b.stop()
-    a.stop()
+    with daemon_pair(TOKEN, ("source daemon", "target daemon")) as pair:
+        yield pair
 
 
 @pytest.fixture

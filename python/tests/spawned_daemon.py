@@ -4,6 +4,7 @@ names its three addresses; stopped with SIGTERM (SIGKILL if it does not exit in 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "bin" / "kvferry.js"
@@ -84,3 +86,19 @@ def daemon_args(token: str | None = None, pool: str = "64MiB") -> list[str]:
     args = ["--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
             "--kv-buffer-size", pool]
     return args + (["--cluster-token", token] if token else [])
+
+
+@contextlib.contextmanager
+def daemon_pair(token: str, names: tuple[str, str], pool: str = "64MiB") -> Iterator[tuple[SpawnedDaemon, SpawnedDaemon]]:
+    """Two daemons with the same cluster token (they transfer between each other), stopped on exit."""
+    a = SpawnedDaemon(daemon_args(token, pool=pool), name=names[0])
+    try:
+        b = SpawnedDaemon(daemon_args(token, pool=pool), name=names[1])
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "python" / "tests"))
 
 import kvferry  # noqa: E402
-from spawned_daemon import SpawnedDaemon, daemon_args  # noqa: E402
+from spawned_daemon import SpawnedDaemon, daemon_pair  # noqa: E402
 
 TOKEN = "kvferry-vllm-pytest"
 CALL_TIMEOUT_S = 60.0
@@ -22,15 +22,8 @@ CALL_TIMEOUT_S = 60.0
 @pytest.fixture(scope="module")
 def daemons() -> Iterator[tuple[SpawnedDaemon, SpawnedDaemon]]:
     """The prefill node's daemon and the decode node's."""
-    a = SpawnedDaemon(daemon_args(TOKEN, pool="256MiB"), name="prefill daemon")
-    try:
-        b = SpawnedDaemon(daemon_args(TOKEN, pool="256MiB"), name="decode daemon")
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    b.stop()
-    a.stop()
+    with daemon_pair(TOKEN, ("prefill daemon", "decode daemon"), pool="256MiB") as pair:
+        yield pair
 
 
 @pytest.fixture
