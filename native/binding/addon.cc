@@ -130,6 +130,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Object o = info[0].As<Napi::Object>();
     EngineOptions options;
     options.pool_size = ToU64(o.Get("poolSize"), "poolSize");
+    if (o.Has("protocol")) options.protocol = o.Get("protocol").ToString().Utf8Value();
     if (o.Has("token")) options.token = o.Get("token").ToString().Utf8Value();
     if (o.Has("listenHost")) options.listen_host = o.Get("listenHost").ToString().Utf8Value();
     if (o.Has("listenPort")) options.listen_port = static_cast<uint16_t>(ToU64(o.Get("listenPort"), "listenPort"));

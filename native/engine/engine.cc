@@ -10,41 +10,18 @@
 #include "engine/completion_queue.h"
 #include "engine/handle_table.h"
 #include "engine/memory_pool.h"
-#include "engine/tcp/socket_io.h"
-#include "engine/tcp/tcp_transport.h"
-#include "engine/tcp/wire.h"
 #include "engine/transport.h"
+#include "engine/transport_factory.h"
 
 namespace kvferry {
 
 namespace {
 
-constexpr int kMaxConnectionsPerPeer = 64;
-constexpr uint64_t kMinSliceBytes = 1024;
-constexpr uint64_t kMaxSliceBytes = 1ull << 30;
-constexpr int kMaxHandshakeTimeoutMs = 60000;
-
+// The engine's own options, then its transport's (checked by the transport's factory entry).
 Status ValidateOptions(const EngineOptions& o) {
-  auto invalid = [](const std::string& what) { return Status(Code::kInvalidArgument, what); };
-  if (o.pool_size == 0) return invalid("pool_size must be positive");
-  if (o.token.size() > tcp::kMaxTokenBytes) {
-    return invalid("token is longer than " + std::to_string(tcp::kMaxTokenBytes) + " bytes");
-  }
-  if (o.connections_per_peer < 1 || o.connections_per_peer > kMaxConnectionsPerPeer) {
-    return invalid("connections_per_peer must be in [1, " + std::to_string(kMaxConnectionsPerPeer) + "], got " +
-                   std::to_string(o.connections_per_peer));
-  }
-  if (o.slice_bytes < kMinSliceBytes || o.slice_bytes > kMaxSliceBytes) {
-    return invalid("slice_bytes must be in [" + std::to_string(kMinSliceBytes) + ", " +
-                   std::to_string(kMaxSliceBytes) + "], got " + std::to_string(o.slice_bytes));
-  }
-  if (o.max_queued_ops == 0) return invalid("max_queued_ops must be positive");
-  if (o.io_timeout_ms <= 0) return invalid("io_timeout_ms must be positive, got " + std::to_string(o.io_timeout_ms));
-  if (o.handshake_timeout_ms <= 0 || o.handshake_timeout_ms > kMaxHandshakeTimeoutMs) {
-    return invalid("handshake_timeout_ms must be in [1, " + std::to_string(kMaxHandshakeTimeoutMs) + "], got " +
-                   std::to_string(o.handshake_timeout_ms));
-  }
-  return Status::Ok();
+  if (o.pool_size == 0) return Status(Code::kInvalidArgument, "pool_size must be positive");
+  if (o.max_queued_ops == 0) return Status(Code::kInvalidArgument, "max_queued_ops must be positive");
+  return CheckTransportOptions(o);
 }
 
 class EngineImpl final : public Engine {
@@ -66,15 +43,8 @@ class EngineImpl final : public Engine {
     context.handles = &handles_;
     context.counters = &counters_;
     context.complete_ops = [this](std::vector<Completion>* batch) { OnOpsCompleted(batch); };
-    tcp::TcpTransportOptions t;
-    t.token = options_.token;
-    t.listen_host = options_.listen_host;
-    t.listen_port = options_.listen_port;
-    t.connections_per_peer = options_.connections_per_peer;
-    t.slice_bytes = options_.slice_bytes;
-    t.io_timeout_ms = options_.io_timeout_ms;
-    t.handshake_timeout_ms = options_.handshake_timeout_ms;
-    transport_ = std::make_unique<tcp::TcpTransport>(context, t);
+    Status s = CreateTransport(options_, context, &transport_);
+    if (!s.ok()) return s;
     return transport_->Start();
   }
 
@@ -116,7 +86,7 @@ class EngineImpl final : public Engine {
   Status Revoke(uint64_t handle) override { return handles_.Revoke(handle); }
 
   // ---- transfers --------------------------------------------------------------------
-  uint16_t data_port() const override { return transport_->port(); }
+  uint16_t data_port() const override { return transport_->listen_port(); }
 
   // Submit is all-or-nothing (see transport.h). max_queued_ops bounds ops accepted and
   // not yet completed; a slot frees when the op's completion is queued.
@@ -187,11 +157,8 @@ class EngineImpl final : public Engine {
     if (op.remote_offset > UINT64_MAX - op.length) {
       return Status(Code::kOutOfRange, which + "remote_offset + length overflows");
     }
-    std::string host;
-    uint16_t port = 0;
-    if (!tcp::ParseHostPort(op.peer, &host, &port)) {
-      return Status(Code::kInvalidArgument, which + "peer '" + op.peer + "' is not host:port");
-    }
+    const std::string bad_peer = transport_->CheckPeer(op.peer);
+    if (!bad_peer.empty()) return Status(Code::kInvalidArgument, which + bad_peer);
     return Status::Ok();
   }
 
@@ -226,7 +193,7 @@ class EngineImpl final : public Engine {
   std::mutex shutdown_mu_;
   std::atomic<bool> shut_down_{false};
   // Declared last so that it is destroyed first; the destructor also resets it explicitly.
-  std::unique_ptr<tcp::TcpTransport> transport_;
+  std::unique_ptr<Transport> transport_;
 };
 
 }  // namespace

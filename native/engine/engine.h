@@ -32,6 +32,8 @@ namespace kvferry {
 
 struct EngineOptions {
   uint64_t pool_size = 0;
+  /** Which transport moves the bytes (transport_factory.h): "tcp". */
+  std::string protocol = "tcp";
   /**
    * Shared cluster token; a peer that cannot prove it (challenge-response, see
    * tcp/wire.h) is refused at the handshake. The token itself never crosses the wire.

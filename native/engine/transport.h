@@ -3,7 +3,8 @@
 // Each transport lives in its own folder (tcp/, later shm/, rdma/) and implements this
 // interface; the engine owns the pool, the handle table and the completion queue and
 // hands a transport what it may use through TransportContext. A transport never
-// includes another transport's headers.
+// includes another transport's headers, and only transport_factory.cc includes theirs:
+// adding one is a folder and a factory entry.
 //
 // Lifecycle: construct → Start → Submit/Cancel/Disconnect (any thread, concurrently)
 // → Shutdown (idempotent; the destructor calls it) → destroy.
@@ -92,6 +93,10 @@ class Transport {
   virtual void Shutdown() = 0;
   /** Peers with at least one established outgoing connection (or mapping). */
   virtual uint64_t connected_peers() const = 0;
+  /** Why `peer` is not an address this transport reaches ("" when it is one). */
+  virtual std::string CheckPeer(const std::string& peer) const = 0;
+  /** The port peers connect to, for transports that listen on one (valid after Start; else 0). */
+  virtual uint16_t listen_port() const { return 0; }
 
  protected:
   Transport() = default;

@@ -91,6 +91,7 @@ export class Daemon {
     this.engine = new TransferEngine(
       {
         poolSize: config.kvBufferSize,
+        protocol: config.protocol,
         token: config.clusterToken,
         listenHost: config.dataListen.host,
         listenPort: config.dataListen.port,

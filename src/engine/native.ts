@@ -5,6 +5,8 @@ import { fileURLToPath } from "node:url";
 
 export interface NativeOptions {
   poolSize: number;
+  /** The transport (native/engine/transport_factory.h): "tcp". */
+  protocol: string;
   token: string;
   listenHost: string;
   listenPort: number;

@@ -24,6 +24,8 @@ import { PoolMemory, type PoolExtent } from "./pool-memory.js";
 
 export interface TransferEngineOptions {
   poolSize: number;
+  /** The transport that moves bytes between engines (default "tcp"). */
+  protocol?: string;
   token: string;
   listenHost: string;
   listenPort: number;
@@ -100,6 +102,7 @@ export class TransferEngine {
   static #create(Engine: ReturnType<typeof loadAddon>["Engine"], options: TransferEngineOptions, onBatch: (batch: NativeCompletions) => void): NativeEngine {
     const settings = {
       poolSize: options.poolSize,
+      protocol: options.protocol ?? "tcp",
       token: options.token,
       listenHost: options.listenHost,
       listenPort: options.listenPort,

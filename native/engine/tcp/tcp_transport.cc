@@ -2,10 +2,18 @@
 
 #include <utility>
 
+#include "engine/tcp/socket_io.h"
+#include "engine/tcp/wire.h"
+
 namespace kvferry {
 namespace tcp {
 
 namespace {
+
+constexpr int kMaxConnectionsPerPeer = 64;
+constexpr uint64_t kMinSliceBytes = 1024;
+constexpr uint64_t kMaxSliceBytes = 1ull << 30;
+constexpr int kMaxHandshakeTimeoutMs = 60000;
 
 TcpServerOptions ServerOptions(const TcpTransportOptions& o) {
   TcpServerOptions s;
@@ -28,6 +36,34 @@ TcpClientOptions ClientOptions(const TcpTransportOptions& o) {
 }
 
 }  // namespace
+
+Status TcpOptionsFrom(const EngineOptions& o, TcpTransportOptions* out) {
+  auto invalid = [](const std::string& what) { return Status(Code::kInvalidArgument, what); };
+  if (o.token.size() > kMaxTokenBytes) {
+    return invalid("token is longer than " + std::to_string(kMaxTokenBytes) + " bytes");
+  }
+  if (o.connections_per_peer < 1 || o.connections_per_peer > kMaxConnectionsPerPeer) {
+    return invalid("connections_per_peer must be in [1, " + std::to_string(kMaxConnectionsPerPeer) + "], got " +
+                   std::to_string(o.connections_per_peer));
+  }
+  if (o.slice_bytes < kMinSliceBytes || o.slice_bytes > kMaxSliceBytes) {
+    return invalid("slice_bytes must be in [" + std::to_string(kMinSliceBytes) + ", " +
+                   std::to_string(kMaxSliceBytes) + "], got " + std::to_string(o.slice_bytes));
+  }
+  if (o.io_timeout_ms <= 0) return invalid("io_timeout_ms must be positive, got " + std::to_string(o.io_timeout_ms));
+  if (o.handshake_timeout_ms <= 0 || o.handshake_timeout_ms > kMaxHandshakeTimeoutMs) {
+    return invalid("handshake_timeout_ms must be in [1, " + std::to_string(kMaxHandshakeTimeoutMs) + "], got " +
+                   std::to_string(o.handshake_timeout_ms));
+  }
+  out->token = o.token;
+  out->listen_host = o.listen_host;
+  out->listen_port = o.listen_port;
+  out->connections_per_peer = o.connections_per_peer;
+  out->slice_bytes = o.slice_bytes;
+  out->io_timeout_ms = o.io_timeout_ms;
+  out->handshake_timeout_ms = o.handshake_timeout_ms;
+  return Status::Ok();
+}
 
 TcpTransport::TcpTransport(const TransportContext& context, const TcpTransportOptions& options)
     : slice_bytes_(options.slice_bytes),
@@ -62,6 +98,12 @@ void TcpTransport::Shutdown() {
 }
 
 uint64_t TcpTransport::connected_peers() const { return client_.connected_peers(); }
+
+std::string TcpTransport::CheckPeer(const std::string& peer) const {
+  std::string host;
+  uint16_t port = 0;
+  return ParseHostPort(peer, &host, &port) ? "" : "peer '" + peer + "' is not host:port";
+}
 
 }  // namespace tcp
 }  // namespace kvferry

@@ -27,6 +27,9 @@ struct TcpTransportOptions {
   int handshake_timeout_ms = 1000;
 };
 
+/** The TCP settings of the engine's options, checked: kInvalidArgument naming the first bad one. */
+Status TcpOptionsFrom(const EngineOptions& engine, TcpTransportOptions* out);
+
 class TcpTransport final : public Transport {
  public:
   TcpTransport(const TransportContext& context, const TcpTransportOptions& options);
@@ -39,9 +42,10 @@ class TcpTransport final : public Transport {
   void Disconnect(const std::string& peer) override;
   void Shutdown() override;
   uint64_t connected_peers() const override;
-
+  /** Peers are "host:port". */
+  std::string CheckPeer(const std::string& peer) const override;
   /** The data port actually bound (valid after Start). */
-  uint16_t port() const { return server_.port(); }
+  uint16_t listen_port() const override { return server_.port(); }
 
  private:
   const uint64_t slice_bytes_;
