@@ -2,99 +2,442 @@
 //
 //   npm run bench:transfer     (or: node --import tsx test/bench/transfer-bench.ts)
 //
-// PUSH of 64 × 16 MiB and of 4096 × 64 KiB entries through BatchTransfer, printed
-// beside iperf3 single-stream throughput on the same loopback in the same run.
-// Targets (issue 3): ≥ 0.9 × iperf3 at 16 MiB, ≥ 0.6 × at 64 KiB.
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+// Three shapes, each one BatchTransfer: 64 × 16 MiB, 256 × 1 MiB and 4096 × 64 KiB. In
+// the same run, over 127.0.0.1: iperf3 single stream (the reference), kvferry PUSH and
+// PULL between two daemons, and Mooncake's Transfer Engine (its TCP transport, two engines
+// each in a Python process running mooncake-transfer.py, in the venv that
+// scripts/mooncake-venv.sh makes) writing the same shapes with one
+// batch_transfer_sync_write. Each figure comes with its CPU-seconds per GB moved: the
+// utime + stime that the sending and the receiving processes spent (iperf3's client and
+// server, the two daemons, the two Mooncake engines), from /proc/PID/stat.
+//
+// Every shape is warmed up once, then ROUNDS rounds each run everything (iperf3, then per
+// shape PUSH, PULL, Mooncake), so that all figures of a round share the machine's state;
+// printed: medians of the rounds, ratios to iperf3 and to Mooncake. Targets: issue 14.
+// If Mooncake cannot be installed or started, one line says why and the rest runs.
+//
+// BENCH_ROUNDS (default 3), BENCH_CONNS (--connections-per-peer), BENCH_IPERF_SECONDS
+// (default 3, per round), BENCH_LIMIT_S (default 600: the whole run, then it gives up).
+import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { KvferryClient } from "../../src/client/client.js";
 import { spawnDaemon, type SpawnedDaemon } from "../../src/launch/spawn-daemon.js";
+import { mooncakePython } from "../helpers/mooncake.js";
 
+const KiB = 1 << 10;
 const MiB = 1 << 20;
 const TOKEN = "bench-token";
 const IPERF_PORT = 15201;
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ROUNDS = Math.min(Math.max(Number(process.env.BENCH_ROUNDS ?? 3), 1), 9);
+const IPERF_SECONDS = Math.min(Math.max(Number(process.env.BENCH_IPERF_SECONDS ?? 3), 1), 30);
+const LIMIT_S = Number(process.env.BENCH_LIMIT_S ?? 600);
+/** A BatchTransfer's deadline. */
+const TRANSFER_DEADLINE_MS = 60_000;
+/** Puts in flight while the entries are loaded (setup, not measured). */
+const PUT_CONCURRENCY = 8;
+/** One answer of a Mooncake engine (its start included). */
+const MOONCAKE_ANSWER_MS = 60_000;
+const MOONCAKE_SCRIPT = fileURLToPath(new URL("./mooncake-transfer.py", import.meta.url));
+const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout?.trim()) || 100;
+
+interface Shape {
+  readonly count: number;
+  readonly size: number;
+  readonly label: string;
+  /** Issue 14's target for kvferry, × iperf3. */
+  readonly target: number;
+}
+
+const SHAPES: readonly Shape[] = [
+  { count: 64, size: 16 * MiB, label: "64 × 16 MiB", target: 0.95 },
+  { count: 256, size: MiB, label: "256 × 1 MiB", target: 0.9 },
+  { count: 4096, size: 64 * KiB, label: "4096 × 64 KiB", target: 0.6 },
+];
+/** Issue 14: kvferry's CPU per GB at 16 MiB at most this × iperf3's; every shape ≥ this × Mooncake. */
+const CPU_TARGET = 1.3;
+const MOONCAKE_TARGET = 2;
+const SPAN = Math.max(...SHAPES.map((s) => s.count * s.size));
+const BATCH_MAX = Math.max(...SHAPES.map((s) => s.count));
+/** Mooncake's TCP transport refuses a batch of more requests per peer than this (default 1024). */
+const MOONCAKE_QUEUE = BATCH_MAX;
+
+/** One measured run: GB/s and CPU-seconds per GB (1e9 bytes). */
+interface Sample {
+  readonly gbs: number;
+  readonly cpuPerGB: number;
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU time from /proc
+
+/** Fields 14–17 of /proc/PID/stat in seconds: utime + stime (all threads), cutime + cstime (waited-for children). */
+function procCpu(stat: string): { self: number; children: number } {
+  // The command name (field 2) may hold spaces and parentheses: count from after its ")".
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // f[0] is field 3
+  return { self: (Number(f[11]) + Number(f[12])) / CLK_TCK, children: (Number(f[13]) + Number(f[14])) / CLK_TCK };
+}
+
+/** CPU-seconds the live processes `pids` have spent so far, together. */
+const cpuSeconds = (pids: readonly number[]) =>
+  pids.reduce((sum, pid) => sum + procCpu(readFileSync(`/proc/${pid}/stat`, "utf8")).self, 0);
+
+/** Runs `run` and returns its wall seconds (or the ones it reports) with the CPU-seconds `pids` spent meanwhile. */
+async function sampled(pids: readonly number[], bytes: number, run: () => Promise<number | void>): Promise<Sample> {
+  const cpu = cpuSeconds(pids);
+  const t = performance.now();
+  const reported = await run();
+  const seconds = reported ?? (performance.now() - t) / 1e3;
+  return { gbs: bytes / seconds / 1e9, cpuPerGB: (cpuSeconds(pids) - cpu) / (bytes / 1e9) };
+}
+
+// ---------------------------------------------------------------------------------------
+// iperf3
 
 function ensureIperf3(): boolean {
   if (spawnSync("sh", ["-c", "command -v iperf3"]).status === 0) return true;
   if (process.getuid?.() === 0) {
     console.log("installing iperf3 (apt) ...");
-    execFileSync("apt-get", ["install", "-y", "-qq", "iperf3"], { stdio: "inherit" });
+    execFileSync("apt-get", ["install", "-y", "-qq", "iperf3"], { stdio: "inherit", timeout: 300_000 });
     return true;
   }
   console.log("iperf3 is missing: `sudo apt-get install iperf3`, then run again");
   return false;
 }
 
-/** iperf3 single stream over 127.0.0.1, 1 MiB writes, 5 s: GB/s received. */
-async function iperf3GBs(): Promise<number> {
-  const server = spawn("iperf3", ["-s", "-1", "-B", "127.0.0.1", "-p", String(IPERF_PORT)], { stdio: "ignore" });
+/** An iperf3 server on 127.0.0.1 for the whole run (each round's client connects to it). */
+async function startIperf3Server(): Promise<ChildProcess> {
+  const server = spawn("iperf3", ["-s", "-B", "127.0.0.1", "-p", String(IPERF_PORT)], { stdio: "ignore" });
   await new Promise((r) => setTimeout(r, 300));
+  if (server.exitCode !== null) throw new Error(`iperf3 -s exited (${server.exitCode}): is port ${IPERF_PORT} taken?`);
+  return server;
+}
+
+/** One iperf3 single-stream run, 1 MiB writes: GB/s received, CPU of client + server per GB. */
+async function iperf3Round(server: ChildProcess): Promise<Sample> {
+  // The client's own /proc entry is gone once it exits, so it runs under sh, whose
+  // cutime + cstime (/proc/$$/stat, read after the client has been waited for) are the
+  // client's CPU time: its only waited-for child (if sh execs cat in place, the pid and
+  // its counters stay).
+  const client = `iperf3 -c 127.0.0.1 -p ${IPERF_PORT} -t ${IPERF_SECONDS} -l 1M -J && cat /proc/$$/stat >&2`;
+  const serverCpu = cpuSeconds([server.pid!]);
+  const { stdout, stderr } = await promisify(execFile)("sh", ["-c", client], { timeout: (IPERF_SECONDS + 30) * 1000 });
+  const serverSeconds = cpuSeconds([server.pid!]) - serverCpu;
+  const received = JSON.parse(stdout).end.sum_received as { bytes: number; seconds: number };
+  const clientSeconds = procCpu(stderr.trim().split("\n").at(-1)!).children;
+  return { gbs: received.bytes / received.seconds / 1e9, cpuPerGB: (clientSeconds + serverSeconds) / (received.bytes / 1e9) };
+}
+
+// ---------------------------------------------------------------------------------------
+// kvferry
+
+const idsOf = (shape: Shape) => Array.from({ length: shape.count }, (_, i) => `${shape.size}-${i}`);
+
+/** Puts every shape's entries on `daemon`, PUT_CONCURRENCY at a time (setup). */
+async function loadEntries(daemon: SpawnedDaemon): Promise<void> {
+  const client = new KvferryClient(daemon.address);
   try {
-    const out = execFileSync("iperf3", ["-c", "127.0.0.1", "-p", String(IPERF_PORT), "-t", "5", "-l", "1M", "-J"], {
-      encoding: "utf8",
-    });
-    return JSON.parse(out).end.sum_received.bits_per_second / 8 / 1e9;
+    for (const shape of SHAPES) {
+      const data = randomBytes(shape.size);
+      const ids = idsOf(shape);
+      let next = 0;
+      const worker = async () => {
+        while (next < ids.length) await client.put(ids[next++]!, "kv", data, { seal: true });
+      };
+      await Promise.all(Array.from({ length: PUT_CONCURRENCY }, worker));
+    }
   } finally {
-    server.kill();
+    client.close();
   }
 }
 
-/** GB/s of one PUSH of `count` entries of `size` bytes in batches of `batch` ids. */
-async function pushRun(
-  a: SpawnedDaemon, b: SpawnedDaemon, count: number, size: number, label: string, batch: number,
-): Promise<number> {
-  const ca = new KvferryClient(a.address);
-  const ids = Array.from({ length: count }, (_, i) => `${label}-${i}`);
-  const data = randomBytes(size);
-  for (const id of ids) await ca.put(id, "kv", data, { seal: true });
-  const t = performance.now();
-  const calls = [];
-  for (let i = 0; i < ids.length; i += batch) calls.push(ca.batchTransfer(ids.slice(i, i + batch), b.peerAddress, "push"));
-  const responses = await Promise.all(calls);
-  const seconds = (performance.now() - t) / 1e3;
-  const failed = responses.flatMap((r) => r.results).filter((r) => r.code !== 0);
-  if (failed.length > 0) throw new Error(`${failed.length} transfers failed: ${failed[0]!.message}`);
-  // Free the target for the next run.
-  const cb = new KvferryClient(b.address);
-  for (const id of ids) await cb.release(id);
-  cb.close();
-  ca.close();
-  return (count * size) / seconds / 1e9;
+/**
+ * One BatchTransfer of the shape's entries between the two daemons, started by `a`. The
+ * entries live on `a` between runs: PUSH moves them to `b`, and the PULL after it (a
+ * pulling from b) moves them back, so neither copy is kept and nothing is put again.
+ */
+async function kvferryRun(client: KvferryClient, a: SpawnedDaemon, b: SpawnedDaemon, shape: Shape, mode: "push" | "pull"): Promise<Sample> {
+  let failed: string | undefined;
+  const sample = await sampled([a.child.pid!, b.child.pid!], shape.count * shape.size, async () => {
+    const response = await client.batchTransfer(idsOf(shape), b.peerAddress, mode, { deadlineMs: TRANSFER_DEADLINE_MS });
+    const bad = response.results.filter((r) => r.code !== 0);
+    if (bad.length > 0) failed = `${bad.length} of ${shape.count} failed, first: ${bad[0]!.message}`;
+  });
+  if (failed !== undefined) throw new Error(`kvferry ${mode.toUpperCase()} ${shape.label}: ${failed}`);
+  return sample;
 }
 
-/** A warm-up run, then ROUNDS measured runs: [median, best] GB/s. */
-async function measure(a: SpawnedDaemon, b: SpawnedDaemon, count: number, size: number, label: string): Promise<[number, number]> {
-  await pushRun(a, b, count, size, `${label}-warm`, count);
-  const runs: number[] = [];
-  for (let r = 0; r < ROUNDS; r++) runs.push(await pushRun(a, b, count, size, `${label}-${r}`, count));
-  runs.sort((x, y) => x - y);
-  return [runs[Math.floor(runs.length / 2)]!, runs[runs.length - 1]!];
+// ---------------------------------------------------------------------------------------
+// Mooncake
+
+/** One Mooncake engine: a mooncake-transfer.py process. */
+class MooncakeEngine {
+  readonly segment: string;
+  readonly buffer: string;
+  readonly version: string;
+
+  private constructor(
+    private readonly child: ChildProcess,
+    private readonly next: (what: string) => Promise<Record<string, unknown>>,
+    ready: Record<string, unknown>,
+  ) {
+    this.segment = String(ready.segment);
+    this.buffer = String(ready.buffer); // an address: passed on as Python printed it
+    this.version = String(ready.version);
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  /** Starts one engine with a buffer of SPAN bytes; throws with its stderr's tail if it does not come up. */
+  static async start(python: string): Promise<MooncakeEngine> {
+    const child = spawn(python, [MOONCAKE_SCRIPT, String(SPAN)], {
+      stdio: ["pipe", "pipe", "pipe"],
+      env: {
+        ...process.env,
+        PYTHONUNBUFFERED: "1",
+        MC_TCP_BIND_ADDRESS: "127.0.0.1",
+        MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER: String(MOONCAKE_QUEUE),
+      },
+    });
+    let stderr = "";
+    child.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
+    const lines: string[] = [];
+    const waiting: ((line: string | undefined) => void)[] = [];
+    let closed = false;
+    const reader = createInterface({ input: child.stdout! });
+    reader.on("line", (line) => (waiting.length > 0 ? waiting.shift()!(line) : lines.push(line)));
+    reader.on("close", () => {
+      closed = true;
+      for (const wake of waiting.splice(0)) wake(undefined);
+    });
+    // The next JSON line, within MOONCAKE_ANSWER_MS; an {"error": ...} answer throws.
+    const next = (what: string) =>
+      new Promise<Record<string, unknown>>((resolve, reject) => {
+        const tail = () => stderr.trim().split("\n").at(-1) ?? "";
+        const take = (line: string | undefined) => {
+          clearTimeout(timer);
+          if (line === undefined) return reject(new Error(`${what}: the engine exited (${child.exitCode ?? child.signalCode}): ${tail()}`));
+          const answer = JSON.parse(line) as Record<string, unknown>;
+          if ("error" in answer) return reject(new Error(`${what}: ${String(answer.error)}`));
+          resolve(answer);
+        };
+        const timer = setTimeout(() => {
+          waiting.splice(waiting.indexOf(take), 1);
+          reject(new Error(`${what}: no answer within ${MOONCAKE_ANSWER_MS} ms: ${tail()}`));
+        }, MOONCAKE_ANSWER_MS);
+        if (lines.length > 0) take(lines.shift());
+        else if (closed) take(undefined);
+        else waiting.push(take);
+      });
+    try {
+      return new MooncakeEngine(child, next, await next("start"));
+    } catch (err) {
+      child.kill("SIGKILL");
+      throw err;
+    }
+  }
+
+  ask(command: string): Promise<Record<string, unknown>> {
+    this.child.stdin!.write(`${command}\n`);
+    return this.next(command.split(" ")[0]!);
+  }
+
+  kill(): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
+  }
+}
+
+/** Mooncake's engine.so loads libibverbs.so.1 even for TCP: installed as iperf3 is, when missing and root. */
+function ensureLibibverbs(): void {
+  if (/libibverbs\.so\.1\b/.test(spawnSync("ldconfig", ["-p"], { encoding: "utf8" }).stdout ?? "")) return;
+  if (process.getuid?.() !== 0) return; // mooncake-venv.sh then says what to install
+  console.log("installing libibverbs1 for Mooncake (apt) ...");
+  spawnSync("apt-get", ["install", "-y", "-qq", "libibverbs1"], { stdio: "inherit", timeout: 300_000 });
+}
+
+/** The two engines, or why there are none (one line). */
+async function startMooncake(): Promise<{ engines: [MooncakeEngine, MooncakeEngine] } | { why: string }> {
+  ensureLibibverbs();
+  const found = await mooncakePython();
+  if ("skip" in found) return { why: `cannot be installed: ${found.skip}` };
+  if ("error" in found) return { why: found.error.trim().split("\n").slice(-2).join(" ").replace(/\s+/g, " ") };
+  const engines: MooncakeEngine[] = [];
+  try {
+    for (let i = 0; i < 2; i++) engines.push(await MooncakeEngine.start(found.python));
+    return { engines: engines as [MooncakeEngine, MooncakeEngine] };
+  } catch (err) {
+    for (const engine of engines) engine.kill();
+    return { why: `did not start: ${(err as Error).message}` };
+  }
+}
+
+/**
+ * One batch_transfer_sync_write of the shape from `from`'s buffer into `to`'s, timed around
+ * the call in its Python process (kvferry's BatchTransfer is timed from this process, one
+ * gRPC round trip more; the address lists are built outside the timing, inside the CPU's).
+ */
+async function mooncakeRun(from: MooncakeEngine, to: MooncakeEngine, shape: Shape): Promise<Sample> {
+  return sampled([from.pid, to.pid], shape.count * shape.size, async () => {
+    const answer = await from.ask(`write ${to.segment} ${to.buffer} ${shape.count} ${shape.size}`);
+    if (answer.rc !== 0) throw new Error(`batch_transfer_sync_write of ${shape.label} returned ${String(answer.rc)}`);
+    return Number(answer.seconds);
+  });
+}
+
+/** The warm-up write of a shape, checked: the receiver's bytes, cleared before, equal the sender's after. */
+async function mooncakeWarmUp(from: MooncakeEngine, to: MooncakeEngine, shape: Shape): Promise<void> {
+  const region = `${shape.count} ${shape.size}`;
+  await to.ask(`clear ${region}`);
+  await mooncakeRun(from, to, shape);
+  const [sent, landed] = await Promise.all([from.ask(`sha256 ${region}`), to.ask(`sha256 ${region}`)]);
+  if (sent.sha256 !== landed.sha256) throw new Error(`${shape.label}: the bytes that landed differ from the ones sent`);
+}
+
+// ---------------------------------------------------------------------------------------
+// The run
+
+const median = (xs: readonly number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+/** x with two decimals, right-aligned in `width`; "—" for a figure not measured. */
+const fixed = (x: number, width = 0) => (Number.isFinite(x) ? x.toFixed(2) : "—").padStart(width);
+
+/** The rounds' samples of one system (on one shape), and their medians. */
+class Series {
+  readonly samples: Sample[] = [];
+  get gbs(): number {
+    return this.samples.length > 0 ? median(this.samples.map((s) => s.gbs)) : NaN;
+  }
+  get best(): number {
+    return Math.max(...this.samples.map((s) => s.gbs));
+  }
+  get cpuPerGB(): number {
+    return this.samples.length > 0 ? median(this.samples.map((s) => s.cpuPerGB)) : NaN;
+  }
+}
+
+type Row = { readonly push: Series; readonly pull: Series; readonly mooncake: Series };
+
+function printTable(iperf: Series, rows: ReadonlyMap<Shape, Row>): void {
+  const check = (ok: boolean) => (ok ? "✓" : "✗");
+  console.log(
+    `\n${"shape".padEnd(15)}${"system".padEnd(16)}${"GB/s".padStart(6)}${"(best)".padStart(8)}` +
+      `${"× iperf3".padStart(10)}${"× Mooncake".padStart(12)}${"CPU-s/GB".padStart(10)}${"CPU × iperf3".padStart(14)}   target (issue 14)`,
+  );
+  for (const [shape, row] of rows) {
+    const measured = row.mooncake.samples.length > 0;
+    // kvferry's targets: × iperf3, CPU per GB at 16 MiB, × Mooncake.
+    const targets = (s: Series) => {
+      const parts = [`≥ ${shape.target}× iperf3 ${check(s.gbs >= shape.target * iperf.gbs)}`];
+      if (shape === SHAPES[0]) parts.push(`CPU ≤ ${CPU_TARGET}× ${check(s.cpuPerGB <= CPU_TARGET * iperf.cpuPerGB)}`);
+      if (measured) parts.push(`≥ ${MOONCAKE_TARGET}× Mooncake ${check(s.gbs >= MOONCAKE_TARGET * row.mooncake.gbs)}`);
+      return `   ${parts.join(", ")}`;
+    };
+    const line = (label: string, what: string, s: Series, target = "") =>
+      console.log(
+        `${label.padEnd(15)}${what.padEnd(16)}${fixed(s.gbs, 6)}${`(${fixed(s.best)})`.padStart(8)}${fixed(s.gbs / iperf.gbs, 10)}` +
+          `${fixed(s.gbs / row.mooncake.gbs, 12)}${fixed(s.cpuPerGB, 10)}${fixed(s.cpuPerGB / iperf.cpuPerGB, 14)}${target}`,
+      );
+    line(shape.label, "kvferry PUSH", row.push, targets(row.push));
+    line("", "kvferry PULL", row.pull, targets(row.pull));
+    if (measured) line("", "Mooncake write", row.mooncake);
+  }
+  console.log(
+    "CPU-s/GB: utime + stime per GB moved of the sending and the receiving processes together (iperf3 client + server, " +
+      `the two daemons, the two Mooncake engines), /proc/PID/stat in 1/${CLK_TCK} s ticks; the bench's own gRPC client is not counted.`,
+  );
 }
 
 async function main() {
-  const args = [
-    "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0",
-    "--cluster-token", TOKEN, "--kv-buffer-size", "1280MiB", ...(process.env.BENCH_CONNS ? ["--connections-per-peer", process.env.BENCH_CONNS] : []),
-  ];
-  const iperf = ensureIperf3() ? await iperf3GBs() : NaN;
-  const a = await spawnDaemon(args);
-  const b = await spawnDaemon(args);
+  const cleanups: (() => unknown)[] = [];
+  const cleanUp = async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await Promise.resolve(cleanup()).catch(() => {});
+  };
+  const watchdog = setTimeout(() => {
+    console.error(`transfer bench: still running after ${LIMIT_S} s (BENCH_LIMIT_S): giving up`);
+    void cleanUp().finally(() => process.exit(2));
+  }, LIMIT_S * 1000);
+  watchdog.unref();
+  const progress = (what: string) => console.error(`transfer bench: ${what}`);
   try {
-    const [big, bigBest] = await measure(a, b, 64, 16 * MiB, "big");
-    const [small, smallBest] = await measure(a, b, 4096, 64 * 1024, "small");
-    const row = (what: string, median: number, best: number, target: number) =>
+    const args = [
+      "--listen", "127.0.0.1:0", "--data-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--cluster-token", TOKEN,
+      // Room for every shape's entries at once (they all live on one daemon between runs),
+      // and leases that outlast the run.
+      "--kv-buffer-size", `${Math.ceil((SHAPES.reduce((n, s) => n + s.count * s.size, 0) * 1.25) / MiB)}MiB`,
+      "--lease-ttl-ms", String(2 * LIMIT_S * 1000),
+      ...(process.env.BENCH_CONNS ? ["--connections-per-peer", process.env.BENCH_CONNS] : []),
+    ];
+    const iperfServer = ensureIperf3() ? await startIperf3Server() : undefined;
+    if (iperfServer) cleanups.push(() => iperfServer.kill());
+    const a = await spawnDaemon(args);
+    cleanups.push(() => a.stop());
+    const b = await spawnDaemon(args);
+    cleanups.push(() => b.stop());
+    const client = new KvferryClient(a.address);
+    cleanups.push(() => client.close());
+
+    progress("starting Mooncake (its venv is made once: a few minutes the first time)");
+    const mooncake = await startMooncake();
+    let mooncakeWhy = "why" in mooncake ? mooncake.why : undefined;
+    const [mcFrom, mcTo] = "engines" in mooncake ? mooncake.engines : [];
+    cleanups.push(() => [mcFrom, mcTo].forEach((e) => e?.kill()));
+
+    const iperf = new Series();
+    const rows = new Map<Shape, Row>(SHAPES.map((s) => [s, { push: new Series(), pull: new Series(), mooncake: new Series() }]));
+    /** Runs one Mooncake step; a failure drops Mooncake (all its figures) from the run, saying why. */
+    const withMooncake = async (step: (from: MooncakeEngine, to: MooncakeEngine) => Promise<void>) => {
+      if (mooncakeWhy !== undefined || !mcFrom || !mcTo) return;
+      try {
+        await step(mcFrom, mcTo);
+      } catch (err) {
+        mooncakeWhy = `failed: ${(err as Error).message}`;
+        for (const row of rows.values()) row.mooncake.samples.length = 0;
+        mcFrom.kill();
+        mcTo.kill();
+      }
+    };
+
+    progress("loading the entries, warming up");
+    await loadEntries(a);
+    for (const shape of SHAPES) {
+      await kvferryRun(client, a, b, shape, "push");
+      await kvferryRun(client, a, b, shape, "pull");
+      await withMooncake((from, to) => mooncakeWarmUp(from, to, shape));
+    }
+    for (let round = 0; round < ROUNDS; round++) {
+      progress(`round ${round + 1} of ${ROUNDS}`);
+      if (iperfServer) iperf.samples.push(await iperf3Round(iperfServer));
+      for (const [shape, row] of rows) {
+        row.push.samples.push(await kvferryRun(client, a, b, shape, "push"));
+        row.pull.samples.push(await kvferryRun(client, a, b, shape, "pull"));
+        await withMooncake(async (from, to) => void row.mooncake.samples.push(await mooncakeRun(from, to, shape)));
+      }
+    }
+
+    console.log(`kvferry transfer bench: 127.0.0.1, ${availableParallelism()} cores; medians of ${ROUNDS} rounds after a warm-up, every system on every shape in each round`);
+    console.log(
+      `  iperf3 single stream, 1 MiB writes, ${IPERF_SECONDS} s a round: ${fixed(iperf.gbs)} GB/s (best ${fixed(iperf.best)}), ` +
+        `${fixed(iperf.cpuPerGB)} CPU-s/GB (client + server)`,
+    );
+    console.log("  kvferry: two daemons (native TCP engine); each shape one BatchTransfer by the first daemon: PUSH to the second, then PULL back from it");
+    if (mooncakeWhy === undefined && mcFrom) {
       console.log(
-        `  ${what.padEnd(34)} median ${median.toFixed(2)} GB/s (best ${best.toFixed(2)})   ` +
-          `ratio ${(median / iperf).toFixed(2)}  (target ≥ ${target})`,
+        `  Mooncake Transfer Engine ${mcFrom.version} (PyPI mooncake-transfer-engine-non-cuda): TCP transport, P2PHANDSHAKE; each shape ` +
+          "one batch_transfer_sync_write between two engines (Python processes; its sync wait spins a core, counted)",
       );
-    console.log(`kvferry transfer bench (two daemons, 127.0.0.1, TCP engine, ${ROUNDS} rounds after a warm-up)`);
-    console.log(`  iperf3 single stream, 1 MiB writes:  ${iperf.toFixed(2)} GB/s`);
-    row("PUSH 64 × 16 MiB (one batch)", big, bigBest, 0.9);
-    row("PUSH 4096 × 64 KiB (one batch)", small, smallBest, 0.6);
+      console.log(`  Mooncake's per-peer queue raised: MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER=${MOONCAKE_QUEUE} (its default, 1024, refuses the ${BATCH_MAX}-entry batch)`);
+    } else {
+      console.log(`  Mooncake: not measured, ${mooncakeWhy}`);
+    }
+    printTable(iperf, rows);
   } finally {
-    await a.stop();
-    await b.stop();
+    clearTimeout(watchdog);
+    await cleanUp();
   }
 }
 
