@@ -251,6 +251,9 @@ TEST_F(TcpTransfer, SubmitValidatesTheWholeBatchBeforeAcceptingAny) {
   EXPECT_EQ(a_->Submit({remote_overflow}).code(), Code::kOutOfRange);
   for (const char* bad : {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:70000", ":80", "host:8x", "::1:80"}) {
     EXPECT_EQ(a_->Submit({MakeOp(3, OpKind::kWrite, bad, local, 1, 0, 64)}).code(), Code::kInvalidArgument) << bad;
+    // A bad peer after ops to a good one (a peer is judged once per run of ops to it).
+    auto later = MakeOp(4, OpKind::kWrite, bad, local, 1, 0, 64);
+    EXPECT_EQ(a_->Submit({good, MakeOp(5, OpKind::kWrite, peer, local, 1, 0, 64), later}).code(), Code::kInvalidArgument) << bad;
   }
   auto bad_kind = good;
   bad_kind.kind = static_cast<OpKind>(9);

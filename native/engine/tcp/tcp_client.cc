@@ -29,27 +29,34 @@ Status TcpClient::Submit(std::vector<TransferOp> ops) {
     // All-or-nothing: judge the whole batch before touching any state.
     std::unordered_set<uint64_t> ids;
     ids.reserve(ops.size());
+    const std::string* parsed = nullptr;  // the peer of the ops before, already parsed
     for (const TransferOp& op : ops) {
       if (ops_.count(op.id) != 0 || !ids.insert(op.id).second) {
         return Status(Code::kInvalidArgument, "op id " + std::to_string(op.id) + " is already in flight");
       }
+      if (parsed != nullptr && op.peer == *parsed) continue;
       std::string host;
       uint16_t port = 0;
       if (!ParseHostPort(op.peer, &host, &port)) {
         return Status(Code::kInvalidArgument, "peer '" + op.peer + "' is not host:port");
       }
+      parsed = &op.peer;
     }
     const auto now = std::chrono::steady_clock::now();
     std::vector<std::shared_ptr<Peer>> touched;
+    std::shared_ptr<Peer> last;  // ops of a batch mostly share a peer: looked up once per run
     for (TransferOp& spec : ops) {
       auto op = std::make_unique<Op>();
       op->local = context_.pool_base + spec.local_offset;
-      op->peer = PeerLocked(spec.peer);
+      if (last == nullptr || last->key != spec.peer) {
+        last = PeerLocked(spec.peer);
+        if (std::find(touched.begin(), touched.end(), last) == touched.end()) touched.push_back(last);
+      }
+      op->peer = last;
       op->spec = std::move(spec);
       op->start = now;
       op->pending = true;
       op->pending_it = op->peer->pending.insert(op->peer->pending.end(), op.get());
-      if (std::find(touched.begin(), touched.end(), op->peer) == touched.end()) touched.push_back(op->peer);
       const uint64_t id = op->spec.id;
       ops_.emplace(id, std::move(op));
     }
