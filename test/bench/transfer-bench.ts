@@ -22,11 +22,11 @@ import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from "nod
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { KvferryClient } from "../../src/client/client.js";
 import { spawnDaemon, type SpawnedDaemon } from "../../src/launch/spawn-daemon.js";
+import { jsonLines } from "../helpers/json-lines.js";
 import { mooncakePython } from "../helpers/mooncake.js";
 
 const KiB = 1 << 10;
@@ -207,34 +207,16 @@ class MooncakeEngine {
     });
     let stderr = "";
     child.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-4000)));
-    const lines: string[] = [];
-    const waiting: ((line: string | undefined) => void)[] = [];
-    let closed = false;
-    const reader = createInterface({ input: child.stdout! });
-    reader.on("line", (line) => (waiting.length > 0 ? waiting.shift()!(line) : lines.push(line)));
-    reader.on("close", () => {
-      closed = true;
-      for (const wake of waiting.splice(0)) wake(undefined);
-    });
-    // The next JSON line, within MOONCAKE_ANSWER_MS; an {"error": ...} answer throws.
-    const next = (what: string) =>
-      new Promise<Record<string, unknown>>((resolve, reject) => {
-        const tail = () => stderr.trim().split("\n").at(-1) ?? "";
-        const take = (line: string | undefined) => {
-          clearTimeout(timer);
-          if (line === undefined) return reject(new Error(`${what}: the engine exited (${child.exitCode ?? child.signalCode}): ${tail()}`));
-          const answer = JSON.parse(line) as Record<string, unknown>;
-          if ("error" in answer) return reject(new Error(`${what}: ${String(answer.error)}`));
-          resolve(answer);
-        };
-        const timer = setTimeout(() => {
-          waiting.splice(waiting.indexOf(take), 1);
-          reject(new Error(`${what}: no answer within ${MOONCAKE_ANSWER_MS} ms: ${tail()}`));
-        }, MOONCAKE_ANSWER_MS);
-        if (lines.length > 0) take(lines.shift());
-        else if (closed) take(undefined);
-        else waiting.push(take);
-      });
+    const tail = () => stderr.trim().split("\n").at(-1) ?? "";
+    const read = jsonLines(child.stdout!, MOONCAKE_ANSWER_MS, (why, what) =>
+      why === "exited before answering" ? `${what}: the engine exited (${child.exitCode ?? child.signalCode}): ${tail()}` : `${what}: ${why}: ${tail()}`,
+    );
+    // An {"error": ...} answer throws.
+    const next = async (what: string) => {
+      const answer = await read(what);
+      if ("error" in answer) throw new Error(`${what}: ${String(answer.error)}`);
+      return answer;
+    };
     try {
       return new MooncakeEngine(child, next, await next("start"));
     } catch (err) {

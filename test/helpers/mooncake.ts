@@ -2,8 +2,8 @@
 // one engine per Python process (mooncake-engine.py beside this file), in the virtual
 // environment scripts/mooncake-venv.sh makes once and caches.
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { jsonLines } from "./json-lines.js";
 
 const VENV_SCRIPT = fileURLToPath(new URL("../../scripts/mooncake-venv.sh", import.meta.url));
 const ENGINE_SCRIPT = fileURLToPath(new URL("./mooncake-engine.py", import.meta.url));
@@ -53,35 +53,11 @@ export async function startMooncakeEngine(python: string, name: string, metadata
   let stderr = "";
   child.stderr!.on("data", (d) => (stderr += d));
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  const lines: string[] = [];
-  const waiting: ((line: string | undefined) => void)[] = [];
-  let closed = false;
-  const reader = createInterface({ input: child.stdout! });
-  reader.on("line", (line) => (waiting.length > 0 ? waiting.shift()!(line) : lines.push(line)));
-  reader.on("close", () => {
-    closed = true;
-    for (const wake of waiting.splice(0)) wake(undefined);
-  });
-  const next = (what: string) =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const fail = (why: string) => reject(new Error(`mooncake engine ${name}: ${why} (${what}); stderr:\n${stderr}`));
-      const take = (line: string | undefined) => {
-        clearTimeout(timer);
-        if (line === undefined) return fail(`exited (code ${child.exitCode}) before answering`);
-        try {
-          resolve(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          fail(`answered ${JSON.stringify(line)}, not JSON`);
-        }
-      };
-      const timer = setTimeout(() => {
-        waiting.splice(waiting.indexOf(take), 1);
-        fail(`no answer within ${ANSWER_TIMEOUT_MS} ms`);
-      }, ANSWER_TIMEOUT_MS);
-      if (lines.length > 0) take(lines.shift());
-      else if (closed) take(undefined);
-      else waiting.push(take);
-    });
+  const next = jsonLines(
+    child.stdout!,
+    ANSWER_TIMEOUT_MS,
+    (why, what) => `mooncake engine ${name}: ${why === "exited before answering" ? `exited (code ${child.exitCode}) before answering` : why} (${what}); stderr:\n${stderr}`,
+  );
   const started = await next("start").catch((err: unknown) => {
     child.kill("SIGKILL");
     throw err;
