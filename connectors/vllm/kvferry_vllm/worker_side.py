@@ -131,6 +131,9 @@ class WorkerSide:
             return
         import ctypes
 
+        if self._registered_ptr is not None:  # the daemon restarted: the old pool is not ours any more
+            torch.cuda.cudart().cudaHostUnregister(self._registered_ptr)
+            self._registered_ptr = None
         ptr = ctypes.addressof(ctypes.c_char.from_buffer(pool.mapping))
         rc = torch.cuda.cudart().cudaHostRegister(ptr, len(pool.mapping), 0)
         if int(rc) != 0:
