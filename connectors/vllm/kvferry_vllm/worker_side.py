@@ -87,6 +87,8 @@ class WorkerSide:
         self.block_size = block_size
         self.geometry: Geometry | None = None
         self.kv: dict[str, torch.Tensor] = {}
+        #: Where the KV caches live (all layers on one device).
+        self.device = torch.device("cpu")
         self._index: dict[str, int] = {}
         self._pool: kvferry.LocalPool | None = None
         self._registered_ptr: int | None = None
@@ -107,6 +109,7 @@ class WorkerSide:
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
         self.kv = dict(kv_caches)
         self.geometry = Geometry.of(self.kv, self.num_blocks, self.block_size)
+        self.device = next(iter(self.kv.values())).device
         self._index = {name: i for i, name in enumerate(self.geometry.layers)}
         log.info(
             "kvferry: %d layers, blocks of %s %s (%d bytes each), daemon %s (%s)", len(self.kv), self.geometry.block_shape,
@@ -127,7 +130,7 @@ class WorkerSide:
             return pool
 
     def _pin(self, pool: kvferry.LocalPool) -> None:
-        if not any(t.is_cuda for t in self.kv.values()):
+        if self.device.type != "cuda":
             return
         import ctypes
 
@@ -257,8 +260,8 @@ class WorkerSide:
                 job.cancelled.set()
         self._step_sync = []
         n = len(self.geometry.layers) if self.geometry else 0
+        cuda = self.device.type == "cuda"
         for spec in meta.loads:
-            cuda = any(t.is_cuda for t in self.kv.values())
             job = _Loading(spec, [threading.Event() for _ in range(n)], [torch.cuda.Event() if cuda else None for _ in range(n)])
             with self._lock:
                 self._loading[spec.req_id] = job
@@ -325,9 +328,8 @@ class WorkerSide:
             raise GeometryError(f"the entry holds the KV of {meta.get('num_tokens')} tokens, this request's prompt has {spec.num_tokens}")
         if meta.get("num_blocks", 0) < spec.first_block + len(spec.block_ids):
             raise GeometryError(f"the entry holds {meta.get('num_blocks')} blocks, the request needs {spec.first_block + len(spec.block_ids)}")
-        device = next(iter(self.kv.values())).device
-        ids = ids_tensor(spec.block_ids, device)
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        ids = ids_tensor(spec.block_ids, self.device)
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for i, name in enumerate(g.layers):
                 if job.cancelled.is_set():

@@ -87,6 +87,38 @@ def kv_cache_tensor(page: int, num_blocks: int, name: str) -> KVCacheTensor:
     return KVCacheTensor(size=page * num_blocks, layers=[name], layer_stride=page * num_blocks, block_stride=page)
 
 
+def configs(
+    root: Path, role: str, daemon: str, *, extra: dict[str, Any] | None = None, num_blocks: int = 1024,
+    layers: int = LAYERS, failure_policy: str = "fail", max_batched_tokens: int = 2048,
+) -> tuple[VllmConfig, KVCacheConfig]:
+    """A real VllmConfig naming KvferryConnector, and the KV cache config of its layers."""
+    model = ModelConfig(model=str(model_dir(root, layers)), skip_tokenizer_init=True, dtype="float16", max_model_len=4096, seed=0)
+    transfer = KVTransferConfig(
+        kv_connector="KvferryConnector", kv_connector_module_path="kvferry_vllm.connector", kv_role=role,
+        kv_connector_extra_config={"kvferry_daemon": daemon, "call_timeout_s": 60, **(extra or {})},
+        kv_load_failure_policy=failure_policy,
+    )
+    config = VllmConfig(
+        model_config=model,
+        cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=True),
+        scheduler_config=SchedulerConfig(
+            max_num_seqs=16, max_num_batched_tokens=max_batched_tokens, max_model_len=4096,
+            enable_chunked_prefill=True, is_encoder_decoder=False,
+        ),
+        kv_transfer_config=transfer,
+        device_config=DeviceConfig("cpu"),
+    )
+    names = [f"model.layers.{i}.self_attn.attn" for i in range(layers)]
+    spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=HEADS, head_size=HEAD, dtype=DTYPE)
+    page = spec.page_size_bytes
+    kv_config = KVCacheConfig(
+        num_blocks=num_blocks,
+        kv_cache_tensors=[kv_cache_tensor(page, num_blocks, n) for n in names],
+        kv_cache_groups=[KVCacheGroupSpec(names, spec)],
+    )
+    return config, kv_config
+
+
 @dataclass
 class Instance:
     """One vLLM instance: its scheduler, its worker's connector, its KV cache."""
@@ -111,30 +143,9 @@ class Instance:
         cls, root: Path, role: str, daemon: str, *, extra: dict[str, Any] | None = None, num_blocks: int = 1024,
         layout: str = "NHD", layers: int = LAYERS, failure_policy: str = "fail", max_batched_tokens: int = 2048,
     ) -> Instance:
-        model = ModelConfig(model=str(model_dir(root, layers)), skip_tokenizer_init=True, dtype="float16", max_model_len=4096, seed=0)
-        transfer = KVTransferConfig(
-            kv_connector="KvferryConnector", kv_connector_module_path="kvferry_vllm.connector", kv_role=role,
-            kv_connector_extra_config={"kvferry_daemon": daemon, "call_timeout_s": 60, **(extra or {})},
-            kv_load_failure_policy=failure_policy,
-        )
-        config = VllmConfig(
-            model_config=model,
-            cache_config=CacheConfig(block_size=BLOCK, enable_prefix_caching=True),
-            scheduler_config=SchedulerConfig(
-                max_num_seqs=16, max_num_batched_tokens=max_batched_tokens, max_model_len=4096,
-                enable_chunked_prefill=True, is_encoder_decoder=False,
-            ),
-            kv_transfer_config=transfer,
-            device_config=DeviceConfig("cpu"),
-        )
-        names = [f"model.layers.{i}.self_attn.attn" for i in range(layers)]
-        spec = FullAttentionSpec(block_size=BLOCK, num_kv_heads=HEADS, head_size=HEAD, dtype=DTYPE)
-        page = spec.page_size_bytes
-        kv_config = KVCacheConfig(
-            num_blocks=num_blocks,
-            kv_cache_tensors=[kv_cache_tensor(page, num_blocks, n) for n in names],
-            kv_cache_groups=[KVCacheGroupSpec(names, spec)],
-        )
+        config, kv_config = configs(root, role, daemon, extra=extra, num_blocks=num_blocks, layers=layers,
+                                    failure_policy=failure_policy, max_batched_tokens=max_batched_tokens)
+        names = list(kv_config.kv_cache_groups[0].layer_names)
         config.cache_config.num_gpu_blocks = num_blocks
         init_none_hash(vllm_sha256)
         scheduler = Scheduler(

@@ -111,3 +111,23 @@ def test_runs_of_consecutive_block_ids():
     from kvferry_vllm.geometry import runs
 
     assert runs([3, 4, 5, 9, 1, 2]) == [(3, 3), (9, 1), (1, 2)] and runs([]) == []
+
+
+def test_the_connector_refuses_parallel_workers_and_hybrid_caches_by_name(tmp_path):
+    from dataclasses import replace
+
+    from harness import configs
+    from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
+    from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
+
+    config, kv_config = configs(tmp_path, "kv_producer", "127.0.0.1:1")
+    config.parallel_config.tensor_parallel_size = 2
+    with pytest.raises(SettingsError) as e:
+        KVConnectorFactory.create_connector(config, KVConnectorRole.WORKER, kv_config)
+    assert e.value.key == "tensor_parallel_size" and "got 2" in str(e.value)
+
+    config, kv_config = configs(tmp_path, "kv_producer", "127.0.0.1:1")
+    two_groups = replace(kv_config, kv_cache_groups=[*kv_config.kv_cache_groups, *kv_config.kv_cache_groups])
+    with pytest.raises(SettingsError) as e:
+        KVConnectorFactory.create_connector(config, KVConnectorRole.SCHEDULER, two_groups)
+    assert e.value.key == "kv_cache_groups" and "hybrid" in str(e.value)
