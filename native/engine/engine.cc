@@ -77,11 +77,14 @@ class EngineImpl final : public Engine {
       return Status(Code::kInvalidArgument, "access must be read (1) or write (2), got " +
                                                 std::to_string(static_cast<int>(access)));
     }
-    if (!pool_->Contains(offset, length)) {
-      return Status(Code::kOutOfRange, "[" + std::to_string(offset) + ", +" + std::to_string(length) +
-                                           ") is outside the " + std::to_string(pool_->size()) + "-byte pool");
-    }
+    if (!pool_->Contains(offset, length)) return OutsidePool("range", offset, length);
     return handles_.Expose(offset, length, access, handle);
+  }
+  Status ExposeExtents(std::vector<PoolExtent> extents, Access access, uint64_t* handle) override {
+    for (const PoolExtent& e : extents) {
+      if (!pool_->Contains(e.offset, e.size)) return OutsidePool("extent", e.offset, e.size);
+    }
+    return handles_.Expose(std::move(extents), access, handle);
   }
   Status Revoke(uint64_t handle) override { return handles_.Revoke(handle); }
 
@@ -152,10 +155,22 @@ class EngineImpl final : public Engine {
     if (op.kind != OpKind::kWrite && op.kind != OpKind::kRead) {
       return Status(Code::kInvalidArgument, which + "unknown kind " + std::to_string(static_cast<int>(op.kind)));
     }
-    if (!pool_->Contains(op.local_offset, op.length)) {
-      return Status(Code::kOutOfRange, which + "local range [" + std::to_string(op.local_offset) + ", +" +
-                                           std::to_string(op.length) + ") is outside the " +
-                                           std::to_string(pool_->size()) + "-byte pool");
+    if (op.gather.empty()) {
+      if (!pool_->Contains(op.local_offset, op.length)) return OutsidePool(which + "local range", op.local_offset, op.length);
+    } else {
+      if (op.gather.size() > HandleTable::kMaxExtents) {
+        return Status(Code::kInvalidArgument, which + "gathers " + std::to_string(op.gather.size()) +
+                                                  " extents; at most " + std::to_string(HandleTable::kMaxExtents));
+      }
+      uint64_t sum = 0;
+      for (const PoolExtent& e : op.gather) {
+        if (!pool_->Contains(e.offset, e.size)) return OutsidePool(which + "local extent", e.offset, e.size);
+        sum += e.size;  // each is inside the pool, so no overflow for any sane count
+      }
+      if (sum != op.length) {
+        return Status(Code::kInvalidArgument, which + "gather extents hold " + std::to_string(sum) +
+                                                  " bytes, the op moves " + std::to_string(op.length));
+      }
     }
     if (op.remote_offset > UINT64_MAX - op.length) {
       return Status(Code::kOutOfRange, which + "remote_offset + length overflows");
@@ -165,6 +180,11 @@ class EngineImpl final : public Engine {
       if (!bad_peer.empty()) return Status(Code::kInvalidArgument, which + bad_peer);
     }
     return Status::Ok();
+  }
+
+  Status OutsidePool(const std::string& what, uint64_t offset, uint64_t length) const {
+    return Status(Code::kOutOfRange, what + " [" + std::to_string(offset) + ", +" + std::to_string(length) +
+                                         ") is outside the " + std::to_string(pool_->size()) + "-byte pool");
   }
 
   // Called by transport threads (or Cancel/Disconnect/Shutdown callers) exactly once per

@@ -89,7 +89,14 @@ struct TransferOp {
   OpKind kind = OpKind::kWrite;
   /** The peer's data address, "host:port". */
   std::string peer;
+  /** The local range: [local_offset, +length), unless `gather` is given. */
   uint64_t local_offset = 0;
+  /**
+   * When not empty, the local side is these extents in order (gather for kWrite,
+   * scatter for kRead) and their sizes add up to `length`; `local_offset` is unused.
+   * One op then moves many entries' bytes to (or from) one remote range.
+   */
+  std::vector<PoolExtent> gather;
   uint64_t remote_handle = 0;
   uint64_t remote_offset = 0;
   uint64_t length = 0;
@@ -158,6 +165,12 @@ class Engine {
    * connection stays usable). kInvalidArgument for any other `access` value.
    */
   virtual Status Expose(uint64_t offset, uint64_t length, Access access, uint64_t* handle) = 0;
+  /**
+   * The same for several extents seen by peers as one range, their concatenation in
+   * order (a scatter handle: e.g. every entry of a batch behind one id). 1 to
+   * HandleTable::kMaxExtents extents, each inside the pool.
+   */
+  virtual Status ExposeExtents(std::vector<PoolExtent> extents, Access access, uint64_t* handle) = 0;
   /** Refuses new accesses at once; kHandleReleased follows when none is in flight. */
   virtual Status Revoke(uint64_t handle) = 0;
 

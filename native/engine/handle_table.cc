@@ -2,6 +2,7 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <string>
@@ -33,19 +34,36 @@ uint64_t HandleTable::NextIdLocked() {
 }
 
 Status HandleTable::Expose(uint64_t offset, uint64_t length, Access access, uint64_t* handle) {
+  return Expose(std::vector<PoolExtent>{{offset, length}}, access, handle);
+}
+
+Status HandleTable::Expose(std::vector<PoolExtent> extents, Access access, uint64_t* handle) {
   if (access != Access::kRead && access != Access::kWrite) {
     return Status(Code::kInvalidArgument, "access must be read or write, got " +
                                               std::to_string(static_cast<int>(access)));
   }
+  if (extents.empty() || extents.size() > kMaxExtents) {
+    return Status(Code::kInvalidArgument, "a handle spans 1 to " + std::to_string(kMaxExtents) + " extents, got " +
+                                              std::to_string(extents.size()));
+  }
+  Entry e;
+  e.ends.reserve(extents.size());
+  for (const PoolExtent& x : extents) {
+    if (x.size > UINT64_MAX - e.length) return Status(Code::kOutOfRange, "the extents' sizes overflow");
+    e.length += x.size;
+    e.ends.push_back(e.length);
+  }
+  e.extents = std::move(extents);
+  e.access = access;
   std::lock_guard<std::mutex> lock(mu_);
   uint64_t id = NextIdLocked();
-  entries_.emplace(id, Entry{offset, length, access, 0, false});
+  entries_.emplace(id, std::move(e));
   *handle = id;
   return Status::Ok();
 }
 
 Status HandleTable::Acquire(uint64_t handle, Access access, uint64_t offset, uint64_t length,
-                            uint64_t* pool_offset) {
+                            std::vector<PoolExtent>* pieces) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(handle);
   if (it == entries_.end() || it->second.revoked) {
@@ -62,7 +80,24 @@ Status HandleTable::Acquire(uint64_t handle, Access access, uint64_t offset, uin
                                          ") exceeds the handle's " + std::to_string(e.length) + " bytes");
   }
   ++e.in_flight;
-  *pool_offset = e.offset + offset;
+  pieces->clear();
+  if (e.extents.size() == 1) {
+    pieces->push_back({e.extents[0].offset + offset, length});
+    return Status::Ok();
+  }
+  // The extent holding `offset` (the first whose end lies past it; the last one for an
+  // empty range at the very end), then as many as the range crosses.
+  size_t i = static_cast<size_t>(std::upper_bound(e.ends.begin(), e.ends.end(), offset) - e.ends.begin());
+  if (i == e.extents.size()) i = e.extents.size() - 1;
+  uint64_t within = offset - (e.ends[i] - e.extents[i].size);
+  uint64_t left = length;
+  do {
+    const uint64_t n = std::min(left, e.extents[i].size - within);
+    pieces->push_back({e.extents[i].offset + within, n});
+    left -= n;
+    within = 0;
+    ++i;
+  } while (left > 0);
   return Status::Ok();
 }
 

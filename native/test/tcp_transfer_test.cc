@@ -109,6 +109,64 @@ TEST_F(TcpTransfer, WritesThenReadsBackEveryByteForSmallOddAndMultiSliceSizes) {
   EXPECT_EQ(sa.peers_connected, 1u);
 }
 
+TEST_F(TcpTransfer, OneGatherOpMovesEntriesOfMixedSizesIntoAScatterHandleAndBack) {
+  // A batch as the daemon sends it: entries of 1 B, 64 KiB and 9 MiB + 3 (several slices)
+  // in their own extents on both sides, one op each way, one handle on B.
+  const uint64_t sizes[] = {1, 64 << 10, 1, (9ull << 20) + 3, 64 << 10, 7};
+  std::vector<PoolExtent> src, dst, back;
+  uint64_t total = 0;
+  for (uint64_t size : sizes) {
+    src.push_back({Alloc(a_.get(), size), size});
+    back.push_back({Alloc(a_.get(), size), size});
+    dst.push_back({Alloc(b_.get(), size), size});
+    FillPattern(a_->pool_base() + src.back().offset, size, total + 1);
+    std::memset(b_->pool_base() + dst.back().offset, 0, size);
+    std::memset(a_->pool_base() + back.back().offset, 0, size);
+    total += size;
+  }
+  uint64_t hw = 0, hr = 0;
+  ASSERT_TRUE(b_->ExposeExtents(dst, Access::kWrite, &hw).ok());
+  ASSERT_TRUE(b_->ExposeExtents(dst, Access::kRead, &hr).ok());
+
+  TransferOp w = MakeOp(1, OpKind::kWrite, PeerOf(*b_), 0, hw, 0, total);
+  w.gather = src;
+  Completion cw = RunOnA(w);
+  ASSERT_EQ(cw.code, Code::kOk) << cw.message;
+  EXPECT_EQ(cw.bytes, total);
+  for (size_t i = 0; i < src.size(); ++i) {
+    ASSERT_EQ(std::memcmp(a_->pool_base() + src[i].offset, b_->pool_base() + dst[i].offset, src[i].size), 0)
+        << "entry " << i;
+  }
+  TransferOp r = MakeOp(2, OpKind::kRead, PeerOf(*b_), 0, hr, 0, total);
+  r.gather = back;
+  Completion cr = RunOnA(r);
+  ASSERT_EQ(cr.code, Code::kOk) << cr.message;
+  for (size_t i = 0; i < src.size(); ++i) {
+    ASSERT_EQ(std::memcmp(a_->pool_base() + src[i].offset, a_->pool_base() + back[i].offset, src[i].size), 0)
+        << "entry " << i;
+  }
+  // Part of the range, from the middle of one entry into the next: offsets are the
+  // handle's, across its extents.
+  std::memset(b_->pool_base() + dst[3].offset, 0, sizes[3]);
+  TransferOp part = MakeOp(3, OpKind::kWrite, PeerOf(*b_), 0, hw, sizes[0] + sizes[1] + sizes[2] + 100, sizes[3] - 100 + 10);
+  part.gather = {{src[3].offset + 100, sizes[3] - 100}, {src[4].offset, 10}};
+  Completion cp = RunOnA(part);
+  ASSERT_EQ(cp.code, Code::kOk) << cp.message;
+  EXPECT_EQ(std::memcmp(a_->pool_base() + src[3].offset + 100, b_->pool_base() + dst[3].offset + 100, sizes[3] - 100), 0);
+  EXPECT_EQ(b_->pool_base()[dst[3].offset + 99], 0);
+
+  // A gather whose sizes do not add up to the length, or that leaves the pool, is refused.
+  TransferOp bad = MakeOp(4, OpKind::kWrite, PeerOf(*b_), 0, hw, 0, total);
+  bad.gather = src;
+  bad.gather.pop_back();
+  EXPECT_EQ(a_->Submit({bad}).code(), Code::kInvalidArgument);
+  bad.gather = {{a_->pool_size() - 1, 2}};
+  bad.length = 2;
+  EXPECT_EQ(a_->Submit({bad}).code(), Code::kOutOfRange);
+  uint64_t h = 0;
+  EXPECT_EQ(b_->ExposeExtents({{0, 1}, {b_->pool_size(), 1}}, Access::kRead, &h).code(), Code::kOutOfRange);
+}
+
 TEST_F(TcpTransfer, FiveHundredConcurrentMixedOpsFromFourThreadsAllLandIntact) {
   constexpr int kOps = 500;
   std::mt19937_64 rng(7);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 
 namespace kvferry {
@@ -95,6 +96,15 @@ IoResult RecvFull(int fd, void* buf, size_t n, size_t* got, IoDeadline* deadline
   return IoResult::kOk;
 }
 
+IoResult RecvFullV(int fd, const struct iovec* iov, int iovcnt, IoDeadline* deadline) {
+  for (int i = 0; i < iovcnt; ++i) {
+    size_t got = 0;
+    IoResult r = RecvFull(fd, iov[i].iov_base, iov[i].iov_len, &got, deadline);
+    if (r != IoResult::kOk) return r;
+  }
+  return IoResult::kOk;
+}
+
 IoResult RecvFullAndPeek(int fd, void* buf, size_t n, void* spill, size_t spill_cap, size_t* spilled,
                          IoDeadline* deadline) {
   auto* p = static_cast<uint8_t*>(buf);
@@ -160,7 +170,7 @@ IoResult SendFull(int fd, struct iovec* iov, int iovcnt, IoDeadline* deadline) {
     struct msghdr msg;
     std::memset(&msg, 0, sizeof(msg));
     msg.msg_iov = iov;
-    msg.msg_iovlen = static_cast<size_t>(iovcnt);
+    msg.msg_iovlen = static_cast<size_t>(std::min(iovcnt, IOV_MAX));
     ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL);
     if (r < 0) {
       if (errno == EINTR) continue;

@@ -64,6 +64,9 @@ class IoDeadline {
  */
 IoResult RecvFull(int fd, void* buf, size_t n, size_t* got, IoDeadline* deadline = nullptr);
 
+/** RecvFull into each of `iov`'s buffers in turn. */
+IoResult RecvFullV(int fd, const struct iovec* iov, int iovcnt, IoDeadline* deadline = nullptr);
+
 /**
  * Receives exactly `n` bytes into `buf` and, in the same system calls, up to `spill_cap`
  * bytes that follow them into `spill` (whatever had already arrived; it never waits for
@@ -78,7 +81,7 @@ IoResult RecvSome(int fd, void* buf, size_t n, size_t* got);
 
 /**
  * Sends every byte described by `iov` (advancing it in place) with MSG_NOSIGNAL, as few
- * sendmsg calls as the kernel allows.
+ * sendmsg calls as the kernel allows (any number of iovecs: IOV_MAX per call).
  */
 IoResult SendFull(int fd, struct iovec* iov, int iovcnt, IoDeadline* deadline = nullptr);
 

@@ -19,7 +19,9 @@
 //   request order, so the receiver matches replies to the front of the window (reading
 //   as many reply headers per recv as can arrive before the next READ_DATA payload).
 // - Payloads move between the pool and the socket directly (sendmsg from the local
-//   extent for WRITE; recv into it for READ_DATA).
+//   extents for WRITE; recv into them for READ_DATA). An op may gather many extents
+//   (TransferOp::gather): its slices are cut from the concatenation, so a batch of small
+//   entries travels as a few full-size frames.
 //
 // Memory-safety invariant (what makes a completion a promise)
 // - An op completes only when none of its slices is in any window. A slice leaves a
@@ -48,6 +50,8 @@
 //   the same byte range, both idempotent. Only a connection killed by a cancel does this
 //   (and not once the peer is Disconnect()ed or the client is shutting down).
 #pragma once
+
+#include <sys/uio.h>
 
 #include <condition_variable>
 #include <chrono>
@@ -112,7 +116,10 @@ class TcpClient {
 
   struct Op {
     TransferOp spec;
-    uint8_t* local = nullptr;
+    // The op's local bytes in order: pool pieces (one unless the op gathers), adjacent
+    // ones merged, and the op offset where each ends.
+    std::vector<PoolExtent> local;
+    std::vector<uint64_t> local_ends;
     std::shared_ptr<Peer> peer;
     std::chrono::steady_clock::time_point start;
     uint64_t dispatched = 0;  // bytes cut into slices so far
@@ -158,6 +165,9 @@ class TcpClient {
     std::thread sender;
     std::thread receiver;
   };
+
+  /** Appends the iovecs that hold the op's bytes [at, at+length) to `out`. */
+  void AppendLocal(const Op& op, uint64_t at, uint64_t length, std::vector<struct iovec>* out) const;
 
   // Thread bodies.
   void SenderMain(Conn* c);

@@ -249,7 +249,7 @@ void TcpClient::SendLoop(Conn* c) {
       EncodeHeader(h, headers[i].data());
       iov.push_back({headers[i].data(), kHeaderSize});
       if (write && s.length > 0) {
-        iov.push_back({s.op->local + s.op_offset, static_cast<size_t>(s.length)});
+        AppendLocal(*s.op, s.op_offset, s.length, &iov);
         payload += s.length;
       }
     }
@@ -281,6 +281,7 @@ void TcpClient::ReceiveLoop(Conn* c, int fd) {
   std::vector<Slice> expected;
   std::vector<Status> outcomes;
   std::vector<Completion> done;  // swapped with completed_: its buffer is reused
+  std::vector<struct iovec> pieces;  // where a READ_DATA payload lands
   expected.reserve(kWindow);
   outcomes.reserve(kWindow);
   uint8_t buf[kHeaderSize * kWindow];
@@ -330,9 +331,10 @@ void TcpClient::ReceiveLoop(Conn* c, int fd) {
         continue;
       }
       if (!write && s.length > 0) {
-        // READ_DATA payload lands straight in the op's local extent.
-        size_t n = 0;
-        r = RecvFull(fd, s.op->local + s.op_offset, s.length, &n);
+        // READ_DATA payload lands straight in the op's local extents.
+        pieces.clear();
+        AppendLocal(*s.op, s.op_offset, s.length, &pieces);
+        r = RecvFullV(fd, pieces.data(), static_cast<int>(pieces.size()));
         if (r != IoResult::kOk) {
           death = Status(Code::kUnavailable, "receiving from peer " + peer + ": " + IoResultText(r));
           break;

@@ -318,12 +318,18 @@ void TcpServer::Serve(Connection* conn, int fd) {
   conn->done = true;
 }
 
-Status TcpServer::AcquireAccess(const FrameHeader& h, Access mode, uint64_t* pool_offset) {
-  Status access = context_.handles->Acquire(h.handle, mode, h.offset, h.length, pool_offset);
-  if (access.ok() && (*pool_offset > context_.pool_size || h.length > context_.pool_size - *pool_offset)) {
-    // Cannot happen (Expose checks ranges against the pool); refuse rather than trust it.
-    context_.handles->ReleaseAccess(h.handle);
-    return Status(Code::kInternal, "handle range outside the pool");
+Status TcpServer::AcquireAccess(const FrameHeader& h, Access mode, Session* session) {
+  Status access = context_.handles->Acquire(h.handle, mode, h.offset, h.length, &session->pieces);
+  if (!access.ok()) return access;
+  const size_t before = session->iov.size();
+  for (const PoolExtent& p : session->pieces) {
+    if (p.offset > context_.pool_size || p.size > context_.pool_size - p.offset) {
+      // Cannot happen (Expose checks ranges against the pool); refuse rather than trust it.
+      session->iov.resize(before);
+      context_.handles->ReleaseAccess(h.handle);
+      return Status(Code::kInternal, "handle range outside the pool");
+    }
+    session->iov.push_back({context_.pool_base + p.offset, static_cast<size_t>(p.size)});
   }
   return access;
 }
@@ -337,14 +343,19 @@ bool TcpServer::FlushAcks(Session* session) {
 }
 
 bool TcpServer::ServeWrite(Session* session, const FrameHeader& h) {
-  uint64_t pool_offset = 0;
-  Status access = AcquireAccess(h, Access::kWrite, &pool_offset);
+  session->iov.clear();
+  Status access = AcquireAccess(h, Access::kWrite, session);
   size_t got = 0;
   if (access.ok()) {
     // The payload goes straight into the pool; the access pins the handle meanwhile.
-    // Whatever of the next header has already arrived comes along in the same recvmsg.
-    IoResult r = RecvFullAndPeek(session->fd, context_.pool_base + pool_offset, h.length, session->next,
-                                 kHeaderSize, &session->next_have, &session->deadline);
+    // Whatever of the next header has already arrived comes along with its last piece.
+    const struct iovec last = session->iov.back();
+    IoResult r = RecvFullV(session->fd, session->iov.data(), static_cast<int>(session->iov.size()) - 1,
+                           &session->deadline);
+    if (r == IoResult::kOk) {
+      r = RecvFullAndPeek(session->fd, last.iov_base, last.iov_len, session->next, kHeaderSize,
+                          &session->next_have, &session->deadline);
+    }
     context_.handles->ReleaseAccess(h.handle);
     if (r != IoResult::kOk) return false;
     context_.counters->bytes_received.fetch_add(h.length, std::memory_order_relaxed);
@@ -371,22 +382,20 @@ bool TcpServer::ServeWrite(Session* session, const FrameHeader& h) {
 }
 
 bool TcpServer::ServeRead(Session* session, const FrameHeader& h) {
-  uint64_t pool_offset = 0;
-  Status access = AcquireAccess(h, Access::kRead, &pool_offset);
+  // Held-back ACKs (they answer earlier requests), header and payload leave in one
+  // sendmsg, the payload straight from the pool.
+  uint8_t out[kHeaderSize];
+  session->iov.clear();
+  session->iov.push_back({session->acks.data(), session->acks.size()});
+  session->iov.push_back({out, kHeaderSize});
+  Status access = AcquireAccess(h, Access::kRead, session);
   FrameHeader reply;
   reply.type = FrameType::kReadData;
   reply.status = static_cast<uint32_t>(access.code());
   reply.request_id = h.request_id;
   reply.length = access.ok() ? h.length : 0;
-  uint8_t out[kHeaderSize];
   EncodeHeader(reply, out);
-  // Held-back ACKs (they answer earlier requests), header and payload leave in one
-  // sendmsg, the payload straight from the pool.
-  struct iovec iov[3];
-  iov[0] = {session->acks.data(), session->acks.size()};
-  iov[1] = {out, kHeaderSize};
-  iov[2] = {access.ok() ? context_.pool_base + pool_offset : nullptr, static_cast<size_t>(reply.length)};
-  IoResult r = SendFull(session->fd, iov, 3, &session->deadline);
+  IoResult r = SendFull(session->fd, session->iov.data(), static_cast<int>(session->iov.size()), &session->deadline);
   session->acks.clear();
   if (access.ok()) {
     context_.handles->ReleaseAccess(h.handle);

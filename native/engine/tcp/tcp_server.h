@@ -118,6 +118,8 @@ class TcpServer {
     IoDeadline deadline;  // the current frame's (see above)
     std::vector<uint8_t> scratch;  // sink for refused WRITE payloads
     std::vector<uint8_t> acks;     // encoded WRITE_ACKs not sent yet, in request order
+    std::vector<PoolExtent> pieces;  // the current access's range in the pool
+    std::vector<struct iovec> iov;   // the same as buffers (READ: after the ACKs and header)
     // The first bytes of the next header, read together with the previous WRITE's payload.
     uint8_t next[kHeaderSize];
     size_t next_have = 0;
@@ -135,8 +137,11 @@ class TcpServer {
   /** Hands an authenticated socket to a serving thread (or closes it when full). */
   void StartServing(int fd);
   void Serve(Connection* conn, int fd);
-  /** HandleTable::Acquire (for `access`) plus a check that the result lies inside the pool. */
-  Status AcquireAccess(const FrameHeader& h, Access access, uint64_t* pool_offset);
+  /**
+   * HandleTable::Acquire (for `access`) plus a check that the result lies inside the
+   * pool; on success `session->iov` holds the frame's payload buffers in the pool.
+   */
+  Status AcquireAccess(const FrameHeader& h, Access access, Session* session);
   /** Serves one request whose header is `h`; false when the connection must close. */
   bool ServeWrite(Session* session, const FrameHeader& h);
   bool ServeRead(Session* session, const FrameHeader& h);
