@@ -106,6 +106,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod<&EngineWrap::Free>("free"),
                            InstanceMethod<&EngineWrap::PoolStats>("poolStats"),
                            InstanceMethod<&EngineWrap::Expose>("expose"),
+                           InstanceMethod<&EngineWrap::ExposeExtents>("exposeExtents"),
                            InstanceMethod<&EngineWrap::Revoke>("revoke"),
                            InstanceMethod<&EngineWrap::RevokeAll>("revokeAll"),
                            InstanceMethod<&EngineWrap::Ref>("ref"),
@@ -261,19 +262,25 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Env env = info.Env();
     const uint64_t offset = ToU64(info[0], "offset");
     const uint64_t length = ToU64(info[1], "length");
-    kvferry::Access access;
-    const std::string mode = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : std::string();
-    if (mode == "read") {
-      access = kvferry::Access::kRead;
-    } else if (mode == "write") {
-      access = kvferry::Access::kWrite;
-    } else {
-      throw Napi::TypeError::New(env, "access must be \"read\" or \"write\"");
-    }
     uint64_t handle = 0;
-    Status s = engine(env).Expose(offset, length, access, &handle);
+    Status s = engine(env).Expose(offset, length, AccessOf(env, info[2]), &handle);
     if (!s.ok()) ThrowStatus(info.Env(), s);
     return Napi::BigInt::New(info.Env(), handle);
+  }
+
+  // exposeExtents(Float64Array [offset, size, offset, size, ...], access): one handle
+  // over the extents' concatenation (see Engine::ExposeExtents).
+  Napi::Value ExposeExtents(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+      throw Napi::TypeError::New(env, "exposeExtents(Float64Array, access)");
+    }
+    std::vector<kvferry::PoolExtent> extents = ExtentPairs(env, info[0].As<Napi::Float64Array>(), 0,
+                                                           info[0].As<Napi::Float64Array>().ElementLength() / 2);
+    uint64_t handle = 0;
+    Status s = engine(env).ExposeExtents(std::move(extents), AccessOf(env, info[1]), &handle);
+    if (!s.ok()) ThrowStatus(env, s);
+    return Napi::BigInt::New(env, handle);
   }
 
   Napi::Value Revoke(const Napi::CallbackInfo& info) {
@@ -286,8 +293,34 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return Napi::Number::New(info.Env(), engine(info.Env()).data_port());
   }
 
+  static kvferry::Access AccessOf(Napi::Env env, const Napi::Value& v) {
+    const std::string mode = v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+    if (mode == "read") return kvferry::Access::kRead;
+    if (mode == "write") return kvferry::Access::kWrite;
+    throw Napi::TypeError::New(env, "access must be \"read\" or \"write\"");
+  }
+
+  // Pairs [first, first + count) of a flat [offset, size, ...] array as extents.
+  static std::vector<kvferry::PoolExtent> ExtentPairs(Napi::Env env, const Napi::Float64Array& flat, size_t first,
+                                                      size_t count) {
+    if (flat.ElementLength() % 2 != 0 || (first + count) * 2 > flat.ElementLength()) {
+      throw Napi::RangeError::New(env, "extents: [offset, size] pairs expected");
+    }
+    std::vector<kvferry::PoolExtent> out(count);
+    for (size_t i = 0; i < count; ++i) {
+      const double offset = flat[2 * (first + i)], size = flat[2 * (first + i) + 1];
+      if (!(offset >= 0 && size >= 0 && offset <= 9007199254740991.0 && size <= 9007199254740991.0)) {
+        throw Napi::RangeError::New(env, "extents: offsets and sizes must be non-negative safe integers");
+      }
+      out[i] = {static_cast<uint64_t>(offset), static_cast<uint64_t>(size)};
+    }
+    return out;
+  }
+
   // submit(peer, { ids: Float64Array, kinds: Uint8Array (1 write, 2 read), localOffsets,
-  //   remoteHandles: BigUint64Array, remoteOffsets, lengths: Float64Array }): one peer per call.
+  //   remoteHandles: BigUint64Array, remoteOffsets, lengths: Float64Array, and optionally
+  //   gatherCounts: Uint32Array (extents op i gathers; 0: its localOffset) with gather:
+  //   Float64Array ([offset, size] pairs of every gathering op, in op order) }): one peer per call.
   Napi::Value Submit(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!info[0].IsString() || !info[1].IsObject()) throw Napi::TypeError::New(env, "submit(peer, columns)");
@@ -313,6 +346,15 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         lengths.ElementLength() != n || handles.ElementLength() != n) {
       throw Napi::RangeError::New(env, "submit: every column must have the same length");
     }
+    Napi::Value countsValue = cols.Get("gatherCounts");
+    const bool gathers = !countsValue.IsUndefined();
+    if (gathers && (!countsValue.IsTypedArray() ||
+                    countsValue.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+                    countsValue.As<Napi::Uint32Array>().ElementLength() != n)) {
+      throw Napi::TypeError::New(env, "gatherCounts must be a Uint32Array with one count per op");
+    }
+    Napi::Float64Array gather = gathers ? f64("gather") : Napi::Float64Array();
+    size_t gathered = 0;
     std::vector<TransferOp> ops(n);
     for (size_t i = 0; i < n; i++) {
       TransferOp& op = ops[i];
@@ -325,6 +367,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       op.remote_handle = handles[i];
       op.remote_offset = static_cast<uint64_t>(remote[i]);
       op.length = static_cast<uint64_t>(lengths[i]);
+      const size_t count = gathers ? countsValue.As<Napi::Uint32Array>()[i] : 0;
+      if (count > 0) {
+        op.gather = ExtentPairs(env, gather, gathered, count);
+        gathered += count;
+      }
     }
     Status s = engine(env).Submit(std::move(ops));
     if (!s.ok()) ThrowStatus(env, s);

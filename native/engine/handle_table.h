@@ -35,7 +35,7 @@ class HandleTable {
   HandleTable& operator=(const HandleTable&) = delete;
 
   /** Most extents one handle may span. */
-  static constexpr size_t kMaxExtents = 1 << 16;
+  static constexpr size_t kMaxExtents = 1 << 20;
 
   /**
    * Registers a range under a fresh id, accessible in the direction `access` only. The

@@ -5,13 +5,15 @@
 import type { Logger } from "pino";
 import { InvalidArgumentError, type KvferryError, UnavailableError } from "../errors.js";
 import { errorFromStatus } from "../grpc-errors.js";
-import { KvFerryPeerService, type EntryError, type ExposedPart, type Reservation } from "../gen/kvferry/v1/peer.js";
-import type { OpSpec, TransferEngine } from "../engine/transfer-engine.js";
+import { KvFerryPeerService, type EntryError, type PartSize, type Reservation } from "../gen/kvferry/v1/peer.js";
+import type { PoolExtent } from "../engine/pool-memory.js";
+import type { TransferEngine } from "../engine/transfer-engine.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
+import type { Block } from "../store/memory.js";
+import type { ReadPart } from "../store/read-lease.js";
 import { checkLeaseTtl, checkTransferId } from "../store/validate.js";
 import type { ResolvePeer } from "./node-resolver.js";
-import { OpPlan, remaining } from "./op-plan.js";
-import { remoteSegments, segmentOps } from "./part-segments.js";
+import { BatchPlan, batchHandleOf, remaining } from "./batch-plan.js";
 import type { Peer, PeerDirectory } from "./peers.js";
 import { MAX_BATCH } from "./transfer-reservations.js";
 
@@ -197,22 +199,30 @@ export class TransferInitiator {
         remaining(deadlineAt),
       );
       const reserved = new Map<string, string>(); // transfer id → reservation id
-      const plan = new OpPlan();
+      let plan: BatchPlan;
+      try {
+        plan = new BatchPlan("write", batchHandleOf(prep.batch));
+      } catch (err) {
+        plan = new BatchPlan("write", 0n);
+        for (const id of live) out.fail(id, err);
+      }
       live.forEach((id, i) => {
+        if (out.has(id)) return;
+        let reservation: Reservation;
         try {
-          const reservation = checkReservation(prep.entries[i], id);
-          reserved.set(id, reservation.id);
-          const exposed = exposedByName(reservation.parts);
-          // All of an entry's ops, or none: a half-planned entry must not write anything.
-          const ops = leases.get(id)!.parts.filter((part) => part.size > 0).flatMap((part): OpSpec[] =>
-            segmentOps("write", this.o.engine.extentsOf(part.block), segmentsOf(exposed, part.name, part.size)),
-          );
-          for (const op of ops) plan.add(id, op);
+          reservation = checkReservation(prep.entries[i], id);
+        } catch (err) {
+          return out.fail(id, err); // no bytes of it behind the batch's handle
+        }
+        reserved.set(id, reservation.id);
+        try {
+          plan.add(id, localExtents(leases.get(id)!.parts, reservation.parts, (b) => this.o.engine.extentsOf(b)), reservation.parts);
         } catch (err) {
           out.fail(id, err);
+          plan.skip(reservation.parts);
         }
       });
-      await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt, out, reserved.keys());
+      await plan.run(this.o.engine, peer.hello!.dataAddress, prep.batch, deadlineAt, out, reserved.keys());
       // Whatever failed gives its reservation back now rather than at the peer's timeout.
       const abandoned = [...reserved].filter(([id]) => out.has(id));
       for (const [id] of abandoned) reserved.delete(id);
@@ -255,19 +265,19 @@ export class TransferInitiator {
     const writers = new Map<string, PartWriter[]>();
     const completed: string[] = [];
     try {
-      const exposedParts = new Map<string, ExposedPart[]>();
+      const lent = new Map<string, PartSize[]>();
       ids.forEach((id, i) => {
         try {
           const reservation = checkReservation(prep.entries[i], id);
           held.set(id, reservation.id);
-          exposedParts.set(id, reservation.parts);
+          lent.set(id, reservation.parts);
         } catch (err) {
           out.fail(id, err);
         }
       });
       // Room here, entry by entry (each may wait for eviction or room).
       await Promise.all(
-        [...exposedParts].map(async ([id, parts]) => {
+        [...lent].map(async ([id, parts]) => {
           const opened: PartWriter[] = [];
           writers.set(id, opened);
           try {
@@ -279,20 +289,26 @@ export class TransferInitiator {
           }
         }),
       );
-      const plan = new OpPlan();
-      for (const [id, parts] of exposedParts) {
-        if (out.has(id)) continue;
+      let plan: BatchPlan;
+      try {
+        plan = new BatchPlan("read", batchHandleOf(prep.batch));
+      } catch (err) {
+        plan = new BatchPlan("read", 0n);
+        for (const id of lent.keys()) out.fail(id, err);
+      }
+      for (const [id, parts] of lent) {
+        if (out.has(id)) {
+          plan.skip(parts);
+          continue;
+        }
         try {
-          // All of an entry's ops, or none.
-          const ops = parts.flatMap((part, i): OpSpec[] =>
-            part.size === 0 ? [] : segmentOps("read", this.o.engine.extentsOf(writers.get(id)![i]!.block), remoteSegments(part)),
-          );
-          for (const op of ops) plan.add(id, op);
+          plan.add(id, writers.get(id)!.flatMap((w) => (w.size > 0 ? this.o.engine.extentsOf(w.block) : [])), parts);
         } catch (err) {
           out.fail(id, err);
+          plan.skip(parts);
         }
       }
-      await plan.run(this.o.engine, peer.hello!.dataAddress, deadlineAt, out, exposedParts.keys());
+      await plan.run(this.o.engine, peer.hello!.dataAddress, prep.batch, deadlineAt, out, lent.keys());
       for (const [id, opened] of writers) {
         if (out.has(id)) continue;
         try {
@@ -366,12 +382,15 @@ function checkReservation(r: Reservation | undefined, transferId: string): Reser
   return r;
 }
 
-function exposedByName(parts: ExposedPart[]): Map<string, ExposedPart> {
-  return new Map(parts.map((p) => [p.name, p]));
-}
-
-function segmentsOf(byName: Map<string, ExposedPart>, name: string, size: number) {
-  const part = byName.get(name);
-  if (part === undefined || part.size !== size) throw new UnavailableError(`peer exposed no part ${name} of ${size} bytes`);
-  return remoteSegments(part);
+/**
+ * The local extents of a leased entry's parts in the order the peer lists them: the same
+ * names and sizes on both sides, or UnavailableError.
+ */
+function localExtents(local: readonly ReadPart[], remote: readonly PartSize[], extentsOf: (block: Block) => readonly PoolExtent[]): PoolExtent[] {
+  if (local.length !== remote.length) throw new UnavailableError(`peer reserved ${remote.length} parts, the entry has ${local.length}`);
+  return remote.flatMap((r) => {
+    const part = local.find((p) => p.name === r.name);
+    if (part === undefined || part.size !== r.size) throw new UnavailableError(`peer reserved no part ${r.name} of ${r.size} bytes`);
+    return part.size > 0 ? extentsOf(part.block) : [];
+  });
 }

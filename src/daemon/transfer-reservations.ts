@@ -1,6 +1,8 @@
 // The other side of a transfer: the room (PrepareReceive) or the copies (PrepareSend) this
-// daemon holds for a peer that initiated a batch, exposed to it through engine handles,
-// until the peer commits, aborts or finishes. Every batch of reservations carries a timer:
+// daemon holds for a peer that initiated a batch, exposed to it through one engine handle
+// per batch (BatchHandle in peer.proto: every held entry's parts back to back), until the
+// peer commits, aborts or finishes. The handle is revoked, once, by the first commit,
+// abort or finish that names an entry of its batch: by then the initiator's ops are over. Every batch of reservations carries a timer:
 // if the initiator dies, its half of the work is undone at the deadline (plus a grace
 // period) and no pool byte leaks. Each entry is reserved or refused on its own.
 import { randomUUID } from "node:crypto";
@@ -8,6 +10,7 @@ import type { Logger } from "pino";
 import { InvalidArgumentError, NotFoundError } from "../errors.js";
 import { grpcStatusOf } from "../grpc-errors.js";
 import type {
+  BatchHandle,
   CommitReceiveResponse,
   EntryError,
   IncomingEntry,
@@ -20,7 +23,7 @@ import type {
 import type { TransferEngine } from "../engine/transfer-engine.js";
 import type { LookupBuffer, PartWriter, ReadLease } from "../store/lookup-buffer.js";
 import { checkLeaseTtl, checkPartName, checkTransferId } from "../store/validate.js";
-import { toExposedPart } from "./part-segments.js";
+import type { Block } from "../store/memory.js";
 
 /** Most entries one batch (a BatchTransfer, or one peer request of it) holds. */
 export const MAX_BATCH = 4096;
@@ -28,16 +31,31 @@ export const MAX_BATCH = 4096;
 const RESERVATION_GRACE_MS = 5_000;
 const MAX_RESERVATION_MS = 10 * 60_000;
 
+/** One batch's handle, shared by its entries; revoked once. */
+class BatchExposure {
+  #revoked: Promise<void> | undefined;
+
+  constructor(
+    private readonly engine: TransferEngine,
+    readonly handle: bigint,
+  ) {}
+
+  /** Resolves once no peer access to the batch is in flight (then its blocks may be freed). */
+  revoke(): Promise<void> {
+    return (this.#revoked ??= this.engine.revokeAll([this.handle]));
+  }
+}
+
 interface Incoming {
   transferId: string;
   writers: PartWriter[];
-  handles: bigint[];
+  batch: BatchExposure | undefined;
 }
 
 interface Outgoing {
   transferId: string;
   lease: ReadLease;
-  handles: bigint[];
+  batch: BatchExposure | undefined;
 }
 
 export interface ReservationsOptions {
@@ -61,26 +79,13 @@ export class Reservations {
     const holdMs = reservationMs(req.deadlineMs);
     const leaseTtlMs = checkLeaseTtl(req.leaseTtlMs);
     checkBatchSize(req.entries.length, "entries");
-    const batchId = randomUUID();
-    const ids: string[] = [];
-    const reserve = (entry: IncomingEntry, index: number, writers: PartWriter[]): Reservation => {
-      const handles = writers.map((w) => (w.size > 0 ? this.o.engine.exposeSegments(w.block, "write") : []));
-      const id = `${batchId}/${index}`;
-      this.#incoming.set(id, { transferId: entry.transferId, writers, handles: handles.flat() });
-      ids.push(id);
-      return {
-        transferId: entry.transferId,
-        id,
-        parts: writers.map((w, i) => toExposedPart(entry.parts[i]!.name, w.size, this.o.engine.extentsOf(w.block), handles[i]!)),
-      };
-    };
     const refuse = (entry: IncomingEntry, writers: PartWriter[], err: unknown): Reservation => {
       for (const w of writers) w.abort();
       return { transferId: entry.transferId, error: toEntryError(err), id: "", parts: [] };
     };
     // Room now (the common case) is taken synchronously, entry by entry; the entries
     // that must wait for room (like a put) do so afterwards, together.
-    const entries: (Reservation | undefined)[] = req.entries.map((entry, index) => {
+    const held: (PartWriter[] | Reservation | undefined)[] = req.entries.map((entry) => {
       const writers: PartWriter[] = [];
       try {
         const transferId = checkTransferId(entry.transferId);
@@ -93,13 +98,13 @@ export class Reservations {
           }
           writers.push(writer);
         }
-        return reserve(entry, index, writers);
+        return writers;
       } catch (err) {
         return refuse(entry, writers, err);
       }
     });
     await Promise.all(
-      entries.map(async (done, index) => {
+      held.map(async (done, index) => {
         if (done !== undefined) return;
         const entry = req.entries[index]!;
         const writers: PartWriter[] = [];
@@ -107,18 +112,36 @@ export class Reservations {
           for (const p of entry.parts) {
             writers.push(await this.o.store.openPart({ transferId: entry.transferId, part: p.name, leaseTtlMs }, p.size));
           }
-          entries[index] = reserve(entry, index, writers);
+          held[index] = writers;
         } catch (err) {
-          entries[index] = refuse(entry, writers, err);
+          held[index] = refuse(entry, writers, err);
         }
       }),
     );
+    // Every reserved entry's parts behind one handle, in order.
+    const reserved = held.flatMap((h, index) => (Array.isArray(h) ? [{ index, writers: h }] : []));
+    let batch: BatchExposure | undefined;
+    try {
+      batch = this.#expose(reserved.flatMap((r) => r.writers.map((w) => w.block)), "write");
+    } catch (err) {
+      for (const r of reserved) held[r.index] = refuse(req.entries[r.index]!, r.writers, err);
+      reserved.length = 0;
+    }
+    const batchId = randomUUID();
+    const ids: string[] = [];
+    for (const { index, writers } of reserved) {
+      const entry = req.entries[index]!;
+      const id = `${batchId}/${index}`;
+      this.#incoming.set(id, { transferId: entry.transferId, writers, batch });
+      ids.push(id);
+      held[index] = { transferId: entry.transferId, id, parts: entry.parts.map((p) => ({ name: p.name, size: p.size })) };
+    }
     // One timer for the batch: whatever is neither committed nor aborted by then is undone.
     this.#arm(ids, this.#incoming, holdMs, (left) => {
       this.o.log.warn({ entries: left.length, source: req.sourceNode }, "receive not committed in time: undone");
       void this.abortReceive(left);
     });
-    return { entries: entries as Reservation[] };
+    return { entries: held as Reservation[], batch: batchOf(batch, reserved.flatMap((r) => r.writers)) };
   }
 
   async commitReceive(ids: readonly string[]): Promise<CommitReceiveResponse> {
@@ -128,7 +151,7 @@ export class Reservations {
       return r;
     });
     // The sender says every byte landed; wait until no peer access is still in flight.
-    await this.o.engine.revokeAll(taken.flatMap((r) => (r ? r.handles.filter((h) => h !== 0n) : [])));
+    await revokeBatches(taken);
     const results = taken.map((r, i) => {
       const id = ids[i]!;
       if (r === undefined) {
@@ -156,42 +179,52 @@ export class Reservations {
       this.#incoming.delete(id);
       return r ? [r] : [];
     });
-    await this.o.engine.revokeAll(taken.flatMap((r) => r.handles.filter((h) => h !== 0n)));
+    await revokeBatches(taken);
     for (const r of taken) for (const w of r.writers) w.abort();
   }
 
   async prepareSend(req: PrepareSendRequest): Promise<PrepareSendResponse> {
     const holdMs = reservationMs(req.deadlineMs);
     checkBatchSize(req.transferIds.length, "transfer_ids");
-    const batchId = randomUUID();
-    const ids: string[] = [];
-    const entries = await Promise.all(
-      req.transferIds.map(async (requested, index): Promise<Reservation> => {
+    const leases = await Promise.all(
+      req.transferIds.map(async (requested): Promise<ReadLease | EntryError> => {
         try {
           const transferId = checkTransferId(requested);
           // Absent: NOT_FOUND now, so the other entries of the batch are not held back.
           const waitMs = this.o.store.has(transferId) ? Math.min(holdMs, req.deadlineMs) : 0;
           // To be dropped after the pull: held exclusively, so no consumer here gets it too.
-          const lease = await this.o.store.get({ transferId, waitMs, exclusive: req.releaseSource });
-          const handles = lease.parts.map((p) => (p.size > 0 ? this.o.engine.exposeSegments(p.block, "read") : []));
-          const id = `${batchId}/${index}`;
-          this.#outgoing.set(id, { transferId, lease, handles: handles.flat() });
-          ids.push(id);
-          return {
-            transferId,
-            id,
-            parts: lease.parts.map((p, i) => toExposedPart(p.name, p.size, this.o.engine.extentsOf(p.block), handles[i]!)),
-          };
+          return await this.o.store.get({ transferId, waitMs, exclusive: req.releaseSource });
         } catch (err) {
-          return { transferId: requested, error: toEntryError(err), id: "", parts: [] };
+          return toEntryError(err);
         }
       }),
     );
+    const lent = leases.flatMap((l, index) => ("parts" in l ? [{ index, lease: l }] : []));
+    let batch: BatchExposure | undefined;
+    try {
+      batch = this.#expose(lent.flatMap((l) => l.lease.parts.map((p) => p.block)), "read");
+    } catch (err) {
+      for (const l of lent) {
+        l.lease.release(false);
+        leases[l.index] = toEntryError(err);
+      }
+      lent.length = 0;
+    }
+    const batchId = randomUUID();
+    const ids: string[] = [];
+    const entries = leases.map((l, index): Reservation => {
+      const transferId = req.transferIds[index]!;
+      if (!("parts" in l)) return { transferId, error: l, id: "", parts: [] };
+      const id = `${batchId}/${index}`;
+      this.#outgoing.set(id, { transferId, lease: l, batch });
+      ids.push(id);
+      return { transferId, id, parts: l.parts.map((p) => ({ name: p.name, size: p.size })) };
+    });
     this.#arm(ids, this.#outgoing, holdMs, (left) => {
       this.o.log.warn({ entries: left.length, destination: req.destinationNode }, "send not finished in time: released");
       void this.finishSend([], left, false);
     });
-    return { entries };
+    return { entries, batch: batchOf(batch, lent.flatMap((l) => l.lease.parts)) };
   }
 
   async finishSend(completed: readonly string[], failed: readonly string[], releaseSource: boolean): Promise<void> {
@@ -202,12 +235,19 @@ export class Reservations {
     };
     const done = completed.flatMap(take);
     const undone = failed.flatMap(take);
-    await this.o.engine.revokeAll([...done, ...undone].flatMap((s) => s.handles.filter((h) => h !== 0n)));
+    await revokeBatches([...done, ...undone]);
     for (const s of undone) s.lease.release(false);
     for (const s of done) {
       if (releaseSource) s.lease.releaseAndDrop("transferred");
       else s.lease.release(false);
     }
+  }
+
+  /** One handle over the blocks' extents in order; none when they hold no bytes. */
+  #expose(blocks: readonly Block[], access: "read" | "write"): BatchExposure | undefined {
+    const extents = blocks.flatMap((b) => (b.size > 0 ? this.o.engine.extentsOf(b) : []));
+    if (extents.length === 0) return undefined;
+    return new BatchExposure(this.o.engine, this.o.engine.exposeExtents(extents, access));
   }
 
   /**
@@ -258,6 +298,18 @@ function checkPartSizes(parts: readonly { name: string; size: number }[], transf
 
 function checkBatchSize(n: number, field: string): void {
   if (n === 0 || n > MAX_BATCH) throw new InvalidArgumentError(field, `${n} entries; a batch holds 1 to ${MAX_BATCH}`);
+}
+
+/** The wire form of a batch's handle over `held` (parts or writers, in order). */
+function batchOf(batch: BatchExposure | undefined, held: readonly { size: number }[]): BatchHandle {
+  return { handle: batch?.handle.toString() ?? "", size: held.reduce((sum, h) => sum + h.size, 0) };
+}
+
+/** Revokes the batches of `held` (each once) and resolves when no peer access to any is in flight. */
+async function revokeBatches(held: readonly ({ batch: BatchExposure | undefined } | undefined)[]): Promise<void> {
+  const batches = new Set<BatchExposure>();
+  for (const h of held) if (h?.batch) batches.add(h.batch);
+  await Promise.all([...batches].map((b) => b.revoke()));
 }
 
 function toEntryError(err: unknown): EntryError {

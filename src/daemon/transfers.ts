@@ -12,8 +12,9 @@
 // Each entry succeeds or fails on its own; one failure never fails the batch.
 //
 // The roles live apart: transfer-initiator.ts runs a batch, transfer-reservations.ts holds
-// room or copies for a peer's batch, op-plan.ts maps engine ops back to entries. This is
-// the daemon's one handle on both sides.
+// room or copies for a peer's batch behind one handle, batch-plan.ts lays the batch's
+// entries along that handle as engine ops and maps them back to entries. This is the
+// daemon's one handle on both sides.
 import type {
   CommitReceiveResponse,
   PrepareReceiveRequest,

@@ -24,6 +24,9 @@ export interface NativeOpColumns {
   remoteHandles: BigUint64Array;
   remoteOffsets: Float64Array;
   lengths: Float64Array;
+  /** Extents op i gathers (0: its localOffsets entry), with `gather`: their [offset, size] pairs in op order. */
+  gatherCounts?: Uint32Array;
+  gather?: Float64Array;
 }
 
 /** Engine status codes, as native/engine/status.cc names them. */
@@ -61,6 +64,8 @@ export interface NativeEngine {
   free(offset: number): void;
   poolStats(): { capacity: number; used: number; freeExtents: number; largestFree: number; allocations: number };
   expose(offset: number, length: number, access: "read" | "write"): bigint;
+  /** One handle over the extents [offset, size, …] seen as one range, in order. */
+  exposeExtents(extents: Float64Array, access: "read" | "write"): bigint;
   revoke(handle: bigint): void;
   /** Revokes each: 1 where revoked (release reported later), 0 where unknown. */
   revokeAll(handles: BigUint64Array): Uint8Array;

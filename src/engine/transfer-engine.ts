@@ -39,7 +39,10 @@ export interface TransferEngineOptions {
 
 export interface OpSpec {
   kind: "write" | "read";
+  /** The local range's start, unless `gather` is given. */
   localOffset: number;
+  /** The local side as extents in order (their lengths add up to `length`): many entries, one op. */
+  gather?: readonly PoolExtent[];
   remoteHandle: bigint;
   remoteOffset: number;
   length: number;
@@ -154,18 +157,21 @@ export class TransferEngine {
   }
 
   /**
-   * Lets peers reach exactly this block, to read it or to write it: a fresh handle per
-   * segment (one for a block of one extent), each naming that segment's bytes only.
+   * Lets peers reach exactly these extents, to read them or to write them, as one range
+   * (their concatenation in order) under one fresh handle.
    */
-  exposeSegments(block: Block, access: "read" | "write"): bigint[] {
-    const handles: bigint[] = [];
+  exposeExtents(extents: readonly PoolExtent[], access: "read" | "write"): bigint {
+    const pairs = new Float64Array(extents.length * 2);
+    extents.forEach((e, i) => {
+      pairs[2 * i] = e.offset;
+      pairs[2 * i + 1] = e.length;
+    });
     try {
-      for (const e of this.extentsOf(block)) handles.push(this.#native.expose(e.offset, e.length, access));
+      return this.#native.exposeExtents(pairs, access);
     } catch (err) {
-      for (const h of handles) this.#native.revoke(h); // never exposed to anyone: nothing in flight
-      throw err;
+      const e = err as Error & { code?: NativeCode };
+      throw e.code ? engineError(e.code, e.message) : err;
     }
-    return handles;
   }
 
   /** Resolves once no peer access to any of the handles is in flight; then their blocks may be freed. */
@@ -209,6 +215,7 @@ export class TransferEngine {
       remoteHandles: new BigUint64Array(n),
       remoteOffsets: new Float64Array(n),
       lengths: new Float64Array(n),
+      ...gatherColumns(ops),
     };
     ops.forEach((op, i) => {
       columns.ids[i] = first + i;
@@ -306,4 +313,22 @@ export class TransferEngine {
     }
     for (const handle of batch.released) this.#released(handle);
   }
+}
+
+/** The gather columns of `submit` (none when no op gathers). */
+function gatherColumns(ops: readonly OpSpec[]): { gatherCounts?: Uint32Array; gather?: Float64Array } {
+  let pairs = 0;
+  for (const op of ops) pairs += op.gather?.length ?? 0;
+  if (pairs === 0) return {};
+  const gatherCounts = new Uint32Array(ops.length);
+  const gather = new Float64Array(pairs * 2);
+  let at = 0;
+  ops.forEach((op, i) => {
+    gatherCounts[i] = op.gather?.length ?? 0;
+    for (const e of op.gather ?? []) {
+      gather[at++] = e.offset;
+      gather[at++] = e.length;
+    }
+  });
+  return { gatherCounts, gather };
 }

@@ -370,7 +370,7 @@ describe("garbage on the data port", () => {
     );
     const reservation = prep.entries[0]!;
     expect(reservation.error, JSON.stringify(reservation.error)).toBeUndefined();
-    const handle = BigInt(reservation.parts[0]!.handle);
+    const handle = BigInt(prep.batch!.handle);
     const data = seededBytes(size, "bounds");
 
     const c = await RawDataConnection.open(t.dataAddress);

@@ -7,10 +7,8 @@
 //   there: every evicted entry but the last was still needed;
 // - bytes used = the rounded sizes of every live part = what the native allocator counts;
 // - every byte read back (through segments and view) is the byte written.
-// Plus the op planner that cuts a part at both daemons' segment boundaries.
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import { segmentOps, type RemoteSegment } from "../../src/daemon/part-segments.js";
 import { loadAddon, type NativeEngine } from "../../src/engine/native.js";
 import { PoolBlock, PoolMemory, poolFootprint, type PoolExtent } from "../../src/engine/pool-memory.js";
 import { LookupBuffer, type PartWriter, type ReadLease, type RemovalEvent } from "../../src/store/lookup-buffer.js";
@@ -321,50 +319,5 @@ describe("lookup buffer over the native pool (fragmenting)", () => {
     expect(seen.scattered, "parts that spanned several extents").toBeGreaterThan(20);
     expect(seen.evictingPuts).toBeGreaterThan(20);
     expect(seen.refusedPuts).toBeGreaterThan(5);
-  });
-});
-
-describe("segmentOps", () => {
-  /** `size` cut into pieces at the given points. */
-  const cut = (size: number, points: number[]): number[] => {
-    const at = [...new Set(points.map((p) => p % (size + 1)))].sort((a, b) => a - b).filter((p) => p > 0 && p < size);
-    return [...at, size].map((p, i, all) => p - (i === 0 ? 0 : all[i - 1]!));
-  };
-
-  it("moves every byte once, each op inside one local extent and one remote segment", () => {
-    fc.assert(
-      fc.property(
-        fc.integer({ min: 1, max: 100_000 }),
-        fc.array(fc.nat(), { maxLength: 12 }),
-        fc.array(fc.nat(), { maxLength: 12 }),
-        (size, localCuts, remoteCuts) => {
-          // Local extents at scattered pool offsets; remote segments with distinct handles.
-          let poolAt = 1_000_000;
-          const local: PoolExtent[] = cut(size, localCuts).map((length) => ({ offset: (poolAt -= length + 4096), length }));
-          const remote: RemoteSegment[] = cut(size, remoteCuts).map((length, i) => ({ handle: BigInt(100 + i), length }));
-          const ops = segmentOps("write", local, remote);
-          // Walk the part: the ops, in order, are its bytes in order on both sides.
-          let partAt = 0;
-          for (const op of ops) {
-            expect(op.length).toBeGreaterThan(0);
-            const li = local.findIndex((e) => op.localOffset >= e.offset && op.localOffset < e.offset + e.length);
-            const l = local[li]!;
-            expect(op.localOffset + op.length).toBeLessThanOrEqual(l.offset + l.length);
-            const localPartAt = local.slice(0, li).reduce((s, e) => s + e.length, 0) + (op.localOffset - l.offset);
-            const ri = remote.findIndex((r) => r.handle === op.remoteHandle);
-            expect(op.remoteOffset + op.length).toBeLessThanOrEqual(remote[ri]!.length);
-            const remotePartAt = remote.slice(0, ri).reduce((s, r) => s + r.length, 0) + op.remoteOffset;
-            expect(localPartAt).toBe(partAt);
-            expect(remotePartAt).toBe(partAt);
-            partAt += op.length;
-          }
-          expect(partAt).toBe(size);
-          // No more ops than boundaries on either side.
-          expect(ops.length).toBeLessThanOrEqual(local.length + remote.length - 1);
-          if (local.length === 1 && remote.length === 1) expect(ops).toHaveLength(1);
-        },
-      ),
-      { numRuns: 300 },
-    );
   });
 });

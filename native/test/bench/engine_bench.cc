@@ -131,23 +131,31 @@ struct Result {
   double gbps = 0;
 };
 
-// Submits `count` ops of `size` bytes as one batch and waits for all of them.
+// Submits `count` entries of `size` bytes as one batch and waits for all of them: one op
+// per entry, or (gather > 1) one op per `gather` entries that gathers their extents, which
+// lie apart in the local pool (as a store's entries do) and back to back remotely.
 double RunOnce(Engine* a, Engine* b, Waiter* w, OpKind kind, uint64_t count, uint64_t size, uint64_t handle,
-               uint64_t remote_span, uint64_t local_span, uint64_t* next_id) {
+               uint64_t remote_span, uint64_t local_span, uint64_t* next_id, uint64_t gather = 1) {
   std::vector<TransferOp> ops;
-  ops.reserve(count);
   const std::string peer = "127.0.0.1:" + std::to_string(b->data_port());
-  for (uint64_t i = 0; i < count; ++i) {
+  const uint64_t per_op = std::max<uint64_t>(gather, 1);
+  const uint64_t stride = per_op > 1 ? size + 4096 : size;
+  for (uint64_t i = 0; i < count; i += per_op) {
     TransferOp op;
     op.id = (*next_id)++;
     op.kind = kind;
     op.peer = peer;
-    op.local_offset = (i * size) % local_span;
+    op.local_offset = (i * stride) % local_span;
     op.remote_handle = handle;
     op.remote_offset = (i * size) % remote_span;
     op.length = size;
+    if (per_op > 1) {
+      for (uint64_t j = i; j < std::min(count, i + per_op); ++j) op.gather.push_back({(j * stride) % local_span, size});
+      op.length = size * op.gather.size();
+    }
     ops.push_back(std::move(op));
   }
+  const size_t n = ops.size();
   w->Reset();
   const auto start = Clock::now();
   kvferry::Status s = a->Submit(std::move(ops));
@@ -155,7 +163,7 @@ double RunOnce(Engine* a, Engine* b, Waiter* w, OpKind kind, uint64_t count, uin
     std::fprintf(stderr, "submit: %s\n", s.ToString().c_str());
     std::exit(1);
   }
-  if (!w->Wait(count)) std::exit(1);
+  if (!w->Wait(n)) std::exit(1);
   return static_cast<double>(count * size) / Seconds(Clock::now() - start) / 1e9;
 }
 
@@ -194,10 +202,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   const uint64_t span = 256ull << 20;
+  const uint64_t local_span = 480ull << 20;  // room for gathered entries laid apart
   uint64_t handle = 0, read_handle = 0;
   if (!b->Expose(0, span, kvferry::Access::kWrite, &handle).ok()) return 1;
   if (!b->Expose(0, span, kvferry::Access::kRead, &read_handle).ok()) return 1;
-  std::memset(a->pool_base(), 0x5c, span);
+  std::memset(a->pool_base(), 0x5c, local_span);
   std::memset(b->pool_base(), 0xc5, span);
   Waiter w(a.get());
   uint64_t next_id = 1;
@@ -207,12 +216,15 @@ int main(int argc, char** argv) {
     OpKind kind;
     uint64_t count;
     uint64_t size;
+    uint64_t gather;  // entries per op
   };
   const Case cases[] = {
-      {"write 64 x 16 MiB", OpKind::kWrite, 64, 16ull << 20},
-      {"write 4096 x 64 KiB", OpKind::kWrite, 4096, 64ull << 10},
-      {"read  64 x 16 MiB", OpKind::kRead, 64, 16ull << 20},
-      {"read  4096 x 64 KiB", OpKind::kRead, 4096, 64ull << 10},
+      {"write 64 x 16 MiB", OpKind::kWrite, 64, 16ull << 20, 1},
+      {"write 4096 x 64 KiB", OpKind::kWrite, 4096, 64ull << 10, 1},
+      {"write 4096 x 64 KiB/256", OpKind::kWrite, 4096, 64ull << 10, 256},
+      {"read  64 x 16 MiB", OpKind::kRead, 64, 16ull << 20, 1},
+      {"read  4096 x 64 KiB", OpKind::kRead, 4096, 64ull << 10, 1},
+      {"read  4096 x 64 KiB/256", OpKind::kRead, 4096, 64ull << 10, 256},
   };
   std::printf("engine: %d connection(s) per peer, slice %llu KiB\n", connections,
               (unsigned long long)(o.slice_bytes >> 10));
@@ -226,7 +238,7 @@ int main(int argc, char** argv) {
     for (int r = 0; r < rounds; ++r) {
       const double cpu_before = CpuMicros();
       double g = RunOnce(a.get(), b.get(), &w, c.kind, c.count, c.size,
-                         c.kind == OpKind::kRead ? read_handle : handle, span, span, &next_id);
+                         c.kind == OpKind::kRead ? read_handle : handle, span, local_span, &next_id, c.gather);
       cpu.push_back(CpuMicros() - cpu_before);
       best = std::max(best, g);
       sum += g;

@@ -74,33 +74,6 @@ export interface PartSize {
   size: number;
 }
 
-/**
- * A part lent to a peer. Most parts lie in one extent of the pool: `handle` names it and
- * `segments` is empty. A part the pool had to scatter over several extents leaves `handle`
- * empty and lists its segments in order; their sizes add up to `size`, and byte k of the
- * part is in the first segment whose sizes so far exceed k. (A peer that knows only
- * `handle` refuses such a part as malformed rather than touching the wrong bytes.)
- */
-export interface ExposedPart {
-  name: string;
-  size: number;
-  /**
-   * The engine handle of the part's one extent, a 64-bit id in decimal; empty when
-   * `segments` is set.
-   */
-  handle: string;
-  segments: ExposedSegment[];
-}
-
-/**
- * One extent of a scattered part: an engine handle (a 64-bit id in decimal) and how many
- * of the part's bytes it holds.
- */
-export interface ExposedSegment {
-  handle: string;
-  size: number;
-}
-
 /** One entry's part of a batch that failed while the others went on. */
 export interface EntryError {
   /** A google.rpc.Code. */
@@ -122,7 +95,23 @@ export interface Reservation {
     | undefined;
   /** Names the reservation in CommitReceive / AbortReceive / FinishSend. */
   id: string;
-  parts: ExposedPart[];
+  /** The entry's parts, in the order they lie in the batch's handle (see BatchHandle). */
+  parts: PartSize[];
+}
+
+/**
+ * The bytes of a whole batch behind one data-plane handle: the concatenation, in the
+ * order of the response's entries and each entry's parts, of every reserved entry's
+ * parts (an entry that carries an error holds no bytes). So byte 0 of the first reserved
+ * entry's first part is at handle offset 0, and each part follows the one before. The
+ * initiator moves them with one engine op per run of entries (gathering its own extents),
+ * not one per part: a batch of small entries travels as a few full-size frames.
+ */
+export interface BatchHandle {
+  /** The engine handle, a 64-bit id in decimal; empty when no entry was reserved. */
+  handle: string;
+  /** Bytes behind it: the sum of the reserved entries' part sizes. */
+  size: number;
 }
 
 export interface PrepareReceiveRequest {
@@ -139,6 +128,8 @@ export interface PrepareReceiveRequest {
 export interface PrepareReceiveResponse {
   /** One per requested entry, in order. */
   entries: Reservation[];
+  /** Where the reserved entries' bytes are to be written. */
+  batch?: BatchHandle | undefined;
 }
 
 export interface CommitReceiveRequest {
@@ -179,6 +170,8 @@ export interface PrepareSendRequest {
 export interface PrepareSendResponse {
   /** One per requested id, in order. */
   entries: Reservation[];
+  /** Where the held entries' bytes are to be read. */
+  batch?: BatchHandle | undefined;
 }
 
 export interface FinishSendRequest {
@@ -860,210 +853,6 @@ export const PartSize: MessageFns<PartSize> = {
   },
 };
 
-function createBaseExposedPart(): ExposedPart {
-  return { name: "", size: 0, handle: "", segments: [] };
-}
-
-export const ExposedPart: MessageFns<ExposedPart> = {
-  encode(message: ExposedPart, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.name !== "") {
-      writer.uint32(10).string(message.name);
-    }
-    if (message.size !== 0) {
-      writer.uint32(16).uint64(message.size);
-    }
-    if (message.handle !== "") {
-      writer.uint32(26).string(message.handle);
-    }
-    for (const v of message.segments) {
-      ExposedSegment.encode(v!, writer.uint32(34).fork()).join();
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): ExposedPart {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseExposedPart();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.name = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 16) {
-              break;
-            }
-
-            message.size = longToNumber(reader.uint64());
-            continue;
-          }
-          case 3: {
-            if (tag !== 26) {
-              break;
-            }
-
-            message.handle = reader.string();
-            continue;
-          }
-          case 4: {
-            if (tag !== 34) {
-              break;
-            }
-
-            message.segments.push(ExposedSegment.decode(reader, reader.uint32()));
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): ExposedPart {
-    return {
-      name: isSet(object.name) ? globalThis.String(object.name) : "",
-      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
-      handle: isSet(object.handle) ? globalThis.String(object.handle) : "",
-      segments: globalThis.Array.isArray(object?.segments)
-        ? object.segments.map((e: any) => ExposedSegment.fromJSON(e))
-        : [],
-    };
-  },
-
-  toJSON(message: ExposedPart): unknown {
-    const obj: any = {};
-    if (message.name !== "") {
-      obj.name = message.name;
-    }
-    if (message.size !== 0) {
-      obj.size = Math.round(message.size);
-    }
-    if (message.handle !== "") {
-      obj.handle = message.handle;
-    }
-    if (message.segments?.length) {
-      obj.segments = message.segments.map((e) => ExposedSegment.toJSON(e));
-    }
-    return obj;
-  },
-
-  create(base?: DeepPartial<ExposedPart>): ExposedPart {
-    return ExposedPart.fromPartial(base ?? {});
-  },
-  fromPartial(object: DeepPartial<ExposedPart>): ExposedPart {
-    const message = createBaseExposedPart();
-    message.name = object.name ?? "";
-    message.size = object.size ?? 0;
-    message.handle = object.handle ?? "";
-    message.segments = object.segments?.map((e) => ExposedSegment.fromPartial(e)) || [];
-    return message;
-  },
-};
-
-function createBaseExposedSegment(): ExposedSegment {
-  return { handle: "", size: 0 };
-}
-
-export const ExposedSegment: MessageFns<ExposedSegment> = {
-  encode(message: ExposedSegment, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.handle !== "") {
-      writer.uint32(10).string(message.handle);
-    }
-    if (message.size !== 0) {
-      writer.uint32(16).uint64(message.size);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): ExposedSegment {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseExposedSegment();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.handle = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 16) {
-              break;
-            }
-
-            message.size = longToNumber(reader.uint64());
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): ExposedSegment {
-    return {
-      handle: isSet(object.handle) ? globalThis.String(object.handle) : "",
-      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
-    };
-  },
-
-  toJSON(message: ExposedSegment): unknown {
-    const obj: any = {};
-    if (message.handle !== "") {
-      obj.handle = message.handle;
-    }
-    if (message.size !== 0) {
-      obj.size = Math.round(message.size);
-    }
-    return obj;
-  },
-
-  create(base?: DeepPartial<ExposedSegment>): ExposedSegment {
-    return ExposedSegment.fromPartial(base ?? {});
-  },
-  fromPartial(object: DeepPartial<ExposedSegment>): ExposedSegment {
-    const message = createBaseExposedSegment();
-    message.handle = object.handle ?? "";
-    message.size = object.size ?? 0;
-    return message;
-  },
-};
-
 function createBaseEntryError(): EntryError {
   return { code: 0, message: "" };
 }
@@ -1254,7 +1043,7 @@ export const Reservation: MessageFns<Reservation> = {
       writer.uint32(26).string(message.id);
     }
     for (const v of message.parts) {
-      ExposedPart.encode(v!, writer.uint32(34).fork()).join();
+      PartSize.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1301,7 +1090,7 @@ export const Reservation: MessageFns<Reservation> = {
               break;
             }
 
-            message.parts.push(ExposedPart.decode(reader, reader.uint32()));
+            message.parts.push(PartSize.decode(reader, reader.uint32()));
             continue;
           }
         }
@@ -1325,7 +1114,7 @@ export const Reservation: MessageFns<Reservation> = {
         : "",
       error: isSet(object.error) ? EntryError.fromJSON(object.error) : undefined,
       id: isSet(object.id) ? globalThis.String(object.id) : "",
-      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => ExposedPart.fromJSON(e)) : [],
+      parts: globalThis.Array.isArray(object?.parts) ? object.parts.map((e: any) => PartSize.fromJSON(e)) : [],
     };
   },
 
@@ -1341,7 +1130,7 @@ export const Reservation: MessageFns<Reservation> = {
       obj.id = message.id;
     }
     if (message.parts?.length) {
-      obj.parts = message.parts.map((e) => ExposedPart.toJSON(e));
+      obj.parts = message.parts.map((e) => PartSize.toJSON(e));
     }
     return obj;
   },
@@ -1356,7 +1145,92 @@ export const Reservation: MessageFns<Reservation> = {
       ? EntryError.fromPartial(object.error)
       : undefined;
     message.id = object.id ?? "";
-    message.parts = object.parts?.map((e) => ExposedPart.fromPartial(e)) || [];
+    message.parts = object.parts?.map((e) => PartSize.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseBatchHandle(): BatchHandle {
+  return { handle: "", size: 0 };
+}
+
+export const BatchHandle: MessageFns<BatchHandle> = {
+  encode(message: BatchHandle, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.handle !== "") {
+      writer.uint32(10).string(message.handle);
+    }
+    if (message.size !== 0) {
+      writer.uint32(16).uint64(message.size);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BatchHandle {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBatchHandle();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.handle = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.size = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BatchHandle {
+    return {
+      handle: isSet(object.handle) ? globalThis.String(object.handle) : "",
+      size: isSet(object.size) ? globalThis.Number(object.size) : 0,
+    };
+  },
+
+  toJSON(message: BatchHandle): unknown {
+    const obj: any = {};
+    if (message.handle !== "") {
+      obj.handle = message.handle;
+    }
+    if (message.size !== 0) {
+      obj.size = Math.round(message.size);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BatchHandle>): BatchHandle {
+    return BatchHandle.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BatchHandle>): BatchHandle {
+    const message = createBaseBatchHandle();
+    message.handle = object.handle ?? "";
+    message.size = object.size ?? 0;
     return message;
   },
 };
@@ -1493,13 +1367,16 @@ export const PrepareReceiveRequest: MessageFns<PrepareReceiveRequest> = {
 };
 
 function createBasePrepareReceiveResponse(): PrepareReceiveResponse {
-  return { entries: [] };
+  return { entries: [], batch: undefined };
 }
 
 export const PrepareReceiveResponse: MessageFns<PrepareReceiveResponse> = {
   encode(message: PrepareReceiveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.entries) {
       Reservation.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.batch !== undefined) {
+      BatchHandle.encode(message.batch, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -1525,6 +1402,14 @@ export const PrepareReceiveResponse: MessageFns<PrepareReceiveResponse> = {
             message.entries.push(Reservation.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.batch = BatchHandle.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1540,6 +1425,7 @@ export const PrepareReceiveResponse: MessageFns<PrepareReceiveResponse> = {
   fromJSON(object: any): PrepareReceiveResponse {
     return {
       entries: globalThis.Array.isArray(object?.entries) ? object.entries.map((e: any) => Reservation.fromJSON(e)) : [],
+      batch: isSet(object.batch) ? BatchHandle.fromJSON(object.batch) : undefined,
     };
   },
 
@@ -1547,6 +1433,9 @@ export const PrepareReceiveResponse: MessageFns<PrepareReceiveResponse> = {
     const obj: any = {};
     if (message.entries?.length) {
       obj.entries = message.entries.map((e) => Reservation.toJSON(e));
+    }
+    if (message.batch !== undefined) {
+      obj.batch = BatchHandle.toJSON(message.batch);
     }
     return obj;
   },
@@ -1557,6 +1446,9 @@ export const PrepareReceiveResponse: MessageFns<PrepareReceiveResponse> = {
   fromPartial(object: DeepPartial<PrepareReceiveResponse>): PrepareReceiveResponse {
     const message = createBasePrepareReceiveResponse();
     message.entries = object.entries?.map((e) => Reservation.fromPartial(e)) || [];
+    message.batch = (object.batch !== undefined && object.batch !== null)
+      ? BatchHandle.fromPartial(object.batch)
+      : undefined;
     return message;
   },
 };
@@ -2073,13 +1965,16 @@ export const PrepareSendRequest: MessageFns<PrepareSendRequest> = {
 };
 
 function createBasePrepareSendResponse(): PrepareSendResponse {
-  return { entries: [] };
+  return { entries: [], batch: undefined };
 }
 
 export const PrepareSendResponse: MessageFns<PrepareSendResponse> = {
   encode(message: PrepareSendResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.entries) {
       Reservation.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.batch !== undefined) {
+      BatchHandle.encode(message.batch, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -2105,6 +2000,14 @@ export const PrepareSendResponse: MessageFns<PrepareSendResponse> = {
             message.entries.push(Reservation.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.batch = BatchHandle.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2120,6 +2023,7 @@ export const PrepareSendResponse: MessageFns<PrepareSendResponse> = {
   fromJSON(object: any): PrepareSendResponse {
     return {
       entries: globalThis.Array.isArray(object?.entries) ? object.entries.map((e: any) => Reservation.fromJSON(e)) : [],
+      batch: isSet(object.batch) ? BatchHandle.fromJSON(object.batch) : undefined,
     };
   },
 
@@ -2127,6 +2031,9 @@ export const PrepareSendResponse: MessageFns<PrepareSendResponse> = {
     const obj: any = {};
     if (message.entries?.length) {
       obj.entries = message.entries.map((e) => Reservation.toJSON(e));
+    }
+    if (message.batch !== undefined) {
+      obj.batch = BatchHandle.toJSON(message.batch);
     }
     return obj;
   },
@@ -2137,6 +2044,9 @@ export const PrepareSendResponse: MessageFns<PrepareSendResponse> = {
   fromPartial(object: DeepPartial<PrepareSendResponse>): PrepareSendResponse {
     const message = createBasePrepareSendResponse();
     message.entries = object.entries?.map((e) => Reservation.fromPartial(e)) || [];
+    message.batch = (object.batch !== undefined && object.batch !== null)
+      ? BatchHandle.fromPartial(object.batch)
+      : undefined;
     return message;
   },
 };

@@ -1,0 +1,120 @@
+// The engine ops of one step of a batch transfer. The peer exposes a whole batch behind
+// one handle (BatchHandle in peer.proto: the reserved entries' parts back to back, in
+// order); this side lays the entries it moves along that range, and each run of
+// consecutive entries becomes ONE engine op that gathers (WRITE) or scatters (READ) their
+// local extents. An entry that failed here leaves a gap: its bytes are skipped and the
+// run ends. A batch of 256 small entries is then one op, cut by the engine into a few
+// full-size frames, and one completion.
+//
+// An op that fails fails every entry of its run; a batch the engine refuses (or a
+// deadline already passed) fails every entry given to `run`.
+import { DeadlineExceededError, UnavailableError } from "../errors.js";
+import type { BatchHandle, PartSize } from "../gen/kvferry/v1/peer.js";
+import type { PoolExtent } from "../engine/pool-memory.js";
+import type { OpSpec, TransferEngine } from "../engine/transfer-engine.js";
+
+/** Where an entry's failure is recorded; an entry keeps its first error. */
+export interface Failures {
+  fail(transferId: string, error: unknown): void;
+}
+
+/** Most local extents one op gathers (native HandleTable::kMaxExtents); a longer run is cut. */
+export const MAX_GATHER = 1 << 20;
+
+interface Run {
+  readonly op: OpSpec & { gather: PoolExtent[] };
+  readonly owners: string[];
+}
+
+export class BatchPlan {
+  readonly #runs: Run[] = [];
+  #run: Run | undefined;
+  /** Handle offset of the next entry: the bytes laid so far, moved or skipped. */
+  #at = 0;
+
+  /** @param handle the peer's batch handle (0n when it holds no bytes) */
+  constructor(
+    private readonly kind: OpSpec["kind"],
+    private readonly handle: bigint,
+  ) {}
+
+  /** Bytes of the handle's range laid out so far. */
+  get size(): number {
+    return this.#at;
+  }
+
+  /**
+   * The next entry of the handle's range, whose parts the peer lists as `parts`, moves
+   * between there and `local` (its parts' local extents, in the peer's part order).
+   * @throws UnavailableError when the extents do not hold the parts' bytes (nothing is laid)
+   */
+  add(transferId: string, local: readonly PoolExtent[], parts: readonly PartSize[]): void {
+    const size = bytesOf(parts);
+    const have = local.reduce((sum, e) => sum + e.length, 0);
+    if (have !== size) throw new UnavailableError(`entry ${transferId}: the peer's parts hold ${size} bytes, ours ${have}`);
+    let run = this.#run;
+    if (run === undefined || run.op.gather.length + local.length > MAX_GATHER) {
+      run = this.#run = {
+        op: { kind: this.kind, localOffset: 0, remoteHandle: this.handle, remoteOffset: this.#at, length: 0, gather: [] },
+        owners: [],
+      };
+      this.#runs.push(run);
+    }
+    for (const e of local) if (e.length > 0) run.op.gather.push(e);
+    run.op.length += size;
+    run.owners.push(transferId);
+    this.#at += size;
+  }
+
+  /** The next entry of the handle's range is not moved (it failed here): its bytes are a gap. */
+  skip(parts: readonly PartSize[]): void {
+    this.#at += bytesOf(parts);
+    this.#run = undefined;
+  }
+
+  /**
+   * Checks that the entries laid out fill the peer's batch handle exactly, then runs
+   * every op to its terminal completion; an op's failure fails its entries in `out`.
+   * When nothing could be moved — the layout does not match the handle, the engine
+   * refused the batch, or the deadline had passed — every entry of `all` fails with that.
+   */
+  async run(engine: TransferEngine, peer: string, batch: BatchHandle | undefined, deadlineAt: number, out: Failures, all: Iterable<string>): Promise<void> {
+    const ops = this.#runs.filter((r) => r.op.length > 0);
+    try {
+      if ((batch?.size ?? 0) !== this.#at) {
+        throw new UnavailableError(`peer ${peer}'s batch handle holds ${batch?.size ?? 0} bytes, its entries ${this.#at}`);
+      }
+      if (ops.length === 0) return;
+      const results = await engine.run(peer, ops.map((r) => r.op), remaining(deadlineAt));
+      results.forEach((r, i) => {
+        if (r.error) for (const id of ops[i]!.owners) out.fail(id, r.error); // fail() keeps an entry's first error
+      });
+    } catch (err) {
+      for (const id of all) out.fail(id, err);
+    }
+  }
+}
+
+/** The engine handle of a peer's batch: 0n when it holds no bytes. */
+export function batchHandleOf(batch: BatchHandle | undefined): bigint {
+  return batch === undefined || batch.size === 0 ? 0n : parseHandle(batch.handle);
+}
+
+const MAX_HANDLE = (1n << 64n) - 1n;
+
+export function parseHandle(text: string): bigint {
+  const handle = /^\d{1,20}$/.test(text) ? BigInt(text) : -1n;
+  if (handle <= 0n || handle > MAX_HANDLE) throw new UnavailableError(`peer sent a malformed handle ${JSON.stringify(text)}`);
+  return handle;
+}
+
+function bytesOf(parts: readonly PartSize[]): number {
+  return parts.reduce((sum, p) => sum + p.size, 0);
+}
+
+/** Milliseconds left until `deadlineAt`; none left is DEADLINE_EXCEEDED. */
+export function remaining(deadlineAt: number): number {
+  const left = deadlineAt - Date.now();
+  if (left <= 0) throw new DeadlineExceededError("the transfer's deadline passed");
+  return left;
+}
