@@ -96,11 +96,37 @@ IoResult RecvFull(int fd, void* buf, size_t n, size_t* got, IoDeadline* deadline
   return IoResult::kOk;
 }
 
-IoResult RecvFullV(int fd, const struct iovec* iov, int iovcnt, IoDeadline* deadline) {
-  for (int i = 0; i < iovcnt; ++i) {
-    size_t got = 0;
-    IoResult r = RecvFull(fd, iov[i].iov_base, iov[i].iov_len, &got, deadline);
-    if (r != IoResult::kOk) return r;
+IoResult RecvFullV(int fd, struct iovec* iov, int iovcnt, IoDeadline* deadline) {
+  while (iovcnt > 0) {
+    if (iov->iov_len == 0) {
+      ++iov;
+      --iovcnt;
+      continue;
+    }
+    if (deadline != nullptr && !deadline->Arm()) return IoResult::kTimeout;
+    struct msghdr msg;
+    std::memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<size_t>(std::min(iovcnt, IOV_MAX));
+    // One waiting call fills every buffer (a slice of many small entries is one call,
+    // not one wake-up per entry).
+    ssize_t r = recvmsg(fd, &msg, MSG_WAITALL);
+    if (r == 0) return IoResult::kClosed;
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return IoResult::kTimeout;
+      return IoResult::kError;
+    }
+    size_t got = static_cast<size_t>(r);
+    while (iovcnt > 0 && got >= iov->iov_len) {
+      got -= iov->iov_len;
+      ++iov;
+      --iovcnt;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + got;
+      iov->iov_len -= got;
+    }
   }
   return IoResult::kOk;
 }

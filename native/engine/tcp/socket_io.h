@@ -64,8 +64,8 @@ class IoDeadline {
  */
 IoResult RecvFull(int fd, void* buf, size_t n, size_t* got, IoDeadline* deadline = nullptr);
 
-/** RecvFull into each of `iov`'s buffers in turn. */
-IoResult RecvFullV(int fd, const struct iovec* iov, int iovcnt, IoDeadline* deadline = nullptr);
+/** Fills every buffer of `iov` in order (advancing it in place), as few calls as the kernel allows. */
+IoResult RecvFullV(int fd, struct iovec* iov, int iovcnt, IoDeadline* deadline = nullptr);
 
 /**
  * Receives exactly `n` bytes into `buf` and, in the same system calls, up to `spill_cap`
