@@ -18,6 +18,8 @@ export interface PeerContext {
   nodeId(): string;
   version: string;
   dataAddress(): string;
+  /** The transport its data plane speaks (config `protocol`): a peer must speak the same. */
+  protocol: string;
   /** This daemon's registry record, once registered. */
   self(): NodeInfo | undefined;
   /**
@@ -88,7 +90,7 @@ export function peerService(ctx: PeerContext, sessions = new PeerSessions(purpos
         nodeId: ctx.nodeId(),
         version: ctx.version,
         dataAddress: ctx.dataAddress(),
-        protocol: "tcp",
+        protocol: ctx.protocol,
         node: ctx.self(),
       };
     }),

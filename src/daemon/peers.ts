@@ -259,8 +259,16 @@ export class Peer {
 export class PeerDirectory {
   readonly #peers = new Map<string, Peer>();
 
-  /** `hello` is what this daemon says of itself when it greets a peer. */
-  constructor(private readonly token: string, private readonly hello: () => HelloRequest) {}
+  /**
+   * @param protocol the transport this daemon's data plane speaks: a peer that answers
+   *   Hello with another is refused at the greeting, naming both
+   * @param hello what this daemon says of itself when it greets a peer
+   */
+  constructor(
+    private readonly token: string,
+    private readonly protocol: string,
+    private readonly hello: () => HelloRequest,
+  ) {}
 
   /** Peers held (greeted, or being greeted). */
   get size(): number {
@@ -277,6 +285,9 @@ export class PeerDirectory {
   async greet(address: string, timeoutMs: number): Promise<Peer & { hello: HelloResponse }> {
     const peer = this.#peer(address);
     const hello = await peer.call(KvFerryPeerService.hello, this.hello(), timeoutMs);
+    if (hello.protocol !== this.protocol) {
+      throw new UnavailableError(`peer ${address} moves bytes over ${JSON.stringify(hello.protocol)}, this daemon over ${JSON.stringify(this.protocol)} (protocol must match across the cluster)`);
+    }
     try {
       checkPeerAddress(hello.dataAddress, "data_address");
     } catch {

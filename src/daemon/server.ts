@@ -136,7 +136,7 @@ export class Daemon {
       this.#metricsServer = new MetricsServer(this.#metrics, sources);
     }
     this.engines = new EngineDirectory(log, (engines) => this.#registry?.update({ engines }));
-    this.#peers = new PeerDirectory(config.clusterToken, () => ({ nodeId: this.nodeId, node: this.#selfInfo() }));
+    this.#peers = new PeerDirectory(config.clusterToken, config.protocol, () => ({ nodeId: this.nodeId, node: this.#selfInfo() }));
     this.transfers = new Transfers({
       store: this.store,
       engine: this.engine,
@@ -198,6 +198,7 @@ export class Daemon {
         nodeId: () => this.nodeId,
         version: VERSION,
         dataAddress: () => this.dataAddress,
+        protocol: this.config.protocol,
         self: () => this.#selfInfo(),
         learn: (node, from) => this.#learn(node, from),
       }),
@@ -445,7 +446,8 @@ export class Daemon {
       clientAddress: advertised(this.config.listen.host, this.#port, this.config.dataAddress?.host),
       peerAddress: advertised(this.config.peerListen.host, this.#peerPort, this.config.dataAddress?.host),
       dataAddress: this.dataAddress,
-      transports: [{ name: "tcp", params: { connectionsPerPeer: this.config.connectionsPerPeer } }],
+      // What a peer needs to reach the data plane, per transport (today the one configured).
+      transports: [{ name: this.config.protocol, params: { address: this.dataAddress, connectionsPerPeer: this.config.connectionsPerPeer } }],
       poolBytes: this.config.kvBufferSize,
       poolUsedBytes: this.store.bytesUsed,
       version: VERSION,

@@ -200,6 +200,18 @@ describe("transfers that must not hurt their neighbours", () => {
     expect(c.proc.child.exitCode).toBe(0);
   }, 60_000);
 
+  it("a PUSH to a peer whose data plane speaks another protocol fails UNAVAILABLE naming both, before anything is reserved", async () => {
+    const spec = entrySpec("other-protocol", [64 * KiB]);
+    const hashes = await putEntry(a.client, spec);
+    onTestFinished(() => releaseEverywhere(spec.id));
+    const before = (await b.client.serverInfo()).bytesUsed;
+    const target = await fakePeer(b, { hello: (r: object) => ({ ...r, protocol: "rdma" }) });
+    const res = await a.client.batchTransfer([spec.id], target, "push", { deadlineMs: 20_000 });
+    expect(describeResult(res.results[0]!)).toMatch(/^UNAVAILABLE: .*"rdma", this daemon over "tcp"/);
+    expect((await b.client.serverInfo()).bytesUsed - before).toBe(0);
+    expect(await fetchHashes(a.client, spec.id), "the source keeps its entry").toEqual(hashes);
+  });
+
   it("a PUSH to a peer advertising an undiallable data address fails with a precise status and gives the reservation back before answering", async () => {
     const spec = entrySpec("undiallable", [4 * MiB]);
     const hashes = await putEntry(a.client, spec);

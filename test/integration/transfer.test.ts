@@ -46,6 +46,7 @@ function sizeClasses(prefix: string): EntrySpec[] {
   return [
     entrySpec(`${prefix}-1b`, [1, 0]),
     entrySpec(`${prefix}-4k1`, [4 * KiB + 1, 3, 4 * KiB + 1]),
+    entrySpec(`${prefix}-64k`, [64 * KiB]),
     entrySpec(`${prefix}-1m`, [MiB, MiB + 7, 1]),
     entrySpec(`${prefix}-64m`, [64 * MiB, MiB, 17]),
   ];
@@ -94,7 +95,7 @@ async function transferAll(
 }
 
 describe("PUSH", () => {
-  it("pushes multi-part entries of 1 B to 64 MiB: the target seals the same parts and contents, the source drops them as transferred", async () => {
+  it("pushes multi-part entries of 1 B, 64 KiB and up to 64 MiB in one batch (one handle, one gather op): the target seals the same parts and contents, the source drops them as transferred", async () => {
     const specs = sizeClasses("push");
     cleanupAfter(specs.map((s) => s.id));
     const hashes = new Map<string, Map<string, string>>();
@@ -140,7 +141,7 @@ describe("PUSH", () => {
 });
 
 describe("PULL", () => {
-  it("pulls multi-part entries of 1 B to 64 MiB: this daemon seals the same parts and contents, the target drops them as transferred", async () => {
+  it("pulls multi-part entries of 1 B, 64 KiB and up to 64 MiB in one batch (one handle, one scatter op): this daemon seals the same parts and contents, the target drops them as transferred", async () => {
     const specs = sizeClasses("pull");
     cleanupAfter(specs.map((s) => s.id));
     const hashes = new Map<string, Map<string, string>>();

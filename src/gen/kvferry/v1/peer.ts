@@ -63,7 +63,11 @@ export interface HelloResponse {
   version: string;
   /** "host:port" of the native data plane. */
   dataAddress: string;
-  /** "tcp" today. */
+  /**
+   * The transport its data plane speaks (config `protocol`, "tcp" today); a greeter
+   * that speaks another refuses the peer, naming both. What a peer needs to reach the
+   * data plane over each transport is in node.transports[].params (`address` for tcp).
+   */
   protocol: string;
   /** This daemon's record, as its metadata backend publishes it. */
   node?: NodeInfo | undefined;
