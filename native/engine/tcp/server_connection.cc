@@ -116,7 +116,9 @@ ServerConnection::Outcome ServerConnection::Advance(Clock::time_point now) {
       if (!OnHeader(now)) return Close();
       continue;
     }
-    if (frames >= kFramesPerTurn || moved >= kBytesPerTurn) return Outcome::kYield;
+    // The frame budget is checked between frames, the byte budget anywhere.
+    const bool between = phase_ == Phase::kHeader && have_ == 0;
+    if ((between && frames >= kFramesPerTurn) || moved >= kBytesPerTurn) return Outcome::kYield;
 
     struct iovec iov[kMaxIov + 1];
     int count = 0;

@@ -71,8 +71,11 @@ class ServerConnection {
 
   /** At most this many WRITE_ACKs are held back before they are sent. */
   static constexpr size_t kMaxHeldAcks = 32;
-  /** One Advance serves at most this many frames, and moves at most kBytesPerTurn payload bytes. */
-  static constexpr size_t kFramesPerTurn = 64;
+  /**
+   * One Advance starts at most this many frames and moves about kBytesPerTurn payload
+   * bytes at most, then yields (kYield) so the other connections of its thread get a turn.
+   */
+  static constexpr size_t kFramesPerTurn = 48;
   static constexpr uint64_t kBytesPerTurn = 8 << 20;
 
   /** Takes `fd`, a connected non-blocking socket whose handshake is done. */
