@@ -335,6 +335,31 @@ TEST_F(ServerConnectionTest, AReadReplyLargerThanTheSocketBufferHoldsItsAccessUn
   EXPECT_EQ(pool_[0], 0x22);
 }
 
+TEST_F(ServerConnectionTest, AFrameAcrossTheExtentsOfAScatterHandleMovesStraightBetweenTheSocketAndEachPiece) {
+  // Three extents, out of pool order, one of them a single byte.
+  const std::vector<PoolExtent> extents = {{300000, 1000}, {100000, 1}, {200000, 5000}};
+  uint64_t wh = 0, rh = 0;
+  ASSERT_TRUE(handles_.Expose(extents, Access::kWrite, &wh).ok());
+  ASSERT_TRUE(handles_.Expose(extents, Access::kRead, &rh).ok());
+  // Handle bytes [500, 1501 + 100): the last 500 of the first extent, the byte, 100 of the third.
+  auto write = Frame(FrameType::kWrite, 1, wh, 500, 601);
+  for (size_t i = 0; i < 601; ++i) write[kHeaderSize + i] = static_cast<uint8_t>(i % 251 + 1);
+  Send(write);
+  Send(Frame(FrameType::kRead, 2, rh, 500, 601));
+  ASSERT_EQ(conn_->Advance(t0_), Outcome::kWaiting);
+  EXPECT_EQ(Reply().request_id, 1u);
+  EXPECT_EQ(pool_[300000 + 499], 0);
+  for (size_t i = 0; i < 500; ++i) ASSERT_EQ(pool_[300500 + i], i % 251 + 1) << i;
+  EXPECT_EQ(pool_[100000], 500 % 251 + 1);
+  for (size_t i = 0; i < 100; ++i) ASSERT_EQ(pool_[200000 + i], (501 + i) % 251 + 1) << i;
+  EXPECT_EQ(pool_[200100], 0);
+  const FrameHeader r = Reply();
+  EXPECT_EQ(r.request_id, 2u);
+  ASSERT_EQ(r.length, 601u);
+  const auto back = Payload(601);
+  EXPECT_TRUE(std::equal(back.begin(), back.end(), write.begin() + kHeaderSize));
+}
+
 TEST_F(ServerConnectionTest, AMalformedRequestClosesTheConnectionAndIsCounted) {
   auto bad = Frame(FrameType::kWriteAck, 1, 0, 0, 0);  // a reply sent as a request
   Send(bad);
