@@ -21,14 +21,10 @@
 namespace kvferry {
 namespace {
 
-using std::chrono::seconds;
 using tcp::FrameHeader;
 using tcp::FrameType;
 using test::Collector;
-using test::FillPattern;
 using test::MakeEngine;
-using test::MakeOp;
-using test::PeerOf;
 using test::RawConnect;
 using test::RawRecv;
 using test::RawRecvHeader;
@@ -119,18 +115,8 @@ TEST(TcpIdleConnections, AThousandAuthenticatedIdleConnectionsCostNoThreadAndATr
 
   // A real transfer through the client engine beside them, both ways.
   const uint64_t size = 16 << 20;
-  uint64_t dst = 0, wh = 0, rh = 0;
-  ASSERT_TRUE(server->Allocate(size, &dst).ok());
-  ASSERT_TRUE(server->Expose(dst, size, Access::kWrite, &wh).ok());
-  ASSERT_TRUE(server->Expose(dst, size, Access::kRead, &rh).ok());
-  FillPattern(client->pool_base(), size, 11);
-  ASSERT_TRUE(client->Submit({MakeOp(1, OpKind::kWrite, PeerOf(*server), 0, wh, 0, size)}).ok());
-  ASSERT_TRUE(cc.WaitOps(1, seconds(30)));
-  EXPECT_EQ(cc.ops().at(1).code, Code::kOk) << cc.ops().at(1).message;
-  ASSERT_TRUE(client->Submit({MakeOp(2, OpKind::kRead, PeerOf(*server), size, rh, 0, size)}).ok());
-  ASSERT_TRUE(cc.WaitOps(2, seconds(30)));
-  EXPECT_EQ(cc.ops().at(2).code, Code::kOk) << cc.ops().at(2).message;
-  EXPECT_EQ(std::memcmp(client->pool_base(), client->pool_base() + size, size), 0);
+  uint64_t dst = 0, rh = 0;
+  ASSERT_NO_FATAL_FAILURE(test::RoundTrip(server.get(), client.get(), &cc, size, 11, &dst, &rh));
   EXPECT_EQ(std::memcmp(client->pool_base(), server->pool_base() + dst, size), 0);
 
   // Every idle connection is still open (nothing to read, no EOF) and a late one serves.
