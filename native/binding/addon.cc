@@ -122,7 +122,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        });
   }
 
-  // new Engine({ poolSize, token, listenHost, listenPort, connectionsPerPeer, sliceBytes, ioTimeoutMs, handshakeTimeoutMs }, onCompletions)
+  // new Engine({ poolSize, token, listenHost, listenPort, connectionsPerPeer, sliceBytes, ioTimeoutMs, handshakeTimeoutMs, ioThreads }, onCompletions)
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
     Napi::Env env = info.Env();
     if (!info[0].IsObject() || !info[1].IsFunction()) {
@@ -143,6 +143,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (o.Has("handshakeTimeoutMs")) {
       options.handshake_timeout_ms = static_cast<int>(ToU64(o.Get("handshakeTimeoutMs"), "handshakeTimeoutMs"));
     }
+    if (o.Has("ioThreads")) options.io_threads = static_cast<int>(ToU64(o.Get("ioThreads"), "ioThreads"));
 
     std::unique_ptr<Engine> engine;
     Status status = Engine::Create(options, &engine);

@@ -52,6 +52,11 @@ struct EngineOptions {
   int io_timeout_ms = 10000;
   /** An incoming connection must finish its handshake within this long of its accept. */
   int handshake_timeout_ms = 1000;
+  /**
+   * Threads serving incoming connections (each an epoll loop; no thread per connection).
+   * 0: the default, hardware_concurrency clamped to [1, 4]; else 1..64.
+   */
+  int io_threads = 0;
 };
 
 /** One extent of the pool: where it starts and its size. */

@@ -332,19 +332,7 @@ TEST(TcpHandshake, SixHundredIdleConnectionsCostNoThreadAndDoNotKeepARealPeerOut
   EXPECT_LE(most_threads, threads_before + 2) << "threads committed to unauthenticated connections";
 
   // A real transfer while the last idle ones still wait out their deadline.
-  const uint64_t size = 8 << 20;
-  uint64_t dst = 0, wh = 0, rh = 0;
-  ASSERT_TRUE(server->Allocate(size, &dst).ok());
-  ASSERT_TRUE(server->Expose(dst, size, Access::kWrite, &wh).ok());
-  ASSERT_TRUE(server->Expose(dst, size, Access::kRead, &rh).ok());
-  FillPattern(client->pool_base(), size, 4);
-  ASSERT_TRUE(client->Submit({MakeOp(1, OpKind::kWrite, PeerOf(*server), 0, wh, 0, size)}).ok());
-  ASSERT_TRUE(cc.WaitOps(1, seconds(30)));
-  EXPECT_EQ(cc.ops().at(1).code, Code::kOk) << cc.ops().at(1).message;
-  ASSERT_TRUE(client->Submit({MakeOp(2, OpKind::kRead, PeerOf(*server), size, rh, 0, size)}).ok());
-  ASSERT_TRUE(cc.WaitOps(2, seconds(30)));
-  EXPECT_EQ(cc.ops().at(2).code, Code::kOk) << cc.ops().at(2).message;
-  EXPECT_EQ(std::memcmp(client->pool_base(), client->pool_base() + size, size), 0);
+  ASSERT_NO_FATAL_FAILURE(test::RoundTrip(server.get(), client.get(), &cc, 8 << 20, 4));
 
   // And every idle connection is closed: shed at once, or at its handshake deadline.
   size_t open = 0;

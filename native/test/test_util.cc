@@ -105,6 +105,24 @@ void FillPattern(uint8_t* p, uint64_t n, uint64_t seed) {
   }
 }
 
+void RoundTrip(Engine* server, Engine* client, Collector* cc, uint64_t size, uint64_t seed, uint64_t* dst_out,
+               uint64_t* read_handle) {
+  uint64_t dst = 0, wh = 0, rh = 0;
+  ASSERT_TRUE(server->Allocate(size, &dst).ok());
+  ASSERT_TRUE(server->Expose(dst, size, Access::kWrite, &wh).ok());
+  ASSERT_TRUE(server->Expose(dst, size, Access::kRead, &rh).ok());
+  if (dst_out != nullptr) *dst_out = dst;
+  if (read_handle != nullptr) *read_handle = rh;
+  FillPattern(client->pool_base(), size, seed);
+  ASSERT_TRUE(client->Submit({MakeOp(1, OpKind::kWrite, PeerOf(*server), 0, wh, 0, size)}).ok());
+  ASSERT_TRUE(cc->WaitOps(1, std::chrono::seconds(30)));
+  EXPECT_EQ(cc->ops().at(1).code, Code::kOk) << cc->ops().at(1).message;
+  ASSERT_TRUE(client->Submit({MakeOp(2, OpKind::kRead, PeerOf(*server), size, rh, 0, size)}).ok());
+  ASSERT_TRUE(cc->WaitOps(2, std::chrono::seconds(30)));
+  EXPECT_EQ(cc->ops().at(2).code, Code::kOk) << cc->ops().at(2).message;
+  EXPECT_EQ(std::memcmp(client->pool_base(), client->pool_base() + size, size), 0);
+}
+
 TransferOp MakeOp(uint64_t id, OpKind kind, const std::string& peer, uint64_t local, uint64_t handle,
                   uint64_t remote_offset, uint64_t length) {
   TransferOp op;

@@ -58,6 +58,15 @@ class Collector {
 
 void FillPattern(uint8_t* p, uint64_t n, uint64_t seed);
 
+/**
+ * A real transfer both ways: `client` writes `size` patterned bytes (`seed`) from its pool's
+ * [0, size) into a fresh extent of `server`'s pool (op 1), then reads them back into its
+ * [size, 2 size) (op 2); both ops must succeed and the bytes match (gtest failures
+ * otherwise). `*dst` and `*read_handle`: the server's extent and a handle to read it.
+ */
+void RoundTrip(Engine* server, Engine* client, Collector* cc, uint64_t size, uint64_t seed, uint64_t* dst = nullptr,
+               uint64_t* read_handle = nullptr);
+
 TransferOp MakeOp(uint64_t id, OpKind kind, const std::string& peer, uint64_t local, uint64_t handle,
                   uint64_t remote_offset, uint64_t length);
 

@@ -97,6 +97,8 @@ export interface Config {
   /** Shared secret every daemon of the cluster presents to its peers; "" when none is set. */
   clusterToken: string;
   connectionsPerPeer: number;
+  /** Threads serving incoming data-plane connections; 0: the engine's default (min(cores, 4)). */
+  ioThreads: number;
   /** Default deadline of a BatchTransfer, and of a Get that pulls from a peer. */
   transferDeadlineMs: number;
   /** An incoming data-plane connection must prove the cluster token within this long. */
@@ -182,6 +184,7 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
     peerListen,
     clusterToken: settings.get("cluster_token")?.value ?? "",
     connectionsPerPeer: settings.value("connections_per_peer"),
+    ioThreads: settings.value("io_threads"),
     transferDeadlineMs: settings.value("transfer_deadline_ms"),
     dataHandshakeTimeoutMs: settings.value("data_handshake_timeout_ms"),
     ...(metricsListen !== undefined && { metricsListen }),

@@ -178,6 +178,10 @@ export const KEYS = {
   connections_per_peer: spec({
     parse: integer(1, 64), default: 4, flag: "connectionsPerPeer", placeholder: "N", doc: "TCP connections to each peer's data plane",
   }),
+  io_threads: spec({
+    parse: integer(0, 64), default: 0, flag: "ioThreads", placeholder: "N",
+    doc: "threads serving incoming data-plane connections (0: one per core, at most 4)",
+  }),
   transfer_deadline_ms: spec({
     parse: durationMs, default: 30_000, flag: "transferDeadlineMs", placeholder: "MS",
     doc: "default deadline of a BatchTransfer or pulling Get",

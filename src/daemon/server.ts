@@ -96,6 +96,7 @@ export class Daemon {
         listenHost: config.dataListen.host,
         listenPort: config.dataListen.port,
         connectionsPerPeer: config.connectionsPerPeer,
+        ioThreads: config.ioThreads,
         handshakeTimeoutMs: config.dataHandshakeTimeoutMs,
       },
       log,

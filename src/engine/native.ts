@@ -14,6 +14,8 @@ export interface NativeOptions {
   sliceBytes: number;
   ioTimeoutMs: number;
   handshakeTimeoutMs: number;
+  /** Threads serving incoming data-plane connections; 0: the engine's default. */
+  ioThreads: number;
 }
 
 /** Ops to one peer, as columns (one element per op). kinds: 1 write, 2 read. */

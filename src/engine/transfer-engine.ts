@@ -35,6 +35,8 @@ export interface TransferEngineOptions {
   ioTimeoutMs?: number;
   /** An incoming data-plane connection must finish its handshake within this long. */
   handshakeTimeoutMs?: number;
+  /** Threads serving incoming data-plane connections (epoll loops); 0 or absent: min(cores, 4). */
+  ioThreads?: number;
 }
 
 export interface OpSpec {
@@ -113,6 +115,7 @@ export class TransferEngine {
       sliceBytes: options.sliceBytes ?? 4 << 20,
       ioTimeoutMs: options.ioTimeoutMs ?? 10_000,
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? 1_000,
+      ioThreads: options.ioThreads ?? 0,
     };
     try {
       return new Engine(settings, onBatch);

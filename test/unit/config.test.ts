@@ -102,6 +102,7 @@ describe("defaults", () => {
       peerListen: { host: "127.0.0.1", port: 0 },
       clusterToken: "",
       connectionsPerPeer: 4,
+      ioThreads: 0,
       transferDeadlineMs: 30000,
       dataHandshakeTimeoutMs: 1000,
       localAllowedUids: [],
@@ -590,6 +591,27 @@ describe("store bounds: max_entries, max_parts_per_entry, max_waiting_put_bytes"
     });
     expectRefused(() => load({}, { KVFERRY_MAX_WAITING_PUT_BYTES: "1.5" }), {
       source: "KVFERRY_MAX_WAITING_PUT_BYTES", key: "max_waiting_put_bytes", value: "1.5", expected: "bytes from 0",
+    });
+  });
+});
+
+describe("io_threads", () => {
+  it("reads it from the file and from --io-threads; 0 (the default) leaves the choice to the engine", () => {
+    expect(load().ioThreads).toBe(0);
+    expect(loadFile({ io_threads: 3 }).ioThreads).toBe(3);
+    expect(load({ ioThreads: "2" }).ioThreads).toBe(2);
+  });
+
+  it.each<[string, unknown]>([["more than 64", 65], ["a negative count", -1], ["a fraction", 1.5]])(
+    "refuses %s, naming the key and the range",
+    (_what, value) => {
+      expectFileValueRefused("io_threads", value, "an integer from 0 to 64");
+    },
+  );
+
+  it("refuses a flag that is not a count, naming --io-threads", () => {
+    expectRefused(() => load({ ioThreads: "many" }), {
+      source: "--io-threads", key: "io_threads", value: "many", expected: "an integer from 0 to 64",
     });
   });
 });

@@ -2,16 +2,13 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <iterator>
 #include <cerrno>
-#include <chrono>
-#include <cstring>
+#include <iterator>
 #include <utility>
 
 #include "engine/crypto/random.h"
@@ -25,13 +22,25 @@ namespace {
 // Kernel socket buffers of accepted connections, as large as the client's: the serving
 // side streams READ_DATA payloads as fast as the client streams WRITEs.
 constexpr int kServerSocketBuffer = 4 << 20;
-// Refused WRITE payloads are drained through a buffer of at most this size.
-constexpr size_t kScratchBytes = 64 * 1024;
-// At most this many WRITE_ACKs wait for one send while requests keep arriving (as many
-// as a client's window holds small slices).
-constexpr size_t kMaxHeldAcks = 32;
+// Connections accepted per listener event, so pending handshakes are served between batches.
+constexpr int kAcceptBatch = 64;
+// After an accept error other than "nothing queued" (EMFILE and friends), the listener
+// rests this long instead of spinning on a queue it cannot drain.
+constexpr std::chrono::milliseconds kAcceptBackoff{10};
+// Every socket is registered once, edge-triggered, for both directions: its state
+// machine reads and writes until EAGAIN, so interest never has to change.
+constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+
+size_t DefaultIoThreads() {
+  const unsigned cores = std::thread::hardware_concurrency();
+  return std::min<size_t>(4, std::max<size_t>(1, cores));
+}
 
 }  // namespace
+
+TcpServer::Served::Served(TcpServer* s, Shard* home, int fd, const TransportContext& context,
+                          const ServingLimits& limits)
+    : server(s), shard(home), conn(fd, context, limits, &home->scratch) {}
 
 TcpServer::TcpServer(const TransportContext& context, TcpServerOptions options)
     : context_(context), options_(std::move(options)), key_(DeriveDataPlaneKey(options_.token)) {}
@@ -41,107 +50,72 @@ TcpServer::~TcpServer() { Stop(); }
 Status TcpServer::Start() {
   Status s = ListenTcp(options_.host, options_.port, &listen_fd_, &port_);
   if (!s.ok()) return s;
-  // The acceptor drains the queue until EAGAIN and never blocks in accept.
+  // The listener is drained in batches until EAGAIN and never blocks in accept.
   fcntl(listen_fd_, F_SETFL, fcntl(listen_fd_, F_GETFL) | O_NONBLOCK);
-  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wake_fd_ < 0) {
+  const size_t n = options_.io_threads > 0 ? static_cast<size_t>(options_.io_threads) : DefaultIoThreads();
+  for (size_t i = 0; i < n && s.ok(); ++i) {
+    shards_.push_back(std::make_unique<Shard>());
+    s = shards_.back()->loop.Init();
+  }
+  // Level-triggered: a batch may leave connections queued, and the next turn takes them.
+  if (s.ok()) s = shards_[0]->loop.Add(listen_fd_, EPOLLIN, &listener_, &listen_key_);
+  if (!s.ok()) {
+    shards_.clear();
     close(listen_fd_);
     listen_fd_ = -1;
-    return Status(Code::kInternal, std::string("eventfd: ") + std::strerror(errno));
+    return s;
   }
-  listener_ = std::thread([this] { AcceptLoop(); });
+  listening_ = true;
+  for (size_t i = 0; i < n; ++i) shards_[i]->thread = std::thread([this, i] { RunShard(i); });
   return Status::Ok();
 }
 
 void TcpServer::Stop() {
   std::lock_guard<std::mutex> stop_lock(stop_mu_);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return;
-    stopping_ = true;
+  if (stopped_) return;
+  stopped_ = true;
+  stopping_.store(true, std::memory_order_release);
+  // Loop 0 first: once it has ended, no connection is accepted or handed over any more,
+  // so the other loops' queues only shrink.
+  for (auto& shard : shards_) {
+    shard->loop.Quit();
+    if (shard->thread.joinable()) shard->thread.join();
   }
-  if (wake_fd_ >= 0) {
-    uint64_t one = 1;
-    ssize_t ignored = write(wake_fd_, &one, sizeof(one));
-    (void)ignored;
-  }
-  if (listener_.joinable()) listener_.join();
-  // The listener is gone, so the list only shrinks now. Shut every connection down: a
-  // thread blocked in recv/send returns at once and releases its handle access.
-  std::list<std::unique_ptr<Connection>> all;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& c : connections_) {
-      if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
-    }
-    all.swap(connections_);
-  }
-  for (auto& c : all) c->thread.join();
+  shards_.clear();
   if (listen_fd_ >= 0) close(listen_fd_);
-  if (wake_fd_ >= 0) close(wake_fd_);
   listen_fd_ = -1;
-  wake_fd_ = -1;
 }
 
-void TcpServer::ReapLocked(std::vector<std::unique_ptr<Connection>>* finished) {
-  for (auto it = connections_.begin(); it != connections_.end();) {
-    if ((*it)->done) {
-      finished->push_back(std::move(*it));
-      it = connections_.erase(it);
-    } else {
-      ++it;
-    }
+void TcpServer::RunShard(size_t index) {
+  Shard* shard = shards_[index].get();
+  shard->loop.Run();
+  // Hand-overs still queued see stopping_ and close their sockets.
+  shard->loop.RunPosted();
+  // Every connection of this loop closes here, on its own thread: accesses in flight end.
+  shard->served.clear();
+  if (index == 0) {
+    while (!pending_.empty()) DropPending(pending_.begin(), false);
+    if (listening_) shard->loop.Remove(listen_key_);
+    listening_ = false;
   }
 }
 
-void TcpServer::AcceptLoop() {
-  using Clock = std::chrono::steady_clock;
-  std::vector<struct pollfd> fds;
-  for (;;) {
-    fds.clear();
-    fds.push_back({listen_fd_, POLLIN, 0});
-    fds.push_back({wake_fd_, POLLIN, 0});
-    for (const Pending& p : pending_) {
-      fds.push_back({p.fd, static_cast<short>(p.handshake.has_output() ? POLLOUT : POLLIN), 0});
-    }
-    int timeout = -1;
-    if (!pending_.empty()) {
-      // The oldest pending connection has the earliest deadline (rounded up, so the
-      // wake-up is never early).
-      const auto left = pending_.front().deadline - Clock::now();
-      timeout = static_cast<int>(std::max<int64_t>(
-          0, std::chrono::duration_cast<std::chrono::milliseconds>(left + std::chrono::microseconds(999)).count()));
-    }
-    int rc = poll(fds.data(), fds.size(), timeout);
-    if (rc < 0 && errno != EINTR) break;
-    if (rc > 0 && fds[1].revents != 0) break;  // Stop()
-    // Handshakes with events, in the order they were polled (accepts come after, so the
-    // list and the poll array still line up here).
-    size_t i = 2;
-    for (auto it = pending_.begin(); rc > 0 && i < fds.size(); ++i) {
-      auto cur = it++;
-      if (fds[i].revents == 0) continue;
-      Settle(cur, AdvanceHandshake(&*cur));
-    }
-    const auto now = Clock::now();
-    while (!pending_.empty() && pending_.front().deadline <= now) DropPending(pending_.begin(), true);
-    if (rc > 0 && (fds[0].revents & POLLIN) != 0) AcceptReady(now);
-  }
-  while (!pending_.empty()) DropPending(pending_.begin(), false);
-}
-
-void TcpServer::AcceptReady(std::chrono::steady_clock::time_point now) {
-  // A bounded batch per wake-up, so pending handshakes are served between batches.
-  for (int n = 0; n < 64; ++n) {
+void TcpServer::AcceptReady(Clock::time_point now) {
+  EventLoop& loop = shards_[0]->loop;
+  for (int n = 0; n < kAcceptBatch; ++n) {
     struct sockaddr_storage from;
     socklen_t from_len = sizeof(from);
     int fd = accept4(listen_fd_, reinterpret_cast<struct sockaddr*>(&from), &from_len, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
-      // EMFILE and friends: back off briefly instead of spinning.
       if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        // EMFILE and friends: rest instead of spinning on a queue we cannot drain.
+        loop.Remove(listen_key_);
+        listening_ = false;
+        loop.AddTimer(now + kAcceptBackoff, [this] {
+          if (!listening_) listening_ = shards_[0]->loop.Add(listen_fd_, EPOLLIN, &listener_, &listen_key_).ok();
+        });
       }
-      return;
+      break;
     }
     std::string address;
     if (from.ss_family == AF_INET) {
@@ -172,12 +146,18 @@ void TcpServer::AcceptReady(std::chrono::steady_clock::time_point now) {
       DropPending(pending_.begin(), false);
     }
     pending_by_address_[address] += 1;
-    pending_.emplace_back(fd, std::move(address), now + std::chrono::milliseconds(options_.handshake_timeout_ms), key_,
-                          options_.slice_bytes, nonce);
-    // A real peer sent its HELLO right after connecting: answer it now, not a poll later.
+    pending_.emplace_back(this, fd, std::move(address), now + std::chrono::milliseconds(options_.handshake_timeout_ms),
+                          key_, options_.slice_bytes, nonce);
     const auto added = std::prev(pending_.end());
+    added->self = added;
+    if (!loop.Add(fd, kSocketEvents, &*added, &added->key).ok()) {
+      DropPending(added, false);
+      continue;
+    }
+    // A real peer sent its HELLO right after connecting: answer it now, not a turn later.
     Settle(added, AdvanceHandshake(&*added));
   }
+  ArmPendingTimer();
 }
 
 TcpServer::Advance TcpServer::AdvanceHandshake(Pending* p) {
@@ -219,7 +199,7 @@ void TcpServer::Settle(std::list<Pending>::iterator it, Advance outcome) {
     const int fd = it->fd;
     it->fd = -1;
     DropPending(it, false);
-    StartServing(fd);
+    HandOver(fd);
     return;
   }
   DropPending(it, outcome == Advance::kRefused);
@@ -227,181 +207,88 @@ void TcpServer::Settle(std::list<Pending>::iterator it, Advance outcome) {
 
 void TcpServer::DropPending(std::list<Pending>::iterator it, bool refused) {
   if (refused) context_.counters->handshakes_refused.fetch_add(1, std::memory_order_relaxed);
+  if (it->key != 0) shards_[0]->loop.Remove(it->key);
   if (it->fd >= 0) close(it->fd);
   auto count = pending_by_address_.find(it->address);
   if (count != pending_by_address_.end() && --count->second == 0) pending_by_address_.erase(count);
   pending_.erase(it);
 }
 
-void TcpServer::StartServing(int fd) {
-  // From here on the connection is served with blocking I/O and the I/O timeouts.
-  const int flags = fcntl(fd, F_GETFL);
-  fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-  SetIoTimeouts(fd, options_.io_timeout_ms);
+void TcpServer::ExpirePending() {
+  pending_timer_ = 0;
+  const auto now = Clock::now();
+  while (!pending_.empty() && pending_.front().deadline <= now) DropPending(pending_.begin(), true);
+  ArmPendingTimer();
+}
+
+void TcpServer::ArmPendingTimer() {
+  // Deadlines only grow along the list, so a timer armed for an earlier front is never
+  // late for the current one: when it fires, it re-arms for whatever is first then.
+  if (pending_timer_ != 0 || pending_.empty()) return;
+  pending_timer_ = shards_[0]->loop.AddTimer(pending_.front().deadline, [this] { ExpirePending(); });
+}
+
+void TcpServer::HandOver(int fd) {
+  if (served_count_.fetch_add(1, std::memory_order_acq_rel) >= kMaxConnections) {
+    served_count_.fetch_sub(1, std::memory_order_acq_rel);
+    close(fd);
+    context_.counters->connections_shed.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   SetStreamOptions(fd, kServerSocketBuffer);
-  std::vector<std::unique_ptr<Connection>> finished;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ReapLocked(&finished);
-    if (stopping_ || connections_.size() >= kMaxConnections) {
-      close(fd);
-      context_.counters->connections_shed.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      auto conn = std::make_unique<Connection>();
-      Connection* raw = conn.get();
-      raw->fd = fd;
-      raw->thread = std::thread([this, raw, fd] { Serve(raw, fd); });
-      connections_.push_back(std::move(conn));
-    }
-  }
-  for (auto& c : finished) c->thread.join();
-}
-
-void TcpServer::Serve(Connection* conn, int fd) {
-  {
-    Session session(fd, options_.io_timeout_ms);
-    for (;;) {
-      // Wait for the next header. A timeout before its first byte is an idle peer, which
-      // may stay; from its first byte on, the frame runs against its deadline.
-      uint8_t buf[kHeaderSize];
-      size_t have = session.next_have;
-      if (have > 0) {
-        std::memcpy(buf, session.next, have);
-        session.deadline.Start();
-      }
-      session.next_have = 0;
-      IoResult r = IoResult::kOk;
-      if (!session.acks.empty() && have < kHeaderSize) {
-        // WRITE_ACKs wait while requests keep streaming in (one send for many), and go
-        // out before this thread would block: the client never waits on a held-back ACK.
-        const size_t had = have;
-        ssize_t n = recv(fd, buf + have, kHeaderSize - have, MSG_DONTWAIT);
-        if (n > 0) have += static_cast<size_t>(n);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
-        // The flush runs against the frame's deadline, or its own when no frame started.
-        if (had == 0) session.deadline.Start();
-        if (have < kHeaderSize && !FlushAcks(&session)) break;
-      }
-      while (have < kHeaderSize) {
-        size_t got = 0;
-        if (have == 0) {
-          // Idle: no deadline, just the I/O timeout to look for Stop() now and then.
-          session.deadline.Relax();
-          r = RecvSome(fd, buf, kHeaderSize, &got);
-          if (r == IoResult::kTimeout) {
-            std::lock_guard<std::mutex> lock(mu_);
-            if (stopping_) break;
-            continue;
-          }
-          if (r != IoResult::kOk) break;
-          have = got;
-          session.deadline.Start();
-          continue;
-        }
-        r = RecvFull(fd, buf + have, kHeaderSize - have, &got, &session.deadline);
-        have += got;
-        if (r != IoResult::kOk) break;
-      }
-      if (r != IoResult::kOk) break;
-      FrameHeader h = DecodeHeader(buf);
-      if (!IsAcceptableRequest(h, options_.slice_bytes)) {
-        context_.counters->frames_refused.fetch_add(1, std::memory_order_relaxed);
-        break;
-      }
-      const bool keep = h.type == FrameType::kWrite ? ServeWrite(&session, h) : ServeRead(&session, h);
-      if (!keep) break;
-    }
-  }
-  std::lock_guard<std::mutex> lock(mu_);
-  close(fd);
-  conn->fd = -1;
-  conn->done = true;
-}
-
-Status TcpServer::AcquireAccess(const FrameHeader& h, Access mode, Session* session) {
-  Status access = context_.handles->Acquire(h.handle, mode, h.offset, h.length, &session->pieces);
-  if (!access.ok()) return access;
-  const size_t before = session->iov.size();
-  for (const PoolExtent& p : session->pieces) {
-    if (p.offset > context_.pool_size || p.size > context_.pool_size - p.offset) {
-      // Cannot happen (Expose checks ranges against the pool); refuse rather than trust it.
-      session->iov.resize(before);
-      context_.handles->ReleaseAccess(h.handle);
-      return Status(Code::kInternal, "handle range outside the pool");
-    }
-    session->iov.push_back({context_.pool_base + p.offset, static_cast<size_t>(p.size)});
-  }
-  return access;
-}
-
-bool TcpServer::FlushAcks(Session* session) {
-  if (session->acks.empty()) return true;
-  struct iovec iov = {session->acks.data(), session->acks.size()};
-  const bool sent = SendFull(session->fd, &iov, 1, &session->deadline) == IoResult::kOk;
-  session->acks.clear();
-  return sent;
-}
-
-bool TcpServer::ServeWrite(Session* session, const FrameHeader& h) {
-  session->iov.clear();
-  Status access = AcquireAccess(h, Access::kWrite, session);
-  size_t got = 0;
-  if (access.ok()) {
-    // The payload goes straight into the pool; the access pins the handle meanwhile.
-    // Whatever of the next header has already arrived comes along with its last piece.
-    const struct iovec last = session->iov.back();
-    IoResult r = RecvFullV(session->fd, session->iov.data(), static_cast<int>(session->iov.size()) - 1,
-                           &session->deadline);
-    if (r == IoResult::kOk) {
-      r = RecvFullAndPeek(session->fd, last.iov_base, last.iov_len, session->next, kHeaderSize,
-                          &session->next_have, &session->deadline);
-    }
-    context_.handles->ReleaseAccess(h.handle);
-    if (r != IoResult::kOk) return false;
-    context_.counters->bytes_received.fetch_add(h.length, std::memory_order_relaxed);
+  Shard* shard = shards_[next_shard_].get();
+  next_shard_ = (next_shard_ + 1) % shards_.size();
+  if (shard == shards_[0].get()) {
+    Adopt(shard, fd);
   } else {
-    // Refused: swallow the payload so the stream stays in step, then say why.
-    if (session->scratch.empty()) session->scratch.resize(kScratchBytes);
-    uint64_t left = h.length;
-    while (left > 0) {
-      const size_t chunk = static_cast<size_t>(std::min<uint64_t>(left, session->scratch.size()));
-      if (RecvFull(session->fd, session->scratch.data(), chunk, &got, &session->deadline) != IoResult::kOk) {
-        return false;
-      }
-      left -= chunk;
-    }
+    shard->loop.Post([this, shard, fd] { Adopt(shard, fd); });
   }
-  FrameHeader ack;
-  ack.type = FrameType::kWriteAck;
-  ack.status = static_cast<uint32_t>(access.code());
-  ack.request_id = h.request_id;
-  const size_t at = session->acks.size();
-  session->acks.resize(at + kHeaderSize);
-  EncodeHeader(ack, session->acks.data() + at);
-  return session->acks.size() < kMaxHeldAcks * kHeaderSize || FlushAcks(session);
 }
 
-bool TcpServer::ServeRead(Session* session, const FrameHeader& h) {
-  // Held-back ACKs (they answer earlier requests), header and payload leave in one
-  // sendmsg, the payload straight from the pool.
-  uint8_t out[kHeaderSize];
-  session->iov.clear();
-  session->iov.push_back({session->acks.data(), session->acks.size()});
-  session->iov.push_back({out, kHeaderSize});
-  Status access = AcquireAccess(h, Access::kRead, session);
-  FrameHeader reply;
-  reply.type = FrameType::kReadData;
-  reply.status = static_cast<uint32_t>(access.code());
-  reply.request_id = h.request_id;
-  reply.length = access.ok() ? h.length : 0;
-  EncodeHeader(reply, out);
-  IoResult r = SendFull(session->fd, session->iov.data(), static_cast<int>(session->iov.size()), &session->deadline);
-  session->acks.clear();
-  if (access.ok()) {
-    context_.handles->ReleaseAccess(h.handle);
-    if (r == IoResult::kOk) context_.counters->bytes_sent.fetch_add(h.length, std::memory_order_relaxed);
+void TcpServer::Adopt(Shard* shard, int fd) {
+  if (stopping_.load(std::memory_order_acquire)) {
+    close(fd);
+    served_count_.fetch_sub(1, std::memory_order_acq_rel);
+    return;
   }
-  return r == IoResult::kOk;
+  ServingLimits limits;
+  limits.slice_bytes = options_.slice_bytes;
+  limits.io_timeout = std::chrono::milliseconds(options_.io_timeout_ms);
+  auto owned = std::make_unique<Served>(this, shard, fd, context_, limits);
+  Served* s = owned.get();
+  shard->served.emplace(s, std::move(owned));
+  if (!shard->loop.Add(fd, kSocketEvents, s, &s->key).ok()) {
+    Retire(s);
+    return;
+  }
+  // Requests sent right after the PROOF are already waiting: serve them now.
+  Drive(s);
+}
+
+void TcpServer::Drive(Served* s) {
+  const ServerConnection::Outcome outcome = s->conn.Advance(Clock::now());
+  if (outcome == ServerConnection::Outcome::kClosed) {
+    Retire(s);
+    return;
+  }
+  if (outcome == ServerConnection::Outcome::kYield) s->shard->loop.Kick(s->key);
+  // One timer per connection at most, armed lazily: a frame's deadline only moves later,
+  // so a timer armed for an earlier one fires first and re-arms for the current one.
+  const auto deadline = s->conn.deadline();
+  if (s->timer == 0 && deadline != Clock::time_point::max()) {
+    s->timer = s->shard->loop.AddTimer(deadline, [s] {
+      s->timer = 0;
+      s->server->Drive(s);
+    });
+  }
+}
+
+void TcpServer::Retire(Served* s) {
+  Shard* shard = s->shard;
+  if (s->key != 0) shard->loop.Remove(s->key);
+  if (s->timer != 0) shard->loop.CancelTimer(s->timer);
+  shard->served.erase(s);  // closes the socket; an access in flight ends
+  served_count_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 }  // namespace tcp

@@ -1,15 +1,19 @@
 // TcpServer: the serving half of the TCP transport — peers write into and read from
 // this engine's pool through handles.
 //
-// Threads: one acceptor thread, and one serving thread per AUTHENTICATED connection (at
-// most kMaxConnections at a time; more are closed once authenticated, counted in
-// connections_shed). No thread is committed to a connection before it has proven the
-// cluster token.
+// Threads: a fixed number of I/O threads (io_threads; 0 means hardware_concurrency
+// clamped to [1, 4]), each running an EventLoop (event_loop.h) over its share of the
+// connections. No connection has a thread of its own, authenticated or not: 1,000 idle
+// peers cost 1,000 fds and a few hundred bytes each. Loop 0 also owns the listener and
+// every pending handshake (so the pending bounds below are exact, with no lock); a
+// connection that authenticates is handed to the loops round-robin, loop 0 included.
+// At most kMaxConnections authenticated connections are served at a time; one more is
+// closed once authenticated, counted in connections_shed.
 //
-// Handshakes (wire.h, version 2) run in the acceptor: accepted sockets are non-blocking,
-// each pending connection is a small state machine (ServerHandshake, handshake.h) polled
-// together with the listener, and must finish its handshake within handshake_timeout_ms
-// of its accept (a hard deadline, however the bytes trickle), else it is closed. Pending
+// Handshakes (wire.h, version 2): accepted sockets are non-blocking, each pending
+// connection is a small state machine (ServerHandshake, handshake.h) driven by its
+// socket's events, and must finish its handshake within handshake_timeout_ms of its
+// accept (a hard deadline, however the bytes trickle), else it is closed. Pending
 // connections are bounded per source address (max_pending_per_address) and in total
 // (max_pending): a new connection over either bound makes room by closing the OLDEST
 // pending one (of its address, or overall), counted in connections_shed. So a flood of
@@ -17,31 +21,26 @@
 // peer, whose handshake takes one round trip while an idle one waits out its deadline
 // (to push it out, a flood would have to open max_pending_per_address connections from
 // its address within that round trip). A newly accepted connection's HELLO is read at
-// once, so a real peer's CHALLENGE leaves in the same acceptor turn.
+// once, so a real peer's CHALLENGE leaves in the same loop turn.
 // Authenticated connections are never counted against these bounds. A wrong proof gets
 // HELLO_REFUSED; that, a malformed frame, a deadline passed, or a peer that leaves
 // mid-handshake counts in handshakes_refused (one that leaves before its first byte, a
 // port probe, does not).
 //
-// Per authenticated connection: requests are served in order. Each access holds the
-// handle (HandleTable::Acquire) only while its payload moves, and payloads move between
-// the socket and the pool directly.
-// A WRITE's payload is received together with whatever of the next header has already
-// arrived (two iovecs, one recvmsg), so a stream of small WRITEs costs about one recv
-// per frame instead of two.
-// WRITE_ACKs are held back while more requests are already waiting (at most 32) and
-// always sent before the thread would block, so a pipelining client gets them in bursts.
-// Deadlines: a peer idle between frames is kept (SO_RCVTIMEO = io_timeout_ms only wakes
-// the thread up). Once the first byte of a frame's header arrives, the whole frame — the
-// rest of the header, a WRITE's payload (refused or not), the READ_DATA reply with its
-// payload, held-back ACKs sent meanwhile — must be done within io_timeout_ms (an
-// absolute IoDeadline, however slowly the bytes trickle); otherwise the connection is
-// closed, which ends the handle access, so a crashed, hung or slowloris peer cannot pin
-// a thread or a handle. Malformed frames drop the connection (frames_refused).
+// Per authenticated connection (server_connection.h has the whole contract): requests
+// are served in order and replies leave in request order; each access holds the handle
+// (HandleTable::Acquire) only while its payload moves, and payloads move between the
+// socket and the pool directly (readv/sendmsg over the handle's pieces). WRITE_ACKs are
+// held back while more requests are immediately readable. A peer idle between frames is
+// kept forever; once the first byte of a frame's header arrives, the whole frame (its
+// payload, its reply, held-back ACKs sent meanwhile) must be done within io_timeout_ms
+// (a hard deadline, a loop timer), otherwise the connection is closed, which ends the
+// handle access, so a crashed, hung or slowloris peer cannot pin a handle. Refused
+// accesses are answered with their status and the connection stays usable; malformed
+// frames drop it (frames_refused).
 //
-// Stop() (idempotent; also the destructor) closes the listener and every pending
-// connection, shuts every served connection down and joins every thread; when it
-// returns no access is in flight.
+// Stop() (idempotent; also the destructor) closes the listener and every connection,
+// pending or served, and joins the I/O threads; when it returns no access is in flight.
 #pragma once
 
 #include <chrono>
@@ -60,6 +59,26 @@
 #include "engine/tcp/wire.h"
 #include "engine/transport.h"
 
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/status.h"
+#include "engine/tcp/event_loop.h"
+#include "engine/tcp/handshake.h"
+#include "engine/tcp/server_connection.h"
+#include "engine/tcp/wire.h"
+#include "engine/transport.h"
+
 namespace kvferry {
 namespace tcp {
 
@@ -70,6 +89,8 @@ struct TcpServerOptions {
   uint64_t slice_bytes = 0;
   int io_timeout_ms = 10000;
   int handshake_timeout_ms = 1000;
+  /** I/O threads (event loops); 0: hardware_concurrency clamped to [1, 4]. */
+  int io_threads = 0;
   /** Connections accepted and not yet authenticated, in total and per source address. */
   // Large enough for a legitimate burst from one host (several daemons on a node, each
   // opening connections_per_peer connections at once), small enough to stay cheap.
@@ -79,7 +100,7 @@ struct TcpServerOptions {
 
 class TcpServer {
  public:
-  static constexpr size_t kMaxConnections = 512;
+  static constexpr size_t kMaxConnections = 4096;
 
   TcpServer(const TransportContext& context, TcpServerOptions options);
   ~TcpServer();
@@ -89,80 +110,98 @@ class TcpServer {
 
   [[nodiscard]] Status Start();
   uint16_t port() const { return port_; }
+  /** The I/O threads this server runs (valid after Start). */
+  size_t io_threads() const { return shards_.size(); }
   void Stop();
 
  private:
-  struct Connection {
-    int fd = -1;  // guarded by mu_; closed by its own thread on exit
-    bool done = false;
-    std::thread thread;
+  using Clock = std::chrono::steady_clock;
+  struct Shard;
+
+  /** The listening socket's handler (loop 0). */
+  struct Listener final : EventLoop::Handler {
+    explicit Listener(TcpServer* s) : server(s) {}
+    void OnEvents(uint32_t) override { server->AcceptReady(Clock::now()); }
+    TcpServer* server;
   };
 
-  /** A connection in its handshake; owned by the acceptor thread alone. */
-  struct Pending {
-    Pending(int socket, std::string from, std::chrono::steady_clock::time_point by, const HandshakeKey& key,
+  /** A connection in its handshake; loop 0's alone. */
+  struct Pending final : EventLoop::Handler {
+    Pending(TcpServer* s, int socket, std::string from, Clock::time_point by, const HandshakeKey& key,
             uint64_t slice_bytes, const Nonce& nonce)
-        : fd(socket), address(std::move(from)), deadline(by), handshake(key, slice_bytes, nonce) {}
+        : server(s), fd(socket), address(std::move(from)), deadline(by), handshake(key, slice_bytes, nonce) {}
+    void OnEvents(uint32_t) override { server->Settle(self, server->AdvanceHandshake(this)); }
+    TcpServer* server;
     int fd;
     std::string address;  // source address (no port), the per-address bound's key
-    std::chrono::steady_clock::time_point deadline;
+    Clock::time_point deadline;
     ServerHandshake handshake;
     size_t sent = 0;  // bytes of handshake.outbox() already sent
+    EventLoop::Key key = 0;
+    std::list<Pending>::iterator self;
   };
   enum class Advance { kKeep, kAccepted, kRefused, kGone };
 
-  /** What one serving thread keeps between requests. */
-  struct Session {
-    Session(int socket, int timeout_ms) : fd(socket), deadline(socket, timeout_ms) {}
-    int fd = -1;
-    IoDeadline deadline;  // the current frame's (see above)
-    std::vector<uint8_t> scratch;  // sink for refused WRITE payloads
-    std::vector<uint8_t> acks;     // encoded WRITE_ACKs not sent yet, in request order
-    std::vector<PoolExtent> pieces;  // the current access's range in the pool
-    std::vector<struct iovec> iov;   // the same as buffers (READ: after the ACKs and header)
-    // The first bytes of the next header, read together with the previous WRITE's payload.
-    uint8_t next[kHeaderSize];
-    size_t next_have = 0;
+  /** An authenticated connection and its place in its shard's loop. */
+  struct Served final : EventLoop::Handler {
+    Served(TcpServer* s, Shard* home, int fd, const TransportContext& context, const ServingLimits& limits);
+    void OnEvents(uint32_t) override { server->Drive(this); }
+    TcpServer* server;
+    Shard* shard;
+    ServerConnection conn;
+    EventLoop::Key key = 0;
+    EventLoop::TimerId timer = 0;  // 0: none armed
   };
 
-  void AcceptLoop();
+  /** One I/O thread: its loop and the connections it serves. */
+  struct Shard {
+    EventLoop loop;
+    std::thread thread;
+    std::vector<uint8_t> scratch;  // shared sink for refused WRITE payloads
+    std::unordered_map<Served*, std::unique_ptr<Served>> served;  // the loop thread's alone
+  };
+
+  void RunShard(size_t index);
   /** Accepts what the listener has queued, making room under the pending bounds. */
-  void AcceptReady(std::chrono::steady_clock::time_point now);
+  void AcceptReady(Clock::time_point now);
   /** Moves one pending handshake on as far as its socket allows. */
   Advance AdvanceHandshake(Pending* p);
-  /** Acts on AdvanceHandshake's outcome: keeps, serves or drops the connection. */
+  /** Acts on AdvanceHandshake's outcome: keeps, hands over or drops the connection. */
   void Settle(std::list<Pending>::iterator it, Advance outcome);
   /** Closes a pending connection and erases it; `refused` counts it. */
   void DropPending(std::list<Pending>::iterator it, bool refused);
-  /** Hands an authenticated socket to a serving thread (or closes it when full). */
-  void StartServing(int fd);
-  void Serve(Connection* conn, int fd);
-  /**
-   * HandleTable::Acquire (for `access`) plus a check that the result lies inside the
-   * pool; on success `session->iov` holds the frame's payload buffers in the pool.
-   */
-  Status AcquireAccess(const FrameHeader& h, Access access, Session* session);
-  /** Serves one request whose header is `h`; false when the connection must close. */
-  bool ServeWrite(Session* session, const FrameHeader& h);
-  bool ServeRead(Session* session, const FrameHeader& h);
-  bool FlushAcks(Session* session);
-  void ReapLocked(std::vector<std::unique_ptr<Connection>>* finished);
+  /** Closes the pending connections past their deadline and arms the timer for the next. */
+  void ExpirePending();
+  void ArmPendingTimer();
+  /** Hands an authenticated socket to the next loop (or closes it when full). */
+  void HandOver(int fd);
+  /** On `shard`'s loop: starts serving `fd`. */
+  void Adopt(Shard* shard, int fd);
+  /** Advances a served connection and schedules what it needs next. */
+  void Drive(Served* s);
+  void Retire(Served* s);
 
   const TransportContext context_;
   const TcpServerOptions options_;
   const HandshakeKey key_;
-  // Acceptor thread only: pending handshakes in accept order (so also deadline order).
+  std::vector<std::unique_ptr<Shard>> shards_;
+  size_t next_shard_ = 0;  // loop 0 only
+  std::atomic<size_t> served_count_{0};
+  std::atomic<bool> stopping_{false};
+
+  // Loop 0 only: the listener and the pending handshakes in accept order (so also
+  // deadline order).
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  Listener listener_{this};
+  EventLoop::Key listen_key_ = 0;
+  bool listening_ = false;  // registered with loop 0 (accept errors pause it briefly)
   std::list<Pending> pending_;
   std::unordered_map<std::string, size_t> pending_by_address_;
-  int listen_fd_ = -1;
-  int wake_fd_ = -1;
-  uint16_t port_ = 0;
-  std::thread listener_;
+  EventLoop::TimerId pending_timer_ = 0;  // 0: none armed
 
   std::mutex stop_mu_;  // serialises Stop()
-  std::mutex mu_;
-  bool stopping_ = false;
-  std::list<std::unique_ptr<Connection>> connections_;
+  bool stopped_ = false;
 };
 
 }  // namespace tcp

@@ -14,6 +14,7 @@ constexpr int kMaxConnectionsPerPeer = 64;
 constexpr uint64_t kMinSliceBytes = 1024;
 constexpr uint64_t kMaxSliceBytes = 1ull << 30;
 constexpr int kMaxHandshakeTimeoutMs = 60000;
+constexpr int kMaxIoThreads = 64;
 
 TcpServerOptions ServerOptions(const TcpTransportOptions& o) {
   TcpServerOptions s;
@@ -23,6 +24,7 @@ TcpServerOptions ServerOptions(const TcpTransportOptions& o) {
   s.slice_bytes = o.slice_bytes;
   s.io_timeout_ms = o.io_timeout_ms;
   s.handshake_timeout_ms = o.handshake_timeout_ms;
+  s.io_threads = o.io_threads;
   return s;
 }
 
@@ -55,6 +57,10 @@ Status TcpOptionsFrom(const EngineOptions& o, TcpTransportOptions* out) {
     return invalid("handshake_timeout_ms must be in [1, " + std::to_string(kMaxHandshakeTimeoutMs) + "], got " +
                    std::to_string(o.handshake_timeout_ms));
   }
+  if (o.io_threads < 0 || o.io_threads > kMaxIoThreads) {
+    return invalid("io_threads must be 0 (the default) or in [1, " + std::to_string(kMaxIoThreads) + "], got " +
+                   std::to_string(o.io_threads));
+  }
   out->token = o.token;
   out->listen_host = o.listen_host;
   out->listen_port = o.listen_port;
@@ -62,6 +68,7 @@ Status TcpOptionsFrom(const EngineOptions& o, TcpTransportOptions* out) {
   out->slice_bytes = o.slice_bytes;
   out->io_timeout_ms = o.io_timeout_ms;
   out->handshake_timeout_ms = o.handshake_timeout_ms;
+  out->io_threads = o.io_threads;
   return Status::Ok();
 }
 

@@ -25,6 +25,8 @@ struct TcpTransportOptions {
   uint64_t slice_bytes = 4 << 20;
   int io_timeout_ms = 10000;
   int handshake_timeout_ms = 1000;
+  /** The server's I/O threads; 0: the default (tcp_server.h). */
+  int io_threads = 0;
 };
 
 /** The TCP settings of the engine's options, checked: kInvalidArgument naming the first bad one. */
