@@ -438,6 +438,34 @@ describe("garbage on the data port", () => {
     await t.client.release(spec.id);
     expect(alive(t)).toBe(true);
   });
+
+  it("1,000 idle authenticated connections cost the daemon no thread each (its I/O loops serve them all), stay open, and a real PUSH and PULL beside them are byte-exact", async () => {
+    const threads = () => readdirSync(`/proc/${t.proc.child.pid}/task`).length;
+    const before = threads();
+    const idle: RawDataConnection[] = [];
+    onTestFinished(() => idle.forEach((c) => c.destroy()));
+    // In groups, as peers would open them: each proves the token and then says nothing.
+    for (let i = 0; i < 1000; i += 50) {
+      const group = await Promise.all(Array.from({ length: 50 }, () => RawDataConnection.open(t.dataAddress)));
+      idle.push(...group);
+      const verdicts = await Promise.all(group.map((c) => authenticate(c, TOKEN)));
+      for (const v of verdicts) expect(v.verdict !== "closed" && v.verdict.type).toBe(FrameType.HELLO_OK);
+    }
+    // (a few threads of slack: Node starts its libuv pool of 4 on first use; a thread per connection: 1,000)
+    expect(threads(), "threads of the daemon with 1,000 authenticated idle connections").toBeLessThanOrEqual(before + 8);
+
+    const spec = entrySpec("idle-authenticated", [16 * MiB, 64 * 1024, 1]);
+    const hashes = await putEntry(s.client, spec);
+    expectAllOk((await s.client.batchTransfer([spec.id], t.peerAddress, "push", { timeoutMs: 30_000 })).results);
+    expect(await fetchHashes(t.client, spec.id)).toEqual(hashes);
+    expectAllOk((await s.client.batchTransfer([spec.id], t.peerAddress, "pull", { timeoutMs: 30_000 })).results);
+    expect(await fetchHashes(s.client, spec.id)).toEqual(hashes);
+    await s.client.release(spec.id);
+    // An authenticated peer may stay idle: none was closed.
+    const closed = (await Promise.all(idle.map((c) => c.outcome(0)))).filter((o) => o.state === "closed");
+    expect(closed.length).toBe(0);
+    expect(alive(t)).toBe(true);
+  });
 });
 
 describe("a peer killed mid-transfer", () => {
