@@ -16,11 +16,14 @@
 // printed: medians of the rounds, ratios to iperf3 and to Mooncake. Targets: issue 14.
 // If Mooncake cannot be installed or started, one line says why and the rest runs.
 //
+// Then, with 1,000 idle authenticated connections held on the target's data port, the
+// 16 MiB PUSH again (issue 14: they cost no thread each; the transfer keeps its target).
+//
 // BENCH_ROUNDS (default 3), BENCH_CONNS (--connections-per-peer), BENCH_IPERF_SECONDS
 // (default 3, per round), BENCH_LIMIT_S (default 600: the whole run, then it gives up).
 import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -28,6 +31,7 @@ import { KvferryClient } from "../../src/client/client.js";
 import { spawnDaemon, type SpawnedDaemon } from "../../src/launch/spawn-daemon.js";
 import { jsonLines } from "../helpers/json-lines.js";
 import { mooncakePython } from "../helpers/mooncake.js";
+import { FrameType, RawDataConnection, authenticate } from "../helpers/wire.js";
 
 const KiB = 1 << 10;
 const MiB = 1 << 20;
@@ -65,6 +69,27 @@ const SPAN = Math.max(...SHAPES.map((s) => s.count * s.size));
 const BATCH_MAX = Math.max(...SHAPES.map((s) => s.count));
 /** Mooncake's TCP transport refuses a batch of more requests per peer than this (default 1024). */
 const MOONCAKE_QUEUE = BATCH_MAX;
+
+/** Connections held open (authenticated, idle) on the target while a shape is pushed. */
+const IDLE_CONNECTIONS = 1000;
+
+/** Threads of a process now. */
+function threadsOf(pid: number): number {
+  return readdirSync(`/proc/${pid}/task`).length;
+}
+
+/** `n` connections to a data port, each authenticated (the bench's token) and then silent. */
+async function idleConnections(address: string, n: number): Promise<RawDataConnection[]> {
+  const out: RawDataConnection[] = [];
+  for (let i = 0; i < n; i += 50) {
+    const group = await Promise.all(Array.from({ length: Math.min(50, n - i) }, () => RawDataConnection.open(address)));
+    out.push(...group);
+    for (const { verdict } of await Promise.all(group.map((c) => authenticate(c, TOKEN)))) {
+      if (verdict === "closed" || verdict.type !== FrameType.HELLO_OK) throw new Error("an idle connection was refused its handshake");
+    }
+  }
+  return out;
+}
 
 /** One measured run: GB/s and CPU-seconds per GB (1e9 bytes). */
 interface Sample {
@@ -401,6 +426,16 @@ async function main() {
       }
     }
 
+    // Issue 14: idle connections cost no thread each, and a real transfer still runs at its target.
+    progress(`${IDLE_CONNECTIONS} idle authenticated connections on the second daemon's data port`);
+    const threadsBefore = threadsOf(b.child.pid!);
+    const idle = await idleConnections(b.dataAddress, IDLE_CONNECTIONS);
+    const threadsIdle = threadsOf(b.child.pid!);
+    const withIdle = new Series();
+    for (let round = 0; round < ROUNDS; round++) withIdle.samples.push(await kvferryRun(client, a, b, SHAPES[0]!, "push"));
+    const stillOpen = idle.filter((c) => !c.isClosed).length;
+    idle.forEach((c) => c.destroy());
+
     console.log(`kvferry transfer bench: 127.0.0.1, ${availableParallelism()} cores; medians of ${ROUNDS} rounds after a warm-up, every system on every shape in each round`);
     console.log(
       `  iperf3 single stream, 1 MiB writes, ${IPERF_SECONDS} s a round: ${fixed(iperf.gbs)} GB/s (best ${fixed(iperf.best)}), ` +
@@ -417,6 +452,12 @@ async function main() {
       console.log(`  Mooncake: not measured, ${mooncakeWhy}`);
     }
     printTable(iperf, rows);
+    console.log(
+      `\nwith ${IDLE_CONNECTIONS} idle authenticated connections on the target's data port (${stillOpen} still open after): ` +
+        `PUSH ${SHAPES[0]!.label} ${fixed(withIdle.gbs)} GB/s = ${fixed(withIdle.gbs / iperf.gbs)}× iperf3 ` +
+        `(target ${SHAPES[0]!.target}× ${withIdle.gbs >= SHAPES[0]!.target * iperf.gbs ? "✓" : "✗"}); ` +
+        `the target daemon's threads: ${threadsIdle} with them, ${threadsBefore} before`,
+    );
   } finally {
     clearTimeout(watchdog);
     await cleanUp();

@@ -59,6 +59,46 @@ void IoDeadline::Relax() {
   armed_ = timeout_;
 }
 
+namespace {
+
+// Every byte of `iov` through the socket in one direction, advancing `iov` in place, as
+// few calls as the kernel allows (IOV_MAX buffers per call). Receiving, one waiting call
+// fills every buffer: a slice of many small entries is one call, not one wake-up each.
+IoResult MoveAll(int fd, struct iovec* iov, int iovcnt, IoDeadline* deadline, bool receive) {
+  while (iovcnt > 0) {
+    if (iov->iov_len == 0) {
+      ++iov;
+      --iovcnt;
+      continue;
+    }
+    if (deadline != nullptr && !deadline->Arm()) return IoResult::kTimeout;
+    struct msghdr msg;
+    std::memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<size_t>(std::min(iovcnt, IOV_MAX));
+    ssize_t r = receive ? recvmsg(fd, &msg, MSG_WAITALL) : sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (r == 0 && receive) return IoResult::kClosed;
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return IoResult::kTimeout;
+      return IoResult::kError;
+    }
+    size_t moved = static_cast<size_t>(r);
+    while (iovcnt > 0 && moved >= iov->iov_len) {
+      moved -= iov->iov_len;
+      ++iov;
+      --iovcnt;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + moved;
+      iov->iov_len -= moved;
+    }
+  }
+  return IoResult::kOk;
+}
+
+}  // namespace
+
 const char* IoResultText(IoResult r) {
   switch (r) {
     case IoResult::kOk:
@@ -97,38 +137,7 @@ IoResult RecvFull(int fd, void* buf, size_t n, size_t* got, IoDeadline* deadline
 }
 
 IoResult RecvFullV(int fd, struct iovec* iov, int iovcnt, IoDeadline* deadline) {
-  while (iovcnt > 0) {
-    if (iov->iov_len == 0) {
-      ++iov;
-      --iovcnt;
-      continue;
-    }
-    if (deadline != nullptr && !deadline->Arm()) return IoResult::kTimeout;
-    struct msghdr msg;
-    std::memset(&msg, 0, sizeof(msg));
-    msg.msg_iov = iov;
-    msg.msg_iovlen = static_cast<size_t>(std::min(iovcnt, IOV_MAX));
-    // One waiting call fills every buffer (a slice of many small entries is one call,
-    // not one wake-up per entry).
-    ssize_t r = recvmsg(fd, &msg, MSG_WAITALL);
-    if (r == 0) return IoResult::kClosed;
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return IoResult::kTimeout;
-      return IoResult::kError;
-    }
-    size_t got = static_cast<size_t>(r);
-    while (iovcnt > 0 && got >= iov->iov_len) {
-      got -= iov->iov_len;
-      ++iov;
-      --iovcnt;
-    }
-    if (iovcnt > 0) {
-      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + got;
-      iov->iov_len -= got;
-    }
-  }
-  return IoResult::kOk;
+  return MoveAll(fd, iov, iovcnt, deadline, /*receive=*/true);
 }
 
 IoResult RecvFullAndPeek(int fd, void* buf, size_t n, void* spill, size_t spill_cap, size_t* spilled,
@@ -186,35 +195,7 @@ IoResult RecvSome(int fd, void* buf, size_t n, size_t* got) {
 }
 
 IoResult SendFull(int fd, struct iovec* iov, int iovcnt, IoDeadline* deadline) {
-  while (iovcnt > 0) {
-    if (iov->iov_len == 0) {
-      ++iov;
-      --iovcnt;
-      continue;
-    }
-    if (deadline != nullptr && !deadline->Arm()) return IoResult::kTimeout;
-    struct msghdr msg;
-    std::memset(&msg, 0, sizeof(msg));
-    msg.msg_iov = iov;
-    msg.msg_iovlen = static_cast<size_t>(std::min(iovcnt, IOV_MAX));
-    ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return IoResult::kTimeout;
-      return IoResult::kError;
-    }
-    size_t sent = static_cast<size_t>(r);
-    while (iovcnt > 0 && sent >= iov->iov_len) {
-      sent -= iov->iov_len;
-      ++iov;
-      --iovcnt;
-    }
-    if (iovcnt > 0) {
-      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + sent;
-      iov->iov_len -= sent;
-    }
-  }
-  return IoResult::kOk;
+  return MoveAll(fd, iov, iovcnt, deadline, /*receive=*/false);
 }
 
 bool ParseHostPort(const std::string& address, std::string* host, uint16_t* port) {
