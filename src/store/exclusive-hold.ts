@@ -20,14 +20,21 @@ export const DEFAULT_CONSUME_LEASE_MS = 30_000;
 
 export class ExclusiveHold {
   state: HoldState = "reading";
-  /** What the consumer confirms with; unguessable, so only the reader that got it can. */
-  readonly token = randomBytes(18).toString("base64url");
+  /**
+   * What the consumer confirms with; unguessable, so only the reader that got it can.
+   * Only a consume hold has one ("" for a move, which nobody confirms).
+   */
+  readonly token: string;
   readonly startedAtMs: number;
   timer: NodeJS.Timeout | undefined;
-  readonly #lapse = new AbortController();
+  // Made when first asked for: a move hold (one per entry of a batch transfer) never is.
+  #lapse: AbortController | undefined;
+  /** It ended by running out: a `lapsed` asked for later is already aborted. */
+  #lapsedOut = false;
 
   constructor(readonly purpose: HoldPurpose, readonly leaseMs: number | undefined, now: number) {
     this.startedAtMs = now;
+    this.token = purpose === "consume" ? randomBytes(18).toString("base64url") : "";
   }
 
   get ended(): boolean {
@@ -36,6 +43,8 @@ export class ExclusiveHold {
 
   /** Aborts when the hold lapsed unconfirmed (the entry was given back to others). */
   get lapsed(): AbortSignal {
+    this.#lapse ??= new AbortController();
+    if (this.#lapsedOut) this.#lapse.abort();
     return this.#lapse.signal;
   }
 
@@ -45,8 +54,12 @@ export class ExclusiveHold {
     this.state = state;
     clearTimeout(this.timer);
     this.timer = undefined;
-    if (cause === "lapsed") this.#lapse.abort();
+    if (cause === "lapsed") {
+      this.#lapsedOut = true;
+      this.#lapse?.abort();
+    }
   }
+
 
   /** What a Get that finds the entry held is told. */
   describe(transferId: string): string {
