@@ -21,30 +21,6 @@ bool WouldBlock(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
 
 }  // namespace
 
-void ServerConnection::IovQueue::Push(void* base, size_t len) {
-  if (len > 0) v_.push_back({base, len});
-}
-
-struct iovec* ServerConnection::IovQueue::front(size_t max, int* count) {
-  *count = static_cast<int>(std::min(max, v_.size() - first_));
-  return v_.data() + first_;
-}
-
-void ServerConnection::IovQueue::Consume(size_t n) {
-  while (n > 0 && first_ < v_.size()) {
-    struct iovec& f = v_[first_];
-    if (n >= f.iov_len) {
-      n -= f.iov_len;
-      ++first_;
-    } else {
-      f.iov_base = static_cast<uint8_t*>(f.iov_base) + n;
-      f.iov_len -= n;
-      n = 0;
-    }
-  }
-  if (first_ == v_.size()) Clear();
-}
-
 ServerConnection::ServerConnection(int fd, const TransportContext& context, const ServingLimits& limits,
                                    std::vector<uint8_t>* scratch)
     : fd_(fd), context_(context), limits_(limits), scratch_(scratch) {}

@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "engine/status.h"
+#include "engine/tcp/iov_queue.h"
 #include "engine/tcp/wire.h"
 #include "engine/transport.h"
 
@@ -95,21 +96,6 @@ class ServerConnection {
   int fd() const { return fd_; }
 
  private:
-  /** iovecs still to fill or send, consumed from the front. */
-  class IovQueue {
-   public:
-    void Clear() { v_.clear(), first_ = 0; }
-    void Push(void* base, size_t len);
-    bool empty() const { return first_ == v_.size(); }
-    /** Up to `max` iovecs from the front, for one readv/sendmsg. */
-    struct iovec* front(size_t max, int* count);
-    void Consume(size_t n);
-
-   private:
-    std::vector<struct iovec> v_;
-    size_t first_ = 0;
-  };
-
   enum class Phase {
     kHeader,   // collecting a request header (or idle: none of it yet)
     kPayload,  // receiving a WRITE's payload, into the pool or into scratch (refused)

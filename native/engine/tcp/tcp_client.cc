@@ -1,5 +1,5 @@
 // TcpClient's op bookkeeping: submission, slicing state, failure, completion, and the
-// control calls. The connection threads are in tcp_client_connection.cc.
+// control calls. The connection state machine is in tcp_client_connection.cc.
 #include "engine/tcp/tcp_client.h"
 
 #include <sys/socket.h>
@@ -14,15 +14,14 @@
 namespace kvferry {
 namespace tcp {
 
-TcpClient::TcpClient(const TransportContext& context, TcpClientOptions options)
-    : context_(context), options_(std::move(options)), key_(DeriveDataPlaneKey(options_.token)) {}
+TcpClient::TcpClient(const TransportContext& context, TcpClientOptions options, LoopGroup* loops)
+    : context_(context), options_(std::move(options)), key_(DeriveDataPlaneKey(options_.token)), loops_(loops) {}
 
 TcpClient::~TcpClient() { Shutdown(); }
 
 // ---- submission ---------------------------------------------------------------------
 
 Status TcpClient::Submit(std::vector<TransferOp> ops) {
-  std::vector<std::shared_ptr<Conn>> finished;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return Status(Code::kUnavailable, "the transport is shut down");
@@ -74,13 +73,8 @@ Status TcpClient::Submit(std::vector<TransferOp> ops) {
     }
     for (const auto& peer : touched) {
       EnsureConnectionsLocked(peer);
-      for (Conn* c : peer->conns) c->send_cv.notify_one();
+      for (Conn* c : peer->conns) WakeLocked(c);
     }
-    ReapLocked(&finished);
-  }
-  for (auto& c : finished) {
-    c->sender.join();
-    c->receiver.join();
   }
   return Status::Ok();
 }
@@ -104,36 +98,28 @@ size_t TcpClient::LiveConnsLocked(const Peer& peer) const {
 void TcpClient::EnsureConnectionsLocked(const std::shared_ptr<Peer>& peer) {
   if (stopping_ || peer->forgotten) return;
   while (LiveConnsLocked(*peer) < static_cast<size_t>(options_.connections_per_peer)) {
-    auto c = std::make_shared<Conn>();
-    c->peer = peer;
+    EventLoop* loop = &loops_->loop(next_loop_);
+    next_loop_ = (next_loop_ + 1) % loops_->size();
+    auto c = std::make_shared<Conn>(this, peer, loop);
     c->max_payload = options_.slice_bytes;
-    Conn* raw = c.get();
-    peer->conns.push_back(raw);
-    conns_.push_back(c);
-    raw->sender = std::thread([this, raw] { SenderMain(raw); });
-    raw->receiver = std::thread([this, raw] { ReceiverMain(raw); });
+    peer->conns.push_back(c.get());
+    conns_.emplace(c.get(), c);
+    // Its first turn (Phase::kStart) resolves the peer and starts connecting.
+    WakeLocked(c.get());
   }
 }
 
-void TcpClient::ReapLocked(std::vector<std::shared_ptr<Conn>>* finished) {
-  for (auto it = conns_.begin(); it != conns_.end();) {
-    if ((*it)->finished) {
-      finished->push_back(std::move(*it));
-      it = conns_.erase(it);
-    } else {
-      ++it;
+void TcpClient::WakeLocked(Conn* c) {
+  if (c->wake_posted || c->dying) return;
+  c->wake_posted = true;
+  std::shared_ptr<Conn> keep = c->shared_from_this();
+  c->loop->Post([this, keep] {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      keep->wake_posted = false;
     }
-  }
-}
-
-void TcpClient::ThreadExit(Conn* c) {
-  std::vector<Completion> done;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--c->live_threads == 0) TeardownLocked(c);
-    done.swap(completed_);
-  }
-  Deliver(&done);
+    Drive(keep.get());
+  });
 }
 
 void TcpClient::AppendLocal(const Op& op, uint64_t at, uint64_t length, std::vector<struct iovec>* out) const {
@@ -161,18 +147,14 @@ void TcpClient::KillLocked(Conn* c, Status why) {
   if (c->dying) return;
   c->dying = true;
   c->death = std::move(why);
-  if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);  // wakes a thread blocked in recv/send
-  c->send_cv.notify_all();
-  c->recv_cv.notify_all();
+  // Only its loop touches its socket: the teardown happens there (Die reads c->death).
+  std::shared_ptr<Conn> keep = c->shared_from_this();
+  c->loop->Post([this, keep] { Die(keep.get(), Status::Ok()); });
 }
 
 void TcpClient::TeardownLocked(Conn* c) {
-  // Both threads are out of their I/O loops: nothing touches a window slice's memory any
-  // more, so its op may now be failed (and completed).
-  if (c->fd >= 0) {
-    close(c->fd);
-    c->fd = -1;
-  }
+  // On the loop thread, socket closed: nothing touches a window slice's memory any more,
+  // so its op may now be failed (and completed).
   const Status why = c->death.ok() ? Status(Code::kUnavailable, "connection closed") : c->death;
   Peer* peer = c->peer.get();
   // Closed to cancel an op: the slices of the other ops are innocent bystanders and go
@@ -194,11 +176,10 @@ void TcpClient::TeardownLocked(Conn* c) {
     (*it)->pending = true;
   }
   peer->conns.erase(std::find(peer->conns.begin(), peer->conns.end(), c));
-  c->finished = true;
   if (requeued) {
     // Replace the closed connection and wake the live ones: either may carry the redo.
     EnsureConnectionsLocked(c->peer);
-    for (Conn* other : peer->conns) other->send_cv.notify_one();
+    for (Conn* other : peer->conns) WakeLocked(other);
     return;
   }
   if (peer->conns.empty() && peer->pending.empty()) {
@@ -322,7 +303,8 @@ void TcpClient::Disconnect(const std::string& key) {
 
 void TcpClient::Shutdown() {
   std::lock_guard<std::mutex> serial(shutdown_mu_);
-  std::list<std::shared_ptr<Conn>> all;
+  if (shut_down_) return;
+  shut_down_ = true;
   std::vector<Completion> done;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -335,20 +317,18 @@ void TcpClient::Shutdown() {
       FailOpLocked(op, why);
       MaybeCompleteLocked(op);
     }
-    for (auto& c : conns_) KillLocked(c.get(), why);
-    all = conns_;
+    for (auto& entry : conns_) KillLocked(entry.first, why);
     done.swap(completed_);
   }
   Deliver(&done);
-  for (auto& c : all) {
-    if (c->sender.joinable()) c->sender.join();
-    if (c->receiver.joinable()) c->receiver.join();
-  }
+  // Each connection's teardown was posted to its loop above (its start, if not run yet,
+  // is ahead of it); a task posted after them on every loop returns once all have run.
+  for (size_t i = 0; i < loops_->size(); ++i) loops_->RunOn(i, [] {});
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& c : all) conns_.remove(c);
     peers_.clear();
-    // Every thread is joined, so nothing can touch an op's memory: settle any leftovers.
+    // Every connection is torn down, so nothing can touch an op's memory: settle any
+    // leftovers (there should be none).
     std::vector<Op*> left;
     for (auto& entry : ops_) left.push_back(entry.second.get());
     for (Op* op : left) {
@@ -365,7 +345,7 @@ uint64_t TcpClient::connected_peers() const {
   uint64_t n = 0;
   for (const auto& entry : peers_) {
     for (const Conn* c : entry.second->conns) {
-      if (c->state == ConnState::kEstablished && !c->dying) {
+      if (c->established && !c->dying) {
         ++n;
         break;
       }

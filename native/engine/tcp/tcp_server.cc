@@ -31,19 +31,14 @@ constexpr std::chrono::milliseconds kAcceptBackoff{10};
 // machine reads and writes until EAGAIN, so interest never has to change.
 constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 
-size_t DefaultIoThreads() {
-  const unsigned cores = std::thread::hardware_concurrency();
-  return std::min<size_t>(4, std::max<size_t>(1, cores));
-}
-
 }  // namespace
 
 TcpServer::Served::Served(TcpServer* s, Shard* home, int fd, const TransportContext& context,
                           const ServingLimits& limits)
     : server(s), shard(home), conn(fd, context, limits, &home->scratch) {}
 
-TcpServer::TcpServer(const TransportContext& context, TcpServerOptions options)
-    : context_(context), options_(std::move(options)), key_(DeriveDataPlaneKey(options_.token)) {}
+TcpServer::TcpServer(const TransportContext& context, TcpServerOptions options, LoopGroup* loops)
+    : context_(context), options_(std::move(options)), key_(DeriveDataPlaneKey(options_.token)), loops_(loops) {}
 
 TcpServer::~TcpServer() { Stop(); }
 
@@ -52,13 +47,12 @@ Status TcpServer::Start() {
   if (!s.ok()) return s;
   // The listener is drained in batches until EAGAIN and never blocks in accept.
   fcntl(listen_fd_, F_SETFL, fcntl(listen_fd_, F_GETFL) | O_NONBLOCK);
-  const size_t n = options_.io_threads > 0 ? static_cast<size_t>(options_.io_threads) : DefaultIoThreads();
-  for (size_t i = 0; i < n && s.ok(); ++i) {
+  for (size_t i = 0; i < loops_->size(); ++i) {
     shards_.push_back(std::make_unique<Shard>());
-    s = shards_.back()->loop.Init();
+    shards_.back()->loop = &loops_->loop(i);
   }
   // Level-triggered: a batch may leave connections queued, and the next turn takes them.
-  if (s.ok()) s = shards_[0]->loop.Add(listen_fd_, EPOLLIN, &listener_, &listen_key_);
+  loops_->RunOn(0, [this, &s] { s = shards_[0]->loop->Add(listen_fd_, EPOLLIN, &listener_, &listen_key_); });
   if (!s.ok()) {
     shards_.clear();
     close(listen_fd_);
@@ -66,7 +60,6 @@ Status TcpServer::Start() {
     return s;
   }
   listening_ = true;
-  for (size_t i = 0; i < n; ++i) shards_[i]->thread = std::thread([this, i] { RunShard(i); });
   return Status::Ok();
 }
 
@@ -75,33 +68,31 @@ void TcpServer::Stop() {
   if (stopped_) return;
   stopped_ = true;
   stopping_.store(true, std::memory_order_release);
-  // Loop 0 first: once it has ended, no connection is accepted or handed over any more,
-  // so the other loops' queues only shrink.
-  for (auto& shard : shards_) {
-    shard->loop.Quit();
-    if (shard->thread.joinable()) shard->thread.join();
-  }
+  // Loop 0 first: once its listener and pending handshakes are gone, no connection is
+  // handed over any more, so hand-overs already posted to the other loops run (and
+  // close their sockets, seeing stopping_) before those loops' CloseShard.
+  for (size_t i = 0; i < shards_.size(); ++i) loops_->RunOn(i, [this, i] { CloseShard(i); });
   shards_.clear();
   if (listen_fd_ >= 0) close(listen_fd_);
   listen_fd_ = -1;
 }
 
-void TcpServer::RunShard(size_t index) {
+void TcpServer::CloseShard(size_t index) {
   Shard* shard = shards_[index].get();
-  shard->loop.Run();
-  // Hand-overs still queued see stopping_ and close their sockets.
-  shard->loop.RunPosted();
-  // Every connection of this loop closes here, on its own thread: accesses in flight end.
-  shard->served.clear();
   if (index == 0) {
-    while (!pending_.empty()) DropPending(pending_.begin(), false);
-    if (listening_) shard->loop.Remove(listen_key_);
+    if (listening_) shard->loop->Remove(listen_key_);
     listening_ = false;
+    if (pending_timer_ != 0) shard->loop->CancelTimer(pending_timer_);
+    if (accept_timer_ != 0) shard->loop->CancelTimer(accept_timer_);
+    pending_timer_ = accept_timer_ = 0;
+    while (!pending_.empty()) DropPending(pending_.begin(), false);
   }
+  // Every connection of this loop closes here, on its own thread: accesses in flight end.
+  while (!shard->served.empty()) Retire(shard->served.begin()->first);
 }
 
 void TcpServer::AcceptReady(Clock::time_point now) {
-  EventLoop& loop = shards_[0]->loop;
+  EventLoop& loop = *shards_[0]->loop;
   for (int n = 0; n < kAcceptBatch; ++n) {
     struct sockaddr_storage from;
     socklen_t from_len = sizeof(from);
@@ -111,8 +102,9 @@ void TcpServer::AcceptReady(Clock::time_point now) {
         // EMFILE and friends: rest instead of spinning on a queue we cannot drain.
         loop.Remove(listen_key_);
         listening_ = false;
-        loop.AddTimer(now + kAcceptBackoff, [this] {
-          if (!listening_) listening_ = shards_[0]->loop.Add(listen_fd_, EPOLLIN, &listener_, &listen_key_).ok();
+        accept_timer_ = loop.AddTimer(now + kAcceptBackoff, [this] {
+          accept_timer_ = 0;
+          if (!listening_) listening_ = shards_[0]->loop->Add(listen_fd_, EPOLLIN, &listener_, &listen_key_).ok();
         });
       }
       break;
@@ -207,7 +199,7 @@ void TcpServer::Settle(std::list<Pending>::iterator it, Advance outcome) {
 
 void TcpServer::DropPending(std::list<Pending>::iterator it, bool refused) {
   if (refused) context_.counters->handshakes_refused.fetch_add(1, std::memory_order_relaxed);
-  if (it->key != 0) shards_[0]->loop.Remove(it->key);
+  if (it->key != 0) shards_[0]->loop->Remove(it->key);
   if (it->fd >= 0) close(it->fd);
   auto count = pending_by_address_.find(it->address);
   if (count != pending_by_address_.end() && --count->second == 0) pending_by_address_.erase(count);
@@ -225,7 +217,7 @@ void TcpServer::ArmPendingTimer() {
   // Deadlines only grow along the list, so a timer armed for an earlier front is never
   // late for the current one: when it fires, it re-arms for whatever is first then.
   if (pending_timer_ != 0 || pending_.empty()) return;
-  pending_timer_ = shards_[0]->loop.AddTimer(pending_.front().deadline, [this] { ExpirePending(); });
+  pending_timer_ = shards_[0]->loop->AddTimer(pending_.front().deadline, [this] { ExpirePending(); });
 }
 
 void TcpServer::HandOver(int fd) {
@@ -241,7 +233,7 @@ void TcpServer::HandOver(int fd) {
   if (shard == shards_[0].get()) {
     Adopt(shard, fd);
   } else {
-    shard->loop.Post([this, shard, fd] { Adopt(shard, fd); });
+    shard->loop->Post([this, shard, fd] { Adopt(shard, fd); });
   }
 }
 
@@ -257,7 +249,7 @@ void TcpServer::Adopt(Shard* shard, int fd) {
   auto owned = std::make_unique<Served>(this, shard, fd, context_, limits);
   Served* s = owned.get();
   shard->served.emplace(s, std::move(owned));
-  if (!shard->loop.Add(fd, kSocketEvents, s, &s->key).ok()) {
+  if (!shard->loop->Add(fd, kSocketEvents, s, &s->key).ok()) {
     Retire(s);
     return;
   }
@@ -271,12 +263,12 @@ void TcpServer::Drive(Served* s) {
     Retire(s);
     return;
   }
-  if (outcome == ServerConnection::Outcome::kYield) s->shard->loop.Kick(s->key);
+  if (outcome == ServerConnection::Outcome::kYield) s->shard->loop->Kick(s->key);
   // One timer per connection at most, armed lazily: a frame's deadline only moves later,
   // so a timer armed for an earlier one fires first and re-arms for the current one.
   const auto deadline = s->conn.deadline();
   if (s->timer == 0 && deadline != Clock::time_point::max()) {
-    s->timer = s->shard->loop.AddTimer(deadline, [s] {
+    s->timer = s->shard->loop->AddTimer(deadline, [s] {
       s->timer = 0;
       s->server->Drive(s);
     });
@@ -285,8 +277,8 @@ void TcpServer::Drive(Served* s) {
 
 void TcpServer::Retire(Served* s) {
   Shard* shard = s->shard;
-  if (s->key != 0) shard->loop.Remove(s->key);
-  if (s->timer != 0) shard->loop.CancelTimer(s->timer);
+  if (s->key != 0) shard->loop->Remove(s->key);
+  if (s->timer != 0) shard->loop->CancelTimer(s->timer);
   shard->served.erase(s);  // closes the socket; an access in flight ends
   served_count_.fetch_sub(1, std::memory_order_acq_rel);
 }

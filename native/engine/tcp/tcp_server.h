@@ -1,12 +1,13 @@
 // TcpServer: the serving half of the TCP transport — peers write into and read from
 // this engine's pool through handles.
 //
-// Threads: a fixed number of I/O threads (io_threads; 0 means hardware_concurrency
-// clamped to [1, 4]), each running an EventLoop (event_loop.h) over its share of the
-// connections. No connection has a thread of its own, authenticated or not: 1,000 idle
-// peers cost 1,000 fds and a few hundred bytes each. Loop 0 also owns the listener and
-// every pending handshake (so the pending bounds below are exact, with no lock); a
-// connection that authenticates is handed to the loops round-robin, loop 0 included.
+// Threads: none of its own. The server runs on the transport's I/O loops (LoopGroup,
+// loop_group.h, io_threads of them, shared with the submitting half), each loop serving
+// its share of the connections. No connection has a thread of its own, authenticated or
+// not: 1,000 idle peers cost 1,000 fds and a few hundred bytes each. Loop 0 also owns
+// the listener and every pending handshake (so the pending bounds below are exact, with
+// no lock); a connection that authenticates is handed to the loops round-robin, loop 0
+// included.
 // At most kMaxConnections authenticated connections are served at a time; one more is
 // closed once authenticated, counted in connections_shed.
 //
@@ -40,7 +41,8 @@
 // frames drop it (frames_refused).
 //
 // Stop() (idempotent; also the destructor) closes the listener and every connection,
-// pending or served, and joins the I/O threads; when it returns no access is in flight.
+// pending or served, on their loops' threads, and waits for that; when it returns no
+// access is in flight. The loops must still be running (or never have run).
 #pragma once
 
 #include <chrono>
@@ -75,6 +77,7 @@
 #include "engine/status.h"
 #include "engine/tcp/event_loop.h"
 #include "engine/tcp/handshake.h"
+#include "engine/tcp/loop_group.h"
 #include "engine/tcp/server_connection.h"
 #include "engine/tcp/wire.h"
 #include "engine/transport.h"
@@ -89,8 +92,6 @@ struct TcpServerOptions {
   uint64_t slice_bytes = 0;
   int io_timeout_ms = 10000;
   int handshake_timeout_ms = 1000;
-  /** I/O threads (event loops); 0: hardware_concurrency clamped to [1, 4]. */
-  int io_threads = 0;
   /** Connections accepted and not yet authenticated, in total and per source address. */
   // Large enough for a legitimate burst from one host (several daemons on a node, each
   // opening connections_per_peer connections at once), small enough to stay cheap.
@@ -102,7 +103,8 @@ class TcpServer {
  public:
   static constexpr size_t kMaxConnections = 4096;
 
-  TcpServer(const TransportContext& context, TcpServerOptions options);
+  /** `loops`: the transport's I/O loops; they outlive the server. */
+  TcpServer(const TransportContext& context, TcpServerOptions options, LoopGroup* loops);
   ~TcpServer();
 
   TcpServer(const TcpServer&) = delete;
@@ -110,8 +112,6 @@ class TcpServer {
 
   [[nodiscard]] Status Start();
   uint16_t port() const { return port_; }
-  /** The I/O threads this server runs (valid after Start). */
-  size_t io_threads() const { return shards_.size(); }
   void Stop();
 
  private:
@@ -153,15 +153,15 @@ class TcpServer {
     EventLoop::TimerId timer = 0;  // 0: none armed
   };
 
-  /** One I/O thread: its loop and the connections it serves. */
+  /** The server's part of one I/O loop: the connections it serves there. */
   struct Shard {
-    EventLoop loop;
-    std::thread thread;
+    EventLoop* loop = nullptr;
     std::vector<uint8_t> scratch;  // shared sink for refused WRITE payloads
     std::unordered_map<Served*, std::unique_ptr<Served>> served;  // the loop thread's alone
   };
 
-  void RunShard(size_t index);
+  /** On shard `index`'s loop, at Stop: closes its connections (and, loop 0, the listener). */
+  void CloseShard(size_t index);
   /** Accepts what the listener has queued, making room under the pending bounds. */
   void AcceptReady(Clock::time_point now);
   /** Moves one pending handshake on as far as its socket allows. */
@@ -184,6 +184,7 @@ class TcpServer {
   const TransportContext context_;
   const TcpServerOptions options_;
   const HandshakeKey key_;
+  LoopGroup* const loops_;
   std::vector<std::unique_ptr<Shard>> shards_;
   size_t next_shard_ = 0;  // loop 0 only
   std::atomic<size_t> served_count_{0};
@@ -199,6 +200,7 @@ class TcpServer {
   std::list<Pending> pending_;
   std::unordered_map<std::string, size_t> pending_by_address_;
   EventLoop::TimerId pending_timer_ = 0;  // 0: none armed
+  EventLoop::TimerId accept_timer_ = 0;  // the accept back-off's; 0: none armed
 
   std::mutex stop_mu_;  // serialises Stop()
   bool stopped_ = false;

@@ -24,7 +24,6 @@ TcpServerOptions ServerOptions(const TcpTransportOptions& o) {
   s.slice_bytes = o.slice_bytes;
   s.io_timeout_ms = o.io_timeout_ms;
   s.handshake_timeout_ms = o.handshake_timeout_ms;
-  s.io_threads = o.io_threads;
   return s;
 }
 
@@ -74,8 +73,9 @@ Status TcpOptionsFrom(const EngineOptions& o, TcpTransportOptions* out) {
 
 TcpTransport::TcpTransport(const TransportContext& context, const TcpTransportOptions& options)
     : slice_bytes_(options.slice_bytes),
-      server_(context, ServerOptions(options)),
-      client_(context, ClientOptions(options)) {}
+      loops_(options.io_threads),
+      server_(context, ServerOptions(options), &loops_),
+      client_(context, ClientOptions(options), &loops_) {}
 
 TcpTransport::~TcpTransport() { Shutdown(); }
 
@@ -90,7 +90,10 @@ TransportCapabilities TcpTransport::capabilities() const {
   return caps;
 }
 
-Status TcpTransport::Start() { return server_.Start(); }
+Status TcpTransport::Start() {
+  Status s = loops_.Start();
+  return s.ok() ? server_.Start() : s;
+}
 
 Status TcpTransport::Submit(std::vector<TransferOp> ops) { return client_.Submit(std::move(ops)); }
 
@@ -102,6 +105,7 @@ void TcpTransport::Shutdown() {
   // Outgoing first (their ops complete kCancelled), then stop serving peers.
   client_.Shutdown();
   server_.Stop();
+  loops_.Stop();
 }
 
 uint64_t TcpTransport::connected_peers() const { return client_.connected_peers(); }

@@ -3,6 +3,12 @@
 // The serving half (TcpServer) lets peers write into and read from this engine's pool
 // through handles; the submitting half (TcpClient) carries this engine's ops to peers.
 // Both follow the Transport contract in engine/transport.h.
+//
+// Threads: the transport owns its I/O loops (LoopGroup: io_threads epoll loops, one
+// thread each) and both halves run on them, so the transport costs io_threads threads
+// whatever its number of peers and connections. Start() starts the loops, then the
+// server; Shutdown() ends the client's ops and connections, stops serving, and only then
+// stops the loops (each half closes its connections on their loops' threads first).
 #pragma once
 
 #include <cstdint>
@@ -25,7 +31,7 @@ struct TcpTransportOptions {
   uint64_t slice_bytes = 4 << 20;
   int io_timeout_ms = 10000;
   int handshake_timeout_ms = 1000;
-  /** The server's I/O threads; 0: the default (tcp_server.h). */
+  /** The I/O threads both halves share; 0: the default (loop_group.h). */
   int io_threads = 0;
 };
 
@@ -51,6 +57,7 @@ class TcpTransport final : public Transport {
 
  private:
   const uint64_t slice_bytes_;
+  LoopGroup loops_;  // declared first: outlives both halves
   TcpServer server_;
   TcpClient client_;
 };
