@@ -48,12 +48,17 @@ struct EngineOptions {
   uint64_t slice_bytes = 4 << 20;
   /** Bound on ops queued and not yet completed; Submit beyond it is kResourceExhausted. */
   uint64_t max_queued_ops = 1 << 16;
-  /** An incoming connection that stalls mid-frame this long is closed. */
+  /**
+   * An incoming connection that stalls mid-frame this long is closed; an outgoing one
+   * that connects, shakes hands or waits for replies with no byte moving this long fails
+   * its ops (kUnavailable).
+   */
   int io_timeout_ms = 10000;
   /** An incoming connection must finish its handshake within this long of its accept. */
   int handshake_timeout_ms = 1000;
   /**
-   * Threads serving incoming connections (each an epoll loop; no thread per connection).
+   * The TCP transport's I/O threads, each an epoll loop shared by incoming and outgoing
+   * connections (no thread per connection).
    * 0: the default, hardware_concurrency clamped to [1, 4]; else 1..64.
    */
   int io_threads = 0;

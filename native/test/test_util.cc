@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "engine/crypto/random.h"
 #include "engine/tcp/handshake.h"
@@ -246,8 +247,12 @@ bool WaitClosed(int fd, int timeout_ms) {
   return false;
 }
 
-SilentPeer::SilentPeer() {
+ScriptedPeer::ScriptedPeer(Script script, int receive_buffer) : script_(std::move(script)) {
   listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (receive_buffer > 0) {
+    // Set on the listener so accepted sockets start with it (before the window opens).
+    setsockopt(listen_fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof(receive_buffer));
+  }
   struct sockaddr_in addr;
   std::memset(&addr, 0, sizeof(addr));
   addr.sin_family = AF_INET;
@@ -267,21 +272,14 @@ SilentPeer::SilentPeer() {
         close(fd);
         return;
       }
-      accepted_.fetch_add(1);
+      const int index = accepted_.fetch_add(1);
       fds_.push_back(fd);
-      threads_.emplace_back([this, fd] { Serve(fd); });
+      threads_.emplace_back([this, fd, index] { script_(fd, index); });
     }
   });
 }
 
-void SilentPeer::Serve(int fd) {
-  if (!RawServeHandshake(fd, kToken, 1 << 20)) return;
-  std::vector<uint8_t> sink(1 << 16);
-  while (recv(fd, sink.data(), sink.size(), 0) > 0) {
-  }
-}
-
-SilentPeer::~SilentPeer() {
+ScriptedPeer::~ScriptedPeer() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -293,6 +291,14 @@ SilentPeer::~SilentPeer() {
   for (int fd : fds_) close(fd);
   close(listen_fd_);
 }
+
+SilentPeer::SilentPeer()
+    : ScriptedPeer([](int fd, int) {
+        if (!RawServeHandshake(fd, kToken, 1 << 20)) return;
+        std::vector<uint8_t> sink(1 << 16);
+        while (recv(fd, sink.data(), sink.size(), 0) > 0) {
+        }
+      }) {}
 
 }  // namespace test
 }  // namespace kvferry

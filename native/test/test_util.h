@@ -90,20 +90,24 @@ bool RawServeHandshake(int fd, const std::string& token, uint64_t slice_bytes);
 bool WaitClosed(int fd, int timeout_ms);
 
 /**
- * A peer that completes the handshake and then swallows every byte without ever
- * replying: ops to it stay in flight until cancelled, timed out or shut down.
+ * A fake peer on 127.0.0.1 (port 0) that runs `script` on each connection it accepts,
+ * in a thread of its own (`index`: 0 for the first connection, 1 for the next, ...).
+ * `receive_buffer` > 0 sets the accepted sockets' SO_RCVBUF (a small one makes a
+ * client's sends block early). The destructor shuts every connection down and joins.
  */
-class SilentPeer {
+class ScriptedPeer {
  public:
-  SilentPeer();
-  ~SilentPeer();
+  using Script = std::function<void(int fd, int index)>;
+  explicit ScriptedPeer(Script script, int receive_buffer = 0);
+  ~ScriptedPeer();
+  ScriptedPeer(const ScriptedPeer&) = delete;
+  ScriptedPeer& operator=(const ScriptedPeer&) = delete;
   uint16_t port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   int accepted() const { return accepted_.load(); }
 
  private:
-  void Serve(int fd);
-
+  const Script script_;
   int listen_fd_ = -1;
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
@@ -112,6 +116,15 @@ class SilentPeer {
   std::vector<int> fds_;
   std::vector<std::thread> threads_;
   std::thread acceptor_;
+};
+
+/**
+ * A peer that completes the handshake and then swallows every byte without ever
+ * replying: ops to it stay in flight until cancelled, timed out or shut down.
+ */
+class SilentPeer : public ScriptedPeer {
+ public:
+  SilentPeer();
 };
 
 }  // namespace test

@@ -264,12 +264,17 @@ Status TcpClient::AdvanceTransfer(Conn* c) {
     c->answered.clear();
     Deliver(&done);
     if (dying) return Status::Ok();  // its teardown is posted
-    if (!batch.empty()) BuildRequests(c, batch);
+    if (!batch.empty()) {
+      // An idle connection's deadline starts with its first request.
+      if (c->window.size() == batch.size()) c->progress = Clock::now();
+      BuildRequests(c, batch);
+    }
     if (c->writable && !c->tx.empty()) {
       Status s = SendRequests(c, &progressed, &moved);
       if (!s.ok()) return s;
     }
     if (!progressed) return Status::Ok();
+    c->progress = Clock::now();
     if (moved >= kBytesPerTurn) {
       // Let the loop's other connections run; this one continues after them.
       c->loop->Kick(c->key);
