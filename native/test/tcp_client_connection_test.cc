@@ -13,8 +13,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <dirent.h>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -272,25 +270,6 @@ TEST(TcpClientConnection, CancellingAReadMidPayloadRequeuesTheOtherOpsSlicesOnAF
   EXPECT_EQ(std::memcmp(remote.data() + 2 * kLen, base + kLen, kLen), 0);
 }
 
-/** "Threads:" of /proc/self/status. */
-size_t ThreadCount() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("Threads:", 0) == 0) return std::stoul(line.substr(8));
-  }
-  return 0;
-}
-
-size_t OpenFiles() {
-  size_t n = 0;
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return 0;
-  while (readdir(dir) != nullptr) ++n;
-  closedir(dir);
-  return n;
-}
-
 TEST(TcpClientConnection, FiveHundredTwelveOutgoingConnectionsToEightPeersStartNoThread) {
   constexpr int kPeers = 8;
   constexpr int kPerPeer = 64;
@@ -319,8 +298,8 @@ TEST(TcpClientConnection, FiveHundredTwelveOutgoingConnectionsToEightPeersStartN
   });
   ASSERT_NE(client, nullptr);
   Collector cc(client.get());
-  const size_t threads_before = ThreadCount();
-  const size_t files_before = OpenFiles();
+  const size_t threads_before = test::ThreadCount();
+  const size_t files_before = test::OpenFiles();
 
   // One small op per peer opens all its connections at once.
   std::vector<TransferOp> ops;
@@ -330,14 +309,14 @@ TEST(TcpClientConnection, FiveHundredTwelveOutgoingConnectionsToEightPeersStartN
   ASSERT_TRUE(client->Submit(ops).ok());
   size_t most_threads = threads_before;
   const auto deadline = std::chrono::steady_clock::now() + seconds(10);
-  while (OpenFiles() < files_before + 2 * kConnections && std::chrono::steady_clock::now() < deadline) {
-    most_threads = std::max(most_threads, ThreadCount());
+  while (test::OpenFiles() < files_before + 2 * kConnections && std::chrono::steady_clock::now() < deadline) {
+    most_threads = std::max(most_threads, test::ThreadCount());
     std::this_thread::sleep_for(milliseconds(5));
   }
   ASSERT_TRUE(cc.WaitOps(kPeers, seconds(10)));
   for (auto& entry : cc.ops()) EXPECT_EQ(entry.second.code, Code::kOk) << entry.second.message;
-  EXPECT_GE(OpenFiles(), files_before + 2 * kConnections) << "not every connection was opened";
-  most_threads = std::max(most_threads, ThreadCount());
+  EXPECT_GE(test::OpenFiles(), files_before + 2 * kConnections) << "not every connection was opened";
+  most_threads = std::max(most_threads, test::ThreadCount());
   EXPECT_EQ(client->stats().peers_connected, static_cast<uint64_t>(kPeers));
   EXPECT_LE(most_threads, threads_before + 2) << "outgoing connections started threads";
   for (auto& s : servers) EXPECT_EQ(s->stats().connections_shed, 0u);

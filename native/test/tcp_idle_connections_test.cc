@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -30,16 +29,6 @@ using test::RawRecv;
 using test::RawRecvHeader;
 using test::RawSend;
 using test::RawSendHeader;
-
-/** "Threads:" of /proc/self/status. */
-size_t ThreadCount() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("Threads:", 0) == 0) return std::stoul(line.substr(8));
-  }
-  return 0;
-}
 
 /**
  * Completes the client's side of the handshake on each of `fds` (blocking sockets), all
@@ -91,7 +80,7 @@ TEST(TcpIdleConnections, AThousandAuthenticatedIdleConnectionsCostNoThreadAndATr
   auto client = MakeEngine(64 << 20);
   ASSERT_TRUE(server && client);
   Collector cc(client.get());
-  const size_t threads_before = ThreadCount();
+  const size_t threads_before = test::ThreadCount();
   ASSERT_GT(threads_before, 0u);
 
   std::vector<int> idle;
@@ -106,7 +95,7 @@ TEST(TcpIdleConnections, AThousandAuthenticatedIdleConnectionsCostNoThreadAndATr
     }
     accepted += Authenticate(batch);
     idle.insert(idle.end(), batch.begin(), batch.end());
-    most_threads = std::max(most_threads, ThreadCount());
+    most_threads = std::max(most_threads, test::ThreadCount());
   }
   ASSERT_EQ(accepted, kIdle);
   EXPECT_EQ(server->stats().connections_shed, 0u);

@@ -1,6 +1,7 @@
 #include "test_util.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -10,6 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <utility>
 
 #include "engine/crypto/random.h"
@@ -122,6 +124,24 @@ void RoundTrip(Engine* server, Engine* client, Collector* cc, uint64_t size, uin
   ASSERT_TRUE(cc->WaitOps(2, std::chrono::seconds(30)));
   EXPECT_EQ(cc->ops().at(2).code, Code::kOk) << cc->ops().at(2).message;
   EXPECT_EQ(std::memcmp(client->pool_base(), client->pool_base() + size, size), 0);
+}
+
+size_t ThreadCount() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Threads:", 0) == 0) return std::stoul(line.substr(8));
+  }
+  return 0;
+}
+
+size_t OpenFiles() {
+  size_t n = 0;
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return 0;
+  while (readdir(dir) != nullptr) ++n;
+  closedir(dir);
+  return n;
 }
 
 TransferOp MakeOp(uint64_t id, OpKind kind, const std::string& peer, uint64_t local, uint64_t handle,

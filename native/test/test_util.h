@@ -70,6 +70,11 @@ void RoundTrip(Engine* server, Engine* client, Collector* cc, uint64_t size, uin
 TransferOp MakeOp(uint64_t id, OpKind kind, const std::string& peer, uint64_t local, uint64_t handle,
                   uint64_t remote_offset, uint64_t length);
 
+/** "Threads:" of /proc/self/status (0 when unreadable). */
+size_t ThreadCount();
+/** Entries of /proc/self/fd: the open files of this process. */
+size_t OpenFiles();
+
 // ---- raw sockets ----------------------------------------------------------------------
 
 /** A blocking client socket to 127.0.0.1:port with a receive timeout; -1 on failure. */

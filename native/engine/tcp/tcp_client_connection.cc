@@ -32,9 +32,21 @@ constexpr uint32_t kSocketEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 // iovecs per sendmsg/readv; the rest go in the next call.
 constexpr size_t kMaxIov = IOV_MAX;
 
-bool WouldBlock(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
+/** What one non-blocking recv/readv/send/sendmsg did. */
+enum class Step { kMoved, kInterrupted, kBlocked, kFailed };
 
-/** What a failed recv/send means, as socket_io.h's words. */
+/** Judges a call's result `n` (errno when negative); kBlocked also clears `*ready`. */
+Step Judge(ssize_t n, bool* ready) {
+  if (n > 0) return Step::kMoved;
+  if (n < 0 && errno == EINTR) return Step::kInterrupted;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    *ready = false;
+    return Step::kBlocked;
+  }
+  return Step::kFailed;
+}
+
+/** What a failed receive means, as socket_io.h's words (0: the peer closed). */
 IoResult Failure(ssize_t n) { return n == 0 ? IoResult::kClosed : IoResult::kError; }
 
 }  // namespace
@@ -175,16 +187,11 @@ Status TcpClient::AdvanceHandshake(Conn* c) {
         if (!c->writable) return Status::Ok();
         const ssize_t n = send(c->fd, c->hs_out.data() + c->hs_sent, c->hs_out.size() - c->hs_sent,
                                MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n > 0) {
-          c->hs_sent += static_cast<size_t>(n);
-          c->progress = Clock::now();
-        } else if (n < 0 && errno == EINTR) {
-          continue;
-        } else if (n < 0 && WouldBlock(errno)) {
-          c->writable = false;
-        } else {
-          return failed(IoResult::kError);
-        }
+        const Step step = Judge(n, &c->writable);
+        if (step == Step::kFailed) return failed(IoResult::kError);
+        if (step != Step::kMoved) continue;  // blocked: the loop's check returns
+        c->hs_sent += static_cast<size_t>(n);
+        c->progress = Clock::now();
       }
       c->hs_have = 0;
       c->phase = c->phase == Phase::kSendHello ? Phase::kChallenge : Phase::kVerdict;
@@ -198,17 +205,11 @@ Status TcpClient::AdvanceHandshake(Conn* c) {
     if (c->hs_have < want) {
       if (!c->readable) return Status::Ok();
       const ssize_t n = recv(c->fd, c->hs_in + c->hs_have, want - c->hs_have, MSG_DONTWAIT);
-      if (n > 0) {
-        c->hs_have += static_cast<size_t>(n);
-        c->progress = Clock::now();
-      } else if (n < 0 && errno == EINTR) {
-        continue;
-      } else if (n < 0 && WouldBlock(errno)) {
-        c->readable = false;
-        return Status::Ok();
-      } else {
-        return failed(Failure(n));
-      }
+      const Step step = Judge(n, &c->readable);
+      if (step == Step::kFailed) return failed(Failure(n));
+      if (step != Step::kMoved) continue;  // blocked: the check above returns
+      c->hs_have += static_cast<size_t>(n);
+      c->progress = Clock::now();
       if (c->hs_have < want) continue;
     }
     if (c->phase == Phase::kChallenge && want == kHeaderSize) {
@@ -351,19 +352,17 @@ Status TcpClient::SendRequests(Conn* c, bool* progressed, uint64_t* moved) {
     msg.msg_iov = c->tx.front(kMaxIov, &count);
     msg.msg_iovlen = static_cast<size_t>(count);
     const ssize_t n = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
+    const Step step = Judge(n, &c->writable);
+    // Blocked: the rest goes when EPOLLOUT says the socket has room again.
+    if (step == Step::kBlocked) return Status::Ok();
+    if (step == Step::kFailed) {
+      return Status(Code::kUnavailable, "sending to peer " + c->peer->key + ": " + IoResultText(IoResult::kError));
+    }
+    if (step == Step::kMoved) {
       c->tx.Consume(static_cast<size_t>(n));
       *progressed = true;
       *moved += static_cast<uint64_t>(n);
-      continue;
     }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && WouldBlock(errno)) {
-      // The rest goes when EPOLLOUT says the socket has room again.
-      c->writable = false;
-      return Status::Ok();
-    }
-    return Status(Code::kUnavailable, "sending to peer " + c->peer->key + ": " + IoResultText(IoResult::kError));
   }
   context_.counters->bytes_sent.fetch_add(c->tx_payload, std::memory_order_relaxed);
   c->tx_payload = 0;
@@ -381,23 +380,19 @@ Status TcpClient::ReceiveReplies(Conn* c, bool* progressed, uint64_t* moved) {
       int count = 0;
       struct iovec* iov = c->rx_payload.front(kMaxIov, &count);
       const ssize_t n = readv(c->fd, iov, count);
-      if (n > 0) {
-        c->rx_payload.Consume(static_cast<size_t>(n));
-        c->rx_payload_left -= static_cast<uint64_t>(n);
-        *progressed = true;
-        *moved += static_cast<uint64_t>(n);
-        if (c->rx_payload_left == 0) {
-          context_.counters->bytes_received.fetch_add(c->window[c->answered.size()].length, std::memory_order_relaxed);
-          c->answered.emplace_back();
-        }
-        continue;
+      const Step step = Judge(n, &c->readable);
+      if (step == Step::kBlocked) return Status::Ok();
+      if (step == Step::kFailed) return failed(Failure(n));
+      if (step == Step::kInterrupted) continue;
+      c->rx_payload.Consume(static_cast<size_t>(n));
+      c->rx_payload_left -= static_cast<uint64_t>(n);
+      *progressed = true;
+      *moved += static_cast<uint64_t>(n);
+      if (c->rx_payload_left == 0) {
+        context_.counters->bytes_received.fetch_add(c->window[c->answered.size()].length, std::memory_order_relaxed);
+        c->answered.emplace_back();
       }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && WouldBlock(errno)) {
-        c->readable = false;
-        return Status::Ok();
-      }
-      return failed(Failure(n));
+      continue;
     }
     // The replies that may be read in one recv: every header up to and including the
     // next READ's, since a READ_DATA payload must land in its extent, not in rx. With
@@ -410,12 +405,10 @@ Status TcpClient::ReceiveReplies(Conn* c, bool* progressed, uint64_t* moved) {
     }
     const size_t most = std::max<size_t>(expected, 1) * kHeaderSize;
     const ssize_t n = recv(c->fd, c->rx + c->rx_have, most - c->rx_have, MSG_DONTWAIT);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && WouldBlock(errno)) {
-      c->readable = false;
-      return Status::Ok();
-    }
-    if (n <= 0) return failed(Failure(n));
+    const Step step = Judge(n, &c->readable);
+    if (step == Step::kBlocked) return Status::Ok();
+    if (step == Step::kFailed) return failed(Failure(n));
+    if (step == Step::kInterrupted) continue;
     c->rx_have += static_cast<size_t>(n);
     *progressed = true;
     const size_t whole = c->rx_have / kHeaderSize;
