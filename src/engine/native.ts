@@ -14,7 +14,7 @@ export interface NativeOptions {
   sliceBytes: number;
   ioTimeoutMs: number;
   handshakeTimeoutMs: number;
-  /** Threads serving incoming data-plane connections; 0: the engine's default. */
+  /** Data-plane I/O threads (epoll loops), shared by incoming and outgoing connections; 0: the engine's default. */
   ioThreads: number;
 }
 
