@@ -59,7 +59,7 @@ struct EngineOptions {
   /**
    * The TCP transport's I/O threads, each an epoll loop shared by incoming and outgoing
    * connections (no thread per connection).
-   * 0: the default, hardware_concurrency clamped to [1, 4]; else 1..64.
+   * 0: the default, twice hardware_concurrency clamped to [2, 8]; else 1..64.
    */
   int io_threads = 0;
 };

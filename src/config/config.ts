@@ -97,7 +97,7 @@ export interface Config {
   /** Shared secret every daemon of the cluster presents to its peers; "" when none is set. */
   clusterToken: string;
   connectionsPerPeer: number;
-  /** Data-plane I/O threads (epoll loops), shared by incoming and outgoing connections; 0: the engine's default (min(cores, 4)). */
+  /** Data-plane I/O threads (epoll loops), shared by incoming and outgoing connections; 0: the engine's default (2 per core, 2 to 8). */
   ioThreads: number;
   /** Default deadline of a BatchTransfer, and of a Get that pulls from a peer. */
   transferDeadlineMs: number;

@@ -180,7 +180,7 @@ export const KEYS = {
   }),
   io_threads: spec({
     parse: integer(0, 64), default: 0, flag: "ioThreads", placeholder: "N",
-    doc: "data-plane I/O threads, shared by incoming and outgoing connections (0: one per core, at most 4)",
+    doc: "data-plane I/O threads, shared by incoming and outgoing connections (0: 2 per core, 2 to 8)",
   }),
   transfer_deadline_ms: spec({
     parse: durationMs, default: 30_000, flag: "transferDeadlineMs", placeholder: "MS",

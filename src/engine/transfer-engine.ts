@@ -35,7 +35,7 @@ export interface TransferEngineOptions {
   ioTimeoutMs?: number;
   /** An incoming data-plane connection must finish its handshake within this long. */
   handshakeTimeoutMs?: number;
-  /** Data-plane I/O threads (epoll loops), shared by incoming and outgoing connections; 0 or absent: min(cores, 4). */
+  /** Data-plane I/O threads (epoll loops), shared by incoming and outgoing connections; 0 or absent: 2 per core, 2 to 8. */
   ioThreads?: number;
 }
 

@@ -10,9 +10,12 @@ namespace tcp {
 
 namespace {
 
+// Two loops per core: a loop carries both halves' connections, and while one waits on
+// its sockets (or copies into one of them) the other keeps the core busy. On 2 cores,
+// 4 loops moved 64 x 16 MiB WRITEs ~15% faster than 2 (engine_bench, same sitting).
 size_t DefaultThreads() {
-  const unsigned cores = std::thread::hardware_concurrency();
-  return std::min<size_t>(4, std::max<size_t>(1, cores));
+  const size_t cores = std::max<size_t>(1, std::thread::hardware_concurrency());
+  return std::min<size_t>(8, std::max<size_t>(2, 2 * cores));
 }
 
 }  // namespace

@@ -32,7 +32,7 @@ namespace tcp {
 
 class LoopGroup {
  public:
-  /** `threads`: how many loops; 0 means hardware_concurrency clamped to [1, 4]. */
+  /** `threads`: how many loops; 0 means twice hardware_concurrency, clamped to [2, 8]. */
   explicit LoopGroup(int threads);
   ~LoopGroup();
 

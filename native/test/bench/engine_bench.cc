@@ -5,7 +5,7 @@
 // Next to throughput it prints the process CPU time (getrusage RUSAGE_SELF, user+sys,
 // both engines' threads, taken before and after each round) per op.
 //
-//   engine_bench [--connections N] [--rounds R] [--reference 0|1] [--only SUBSTRING]
+//   engine_bench [--connections N] [--io-threads N] [--rounds R] [--reference 0|1] [--only SUBSTRING]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
@@ -171,11 +171,13 @@ double RunOnce(Engine* a, Engine* b, Waiter* w, OpKind kind, uint64_t count, uin
 
 int main(int argc, char** argv) {
   int connections = 4;
+  int io_threads = 0;  // the engine's default
   int rounds = 3;
   bool with_reference = true;
   std::string only;  // run only the cases whose name contains this
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--connections") == 0) connections = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--io-threads") == 0) io_threads = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--rounds") == 0) rounds = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--reference") == 0) with_reference = std::atoi(argv[i + 1]) != 0;
     if (std::strcmp(argv[i], "--only") == 0) only = argv[i + 1];
@@ -195,6 +197,7 @@ int main(int argc, char** argv) {
   EngineOptions o;
   o.token = "bench";
   o.connections_per_peer = connections;
+  o.io_threads = io_threads;
   o.pool_size = 512ull << 20;
   std::unique_ptr<Engine> a, b;
   if (!Engine::Create(o, &a).ok() || !Engine::Create(o, &b).ok()) {
