@@ -86,7 +86,10 @@ Status ListenTcp(const std::string& host, uint16_t port, int* fd_out, uint16_t* 
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 512) == 0) break;
+    // The kernel's largest backlog: a burst of connects that outruns the accept loop (a
+    // busy machine) waits in the queue instead of having its SYNs dropped and retried a
+    // second later, by when its place among the pending handshakes is long gone.
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0) break;
     last_error = std::strerror(errno);
     close(fd);
     fd = -1;
