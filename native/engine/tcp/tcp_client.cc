@@ -2,9 +2,6 @@
 // control calls. The connection state machine is in tcp_client_connection.cc.
 #include "engine/tcp/tcp_client.h"
 
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <unordered_set>
 #include <utility>

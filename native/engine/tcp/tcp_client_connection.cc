@@ -2,7 +2,6 @@
 // (non-blocking, each resolved address in turn), the handshake (ClientHandshake driven
 // by the socket's readiness), then requests out and replies in, as far as the socket
 // allows each time. Op bookkeeping and teardown live in tcp_client.cc.
-#include <fcntl.h>
 #include <netdb.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
