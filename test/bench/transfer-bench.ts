@@ -17,7 +17,7 @@
 // If Mooncake cannot be installed or started, one line says why and the rest runs.
 //
 // Then, with 1,000 idle authenticated connections held on the target's data port, the
-// 16 MiB PUSH again (issue 14: they cost no thread each; the transfer keeps its target).
+// 16 MiB PUSH and PULL again (issue 14: they cost no thread each; the transfer keeps its target).
 //
 // BENCH_ROUNDS (default 3), BENCH_CONNS (--connections-per-peer), BENCH_IPERF_SECONDS
 // (default 3, per round), BENCH_LIMIT_S (default 600: the whole run, then it gives up).
@@ -431,8 +431,10 @@ async function main() {
     const threadsBefore = threadsOf(b.child.pid!);
     const idle = await idleConnections(b.dataAddress, IDLE_CONNECTIONS);
     const threadsIdle = threadsOf(b.child.pid!);
-    const withIdle = new Series();
-    for (let round = 0; round < ROUNDS; round++) withIdle.samples.push(await kvferryRun(client, a, b, SHAPES[0]!, "push"));
+    const withIdle = { push: new Series(), pull: new Series() };
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const mode of ["push", "pull"] as const) withIdle[mode].samples.push(await kvferryRun(client, a, b, SHAPES[0]!, mode));
+    }
     const stillOpen = idle.filter((c) => !c.isClosed).length;
     idle.forEach((c) => c.destroy());
 
@@ -452,10 +454,14 @@ async function main() {
       console.log(`  Mooncake: not measured, ${mooncakeWhy}`);
     }
     printTable(iperf, rows);
+    const idleFigure = (mode: "push" | "pull") => {
+      const gbs = withIdle[mode].gbs;
+      const ok = gbs >= SHAPES[0]!.target * iperf.gbs ? "✓" : "✗";
+      return `${mode.toUpperCase()} ${fixed(gbs)} GB/s = ${fixed(gbs / iperf.gbs)}× iperf3 (target ${SHAPES[0]!.target}× ${ok})`;
+    };
     console.log(
-      `\nwith ${IDLE_CONNECTIONS} idle authenticated connections on the target's data port (${stillOpen} still open after): ` +
-        `PUSH ${SHAPES[0]!.label} ${fixed(withIdle.gbs)} GB/s = ${fixed(withIdle.gbs / iperf.gbs)}× iperf3 ` +
-        `(target ${SHAPES[0]!.target}× ${withIdle.gbs >= SHAPES[0]!.target * iperf.gbs ? "✓" : "✗"}); ` +
+      `\nwith ${IDLE_CONNECTIONS} idle authenticated connections on the target's data port (${stillOpen} still open after), ` +
+        `${SHAPES[0]!.label}: ${idleFigure("push")}, ${idleFigure("pull")}; ` +
         `the target daemon's threads: ${threadsIdle} with them, ${threadsBefore} before`,
     );
   } finally {
