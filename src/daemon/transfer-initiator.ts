@@ -21,6 +21,8 @@ import { MAX_BATCH } from "./transfer-reservations.js";
 const CHUNK_ENTRIES = 256;
 const CHUNK_BYTES = 256 << 20;
 const CHUNKS_IN_FLIGHT = 3;
+/** The longest a chunk waits for the one before it to be reserved (see Stagger). */
+const STAGGER_MS = 20;
 /** Cleanup calls to a peer that may be gone. */
 const CLEANUP_TIMEOUT_MS = 5_000;
 
@@ -122,10 +124,11 @@ export class TransferInitiator {
       // Chunks in flight together: one chunk's bytes move while the next is being
       // reserved and the previous committed.
       const chunks = chunk(ids, (id) => (mode === "push" ? this.o.store.bytesOf(id) : 0));
+      const stagger = new Stagger();
       await inParallel(chunks, CHUNKS_IN_FLIGHT, (ids) =>
         (mode === "push"
-          ? this.#push(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes)
-          : this.#pull(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes)
+          ? this.#push(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes, stagger)
+          : this.#pull(ids, peer, deadlineAt, keep, leaseTtlMs, outcomes, stagger)
         ).catch((err) => {
           // A chunk-wide failure (the peer's reply never came) fails that chunk only.
           for (const id of ids) outcomes.fail(id, err);
@@ -169,6 +172,7 @@ export class TransferInitiator {
 
   async #push(
     ids: readonly string[], peer: Peer, deadlineAt: number, keep: boolean, leaseTtlMs: number | undefined, out: Outcomes,
+    stagger: Stagger,
   ): Promise<void> {
     const leases = new Map<string, ReadLease>();
     try {
@@ -188,7 +192,7 @@ export class TransferInitiator {
       const live = ids.filter((id) => leases.has(id));
       if (live.length === 0) return;
 
-      const prep = await peer.call(
+      const prep = await stagger.turn(() => peer.call(
         KvFerryPeerService.prepareReceive,
         {
           entries: live.map((id) => ({ transferId: id, parts: leases.get(id)!.parts.map((p) => ({ name: p.name, size: p.size })) })),
@@ -197,7 +201,7 @@ export class TransferInitiator {
           sourceNode: this.o.nodeId(),
         },
         remaining(deadlineAt),
-      );
+      ));
       const reserved = new Map<string, string>(); // transfer id → reservation id
       let plan: BatchPlan;
       try {
@@ -255,12 +259,13 @@ export class TransferInitiator {
 
   async #pull(
     ids: readonly string[], peer: Peer, deadlineAt: number, keep: boolean, leaseTtlMs: number | undefined, out: Outcomes,
+    stagger: Stagger,
   ): Promise<void> {
-    const prep = await peer.call(
+    const prep = await stagger.turn(() => peer.call(
       KvFerryPeerService.prepareSend,
       { transferIds: [...ids], deadlineMs: remaining(deadlineAt), destinationNode: this.o.nodeId(), releaseSource: !keep },
       remaining(deadlineAt),
-    );
+    ));
     const held = new Map<string, string>(); // transfer id → the peer's reservation id
     const writers = new Map<string, PartWriter[]>();
     const completed: string[] = [];
@@ -340,6 +345,28 @@ export class TransferInitiator {
         )
         .catch((err) => this.o.log.warn({ peer: peer.address, err: (err as Error).message }, "finishSend failed"));
     }
+  }
+}
+
+/**
+ * Staggers a batch's chunks: each asks for its reservation once the chunk before it has
+ * its own (or STAGGER_MS have passed), so one chunk's bytes move while the next is being
+ * reserved. Without it the chunks in flight run in lockstep — all reserve, then all move,
+ * then all commit — and the data plane idles while they talk.
+ */
+class Stagger {
+  #previous: Promise<unknown> = Promise.resolve();
+
+  turn<T>(reserve: () => Promise<T>): Promise<T> {
+    const before = this.#previous;
+    const reserved = (async () => {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([before, new Promise<void>((resolve) => (timer = setTimeout(resolve, STAGGER_MS)))]);
+      clearTimeout(timer);
+      return reserve();
+    })();
+    this.#previous = reserved.catch(() => {});
+    return reserved;
   }
 }
 
