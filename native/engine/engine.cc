@@ -165,7 +165,8 @@ class EngineImpl final : public Engine {
       uint64_t sum = 0;
       for (const PoolExtent& e : op.gather) {
         if (!pool_->Contains(e.offset, e.size)) return OutsidePool(which + "local extent", e.offset, e.size);
-        sum += e.size;  // each is inside the pool, so no overflow for any sane count
+        if (e.size > UINT64_MAX - sum) return Status(Code::kOutOfRange, which + "gather extents' sizes overflow");
+        sum += e.size;
       }
       if (sum != op.length) {
         return Status(Code::kInvalidArgument, which + "gather extents hold " + std::to_string(sum) +

@@ -49,9 +49,10 @@ struct EngineOptions {
   /** Bound on ops queued and not yet completed; Submit beyond it is kResourceExhausted. */
   uint64_t max_queued_ops = 1 << 16;
   /**
-   * An incoming connection that stalls mid-frame this long is closed; an outgoing one
-   * that connects, shakes hands or waits for replies with no byte moving this long fails
-   * its ops (kUnavailable).
+   * An incoming frame must be done within this long of its first byte, plus its payload
+   * at 1 MiB/s (a hard deadline: a trickling peer is closed however it paces its bytes);
+   * an outgoing connection that connects, shakes hands or waits for replies with no byte
+   * moving this long fails its ops (kUnavailable).
    */
   int io_timeout_ms = 10000;
   /** An incoming connection must finish its handshake within this long of its accept. */

@@ -9,7 +9,7 @@
 // none is, else when the last ReleaseAccess returns. After that the id is forgotten.
 //
 // Thread-safe. The release callback runs on the thread that made the handle idle
-// (Revoke's caller or the server thread ending the last access), outside the table's
+// (Revoke's caller, or the I/O loop thread whose connection ends the last access), outside the table's
 // lock, so it may call back into the table.
 #pragma once
 

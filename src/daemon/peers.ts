@@ -9,6 +9,8 @@
 // A peer is: unknown → greeted (Hello answered: node id, data address); a failed call
 // leaves it greeted (the next call retries the channel); Forget drops what Hello said.
 // Its channel is replaced (revive) or closed (eviction, close) only once no call is on it.
+import { lookup } from "node:dns/promises";
+import { isIP } from "node:net";
 import { Client, connectivityState, credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import { DeadlineExceededError, InternalError, InvalidArgumentError, PermissionDeniedError, UnauthenticatedError, UnavailableError } from "../errors.js";
 import { errorFromStatus } from "../grpc-errors.js";
@@ -67,6 +69,20 @@ export function checkPeerAddress(address: string, field: string): string {
     throw new InvalidArgumentError(field, `${JSON.stringify(address)} is not a peer address "host:port"`);
   }
   return address;
+}
+
+/** "host:port" (checked) with the host as a numeric IPv4 or [IPv6] address, looked up when it is a name (IPv4 first). */
+async function numericAddress(dataAddress: string, peer: string): Promise<string> {
+  const at = dataAddress.lastIndexOf(":");
+  const host = dataAddress.slice(0, at).replace(/^\[|\]$/g, "");
+  if (isIP(host) !== 0) return dataAddress;
+  try {
+    // An IPv4 address when the name has one (a data plane on "localhost" listens there).
+    const found = (await lookup(host, { all: true })).sort((x, y) => x.family - y.family)[0]!;
+    return `${found.family === 6 ? `[${found.address}]` : found.address}${dataAddress.slice(at)}`;
+  } catch (err) {
+    throw new UnavailableError(`peer ${peer}'s data address ${JSON.stringify(dataAddress)} does not resolve: ${(err as Error).message}`);
+  }
 }
 
 /** One gRPC channel and the calls on it; once retired it closes when its last call ends. */
@@ -136,6 +152,12 @@ type SessionState = { state: "none" } | { state: "opening"; done: Promise<Sessio
 
 export class Peer {
   hello: HelloResponse | undefined;
+  /**
+   * Where the engine reaches its data plane: Hello's data address with the host resolved
+   * to a numeric address here, once per greeting, so that no lookup ever runs on (and
+   * blocks) an engine I/O loop.
+   */
+  dataTarget = "";
   readonly #k: Buffer;
   #channel: Channel | undefined;
   #session: SessionState = { state: "none" };
@@ -293,6 +315,7 @@ export class PeerDirectory {
     } catch {
       throw new UnavailableError(`peer ${address} advertised no usable data address (${JSON.stringify(hello.dataAddress)})`);
     }
+    peer.dataTarget = await numericAddress(hello.dataAddress, address);
     peer.hello = hello;
     return peer as Peer & { hello: HelloResponse };
   }

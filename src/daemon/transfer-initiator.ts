@@ -216,7 +216,7 @@ export class TransferInitiator {
         try {
           reservation = checkReservation(prep.entries[i], id);
         } catch (err) {
-          return out.fail(id, err); // no bytes of it behind the batch's handle
+          return out.fail(id, err); // refused (no bytes of it behind the handle), or an answer out of order (the chunk fails)
         }
         reserved.set(id, reservation.id);
         try {
@@ -226,18 +226,18 @@ export class TransferInitiator {
           plan.skip(reservation.parts);
         }
       });
-      await plan.run(this.o.engine, peer.hello!.dataAddress, prep.batch, deadlineAt, out, reserved.keys());
-      // Whatever failed gives its reservation back now rather than at the peer's timeout.
-      const abandoned = [...reserved].filter(([id]) => out.has(id));
-      for (const [id] of abandoned) reserved.delete(id);
+      await plan.run(this.o.engine, peer.dataTarget, prep.batch, deadlineAt, out, reserved.keys());
+      // Every reservation the peer made that will not be committed — the failed entries',
+      // and any its answer made unusable (a malformed handle, out of order) — is given
+      // back now rather than at the peer's timeout.
+      const committing = [...reserved].filter(([id]) => !out.has(id));
+      const abandoned = unclaimed(prep.entries, committing.map(([, rid]) => rid));
       if (abandoned.length > 0) {
         // Awaited, so that a caller retrying on our answer finds the target clean.
-        const ids = abandoned.map(([, rid]) => rid);
-        await peer.call(KvFerryPeerService.abortReceive, { ids, reason: "transfer failed" }, CLEANUP_TIMEOUT_MS).catch(() => {});
+        await peer.call(KvFerryPeerService.abortReceive, { ids: abandoned, reason: "transfer failed" }, CLEANUP_TIMEOUT_MS).catch(() => {});
       }
-      if (reserved.size === 0) return;
+      if (committing.length === 0) return;
 
-      const committing = [...reserved];
       const commit = await peer.call(
         KvFerryPeerService.commitReceive,
         { ids: committing.map(([, rid]) => rid) },
@@ -313,7 +313,7 @@ export class TransferInitiator {
           plan.skip(parts);
         }
       }
-      await plan.run(this.o.engine, peer.hello!.dataAddress, prep.batch, deadlineAt, out, lent.keys());
+      await plan.run(this.o.engine, peer.dataTarget, prep.batch, deadlineAt, out, lent.keys());
       for (const [id, opened] of writers) {
         if (out.has(id)) continue;
         try {
@@ -331,14 +331,14 @@ export class TransferInitiator {
     } finally {
       // Whatever did not complete gives its room back (after the engine let go of it).
       for (const [id, opened] of writers) if (!completed.includes(id)) for (const w of opened) w.abort();
-      const done = new Set(completed);
       // Awaited: when the batch answers, the source has dropped (or kept) its copies.
       await peer
         .call(
           KvFerryPeerService.finishSend,
           {
             completed: completed.map((id) => held.get(id)!),
-            failed: [...held].filter(([id]) => !done.has(id)).map(([, rid]) => rid),
+            // Every other hold the peer made, however its answer went.
+            failed: unclaimed(prep.entries, completed.map((id) => held.get(id)!)),
             releaseSource: !keep,
           },
           CLEANUP_TIMEOUT_MS,
@@ -395,6 +395,12 @@ async function inParallel<T>(items: readonly T[], limit: number, work: (item: T)
     while (next < items.length) await work(items[next++]!);
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/** The reservation ids of a peer's answer that are not in `claimed`: what to give back. */
+function unclaimed(entries: readonly (Reservation | undefined)[], claimed: readonly string[]): string[] {
+  const keep = new Set(claimed);
+  return entries.flatMap((r) => (r !== undefined && r.id !== "" && !keep.has(r.id) ? [r.id] : []));
 }
 
 function fromEntryError(e: EntryError, peer: string): KvferryError {

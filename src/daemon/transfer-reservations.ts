@@ -2,9 +2,10 @@
 // daemon holds for a peer that initiated a batch, exposed to it through one engine handle
 // per batch (BatchHandle in peer.proto: every held entry's parts back to back), until the
 // peer commits, aborts or finishes. The handle is revoked, once, by the first commit,
-// abort or finish that names an entry of its batch: by then the initiator's ops are over. Every batch of reservations carries a timer:
-// if the initiator dies, its half of the work is undone at the deadline (plus a grace
-// period) and no pool byte leaks. Each entry is reserved or refused on its own.
+// abort or finish that names an entry of its batch (the initiator sends those when its
+// ops are over), or by the batch's timer: if the initiator dies, its half of the work is
+// undone at the deadline (plus a grace period) — a frame still arriving then is refused —
+// and no pool byte leaks. Each entry is reserved or refused on its own.
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import { InvalidArgumentError, NotFoundError } from "../errors.js";

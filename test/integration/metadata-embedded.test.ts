@@ -65,7 +65,7 @@ describe("learning nodes", () => {
       peerAddress: b.peerAddress,
       dataAddress: b.dataAddress,
       poolBytes: 256 * 2 ** 20,
-      transports: [{ name: "tcp", params: [{ key: "connectionsPerPeer", value: "4" }] }],
+      transports: [{ name: "tcp", params: [{ key: "address", value: b.dataAddress }, { key: "connectionsPerPeer", value: "4" }] }],
     });
     expect(seenByA.version).not.toBe("");
     expect(Date.now() - seenByA.startedAtMs).toBeLessThan(60_000);

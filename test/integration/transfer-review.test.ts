@@ -27,6 +27,7 @@ import {
   seededBytes,
   startPeerDaemon,
   type PeerDaemon,
+  expectAllOk,
 } from "../helpers/transfer.js";
 import { handshakeHandlers } from "../helpers/peer-auth.js";
 import { FrameType, RawDataConnection, WireCode, authenticate, header, stallingRelay, type Frame } from "../helpers/wire.js";
@@ -199,6 +200,38 @@ describe("transfers that must not hurt their neighbours", () => {
     expect(exited, "the daemon exited within the grace").toBe(true);
     expect(c.proc.child.exitCode).toBe(0);
   }, 60_000);
+
+  it("a PUSH to a target whose answer is unusable (a malformed batch handle, entries out of order) gives every reservation back before answering", async () => {
+    const one = entrySpec("unusable-one", [64 * KiB]);
+    const two = entrySpec("unusable-two", [64 * KiB]);
+    const hashes = await putEntry(a.client, one);
+    await putEntry(a.client, two);
+    onTestFinished(() => releaseEverywhere(one.id, two.id));
+    for (const [garble, why] of [
+      [(r: PrepareReceiveResponse) => void (r.batch!.handle = "not-a-handle"), /^UNAVAILABLE: .*handle/],
+      [(r: PrepareReceiveResponse) => void r.entries.reverse(), /^UNAVAILABLE: .*out of order/],
+    ] as const) {
+      const before = (await b.client.serverInfo()).bytesUsed;
+      const target = await fakePeer(b, { prepareReceive: (r: PrepareReceiveResponse) => (garble(r), r) });
+      const res = await a.client.batchTransfer([one.id, two.id], target, "push", { deadlineMs: 20_000 });
+      expect(res.results.map(describeResult)).toEqual([expect.stringMatching(why), expect.stringMatching(why)]);
+      expect((await b.client.serverInfo()).bytesUsed - before, "bytes still reserved on the target").toBe(0);
+      expect(await fetchHashes(a.client, one.id), "the source keeps its entries").toEqual(hashes);
+    }
+  });
+
+  it("a peer that advertises its data address by name is reached: the daemon resolves it when greeting, not the engine's I/O loop", async () => {
+    const spec = entrySpec("by-name", [64 * KiB, 3]);
+    const hashes = await putEntry(a.client, spec);
+    onTestFinished(() => releaseEverywhere(spec.id));
+    const port = b.dataAddress.slice(b.dataAddress.lastIndexOf(":") + 1);
+    const target = await fakePeer(b, { hello: (r: object) => ({ ...r, dataAddress: `localhost:${port}` }) });
+    expectAllOk((await a.client.batchTransfer([spec.id], target, "push", { deadlineMs: 20_000 })).results);
+    expect(await fetchHashes(b.client, spec.id)).toEqual(hashes);
+    const nowhere = await fakePeer(b, { hello: (r: object) => ({ ...r, dataAddress: `no-such-host.invalid:${port}` }) });
+    const res = await b.client.batchTransfer([spec.id], nowhere, "pull", { deadlineMs: 20_000, keepSource: true });
+    expect(describeResult(res.results[0]!)).toMatch(/^UNAVAILABLE: .*no-such-host\.invalid.*does not resolve/);
+  });
 
   it("a PUSH to a peer whose data plane speaks another protocol fails UNAVAILABLE naming both, before anything is reserved", async () => {
     const spec = entrySpec("other-protocol", [64 * KiB]);

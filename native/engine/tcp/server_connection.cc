@@ -152,6 +152,10 @@ bool ServerConnection::OnHeader(Clock::time_point now) {
     context_.counters->frames_refused.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
+  // The frame's payload may take its time at the slowest rate we tolerate (see the header).
+  if (deadline_ != Clock::time_point::max()) {
+    deadline_ += std::chrono::microseconds(frame_.length * 1000000 / kMinFrameBytesPerSecond);
+  }
   if (frame_.type == FrameType::kWrite) {
     // The payload goes straight into the pool; the access pins the handle meanwhile.
     const Status access = AcquireAccess(frame_, Access::kWrite);

@@ -29,8 +29,10 @@
 // Deadlines: a connection idle between frames has none and is kept forever. From the
 // first byte of a frame's header, the whole frame — the rest of the header, the WRITE's
 // payload (refused or not) or the READ_DATA reply with its payload, held-back ACKs sent
-// meanwhile — must be done by io_timeout after that byte (a hard deadline, however the
-// bytes trickle); an ACK flush outside any frame runs against its own io_timeout.
+// meanwhile — must be done by io_timeout after that byte, plus the frame's payload at
+// kMinFrameBytesPerSecond (a hard deadline, however the bytes trickle, that a large slice
+// on a slow but moving link still meets); an ACK flush outside any frame runs against
+// its own io_timeout.
 // deadline() says when the running one passes; an Advance at or after it closes the
 // connection. The owner arranges to call Advance then (a timer).
 //
@@ -72,6 +74,8 @@ class ServerConnection {
 
   /** At most this many WRITE_ACKs are held back before they are sent. */
   static constexpr size_t kMaxHeldAcks = 32;
+  /** A frame's deadline grows by its payload at this rate (1 MiB/s: +4 s for a 4 MiB slice). */
+  static constexpr uint64_t kMinFrameBytesPerSecond = 1 << 20;
   /**
    * One Advance starts at most this many frames and moves about kBytesPerTurn payload
    * bytes at most, then yields (kYield) so the other connections of its thread get a turn.

@@ -106,7 +106,8 @@ Status TcpClient::Begin(Conn* c) {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV;
   const std::string service = std::to_string(peer.port);
-  // Peers are addresses in practice; a name is resolved here, on the loop (blocking).
+  // The daemon resolves names before an op reaches the engine (peers.ts): this is a
+  // numeric parse. A name given here would be looked up on the loop, blocking it.
   int rc = getaddrinfo(peer.host.c_str(), service.c_str(), &hints, &c->addresses);
   if (rc != 0) {
     c->addresses = nullptr;

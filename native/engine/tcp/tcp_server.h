@@ -45,24 +45,6 @@
 // access is in flight. The loops must still be running (or never have run).
 #pragma once
 
-#include <chrono>
-#include <cstdint>
-#include <list>
-#include <memory>
-#include <mutex>
-#include <string>
-#include <thread>
-#include <unordered_map>
-#include <vector>
-
-#include "engine/status.h"
-#include "engine/tcp/handshake.h"
-#include "engine/tcp/socket_io.h"
-#include "engine/tcp/wire.h"
-#include "engine/transport.h"
-
-#pragma once
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>
