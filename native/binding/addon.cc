@@ -105,9 +105,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod<&EngineWrap::AllocateScattered>("allocateScattered"),
                            InstanceMethod<&EngineWrap::Free>("free"),
                            InstanceMethod<&EngineWrap::PoolStats>("poolStats"),
-                           InstanceMethod<&EngineWrap::Expose>("expose"),
                            InstanceMethod<&EngineWrap::ExposeExtents>("exposeExtents"),
-                           InstanceMethod<&EngineWrap::Revoke>("revoke"),
                            InstanceMethod<&EngineWrap::RevokeAll>("revokeAll"),
                            InstanceMethod<&EngineWrap::Ref>("ref"),
                            InstanceMethod<&EngineWrap::Unref>("unref"),
@@ -257,18 +255,6 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return o;
   }
 
-  // expose(offset, length, access): access is "read" (peers may READ the range) or
-  // "write" (peers may WRITE it).
-  Napi::Value Expose(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    const uint64_t offset = ToU64(info[0], "offset");
-    const uint64_t length = ToU64(info[1], "length");
-    uint64_t handle = 0;
-    Status s = engine(env).Expose(offset, length, AccessOf(env, info[2]), &handle);
-    if (!s.ok()) ThrowStatus(info.Env(), s);
-    return Napi::BigInt::New(info.Env(), handle);
-  }
-
   // exposeExtents(Float64Array [offset, size, offset, size, ...], access): one handle
   // over the extents' concatenation (see Engine::ExposeExtents).
   Napi::Value ExposeExtents(const Napi::CallbackInfo& info) {
@@ -282,12 +268,6 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Status s = engine(env).ExposeExtents(std::move(extents), AccessOf(env, info[1]), &handle);
     if (!s.ok()) ThrowStatus(env, s);
     return Napi::BigInt::New(env, handle);
-  }
-
-  Napi::Value Revoke(const Napi::CallbackInfo& info) {
-    Status s = engine(info.Env()).Revoke(ToU64(info[0], "handle"));
-    if (!s.ok()) ThrowStatus(info.Env(), s);
-    return info.Env().Undefined();
   }
 
   Napi::Value DataPort(const Napi::CallbackInfo& info) {

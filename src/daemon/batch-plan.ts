@@ -22,7 +22,7 @@ export interface Failures {
 export const MAX_GATHER = 1 << 20;
 
 interface Run {
-  readonly op: OpSpec & { gather: PoolExtent[] };
+  readonly op: Omit<OpSpec, "gather"> & { gather: PoolExtent[] };
   readonly owners: string[];
 }
 
@@ -32,11 +32,7 @@ export class BatchPlan {
   /** Handle offset of the next entry: the bytes laid so far, moved or skipped. */
   #at = 0;
 
-  /** @param handle the peer's batch handle (0n when it holds no bytes) */
-  constructor(
-    private readonly kind: OpSpec["kind"],
-    private readonly handle: bigint,
-  ) {}
+  constructor(private readonly kind: OpSpec["kind"]) {}
 
   /** Bytes of the handle's range laid out so far. */
   get size(): number {
@@ -55,7 +51,7 @@ export class BatchPlan {
     let run = this.#run;
     if (run === undefined || run.op.gather.length + local.length > MAX_GATHER) {
       run = this.#run = {
-        op: { kind: this.kind, localOffset: 0, remoteHandle: this.handle, remoteOffset: this.#at, length: 0, gather: [] },
+        op: { kind: this.kind, remoteHandle: 0n, remoteOffset: this.#at, length: 0, gather: [] },
         owners: [],
       };
       this.#runs.push(run);
@@ -73,10 +69,11 @@ export class BatchPlan {
   }
 
   /**
-   * Checks that the entries laid out fill the peer's batch handle exactly, then runs
-   * every op to its terminal completion; an op's failure fails its entries in `out`.
-   * When nothing could be moved — the layout does not match the handle, the engine
-   * refused the batch, or the deadline had passed — every entry of `all` fails with that.
+   * Checks that the peer's batch handle is well-formed and that the entries laid out fill
+   * it exactly, then runs every op against it to its terminal completion; an op's failure
+   * fails its entries in `out`. When nothing could be moved — a malformed handle, a layout
+   * that does not match it, the engine refusing the batch, or the deadline passed — every
+   * entry of `all` fails with that.
    */
   async run(engine: TransferEngine, peer: string, batch: BatchHandle | undefined, deadlineAt: number, out: Failures, all: Iterable<string>): Promise<void> {
     const ops = this.#runs.filter((r) => r.op.length > 0);
@@ -85,6 +82,8 @@ export class BatchPlan {
         throw new UnavailableError(`peer ${peer}'s batch handle holds ${batch?.size ?? 0} bytes, its entries ${this.#at}`);
       }
       if (ops.length === 0) return;
+      const handle = parseHandle(batch!.handle); // a non-empty batch has one
+      for (const r of ops) r.op.remoteHandle = handle;
       const results = await engine.run(peer, ops.map((r) => r.op), remaining(deadlineAt));
       results.forEach((r, i) => {
         if (r.error) for (const id of ops[i]!.owners) out.fail(id, r.error); // fail() keeps an entry's first error
@@ -95,14 +94,9 @@ export class BatchPlan {
   }
 }
 
-/** The engine handle of a peer's batch: 0n when it holds no bytes. */
-export function batchHandleOf(batch: BatchHandle | undefined): bigint {
-  return batch === undefined || batch.size === 0 ? 0n : parseHandle(batch.handle);
-}
-
 const MAX_HANDLE = (1n << 64n) - 1n;
 
-export function parseHandle(text: string): bigint {
+function parseHandle(text: string): bigint {
   const handle = /^\d{1,20}$/.test(text) ? BigInt(text) : -1n;
   if (handle <= 0n || handle > MAX_HANDLE) throw new UnavailableError(`peer sent a malformed handle ${JSON.stringify(text)}`);
   return handle;

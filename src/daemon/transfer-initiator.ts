@@ -13,7 +13,7 @@ import type { Block } from "../store/memory.js";
 import type { ReadPart } from "../store/read-lease.js";
 import { checkLeaseTtl, checkTransferId } from "../store/validate.js";
 import type { ResolvePeer } from "./node-resolver.js";
-import { BatchPlan, batchHandleOf, remaining } from "./batch-plan.js";
+import { BatchPlan, remaining } from "./batch-plan.js";
 import type { Peer, PeerDirectory } from "./peers.js";
 import { MAX_BATCH } from "./transfer-reservations.js";
 
@@ -203,15 +203,8 @@ export class TransferInitiator {
         remaining(deadlineAt),
       ));
       const reserved = new Map<string, string>(); // transfer id → reservation id
-      let plan: BatchPlan;
-      try {
-        plan = new BatchPlan("write", batchHandleOf(prep.batch));
-      } catch (err) {
-        plan = new BatchPlan("write", 0n);
-        for (const id of live) out.fail(id, err);
-      }
+      const plan = new BatchPlan("write");
       live.forEach((id, i) => {
-        if (out.has(id)) return;
         let reservation: Reservation;
         try {
           reservation = checkReservation(prep.entries[i], id);
@@ -294,13 +287,7 @@ export class TransferInitiator {
           }
         }),
       );
-      let plan: BatchPlan;
-      try {
-        plan = new BatchPlan("read", batchHandleOf(prep.batch));
-      } catch (err) {
-        plan = new BatchPlan("read", 0n);
-        for (const id of lent.keys()) out.fail(id, err);
-      }
+      const plan = new BatchPlan("read");
       for (const [id, parts] of lent) {
         if (out.has(id)) {
           plan.skip(parts);

@@ -65,10 +65,8 @@ export interface NativeEngine {
   allocateScattered(size: number, maxExtents: number): Float64Array | null;
   free(offset: number): void;
   poolStats(): { capacity: number; used: number; freeExtents: number; largestFree: number; allocations: number };
-  expose(offset: number, length: number, access: "read" | "write"): bigint;
   /** One handle over the extents [offset, size, …] seen as one range, in order. */
   exposeExtents(extents: Float64Array, access: "read" | "write"): bigint;
-  revoke(handle: bigint): void;
   /** Revokes each: 1 where revoked (release reported later), 0 where unknown. */
   revokeAll(handles: BigUint64Array): Uint8Array;
   dataPort(): number;

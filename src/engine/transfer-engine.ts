@@ -41,10 +41,8 @@ export interface TransferEngineOptions {
 
 export interface OpSpec {
   kind: "write" | "read";
-  /** The local range's start, unless `gather` is given. */
-  localOffset: number;
-  /** The local side as extents in order (their lengths add up to `length`): many entries, one op. */
-  gather?: readonly PoolExtent[];
+  /** The local side: pool extents in order, their lengths adding up to `length` (many entries, one op). */
+  gather: readonly PoolExtent[];
   remoteHandle: bigint;
   remoteOffset: number;
   length: number;
@@ -70,6 +68,12 @@ export function engineError(code: NativeCode, message: string): KvferryError {
     case "PERMISSION_DENIED": return new PermissionDeniedError(message);
     default: return new InternalError(`${code}: ${message}`);
   }
+}
+
+/** What the addon threw: a kvferry error when it carries an engine status, else itself. */
+function fromNative(err: unknown): unknown {
+  const e = err as Error & { code?: NativeCode };
+  return e.code ? engineError(e.code, e.message) : err;
 }
 
 /** The ops of one `run`: results fill in as completions arrive. */
@@ -172,8 +176,7 @@ export class TransferEngine {
     try {
       return this.#native.exposeExtents(pairs, access);
     } catch (err) {
-      const e = err as Error & { code?: NativeCode };
-      throw e.code ? engineError(e.code, e.message) : err;
+      throw fromNative(err);
     }
   }
 
@@ -214,7 +217,7 @@ export class TransferEngine {
     const columns = {
       ids: new Float64Array(n),
       kinds: new Uint8Array(n),
-      localOffsets: new Float64Array(n),
+      localOffsets: new Float64Array(n), // unused: every op gathers
       remoteHandles: new BigUint64Array(n),
       remoteOffsets: new Float64Array(n),
       lengths: new Float64Array(n),
@@ -223,7 +226,6 @@ export class TransferEngine {
     ops.forEach((op, i) => {
       columns.ids[i] = first + i;
       columns.kinds[i] = op.kind === "write" ? 1 : 2;
-      columns.localOffsets[i] = op.localOffset;
       columns.remoteHandles[i] = op.remoteHandle;
       columns.remoteOffsets[i] = op.remoteOffset;
       columns.lengths[i] = op.length;
@@ -246,8 +248,7 @@ export class TransferEngine {
     } catch (err) {
       for (let i = 0; i < n; i++) this.#runs.delete(first + i);
       this.#letGo();
-      const e = err as Error & { code?: NativeCode };
-      throw e.code ? engineError(e.code, e.message) : err;
+      throw fromNative(err);
     }
     /** Ops still running when the deadline fired: their failures are the deadline's. */
     const late = new Set<number>();
@@ -318,17 +319,16 @@ export class TransferEngine {
   }
 }
 
-/** The gather columns of `submit` (none when no op gathers). */
-function gatherColumns(ops: readonly OpSpec[]): { gatherCounts?: Uint32Array; gather?: Float64Array } {
+/** The gather columns of `submit`: each op's extent count, and their [offset, size] pairs in op order. */
+function gatherColumns(ops: readonly OpSpec[]): { gatherCounts: Uint32Array; gather: Float64Array } {
   let pairs = 0;
-  for (const op of ops) pairs += op.gather?.length ?? 0;
-  if (pairs === 0) return {};
+  for (const op of ops) pairs += op.gather.length;
   const gatherCounts = new Uint32Array(ops.length);
   const gather = new Float64Array(pairs * 2);
   let at = 0;
   ops.forEach((op, i) => {
-    gatherCounts[i] = op.gather?.length ?? 0;
-    for (const e of op.gather ?? []) {
+    gatherCounts[i] = op.gather.length;
+    for (const e of op.gather) {
       gather[at++] = e.offset;
       gather[at++] = e.length;
     }

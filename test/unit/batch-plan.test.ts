@@ -32,7 +32,7 @@ describe("BatchPlan", () => {
       fc.asyncProperty(
         fc.array(fc.record({ parts: fc.array(fc.nat({ max: 5000 }), { minLength: 1, maxLength: 3 }), failed: fc.boolean(), cuts: fc.nat({ max: 3 }) }), { minLength: 1, maxLength: 40 }),
         async (entries) => {
-          const plan = new BatchPlan("write", 77n);
+          const plan = new BatchPlan("write");
           let poolAt = 0;
           let handleAt = 0;
           /** Where each moved entry's bytes must go: (handle offset, local extents). */
@@ -92,7 +92,7 @@ describe("BatchPlan", () => {
   });
 
   it("fails every entry of a failed op's run, and only those", async () => {
-    const plan = new BatchPlan("read", 5n);
+    const plan = new BatchPlan("read");
     const part = (size: number) => [{ name: "kv", size }];
     plan.add("a", [{ offset: 0, length: 10 }], part(10));
     plan.add("b", [{ offset: 100, length: 10 }], part(10));
@@ -108,7 +108,7 @@ describe("BatchPlan", () => {
   });
 
   it("refuses an entry whose extents do not hold its parts, and a layout that does not fill the handle", async () => {
-    const plan = new BatchPlan("write", 5n);
+    const plan = new BatchPlan("write");
     expect(() => plan.add("a", [{ offset: 0, length: 9 }], [{ name: "kv", size: 10 }])).toThrow(/10 bytes, ours 9/);
     expect(plan.size).toBe(0); // nothing laid
     plan.add("b", [{ offset: 0, length: 10 }], [{ name: "kv", size: 10 }]);
@@ -120,7 +120,7 @@ describe("BatchPlan", () => {
   });
 
   it("cuts a run whose gather would pass MAX_GATHER extents", () => {
-    const plan = new BatchPlan("write", 5n);
+    const plan = new BatchPlan("write");
     const many = Array.from({ length: MAX_GATHER - 1 }, (_, i) => ({ offset: i * 128, length: 1 }));
     plan.add("a", many, [{ name: "kv", size: many.length }]);
     plan.add("b", [{ offset: 1e9, length: 1 }, { offset: 2e9, length: 1 }], [{ name: "kv", size: 2 }]);

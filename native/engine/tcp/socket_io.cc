@@ -115,16 +115,5 @@ Status ListenTcp(const std::string& host, uint16_t port, int* fd_out, uint16_t* 
   return Status::Ok();
 }
 
-bool ConstantTimeEquals(const std::string& expected, const std::string& actual) {
-  // Every byte of `expected` is visited whatever `actual` holds; a length mismatch only
-  // flips the accumulator.
-  volatile uint8_t diff = expected.size() == actual.size() ? 0 : 1;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    const uint8_t a = i < actual.size() ? static_cast<uint8_t>(actual[i]) : 0;
-    diff = static_cast<uint8_t>(diff | (static_cast<uint8_t>(expected[i]) ^ a));
-  }
-  return diff == 0;
-}
-
 }  // namespace tcp
 }  // namespace kvferry

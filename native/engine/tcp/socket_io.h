@@ -38,8 +38,5 @@ void SetStreamOptions(int fd, int buffer_bytes);
  */
 [[nodiscard]] Status ListenTcp(const std::string& host, uint16_t port, int* fd, uint16_t* bound_port);
 
-/** Compares in time that depends only on `expected`'s length. */
-bool ConstantTimeEquals(const std::string& expected, const std::string& actual);
-
 }  // namespace tcp
 }  // namespace kvferry
