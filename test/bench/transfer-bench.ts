@@ -16,6 +16,13 @@
 // printed: medians of the rounds, ratios to iperf3 and to Mooncake. Targets: issue 14.
 // If Mooncake cannot be installed or started, one line says why and the rest runs.
 //
+// A second reference, per shape: raw loopback TCP moving the shape's bytes from one
+// memfd region to another of the same size (native/test/bench/raw_stream.cc, built here
+// with g++), the fastest of 1, 2 and 4 streams. iperf3 resends one 1 MiB buffer, so its
+// bytes never leave the CPU's caches; a transfer of 256 MiB – 1 GiB reads and writes
+// memory that is not cached, which on a small machine costs the kernel about twice the
+// CPU per byte. kvferry can at best match this reference; it is printed beside iperf3's.
+//
 // Then, with 1,000 idle authenticated connections held on the target's data port, the
 // 16 MiB PUSH and PULL again (issue 14: they cost no thread each; the transfer keeps its target).
 //
@@ -23,7 +30,8 @@
 // (default 3, per round), BENCH_LIMIT_S (default 600: the whole run, then it gives up).
 import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { dirname } from "node:path";
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -46,6 +54,10 @@ const TRANSFER_DEADLINE_MS = 60_000;
 const PUT_CONCURRENCY = 8;
 /** One answer of a Mooncake engine (its start included). */
 const MOONCAKE_ANSWER_MS = 60_000;
+const RAW_SOURCE = fileURLToPath(new URL("../../native/test/bench/raw_stream.cc", import.meta.url));
+const RAW_BINARY = fileURLToPath(new URL("../../native/build/raw_stream", import.meta.url));
+/** Streams tried for the raw reference (the daemon's default is 4 connections per peer). */
+const RAW_STREAMS = [1, 2, 4];
 const MOONCAKE_SCRIPT = fileURLToPath(new URL("./mooncake-transfer.py", import.meta.url));
 const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout?.trim()) || 100;
 
@@ -155,6 +167,33 @@ async function iperf3Round(server: ChildProcess): Promise<Sample> {
   const received = JSON.parse(stdout).end.sum_received as { bytes: number; seconds: number };
   const clientSeconds = procCpu(stderr.trim().split("\n").at(-1)!).children;
   return { gbs: received.bytes / received.seconds / 1e9, cpuPerGB: (clientSeconds + serverSeconds) / (received.bytes / 1e9) };
+}
+
+// ---------------------------------------------------------------------------------------
+// raw TCP over the same bytes
+
+/** Builds raw_stream when it is missing or older than its source; false (and why, once) when it cannot. */
+function ensureRawStream(): boolean {
+  try {
+    if (existsSync(RAW_BINARY) && statSync(RAW_BINARY).mtimeMs >= statSync(RAW_SOURCE).mtimeMs) return true;
+    mkdirSync(dirname(RAW_BINARY), { recursive: true });
+    execFileSync("g++", ["-O2", "-std=c++17", "-pthread", "-o", RAW_BINARY, RAW_SOURCE], { stdio: "inherit", timeout: 120_000 });
+    return true;
+  } catch (err) {
+    console.log(`raw TCP reference: cannot build ${RAW_SOURCE} (${(err as Error).message.split("\n")[0]}): not measured`);
+    return false;
+  }
+}
+
+/** The fastest of RAW_STREAMS raw_stream runs over the shape's footprint. */
+async function rawRound(shape: Shape): Promise<Sample> {
+  let best: Sample | undefined;
+  for (const streams of RAW_STREAMS) {
+    const { stdout } = await promisify(execFile)(RAW_BINARY, [String((shape.count * shape.size) / MiB), String(streams)], { timeout: 120_000 });
+    const sample = JSON.parse(stdout) as Sample;
+    if (best === undefined || sample.gbs > best.gbs) best = sample;
+  }
+  return best!;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -327,13 +366,14 @@ class Series {
   }
 }
 
-type Row = { readonly push: Series; readonly pull: Series; readonly mooncake: Series };
+type Row = { readonly push: Series; readonly pull: Series; readonly raw: Series; readonly mooncake: Series };
 
 function printTable(iperf: Series, rows: ReadonlyMap<Shape, Row>): void {
   const check = (ok: boolean) => (ok ? "✓" : "✗");
   console.log(
-    `\n${"shape".padEnd(15)}${"system".padEnd(16)}${"GB/s".padStart(6)}${"(best)".padStart(8)}` +
-      `${"× iperf3".padStart(10)}${"× Mooncake".padStart(12)}${"CPU-s/GB".padStart(10)}${"CPU × iperf3".padStart(14)}   target (issue 14)`,
+    `\n${"shape".padEnd(15)}${"system".padEnd(22)}${"GB/s".padStart(6)}${"(best)".padStart(8)}${"× iperf3".padStart(10)}` +
+      `${"× raw".padStart(8)}${"× Mooncake".padStart(12)}${"CPU-s/GB".padStart(10)}${"CPU × iperf3".padStart(14)}${"CPU × raw".padStart(11)}` +
+      "   target (issue 14)",
   );
   for (const [shape, row] of rows) {
     const measured = row.mooncake.samples.length > 0;
@@ -346,16 +386,22 @@ function printTable(iperf: Series, rows: ReadonlyMap<Shape, Row>): void {
     };
     const line = (label: string, what: string, s: Series, target = "") =>
       console.log(
-        `${label.padEnd(15)}${what.padEnd(16)}${fixed(s.gbs, 6)}${`(${fixed(s.best)})`.padStart(8)}${fixed(s.gbs / iperf.gbs, 10)}` +
-          `${fixed(s.gbs / row.mooncake.gbs, 12)}${fixed(s.cpuPerGB, 10)}${fixed(s.cpuPerGB / iperf.cpuPerGB, 14)}${target}`,
+        `${label.padEnd(15)}${what.padEnd(22)}${fixed(s.gbs, 6)}${`(${fixed(s.best)})`.padStart(8)}${fixed(s.gbs / iperf.gbs, 10)}` +
+          `${fixed(s.gbs / row.raw.gbs, 8)}${fixed(s.gbs / row.mooncake.gbs, 12)}${fixed(s.cpuPerGB, 10)}` +
+          `${fixed(s.cpuPerGB / iperf.cpuPerGB, 14)}${fixed(s.cpuPerGB / row.raw.cpuPerGB, 11)}${target}`,
       );
     line(shape.label, "kvferry PUSH", row.push, targets(row.push));
     line("", "kvferry PULL", row.pull, targets(row.pull));
+    if (row.raw.samples.length > 0) line("", "raw TCP, same bytes", row.raw);
     if (measured) line("", "Mooncake write", row.mooncake);
   }
   console.log(
     "CPU-s/GB: utime + stime per GB moved of the sending and the receiving processes together (iperf3 client + server, " +
-      `the two daemons, the two Mooncake engines), /proc/PID/stat in 1/${CLK_TCK} s ticks; the bench's own gRPC client is not counted.`,
+      `the two daemons, the two Mooncake engines, raw_stream), /proc/PID/stat in 1/${CLK_TCK} s ticks; the bench's own gRPC client is not counted.`,
+  );
+  console.log(
+    `raw TCP, same bytes: loopback TCP from one memfd region of the shape's size to another (raw_stream.cc), the fastest of ${RAW_STREAMS.join(", ")} streams: ` +
+      "the kernel's cost for bytes that, like a transfer's, are not in the CPU's caches (iperf3 resends one cached 1 MiB buffer).",
   );
 }
 
@@ -380,6 +426,7 @@ async function main() {
       ...(process.env.BENCH_CONNS ? ["--connections-per-peer", process.env.BENCH_CONNS] : []),
     ];
     const iperfServer = ensureIperf3() ? await startIperf3Server() : undefined;
+    const raw = ensureRawStream();
     if (iperfServer) cleanups.push(() => iperfServer.kill());
     const a = await spawnDaemon(args);
     cleanups.push(() => a.stop());
@@ -395,7 +442,7 @@ async function main() {
     cleanups.push(() => [mcFrom, mcTo].forEach((e) => e?.kill()));
 
     const iperf = new Series();
-    const rows = new Map<Shape, Row>(SHAPES.map((s) => [s, { push: new Series(), pull: new Series(), mooncake: new Series() }]));
+    const rows = new Map<Shape, Row>(SHAPES.map((s) => [s, { push: new Series(), pull: new Series(), raw: new Series(), mooncake: new Series() }]));
     /** Runs one Mooncake step; a failure drops Mooncake (all its figures) from the run, saying why. */
     const withMooncake = async (step: (from: MooncakeEngine, to: MooncakeEngine) => Promise<void>) => {
       if (mooncakeWhy !== undefined || !mcFrom || !mcTo) return;
@@ -422,6 +469,7 @@ async function main() {
       for (const [shape, row] of rows) {
         row.push.samples.push(await kvferryRun(client, a, b, shape, "push"));
         row.pull.samples.push(await kvferryRun(client, a, b, shape, "pull"));
+        if (raw) row.raw.samples.push(await rawRound(shape));
         await withMooncake(async (from, to) => void row.mooncake.samples.push(await mooncakeRun(from, to, shape)));
       }
     }
