@@ -4,7 +4,7 @@
       "target_name": "kvferry_native",
       "sources": [
         "native/binding/addon.cc",
-        "<!@(node -p \"require('fs').readdirSync('native/engine',{recursive:true}).filter(f=>f.endsWith('.cc')).map(f=>'native/engine/'+f).join(' ')\")"
+        "<!@(node scripts/native-config.cjs sources)"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
@@ -13,8 +13,8 @@
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
       "cflags_cc": ["-std=c++17", "-O2", "-fexceptions", "-Wall", "-Wextra"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
-      "libraries": ["-lpthread"],
-      "defines": ["NAPI_VERSION=8"]
+      "libraries": ["-lpthread", "<!@(node scripts/native-config.cjs libraries)"],
+      "defines": ["NAPI_VERSION=8", "<!@(node scripts/native-config.cjs defines)"]
     }
   ]
 }

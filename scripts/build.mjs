@@ -14,8 +14,9 @@ const only = process.argv.find((a) => a === "--native" || a === "--ts");
 if (only !== "--ts") {
   // Offline: the local Node headers, never a download (TOOLCHAIN.md).
   const gyp = [bin("node-gyp"), "--nodedir=/usr", "--loglevel=warn"];
-  // binding.gyp lists native/engine's sources when configured: reconfigure when they change.
-  const sources = readdirSync(join(root, "native/engine"), { recursive: true }).filter((f) => f.endsWith(".cc")).sort().join("\n");
+  // binding.gyp lists native/engine's sources (and UCX, when it is here) when configured:
+  // reconfigure when they change.
+  const sources = execFileSync(process.execPath, [join(root, "scripts/native-config.cjs"), "configuration"], { encoding: "utf8" });
   const listed = join(root, "build/kvferry-sources.txt");
   if (!existsSync(join(root, "build/Makefile")) || !existsSync(listed) || readFileSync(listed, "utf8") !== sources) {
     run(process.execPath, [...gyp, "configure"]);

@@ -10,7 +10,7 @@
 // `npm test` and `npm run demo` run it first, so a fresh clone needs nothing else.
 // Uses only Node's built-ins: it runs before any package is installed.
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -47,7 +47,9 @@ const needed = [
   ...(process.argv.includes("--test")
     ? [[command("etcd"), "etcd-server"], [command("etcdctl"), "etcd-client"], [command("redis-server"), "redis-server"], [library("libibverbs.so.1"), "libibverbs1"],
        // The Python client's test environment (scripts/python-venv.sh) is a venv.
-       ["python3 -c 'import ensurepip, venv'", "python3-venv"]]
+       ["python3 -c 'import ensurepip, venv'", "python3-venv"],
+       // The UCX transport (protocol "rdma"): built when UCX is here, tested over its tcp and shm transports.
+       [command("pkg-config"), "pkg-config"], ["pkg-config --exists ucx", "libucx-dev"]]
     : []),
 ];
 const missing = needed.filter(([check]) => spawnSync("sh", ["-c", check]).status !== 0).map(([, pkg]) => pkg);
@@ -78,7 +80,11 @@ if (process.argv.includes("--test") && spawnSync("sh", ["-c", "command -v go"]).
 // 3. Build what is stale.
 const addon = at("build/Release/kvferry_native.node");
 const nativeInputs = Math.max(newest(at("native/engine")), newest(at("native/binding")), statSync(at("binding.gyp")).mtimeMs);
-if (!existsSync(addon) || statSync(addon).mtimeMs < nativeInputs) {
+// A build configured without UCX is stale once UCX is installed (and the other way round).
+const configured = at("build/kvferry-sources.txt");
+const nativeConfig = execFileSync(process.execPath, [at("scripts/native-config.cjs"), "configuration"], { encoding: "utf8" });
+const reconfigure = !existsSync(configured) || readFileSync(configured, "utf8") !== nativeConfig;
+if (!existsSync(addon) || statSync(addon).mtimeMs < nativeInputs || reconfigure) {
   say("building the native engine");
   run(process.execPath, [at("scripts/build.mjs"), "--native"]);
 }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/transport_factory.h"
 #include "engine/local/local_socket.h"
 
 #include <sys/mman.h>
@@ -110,6 +111,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod<&EngineWrap::Ref>("ref"),
                            InstanceMethod<&EngineWrap::Unref>("unref"),
                            InstanceMethod<&EngineWrap::DataPort>("dataPort"),
+                           InstanceMethod<&EngineWrap::ConnectionInfo>("connectionInfo"),
                            InstanceMethod<&EngineWrap::Submit>("submit"),
                            InstanceMethod<&EngineWrap::Cancel>("cancel"),
                            InstanceMethod<&EngineWrap::Disconnect>("disconnect"),
@@ -120,7 +122,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        });
   }
 
-  // new Engine({ poolSize, token, listenHost, listenPort, connectionsPerPeer, sliceBytes, ioTimeoutMs, handshakeTimeoutMs, ioThreads }, onCompletions)
+  // new Engine({ poolSize, protocol, devices, token, listenHost, listenPort, connectionsPerPeer, sliceBytes, ioTimeoutMs, handshakeTimeoutMs, ioThreads }, onCompletions)
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
     Napi::Env env = info.Env();
     if (!info[0].IsObject() || !info[1].IsFunction()) {
@@ -130,6 +132,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     EngineOptions options;
     options.pool_size = ToU64(o.Get("poolSize"), "poolSize");
     if (o.Has("protocol")) options.protocol = o.Get("protocol").ToString().Utf8Value();
+    if (o.Has("devices")) options.devices = o.Get("devices").ToString().Utf8Value();
     if (o.Has("token")) options.token = o.Get("token").ToString().Utf8Value();
     if (o.Has("listenHost")) options.listen_host = o.Get("listenHost").ToString().Utf8Value();
     if (o.Has("listenPort")) options.listen_port = static_cast<uint16_t>(ToU64(o.Get("listenPort"), "listenPort"));
@@ -268,6 +271,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Status s = engine(env).ExposeExtents(std::move(extents), AccessOf(env, info[1]), &handle);
     if (!s.ok()) ThrowStatus(env, s);
     return Napi::BigInt::New(env, handle);
+  }
+
+  Napi::Value ConnectionInfo(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), engine(info.Env()).connection_info());
   }
 
   Napi::Value DataPort(const Napi::CallbackInfo& info) {
@@ -488,6 +495,12 @@ Napi::Value MapLocalPool(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineWrap::Init(env));
+  // The transports this build has: "rdma" only when it was built with UCX.
+  Napi::Array protocols = Napi::Array::New(env);
+  for (const char* p : {"tcp", "rdma"}) {
+    if (kvferry::TransportBuilt(p)) protocols.Set(protocols.Length(), Napi::String::New(env, p));
+  }
+  exports.Set("protocols", protocols);
   exports.Set("mapLocalPool", Napi::Function::New(env, MapLocalPool));
   return exports;
 }

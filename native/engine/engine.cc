@@ -90,6 +90,7 @@ class EngineImpl final : public Engine {
 
   // ---- transfers --------------------------------------------------------------------
   uint16_t data_port() const override { return transport_->listen_port(); }
+  std::string connection_info() const override { return transport_->connection_info(); }
 
   // Submit is all-or-nothing (see transport.h). max_queued_ops bounds ops accepted and
   // not yet completed; a slot frees when the op's completion is queued.

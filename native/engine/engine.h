@@ -32,8 +32,10 @@ namespace kvferry {
 
 struct EngineOptions {
   uint64_t pool_size = 0;
-  /** Which transport moves the bytes (transport_factory.h): "tcp". */
+  /** Which transport moves the bytes (transport_factory.h): "tcp", or "rdma" (UCX) when built with it. */
   std::string protocol = "tcp";
+  /** "rdma": the devices to use as rails, comma-separated ("mlx5_0,mlx5_1"); "": UCX's choice. */
+  std::string devices;
   /**
    * Shared cluster token; a peer that cannot prove it (challenge-response, see
    * tcp/wire.h) is refused at the handshake. The token itself never crosses the wire.
@@ -187,6 +189,8 @@ class Engine {
 
   // ---- transfers ---------------------------------------------------------------------
   virtual uint16_t data_port() const = 0;
+  /** What peers name to reach this engine when it is not host:data_port ("" for TCP; see Transport). */
+  virtual std::string connection_info() const = 0;
   /** Queues ops; each gets exactly one kOp completion. Validates local ranges first. */
   virtual Status Submit(std::vector<TransferOp> ops) = 0;
   /** Best effort; see the memory-safety contract above. */

@@ -97,6 +97,12 @@ class Transport {
   virtual std::string CheckPeer(const std::string& peer) const = 0;
   /** The port peers connect to, for transports that listen on one (valid after Start; else 0). */
   virtual uint16_t listen_port() const { return 0; }
+  /**
+   * What a peer's ops name as their peer to reach this engine, for transports whose peers
+   * are not "host:port" of listen_port (valid after Start; "" for TCP). The daemon hands it
+   * to peers in its Hello and node record (transports[].params).
+   */
+  virtual std::string connection_info() const { return ""; }
 
  protected:
   Transport() = default;

@@ -3,12 +3,16 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "engine/engine.h"
 #include "engine/status.h"
 #include "engine/transport.h"
 
 namespace kvferry {
+
+/** Whether this build has the transport `protocol` names ("rdma" needs UCX at build time). */
+bool TransportBuilt(const std::string& protocol);
 
 /**
  * Checks the options of the transport `options.protocol` names: kInvalidArgument naming a

@@ -36,7 +36,10 @@ std::unique_ptr<Engine> MakeEngine(uint64_t pool_size, const std::function<void(
   return e;
 }
 
-std::string PeerOf(const Engine& engine) { return "127.0.0.1:" + std::to_string(engine.data_port()); }
+std::string PeerOf(const Engine& engine) {
+  const std::string info = engine.connection_info();
+  return info.empty() ? "127.0.0.1:" + std::to_string(engine.data_port()) : info;
+}
 
 Collector::Collector(Engine* engine) : engine_(engine) {
   engine_->SetNotifier([this] { Pull(); });
