@@ -26,11 +26,24 @@ TEST(TransportFactory, AnUnknownProtocolIsRefusedByName) {
   EXPECT_NE(s.message().find("\"tcp\""), std::string::npos) << s.message();
 }
 
+#ifndef KVFERRY_HAVE_UCX
 TEST(TransportFactory, RdmaIsKnownButNotInThisBuild) {
+  EXPECT_FALSE(TransportBuilt("rdma"));
   Status s = Create([](EngineOptions& o) { o.protocol = "rdma"; });
   EXPECT_EQ(s.code(), Code::kNotSupported);
   EXPECT_NE(s.message().find("UCX"), std::string::npos) << s.message();
 }
+#else
+TEST(TransportFactory, RdmaOptionsAreCheckedByTheUcxEntry) {
+  EXPECT_TRUE(TransportBuilt("rdma"));
+  Status s = Create([](EngineOptions& o) {
+    o.protocol = "rdma";
+    o.devices = "mlx5_0,";
+  });
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+  EXPECT_NE(s.message().find("device_name"), std::string::npos) << s.message();
+}
+#endif
 
 TEST(TransportFactory, TcpOptionsAreCheckedByTheTcpEntryBeforeThePoolIsMade) {
   Status s = Create([](EngineOptions& o) { o.connections_per_peer = 0; });

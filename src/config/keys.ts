@@ -88,8 +88,14 @@ export const KEYS = {
     parse: metadataBackend, flag: "metadataBackend", env: "KVFERRY_METADATA_BACKEND", placeholder: "KIND",
     doc: "p2p | etcd | redis | http: must agree with --metadata-server",
   }),
-  protocol: spec({ parse: protocol, default: "tcp" }),
-  device_name: spec({ parse: deviceNames }),
+  protocol: spec({
+    parse: protocol, default: "tcp", flag: "protocol", env: "KVFERRY_PROTOCOL", placeholder: "PROTO",
+    doc: "tcp | rdma (the UCX transport, when built with UCX): the same across the cluster",
+  }),
+  device_name: spec({
+    parse: deviceNames, flag: "deviceName", env: "KVFERRY_DEVICE_NAME", placeholder: "DEVICES",
+    doc: "rdma: the devices used as rails, comma-separated (mlx5_0,mlx5_1); empty: UCX's choice",
+  }),
 
   // vLLM's KV-transfer fields
   kv_connector: spec({ parse: text, kvTransfer: true }),

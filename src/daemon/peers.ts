@@ -72,6 +72,28 @@ export function checkPeerAddress(address: string, field: string): string {
 }
 
 /** "host:port" (checked) with the host as a numeric IPv4 or [IPv6] address, looked up when it is a name (IPv4 first). */
+/** A TCP peer's data address from its Hello, numeric. */
+async function tcpTarget(hello: HelloResponse, peer: string): Promise<string> {
+  try {
+    checkPeerAddress(hello.dataAddress, "data_address");
+  } catch {
+    throw new UnavailableError(`peer ${peer} advertised no usable data address (${JSON.stringify(hello.dataAddress)})`);
+  }
+  return numericAddress(hello.dataAddress, peer);
+}
+
+/** Longest UCX connection info taken from a peer (16 rails of worker addresses, base64). */
+const MAX_UCX_INFO = 64 << 10;
+
+/** An rdma peer's UCX connection info ("ucx:" and its rails' worker addresses) from its Hello's record. */
+function ucxTarget(hello: HelloResponse, peer: string): string {
+  const info = hello.node?.transports.find((t) => t.name === "rdma")?.params.find((p) => p.key === "connectionInfo")?.value ?? "";
+  if (!/^ucx:[A-Za-z0-9_,-]+$/.test(info) || info.length > MAX_UCX_INFO) {
+    throw new UnavailableError(`peer ${peer} advertised no usable UCX connection info (transports[rdma].params.connectionInfo: ${JSON.stringify(info.slice(0, 64))})`);
+  }
+  return info;
+}
+
 async function numericAddress(dataAddress: string, peer: string): Promise<string> {
   const at = dataAddress.lastIndexOf(":");
   const host = dataAddress.slice(0, at).replace(/^\[|\]$/g, "");
@@ -310,12 +332,7 @@ export class PeerDirectory {
     if (hello.protocol !== this.protocol) {
       throw new UnavailableError(`peer ${address} moves bytes over ${JSON.stringify(hello.protocol)}, this daemon over ${JSON.stringify(this.protocol)} (protocol must match across the cluster)`);
     }
-    try {
-      checkPeerAddress(hello.dataAddress, "data_address");
-    } catch {
-      throw new UnavailableError(`peer ${address} advertised no usable data address (${JSON.stringify(hello.dataAddress)})`);
-    }
-    peer.dataTarget = await numericAddress(hello.dataAddress, address);
+    peer.dataTarget = this.protocol === "rdma" ? ucxTarget(hello, address) : await tcpTarget(hello, address);
     peer.hello = hello;
     return peer as Peer & { hello: HelloResponse };
   }

@@ -81,8 +81,11 @@ export class Daemon {
   nodeId: string;
 
   constructor(readonly config: Config, private readonly log: Logger) {
-    if (config.protocol !== "tcp") {
-      throw new ConfigError(config.source, "protocol", config.protocol, `"tcp" (the rdma transport through UCX is not built yet)`);
+    if (!TransferEngine.builds(config.protocol)) {
+      throw new ConfigError(
+        config.source, "protocol", config.protocol,
+        `"tcp" (this build has no UCX transport for "rdma": install UCX, e.g. \`apt-get install libucx-dev\`, then \`npm run build\`)`,
+      );
     }
     if (config.clusterToken === "") {
       log.warn("no cluster_token: any process that reaches the peer API or the data port can use them");
@@ -92,6 +95,7 @@ export class Daemon {
       {
         poolSize: config.kvBufferSize,
         protocol: config.protocol,
+        devices: config.deviceName ?? "",
         token: config.clusterToken,
         listenHost: config.dataListen.host,
         listenPort: config.dataListen.port,
@@ -211,9 +215,17 @@ export class Daemon {
     return this.#port;
   }
 
-  /** Where peers reach this daemon's data plane. */
+  /** Where peers reach this daemon's data plane ("host:0" over rdma: UCX listens on no port of ours; see #transport). */
   get dataAddress(): string {
     return advertised(this.config.dataListen.host, this.engine.dataPort, this.config.dataAddress?.host);
+  }
+
+  /** What a peer needs to reach the data plane under the configured protocol (the node record's transports entry). */
+  #transport(): NodeRecord["transports"][number] {
+    const params: NodeRecord["transports"][number]["params"] = this.config.protocol === "rdma"
+      ? { connectionInfo: this.engine.connectionInfo, devices: this.config.deviceName ?? "" }
+      : { address: this.dataAddress, connectionsPerPeer: this.config.connectionsPerPeer };
+    return { name: this.config.protocol, params };
   }
 
   /** Binds, starts the engine and registers; `abort` (a signal during start-up) gives up waiting for the metadata backend. */
@@ -447,8 +459,8 @@ export class Daemon {
       clientAddress: advertised(this.config.listen.host, this.#port, this.config.dataAddress?.host),
       peerAddress: advertised(this.config.peerListen.host, this.#peerPort, this.config.dataAddress?.host),
       dataAddress: this.dataAddress,
-      // What a peer needs to reach the data plane, per transport (today the one configured).
-      transports: [{ name: this.config.protocol, params: { address: this.dataAddress, connectionsPerPeer: this.config.connectionsPerPeer } }],
+      // What a peer needs to reach the data plane, per transport (the one configured).
+      transports: [this.#transport()],
       poolBytes: this.config.kvBufferSize,
       poolUsedBytes: this.store.bytesUsed,
       version: VERSION,

@@ -5,8 +5,10 @@ import { fileURLToPath } from "node:url";
 
 export interface NativeOptions {
   poolSize: number;
-  /** The transport (native/engine/transport_factory.h): "tcp". */
+  /** The transport (native/engine/transport_factory.h): "tcp", or "rdma" when built with UCX. */
   protocol: string;
+  /** "rdma": device names (rails), comma-separated; "" for UCX's choice. */
+  devices: string;
   token: string;
   listenHost: string;
   listenPort: number;
@@ -70,6 +72,8 @@ export interface NativeEngine {
   /** Revokes each: 1 where revoked (release reported later), 0 where unknown. */
   revokeAll(handles: BigUint64Array): Uint8Array;
   dataPort(): number;
+  /** What peers name to reach this engine when it is not host:dataPort ("ucx:…" for rdma; "" for tcp). */
+  connectionInfo(): string;
   /** Keep the event loop alive while completions are awaited / let it go. */
   ref(): void;
   unref(): void;
@@ -99,6 +103,8 @@ interface Addon {
   Engine: new (options: NativeOptions, onCompletions: (batch: NativeCompletions) => void) => NativeEngine;
   /** The pool of the daemon at a local socket: its header line, and the mapping unless refused. */
   mapLocalPool(path: string, timeoutMs: number): { header: string; buffer?: ArrayBuffer };
+  /** The transports this build has: "tcp", and "rdma" when it was built with UCX. */
+  protocols: string[];
 }
 
 const ADDON = fileURLToPath(new URL("../../build/Release/kvferry_native.node", import.meta.url));

@@ -26,6 +26,8 @@ export interface TransferEngineOptions {
   poolSize: number;
   /** The transport that moves bytes between engines (default "tcp"). */
   protocol?: string;
+  /** "rdma": the devices used as rails, comma-separated; "" (default): UCX's choice. */
+  devices?: string;
   token: string;
   listenHost: string;
   listenPort: number;
@@ -112,6 +114,7 @@ export class TransferEngine {
     const settings = {
       poolSize: options.poolSize,
       protocol: options.protocol ?? "tcp",
+      devices: options.devices ?? "",
       token: options.token,
       listenHost: options.listenHost,
       listenPort: options.listenPort,
@@ -128,13 +131,25 @@ export class TransferEngine {
       if (typeof code !== "string" || !(NATIVE_CODES as readonly string[]).includes(code)) throw err;
       const what = code === "RESOURCE_EXHAUSTED"
         ? `the ${options.poolSize}-byte pool (kv_buffer_size)`
-        : "the data plane (data_listen, or prefill_url / decode_url by role)";
+        : options.protocol === "rdma"
+          ? `the rdma data plane through UCX (device_name ${JSON.stringify(options.devices ?? "")}, UCX_* environment)`
+          : "the data plane (data_listen, or prefill_url / decode_url by role)";
       throw engineError(code as NativeCode, `cannot start ${what}: ${(err as Error).message}`);
     }
   }
 
   get dataPort(): number {
     return this.#native.dataPort();
+  }
+
+  /** What a peer's ops name to reach this engine over rdma ("ucx:" and its rails' worker addresses); "" over tcp. */
+  get connectionInfo(): string {
+    return this.#native.connectionInfo();
+  }
+
+  /** Whether this build has the transport `protocol` names. */
+  static builds(protocol: string): boolean {
+    return loadAddon().protocols.includes(protocol);
   }
 
   /**

@@ -99,12 +99,14 @@ const isText = (v: unknown): v is string => typeof v === "string" && v.length > 
 const isNodeId = (v: unknown): v is string => typeof v === "string" && /^[\x21-\x7e]{1,256}$/.test(v);
 const MAX_TRANSPORTS = 8;
 const MAX_PARAMS = 32;
+/** A text parameter's longest value (rdma's connectionInfo: UCX worker addresses of up to 16 rails). */
+const MAX_PARAM_CHARS = 64 << 10;
 
 /** At most MAX_PARAMS scalar parameters; anything else in a record's params is dropped. */
 function paramsOf(raw: unknown): TransportInfo["params"] {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return {};
   const scalars = Object.entries(raw).filter(
-    ([k, v]) => k.length <= 128 && (typeof v === "number" || typeof v === "boolean" || (typeof v === "string" && v.length <= 1024)),
+    ([k, v]) => k.length <= 128 && (typeof v === "number" || typeof v === "boolean" || (typeof v === "string" && v.length <= MAX_PARAM_CHARS)),
   );
   return Object.fromEntries(scalars.slice(0, MAX_PARAMS)) as TransportInfo["params"];
 }
@@ -142,8 +144,9 @@ export function decodeNode(text: string): NodeRecord | Error {
   // Only "host:port": a record decides where this daemon dials (and sends the cluster
   // token), and where a proxy dials its engines' daemon, so nothing else — a unix: socket,
   // a URL, a name gRPC cannot parse — may come out of a backend.
+  // dataAddress may have port 0: over rdma UCX listens on no port of ours (transports says how to reach it).
   for (const key of ["peerAddress", "dataAddress"] as const) {
-    if (typeof o[key] !== "string" || hostPortFromText(o[key] as string) === undefined) {
+    if (typeof o[key] !== "string" || hostPortFromText(o[key] as string, key === "dataAddress" ? 0 : 1) === undefined) {
       return new Error(`${key} is missing or not "host:port"`);
     }
   }

@@ -26,9 +26,20 @@ export interface PeerDaemonOptions extends StartOptions {
   args?: string[];
 }
 
+/**
+ * The data plane the transfer suites run over: "tcp", or "rdma" (KVFERRY_TEST_PROTOCOL,
+ * set by vitest.config.ts's rdma project when the build has UCX): the UCX transport over
+ * UCX's own tcp transport on the loopback device, standing in for RDMA NICs.
+ */
+export const TEST_PROTOCOL = process.env.KVFERRY_TEST_PROTOCOL === "rdma" ? "rdma" : "tcp";
+export const RDMA = TEST_PROTOCOL === "rdma";
+/** What UCX may use in the tests: loopback only (never another address), tcp for control and payloads. */
+export const UCX_TEST_ENV = { UCX_TLS: "tcp", UCX_NET_DEVICES: "lo", UCX_WARN_UNUSED_ENV_VARS: "n" };
+
 /** A daemon whose data plane and peer API listen on loopback, with a cluster token. */
 export async function startPeerDaemon(o: PeerDaemonOptions = {}): Promise<PeerDaemon> {
   const args = [
+    ...(RDMA ? ["--protocol", "rdma"] : []),
     "--data-listen", "127.0.0.1:0",
     "--peer-listen", "127.0.0.1:0",
     "--cluster-token", o.token ?? TOKEN,
@@ -36,7 +47,7 @@ export async function startPeerDaemon(o: PeerDaemonOptions = {}): Promise<PeerDa
     ...(o.transferDeadlineMs === undefined ? [] : ["--transfer-deadline-ms", String(o.transferDeadlineMs)]),
     ...(o.args ?? []),
   ];
-  const d = await startDaemon(args, { env: o.env, config: o.config });
+  const d = await startDaemon(args, { env: RDMA ? { ...UCX_TEST_ENV, ...o.env } : o.env, config: o.config });
   return Object.assign(d, { peerAddress: d.proc.peerAddress, dataAddress: d.proc.dataAddress });
 }
 

@@ -170,7 +170,7 @@ Status UcxOptionsFrom(const EngineOptions& engine, UcxTransportOptions* out) {
   out->handshake_timeout_ms = engine.handshake_timeout_ms;
   out->devices.clear();
   size_t at = 0;
-  while (at < engine.devices.size()) {
+  while (!engine.devices.empty() && at <= engine.devices.size()) {
     size_t comma = engine.devices.find(',', at);
     if (comma == std::string::npos) comma = engine.devices.size();
     std::string d = engine.devices.substr(at, comma - at);
@@ -442,7 +442,7 @@ Status UcxTransport::Impl::Start() {
     ucp_worker_params_t wp;
     std::memset(&wp, 0, sizeof(wp));
     wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE | UCP_WORKER_PARAM_FIELD_EVENTS;
-    wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+    wp.thread_mode = UCS_THREAD_MODE_MULTI;
     wp.events = UCP_WAKEUP_RMA | UCP_WAKEUP_TX | UCP_WAKEUP_RX;
     s = ucp_worker_create(rail->context, &wp, &rail->worker);
     if (s != UCS_OK) return Status(Code::kUnavailable, std::string("UCX worker: ") + ucs_status_string(s));
@@ -914,23 +914,25 @@ bool UcxTransport::Impl::Issue(Conn* c, Op* op, uint64_t offset, uint64_t length
   return true;
 }
 
+// UCX completion callbacks run inside ucp_worker_progress, sometimes while UCX is failing
+// an endpoint: they only note the outcome, and the progress loop acts on it afterwards
+// (settling may send again or close the endpoint, which must not happen in there).
+
 void UcxTransport::Impl::OnSendDone(void* request, ucs_status_t status, void* user) {
   auto* s = static_cast<Slice*>(user);
   ucp_request_free(request);
   Impl* self = s->conn->rail->impl;
   s->ucp_request = nullptr;
   if (self->shut_) return;
-  if (status == UCS_OK) {
+  self->deferred_.push_back([self, s, status] {
+    if (self->slices_.count(s) == 0) return;
     // Sent; done once the target says the bytes landed (wire.h: CONFIRM).
-    self->deferred_.push_back([self, s] {
-      if (self->slices_.count(s) != 0) self->SendConfirm(s);
-    });
-    return;
-  }
-  const Code refusal = RefusalOf(status);
-  if (refusal != Code::kOk) return self->SettleSlice(s, refusal, std::string("peer refused the write: ") + ucs_status_string(status));
-  if (status == UCS_ERR_CANCELED) return self->SettleSlice(s, Code::kCancelled, "cancelled");
-  self->SettleSlice(s, Code::kUnavailable, std::string("UCX: ") + ucs_status_string(status));
+    if (status == UCS_OK) return self->SendConfirm(s);
+    const Code refusal = RefusalOf(status);
+    if (refusal != Code::kOk) return self->SettleSlice(s, refusal, std::string("peer refused the write: ") + ucs_status_string(status));
+    if (status == UCS_ERR_CANCELED) return self->SettleSlice(s, Code::kCancelled, "cancelled");
+    self->SettleSlice(s, Code::kUnavailable, std::string("UCX: ") + ucs_status_string(status));
+  });
 }
 
 void UcxTransport::Impl::OnReadDataDone(void* request, ucs_status_t status, size_t, void* user) {
@@ -939,9 +941,12 @@ void UcxTransport::Impl::OnReadDataDone(void* request, ucs_status_t status, size
   Impl* self = s->conn->rail->impl;
   s->ucp_request = nullptr;
   if (self->shut_) return;
-  if (status == UCS_OK) return self->SettleSlice(s, Code::kOk, "");
-  if (status == UCS_ERR_CANCELED) return self->SettleSlice(s, Code::kCancelled, "cancelled");
-  self->SettleSlice(s, Code::kUnavailable, std::string("UCX: ") + ucs_status_string(status));
+  self->deferred_.push_back([self, s, status] {
+    if (self->slices_.count(s) == 0) return;
+    if (status == UCS_OK) return self->SettleSlice(s, Code::kOk, "");
+    if (status == UCS_ERR_CANCELED) return self->SettleSlice(s, Code::kCancelled, "cancelled");
+    self->SettleSlice(s, Code::kUnavailable, std::string("UCX: ") + ucs_status_string(status));
+  });
 }
 
 void UcxTransport::Impl::SettleSlice(Slice* s, Code code, const std::string& why) {
@@ -958,6 +963,8 @@ void UcxTransport::Impl::SettleSlice(Slice* s, Code code, const std::string& why
   --op->in_flight;
   if (code == Code::kOk) {
     op->moved += s->length;
+    // Counted as each slice lands, as the TCP transport counts frames.
+    (op->spec.kind == OpKind::kWrite ? context_.counters->bytes_sent : context_.counters->bytes_received) += s->length;
   } else if (code == Code::kUnavailable && !op->cancelled && op->failure == Code::kOk) {
     // The rail failed under it: another rail carries it again.
     op->redo.push_back({s->offset, s->length});
@@ -1026,10 +1033,6 @@ void UcxTransport::Impl::MaybeFinish(Op* op) {
     c.bytes = op->moved;
   }
   c.micros = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - op->start).count());
-  if (c.code == Code::kOk) {
-    if (op->spec.kind == OpKind::kWrite) context_.counters->bytes_sent += c.bytes;
-    else context_.counters->bytes_received += c.bytes;
-  }
   completed_.push_back(std::move(c));
   ops_.erase(op->spec.id);  // frees it
 }

@@ -67,7 +67,10 @@ export interface NodeInfo {
   clientAddress: string;
   /** "host:port" of its peer API (kvferry.v1.KvFerryPeer): what BatchTransfer targets. */
   peerAddress: string;
-  /** "host:port" of its native data plane. */
+  /**
+   * "host:port" of its native data plane ("host:0" over rdma: what reaches it is in
+   * transports, params.connectionInfo).
+   */
   dataAddress: string;
   transports: TransportInfo[];
   poolBytes: number;
@@ -91,7 +94,10 @@ export interface EngineInfo {
 }
 
 export interface TransportInfo {
-  /** "tcp" today. */
+  /**
+   * "tcp" (params address, connectionsPerPeer) or "rdma" (params connectionInfo: "ucx:" and
+   * the rails' UCX worker addresses, base64url, comma-separated; devices).
+   */
   name: string;
   /**
    * Its parameters as text, e.g. {key: "connectionsPerPeer", value: "4"}. (A list, not

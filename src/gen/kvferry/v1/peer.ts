@@ -61,12 +61,12 @@ export interface HelloRequest {
 export interface HelloResponse {
   nodeId: string;
   version: string;
-  /** "host:port" of the native data plane. */
+  /** "host:port" of the native data plane ("host:0" over rdma). */
   dataAddress: string;
   /**
-   * The transport its data plane speaks (config `protocol`, "tcp" today); a greeter
+   * The transport its data plane speaks (config `protocol`: "tcp" or "rdma"); a greeter
    * that speaks another refuses the peer, naming both. What a peer needs to reach the
-   * data plane over each transport is in node.transports[].params (`address` for tcp).
+   * data plane is in node.transports[].params (`address` for tcp, `connectionInfo` for rdma).
    */
   protocol: string;
   /** This daemon's record, as its metadata backend publishes it. */
