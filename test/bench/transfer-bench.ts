@@ -54,6 +54,16 @@ const TRANSFER_DEADLINE_MS = 60_000;
 const PUT_CONCURRENCY = 8;
 /** One answer of a Mooncake engine (its start included). */
 const MOONCAKE_ANSWER_MS = 60_000;
+/**
+ * BENCH_PROTOCOL=rdma (npm run bench:ucx): the daemons run the UCX transport, over what
+ * UCX_TLS / UCX_NET_DEVICES name (default tcp on lo), and the third reference is
+ * ucx_perftest's ucp_am_bw on the same transport (one message per entry, the shape's
+ * count of them) instead of Mooncake; the idle-connections run (TCP's data port) is skipped.
+ */
+const PROTOCOL = process.env.BENCH_PROTOCOL === "rdma" ? "rdma" : "tcp";
+const UCX_ENV = { UCX_TLS: process.env.UCX_TLS ?? "tcp", UCX_NET_DEVICES: process.env.UCX_NET_DEVICES ?? "lo", UCX_WARN_UNUSED_ENV_VARS: "n" };
+const OTHER = PROTOCOL === "tcp" ? "Mooncake" : "ucx_perftest";
+const PERFTEST_PORT = 15299;
 const RAW_SOURCE = fileURLToPath(new URL("../../native/test/bench/raw_stream.cc", import.meta.url));
 const RAW_BINARY = fileURLToPath(new URL("../../native/build/raw_stream", import.meta.url));
 /** Streams tried for the raw reference (the daemon's default is 4 connections per peer). */
@@ -194,6 +204,44 @@ async function rawRound(shape: Shape): Promise<Sample> {
     if (best === undefined || sample.gbs > best.gbs) best = sample;
   }
   return best!;
+}
+
+// ---------------------------------------------------------------------------------------
+// ucx_perftest (rdma mode)
+
+/** ucx_perftest is Debian's ucx-utils: installed as iperf3 is, when missing and root. */
+function ensurePerftest(): boolean {
+  if (spawnSync("sh", ["-c", "command -v ucx_perftest"]).status === 0) return true;
+  if (process.getuid?.() === 0) {
+    console.log("installing ucx-utils (ucx_perftest, apt) ...");
+    execFileSync("apt-get", ["install", "-y", "-qq", "ucx-utils"], { stdio: "inherit", timeout: 300_000 });
+    return true;
+  }
+  console.log("ucx_perftest is missing: `sudo apt-get install ucx-utils`, then run again");
+  return false;
+}
+
+/**
+ * One ucp_am_bw run of the shape (its entry size, count messages) between a ucx_perftest
+ * server and client on 127.0.0.1, each under sh so that its CPU time can be read after it
+ * exits (as iperf3's client). Bandwidth: the client's "overall" MB/s (MiB/s in ucx_perftest).
+ */
+async function perftestRound(shape: Shape): Promise<Sample> {
+  const options = { env: { ...process.env, ...UCX_ENV }, timeout: 120_000 };
+  const cpuOf = (stderr: string) => procCpu(stderr.trim().split("\n").at(-1)!).children;
+  const server = promisify(execFile)("sh", ["-c", `ucx_perftest -p ${PERFTEST_PORT} >/dev/null && cat /proc/$$/stat >&2`], options);
+  await new Promise((r) => setTimeout(r, 500));
+  const warmup = Math.max(8, shape.count >> 3);
+  const { stdout, stderr } = await promisify(execFile)(
+    "sh", ["-c", `ucx_perftest 127.0.0.1 -p ${PERFTEST_PORT} -t ucp_am_bw -s ${shape.size} -n ${shape.count} -w ${warmup} && cat /proc/$$/stat >&2`],
+    options,
+  );
+  const serverCpu = cpuOf((await server).stderr);
+  const final = stdout.split("\n").find((l) => l.startsWith("Final:"))?.trim().split(/\s+/);
+  if (final === undefined) throw new Error(`ucx_perftest printed no Final line: ${stdout.slice(-300)}`);
+  const gbs = (Number(final[6]) * MiB) / 1e9;
+  const bytes = (shape.count + warmup) * shape.size;
+  return { gbs, cpuPerGB: (cpuOf(stderr) + serverCpu) / (bytes / 1e9) };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -346,6 +394,40 @@ async function mooncakeWarmUp(from: MooncakeEngine, to: MooncakeEngine, shape: S
 }
 
 // ---------------------------------------------------------------------------------------
+// Idle connections (tcp)
+
+/**
+ * Issue 14: with IDLE_CONNECTIONS authenticated connections held on `b`'s data port, the
+ * 16 MiB shape again; they cost no thread each, and the transfer keeps its target. Returns
+ * the report, given iperf3's figure.
+ */
+async function idleConnectionsRun(
+  client: KvferryClient, a: SpawnedDaemon, b: SpawnedDaemon, progress: (what: string) => void,
+): Promise<(iperf: Series) => string> {
+  progress(`${IDLE_CONNECTIONS} idle authenticated connections on the second daemon's data port`);
+  const threadsBefore = threadsOf(b.child.pid!);
+  const idle = await idleConnections(b.dataAddress, IDLE_CONNECTIONS);
+  const threadsIdle = threadsOf(b.child.pid!);
+  const withIdle = { push: new Series(), pull: new Series() };
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const mode of ["push", "pull"] as const) withIdle[mode].samples.push(await kvferryRun(client, a, b, SHAPES[0]!, mode));
+  }
+  const stillOpen = idle.filter((c) => !c.isClosed).length;
+  idle.forEach((c) => c.destroy());
+  return (iperf) => {
+    const figure = (mode: "push" | "pull") => {
+      const gbs = withIdle[mode].gbs;
+      const ok = gbs >= SHAPES[0]!.target * iperf.gbs ? "✓" : "✗";
+      return `${mode.toUpperCase()} ${fixed(gbs)} GB/s = ${fixed(gbs / iperf.gbs)}× iperf3 (target ${SHAPES[0]!.target}× ${ok})`;
+    };
+    return (
+      `\nwith ${IDLE_CONNECTIONS} idle authenticated connections on the target's data port (${stillOpen} still open after), ` +
+      `${SHAPES[0]!.label}: ${figure("push")}, ${figure("pull")}; the target daemon's threads: ${threadsIdle} with them, ${threadsBefore} before`
+    );
+  };
+}
+
+// ---------------------------------------------------------------------------------------
 // The run
 
 const median = (xs: readonly number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
@@ -366,34 +448,35 @@ class Series {
   }
 }
 
-type Row = { readonly push: Series; readonly pull: Series; readonly raw: Series; readonly mooncake: Series };
+/** `other`: Mooncake's Transfer Engine over tcp, ucx_perftest over rdma (OTHER). */
+type Row = { readonly push: Series; readonly pull: Series; readonly raw: Series; readonly other: Series };
 
 function printTable(iperf: Series, rows: ReadonlyMap<Shape, Row>): void {
   const check = (ok: boolean) => (ok ? "✓" : "✗");
   console.log(
     `\n${"shape".padEnd(15)}${"system".padEnd(22)}${"GB/s".padStart(6)}${"(best)".padStart(8)}${"× iperf3".padStart(10)}` +
-      `${"× raw".padStart(8)}${"× Mooncake".padStart(12)}${"CPU-s/GB".padStart(10)}${"CPU × iperf3".padStart(14)}${"CPU × raw".padStart(11)}` +
+      `${"× raw".padStart(8)}${`× ${OTHER}`.padStart(16)}${"CPU-s/GB".padStart(10)}${"CPU × iperf3".padStart(14)}${"CPU × raw".padStart(11)}` +
       "   target (issue 14)",
   );
   for (const [shape, row] of rows) {
-    const measured = row.mooncake.samples.length > 0;
+    const measured = row.other.samples.length > 0 && PROTOCOL === "tcp";
     // kvferry's targets: × iperf3, CPU per GB at 16 MiB, × Mooncake.
     const targets = (s: Series) => {
       const parts = [`≥ ${shape.target}× iperf3 ${check(s.gbs >= shape.target * iperf.gbs)}`];
       if (shape === SHAPES[0]) parts.push(`CPU ≤ ${CPU_TARGET}× ${check(s.cpuPerGB <= CPU_TARGET * iperf.cpuPerGB)}`);
-      if (measured) parts.push(`≥ ${MOONCAKE_TARGET}× Mooncake ${check(s.gbs >= MOONCAKE_TARGET * row.mooncake.gbs)}`);
+      if (measured) parts.push(`≥ ${MOONCAKE_TARGET}× Mooncake ${check(s.gbs >= MOONCAKE_TARGET * row.other.gbs)}`);
       return `   ${parts.join(", ")}`;
     };
     const line = (label: string, what: string, s: Series, target = "") =>
       console.log(
         `${label.padEnd(15)}${what.padEnd(22)}${fixed(s.gbs, 6)}${`(${fixed(s.best)})`.padStart(8)}${fixed(s.gbs / iperf.gbs, 10)}` +
-          `${fixed(s.gbs / row.raw.gbs, 8)}${fixed(s.gbs / row.mooncake.gbs, 12)}${fixed(s.cpuPerGB, 10)}` +
+          `${fixed(s.gbs / row.raw.gbs, 8)}${fixed(s.gbs / row.other.gbs, 16)}${fixed(s.cpuPerGB, 10)}` +
           `${fixed(s.cpuPerGB / iperf.cpuPerGB, 14)}${fixed(s.cpuPerGB / row.raw.cpuPerGB, 11)}${target}`,
       );
-    line(shape.label, "kvferry PUSH", row.push, targets(row.push));
-    line("", "kvferry PULL", row.pull, targets(row.pull));
+    line(shape.label, "kvferry PUSH", row.push, PROTOCOL === "tcp" ? targets(row.push) : "");
+    line("", "kvferry PULL", row.pull, PROTOCOL === "tcp" ? targets(row.pull) : "");
     if (row.raw.samples.length > 0) line("", "raw TCP, same bytes", row.raw);
-    if (measured) line("", "Mooncake write", row.mooncake);
+    if (row.other.samples.length > 0) line("", PROTOCOL === "tcp" ? "Mooncake write" : "ucx_perftest am_bw", row.other);
   }
   console.log(
     "CPU-s/GB: utime + stime per GB moved of the sending and the receiving processes together (iperf3 client + server, " +
@@ -424,25 +507,28 @@ async function main() {
       "--kv-buffer-size", `${Math.ceil((SHAPES.reduce((n, s) => n + s.count * s.size, 0) * 1.25) / MiB)}MiB`,
       "--lease-ttl-ms", String(2 * LIMIT_S * 1000),
       ...(process.env.BENCH_CONNS ? ["--connections-per-peer", process.env.BENCH_CONNS] : []),
+      ...(PROTOCOL === "rdma" ? ["--protocol", "rdma"] : []),
     ];
+    const daemonEnv = PROTOCOL === "rdma" ? { env: UCX_ENV } : {};
     const iperfServer = ensureIperf3() ? await startIperf3Server() : undefined;
     const raw = ensureRawStream();
     if (iperfServer) cleanups.push(() => iperfServer.kill());
-    const a = await spawnDaemon(args);
+    const a = await spawnDaemon(args, daemonEnv);
     cleanups.push(() => a.stop());
-    const b = await spawnDaemon(args);
+    const b = await spawnDaemon(args, daemonEnv);
     cleanups.push(() => b.stop());
     const client = new KvferryClient(a.address);
     cleanups.push(() => client.close());
 
-    progress("starting Mooncake (its venv is made once: a few minutes the first time)");
-    const mooncake = await startMooncake();
+    if (PROTOCOL === "tcp") progress("starting Mooncake (its venv is made once: a few minutes the first time)");
+    const perftest = PROTOCOL === "rdma" && ensurePerftest();
+    const mooncake = PROTOCOL === "tcp" ? await startMooncake() : { why: "not run over rdma (ucx_perftest is the reference there)" };
     let mooncakeWhy = "why" in mooncake ? mooncake.why : undefined;
     const [mcFrom, mcTo] = "engines" in mooncake ? mooncake.engines : [];
     cleanups.push(() => [mcFrom, mcTo].forEach((e) => e?.kill()));
 
     const iperf = new Series();
-    const rows = new Map<Shape, Row>(SHAPES.map((s) => [s, { push: new Series(), pull: new Series(), raw: new Series(), mooncake: new Series() }]));
+    const rows = new Map<Shape, Row>(SHAPES.map((s) => [s, { push: new Series(), pull: new Series(), raw: new Series(), other: new Series() }]));
     /** Runs one Mooncake step; a failure drops Mooncake (all its figures) from the run, saying why. */
     const withMooncake = async (step: (from: MooncakeEngine, to: MooncakeEngine) => Promise<void>) => {
       if (mooncakeWhy !== undefined || !mcFrom || !mcTo) return;
@@ -450,7 +536,7 @@ async function main() {
         await step(mcFrom, mcTo);
       } catch (err) {
         mooncakeWhy = `failed: ${(err as Error).message}`;
-        for (const row of rows.values()) row.mooncake.samples.length = 0;
+        for (const row of rows.values()) row.other.samples.length = 0;
         mcFrom.kill();
         mcTo.kill();
       }
@@ -470,29 +556,25 @@ async function main() {
         row.push.samples.push(await kvferryRun(client, a, b, shape, "push"));
         row.pull.samples.push(await kvferryRun(client, a, b, shape, "pull"));
         if (raw) row.raw.samples.push(await rawRound(shape));
-        await withMooncake(async (from, to) => void row.mooncake.samples.push(await mooncakeRun(from, to, shape)));
+        await withMooncake(async (from, to) => void row.other.samples.push(await mooncakeRun(from, to, shape)));
+        if (perftest) row.other.samples.push(await perftestRound(shape));
       }
     }
 
-    // Issue 14: idle connections cost no thread each, and a real transfer still runs at its target.
-    progress(`${IDLE_CONNECTIONS} idle authenticated connections on the second daemon's data port`);
-    const threadsBefore = threadsOf(b.child.pid!);
-    const idle = await idleConnections(b.dataAddress, IDLE_CONNECTIONS);
-    const threadsIdle = threadsOf(b.child.pid!);
-    const withIdle = { push: new Series(), pull: new Series() };
-    for (let round = 0; round < ROUNDS; round++) {
-      for (const mode of ["push", "pull"] as const) withIdle[mode].samples.push(await kvferryRun(client, a, b, SHAPES[0]!, mode));
-    }
-    const stillOpen = idle.filter((c) => !c.isClosed).length;
-    idle.forEach((c) => c.destroy());
+    const idleReport = PROTOCOL === "tcp" ? await idleConnectionsRun(client, a, b, progress) : undefined;
 
     console.log(`kvferry transfer bench: 127.0.0.1, ${availableParallelism()} cores; medians of ${ROUNDS} rounds after a warm-up, every system on every shape in each round`);
     console.log(
       `  iperf3 single stream, 1 MiB writes, ${IPERF_SECONDS} s a round: ${fixed(iperf.gbs)} GB/s (best ${fixed(iperf.best)}), ` +
         `${fixed(iperf.cpuPerGB)} CPU-s/GB (client + server)`,
     );
-    console.log("  kvferry: two daemons (native TCP engine); each shape one BatchTransfer by the first daemon: PUSH to the second, then PULL back from it");
-    if (mooncakeWhy === undefined && mcFrom) {
+    console.log(
+      `  kvferry: two daemons (${PROTOCOL === "tcp" ? "native TCP engine" : `UCX transport, UCX_TLS=${UCX_ENV.UCX_TLS} UCX_NET_DEVICES=${UCX_ENV.UCX_NET_DEVICES}`}); ` +
+        "each shape one BatchTransfer by the first daemon: PUSH to the second, then PULL back from it",
+    );
+    if (PROTOCOL === "rdma") {
+      console.log(`  ucx_perftest ucp_am_bw on the same UCX transport: one message per entry (the shape's size), the shape's count of them, hot buffers${perftest ? "" : ": not measured (no ucx_perftest)"}`);
+    } else if (mooncakeWhy === undefined && mcFrom) {
       console.log(
         `  Mooncake Transfer Engine ${mcFrom.version} (PyPI mooncake-transfer-engine-non-cuda): TCP transport, P2PHANDSHAKE; each shape ` +
           "one batch_transfer_sync_write between two engines (Python processes; its sync wait spins a core, counted)",
@@ -502,16 +584,7 @@ async function main() {
       console.log(`  Mooncake: not measured, ${mooncakeWhy}`);
     }
     printTable(iperf, rows);
-    const idleFigure = (mode: "push" | "pull") => {
-      const gbs = withIdle[mode].gbs;
-      const ok = gbs >= SHAPES[0]!.target * iperf.gbs ? "✓" : "✗";
-      return `${mode.toUpperCase()} ${fixed(gbs)} GB/s = ${fixed(gbs / iperf.gbs)}× iperf3 (target ${SHAPES[0]!.target}× ${ok})`;
-    };
-    console.log(
-      `\nwith ${IDLE_CONNECTIONS} idle authenticated connections on the target's data port (${stillOpen} still open after), ` +
-        `${SHAPES[0]!.label}: ${idleFigure("push")}, ${idleFigure("pull")}; ` +
-        `the target daemon's threads: ${threadsIdle} with them, ${threadsBefore} before`,
-    );
+    if (idleReport !== undefined) console.log(idleReport(iperf));
   } finally {
     clearTimeout(watchdog);
     await cleanUp();

@@ -33,6 +33,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kPeerPrefix = "ucx:";
+/** A local piece at least this large is sent alone (contiguous), not gathered with others. */
+constexpr uint64_t kContiguousSlice = 256 << 10;
 /** Slices in flight on one rail of one peer. */
 constexpr size_t kWindow = 8;
 /** Handshakes a target keeps pending at once (the oldest is dropped beyond). */
@@ -331,6 +333,7 @@ class UcxTransport::Impl {
   void Dispatch(Peer* peer);
   void DispatchLoop(Peer* peer);
   bool Issue(Conn* c, Op* op, uint64_t offset, uint64_t length);
+  uint64_t SliceLength(const Op& op, uint64_t offset, uint64_t most) const;
   void LocalIov(const Op& op, uint64_t offset, uint64_t length, std::vector<ucp_dt_iov_t>* iov) const;
   void SettleSlice(Slice* s, Code code, const std::string& why);
   void FailOp(Op* op, Code code, const std::string& why);
@@ -657,11 +660,10 @@ void UcxTransport::Impl::Sleep(int timeout_ms) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!commands_.empty()) return;
   }
-  // Rendezvous over emulated transports needs both sides to keep progressing while a
-  // request is outstanding: nap briefly instead of waiting for an event.
-  const bool outstanding = !slices_.empty() || !serving_.empty() || !closing_.empty();
+  // Armed workers signal their fds on any event (a rendezvous step included), so the thread
+  // sleeps until one; the timeout only paces the timers.
   struct epoll_event events[8];
-  const int n = epoll_wait(epoll_fd_, events, 8, outstanding ? 1 : timeout_ms);
+  const int n = epoll_wait(epoll_fd_, events, 8, timeout_ms);
   for (int i = 0; i < n; ++i) {
     uint64_t v;
     ssize_t r = read(wake_fd_, &v, sizeof(v));
@@ -810,13 +812,13 @@ void UcxTransport::Impl::DispatchLoop(Peer* peer) {
       if (!op->redo.empty()) {
         auto& r = op->redo.front();
         offset = r.first;
-        length = std::min(options_.slice_bytes, r.second);
+        length = SliceLength(*op, offset, std::min(options_.slice_bytes, r.second));
         r.first += length;
         r.second -= length;
         if (r.second == 0) op->redo.pop_front();
       } else {
         offset = op->dispatched;
-        length = std::min(options_.slice_bytes, op->spec.length - op->dispatched);
+        length = SliceLength(*op, offset, std::min(options_.slice_bytes, op->spec.length - op->dispatched));
         op->dispatched += length;
       }
       if (op->redo.empty() && op->dispatched == op->spec.length) {
@@ -828,6 +830,15 @@ void UcxTransport::Impl::DispatchLoop(Peer* peer) {
     }
     peer->next_conn = (peer->next_conn + 1) % ready.size();
   }
+}
+
+uint64_t UcxTransport::Impl::SliceLength(const Op& op, uint64_t offset, uint64_t most) const {
+  // A large local piece (an entry's part) goes alone, so that UCX moves a contiguous buffer
+  // (its rendezvous with an iov datatype copies); small ones are gathered up to `most`.
+  const size_t i = static_cast<size_t>(std::upper_bound(op.ends.begin(), op.ends.end(), offset) - op.ends.begin());
+  if (i >= op.ends.size()) return most;
+  const uint64_t rest = op.ends[i] - offset;
+  return rest >= kContiguousSlice ? std::min(most, rest) : most;
 }
 
 void UcxTransport::Impl::LocalIov(const Op& op, uint64_t offset, uint64_t length, std::vector<ucp_dt_iov_t>* iov) const {
