@@ -70,9 +70,10 @@ const keyPrefix = stringMatching(
 );
 const text = stringMatching(/^[^\x00-\x1f]{1,1024}$/, "a non-empty string of at most 1024 characters");
 // Mooncake's TCP examples carry `"device_name": ""`: empty means none.
+// Otherwise names of devices (mlx5_0, mlx5_0:1, erdma_0, eth0), comma-separated, spaces around them allowed.
 const deviceNames = stringMatching(
-  /^[^\x00-\x1f]{0,1024}$/,
-  "a string of at most 1024 characters (device names, comma-separated)",
+  /^(|\s*[A-Za-z0-9_.:-]{1,64}\s*(,\s*[A-Za-z0-9_.:-]{1,64}\s*){0,15})$/,
+  'device names separated by commas (e.g. "mlx5_0,mlx5_1", at most 16), or "" for none',
 );
 
 export const KEYS = {

@@ -182,6 +182,11 @@ describe("the seed's mooncake.json", () => {
     expect(load({ config: SAME_NODE }).deviceName).toBeUndefined();
   });
 
+  it("takes device_name and protocol from flags and the environment too", () => {
+    expect(load({ protocol: "rdma", deviceName: "mlx5_0, mlx5_1:1" })).toMatchObject({ protocol: "rdma", deviceName: "mlx5_0, mlx5_1:1" });
+    expect(load({}, { KVFERRY_PROTOCOL: "rdma", KVFERRY_DEVICE_NAME: "erdma_0" })).toMatchObject({ protocol: "rdma", deviceName: "erdma_0" });
+  });
+
   it("takes the data address from the role: prefill_url for prefill and both, decode_url for decode", () => {
     expect(load({ config: SAME_NODE, kvRole: "kv_producer" }).dataAddress).toEqual({ host: "127.0.0.1", port: 13003 });
     expect(load({ config: SAME_NODE, kvRole: "kv_both" }).dataAddress).toEqual({ host: "127.0.0.1", port: 13003 });
@@ -927,7 +932,9 @@ describe("other keys", () => {
 
   it.each<[string, unknown, string]>([
     ["protocol", 5, `one of "tcp", "rdma"`],
-    ["device_name", 5, "a string"],
+    ["device_name", 5, "device names separated by commas"],
+    ["device_name", "mlx5_0,,mlx5_1", "device names separated by commas"],
+    ["device_name", "mlx5_0 mlx5_1", "device names separated by commas"],
     ["kv_connector", [], "a non-empty string"],
     ["kv_connector", "", "a non-empty string"],
     ["node_id", "", "a non-empty string"],

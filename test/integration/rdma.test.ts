@@ -1,0 +1,71 @@
+// protocol "rdma" as an operator meets it: what a daemon publishes so that peers can reach
+// its UCX rails, a cluster that mixes protocols refusing the other side by name, and bad
+// device lists stopping start-up. (The transfer and fault suites themselves run over UCX in
+// the vitest project "rdma"; native/test/ucx_transfer_test.cc covers the transport.)
+import { execFileSync } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { status } from "@grpc/grpc-js";
+import { REPO, runCli } from "../helpers/daemon.js";
+import { UCX_TEST_ENV, entrySpec, expectAllOk, putEntry, startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
+
+const built = execFileSync(process.execPath, [`${REPO}/scripts/native-config.cjs`, "ucx"], { encoding: "utf8" }).trim() === "1";
+const MiB = 1 << 20;
+
+describe.skipIf(!built)("protocol rdma", () => {
+  let a: PeerDaemon;
+  let b: PeerDaemon;
+  let tcp: PeerDaemon;
+
+  beforeAll(async () => {
+    const rdma = { bufferSize: "128MiB", args: ["--protocol", "rdma"], env: UCX_TEST_ENV };
+    [a, b, tcp] = await Promise.all([startPeerDaemon(rdma), startPeerDaemon(rdma), startPeerDaemon({ bufferSize: "128MiB" })]);
+  });
+
+  afterAll(async () => {
+    expect(await Promise.all([a?.stop(), b?.stop(), tcp?.stop()])).toEqual([0, 0, 0]);
+  });
+
+  it("publishes its rails' UCX worker addresses in its record, and no data port", async () => {
+    const out = await runCli(["status", "--json", "--address", a.address], {}, 30_000);
+    expect(out.code, out.stderr).toBe(0);
+    const json = JSON.parse(out.stdout) as unknown;
+    type Node = { dataAddress: string; transports: { name: string; params: { key: string; value: string }[] | Record<string, string> }[] };
+    const nodes = (Array.isArray(json) ? json : (json as { nodes: Node[] }).nodes) as Node[];
+    const record = nodes.find((n) => n.transports.some((t) => t.name === "rdma"));
+    expect(record, out.stdout).toBeDefined();
+    expect(record!.dataAddress).toMatch(/:0$/);
+    const rdma = record!.transports.find((t) => t.name === "rdma")!;
+    const params = Array.isArray(rdma.params) ? Object.fromEntries(rdma.params.map((p) => [p.key, p.value])) : rdma.params;
+    expect(params.connectionInfo).toMatch(/^ucx:[A-Za-z0-9_-]+$/);
+  });
+
+  it("moves entries between two rdma daemons, and a tcp daemon is refused by name either way", async () => {
+    const spec = entrySpec("rdma-mixed-1", [MiB, 3]);
+    await putEntry(a.client, spec);
+    expectAllOk((await a.client.batchTransfer([spec.id], b.peerAddress, "push")).results);
+
+    const other = entrySpec("rdma-mixed-2", [MiB]);
+    await putEntry(tcp.client, other);
+    const refused = (await tcp.client.batchTransfer([other.id], b.peerAddress, "push")).results[0]!;
+    expect(refused.code).toBe(status.UNAVAILABLE);
+    expect(refused.message).toMatch(/"rdma".*"tcp"|"tcp".*"rdma"/);
+    const back = (await b.client.batchTransfer([spec.id], tcp.peerAddress, "push")).results[0]!;
+    expect(back.code).toBe(status.UNAVAILABLE);
+    expect(back.message).toMatch(/"rdma".*"tcp"|"tcp".*"rdma"/);
+    // Nothing moved: each side keeps its entry.
+    expect((await b.client.stat(spec.id)).state).toBeDefined();
+    expect((await tcp.client.stat(other.id)).state).toBeDefined();
+    await b.client.release(spec.id);
+    await tcp.client.release(other.id);
+  });
+});
+
+describe.skipIf(!built)("a bad device_name", () => {
+  it("stops start-up naming the key, the value and what was expected", async () => {
+    const out = await runCli(["daemon", "--protocol", "rdma", "--device-name", "mlx5_0,,mlx5_1", "--listen", "127.0.0.1:0"], UCX_TEST_ENV, 30_000);
+    expect(out.code).toBe(2);
+    expect(out.stderr + out.stdout).toMatch(/device_name/);
+    expect(out.stderr + out.stdout).toMatch(/mlx5_0,,mlx5_1/);
+    expect(out.stderr + out.stdout).toMatch(/device names separated by commas/);
+  });
+});
