@@ -236,6 +236,29 @@ TEST_P(UcxTransfer, TwoRailsStripeOneOpAndCarryOnWhenTheirPeerHasOne) {
   EXPECT_EQ(std::memcmp(two->pool_base() + back, b_->pool_base() + dst, n), 0);
 }
 
+TEST_P(UcxTransfer, ARailThatFailsHandsItsSlicesToTheOthers) {
+  // A's two rails reach the peer's two "rails": B's worker, and a worker that is gone
+  // (an engine destroyed). The rail to it fails; every slice goes over B's.
+  auto two = MakeUcxEngine(64 << 20, test::kToken, std::string("lo,lo"));
+  ASSERT_NE(two, nullptr);
+  Collector c2(two.get());
+  std::string gone;
+  {
+    auto doomed = MakeUcxEngine(16 << 20);
+    ASSERT_NE(doomed, nullptr);
+    gone = doomed->connection_info().substr(4);  // "ucx:" off
+  }
+  const std::string peer = PeerOf(*b_) + "," + gone;
+  const uint64_t n = (24 << 20) + 5;
+  FillPattern(two->pool_base(), n, 21);
+  const uint64_t dst = Alloc(b_.get(), n);
+  const uint64_t wh = Expose(b_.get(), dst, n, Access::kWrite);
+  Completion c = Run(MakeOp(1, OpKind::kWrite, peer, 0, wh, 0, n), two.get(), &c2);
+  ASSERT_EQ(c.code, Code::kOk) << c.message;
+  EXPECT_EQ(c.bytes, n);
+  EXPECT_EQ(std::memcmp(b_->pool_base() + dst, two->pool_base(), n), 0);
+}
+
 TEST_P(UcxTransfer, AMalformedPeerIsRefusedAtSubmit) {
   EXPECT_EQ(a_->Submit({MakeOp(1, OpKind::kWrite, "127.0.0.1:1", 0, 1, 0, 1)}).code(), Code::kInvalidArgument);
   EXPECT_EQ(a_->Submit({MakeOp(2, OpKind::kWrite, "ucx:not base64!", 0, 1, 0, 1)}).code(), Code::kInvalidArgument);
