@@ -35,6 +35,8 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kPeerPrefix = "ucx:";
 /** A local piece at least this large is sent alone (contiguous), not gathered with others. */
 constexpr uint64_t kContiguousSlice = 256 << 10;
+/** Slices of one op carried again after their rail failed, before the op fails UNAVAILABLE. */
+constexpr int kMaxRetries = 64;
 /** Slices in flight on one rail of one peer. */
 constexpr size_t kWindow = 8;
 /** Handshakes a target keeps pending at once (the oldest is dropped beyond). */
@@ -161,6 +163,27 @@ std::string UcxDeviceName(const std::string& device) {
   return stat(sys.c_str(), &st) == 0 ? device + ":1" : device;
 }
 
+/** What a request moves: one contiguous range, or an iov of several (UCX's datatypes). */
+struct Buffer {
+  const void* at;
+  size_t count;
+};
+
+/**
+ * The request's buffer over `iov`, setting its datatype. No memory handle goes with it:
+ * a rendezvous hands the peer a key to the handle's registration, and the pool's would
+ * let the peer reach the whole pool; UCX registers what it moves (its registration cache).
+ */
+Buffer BufferOf(const std::vector<ucp_dt_iov_t>& iov, ucp_request_param_t* p) {
+  p->op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
+  if (iov.size() == 1) {
+    p->datatype = ucp_dt_make_contig(1);
+    return {iov[0].buffer, iov[0].length};
+  }
+  p->datatype = ucp_dt_make_iov();
+  return {iov.data(), iov.size()};
+}
+
 }  // namespace
 
 bool UcxBuilt() { return true; }
@@ -220,7 +243,6 @@ class UcxTransport::Impl {
     std::string device;
     ucp_context_h context = nullptr;
     ucp_worker_h worker = nullptr;
-    ucp_mem_h memh = nullptr;
     int efd = -1;
     std::string address;
   };
@@ -240,6 +262,7 @@ class UcxTransport::Impl {
     Clock::time_point start;
     Clock::time_point cancelled_at;
     uint64_t moved = 0;
+    int retries = 0;  // slices carried again after a rail failed under them
   };
 
   struct Slice {
@@ -320,6 +343,7 @@ class UcxTransport::Impl {
 
   // ---- thread plumbing ---------------------------------------------------------------
   void Post(std::function<void()> command);
+  void PostLocked(std::function<void()> command);
   void Run();
   bool ProgressAll();
   void Sleep(int timeout_ms);
@@ -335,6 +359,9 @@ class UcxTransport::Impl {
   uint64_t SliceLength(const Op& op, uint64_t offset, uint64_t most) const;
   void LocalIov(const Op& op, uint64_t offset, uint64_t length, std::vector<ucp_dt_iov_t>* iov) const;
   void SettleSlice(Slice* s, Code code, const std::string& why);
+  /** What a request that ended with `status` (not OK, not a refusal) means for its slice. */
+  Code Interrupted(const Slice* s, ucs_status_t status) const;
+  void LostSession(Slice* s);
   void FailOp(Op* op, Code code, const std::string& why);
   void MaybeFinish(Op* op);
   void CancelOp(uint64_t id);
@@ -417,7 +444,9 @@ Status UcxTransport::Impl::Start() {
   std::vector<std::string> devices = options_.devices;
   if (devices.empty()) devices.push_back("");
   for (size_t i = 0; i < devices.size(); ++i) {
-    auto rail = std::make_unique<Rail>();
+    // Kept at once, so that a start that fails half-way is cleaned up by Shutdown.
+    rails_.push_back(std::make_unique<Rail>());
+    Rail* rail = rails_.back().get();
     rail->impl = this;
     rail->index = i;
     rail->device = devices[i];
@@ -434,7 +463,9 @@ Status UcxTransport::Impl::Start() {
     ucp_params_t params;
     std::memset(&params, 0, sizeof(params));
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_NAME;
-    params.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
+    // No RMA: no peer is ever handed a key to this pool (wire.h); rendezvous payloads still
+    // move with the NIC's RDMA where it has it.
+    params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
     params.name = "kvferry";
     s = ucp_init(&params, config, &rail->context);
     ucp_config_release(config);
@@ -444,18 +475,10 @@ Status UcxTransport::Impl::Start() {
     ucp_worker_params_t wp;
     std::memset(&wp, 0, sizeof(wp));
     wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE | UCP_WORKER_PARAM_FIELD_EVENTS;
-    wp.thread_mode = UCS_THREAD_MODE_MULTI;
+    wp.thread_mode = UCS_THREAD_MODE_SINGLE;  // only the progress thread touches it
     wp.events = UCP_WAKEUP_RMA | UCP_WAKEUP_TX | UCP_WAKEUP_RX;
     s = ucp_worker_create(rail->context, &wp, &rail->worker);
     if (s != UCS_OK) return Status(Code::kUnavailable, std::string("UCX worker: ") + ucs_status_string(s));
-    // The pool, registered once for the engine's lifetime.
-    ucp_mem_map_params_t mp;
-    std::memset(&mp, 0, sizeof(mp));
-    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-    mp.address = context_.pool_base;
-    mp.length = context_.pool_size;
-    s = ucp_mem_map(rail->context, &mp, &rail->memh);
-    if (s != UCS_OK) return Status(Code::kResourceExhausted, std::string("UCX registration of the pool: ") + ucs_status_string(s));
     s = ucp_worker_get_efd(rail->worker, &rail->efd);
     if (s != UCS_OK) return Status(Code::kUnavailable, std::string("UCX wake-up fd: ") + ucs_status_string(s));
     ucp_address_t* address = nullptr;
@@ -477,13 +500,12 @@ Status UcxTransport::Impl::Start() {
                       UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
       hp.id = id;
       hp.cb = cb;
-      hp.arg = rail.get();
+      hp.arg = rail;
       hp.flags = UCP_AM_FLAG_WHOLE_MSG;
       s = ucp_worker_set_am_recv_handler(rail->worker, &hp);
       if (s != UCS_OK) return Status(Code::kUnavailable, std::string("UCX AM handler: ") + ucs_status_string(s));
     }
     info_ += (i == 0 ? kPeerPrefix : ",") + Base64(rail->address);
-    rails_.push_back(std::move(rail));
   }
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -499,7 +521,12 @@ Status UcxTransport::Impl::Start() {
 }
 
 void UcxTransport::Impl::Shutdown() {
-  if (stopping_.exchange(true)) return;
+  {
+    // Under the lock: a Submit either posted its ops before this (the thread runs them) or
+    // sees stopping_ and refuses them.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_.exchange(true)) return;
+  }
   if (thread_.joinable()) {
     Post([] {});
     thread_.join();
@@ -511,7 +538,6 @@ void UcxTransport::Impl::Shutdown() {
     for (void* r : closing_) ucp_request_free(r);
     closing_.clear();
     if (rail->worker != nullptr) ucp_worker_destroy(rail->worker);
-    if (rail->memh != nullptr) ucp_mem_unmap(rail->context, rail->memh);
     if (rail->context != nullptr) ucp_cleanup(rail->context);
   }
   rails_.clear();
@@ -520,16 +546,28 @@ void UcxTransport::Impl::Shutdown() {
     delete s;
   }
   serving_.clear();
+  // Every op still here ends now: no request of this transport can touch its extents.
+  for (auto& [id, op] : ops_) {
+    Completion c;
+    c.id = id;
+    c.code = Code::kCancelled;
+    c.message = "the engine is shut down";
+    completed_.push_back(std::move(c));
+  }
+  Flush();
+  std::lock_guard<std::mutex> lock(mu_);
   if (wake_fd_ >= 0) close(wake_fd_);
   if (epoll_fd_ >= 0) close(epoll_fd_);
   wake_fd_ = epoll_fd_ = -1;
 }
 
 void UcxTransport::Impl::Post(std::function<void()> command) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    commands_.push_back(std::move(command));
-  }
+  std::lock_guard<std::mutex> lock(mu_);
+  PostLocked(std::move(command));
+}
+
+void UcxTransport::Impl::PostLocked(std::function<void()> command) {
+  commands_.push_back(std::move(command));
   if (wake_fd_ >= 0) {
     uint64_t one = 1;
     ssize_t n = write(wake_fd_, &one, sizeof(one));
@@ -538,9 +576,9 @@ void UcxTransport::Impl::Post(std::function<void()> command) {
 }
 
 Status UcxTransport::Impl::Submit(std::vector<TransferOp> ops) {
+  std::lock_guard<std::mutex> lock(mu_);
   if (!started_ || stopping_.load()) return Status(Code::kUnavailable, "the transport is shut down");
   {
-    std::lock_guard<std::mutex> lock(mu_);
     std::unordered_set<uint64_t> ids;
     for (const TransferOp& op : ops) {
       if (live_ids_.count(op.id) != 0 || !ids.insert(op.id).second) {
@@ -558,7 +596,7 @@ Status UcxTransport::Impl::Submit(std::vector<TransferOp> ops) {
     live_ids_.insert(ids.begin(), ids.end());
   }
   auto shared = std::make_shared<std::vector<TransferOp>>(std::move(ops));
-  Post([this, shared] { Accept(std::move(*shared)); });
+  PostLocked([this, shared] { Accept(std::move(*shared)); });
   return Status::Ok();
 }
 
@@ -587,6 +625,16 @@ void UcxTransport::Impl::Run() {
     }
     Flush();
     if (!busy) Sleep(kTickMs);
+  }
+  {
+    // Ops submitted before stopping_ was set are taken in (Accept connects nothing now), so
+    // that Shutdown reports them with the rest.
+    std::vector<std::function<void()>> commands;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      commands.swap(commands_);
+    }
+    for (auto& c : commands) c();
   }
   // Shutdown. From here UCX callbacks only free their requests. Every endpoint is closed
   // and every request of an op cancelled, and the workers progressed until those end (a
@@ -625,14 +673,8 @@ void UcxTransport::Impl::Run() {
     return false;
   };
   while (outstanding() && Clock::now() < give_up) ProgressAll();
-  for (auto& [id, op] : ops_) {
-    Completion c;
-    c.id = id;
-    c.code = Code::kCancelled;
-    c.message = "the engine is shut down";
-    completed_.push_back(std::move(c));
-  }
-  Flush();
+  // The ops are reported by Shutdown once the workers are destroyed (a request that did not
+  // end in time may still be writing until then).
 }
 
 bool UcxTransport::Impl::ProgressAll() {
@@ -713,6 +755,7 @@ void UcxTransport::Impl::Accept(std::vector<TransferOp> ops) {
     raw->peer->pending.push_back(raw);
     if (std::find(touched.begin(), touched.end(), raw->peer) == touched.end()) touched.push_back(raw->peer);
   }
+  if (stopping_.load()) return;  // shutting down: Shutdown reports them
   for (Peer* p : touched) {
     EnsureConns(p);
     Dispatch(p);
@@ -732,6 +775,8 @@ UcxTransport::Impl::Peer* UcxTransport::Impl::PeerFor(const std::string& key) {
 
 void UcxTransport::Impl::EnsureConns(Peer* peer) {
   if (!peer->conns.empty()) return;
+  // Rails that cannot even be started fail once all are made (the others may work).
+  std::vector<std::pair<Conn*, std::string>> unreachable;
   // One connection per local rail, each to the peer's rail of the same index (wrapping).
   for (auto& rail : rails_) {
     auto c = std::make_unique<Conn>();
@@ -753,7 +798,7 @@ void UcxTransport::Impl::EnsureConns(Peer* peer) {
     ucs_status_t s = ucp_ep_create(rail->worker, &ep, &raw->ep);
     if (s != UCS_OK) {
       raw->ep = nullptr;
-      ConnDead(raw, std::string("cannot reach its UCX worker: ") + ucs_status_string(s));
+      unreachable.push_back({raw, std::string("cannot reach its UCX worker: ") + ucs_status_string(s)});
       continue;
     }
     by_cookie_[raw->cookie] = raw;
@@ -763,6 +808,7 @@ void UcxTransport::Impl::EnsureConns(Peer* peer) {
     h.nonce_c = raw->nonce_c;
     SendControl(raw->ep, kAmHello, std::string(reinterpret_cast<const char*>(&h), sizeof(h)), "", true);
   }
+  for (auto& [c, why] : unreachable) ConnDead(c, why);
 }
 
 void UcxTransport::Impl::SendControl(ucp_ep_h ep, uint16_t id, std::string header, std::string data, bool reply) {
@@ -880,21 +926,8 @@ bool UcxTransport::Impl::Issue(Conn* c, Op* op, uint64_t offset, uint64_t length
     p.cb.send = &Impl::OnSendDone;
     p.flags = UCP_AM_SEND_FLAG_RNDV;  // so the target judges the request before any byte moves
     p.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
-    const void* buffer;
-    size_t count;
-    if (s->iov.size() == 1) {
-      // Contiguous: the pool's registration goes with it.
-      p.datatype = ucp_dt_make_contig(1);
-      p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-      p.memh = c->rail->memh;
-      buffer = s->iov[0].buffer;
-      count = s->iov[0].length;
-    } else {
-      p.datatype = ucp_dt_make_iov();
-      buffer = s->iov.data();
-      count = s->iov.size();
-    }
-    void* r = ucp_am_send_nbx(c->ep, kAmWrite, &s->header, sizeof(s->header), buffer, count, &p);
+    const Buffer buffer = BufferOf(s->iov, &p);
+    void* r = ucp_am_send_nbx(c->ep, kAmWrite, &s->header, sizeof(s->header), buffer.at, buffer.count, &p);
     if (r == nullptr) {
       SendConfirm(s);
     } else if (UCS_PTR_IS_ERR(r)) {
@@ -940,8 +973,8 @@ void UcxTransport::Impl::OnSendDone(void* request, ucs_status_t status, void* us
     if (status == UCS_OK) return self->SendConfirm(s);
     const Code refusal = RefusalOf(status);
     if (refusal != Code::kOk) return self->SettleSlice(s, refusal, std::string("peer refused the write: ") + ucs_status_string(status));
-    if (status == UCS_ERR_CANCELED) return self->SettleSlice(s, Code::kCancelled, "cancelled");
-    self->SettleSlice(s, Code::kUnavailable, std::string("UCX: ") + ucs_status_string(status));
+    if (status == UCS_ERR_NOT_CONNECTED) return self->LostSession(s);
+    self->SettleSlice(s, self->Interrupted(s, status), std::string("UCX: ") + ucs_status_string(status));
   });
 }
 
@@ -954,9 +987,22 @@ void UcxTransport::Impl::OnReadDataDone(void* request, ucs_status_t status, size
   self->deferred_.push_back([self, s, status] {
     if (self->slices_.count(s) == 0) return;
     if (status == UCS_OK) return self->SettleSlice(s, Code::kOk, "");
-    if (status == UCS_ERR_CANCELED) return self->SettleSlice(s, Code::kCancelled, "cancelled");
-    self->SettleSlice(s, Code::kUnavailable, std::string("UCX: ") + ucs_status_string(status));
+    self->SettleSlice(s, self->Interrupted(s, status), std::string("UCX: ") + ucs_status_string(status));
   });
+}
+
+Code UcxTransport::Impl::Interrupted(const Slice* s, ucs_status_t status) const {
+  // A rail closed under a request ends it CANCELED: carried again elsewhere, unless the op
+  // itself was cancelled.
+  return status == UCS_ERR_CANCELED && s->op->cancelled ? Code::kCancelled : Code::kUnavailable;
+}
+
+void UcxTransport::Impl::LostSession(Slice* s) {
+  // The target no longer knows this rail's session (it dropped it): the rail is failed, so
+  // that the slice goes elsewhere and the peer is greeted afresh when no rail is left.
+  Conn* c = s->conn;
+  SettleSlice(s, Code::kUnavailable, "the peer no longer knows this connection's session");
+  ConnDead(c, "the peer no longer knows this connection's session");
 }
 
 void UcxTransport::Impl::SettleSlice(Slice* s, Code code, const std::string& why) {
@@ -975,8 +1021,9 @@ void UcxTransport::Impl::SettleSlice(Slice* s, Code code, const std::string& why
     op->moved += s->length;
     // Counted as each slice lands, as the TCP transport counts frames.
     (op->spec.kind == OpKind::kWrite ? context_.counters->bytes_sent : context_.counters->bytes_received) += s->length;
-  } else if (code == Code::kUnavailable && !op->cancelled && op->failure == Code::kOk) {
-    // The rail failed under it: another rail carries it again.
+  } else if (code == Code::kUnavailable && !op->cancelled && op->failure == Code::kOk && op->peer->conns.size() > 0 &&
+             ++op->retries <= kMaxRetries) {
+    // The rail failed under it: another rail (or this one's peer, greeted afresh) carries it again.
     op->redo.push_back({s->offset, s->length});
     if (!op->queued) {
       op->queued = true;
@@ -1123,7 +1170,9 @@ void UcxTransport::Impl::DropPeer(const std::string& key, Code code, const std::
     if (op->peer == peer) mine.push_back(op.get());
   }
   for (Op* op : mine) FailOp(op, code, why);
-  for (auto& c : peer->conns) ConnDead(c.get(), why);
+  std::vector<Conn*> conns;  // ConnDead may move them all to the graveyard
+  for (auto& c : peer->conns) conns.push_back(c.get());
+  for (Conn* c : conns) ConnDead(c, why);
   for (Op* op : mine) {
     if (ops_.count(op->spec.id) != 0) MaybeFinish(op);
   }
@@ -1159,6 +1208,15 @@ void UcxTransport::Impl::CheckTimers() {
     }
   }
   for (auto& [c, why] : dead) ConnDead(c, why);
+  // Ops waiting for a peer whose rails are all gone (a slice came back after the last died).
+  for (auto& [key, peer] : peers_) {
+    if (!peer->conns.empty() || peer->pending.empty()) continue;
+    std::vector<Op*> waiting(peer->pending.begin(), peer->pending.end());
+    for (Op* op : waiting) {
+      FailOp(op, Code::kUnavailable, op->why.empty() ? "no UCX rail to the peer is left" : op->why);
+      MaybeFinish(op);
+    }
+  }
   for (auto it = graveyard_.begin(); it != graveyard_.end();) {
     if ((*it)->in_flight.empty()) it = graveyard_.erase(it);
     else ++it;
@@ -1226,7 +1284,7 @@ ucs_status_t UcxTransport::Impl::OnRefused(void* arg, const void* header, size_t
   RefusedHeader h;
   std::memcpy(&h, header, sizeof(h));
   auto it = self->by_cookie_.find(h.cookie);
-  if (it == self->by_cookie_.end() || it->second->rail != rail) return UCS_OK;
+  if (it == self->by_cookie_.end() || it->second->rail != rail || it->second->state == Conn::State::kEstablished) return UCS_OK;
   Conn* c = it->second;
   const std::string why = "the peer refused the UCX handshake (" + std::string(CodeName(static_cast<Code>(h.code))) + ")";
   self->deferred_.push_back([self, c, why] { self->Refused(c, why); });
@@ -1263,7 +1321,16 @@ ucs_status_t UcxTransport::Impl::OnData(void* arg, const void* header, size_t he
   }
   Slice* s = it->second;
   if (h.code != 0) {
-    const Code code = static_cast<Code>(h.code);
+    if (h.code == kUnknownSession) {
+      self->deferred_.push_back([self, s] {
+        if (self->slices_.count(s) != 0 && s->awaiting_data) self->LostSession(s);
+      });
+      return rndv ? UCS_ERR_CANCELED : UCS_OK;
+    }
+    // A refusal of the handle or range, as the target's HandleTable says; anything else a
+    // peer sends is a broken peer.
+    const bool known = h.code <= static_cast<uint32_t>(Code::kInternal) && h.code != static_cast<uint32_t>(Code::kCancelled);
+    const Code code = known ? static_cast<Code>(h.code) : Code::kUnavailable;
     const std::string why = std::string("peer refused the read: ") + CodeName(code);
     self->deferred_.push_back([self, s, code, why] {
       if (self->slices_.count(s) != 0 && s->awaiting_data) self->SettleSlice(s, code, why);
@@ -1294,20 +1361,8 @@ ucs_status_t UcxTransport::Impl::OnData(void* arg, const void* header, size_t he
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_DATATYPE;
     p.cb.recv_am = &Impl::OnReadDataDone;
     p.user_data = s;
-    const void* buffer;
-    size_t count;
-    if (s->iov.size() == 1) {
-      p.datatype = ucp_dt_make_contig(1);
-      p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-      p.memh = rail->memh;
-      buffer = s->iov[0].buffer;
-      count = s->iov[0].length;
-    } else {
-      p.datatype = ucp_dt_make_iov();
-      buffer = s->iov.data();
-      count = s->iov.size();
-    }
-    void* r = ucp_am_recv_data_nbx(rail->worker, data, const_cast<void*>(buffer), count, &p);
+    const Buffer buffer = BufferOf(s->iov, &p);
+    void* r = ucp_am_recv_data_nbx(rail->worker, data, const_cast<void*>(buffer.at), buffer.count, &p);
     if (r == nullptr) {
       self->SettleSlice(s, Code::kOk, "");
     } else if (UCS_PTR_IS_ERR(r)) {
@@ -1348,6 +1403,7 @@ ucs_status_t UcxTransport::Impl::OnConfirmed(void* arg, const void* header, size
     if (self->slices_.count(s) == 0) return;
     if (code == kStillLanding) return self->SendConfirm(s);
     if (code == 0) return self->SettleSlice(s, Code::kOk, "");
+    if (code == kUnknownSession) return self->LostSession(s);
     // Its bytes did not all land: another rail (or this one, reconnected) writes them again.
     self->SettleSlice(s, Code::kUnavailable, "the peer did not receive a write's bytes");
   });
@@ -1367,13 +1423,15 @@ ucs_status_t UcxTransport::Impl::OnConfirm(void* arg, const void* header, size_t
   RequestHeader h;
   std::memcpy(&h, header, sizeof(h));
   Session* session = self->FindSession(h.session);
-  if (session == nullptr || session->rail != rail) {
-    ++self->context_.counters->frames_refused;
-    return UCS_OK;
-  }
   DataHeader answer{};
   answer.session = h.session;
   answer.request = h.request;
+  if (session == nullptr || session->rail != rail) {
+    ++self->context_.counters->frames_refused;
+    answer.code = kUnknownSession;
+    self->SendControl(param->reply_ep, kAmConfirmed, std::string(reinterpret_cast<const char*>(&answer), sizeof(answer)), "", false);
+    return UCS_OK;
+  }
   auto landed = session->landed.find(h.request);
   if (landed != session->landed.end()) {
     answer.code = landed->second;
@@ -1514,7 +1572,7 @@ ucs_status_t UcxTransport::Impl::OnWrite(void* arg, const void* header, size_t h
   Session* session = self->FindSession(h.session);
   if (session == nullptr || session->rail != rail) {
     ++self->context_.counters->frames_refused;
-    return UCS_ERR_REJECTED;
+    return UCS_ERR_NOT_CONNECTED;  // the initiator greets again (wire.h: kUnknownSession)
   }
   if (h.length != length) {
     ++self->context_.counters->frames_refused;
@@ -1543,20 +1601,8 @@ ucs_status_t UcxTransport::Impl::OnWrite(void* arg, const void* header, size_t h
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_DATATYPE;
     p.cb.recv_am = &Impl::OnWriteReceived;
     p.user_data = s;
-    const void* buffer;
-    size_t count;
-    if (s->iov.size() == 1) {
-      p.datatype = ucp_dt_make_contig(1);
-      p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-      p.memh = s->rail->memh;
-      buffer = s->iov[0].buffer;
-      count = s->iov[0].length;
-    } else {
-      p.datatype = ucp_dt_make_iov();
-      buffer = s->iov.data();
-      count = s->iov.size();
-    }
-    void* r = ucp_am_recv_data_nbx(s->rail->worker, s->desc, const_cast<void*>(buffer), count, &p);
+    const Buffer buffer = BufferOf(s->iov, &p);
+    void* r = ucp_am_recv_data_nbx(s->rail->worker, s->desc, const_cast<void*>(buffer.at), buffer.count, &p);
     s->desc = nullptr;
     if (r == nullptr) self->Served(s, UCS_OK);
     else if (UCS_PTR_IS_ERR(r)) self->Served(s, UCS_PTR_STATUS(r));
@@ -1594,7 +1640,12 @@ ucs_status_t UcxTransport::Impl::OnRead(void* arg, const void* header, size_t he
 void UcxTransport::Impl::ServeRead(Rail* rail, ucp_ep_h reply_ep, const RequestHeader& h) {
   Session* session = FindSession(h.session);
   if (session == nullptr || session->rail != rail) {
-    ++context_.counters->frames_refused;  // no ep to answer on: an unknown session gets nothing
+    ++context_.counters->frames_refused;
+    DataHeader d{};
+    d.session = h.session;
+    d.request = h.request;
+    d.code = kUnknownSession;
+    SendControl(reply_ep, kAmData, std::string(reinterpret_cast<const char*>(&d), sizeof(d)), "", false);
     return;
   }
   auto* s = new Serving();
@@ -1621,20 +1672,8 @@ void UcxTransport::Impl::ServeRead(Rail* rail, ucp_ep_h reply_ep, const RequestH
   p.cb.send = &Impl::OnDataSent;
   p.user_data = s;
   p.flags = UCP_AM_SEND_FLAG_RNDV;  // so the initiator can refuse it (cancelled meanwhile) before it lands
-  const void* buffer;
-  size_t count;
-  if (s->iov.size() == 1) {
-    p.datatype = ucp_dt_make_contig(1);
-    p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-    p.memh = rail->memh;
-    buffer = s->iov[0].buffer;
-    count = s->iov[0].length;
-  } else {
-    p.datatype = ucp_dt_make_iov();
-    buffer = s->iov.data();
-    count = s->iov.size();
-  }
-  void* r = ucp_am_send_nbx(reply_ep, kAmData, &s->header, sizeof(s->header), buffer, count, &p);
+  const Buffer buffer = BufferOf(s->iov, &p);
+  void* r = ucp_am_send_nbx(reply_ep, kAmData, &s->header, sizeof(s->header), buffer.at, buffer.count, &p);
   if (r == nullptr) Served(s, UCS_OK);
   else if (UCS_PTR_IS_ERR(r)) Served(s, UCS_PTR_STATUS(r));
   else s->request = r;

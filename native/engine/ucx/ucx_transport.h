@@ -4,7 +4,9 @@
 // messages and why no remote key is handed out.
 //
 // Rails: `devices` ("mlx5_0,mlx5_1"; empty: UCX's own choice) each get a UCP context
-// limited to that device, with the pool registered once (ucp_mem_map) and one worker.
+// limited to that device and one worker. The pool is not registered as a whole: a
+// rendezvous hands the peer a key to the registration it moves from or into, and the
+// pool's would reach every entry; UCX registers (and caches) what it moves instead.
 // This engine's connection info lists the rails' worker addresses; an op's slices are
 // striped over every established rail to its peer, and a rail that fails hands its
 // unfinished slices to the others (the op fails only when no rail is left).

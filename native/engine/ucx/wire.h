@@ -64,6 +64,12 @@ enum AmId : uint16_t {
 
 /** CONFIRMED's code while a WRITE's bytes are still landing (ask again). */
 constexpr uint32_t kStillLanding = 0xffff;
+/**
+ * DATA's or CONFIRMED's code for a request naming a session the target does not know (it
+ * dropped it, or restarted): the initiator fails that rail and greets again. A WRITE's
+ * send completes with UCS_ERR_NOT_CONNECTED for the same reason.
+ */
+constexpr uint32_t kUnknownSession = 0xfffe;
 
 #pragma pack(push, 1)
 struct HelloHeader {
