@@ -4,6 +4,8 @@
 
 #include "engine/tcp/tcp_transport.h"
 #ifdef KVFERRY_HAVE_UCX
+#include <dlfcn.h>
+
 #include "engine/ucx/ucx_transport.h"
 #endif
 
@@ -19,6 +21,52 @@ Status NoSuchProtocol(const EngineOptions& options) {
   }
   return Status(Code::kInvalidArgument, "protocol must be \"tcp\" or \"rdma\", got \"" + options.protocol + "\"");
 }
+
+#ifdef KVFERRY_HAVE_UCX
+/**
+ * The UCX transport's entry points. Linked in (KVFERRY_UCX_LINKED: the native tests), or
+ * from kvferry_ucx.node beside this binary, loaded on first use: a process that never asks
+ * for "rdma" never loads UCX (whose libraries install signal handlers and memory hooks).
+ */
+struct UcxPlugin {
+  decltype(&kvferry_ucx_check) check = nullptr;
+  decltype(&kvferry_ucx_create) create = nullptr;
+  std::string error;
+};
+
+const UcxPlugin& Ucx() {
+  static const UcxPlugin plugin = [] {
+    UcxPlugin p;
+#ifdef KVFERRY_UCX_LINKED
+    p.check = &kvferry_ucx_check;
+    p.create = &kvferry_ucx_create;
+#else
+    Dl_info self;
+    if (dladdr(reinterpret_cast<void*>(&NoSuchProtocol), &self) == 0 || self.dli_fname == nullptr) {
+      p.error = "cannot tell where the engine is loaded from";
+      return p;
+    }
+    std::string path(self.dli_fname);
+    path = path.substr(0, path.find_last_of('/') + 1) + "kvferry_ucx.node";
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      const char* why = dlerror();
+      p.error = "cannot load the UCX transport " + path + ": " + (why != nullptr ? why : "?");
+      return p;
+    }
+    p.check = reinterpret_cast<decltype(p.check)>(dlsym(handle, "kvferry_ucx_check"));
+    p.create = reinterpret_cast<decltype(p.create)>(dlsym(handle, "kvferry_ucx_create"));
+    if (p.check == nullptr || p.create == nullptr) p.error = path + " is not the UCX transport";
+#endif
+    return p;
+  }();
+  return plugin;
+}
+
+Status FromPlugin(int code, const char* message) {
+  return code == 0 ? Status::Ok() : Status(static_cast<Code>(code), message);
+}
+#endif
 
 }  // namespace
 
@@ -36,8 +84,10 @@ Status CheckTransportOptions(const EngineOptions& options) {
   }
 #ifdef KVFERRY_HAVE_UCX
   if (options.protocol == "rdma") {
-    ucx::UcxTransportOptions unused;
-    return ucx::UcxOptionsFrom(options, &unused);
+    const UcxPlugin& ucx = Ucx();
+    if (!ucx.error.empty()) return Status(Code::kNotSupported, "protocol \"rdma\": " + ucx.error);
+    char message[512] = "";
+    return FromPlugin(ucx.check(&options, message, sizeof(message)), message);
   }
 #endif
   return NoSuchProtocol(options);
@@ -54,11 +104,13 @@ Status CreateTransport(const EngineOptions& options, const TransportContext& con
   }
 #ifdef KVFERRY_HAVE_UCX
   if (options.protocol == "rdma") {
-    ucx::UcxTransportOptions ucx_options;
-    Status s = ucx::UcxOptionsFrom(options, &ucx_options);
+    Status s = CheckTransportOptions(options);
     if (!s.ok()) return s;
-    *out = std::make_unique<ucx::UcxTransport>(context, ucx_options);
-    return Status::Ok();
+    char message[512] = "";
+    Transport* made = nullptr;
+    s = FromPlugin(Ucx().create(&options, &context, &made, message, sizeof(message)), message);
+    if (s.ok()) out->reset(made);
+    return s;
   }
 #endif
   return NoSuchProtocol(options);

@@ -10,6 +10,7 @@ import { Server } from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
 import type { Logger } from "pino";
 import { formatHostPort, type Config } from "../config/config.js";
+import { existsSync, readdirSync } from "node:fs";
 import { AlreadyExistsError, ConfigError, MetadataUnavailableError, UnavailableError } from "../errors.js";
 import type { ListNodesResponse } from "../gen/kvferry/v1/kvferry.js";
 import type { NodeInfo } from "../gen/kvferry/v1/node.js";
@@ -87,6 +88,7 @@ export class Daemon {
         `"tcp" (this build has no UCX transport for "rdma": install UCX, e.g. \`apt-get install libucx-dev\`, then \`npm run build\`)`,
       );
     }
+    if (config.protocol === "rdma") checkDevices(config);
     if (config.clusterToken === "") {
       log.warn("no cluster_token: any process that reaches the peer API or the data port can use them");
     }
@@ -494,4 +496,22 @@ export class Daemon {
 function advertised(host: string, port: number, preferred?: string): string {
   const wildcard = host === "0.0.0.0" || host === "::";
   return formatHostPort({ host: wildcard ? (preferred ?? hostname()) : host, port });
+}
+
+/**
+ * protocol rdma: every device_name entry must be a device of this machine, an RDMA device
+ * (/sys/class/infiniband, "mlx5_0" or "mlx5_0:1") or a network interface (/sys/class/net,
+ * for UCX's tcp): UCX itself only warns about a missing one and carries on without it.
+ */
+function checkDevices(config: Config): void {
+  const names = (config.deviceName ?? "").split(",").map((d) => d.trim()).filter((d) => d !== "");
+  const present = (dir: string) => (existsSync(dir) ? readdirSync(dir) : []);
+  const here = [...present("/sys/class/infiniband"), ...present("/sys/class/net")];
+  const missing = names.filter((d) => !here.includes(d.replace(/:\d+$/, "")));
+  if (missing.length > 0) {
+    throw new ConfigError(
+      config.deviceNameSource, "device_name", config.deviceName,
+      `devices of this machine (${missing.join(", ")} ${missing.length === 1 ? "is" : "are"} not; it has ${here.join(", ") || "none"})`,
+    );
+  }
 }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -186,7 +187,6 @@ Buffer BufferOf(const std::vector<ucp_dt_iov_t>& iov, ucp_request_param_t* p) {
 
 }  // namespace
 
-bool UcxBuilt() { return true; }
 
 Status UcxOptionsFrom(const EngineOptions& engine, UcxTransportOptions* out) {
   out->token = engine.token;
@@ -1732,3 +1732,27 @@ std::string UcxTransport::CheckPeer(const std::string& peer) const {
 
 }  // namespace ucx
 }  // namespace kvferry
+
+// ---- the plugin's entry points (ucx_transport.h) ---------------------------------------
+
+namespace {
+
+int Failed(const kvferry::Status& s, char* message, size_t size) {
+  std::snprintf(message, size, "%s", s.message().c_str());
+  return static_cast<int>(s.code());
+}
+
+}  // namespace
+
+extern "C" int kvferry_ucx_check(const kvferry::EngineOptions* options, char* message, size_t size) {
+  kvferry::ucx::UcxTransportOptions unused;
+  return Failed(kvferry::ucx::UcxOptionsFrom(*options, &unused), message, size);
+}
+
+extern "C" int kvferry_ucx_create(const kvferry::EngineOptions* options, const kvferry::TransportContext* context,
+                                  kvferry::Transport** out, char* message, size_t size) {
+  kvferry::ucx::UcxTransportOptions ucx_options;
+  kvferry::Status s = kvferry::ucx::UcxOptionsFrom(*options, &ucx_options);
+  if (s.ok()) *out = new kvferry::ucx::UcxTransport(*context, ucx_options);
+  return Failed(s, message, size);
+}

@@ -36,9 +36,6 @@ struct UcxTransportOptions {
   int handshake_timeout_ms = 1000;
 };
 
-/** Whether this build has the UCX transport. */
-bool UcxBuilt();
-
 /** The UCX options from the engine's; a bad device list names it. */
 Status UcxOptionsFrom(const EngineOptions& engine, UcxTransportOptions* out);
 
@@ -66,3 +63,13 @@ class UcxTransport final : public Transport {
 
 }  // namespace ucx
 }  // namespace kvferry
+
+// The plugin's entry points: the addon does not link UCX (loading UCX's libraries installs
+// its signal handlers and memory hooks in the process), it dlopens kvferry_ucx.node, built
+// from this folder, when protocol "rdma" is asked for (transport_factory.cc). Each returns
+// a kvferry::Code as int; on failure `message` (of `size` bytes) says why.
+extern "C" {
+int kvferry_ucx_check(const kvferry::EngineOptions* options, char* message, size_t size);
+int kvferry_ucx_create(const kvferry::EngineOptions* options, const kvferry::TransportContext* context,
+                       kvferry::Transport** out, char* message, size_t size);
+}
