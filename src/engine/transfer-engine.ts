@@ -124,6 +124,7 @@ export class TransferEngine {
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? 1_000,
       ioThreads: options.ioThreads ?? 0,
     };
+    if (settings.protocol === "rdma") quietUcx();
     try {
       return new Engine(settings, onBatch);
     } catch (err) {
@@ -332,6 +333,19 @@ export class TransferEngine {
     }
     for (const handle of batch.released) this.#released(handle);
   }
+}
+
+/**
+ * UCX's defaults that do not belong in a Node.js process, unless the operator set them:
+ * its memory hooks (UCX_MEM_EVENTS, UCX_MEM_MALLOC_HOOKS) patch mmap/munmap and replace
+ * malloc while V8's threads use them (a daemon died of it, SIGSEGV in
+ * napi_create_external_arraybuffer), and UCX_HANDLE_ERRORS installs its own SIGSEGV handler
+ * over V8's. Read when the UCX transport (its own library) is loaded, on first use of rdma.
+ */
+function quietUcx(): void {
+  process.env.UCX_MEM_EVENTS ??= "n";
+  process.env.UCX_MEM_MALLOC_HOOKS ??= "n";
+  process.env.UCX_HANDLE_ERRORS ??= "none";
 }
 
 /** The gather columns of `submit`: each op's extent count, and their [offset, size] pairs in op order. */
