@@ -30,8 +30,10 @@
 // (requests are sent with UCP_AM_SEND_FLAG_REPLY), so an initiator that dies leaves no
 // connection behind on the target.
 //
-// No remote key is ever handed out: a peer reaches this pool only through handles the
-// daemon issued, bounds-checked on every request, as over TCP.
+// kvferry hands out no remote key to the pool: a peer reaches it only through handles the
+// daemon issued, bounds-checked on every request, as over TCP. (On a NIC, UCX's rendezvous
+// itself gives the peer a key to the pages of the transfer it moves; no memory handle of
+// ours goes with a request, so that key never covers the pool as a whole.)
 #pragma once
 
 #include <array>
