@@ -51,7 +51,8 @@ export interface Config {
   nodeId: string;
   /** Where nodeId came from (a flag, the environment, the file), for errors naming it. */
   nodeIdSource: string;
-  /** Where device_name came from (a file, a flag, the environment), for errors about the devices it names. */
+  /** Where protocol and device_name came from (a file, a flag, the environment), for errors found at start-up. */
+  protocolSource: string;
   deviceNameSource: string;
   /** From kv_role: kv_producer → prefill, kv_consumer → decode, kv_both → both. */
   role: Role;
@@ -157,6 +158,7 @@ export function loadConfig(inputs: ConfigInputs, env: NodeJS.ProcessEnv = proces
     source: path ?? "defaults",
     nodeId: settings.get("node_id")?.value ?? `${hostname()}:${listen.port}`,
     nodeIdSource: settings.get("node_id")?.source ?? "defaults (HOSTNAME:PORT of --listen)",
+    protocolSource: settings.get("protocol")?.source ?? "defaults",
     deviceNameSource: settings.get("device_name")?.source ?? "defaults",
     role,
     kvRank,

@@ -84,7 +84,7 @@ export class Daemon {
   constructor(readonly config: Config, private readonly log: Logger) {
     if (!TransferEngine.builds(config.protocol)) {
       throw new ConfigError(
-        config.source, "protocol", config.protocol,
+        config.protocolSource, "protocol", config.protocol,
         `"tcp" (this build has no UCX transport for "rdma": install UCX, e.g. \`apt-get install libucx-dev\`, then \`npm run build\`)`,
       );
     }

@@ -78,6 +78,7 @@ describe("defaults", () => {
       source: "defaults",
       nodeId: `${hostname()}:50051`,
       nodeIdSource: "defaults (HOSTNAME:PORT of --listen)",
+      protocolSource: "defaults",
       deviceNameSource: "defaults",
       role: "both",
       kvRank: 0,
