@@ -35,35 +35,12 @@ class TcpTransfer : public ::testing::Test {
     b_.reset();
   }
 
-  uint64_t Alloc(Engine* e, uint64_t n) {
-    uint64_t off = 0;
-    Status s = e->Allocate(n, &off);
-    EXPECT_TRUE(s.ok()) << s.ToString();
-    return off;
-  }
-
+  uint64_t Alloc(Engine* e, uint64_t n) { return test::Alloc(e, n); }
   uint64_t ExposeOnB(uint64_t offset, uint64_t length, Access access = Access::kWrite) {
-    uint64_t h = 0;
-    Status s = b_->Expose(offset, length, access, &h);
-    EXPECT_TRUE(s.ok()) << s.ToString();
-    return h;
+    return test::Expose(b_.get(), offset, length, access);
   }
-
   /** Submits one op on A and waits for its completion. */
-  Completion RunOnA(TransferOp op) {
-    const uint64_t id = op.id;
-    const size_t before = ca_->op_count();
-    Status s = a_->Submit({op});
-    EXPECT_TRUE(s.ok()) << s.ToString();
-    EXPECT_TRUE(ca_->WaitOps(before + 1, seconds(30)));
-    auto all = ca_->ops();
-    auto it = all.find(id);
-    if (it == all.end()) {
-      ADD_FAILURE() << "no completion for op " << id;
-      return Completion();
-    }
-    return it->second;
-  }
+  Completion RunOnA(const TransferOp& op) { return test::RunOne(a_.get(), ca_.get(), op); }
 
   std::unique_ptr<Engine> a_, b_;
   std::unique_ptr<Collector> ca_, cb_;

@@ -147,6 +147,34 @@ size_t OpenFiles() {
   return n;
 }
 
+uint64_t Alloc(Engine* e, uint64_t n) {
+  uint64_t off = 0;
+  Status s = e->Allocate(n, &off);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return off;
+}
+
+uint64_t Expose(Engine* e, uint64_t offset, uint64_t length, Access access) {
+  uint64_t h = 0;
+  Status s = e->Expose(offset, length, access, &h);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return h;
+}
+
+Completion RunOne(Engine* e, Collector* collector, const TransferOp& op) {
+  const size_t before = collector->op_count();
+  Status s = e->Submit({op});
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_TRUE(collector->WaitOps(before + 1, std::chrono::seconds(30)));
+  auto all = collector->ops();
+  auto it = all.find(op.id);
+  if (it == all.end()) {
+    ADD_FAILURE() << "no completion for op " << op.id;
+    return Completion();
+  }
+  return it->second;
+}
+
 TransferOp MakeOp(uint64_t id, OpKind kind, const std::string& peer, uint64_t local, uint64_t handle,
                   uint64_t remote_offset, uint64_t length) {
   TransferOp op;

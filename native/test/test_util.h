@@ -70,6 +70,13 @@ void RoundTrip(Engine* server, Engine* client, Collector* cc, uint64_t size, uin
 TransferOp MakeOp(uint64_t id, OpKind kind, const std::string& peer, uint64_t local, uint64_t handle,
                   uint64_t remote_offset, uint64_t length);
 
+/** An extent of `n` bytes of `e`'s pool (a gtest failure when none fits). */
+uint64_t Alloc(Engine* e, uint64_t n);
+/** A handle over [offset, +length) of `e`'s pool (a gtest failure when refused). */
+uint64_t Expose(Engine* e, uint64_t offset, uint64_t length, Access access);
+/** Submits `op` on `e` and waits for its completion (through `collector`, which watches `e`). */
+Completion RunOne(Engine* e, Collector* collector, const TransferOp& op);
+
 /** "Threads:" of /proc/self/status (0 when unreadable). */
 size_t ThreadCount();
 /** Entries of /proc/self/fd: the open files of this process. */

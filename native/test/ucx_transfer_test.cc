@@ -54,31 +54,11 @@ class UcxTransfer : public ::testing::TestWithParam<const char*> {
     b_.reset();
   }
 
-  uint64_t Alloc(Engine* e, uint64_t n) {
-    uint64_t off = 0;
-    Status s = e->Allocate(n, &off);
-    EXPECT_TRUE(s.ok()) << s.ToString();
-    return off;
-  }
-
-  uint64_t Expose(Engine* e, uint64_t offset, uint64_t length, Access access) {
-    uint64_t h = 0;
-    Status s = e->Expose(offset, length, access, &h);
-    EXPECT_TRUE(s.ok()) << s.ToString();
-    return h;
-  }
-
-  Completion Run(TransferOp op, Engine* from = nullptr, Collector* collector = nullptr) {
-    from = from != nullptr ? from : a_.get();
-    collector = collector != nullptr ? collector : ca_.get();
-    const uint64_t id = op.id;
-    const size_t before = collector->op_count();
-    Status s = from->Submit({op});
-    EXPECT_TRUE(s.ok()) << s.ToString();
-    EXPECT_TRUE(collector->WaitOps(before + 1, seconds(30)));
-    auto all = collector->ops();
-    auto it = all.find(id);
-    return it == all.end() ? Completion{} : it->second;
+  uint64_t Alloc(Engine* e, uint64_t n) { return test::Alloc(e, n); }
+  uint64_t Expose(Engine* e, uint64_t offset, uint64_t length, Access access) { return test::Expose(e, offset, length, access); }
+  /** Submits one op on `from` (A by default) and waits for its completion. */
+  Completion Run(const TransferOp& op, Engine* from = nullptr, Collector* collector = nullptr) {
+    return from == nullptr ? test::RunOne(a_.get(), ca_.get(), op) : test::RunOne(from, collector, op);
   }
 
   std::unique_ptr<Engine> a_, b_;

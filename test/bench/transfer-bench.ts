@@ -145,14 +145,15 @@ async function sampled(pids: readonly number[], bytes: number, run: () => Promis
 // ---------------------------------------------------------------------------------------
 // iperf3
 
-function ensureIperf3(): boolean {
-  if (spawnSync("sh", ["-c", "command -v iperf3"]).status === 0) return true;
+/** Whether `tool` is here, installing Debian's `pkg` (apt) when it is not and this runs as root. */
+function ensureTool(tool: string, pkg: string): boolean {
+  if (spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0) return true;
   if (process.getuid?.() === 0) {
-    console.log("installing iperf3 (apt) ...");
-    execFileSync("apt-get", ["install", "-y", "-qq", "iperf3"], { stdio: "inherit", timeout: 300_000 });
+    console.log(`installing ${pkg} (${tool}, apt) ...`);
+    execFileSync("apt-get", ["install", "-y", "-qq", pkg], { stdio: "inherit", timeout: 300_000 });
     return true;
   }
-  console.log("iperf3 is missing: `sudo apt-get install iperf3`, then run again");
+  console.log(`${tool} is missing: \`sudo apt-get install ${pkg}\`, then run again`);
   return false;
 }
 
@@ -208,18 +209,6 @@ async function rawRound(shape: Shape): Promise<Sample> {
 
 // ---------------------------------------------------------------------------------------
 // ucx_perftest (rdma mode)
-
-/** ucx_perftest is Debian's ucx-utils: installed as iperf3 is, when missing and root. */
-function ensurePerftest(): boolean {
-  if (spawnSync("sh", ["-c", "command -v ucx_perftest"]).status === 0) return true;
-  if (process.getuid?.() === 0) {
-    console.log("installing ucx-utils (ucx_perftest, apt) ...");
-    execFileSync("apt-get", ["install", "-y", "-qq", "ucx-utils"], { stdio: "inherit", timeout: 300_000 });
-    return true;
-  }
-  console.log("ucx_perftest is missing: `sudo apt-get install ucx-utils`, then run again");
-  return false;
-}
 
 /**
  * One ucp_am_bw run of the shape (its entry size, count messages) between a ucx_perftest
@@ -510,7 +499,7 @@ async function main() {
       ...(PROTOCOL === "rdma" ? ["--protocol", "rdma"] : []),
     ];
     const daemonEnv = PROTOCOL === "rdma" ? { env: UCX_ENV } : {};
-    const iperfServer = ensureIperf3() ? await startIperf3Server() : undefined;
+    const iperfServer = ensureTool("iperf3", "iperf3") ? await startIperf3Server() : undefined;
     const raw = ensureRawStream();
     if (iperfServer) cleanups.push(() => iperfServer.kill());
     const a = await spawnDaemon(args, daemonEnv);
@@ -521,7 +510,7 @@ async function main() {
     cleanups.push(() => client.close());
 
     if (PROTOCOL === "tcp") progress("starting Mooncake (its venv is made once: a few minutes the first time)");
-    const perftest = PROTOCOL === "rdma" && ensurePerftest();
+    const perftest = PROTOCOL === "rdma" && ensureTool("ucx_perftest", "ucx-utils");
     const mooncake = PROTOCOL === "tcp" ? await startMooncake() : { why: "not run over rdma (ucx_perftest is the reference there)" };
     let mooncakeWhy = "why" in mooncake ? mooncake.why : undefined;
     const [mcFrom, mcTo] = "engines" in mooncake ? mooncake.engines : [];

@@ -1,12 +1,14 @@
 // Helpers of the transfer tests: daemons with a data plane and a peer API, entries of
 // named parts with fast deterministic contents, and the accounting check both sides must pass.
+import { execFileSync } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
+import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { expect } from "vitest";
 import type { KvferryClient } from "../../src/client/client.js";
 import { EntryState, type TransferResult } from "../../src/gen/kvferry/v1/kvferry.js";
 import { poolFootprint } from "../../src/engine/pool-memory.js";
-import { listAll, startDaemon, type StartOptions, type TestDaemon } from "./daemon.js";
+import { REPO, listAll, startDaemon, type StartOptions, type TestDaemon } from "./daemon.js";
 
 export const TOKEN = "kvferry-it-token";
 
@@ -31,8 +33,9 @@ export interface PeerDaemonOptions extends StartOptions {
  * set by vitest.config.ts's rdma project when the build has UCX): the UCX transport over
  * UCX's own tcp transport on the loopback device, standing in for RDMA NICs.
  */
-export const TEST_PROTOCOL = process.env.KVFERRY_TEST_PROTOCOL === "rdma" ? "rdma" : "tcp";
-export const RDMA = TEST_PROTOCOL === "rdma";
+export const RDMA = process.env.KVFERRY_TEST_PROTOCOL === "rdma";
+/** Whether this build has the UCX transport (scripts/native-config.cjs decides it for the build). */
+export const UCX_BUILT = execFileSync(process.execPath, [join(REPO, "scripts/native-config.cjs"), "ucx"], { encoding: "utf8" }).trim() === "1";
 /** What UCX may use in the tests: loopback only (never another address), tcp for control and payloads. */
 export const UCX_TEST_ENV = { UCX_TLS: "tcp", UCX_NET_DEVICES: "lo", UCX_WARN_UNUSED_ENV_VARS: "n" };
 

@@ -2,16 +2,15 @@
 // its UCX rails, a cluster that mixes protocols refusing the other side by name, and bad
 // device lists stopping start-up. (The transfer and fault suites themselves run over UCX in
 // the vitest project "rdma"; native/test/ucx_transfer_test.cc covers the transport.)
-import { execFileSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { status } from "@grpc/grpc-js";
-import { REPO, runCli } from "../helpers/daemon.js";
-import { UCX_TEST_ENV, entrySpec, expectAllOk, putEntry, startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
+import type { NodeInfo } from "../../src/gen/kvferry/v1/node.js";
+import { runCli } from "../helpers/daemon.js";
+import { UCX_BUILT, UCX_TEST_ENV, entrySpec, expectAllOk, putEntry, startPeerDaemon, type PeerDaemon } from "../helpers/transfer.js";
 
-const built = execFileSync(process.execPath, [`${REPO}/scripts/native-config.cjs`, "ucx"], { encoding: "utf8" }).trim() === "1";
 const MiB = 1 << 20;
 
-describe.skipIf(!built)("protocol rdma", () => {
+describe.skipIf(!UCX_BUILT)("protocol rdma", () => {
   let a: PeerDaemon;
   let b: PeerDaemon;
   let tcp: PeerDaemon;
@@ -28,14 +27,12 @@ describe.skipIf(!built)("protocol rdma", () => {
   it("publishes its rails' UCX worker addresses in its record, and no data port", async () => {
     const out = await runCli(["status", "--json", "--address", a.address], {}, 30_000);
     expect(out.code, out.stderr).toBe(0);
-    const json = JSON.parse(out.stdout) as unknown;
-    type Node = { dataAddress: string; transports: { name: string; params: { key: string; value: string }[] | Record<string, string> }[] };
-    const nodes = (Array.isArray(json) ? json : (json as { nodes: Node[] }).nodes) as Node[];
-    const record = nodes.find((n) => n.transports.some((t) => t.name === "rdma"));
+    const { nodes } = JSON.parse(out.stdout) as { nodes: NodeInfo[] };
+    const record = nodes.find((n) => n.peerAddress === a.peerAddress);
     expect(record, out.stdout).toBeDefined();
     expect(record!.dataAddress).toMatch(/:0$/);
-    const rdma = record!.transports.find((t) => t.name === "rdma")!;
-    const params = Array.isArray(rdma.params) ? Object.fromEntries(rdma.params.map((p) => [p.key, p.value])) : rdma.params;
+    expect(record!.transports.map((t) => t.name)).toEqual(["rdma"]);
+    const params = Object.fromEntries(record!.transports[0]!.params.map((p) => [p.key, p.value]));
     expect(params.connectionInfo).toMatch(/^ucx:[A-Za-z0-9_-]+$/);
   });
 
@@ -60,7 +57,7 @@ describe.skipIf(!built)("protocol rdma", () => {
   });
 });
 
-describe.skipIf(!built)("a bad device_name", () => {
+describe.skipIf(!UCX_BUILT)("a bad device_name", () => {
   it("stops start-up naming the key, the value and what was expected", async () => {
     const out = await runCli(["daemon", "--protocol", "rdma", "--device-name", "mlx5_0,,mlx5_1", "--listen", "127.0.0.1:0"], UCX_TEST_ENV, 30_000);
     expect(out.code).toBe(2);

@@ -43,19 +43,7 @@ Status TcpClient::Submit(std::vector<TransferOp> ops) {
     std::shared_ptr<Peer> last;  // ops of a batch mostly share a peer: looked up once per run
     for (TransferOp& spec : ops) {
       auto op = std::make_unique<Op>();
-      if (spec.gather.empty()) spec.gather.push_back({spec.local_offset, spec.length});
-      uint64_t end = 0;
-      for (const PoolExtent& e : spec.gather) {
-        end += e.size;
-        if (!op->local.empty() && op->local.back().offset + op->local.back().size == e.offset) {
-          op->local.back().size += e.size;  // adjacent in the pool: one iovec
-          op->local_ends.back() = end;
-        } else if (e.size > 0 || op->local.empty()) {
-          op->local.push_back(e);
-          op->local_ends.push_back(end);
-        }
-      }
-      spec.gather.clear();
+      op->local = LocalPieces(&spec);
       if (last == nullptr || last->key != spec.peer) {
         last = PeerLocked(spec.peer);
         if (std::find(touched.begin(), touched.end(), last) == touched.end()) touched.push_back(last);
@@ -120,17 +108,9 @@ void TcpClient::WakeLocked(Conn* c) {
 }
 
 void TcpClient::AppendLocal(const Op& op, uint64_t at, uint64_t length, std::vector<struct iovec>* out) const {
-  size_t i = static_cast<size_t>(std::upper_bound(op.local_ends.begin(), op.local_ends.end(), at) -
-                                 op.local_ends.begin());
-  while (length > 0) {
-    const PoolExtent& e = op.local[i];
-    const uint64_t within = at - (op.local_ends[i] - e.size);
-    const uint64_t n = std::min(length, e.size - within);
-    out->push_back({context_.pool_base + e.offset + within, static_cast<size_t>(n)});
-    at += n;
-    length -= n;
-    ++i;
-  }
+  op.local.ForRange(at, length, [&](uint64_t offset, uint64_t n) {
+    out->push_back({context_.pool_base + offset, static_cast<size_t>(n)});
+  });
 }
 
 void TcpClient::Deliver(std::vector<Completion>* batch) {

@@ -88,6 +88,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/local_pieces.h"
 #include "engine/status.h"
 #include "engine/tcp/event_loop.h"
 #include "engine/tcp/handshake.h"
@@ -150,10 +151,7 @@ class TcpClient {
 
   struct Op {
     TransferOp spec;
-    // The op's local bytes in order: pool pieces (one unless the op gathers), adjacent
-    // ones merged, and the op offset where each ends.
-    std::vector<PoolExtent> local;
-    std::vector<uint64_t> local_ends;
+    LocalPieces local;
     std::shared_ptr<Peer> peer;
     Clock::time_point start;
     uint64_t dispatched = 0;  // bytes cut into slices so far

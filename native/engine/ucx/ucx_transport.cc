@@ -24,6 +24,7 @@
 
 #include "engine/crypto/hmac_sha256.h"
 #include "engine/crypto/random.h"
+#include "engine/local_pieces.h"
 #include "engine/ucx/wire.h"
 
 namespace kvferry {
@@ -185,6 +186,21 @@ Buffer BufferOf(const std::vector<ucp_dt_iov_t>& iov, ucp_request_param_t* p) {
   return {iov.data(), iov.size()};
 }
 
+/** An AM header as the struct `Header`, or false when its size is not that struct's. */
+template <typename Header>
+bool Parse(const void* header, size_t length, Header* out) {
+  if (length != sizeof(Header)) return false;
+  std::memcpy(out, header, sizeof(Header));
+  return true;
+}
+
+/** What an AM callback returns for a message it drops: a rendezvous sender learns it was refused. */
+ucs_status_t Dropped(const ucp_am_recv_param_t* param) {
+  return (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 ? UCS_ERR_INVALID_PARAM : UCS_OK;
+}
+
+bool HasReplyEp(const ucp_am_recv_param_t* param) { return (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0; }
+
 }  // namespace
 
 
@@ -249,8 +265,7 @@ class UcxTransport::Impl {
 
   struct Op {
     TransferOp spec;
-    std::vector<PoolExtent> local;
-    std::vector<uint64_t> ends;  // local[i] ends at op offset ends[i]
+    LocalPieces local;
     Peer* peer = nullptr;
     uint64_t dispatched = 0;
     std::deque<std::pair<uint64_t, uint64_t>> redo;  // (op offset, length) to move again
@@ -338,7 +353,6 @@ class UcxTransport::Impl {
   struct Control {
     Impl* impl;
     std::string header;
-    std::string data;
   };
 
   // ---- thread plumbing ---------------------------------------------------------------
@@ -355,7 +369,7 @@ class UcxTransport::Impl {
   void EnsureConns(Peer* peer);
   void Dispatch(Peer* peer);
   void DispatchLoop(Peer* peer);
-  bool Issue(Conn* c, Op* op, uint64_t offset, uint64_t length);
+  void Issue(Conn* c, Op* op, uint64_t offset, uint64_t length);
   uint64_t SliceLength(const Op& op, uint64_t offset, uint64_t most) const;
   void LocalIov(const Op& op, uint64_t offset, uint64_t length, std::vector<ucp_dt_iov_t>* iov) const;
   void SettleSlice(Slice* s, Code code, const std::string& why);
@@ -369,7 +383,12 @@ class UcxTransport::Impl {
   /** The handshake was refused, or the peer could not prove the token: its ops fail PERMISSION_DENIED. */
   void Refused(Conn* c, const std::string& why);
   void DropPeer(const std::string& key, Code code, const std::string& why);
-  void SendControl(ucp_ep_h ep, uint16_t id, std::string header, std::string data, bool reply);
+  /** Sends a header-only control message (wire.h), eager; UCS_OK unless it failed at once. */
+  template <typename Header>
+  ucs_status_t SendControl(ucp_ep_h ep, uint16_t id, const Header& header, bool reply) {
+    return SendBytes(ep, id, std::string(reinterpret_cast<const char*>(&header), sizeof(header)), reply);
+  }
+  ucs_status_t SendBytes(ucp_ep_h ep, uint16_t id, std::string header, bool reply);
   void CheckTimers();
   void CountPeer(Peer* peer);
 
@@ -729,19 +748,7 @@ void UcxTransport::Impl::Accept(std::vector<TransferOp> ops) {
   std::vector<Peer*> touched;
   for (TransferOp& spec : ops) {
     auto op = std::make_unique<Op>();
-    if (spec.gather.empty()) spec.gather.push_back({spec.local_offset, spec.length});
-    uint64_t end = 0;
-    for (const PoolExtent& e : spec.gather) {
-      end += e.size;
-      if (!op->local.empty() && op->local.back().offset + op->local.back().size == e.offset) {
-        op->local.back().size += e.size;
-        op->ends.back() = end;
-      } else if (e.size > 0) {
-        op->local.push_back(e);
-        op->ends.push_back(end);
-      }
-    }
-    spec.gather.clear();
+    op->local = LocalPieces(&spec);
     op->peer = PeerFor(spec.peer);
     op->spec = std::move(spec);
     op->start = now;
@@ -806,22 +813,26 @@ void UcxTransport::Impl::EnsureConns(Peer* peer) {
     h.version = kWireVersion;
     h.cookie = raw->cookie;
     h.nonce_c = raw->nonce_c;
-    SendControl(raw->ep, kAmHello, std::string(reinterpret_cast<const char*>(&h), sizeof(h)), "", true);
+    SendControl(raw->ep, kAmHello, h, true);
   }
   for (auto& [c, why] : unreachable) ConnDead(c, why);
 }
 
-void UcxTransport::Impl::SendControl(ucp_ep_h ep, uint16_t id, std::string header, std::string data, bool reply) {
-  auto* control = new Control{this, std::move(header), std::move(data)};
+ucs_status_t UcxTransport::Impl::SendBytes(ucp_ep_h ep, uint16_t id, std::string header, bool reply) {
+  auto* control = new Control{this, std::move(header)};
   ucp_request_param_t p;
   std::memset(&p, 0, sizeof(p));
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   p.cb.send = &Impl::OnControlDone;
   p.user_data = control;
   p.flags = UCP_AM_SEND_FLAG_EAGER | (reply ? UCP_AM_SEND_FLAG_REPLY : 0);
-  void* r = ucp_am_send_nbx(ep, id, control->header.data(), control->header.size(), control->data.data(), control->data.size(), &p);
-  if (!UCS_PTR_IS_PTR(r)) delete control;  // done at once, or failed (the ep's error handler tells)
-  else ++controls_;
+  void* r = ucp_am_send_nbx(ep, id, control->header.data(), control->header.size(), nullptr, 0, &p);
+  if (UCS_PTR_IS_PTR(r)) {
+    ++controls_;
+    return UCS_OK;
+  }
+  delete control;  // done at once, or failed
+  return UCS_PTR_STATUS(r);
 }
 
 void UcxTransport::Impl::OnControlDone(void* request, ucs_status_t, void* user) {
@@ -880,27 +891,18 @@ void UcxTransport::Impl::DispatchLoop(Peer* peer) {
 uint64_t UcxTransport::Impl::SliceLength(const Op& op, uint64_t offset, uint64_t most) const {
   // A large local piece (an entry's part) goes alone, so that UCX moves a contiguous buffer
   // (its rendezvous with an iov datatype copies); small ones are gathered up to `most`.
-  const size_t i = static_cast<size_t>(std::upper_bound(op.ends.begin(), op.ends.end(), offset) - op.ends.begin());
-  if (i >= op.ends.size()) return most;
-  const uint64_t rest = op.ends[i] - offset;
+  const uint64_t rest = op.local.RestOfPiece(offset);
   return rest >= kContiguousSlice ? std::min(most, rest) : most;
 }
 
 void UcxTransport::Impl::LocalIov(const Op& op, uint64_t offset, uint64_t length, std::vector<ucp_dt_iov_t>* iov) const {
   iov->clear();
-  size_t i = static_cast<size_t>(std::upper_bound(op.ends.begin(), op.ends.end(), offset) - op.ends.begin());
-  uint64_t at = offset;
-  const uint64_t end = offset + length;
-  for (; i < op.local.size() && at < end; ++i) {
-    const uint64_t piece_start = op.ends[i] - op.local[i].size;
-    const uint64_t skip = at - piece_start;
-    const uint64_t n = std::min(op.local[i].size - skip, end - at);
-    iov->push_back({context_.pool_base + op.local[i].offset + skip, static_cast<size_t>(n)});
-    at += n;
-  }
+  op.local.ForRange(offset, length, [&](uint64_t at, uint64_t n) {
+    iov->push_back({context_.pool_base + at, static_cast<size_t>(n)});
+  });
 }
 
-bool UcxTransport::Impl::Issue(Conn* c, Op* op, uint64_t offset, uint64_t length) {
+void UcxTransport::Impl::Issue(Conn* c, Op* op, uint64_t offset, uint64_t length) {
   auto owned = std::make_unique<Slice>();
   Slice* s = owned.get();
   slices_.emplace(s, std::move(owned));
@@ -918,43 +920,31 @@ bool UcxTransport::Impl::Issue(Conn* c, Op* op, uint64_t offset, uint64_t length
   if (c->in_flight.empty()) c->progress = Clock::now();
   c->in_flight.insert(s);
   LocalIov(*op, offset, length, &s->iov);
+  // A send refused on the spot: the rail is broken; the slice goes to another.
+  auto failed = [this, s, c](ucs_status_t status) {
+    const std::string why = std::string("UCX send: ") + ucs_status_string(status);
+    SettleSlice(s, Code::kUnavailable, why);
+    ConnDead(c, why);
+  };
+  if (op->spec.kind == OpKind::kRead) {
+    // Ask; the DATA that answers lands in the op's local extents (OnData).
+    s->awaiting_data = true;
+    reads_[s->request] = s;
+    const ucs_status_t sent = SendControl(c->ep, kAmRead, s->header, true);
+    if (sent != UCS_OK) failed(sent);
+    return;
+  }
   ucp_request_param_t p;
   std::memset(&p, 0, sizeof(p));
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   p.user_data = s;
-  if (op->spec.kind == OpKind::kWrite) {
-    p.cb.send = &Impl::OnSendDone;
-    p.flags = UCP_AM_SEND_FLAG_RNDV;  // so the target judges the request before any byte moves
-    p.op_attr_mask |= UCP_OP_ATTR_FIELD_DATATYPE;
-    const Buffer buffer = BufferOf(s->iov, &p);
-    void* r = ucp_am_send_nbx(c->ep, kAmWrite, &s->header, sizeof(s->header), buffer.at, buffer.count, &p);
-    if (r == nullptr) {
-      SendConfirm(s);
-    } else if (UCS_PTR_IS_ERR(r)) {
-      const std::string why = std::string("UCX send: ") + ucs_status_string(UCS_PTR_STATUS(r));
-      SettleSlice(s, Code::kUnavailable, why);
-      ConnDead(c, why);
-    } else {
-      s->ucp_request = r;
-    }
-    return true;
-  }
-  // READ: ask; the DATA that answers lands in the op's local extents (OnData).
-  s->awaiting_data = true;
-  reads_[s->request] = s;
-  p.cb.send = &Impl::OnControlDone;
-  auto* control = new Control{this, std::string(reinterpret_cast<const char*>(&s->header), sizeof(s->header)), ""};
-  p.user_data = control;
-  p.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
-  void* r = ucp_am_send_nbx(c->ep, kAmRead, control->header.data(), control->header.size(), nullptr, 0, &p);
-  if (!UCS_PTR_IS_PTR(r)) delete control;
-  else ++controls_;
-  if (UCS_PTR_IS_ERR(r)) {
-    const std::string why = std::string("UCX send: ") + ucs_status_string(UCS_PTR_STATUS(r));
-    SettleSlice(s, Code::kUnavailable, why);
-    ConnDead(c, why);
-  }
-  return true;
+  p.cb.send = &Impl::OnSendDone;
+  p.flags = UCP_AM_SEND_FLAG_RNDV;  // so the target judges the request before any byte moves
+  const Buffer buffer = BufferOf(s->iov, &p);
+  void* r = ucp_am_send_nbx(c->ep, kAmWrite, &s->header, sizeof(s->header), buffer.at, buffer.count, &p);
+  if (r == nullptr) SendConfirm(s);
+  else if (UCS_PTR_IS_ERR(r)) failed(UCS_PTR_STATUS(r));
+  else s->ucp_request = r;
 }
 
 // UCX completion callbacks run inside ucp_worker_progress, sometimes while UCX is failing
@@ -1233,9 +1223,8 @@ ucs_status_t UcxTransport::Impl::OnChallenge(void* arg, const void* header, size
                                              const ucp_am_recv_param_t*) {
   auto* rail = static_cast<Rail*>(arg);
   Impl* self = rail->impl;
-  if (header_length != sizeof(ChallengeHeader)) return UCS_OK;
   ChallengeHeader h;
-  std::memcpy(&h, header, sizeof(h));
+  if (!Parse(header, header_length, &h)) return UCS_OK;
   auto it = self->by_cookie_.find(h.cookie);
   if (it == self->by_cookie_.end() || it->second->state != Conn::State::kHello || it->second->rail != rail) return UCS_OK;
   Conn* c = it->second;
@@ -1248,9 +1237,8 @@ ucs_status_t UcxTransport::Impl::OnChallenge(void* arg, const void* header, size
   p.pending = h.pending;
   p.proof_c = ProofOf(self->key_, "client", h.nonce_s, c->nonce_c);
   c->state = Conn::State::kProof;
-  const std::string proof(reinterpret_cast<const char*>(&p), sizeof(p));
-  self->deferred_.push_back([self, c, proof] {
-    if (c->state == Conn::State::kProof && c->ep != nullptr) self->SendControl(c->ep, kAmProof, proof, "", true);
+  self->deferred_.push_back([self, c, p] {
+    if (c->state == Conn::State::kProof && c->ep != nullptr) self->SendControl(c->ep, kAmProof, p, true);
   });
   return UCS_OK;
 }
@@ -1259,9 +1247,8 @@ ucs_status_t UcxTransport::Impl::OnWelcome(void* arg, const void* header, size_t
                                            const ucp_am_recv_param_t*) {
   auto* rail = static_cast<Rail*>(arg);
   Impl* self = rail->impl;
-  if (header_length != sizeof(WelcomeHeader)) return UCS_OK;
   WelcomeHeader h;
-  std::memcpy(&h, header, sizeof(h));
+  if (!Parse(header, header_length, &h)) return UCS_OK;
   auto it = self->by_cookie_.find(h.cookie);
   if (it == self->by_cookie_.end() || it->second->state != Conn::State::kProof || it->second->rail != rail) return UCS_OK;
   Conn* c = it->second;
@@ -1280,9 +1267,8 @@ ucs_status_t UcxTransport::Impl::OnRefused(void* arg, const void* header, size_t
                                            const ucp_am_recv_param_t*) {
   auto* rail = static_cast<Rail*>(arg);
   Impl* self = rail->impl;
-  if (header_length != sizeof(RefusedHeader)) return UCS_OK;
   RefusedHeader h;
-  std::memcpy(&h, header, sizeof(h));
+  if (!Parse(header, header_length, &h)) return UCS_OK;
   auto it = self->by_cookie_.find(h.cookie);
   if (it == self->by_cookie_.end() || it->second->rail != rail || it->second->state == Conn::State::kEstablished) return UCS_OK;
   Conn* c = it->second;
@@ -1310,9 +1296,8 @@ ucs_status_t UcxTransport::Impl::OnData(void* arg, const void* header, size_t he
   auto* rail = static_cast<Rail*>(arg);
   Impl* self = rail->impl;
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-  if (header_length != sizeof(DataHeader)) return rndv ? UCS_ERR_INVALID_PARAM : UCS_OK;
   DataHeader h;
-  std::memcpy(&h, header, sizeof(h));
+  if (!Parse(header, header_length, &h)) return Dropped(param);
   auto it = self->reads_.find(h.request);
   // Not (or no longer) waited for, or from another session: nothing of it is written.
   if (it == self->reads_.end() || it->second->conn->rail != rail || it->second->conn->session != h.session ||
@@ -1380,16 +1365,15 @@ void UcxTransport::Impl::SendConfirm(Slice* s) {
   s->awaiting_data = true;
   reads_[s->request] = s;
   RequestHeader h = s->header;
-  SendControl(c->ep, kAmConfirm, std::string(reinterpret_cast<const char*>(&h), sizeof(h)), "", true);
+  SendControl(c->ep, kAmConfirm, h, true);
 }
 
 ucs_status_t UcxTransport::Impl::OnConfirmed(void* arg, const void* header, size_t header_length, void*, size_t,
                                              const ucp_am_recv_param_t* param) {
   auto* rail = static_cast<Rail*>(arg);
   Impl* self = rail->impl;
-  if (header_length != sizeof(DataHeader)) return (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 ? UCS_ERR_INVALID_PARAM : UCS_OK;
   DataHeader h;
-  std::memcpy(&h, header, sizeof(h));
+  if (!Parse(header, header_length, &h)) return Dropped(param);
   auto it = self->reads_.find(h.request);
   if (it == self->reads_.end() || it->second->conn->rail != rail || it->second->conn->session != h.session ||
       it->second->op->spec.kind != OpKind::kWrite) {
@@ -1416,12 +1400,11 @@ ucs_status_t UcxTransport::Impl::OnConfirm(void* arg, const void* header, size_t
                                            const ucp_am_recv_param_t* param) {
   auto* rail = static_cast<Rail*>(arg);
   Impl* self = rail->impl;
-  if (header_length != sizeof(RequestHeader) || (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0) {
-    ++self->context_.counters->frames_refused;
-    return (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 ? UCS_ERR_INVALID_PARAM : UCS_OK;
-  }
   RequestHeader h;
-  std::memcpy(&h, header, sizeof(h));
+  if (!Parse(header, header_length, &h) || !HasReplyEp(param)) {
+    ++self->context_.counters->frames_refused;
+    return Dropped(param);
+  }
   Session* session = self->FindSession(h.session);
   DataHeader answer{};
   answer.session = h.session;
@@ -1429,7 +1412,7 @@ ucs_status_t UcxTransport::Impl::OnConfirm(void* arg, const void* header, size_t
   if (session == nullptr || session->rail != rail) {
     ++self->context_.counters->frames_refused;
     answer.code = kUnknownSession;
-    self->SendControl(param->reply_ep, kAmConfirmed, std::string(reinterpret_cast<const char*>(&answer), sizeof(answer)), "", false);
+    self->SendControl(param->reply_ep, kAmConfirmed, answer, false);
     return UCS_OK;
   }
   auto landed = session->landed.find(h.request);
@@ -1439,7 +1422,7 @@ ucs_status_t UcxTransport::Impl::OnConfirm(void* arg, const void* header, size_t
   } else {
     answer.code = session->landing.count(h.request) != 0 ? kStillLanding : static_cast<uint32_t>(Code::kUnavailable);
   }
-  self->SendControl(param->reply_ep, kAmConfirmed, std::string(reinterpret_cast<const char*>(&answer), sizeof(answer)), "", false);
+  self->SendControl(param->reply_ep, kAmConfirmed, answer, false);
   return UCS_OK;
 }
 
@@ -1447,16 +1430,15 @@ ucs_status_t UcxTransport::Impl::OnHello(void* arg, const void* header, size_t h
                                          const ucp_am_recv_param_t* param) {
   auto* rail = static_cast<Rail*>(arg);
   Impl* self = rail->impl;
-  if (header_length != sizeof(HelloHeader) || (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0) {
+  HelloHeader h;
+  if (!Parse(header, header_length, &h) || !HasReplyEp(param)) {
     ++self->context_.counters->handshakes_refused;
     return UCS_OK;
   }
-  HelloHeader h;
-  std::memcpy(&h, header, sizeof(h));
   if (h.version != kWireVersion) {
     ++self->context_.counters->handshakes_refused;
     RefusedHeader r{h.cookie, static_cast<uint32_t>(Code::kNotSupported)};
-    self->SendControl(param->reply_ep, kAmRefused, std::string(reinterpret_cast<const char*>(&r), sizeof(r)), "", false);
+    self->SendControl(param->reply_ep, kAmRefused, r, false);
     return UCS_OK;
   }
   if (self->pending_.size() >= kMaxPending) {
@@ -1479,7 +1461,7 @@ ucs_status_t UcxTransport::Impl::OnHello(void* arg, const void* header, size_t h
   c.proof_s = ProofOf(self->key_, "server", p.nonce_c, p.nonce_s);
   self->pending_[id] = p;
   // Answered on the ep UCX made for the sender: this engine opens none to an unproven peer.
-  self->SendControl(param->reply_ep, kAmChallenge, std::string(reinterpret_cast<const char*>(&c), sizeof(c)), "", false);
+  self->SendControl(param->reply_ep, kAmChallenge, c, false);
   return UCS_OK;
 }
 
@@ -1487,12 +1469,11 @@ ucs_status_t UcxTransport::Impl::OnProof(void* arg, const void* header, size_t h
                                          const ucp_am_recv_param_t* param) {
   auto* rail = static_cast<Rail*>(arg);
   Impl* self = rail->impl;
-  if (header_length != sizeof(ProofHeader) || (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0) {
-    ++self->context_.counters->handshakes_refused;
-    return (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 ? UCS_ERR_INVALID_PARAM : UCS_OK;
-  }
   ProofHeader h;
-  std::memcpy(&h, header, sizeof(h));
+  if (!Parse(header, header_length, &h) || !HasReplyEp(param)) {
+    ++self->context_.counters->handshakes_refused;
+    return Dropped(param);
+  }
   auto it = self->pending_.find(h.pending);
   if (it == self->pending_.end() || it->second.rail != rail) {
     ++self->context_.counters->handshakes_refused;
@@ -1524,7 +1505,7 @@ ucs_status_t UcxTransport::Impl::OnProof(void* arg, const void* header, size_t h
   self->sessions_[session->id] = std::move(session);
   // Answered on the reply ep, from within this callback: this engine keeps no ep to an
   // initiator (it never connects back, so a peer that dies mid-handshake leaves nothing).
-  self->SendControl(param->reply_ep, kAmWelcome, std::string(reinterpret_cast<const char*>(&w), sizeof(w)), "", false);
+  self->SendControl(param->reply_ep, kAmWelcome, w, false);
   return UCS_OK;
 }
 
@@ -1563,12 +1544,11 @@ ucs_status_t UcxTransport::Impl::OnWrite(void* arg, const void* header, size_t h
   Impl* self = rail->impl;
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   // Every WRITE is sent rendezvous, so that it can be refused before its bytes move.
-  if (header_length != sizeof(RequestHeader) || !rndv) {
-    ++self->context_.counters->frames_refused;
-    return rndv ? UCS_ERR_INVALID_PARAM : UCS_OK;
-  }
   RequestHeader h;
-  std::memcpy(&h, header, sizeof(h));
+  if (!Parse(header, header_length, &h) || !rndv) {
+    ++self->context_.counters->frames_refused;
+    return Dropped(param);
+  }
   Session* session = self->FindSession(h.session);
   if (session == nullptr || session->rail != rail) {
     ++self->context_.counters->frames_refused;
@@ -1622,15 +1602,10 @@ ucs_status_t UcxTransport::Impl::OnRead(void* arg, const void* header, size_t he
                                         const ucp_am_recv_param_t* param) {
   auto* rail = static_cast<Rail*>(arg);
   Impl* self = rail->impl;
-  if (header_length != sizeof(RequestHeader)) {
-    ++self->context_.counters->frames_refused;
-    return (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 ? UCS_ERR_INVALID_PARAM : UCS_OK;
-  }
   RequestHeader h;
-  std::memcpy(&h, header, sizeof(h));
-  if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0) {
+  if (!Parse(header, header_length, &h) || !HasReplyEp(param)) {
     ++self->context_.counters->frames_refused;
-    return UCS_OK;
+    return Dropped(param);
   }
   // The answer goes on the reply ep from within this callback (no ep to an initiator is kept).
   self->ServeRead(rail, param->reply_ep, h);
@@ -1645,7 +1620,7 @@ void UcxTransport::Impl::ServeRead(Rail* rail, ucp_ep_h reply_ep, const RequestH
     d.session = h.session;
     d.request = h.request;
     d.code = kUnknownSession;
-    SendControl(reply_ep, kAmData, std::string(reinterpret_cast<const char*>(&d), sizeof(d)), "", false);
+    SendControl(reply_ep, kAmData, d, false);
     return;
   }
   auto* s = new Serving();
@@ -1661,7 +1636,7 @@ void UcxTransport::Impl::ServeRead(Rail* rail, ucp_ep_h reply_ep, const RequestH
     DataHeader d = s->header;
     d.code = static_cast<uint32_t>(access.code());
     delete s;
-    SendControl(reply_ep, kAmData, std::string(reinterpret_cast<const char*>(&d), sizeof(d)), "", false);
+    SendControl(reply_ep, kAmData, d, false);
     return;
   }
   ++session->serving;
